@@ -1,0 +1,244 @@
+"""Command builders: pure functions from configuration to the commands run on a host.
+
+Nothing here talks to a host. Every builder returns a :class:`Command` (an argv plus the
+directory to run it in and what to feed its stdin); :meth:`Command.render` is the only
+place a shell string is made, and it quotes every value. So the whole plan can be printed
+as a dry run or asserted in a unit test without SSH.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from importlib import resources
+
+from .config import HostConfig
+
+
+@dataclass(frozen=True)
+class Stdin:
+    """What a command reads on stdin. ``secret`` input is never printed or logged."""
+
+    text: str
+    label: str            # what a dry run shows instead of the text
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    cwd: str | None = None
+    stdin: Stdin | None = None
+    then: tuple["Command", ...] = field(default=())  # run after this one, only if it succeeded
+
+    def render(self) -> str:
+        """The shell text sent to the host: ``cd DIR && argv [&& next ...]``, all quoted."""
+        parts = []
+        if self.cwd:
+            parts.append("cd " + quote_path(self.cwd))
+        parts.append(shlex.join(self.argv))
+        parts.extend(c.render() for c in self.then)
+        return " && ".join(parts)
+
+    def describe(self) -> str:
+        """The command as a dry run prints it: stdin shown by its label, secrets masked."""
+        text = self.render()
+        if self.stdin is not None:
+            text += f"  < {self.stdin.label}"
+        return text
+
+    def and_then(self, *more: "Command") -> "Command":
+        return Command(self.argv, self.cwd, self.stdin, self.then + more)
+
+
+def quote_path(path: str) -> str:
+    """Quote a remote path, keeping a leading ``~`` or ``~/`` expandable by the shell."""
+    if path == "~":
+        return "~"
+    if path.startswith("~/"):
+        rest = path[2:]
+        return "~/" + shlex.quote(rest) if rest else "~/"
+    return shlex.quote(path)
+
+
+def script(name: str) -> str:
+    """The text of a host-side helper script shipped in fabfile/remote/."""
+    return resources.files("fabfile").joinpath("remote", name).read_text()
+
+
+def host_script(name: str, *args: str, cwd: str | None = None) -> Command:
+    """Run a shipped POSIX sh script on the host (fed on stdin, so nothing is installed)."""
+    return Command(("sh", "-s", "--", *args), cwd=cwd, stdin=Stdin(script(name), f"fabfile/remote/{name}"))
+
+
+# --- docker compose -----------------------------------------------------------------------
+
+class Compose:
+    """``docker compose`` commands for one host's project."""
+
+    def __init__(self, host: HostConfig):
+        self.host = host
+
+    def base(self) -> tuple[str, ...]:
+        argv = ["docker", "compose"]
+        for f in self.host.compose_files:
+            argv += ["-f", f]
+        if self.host.project_name:
+            argv += ["-p", self.host.project_name]
+        if self.host.env_file:
+            argv += ["--env-file", self.host.env_file]
+        return tuple(argv)
+
+    def _cmd(self, *args: str, stdin: Stdin | None = None) -> Command:
+        return Command(self.base() + args, cwd=self.host.dir, stdin=stdin)
+
+    def config_json(self) -> Command:
+        return self._cmd("config", "--format", "json")
+
+    def pull(self, services: list[str]) -> Command:
+        return self._cmd("pull", "--quiet", *services)
+
+    def up(self, services: list[str]) -> Command:
+        """Start (or update) services without touching their dependencies."""
+        return self._cmd("up", "--detach", "--no-deps", *services)
+
+    def scale(self, service: str, count: int) -> Command:
+        """Add containers of the new image beside the running ones (which are kept)."""
+        return self._cmd("up", "--detach", "--no-deps", "--no-recreate", "--scale", f"{service}={count}", service)
+
+    def ids(self, service: str, running_only: bool = True) -> Command:
+        args = ["ps", "--quiet"]
+        if running_only:
+            args += ["--status", "running"]
+        return self._cmd(*args, service)
+
+    def recreate(self, service: str) -> Command:
+        return self._cmd("up", "--detach", "--no-deps", "--force-recreate", service)
+
+    def rollout(self, svc: "ResolvedLike", engine_flags: tuple[str, ...] = ()) -> Command:
+        """``docker rollout`` (the wowu/docker-rollout CLI plugin) for one service."""
+        argv = ["docker", "rollout"]
+        for f in self.host.compose_files:
+            argv += ["-f", f]
+        if self.host.project_name:
+            argv += ["-p", self.host.project_name]
+        if self.host.env_file:
+            argv += ["--env-file", self.host.env_file]
+        argv += ["--timeout", str(svc.health_timeout), "--wait", str(self.host.no_healthcheck_wait)]
+        if svc.pre_stop_hook:
+            argv += ["--pre-stop-hook", svc.pre_stop_hook]
+        argv += [*engine_flags, svc.name]
+        return Command(tuple(argv), cwd=self.host.dir)
+
+
+class ResolvedLike:  # typing helper: anything with the fields of config.ResolvedService
+    name: str
+    health_timeout: int
+    pre_stop_hook: str
+
+
+# --- plain docker -------------------------------------------------------------------------
+
+def inspect(ids: list[str], fmt: str | None = None) -> Command:
+    argv = ["docker", "inspect"]
+    if fmt:
+        argv += ["--format", fmt]
+    return Command((*argv, *ids))
+
+
+def stop(ids: list[str], timeout: int | None = None) -> Command:
+    argv = ["docker", "stop"]
+    if timeout is not None:
+        argv += ["--time", str(timeout)]
+    return Command((*argv, *ids))
+
+
+def remove(ids: list[str]) -> Command:
+    return Command(("docker", "rm", *ids))
+
+
+def stop_and_remove(ids: list[str], timeout: int | None = None) -> Command:
+    return stop(ids, timeout).and_then(remove(ids))
+
+
+def exec_(container: str, *argv: str, stdin: Stdin | None = None) -> Command:
+    flags = ("--interactive",) if stdin is not None else ()
+    return Command(("docker", "exec", *flags, container, *argv), stdin=stdin)
+
+
+def pre_stop_hook(container: str, hook: str) -> Command:
+    return exec_(container, "sh", "-c", hook)
+
+
+def logs(container: str, tail: int = 20) -> Command:
+    return Command(("docker", "logs", "--tail", str(tail), container))
+
+
+def login(server: str, username: str, password: str, password_env: str) -> Command:
+    """``docker login`` with the token on stdin: it is in no argv and no dry-run output."""
+    return Command(("docker", "login", "--username", username, "--password-stdin", server),
+                   stdin=Stdin(password, f"${password_env} (secret, on stdin)", secret=True))
+
+
+def image_ids() -> Command:
+    return Command(("docker", "image", "ls", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"))
+
+
+def image_prune() -> Command:
+    return Command(("docker", "image", "prune", "--force"))
+
+
+def rollout_version() -> Command:
+    return Command(("docker", "rollout", "--version"))
+
+
+# --- host-side helpers (fabfile/remote/*.sh) ---------------------------------------------
+
+def wait_healthy(ids: list[str], timeout: int, no_healthcheck_wait: int) -> Command:
+    """Poll health on the host (one round trip) until all are healthy, one fails, or timeout."""
+    return host_script("wait_healthy.sh", str(timeout), str(no_healthcheck_wait), *ids)
+
+
+def wait_drained(proxy: str, admin: str, addresses: list[str], timeout: int) -> Command:
+    """Poll Caddy's admin API on the host until none of ``addresses`` has requests in flight."""
+    return host_script("wait_drained.sh", proxy, admin, str(timeout), *addresses)
+
+
+def install_plugin(url: str, sha256: str, version: str) -> Command:
+    return host_script("install_plugin.sh", url, sha256, version)
+
+
+def plugin_version_ok(version: str) -> Command:
+    return host_script("plugin_version.sh", version)
+
+
+# --- Caddy inside its container -----------------------------------------------------------
+
+def caddy_adapt(container: str, config: str) -> Command:
+    """The JSON of the config file the proxy container has (no change to the running one)."""
+    if config.endswith(".json"):
+        return exec_(container, "cat", config)
+    return exec_(container, "caddy", "adapt", "--config", config, "--adapter", "caddyfile")
+
+
+def caddy_validate(container: str, config: str) -> Command:
+    argv = ["caddy", "validate", "--config", config]
+    if not config.endswith(".json"):
+        argv += ["--adapter", "caddyfile"]
+    return exec_(container, *argv)
+
+
+def caddy_reload(container: str, config: str, force: bool = True) -> Command:
+    """Graceful reload from the config file (``--force`` even when it is unchanged)."""
+    argv = ["caddy", "reload", "--config", config]
+    if not config.endswith(".json"):
+        argv += ["--adapter", "caddyfile"]
+    if force:
+        argv.append("--force")
+    return exec_(container, *argv)
+
+
+def caddy_load_json(container: str, config_json: str, label: str) -> Command:
+    """Load a JSON config given on stdin (graceful, like a reload)."""
+    return exec_(container, "caddy", "reload", "--config", "/dev/stdin", "--force",
+                 stdin=Stdin(config_json, label))

@@ -1,0 +1,146 @@
+"""Rollout engines: how one app service is replaced without dropping traffic.
+
+An engine has ``prepare`` (checks before anything changes) and ``rollout`` (replace the
+containers of one service; raise StepFailed with the old containers still serving).
+
+* :class:`NativeEngine` – built in, needs nothing on the host but Docker and Compose. Scales
+  the service to 2N with ``--no-recreate``, waits on the host for the new containers to be
+  healthy, drains the old ones at the proxy, then stops and removes them.
+* :class:`DockerRolloutEngine` – the docker-rollout CLI plugin (wowu/docker-rollout), as the
+  user's plan has it. It cannot drain at the proxy (it stops the old containers itself).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+from . import commands as cmds
+from .config import HostConfig, ResolvedService
+from .proxy import ProxyDrain
+from .runner import Runner, StepFailed
+
+
+class Engine(Protocol):
+    name: str
+
+    def prepare(self, r: Runner) -> None: ...
+
+    def rollout(self, r: Runner, svc: ResolvedService) -> str: ...
+
+
+def _ids(text: str) -> list[str]:
+    """Container ids from ``ps --quiet``, shortened as docker prints them (a unique prefix)."""
+    return [line.strip()[:12] for line in text.splitlines() if line.strip()]
+
+
+def health_report(r: Runner, ids: list[str]) -> str:
+    """The last health-check results and log lines of containers, for a failure message."""
+    lines: list[str] = []
+    for cid in ids:
+        out = r.probe(cmds.inspect([cid], "{{.Name}} {{json .State.Health}}"))
+        name, _, health = out.stdout.strip().partition(" ")
+        lines.append(f"--- {name or cid[:12]}")
+        try:
+            h = json.loads(health) if health else None
+        except json.JSONDecodeError:
+            h = None
+        if h:
+            lines.append(f"health: {h.get('Status')}, failing streak {h.get('FailingStreak')}")
+            for entry in (h.get("Log") or [])[-3:]:
+                output = (entry.get("Output") or "").strip().replace("\n", " ")[:200]
+                lines.append(f"  check exit {entry.get('ExitCode')}: {output}")
+        logs = r.probe(cmds.logs(cid, 10))
+        tail = (logs.stdout + logs.stderr).strip().splitlines()[-10:]
+        if tail:
+            lines.append("last log lines:")
+            lines += [f"  {ln[:200]}" for ln in tail]
+    return "\n".join(lines)
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(self, host: HostConfig):
+        self.host = host
+        self.compose = cmds.Compose(host)
+
+    def prepare(self, r: Runner) -> None:
+        return None
+
+    def _running(self, r: Runner, service: str) -> list[str]:
+        return _ids(r.read(self.compose.ids(service), f"listing {service} containers"))
+
+    def _wait_healthy(self, r: Runner, svc: ResolvedService, ids: list[str]) -> None:
+        cmd = cmds.wait_healthy(ids, svc.health_timeout, self.host.no_healthcheck_wait)
+        res = r.change(cmd, check=False)
+        if not res.ok:
+            detail = health_report(r, ids)
+            raise StepFailed(f"{svc.name}: new container(s) not healthy: {res.first_error_line()}", detail)
+
+    def rollout(self, r: Runner, svc: ResolvedService) -> str:
+        old = self._running(r, svc.name)
+        if not old:
+            r.change(self.compose.up([svc.name]), f"starting {svc.name}")
+            new = self._running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
+            if not new:
+                raise StepFailed(f"{svc.name}: no container is running after up")
+            self._wait_healthy(r, svc, new)
+            return f"was not running: started {len(new)}"
+
+        drain = ProxyDrain.find(r, self.host, svc)
+        try:
+            if drain:
+                drain.route_to(old, "old")
+            r.change(self.compose.scale(svc.name, 2 * len(old)), f"scaling {svc.name} up")
+            new = [i for i in self._running(r, svc.name) if i not in old]
+            if r.dry_run and not new:
+                new = [f"<new {svc.name} container {i + 1}>" for i in range(len(old))]
+            if not new:
+                raise StepFailed(f"{svc.name}: scaling up created no new container")
+            try:
+                self._wait_healthy(r, svc, new)
+            except StepFailed:
+                r.change(cmds.stop_and_remove(new, svc.stop_timeout), f"removing new {svc.name} containers",
+                         check=False)
+                raise
+            drained = ""
+            if drain:
+                old_ips = drain.ips(old)
+                drain.route_to(new, "new")
+                drained = drain.wait_drained(old_ips, self.host.proxy.drain_timeout)
+            if svc.pre_stop_hook:
+                for cid in old:
+                    r.change(cmds.pre_stop_hook(cid, svc.pre_stop_hook), f"pre-stop hook in {cid[:12]}",
+                             check=False)
+            r.change(cmds.stop_and_remove(old, svc.stop_timeout), f"stopping old {svc.name} containers")
+        finally:
+            if drain:
+                drain.restore()
+        how = f", {drained}" if drained else ""
+        return f"{len(old)} → {len(new)} container(s){how}"
+
+
+class DockerRolloutEngine:
+    name = "docker-rollout"
+
+    def __init__(self, host: HostConfig):
+        self.host = host
+        self.compose = cmds.Compose(host)
+
+    def prepare(self, r: Runner) -> None:
+        res = r.probe(cmds.plugin_version_ok(self.host.plugin.version))
+        if not res.ok:
+            raise StepFailed(f"docker-rollout {self.host.plugin.version} is not installed on the host "
+                             f"({res.first_error_line()}): run the install-plugin task")
+
+    def rollout(self, r: Runner, svc: ResolvedService) -> str:
+        res = r.change(self.compose.rollout(svc), check=False)
+        if not res.ok:
+            raise StepFailed(f"docker rollout {svc.name} failed: {res.first_error_line()}",
+                             (res.stdout + res.stderr).strip())
+        return "rolled by docker-rollout"
+
+
+def engine_for(host: HostConfig) -> Engine:
+    return {"native": NativeEngine, "docker-rollout": DockerRolloutEngine}[host.engine](host)

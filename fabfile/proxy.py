@@ -1,0 +1,171 @@
+"""Draining at the proxy (Caddy), so old containers stop only once nothing reaches them.
+
+Behind Caddy, Docker's DNS keeps returning an old container's address until its process
+has exited, so a pre-stop ``sleep`` does not drain (../shared/NOTES.md, 4 and 6). Instead,
+for one service:
+
+1. *pin*: load a config whose upstreams for the service are the old containers' addresses,
+   so the new containers get no traffic while they boot and prove healthy;
+2. *switch*: once they are healthy, load one whose upstreams are the new containers only;
+3. *wait*: poll Caddy's admin API until the old upstreams have no request in flight;
+4. then the caller stops the old containers, and *restore* reloads the config file, whose
+   name-based upstreams now resolve to the new containers only.
+
+Every load is a graceful Caddy reload: listeners are kept, in-flight requests finish.
+The rewriting is pure (:func:`rewrite_upstreams`) and unit-tested.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import commands as cmds
+from .config import HostConfig, ResolvedService
+from .runner import Runner, StepFailed
+
+
+def _split_dial(dial: str) -> tuple[str, str] | None:
+    host, sep, port = dial.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if "/" in host:  # network prefix, e.g. tcp/server:8080
+        host = host.split("/", 1)[1]
+    return host, port
+
+
+def _walk_proxies(node: Any):
+    """Every reverse_proxy handler (a dict) anywhere in a Caddy JSON config."""
+    if isinstance(node, dict):
+        if node.get("handler") == "reverse_proxy":
+            yield node
+        for v in node.values():
+            yield from _walk_proxies(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk_proxies(v)
+
+
+def upstream_ports(config: dict, service: str) -> list[str]:
+    """The ports at which the config's static upstreams dial ``service`` by name."""
+    ports: list[str] = []
+    for handler in _walk_proxies(config):
+        for up in handler.get("upstreams") or []:
+            parsed = _split_dial(str(up.get("dial", "")))
+            if parsed and parsed[0] == service and parsed[1] not in ports:
+                ports.append(parsed[1])
+    return ports
+
+
+def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
+    """A copy of ``config`` in which each static upstream dialling ``service:PORT`` is
+    replaced by one upstream per address in ``ips`` (same port); others are kept."""
+    if not ips:
+        raise ValueError("no addresses to route to")
+    new = copy.deepcopy(config)
+    for handler in _walk_proxies(new):
+        ups = handler.get("upstreams")
+        if not ups:
+            continue
+        out = []
+        for up in ups:
+            parsed = _split_dial(str(up.get("dial", "")))
+            if parsed and parsed[0] == service:
+                for ip in ips:
+                    entry = dict(up)
+                    entry["dial"] = f"{ip}:{parsed[1]}"
+                    out.append(entry)
+            else:
+                out.append(up)
+        handler["upstreams"] = out
+    return new
+
+
+def container_ips(inspect_json: str, proxy_networks: set[str]) -> dict[str, str]:
+    """Container id → its IP on a network it shares with the proxy (from ``docker inspect``)."""
+    result = {}
+    for c in json.loads(inspect_json):
+        nets = c.get("NetworkSettings", {}).get("Networks") or {}
+        for name, net in nets.items():
+            if name in proxy_networks and net.get("IPAddress"):
+                result[c["Id"]] = net["IPAddress"]
+                break
+    return result
+
+
+def _matches(cid: str, full: str) -> bool:
+    return full.startswith(cid) or cid.startswith(full)
+
+
+@dataclass
+class ProxyDrain:
+    r: Runner
+    host: HostConfig
+    service: str
+    container: str
+    config: dict
+    ports: list[str]
+    networks: set[str]
+
+    @classmethod
+    def find(cls, r: Runner, host: HostConfig, svc: ResolvedService) -> "ProxyDrain | None":
+        """The drain helper for ``svc``, or None (with a note) when it cannot apply."""
+        proxy = host.proxy.service
+        if not proxy or not svc.drain:
+            return None
+        ids = r.read(cmds.Compose(host).ids(proxy), f"finding the {proxy} container").split()
+        if not ids:
+            r.note(f"no running {proxy} container: old containers are stopped without draining")
+            return None
+        container = ids[0][:12]
+        raw = r.read(cmds.caddy_adapt(container, host.proxy.config), f"reading {host.proxy.config} in {proxy}")
+        try:
+            config = json.loads(raw)
+        except json.JSONDecodeError:
+            raise StepFailed(f"{proxy}: {host.proxy.config} did not adapt to JSON") from None
+        ports = upstream_ports(config, svc.name)
+        if not ports:
+            return None  # the proxy does not route to this service by name
+        nets = json.loads(r.read(cmds.inspect([container], "{{json .NetworkSettings.Networks}}"),
+                                 f"inspecting {proxy}") or "{}")
+        return cls(r, host, svc.name, container, config, ports, set(nets))
+
+    def ips(self, ids: list[str]) -> list[str]:
+        if self.r.dry_run and any(i.startswith("<") for i in ids):
+            return [f"<ip of {i.strip('<>')}>" for i in ids]
+        found = container_ips(self.r.read(cmds.inspect(ids), "inspecting containers"), self.networks)
+        missing = [i for i in ids if not any(_matches(i, f) for f in found)]
+        if missing:
+            raise StepFailed(f"{self.service}: container(s) {', '.join(m[:12] for m in missing)} share no network "
+                             f"with {self.host.proxy.service}")
+        return [found[f] for i in ids for f in found if _matches(i, f)]
+
+    def route_to(self, ids: list[str], why: str) -> list[str]:
+        """Load a config that sends the service's traffic only to these containers."""
+        ips = self.ips(ids)
+        new = rewrite_upstreams(self.config, self.service, ips)
+        label = f"(config of {self.host.proxy.config} with {self.service} → {', '.join(ips)}: {why})"
+        self.r.change(cmds.caddy_load_json(self.container, json.dumps(new), label),
+                      f"routing {self.service} to {why} containers")
+        return ips
+
+    def wait_drained(self, old_ips: list[str], timeout: int) -> str:
+        addresses = [f"{self.service}:{p}" for p in self.ports] + [f"{ip}:{p}" for ip in old_ips for p in self.ports]
+        cmd = cmds.wait_drained(self.container, self.host.proxy.admin, addresses, timeout)
+        if self.r.dry_run:
+            self.r.change(cmd)
+            return "drained"
+        res = self.r.change(cmd, check=False)
+        line = res.first_error_line()
+        if res.exited == 2:
+            self.r.note(f"{self.service}: {line}; stopping the old containers anyway")
+        elif not res.ok:
+            self.r.note(f"{self.service}: cannot observe in-flight requests ({line}); stopping the old containers")
+        return line
+
+    def restore(self) -> None:
+        """Reload the proxy's config file: name-based upstreams again."""
+        self.r.change(cmds.caddy_reload(self.container, self.host.proxy.config, force=True),
+                      f"restoring {self.host.proxy.service}'s config")
