@@ -16,5 +16,6 @@ ns = Collection(
     tasks.rollout_service,
     tasks.reload_caddy,
     tasks.prune,
+    tasks.verify_zero_downtime,
 )
 ns.configure({"hosts_file": "hosts.toml"})

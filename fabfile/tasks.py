@@ -9,16 +9,24 @@ from fabric import task
 from invoke.exceptions import Exit
 
 from . import steps
+from . import verify as vloop
 from .runner import StepFailed
-from .session import Session, open_session
+from .session import Session, host_name, load_host, open_session
 
 DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) and change nothing"
 
 
 def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool = False,
-              summary: bool = True) -> Session:
-    """Open a session, run ``body``, print the summary; expected failures exit non-zero."""
+              summary: bool = True, verify: bool = False, strict: bool | None = None) -> Session:
+    """Open a session, run ``body``, print the summary; expected failures exit non-zero.
+
+    With ``verify``, the host's verify URLs are hit from here for the whole run and the
+    verdict ends the summary; ``strict`` (or ``verify.strict``) fails a run that dropped any.
+    """
     s = open_session(c, dry_run=dry_run)
+    loop = None
+    if verify and s.host.verify.enabled and s.host.verify.urls and not dry_run:
+        loop = vloop.BackgroundLoop(vloop.settings_for_host(s.host.verify)).start()
     failure: StepFailed | None = None
     try:
         body(s)
@@ -26,20 +34,58 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         failure = e
         if e.detail:
             print("\n".join(f"[{s.name}]   {ln}" for ln in e.detail.splitlines()), file=sys.stdout)
+    finally:
+        report = loop.stop() if loop is not None else None
+    extra = list(s.notes)
+    if report is not None:
+        if not report.ok:
+            print(report.render(), file=sys.stdout)
+        extra.append(f"verify: {report.verdict()}")
+        for url, versions in report.switches().items():
+            seen = ", ".join(f"{v} {x.first:.1f}–{x.last:.1f}s" for v, x in versions.items())
+            extra.append(f"  {url}: {seen}")
+    if dry_run:
+        extra.append("dry run: nothing was changed on the host")
     if summary:
-        extra = list(s.notes)
-        if dry_run:
-            extra.append("dry run: nothing was changed on the host")
         s.report.summary(title, extra)
+    elif extra:
+        print("\n".join(extra))
     if failure is not None:
         raise Exit(f"[{s.name}] {title} failed: {failure}", code=1)
+    strict = s.host.verify.strict if strict is None else strict
+    if report is not None and strict and not report.ok:
+        raise Exit(f"[{s.name}] {title}: {report.failures:,} request(s) failed during the deploy (strict)", code=3)
     return s
 
 
-@task(help={"dry_run": DRY_RUN_HELP})
-def deploy(c, dry_run=False):
+@task(help={"dry_run": DRY_RUN_HELP,
+            "verify": "hit the host's verify URLs during the deploy and report (default on; --no-verify)",
+            "strict": "exit non-zero when the verification saw any failed request (also verify.strict)"})
+def deploy(c, dry_run=False, verify=True, strict=None):
     """Pull, bring infra up, roll every app service, refresh the proxy, prune."""
-    run_steps(c, "deploy", steps.deploy, dry_run)
+    run_steps(c, "deploy", steps.deploy, dry_run, verify=verify, strict=strict)
+
+
+@task(help={"duration": "seconds to run (default 30; 0 = until Ctrl-C)",
+            "json": "write the full report, every failure included, to this file",
+            "max_failures": "failures allowed before exiting non-zero (default: verify.max_failures)"})
+def verify_zero_downtime(c, duration=30.0, json=None, max_failures=None):
+    """Hit this host's verify URLs from here and report every failed request."""
+    name = host_name(c)
+    host = load_host(c, name)
+    if not host.verify.urls:
+        raise Exit(f"[{name}] no verify.urls in hosts.toml for this host", code=2)
+    try:
+        settings = vloop.settings_for_host(host.verify, duration=float(duration) or None,
+                                           max_failures=None if max_failures is None else int(max_failures))
+    except ValueError as e:
+        raise Exit(f"[{name}] verify: {e}", code=2) from None
+    report = vloop.run(settings)
+    print(report.render())
+    if json:
+        report.write_json(json)
+    if not report.ok:
+        raise Exit(f"[{name}] verify: {report.verdict()}", code=1)
 
 
 @task(help={"source": "upload this local copy over SFTP instead of downloading (hosts without internet)",

@@ -885,3 +885,19 @@ class BackgroundLoop:
     def __exit__(self, *exc_info: object) -> None:
         if self._thread is not None and self._report is None and self._error is None:
             self.stop()
+
+
+def settings_for_host(vc: Any, **overrides: Any) -> VerifySettings:
+    """VerifySettings from a host's ``verify`` table (config.VerifyConfig); overrides that
+    are None are ignored, so CLI flags win only when given."""
+    values: dict[str, Any] = {
+        "urls": list(vc.urls),
+        "concurrency": vc.concurrency,
+        "rate": vc.rate or None,
+        "timeout": vc.timeout,
+        "version_regex": vc.version_regex or None,
+        "version_header": vc.version_header or None,
+        "max_failures": vc.max_failures,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return VerifySettings(**values)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (venv, then the sandbox: Docker engine, registry,
+# sshd, demo stack) and run them all. As root: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+scripts/sandbox.sh up
+rc=0
+.venv/bin/pytest "$@" || rc=$?
+if [ "$rc" = 5 ]; then echo "test.sh: pytest collected no tests: that is a failure" >&2; exit 1; fi
+exit "$rc"

@@ -1,0 +1,145 @@
+"""Helpers for end-to-end tests against the local sandbox (scripts/sandbox.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("ZDD_SANDBOX_DIR", "/var/lib/zdd-sandbox"))
+STACK = STATE / "home" / "remilia"
+HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_HTTP_PORT', '18080')}"
+SSH_PORT = int(os.environ.get("ZDD_SANDBOX_SSH_PORT", "22022"))
+REGISTRY_PORT = int(os.environ.get("ZDD_SANDBOX_REGISTRY_PORT", "15000"))
+APPS = ["server", "property", "identity", "profile-server"]
+BIN = ROOT / ".venv" / "bin"
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def not_ready_reason() -> str | None:
+    """Why the sandbox cannot be used, or None when it is up."""
+    if not (STATE / "client" / "id_ed25519").exists():
+        return f"no sandbox in {STATE}"
+    for what, port in (("sshd", SSH_PORT), ("registry", REGISTRY_PORT)):
+        if not port_open(port):
+            return f"{what} is not listening on 127.0.0.1:{port}"
+    try:
+        httpx.get(f"{HTTP}/", timeout=3)
+    except httpx.HTTPError as e:
+        return f"Caddy does not answer on {HTTP}: {e}"
+    return None
+
+
+def run(argv: list[str], timeout: float = 300, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{argv} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def fab(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run([str(BIN / "fab"), "-H", "sandbox", *args], timeout=timeout, env=env)
+
+
+def publish(*args: str) -> str:
+    """Publish new app images (scripts/sandbox.sh publish ARGS); returns the version."""
+    res = run([str(ROOT / "scripts" / "sandbox.sh"), "publish", *args], check=True)
+    return res.stdout.strip().splitlines()[-1]
+
+
+def as_host_user(shell: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a shell command on the sandbox "host" as its ssh user, in the stack's directory."""
+    res = subprocess.run(["su", "-s", "/bin/sh", "zddsbx", "-c", f"cd ~/remilia && {shell}"],
+                         capture_output=True, text=True, timeout=180)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{shell} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+@dataclass
+class Container:
+    id: str
+    name: str
+    service: str
+    version: str
+    status: str
+    health: str
+
+
+def containers(service: str, all_states: bool = False) -> list[Container]:
+    """The stack's containers of one service, with the version their image carries."""
+    argv = ["ps", "-q", "--filter", "label=com.docker.compose.project=remilia",
+            "--filter", f"label=com.docker.compose.service={service}"]
+    if all_states:
+        argv.insert(1, "-a")
+    ids = docker(*argv).split()
+    if not ids:
+        return []
+    out = []
+    for c in json.loads(docker("inspect", *ids)):
+        image = json.loads(docker("image", "inspect", c["Image"]))[0]
+        labels = image.get("Config", {}).get("Labels") or {}
+        health = (c["State"].get("Health") or {}).get("Status", "none")
+        out.append(Container(c["Id"][:12], c["Name"].lstrip("/"), service,
+                             labels.get("org.opencontainers.image.version", "?"), c["State"]["Status"], health))
+    return out
+
+
+def get(path: str, timeout: float = 10) -> httpx.Response:
+    return httpx.get(f"{HTTP}{path}", timeout=timeout)
+
+
+def stack_settle(timeout: float = 90) -> None:
+    """Bring the stack back to one healthy container per app (after a test disturbed it)."""
+    as_host_user("docker compose up -d --wait --wait-timeout 90 >/dev/null 2>&1", check=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(get(f"/{svc}/fast").status_code == 200 for svc in APPS):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the sandbox stack did not settle")
+
+
+class Verify:
+    """``inv verify`` as a separate process, stopped with Ctrl-C (SIGINT) like a person would."""
+
+    def __init__(self, *args: str, json_path: Path):
+        self.json_path = json_path
+        self.proc = subprocess.Popen([str(BIN / "inv"), "verify", *args, "--json", str(json_path)],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+
+    def stop(self, settle: float = 2.0) -> tuple[int, str, dict]:
+        time.sleep(settle)  # let requests started during the change finish
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            raise AssertionError(f"inv verify did not stop on SIGINT:\n{out}")
+        data = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
+        return self.proc.returncode, out, data
+
+
+def python() -> str:
+    return sys.executable
