@@ -28,10 +28,12 @@ from fabfile import verify as vloop
         "json": "write the full report, every failure included, to this file",
         "version_regex": r"regex finding the version in a body (default \bv\d+[\w.-]*)",
         "version_header": "read the version from this response header instead",
+        "retry_stale": "retry a GET once when the server closed an idle keep-alive connection without "
+                       "answering, as browsers do (default on; --no-retry-stale counts it as a failure)",
     },
 )
 def verify(c, url=None, host=None, concurrency=None, rate=None, duration=None, timeout=None,
-           max_failures=None, json=None, version_regex=None, version_header=None):
+           max_failures=None, json=None, version_regex=None, version_header=None, retry_stale=True):
     """Hit URLs in a loop and report every failed request; exit 0 only if none failed."""
     overrides = {
         "concurrency": None if concurrency is None else int(concurrency),
@@ -41,6 +43,7 @@ def verify(c, url=None, host=None, concurrency=None, rate=None, duration=None, t
         "max_failures": None if max_failures is None else int(max_failures),
         "version_regex": version_regex,
         "version_header": version_header,
+        "retry_stale": None if retry_stale else False,
     }
     try:
         if host:

@@ -106,6 +106,7 @@ class VerifyConfig:
     version_regex: str = r"\bv\d+[\w.-]*"
     version_header: str = ""
     max_failures: int = 0
+    retry_stale: bool = True      # retry a GET once on a closed idle keep-alive connection, as browsers do
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,9 @@ class NativeEngine:
 
         drain = ProxyDrain.find(r, self.host, svc)
         try:
+            old_ips: list[str] = []
             if drain:
-                drain.route_to(old, "old")
+                old_ips = drain.route_to(old, "old", hold=drain.name_addresses())
             r.change(self.compose.scale(svc.name, 2 * len(old)), f"scaling {svc.name} up")
             new = [i for i in self._running(r, svc.name) if i not in old]
             if r.dry_run and not new:
@@ -106,8 +107,7 @@ class NativeEngine:
                 raise
             drained = ""
             if drain:
-                old_ips = drain.ips(old)
-                drain.route_to(new, "new")
+                drain.route_to(new, "new", hold=drain.name_addresses() + drain.addresses(old_ips))
                 drained = drain.wait_drained(old_ips, self.host.proxy.drain_timeout)
             if svc.pre_stop_hook:
                 for cid in old:

@@ -83,6 +83,30 @@ def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
     return new
 
 
+HOLD_ROUTE_ID = "zdd-drain-hold"
+
+
+def hold_upstreams(config: dict, addresses: list[str]) -> dict:
+    """A copy of ``config`` with a route that never matches, proxying to ``addresses``.
+
+    Caddy keeps an upstream's in-flight counter only while some loaded config references
+    its address: once a reload drops the last reference, the address vanishes from
+    ``/reverse_proxy/upstreams`` although requests to it are still in flight. Holding the
+    old addresses in an unmatchable route keeps their counters visible while they drain.
+    """
+    new = copy.deepcopy(config)
+    servers = (((new.get("apps") or {}).get("http") or {}).get("servers") or {})
+    if not servers or not addresses:
+        return new
+    first = servers[sorted(servers)[0]]
+    first.setdefault("routes", []).append({
+        "@id": HOLD_ROUTE_ID,
+        "match": [{"expression": "false"}],
+        "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in addresses]}],
+    })
+    return new
+
+
 def container_ips(inspect_json: str, proxy_networks: set[str]) -> dict[str, str]:
     """Container id → its IP on a network it shares with the proxy (from ``docker inspect``)."""
     result = {}
@@ -142,17 +166,24 @@ class ProxyDrain:
                              f"with {self.host.proxy.service}")
         return [found[f] for i in ids for f in found if _matches(i, f)]
 
-    def route_to(self, ids: list[str], why: str) -> list[str]:
-        """Load a config that sends the service's traffic only to these containers."""
+    def name_addresses(self) -> list[str]:
+        return [f"{self.service}:{p}" for p in self.ports]
+
+    def addresses(self, ips: list[str]) -> list[str]:
+        return [f"{ip}:{p}" for ip in ips for p in self.ports]
+
+    def route_to(self, ids: list[str], why: str, hold: list[str]) -> list[str]:
+        """Load a config that sends the service's traffic only to these containers, while
+        keeping the in-flight counters of the ``hold`` addresses observable."""
         ips = self.ips(ids)
-        new = rewrite_upstreams(self.config, self.service, ips)
+        new = hold_upstreams(rewrite_upstreams(self.config, self.service, ips), hold)
         label = f"(config of {self.host.proxy.config} with {self.service} → {', '.join(ips)}: {why})"
         self.r.change(cmds.caddy_load_json(self.container, json.dumps(new), label),
                       f"routing {self.service} to {why} containers")
         return ips
 
     def wait_drained(self, old_ips: list[str], timeout: int) -> str:
-        addresses = [f"{self.service}:{p}" for p in self.ports] + [f"{ip}:{p}" for ip in old_ips for p in self.ports]
+        addresses = self.name_addresses() + self.addresses(old_ips)
         cmd = cmds.wait_drained(self.container, self.host.proxy.admin, addresses, timeout)
         if self.r.dry_run:
             self.r.change(cmd)

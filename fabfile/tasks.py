@@ -52,7 +52,7 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         print("\n".join(extra))
     if failure is not None:
         raise Exit(f"[{s.name}] {title} failed: {failure}", code=1)
-    strict = s.host.verify.strict if strict is None else strict
+    strict = bool(strict) or s.host.verify.strict
     if report is not None and strict and not report.ok:
         raise Exit(f"[{s.name}] {title}: {report.failures:,} request(s) failed during the deploy (strict)", code=3)
     return s
@@ -61,7 +61,7 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
 @task(help={"dry_run": DRY_RUN_HELP,
             "verify": "hit the host's verify URLs during the deploy and report (default on; --no-verify)",
             "strict": "exit non-zero when the verification saw any failed request (also verify.strict)"})
-def deploy(c, dry_run=False, verify=True, strict=None):
+def deploy(c, dry_run=False, verify=True, strict=False):
     """Pull, bring infra up, roll every app service, refresh the proxy, prune."""
     run_steps(c, "deploy", steps.deploy, dry_run, verify=verify, strict=strict)
 

@@ -107,6 +107,10 @@ class VerifySettings:
     version_header: str | None = None
     max_failures: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    # Retry a GET once, at once, when the server closed a kept-alive connection without
+    # answering (RFC 9110 9.2.2; browsers and Go do the same). Counted apart as
+    # ``stale_retries``; False counts each such request as a failure instead.
+    retry_stale: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.urls, str):
@@ -142,6 +146,7 @@ class VerifySettings:
             "version_header": self.version_header,
             "max_failures": self.max_failures,
             "headers": dict(self.headers),
+            "retry_stale": self.retry_stale,
         }
 
 
@@ -375,6 +380,7 @@ class Recorder:
         self.requests_per_second: Counter[int] = Counter()
         self.failures_per_second: Counter[int] = Counter()
         self.cancelled_in_flight = 0
+        self.stale_retries: list[tuple[float, str]] = []  # (t, url) of each retried request
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
         self.stopped_mono: float | None = None
@@ -553,6 +559,7 @@ class Report:
             "rate_achieved": _round(self.total / self.elapsed if self.elapsed else 0.0, 1),
             "interrupted": self.interrupted,
             "cancelled_in_flight": self.cancelled_in_flight,
+            "stale_retries": [{"t": _round(t), "url": u} for t, u in self.recorder.stale_retries],
             "settings": self.settings.to_dict(),
             "counts": dict(self.counts),
             "latency_ms": {k: _round(v) for k, v in self.latency.items()},
@@ -598,6 +605,9 @@ class Report:
         notes = [f"elapsed {self.elapsed:.1f} s", f"{self.total / self.elapsed if self.elapsed else 0:,.0f} req/s"]
         if self.cancelled_in_flight:
             notes.append(f"{self.cancelled_in_flight} in-flight request(s) cancelled at stop, not counted")
+        if self.recorder.stale_retries:
+            notes.append(f"{len(self.recorder.stale_retries)} GET(s) retried once after the server closed an idle "
+                         "keep-alive connection, as browsers do (retry_stale)")
         if self.interrupted:
             notes.append("interrupted")
         lines += ["", "(" + ", ".join(notes) + ")"]
@@ -721,18 +731,35 @@ async def _read_head(response: httpx.Response, limit: int = BODY_LIMIT) -> bytes
     return b"".join(chunks)[:limit]
 
 
-async def _fetch(ctx: _Context, client: httpx.AsyncClient, url: str) -> tuple[str, str, str | None]:
-    """One GET; returns (class, reason, version). Cancellation propagates."""
+def _is_stale_connection(exc: BaseException) -> bool:
+    """The server closed a kept-alive connection before sending any of the response."""
+    return isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc)
+
+
+async def _fetch(ctx: _Context, client: httpx.AsyncClient, url: str,
+                 reused: bool = False, t: float = 0.0) -> tuple[str, str, str | None]:
+    """One GET; returns (class, reason, version). Cancellation propagates.
+
+    ``reused``: the worker's client holds a kept-alive connection from an earlier request,
+    so an immediate close without a response is the idle-connection race and the GET is
+    retried once on a new connection (when ``retry_stale``).
+    """
     settings = ctx.settings
-    try:
-        async with asyncio.timeout(settings.timeout):
-            async with client.stream("GET", url) as response:
-                body = await _read_head(response)
-    except TimeoutError:
-        return TIMEOUT, f"{TIMEOUT}: no complete response within {settings.timeout:g} s", None
-    except Exception as exc:  # every transport problem is a measured outcome
-        kind = classify_exception(exc)
-        return kind, f"{kind}: {describe_exception(exc)}", None
+    attempts = 2 if (reused and settings.retry_stale) else 1
+    for attempt in range(attempts):
+        try:
+            async with asyncio.timeout(settings.timeout):
+                async with client.stream("GET", url) as response:
+                    body = await _read_head(response)
+            break
+        except TimeoutError:
+            return TIMEOUT, f"{TIMEOUT}: no complete response within {settings.timeout:g} s", None
+        except Exception as exc:  # every transport problem is a measured outcome
+            if attempt + 1 < attempts and _is_stale_connection(exc):
+                ctx.recorder.stale_retries.append((t, url))
+                continue
+            kind = classify_exception(exc)
+            return kind, f"{kind}: {describe_exception(exc)}", None
     kind = classify_status(response.status_code)
     if kind != OK:
         return kind, f"{kind}: {response.reason_phrase or 'no reason'}".rstrip(), None
@@ -760,15 +787,17 @@ async def _next_slot(ctx: _Context) -> bool:
 async def _worker(ctx: _Context, client: httpx.AsyncClient) -> None:
     """Send requests round-robin over the URLs until told to stop."""
     urls, n = ctx.urls, len(ctx.urls)
+    reused = False  # does this worker's client hold a kept-alive connection?
     while await _next_slot(ctx):
         url = urls[next(ctx.counter) % n]
         sent = time.monotonic()
         ctx.in_flight += 1
         try:
-            kind, reason, version = await _fetch(ctx, client, url)
+            kind, reason, version = await _fetch(ctx, client, url, reused, sent - ctx.start)
         finally:
             ctx.in_flight -= 1
         done = time.monotonic()
+        reused = kind not in (CONNECT_ERROR, READ_ERROR, TIMEOUT)
         ctx.recorder.record(url, sent - ctx.start, done - sent, kind, reason, version)
 
 
@@ -898,6 +927,7 @@ def settings_for_host(vc: Any, **overrides: Any) -> VerifySettings:
         "version_regex": vc.version_regex or None,
         "version_header": vc.version_header or None,
         "max_failures": vc.max_failures,
+        "retry_stale": vc.retry_stale,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return VerifySettings(**values)

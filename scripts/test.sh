@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/sandbox.sh up
 rc=0
-.venv/bin/pytest "$@" || rc=$?
+ZDD_E2E=1 .venv/bin/pytest "$@" || rc=$?
 if [ "$rc" = 5 ]; then echo "test.sh: pytest collected no tests: that is a failure" >&2; exit 1; fi
 exit "$rc"

@@ -1,0 +1,137 @@
+"""The pipeline on the sandbox: a real deploy under load drops nothing; a broken image
+fails the deploy with the old containers serving; each step works on its own."""
+
+import json
+import re
+
+import pytest
+
+from tests import sandbox as sb
+
+URLS_ARGS = ["--host", "sandbox"]
+
+
+def _versions(service):
+    return {c.version for c in sb.containers(service)}
+
+
+def test_deploy_rolls_every_app_with_zero_failed_requests(settled, tmp_path):
+    before = {svc: _versions(svc) for svc in sb.APPS}
+    old_ids = {svc: {c.id for c in sb.containers(svc)} for svc in sb.APPS}
+    version = sb.publish()
+    probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
+    res = sb.fab("deploy", "--strict")
+    rc, out, report = probe.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    # every app runs only new-version containers, and Caddy serves the new version
+    for svc in sb.APPS:
+        running = sb.containers(svc)
+        assert [c.version for c in running] == [version], (svc, running)
+        assert not {c.id for c in running} & old_ids[svc]
+        assert sb.get(f"/{svc}/fast").text == f"{svc} {version} fast"
+        assert version not in before[svc]
+
+    # the independent load loop (inv verify, stopped with Ctrl-C) saw nothing fail
+    assert rc == 0, out
+    assert report["failures"] == 0, out
+    assert report["total"] >= 20 * report["elapsed_s"] * 0.8, "load below 20 req/s"
+    slow = [u for u in report["urls"] if u["url"].endswith("/slow")]
+    assert len(slow) == 4 and all(u["requests"] > 0 for u in slow)
+    # both versions seen, with the switch time per service
+    for svc in sb.APPS:
+        fast = next(u for u in report["urls"] if u["url"].endswith(f"/{svc}/fast"))
+        seen = {v["version"]: v for v in fast["versions"]}
+        assert version in seen and len(seen) >= 2, (svc, seen)
+        old = [v for k, v in seen.items() if k != version]
+        assert max(v["last_s"] for v in old) <= seen[version]["last_s"]
+    assert "switch" in out.lower() or "first" in out.lower()
+
+    # the deploy's own verification ends its summary
+    assert re.search(r"verify: 0 of [\d,]+ requests failed, p99 \d+ ms", res.stdout), res.stdout
+    for step in ("validate", "pull", "infra-up", "rollout server", "rollout identity", "reload-caddy", "prune"):
+        assert re.search(rf"\[sandbox\] ok   {re.escape(step)}\s+[\d.]+s", res.stdout), step
+    assert "new image for server, property, identity, profile-server" in res.stdout
+
+
+def test_broken_image_fails_deploy_and_old_containers_keep_serving(settled, tmp_path):
+    good = {svc: sb.containers(svc) for svc in sb.APPS}
+    broken = sb.publish("--broken", "identity")  # tier 2 of 3
+    probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
+    res = sb.fab("deploy")
+    rc, out, report = probe.stop()
+    try:
+        assert res.returncode != 0
+        assert "Traceback" not in res.stderr
+        assert "identity: new container(s) not healthy" in res.stderr
+        assert "check exit 1" in res.stdout and "health: unhealthy" in res.stdout  # health output shown
+        # the old identity container still serves, alone; nothing of the broken version is left
+        [c] = sb.containers("identity", all_states=True)
+        assert c.id == good["identity"][0].id and c.version != broken
+        assert sb.get("/identity/fast").text.split()[1] == c.version
+        # the later tier was not touched
+        assert [c.id for c in sb.containers("profile-server")] == [c.id for c in good["profile-server"]]
+        assert "rollout profile-server" not in res.stdout
+        # and no request failed meanwhile
+        assert rc == 0 and report["failures"] == 0, out
+    finally:
+        sb.publish("identity")
+
+
+def test_rollout_service_alone(settled):
+    version = sb.publish("identity")
+    others = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS if svc != "identity"}
+    assert sb.fab("pull").returncode == 0
+    res = sb.fab("rollout-service", "identity")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [c.version for c in sb.containers("identity")] == [version]
+    assert {svc: [c.id for c in sb.containers(svc)] for svc in others} == others
+
+
+def test_rollout_service_starts_a_stopped_service(settled):
+    sb.as_host_user("docker compose stop property >/dev/null 2>&1 && docker compose rm -f property >/dev/null 2>&1")
+    assert sb.containers("property") == []
+    res = sb.fab("rollout-service", "property")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "was not running: started 1" in res.stdout
+    [c] = sb.containers("property")
+    assert c.health == "healthy"
+
+
+def test_replica_count_is_preserved(settled):
+    sb.as_host_user("docker compose up -d --no-deps --no-recreate --scale profile-server=2 --wait profile-server >/dev/null 2>&1")
+    old = {c.id for c in sb.containers("profile-server")}
+    assert len(old) == 2
+    res = sb.fab("rollout-service", "profile-server")
+    assert res.returncode == 0, res.stdout + res.stderr
+    new = sb.containers("profile-server")
+    assert len(new) == 2 and not {c.id for c in new} & old
+    assert "2 → 2 container(s)" in res.stdout
+    sb.as_host_user("docker compose up -d --no-deps --no-recreate --scale profile-server=1 profile-server >/dev/null 2>&1")
+
+
+def test_each_step_runs_alone(sandbox):
+    for step, expect in (("infra-up", "infra-up"), ("reload-caddy", "reload-caddy"), ("prune", "prune")):
+        res = sb.fab(step)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert re.search(rf"\[sandbox\] ok   {expect}\s+[\d.]+s", res.stdout), res.stdout
+
+
+def test_unknown_service_and_unknown_host_fail_cleanly(sandbox, tmp_path):
+    res = sb.fab("rollout-service", "nope")
+    assert res.returncode == 1 and "'nope' is not an app service of sandbox" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = sb.run([str(sb.BIN / "fab"), "-H", "nowhere", "deploy"])
+    assert res.returncode == 2
+    assert "unknown host 'nowhere' (known: reminet-prod, reminet-staging, sandbox)" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_invalid_hosts_file_changes_nothing(sandbox, tmp_path):
+    bad = (sb.ROOT / "hosts.toml").read_text().replace('engine = "native"', 'engine = "native"\nhealth_timout = 3')
+    (tmp_path / "hosts.toml").write_text(bad)
+    ids = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
+    res = sb.fab("deploy", env={"FABRIC_HOSTS_FILE": str(tmp_path / "hosts.toml")})
+    assert res.returncode == 2
+    assert "hosts.sandbox.health_timout: unknown key" in res.stderr
+    assert {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS} == ids

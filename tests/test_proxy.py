@@ -1,0 +1,218 @@
+"""Unit tests for fabfile.proxy: Caddy JSON upstream rewriting and container addresses."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from fabfile.proxy import container_ips, rewrite_upstreams, upstream_ports
+from tests.fakes import caddy_config, cid, inspect_json, reverse_proxy_route, sandbox_caddy_config
+
+
+def dials(config: dict) -> list[list[str]]:
+    """The dial lists of every reverse_proxy handler, in document order."""
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("handler") == "reverse_proxy":
+                out.append([u["dial"] for u in node.get("upstreams") or []])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(config)
+    return out
+
+
+# Verbatim shape of `caddy adapt` for:  :80 { handle_path /server/* { reverse_proxy server:8080 } }
+ADAPTED_HANDLE_PATH = json.loads("""
+{
+  "apps": {
+    "http": {
+      "servers": {
+        "srv0": {
+          "listen": [":80"],
+          "routes": [
+            {
+              "match": [{"path": ["/server/*"]}],
+              "handle": [
+                {
+                  "handler": "subroute",
+                  "routes": [
+                    {"handle": [{"handler": "rewrite", "strip_path_prefix": "/server"}]},
+                    {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "server:8080"}]}]}
+                  ]
+                }
+              ]
+            }
+          ]
+        }
+      }
+    }
+  }
+}
+""")
+
+
+# --- upstream_ports -------------------------------------------------------------------------------
+
+def test_upstream_ports_in_nested_subroute():
+    assert upstream_ports(ADAPTED_HANDLE_PATH, "server") == ["8080"]
+
+
+def test_upstream_ports_sandbox_config():
+    cfg = sandbox_caddy_config()
+    for s in ("server", "property", "identity", "profile-server"):
+        assert upstream_ports(cfg, s) == ["8080"], s
+
+
+def test_upstream_ports_not_proxied_service():
+    cfg = sandbox_caddy_config()
+    assert upstream_ports(cfg, "mongodb") == []
+    assert upstream_ports(cfg, "serv") == []          # no prefix match
+    assert upstream_ports(cfg, "profile") == []
+    assert upstream_ports({}, "server") == []
+
+
+def test_upstream_ports_several_ports_deduplicated_in_order():
+    cfg = caddy_config(
+        reverse_proxy_route("/api", "server:8080", "other:8080"),
+        reverse_proxy_route("/metrics", "server:9090"),
+        reverse_proxy_route("/api2", "server:8080"),
+    )
+    assert upstream_ports(cfg, "server") == ["8080", "9090"]
+    assert upstream_ports(cfg, "other") == ["8080"]
+
+
+def test_upstream_ports_ignores_placeholders_and_portless_dials():
+    cfg = caddy_config(
+        reverse_proxy_route("/a", "{http.request.host}:8080"),
+        reverse_proxy_route("/b", "server"),
+        reverse_proxy_route("/c", "server:{env.PORT}"),
+    )
+    assert upstream_ports(cfg, "server") == []
+
+
+def test_upstream_ports_network_prefixed_dial():
+    cfg = caddy_config(reverse_proxy_route("/a", "tcp/server:8080"))
+    assert upstream_ports(cfg, "server") == ["8080"]
+
+
+# --- rewrite_upstreams -------------------------------------------------------------------------
+
+def test_rewrite_nested_subroute():
+    new = rewrite_upstreams(ADAPTED_HANDLE_PATH, "server", ["172.18.0.7"])
+    handler = new["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0]["routes"][1]["handle"][0]
+    assert handler == {"handler": "reverse_proxy", "upstreams": [{"dial": "172.18.0.7:8080"}]}
+    # everything else is untouched
+    rewrite = new["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0]["routes"][0]
+    assert rewrite == {"handle": [{"handler": "rewrite", "strip_path_prefix": "/server"}]}
+    assert new["apps"]["http"]["servers"]["srv0"]["routes"][0]["match"] == [{"path": ["/server/*"]}]
+
+
+def test_rewrite_only_the_matching_upstream_among_several():
+    cfg = caddy_config(
+        reverse_proxy_route("/mixed", "other:8080", "server:8080", "server-2:8080", "server:9090"),
+        reverse_proxy_route("/profile-server", "profile-server:8080"),
+    )
+    new = rewrite_upstreams(cfg, "server", ["10.0.0.2", "10.0.0.3"])
+    assert dials(new) == [
+        ["other:8080", "10.0.0.2:8080", "10.0.0.3:8080", "server-2:8080", "10.0.0.2:9090", "10.0.0.3:9090"],
+        ["profile-server:8080"],
+    ]
+
+
+def test_rewrite_sandbox_other_services_untouched():
+    cfg = sandbox_caddy_config()
+    new = rewrite_upstreams(cfg, "server", ["172.18.0.5"])
+    assert dials(new) == [["172.18.0.5:8080"], ["property:8080"], ["identity:8080"], ["profile-server:8080"]]
+    # everything but the upstreams is the same
+    assert _without_upstreams(new) == _without_upstreams(cfg)
+
+
+def _without_upstreams(node):
+    if isinstance(node, dict):
+        return {k: _without_upstreams(v) for k, v in node.items() if k != "upstreams"}
+    if isinstance(node, list):
+        return [_without_upstreams(v) for v in node]
+    return node
+
+
+def _handlers(cfg):
+    return cfg["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0]["routes"]
+
+
+def test_rewrite_does_not_mutate_the_input():
+    cfg = sandbox_caddy_config()
+    before = copy.deepcopy(cfg)
+    new = rewrite_upstreams(cfg, "server", ["1.2.3.4"])
+    assert cfg == before
+    assert new != cfg
+    # nor share mutable parts with it
+    new["apps"]["http"]["servers"]["srv0"]["listen"].append(":81")
+    assert cfg == before
+
+
+def test_rewrite_keeps_other_upstream_keys():
+    cfg = caddy_config({"handle": [{"handler": "reverse_proxy",
+                                    "upstreams": [{"dial": "server:8080", "max_requests": 5}]}]})
+    new = rewrite_upstreams(cfg, "server", ["10.0.0.9", "10.0.0.10"])
+    ups = _handlers(new)[0]["handle"][0]["upstreams"]
+    assert ups == [{"dial": "10.0.0.9:8080", "max_requests": 5}, {"dial": "10.0.0.10:8080", "max_requests": 5}]
+
+
+def test_rewrite_service_not_proxied_is_identity():
+    cfg = sandbox_caddy_config()
+    assert rewrite_upstreams(cfg, "mongodb", ["10.0.0.1"]) == cfg
+
+
+def test_rewrite_is_json_serialisable_and_round_trips():
+    new = rewrite_upstreams(sandbox_caddy_config(), "identity", ["172.18.0.9"])
+    assert json.loads(json.dumps(new)) == new
+
+
+def test_rewrite_without_addresses_refuses():
+    with pytest.raises(ValueError):
+        rewrite_upstreams(sandbox_caddy_config(), "server", [])
+
+
+def test_rewrite_twice_back_to_new_ips():
+    """Pin to old, then switch to new: the switch starts from the original config."""
+    cfg = sandbox_caddy_config()
+    pinned = rewrite_upstreams(cfg, "server", ["10.0.0.1"])
+    switched = rewrite_upstreams(cfg, "server", ["10.0.0.2"])
+    assert dials(pinned)[0] == ["10.0.0.1:8080"]
+    assert dials(switched)[0] == ["10.0.0.2:8080"]
+    # rewriting the pinned config by name does nothing: the name is gone
+    assert rewrite_upstreams(pinned, "server", ["10.0.0.2"]) == pinned
+
+
+# --- container_ips ------------------------------------------------------------------------------
+
+def test_container_ips_picks_the_network_shared_with_the_proxy():
+    a, b = cid("aa"), cid("bb")
+    text = inspect_json({
+        a: {"bridge": "172.17.0.5", "remilia_default": "172.18.0.5", "backend": "172.20.0.5"},
+        b: {"backend": "172.20.0.6", "remilia_default": "172.18.0.6"},
+    })
+    assert container_ips(text, {"remilia_default"}) == {a: "172.18.0.5", b: "172.18.0.6"}
+
+
+def test_container_ips_skips_containers_on_no_shared_network_and_empty_ips():
+    a, b, c = cid("aa"), cid("bb"), cid("cc")
+    text = inspect_json({
+        a: {"backend": "172.20.0.5"},
+        b: {"remilia_default": ""},              # e.g. a stopped container
+        c: {"remilia_default": "", "edge": "10.9.0.3"},
+    })
+    assert container_ips(text, {"remilia_default", "edge"}) == {c: "10.9.0.3"}
+
+
+def test_container_ips_without_networks():
+    text = json.dumps([{"Id": cid("aa"), "NetworkSettings": {"Networks": None}},
+                       {"Id": cid("bb"), "NetworkSettings": {}}])
+    assert container_ips(text, {"remilia_default"}) == {}
