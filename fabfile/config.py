@@ -246,7 +246,7 @@ def _services(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _build_host(name: str, raw: dict[str, Any]) -> HostConfig:
+def _build_host(name: str, raw: dict[str, Any], own_services: Any = None) -> HostConfig:
     key = f"hosts.{name}"
     nested_keys = tuple(_NESTED) + ("services", "rollout", "infra")
     top = _table(key, raw, HostConfig, extra_ok=nested_keys)
@@ -289,6 +289,12 @@ def _build_host(name: str, raw: dict[str, Any]) -> HostConfig:
 
     host = HostConfig(name=name, rollout=tuple(tiers), infra=infra, services=services, **top, **nested)
     _check_host(key, host)
+    # services.NAME must name an app service: checked where it is written (a host that
+    # narrows `rollout` may inherit overrides from [defaults] for services it does not roll).
+    written = raw_services if own_services is None else own_services
+    for sname in written if isinstance(written, dict) else {}:
+        if sname not in host.app_services:
+            raise ConfigError(f"{key}.services.{sname}: not a service in rollout")
     return host
 
 
@@ -306,9 +312,6 @@ def _check_host(key: str, h: HostConfig) -> None:
             raise ConfigError(f"{key}.proxy.service: {h.proxy.service!r} is not a valid service name")
         if h.proxy.service in h.app_services:
             raise ConfigError(f"{key}.proxy.service {h.proxy.service!r} must not be rolled (it is in rollout)")
-    for sname in h.services:
-        if sname not in h.app_services:
-            raise ConfigError(f"{key}.services.{sname}: not a service in rollout")
     if h.registry is not None:
         r = h.registry
         if not r.server:
@@ -355,7 +358,7 @@ def parse(text: str, path: str = "hosts.toml") -> Inventory:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: hosts.{name} must be a table")
         try:
-            hosts[name] = _build_host(name, _merge(defaults, raw))
+            hosts[name] = _build_host(name, _merge(defaults, raw), own_services=raw.get("services", {}))
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     return Inventory(path=path, hosts=hosts)

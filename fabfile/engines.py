@@ -71,6 +71,10 @@ class NativeEngine:
     def _running(self, r: Runner, service: str) -> list[str]:
         return _ids(r.read(self.compose.ids(service), f"listing {service} containers"))
 
+    def _all(self, r: Runner, service: str) -> list[str]:
+        """Every container of the service, whatever its state (a new one may be restarting)."""
+        return _ids(r.read(self.compose.ids(service, running_only=False), f"listing {service} containers"))
+
     def _wait_healthy(self, r: Runner, svc: ResolvedService, ids: list[str]) -> None:
         cmd = cmds.wait_healthy(ids, svc.health_timeout, self.host.no_healthcheck_wait)
         res = r.change(cmd, check=False)
@@ -88,13 +92,14 @@ class NativeEngine:
             self._wait_healthy(r, svc, new)
             return f"was not running: started {len(new)}"
 
+        before = self._all(r, svc.name)
         drain = ProxyDrain.find(r, self.host, svc)
         try:
             old_ips: list[str] = []
             if drain:
                 old_ips = drain.route_to(old, "old", hold=drain.name_addresses())
             r.change(self.compose.scale(svc.name, 2 * len(old)), f"scaling {svc.name} up")
-            new = [i for i in self._running(r, svc.name) if i not in old]
+            new = [i for i in self._all(r, svc.name) if i not in before]
             if r.dry_run and not new:
                 new = [f"<new {svc.name} container {i + 1}>" for i in range(len(old))]
             if not new:
@@ -130,7 +135,9 @@ class DockerRolloutEngine:
 
     def prepare(self, r: Runner) -> None:
         res = r.probe(cmds.plugin_version_ok(self.host.plugin.version))
-        if not res.ok:
+        if not res.ok and r.dry_run:
+            r.note(f"docker-rollout {self.host.plugin.version} is not installed yet: install-plugin would install it")
+        elif not res.ok:
             raise StepFailed(f"docker-rollout {self.host.plugin.version} is not installed on the host "
                              f"({res.first_error_line()}): run the install-plugin task")
 

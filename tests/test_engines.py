@@ -298,32 +298,25 @@ def test_stop_failure_still_restores_the_proxy():
     assert sc.fake.calls[-1].command.endswith(RESTORE)
 
 
-# --- bugs ----------------------------------------------------------------------------------------------
+# --- new containers that are not (yet) running ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: a new container that is not 'running' right after scale-up "
-                                       "(e.g. restarting: crash at boot) is ignored; the rollout fails with "
-                                       "'created no new container' but leaves it behind")
-def test_new_container_not_yet_running_is_removed_on_failure():
-    sc = Scenario(1, new_running=0)
-    sc.fake.on("", ok())  # let a fixed engine run whatever else it needs
+def test_new_container_not_yet_running_is_checked_and_removed_on_failure():
+    # Right after scale-up the new container is restarting (crash at boot): it is still found
+    # (listed in every state), its health wait fails, and it is removed; the old one stays.
+    sc = Scenario(1, new_running=0, health=fail(1, stdout=f"failed: {short(NEW[0])}=restarting\n"))
     with pytest.raises(StepFailed):
         sc.roll()
-    removed = [c for c in sc.fake.commands if "docker rm" in c or "rm --force" in c or "rm -f" in c]
+    assert short(NEW[0]) in sc.fake.calls[sc.fake.index("wait_healthy.sh")].command
+    removed = [c for c in sc.fake.commands if "docker rm" in c]
     assert any(short(NEW[0]) in c for c in removed), sc.fake.commands
+    assert not any(short(OLD[0]) in c for c in sc.fake.commands if "docker stop" in c)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when only some new containers are 'running' right after "
-                                       "scale-up, the others are neither health-checked nor removed and "
-                                       "the old ones are stopped anyway (result '2 → 1')")
-def test_partial_scale_up_does_not_succeed_with_unchecked_containers():
+def test_partial_scale_up_health_checks_every_new_container():
     sc = Scenario(2, new_running=1)
-    sc.fake.on("", ok())
-    try:
-        sc.roll()
-    except StepFailed:
-        assert not any(short(o) in c for o in OLD for c in sc.fake.commands if "docker stop" in c)
-        return
-    assert short(NEW[1]) in sc.fake.calls[sc.fake.index("wait_healthy.sh")].command
+    assert sc.roll().startswith("2 → 2")
+    wait = sc.fake.calls[sc.fake.index("wait_healthy.sh")].command
+    assert short(NEW[0]) in wait and short(NEW[1]) in wait
 
 
 # --- docker-rollout engine ------------------------------------------------------------------------
