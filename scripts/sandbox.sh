@@ -60,6 +60,7 @@ install_packages() {
     [ -x /usr/bin/caddy ] || want+=(caddy)
     [ -x /bin/busybox ] && /bin/busybox --list | grep -qx httpd || want+=(busybox-static)
     command -v iptables >/dev/null || want+=(iptables)
+    command -v curl >/dev/null || want+=(curl)
     [ ${#want[@]} = 0 ] && return 0
     log "installing Debian packages: ${want[*]}"
     # Keep maintainer scripts from starting daemons (there is no init here; we start our

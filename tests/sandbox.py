@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -143,3 +144,14 @@ class Verify:
 
 def python() -> str:
     return sys.executable
+
+
+def hosts_file(tmp_path: Path, engine: str | None = None, extra: str = "") -> Path:
+    """The repo's hosts.toml with the sandbox entry changed: another engine, extra tables."""
+    text = (ROOT / "hosts.toml").read_text()
+    if engine:
+        text, n = re.subn(r'(?m)^(\[hosts\.sandbox\]\n(?:.*\n)*?)engine = "[^"]*"', rf'\1engine = "{engine}"', text)
+        assert n == 1
+    path = tmp_path / "hosts.toml"
+    path.write_text(text + "\n" + extra)
+    return path

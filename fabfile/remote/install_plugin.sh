@@ -11,9 +11,9 @@ trap 'rm -f "$tmp"' EXIT
 if [ -n "$src" ]; then
     cat "$src" > "$tmp"
 elif command -v curl >/dev/null 2>&1; then
-    curl -fsSL --max-time 60 -o "$tmp" "$url" || { echo "download failed: $url"; exit 4; }
+    curl -fsSL --max-time 60 -o "$tmp" "$url" 2>&1 || { echo "download failed: $url"; exit 4; }
 elif command -v wget >/dev/null 2>&1; then
-    wget -q -T 60 -O "$tmp" "$url" || { echo "download failed: $url"; exit 4; }
+    wget -q -T 60 -O "$tmp" "$url" 2>&1 || { echo "download failed: $url"; exit 4; }
 else
     echo "neither curl nor wget on the host: use --source to upload a copy"; exit 4
 fi
