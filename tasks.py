@@ -59,11 +59,7 @@ def verify(c, url=None, host=None, concurrency=None, rate=None, duration=None, t
         raise Exit(f"config error: {e}", code=2) from None
     except ValueError as e:
         raise Exit(f"verify: {e}", code=2) from None
-    report = vloop.run(settings)
-    print(report.render())
-    if json:
-        report.write_json(json)
-    if not report.ok:
+    if not vloop.run_and_print(settings, json).ok:
         raise Exit(code=1)
 
 

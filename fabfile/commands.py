@@ -79,8 +79,9 @@ class Compose:
     def __init__(self, host: HostConfig):
         self.host = host
 
-    def base(self) -> tuple[str, ...]:
-        argv = ["docker", "compose"]
+    def project_flags(self) -> tuple[str, ...]:
+        """``-f FILE… [-p NAME] [--env-file FILE]``: understood by compose and docker-rollout."""
+        argv: list[str] = []
         for f in self.host.compose_files:
             argv += ["-f", f]
         if self.host.project_name:
@@ -88,6 +89,9 @@ class Compose:
         if self.host.env_file:
             argv += ["--env-file", self.host.env_file]
         return tuple(argv)
+
+    def base(self) -> tuple[str, ...]:
+        return ("docker", "compose", *self.project_flags())
 
     def _cmd(self, *args: str, stdin: Stdin | None = None) -> Command:
         return Command(self.base() + args, cwd=self.host.dir, stdin=stdin)
@@ -117,13 +121,7 @@ class Compose:
 
     def rollout(self, svc: "ResolvedLike", engine_flags: tuple[str, ...] = ()) -> Command:
         """``docker rollout`` (the wowu/docker-rollout CLI plugin) for one service."""
-        argv = ["docker", "rollout"]
-        for f in self.host.compose_files:
-            argv += ["-f", f]
-        if self.host.project_name:
-            argv += ["-p", self.host.project_name]
-        if self.host.env_file:
-            argv += ["--env-file", self.host.env_file]
+        argv = ["docker", "rollout", *self.project_flags()]
         argv += ["--timeout", str(svc.health_timeout), "--wait", str(self.host.no_healthcheck_wait)]
         if svc.pre_stop_hook:
             argv += ["--pre-stop-hook", svc.pre_stop_hook]

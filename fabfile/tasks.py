@@ -80,10 +80,7 @@ def verify_zero_downtime(c, duration=30.0, json=None, max_failures=None):
                                            max_failures=None if max_failures is None else int(max_failures))
     except ValueError as e:
         raise Exit(f"[{name}] verify: {e}", code=2) from None
-    report = vloop.run(settings)
-    print(report.render())
-    if json:
-        report.write_json(json)
+    report = vloop.run_and_print(settings, json)
     if not report.ok:
         raise Exit(f"[{name}] verify: {report.verdict()}", code=1)
 

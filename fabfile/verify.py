@@ -931,3 +931,12 @@ def settings_for_host(vc: Any, **overrides: Any) -> VerifySettings:
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return VerifySettings(**values)
+
+
+def run_and_print(settings: VerifySettings, json_path: str | None = None) -> Report:
+    """Run in the foreground (Ctrl-C ends it), print the report, write JSON if asked."""
+    report = run(settings)
+    print(report.render())
+    if json_path:
+        report.write_json(json_path)
+    return report
