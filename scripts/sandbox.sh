@@ -85,6 +85,7 @@ start_engine() {
     fi
     log "starting dockerd"
     mkdir -p "$STATE"
+    [ -e /var/lib/docker ] || mark docker-data   # ours to remove at `down` if still ours alone
     nohup dockerd --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 &
     mark dockerd
     wait_for 60 "dockerd (see $STATE/dockerd.log)" docker info
@@ -308,11 +309,20 @@ down() {
     done
     if created user; then pkill -u "$SBX_USER" 2>/dev/null || true; userdel "$SBX_USER" 2>/dev/null || true; fi
     if created compose-plugin; then rm -f /usr/local/lib/docker/cli-plugins/docker-compose; fi
+    local data_ours=
+    if created docker-data && docker info >/dev/null 2>&1 \
+        && [ -z "$(docker ps -aq)" ] && [ -z "$(docker images -aq)" ] && [ -z "$(docker volume ls -q)" ]; then
+        data_ours=1   # the engine's data dir was made by our dockerd and holds nothing else
+    fi
     if created dockerd && pid_alive "$STATE/dockerd.pid"; then
         kill "$(cat "$STATE/dockerd.pid")"
-        for _ in $(seq 100); do pid_alive "$STATE/dockerd.pid" || break; sleep 0.2; done
+        for _ in $(seq 150); do pid_alive "$STATE/dockerd.pid" || break; sleep 0.2; done
+        [ -n "$data_ours" ] && rm -rf /var/lib/docker
     fi
-    [ -f "$ROOT/.env" ] && sed -i '/^ZDD_SANDBOX_REGISTRY_PASSWORD=/d' "$ROOT/.env"
+    if [ -f "$ROOT/.env" ]; then
+        sed -i '/^ZDD_SANDBOX_REGISTRY_PASSWORD=/d' "$ROOT/.env"
+        [ -s "$ROOT/.env" ] || rm -f "$ROOT/.env"
+    fi
     rm -rf "$STATE"
     log "removed"
 }
