@@ -457,7 +457,8 @@ class Report:
             self.counts.update(stats.counts)
         self.total = sum(self.counts.values())
         self.failures = self.total - self.counts.get(OK, 0)
-        self.ok = self.failures <= settings.max_failures
+        # no completed request proves nothing: that is not a pass
+        self.ok = self.total > 0 and self.failures <= settings.max_failures
         self.latency = latency_summary(itertools.chain.from_iterable(
             s.latencies for s in recorder.urls.values()))
 
@@ -611,7 +612,8 @@ class Report:
         if self.interrupted:
             notes.append("interrupted")
         lines += ["", "(" + ", ".join(notes) + ")"]
-        status = "PASS" if self.ok else f"FAIL (max allowed {self.settings.max_failures:,})"
+        status = "PASS" if self.ok else (f"FAIL (max allowed {self.settings.max_failures:,})" if self.total
+                                         else "FAIL (no request completed)")
         lines.append(f"{status}: {self.verdict()}")
         return "\n".join(lines)
 

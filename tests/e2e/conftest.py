@@ -21,6 +21,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
             if not enabled:
                 item.add_marker(skip)
+    # The teardown test takes the sandbox down and up again: run it after everything else.
+    items.sort(key=lambda item: item.get_closest_marker("teardown") is not None)
 
 
 @pytest.fixture(scope="session")
