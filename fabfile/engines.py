@@ -94,22 +94,10 @@ class NativeEngine:
 
         before = self._all(r, svc.name)
         drain = ProxyDrain.find(r, self.host, svc)
+        failing = False
         try:
-            old_ips: list[str] = []
-            if drain:
-                old_ips = drain.route_to(old, "old", hold=drain.name_addresses())
-            r.change(self.compose.scale(svc.name, 2 * len(old)), f"scaling {svc.name} up")
-            new = [i for i in self._all(r, svc.name) if i not in before]
-            if r.dry_run and not new:
-                new = [f"<new {svc.name} container {i + 1}>" for i in range(len(old))]
-            if not new:
-                raise StepFailed(f"{svc.name}: scaling up created no new container")
-            try:
-                self._wait_healthy(r, svc, new)
-            except StepFailed:
-                r.change(cmds.stop_and_remove(new, svc.stop_timeout), f"removing new {svc.name} containers",
-                         check=False)
-                raise
+            old_ips = drain.route_to(old, "old", hold=drain.name_addresses()) if drain else []
+            new = self._start_new(r, svc, len(old), before)
             drained = ""
             if drain:
                 drain.route_to(new, "new", hold=drain.name_addresses() + drain.addresses(old_ips))
@@ -119,11 +107,43 @@ class NativeEngine:
                     r.change(cmds.pre_stop_hook(cid, svc.pre_stop_hook), f"pre-stop hook in {cid[:12]}",
                              check=False)
             r.change(cmds.stop_and_remove(old, svc.stop_timeout), f"stopping old {svc.name} containers")
+        except BaseException:
+            failing = True
+            raise
         finally:
             if drain:
-                drain.restore()
+                self._restore(r, drain, failing)
         how = f", {drained}" if drained else ""
         return f"{len(old)} → {len(new)} container(s){how}"
+
+    def _start_new(self, r: Runner, svc: ResolvedService, count: int, before: list[str]) -> list[str]:
+        """Scale up beside the old containers and wait until the new ones are healthy; on any
+        failure remove every container the scale-up created (the old ones keep serving)."""
+        try:
+            r.change(self.compose.scale(svc.name, 2 * count), f"scaling {svc.name} up")
+            new = [i for i in self._all(r, svc.name) if i not in before]
+            if r.dry_run and not new:
+                new = [f"<new {svc.name} container {i + 1}>" for i in range(count)]
+            if not new:
+                raise StepFailed(f"{svc.name}: scaling up created no new container")
+            self._wait_healthy(r, svc, new)
+            return new
+        except StepFailed:
+            created = [i for i in self._all(r, svc.name) if i not in before]
+            if created:
+                r.change(cmds.stop_and_remove(created, svc.stop_timeout), f"removing new {svc.name} containers",
+                         check=False)
+            raise
+
+    @staticmethod
+    def _restore(r: Runner, drain: ProxyDrain, failing: bool) -> None:
+        """Back to the proxy's config file; while already failing, report instead of masking."""
+        try:
+            drain.restore()
+        except StepFailed as e:
+            if not failing:
+                raise
+            r.note(f"also failed to restore the proxy's config: {e}")
 
 
 class DockerRolloutEngine:

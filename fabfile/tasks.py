@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
+import paramiko
 from fabric import task
 from invoke.exceptions import Exit
 
@@ -34,6 +35,8 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         failure = e
         if e.detail:
             print("\n".join(f"[{s.name}]   {ln}" for ln in e.detail.splitlines()), file=sys.stdout)
+    except (paramiko.SSHException, OSError) as e:  # the connection broke mid-way
+        failure = StepFailed(f"lost the ssh connection: {e}")
     finally:
         report = loop.stop() if loop is not None else None
     extra = list(s.notes)
