@@ -119,6 +119,19 @@ def container_ips(inspect_json: str, proxy_networks: set[str]) -> dict[str, str]
     return result
 
 
+def read_config(r: Runner, host: HostConfig, container: str) -> dict:
+    """The proxy's config file as Caddy JSON (``caddy adapt`` in its container)."""
+    proxy, path = host.proxy.service, host.proxy.config
+    res = r.probe(cmds.caddy_adapt(container, path))
+    if res.ok:
+        try:
+            return json.loads(res.stdout)
+        except json.JSONDecodeError:
+            pass
+    raise StepFailed(f"cannot read {path} as a Caddy config in {proxy} ({res.first_error_line()}): fix it, "
+                     f"or set proxy.drain = false (a proxy that is not Caddy) in hosts.toml")
+
+
 def _matches(cid: str, full: str) -> bool:
     return full.startswith(cid) or cid.startswith(full)
 
@@ -144,11 +157,7 @@ class ProxyDrain:
             r.note(f"no running {proxy} container: old containers are stopped without draining")
             return None
         container = ids[0][:12]
-        raw = r.read(cmds.caddy_adapt(container, host.proxy.config), f"reading {host.proxy.config} in {proxy}")
-        try:
-            config = json.loads(raw)
-        except json.JSONDecodeError:
-            raise StepFailed(f"{proxy}: {host.proxy.config} did not adapt to JSON") from None
+        config = read_config(r, host, container)
         ports = upstream_ports(config, svc.name)
         if not ports:
             return None  # the proxy does not route to this service by name

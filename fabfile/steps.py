@@ -12,6 +12,7 @@ from typing import Any
 
 from . import commands as cmds
 from .engines import engine_for
+from .proxy import read_config
 from .runner import StepFailed
 from .session import Session, secret
 
@@ -46,13 +47,20 @@ def check_compose(host_services: dict[str, Any], s: Session, only: list[str] | N
 
 
 def validate(s: Session, only: list[str] | None = None) -> dict[str, Any]:
-    """Check the host's compose project against hosts.toml; nothing changes before this passes."""
+    """Check the host's compose project (and the proxy config the drain will rewrite)
+    against hosts.toml; nothing changes before this passes."""
     with s.report.step("validate") as rec:
         services = compose_services(s)
         problems = check_compose(services, s, only)
         if problems:
             raise StepFailed(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
         rec.detail = f"{len(services)} services in the compose project"
+        h = s.host
+        if h.engine == "native" and h.proxy.service and h.proxy.drain and h.app_services:
+            ids = s.r.read(cmds.Compose(h).ids(h.proxy.service), f"finding the {h.proxy.service} container").split()
+            if ids:
+                read_config(s.r, h, ids[0][:12])
+                rec.detail += f"; {h.proxy.config} readable"
     return services
 
 

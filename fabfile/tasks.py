@@ -27,7 +27,7 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
     s = open_session(c, dry_run=dry_run)
     loop = None
     if verify and s.host.verify.enabled and s.host.verify.urls and not dry_run:
-        loop = vloop.BackgroundLoop(vloop.settings_for_host(s.host.verify)).start()
+        loop = vloop.BackgroundLoop(vloop.settings_for_host(s.host.verify), finish_in_flight=True).start()
     failure: StepFailed | None = None
     try:
         body(s)

@@ -685,6 +685,7 @@ class _Context:
         self.pattern = _compile(settings.version_regex) if settings.version_regex else None
         self.need_body = settings.version_header is None and self.pattern is not None
         self.in_flight = 0
+        self.stopping = False  # set when stopping: workers send nothing new
 
 
 def _make_clients(settings: VerifySettings, transport: httpx.AsyncBaseTransport | None) -> list[httpx.AsyncClient]:
@@ -775,6 +776,8 @@ async def _fetch(ctx: _Context, client: httpx.AsyncClient, url: str,
 
 async def _next_slot(ctx: _Context) -> bool:
     """Wait for this worker's next turn; False when the run's duration is used up."""
+    if ctx.stopping:
+        return False
     now = time.monotonic()
     if ctx.schedule is not None:
         due = ctx.schedule.reserve(now)
@@ -782,7 +785,7 @@ async def _next_slot(ctx: _Context) -> bool:
             return False
         if due > now:
             await asyncio.sleep(due - now)
-        return True
+        return not ctx.stopping
     return ctx.deadline is None or now < ctx.deadline
 
 
@@ -823,8 +826,10 @@ async def _wait_for_stop(ctx: _Context, workers: list[asyncio.Task[None]],
 
 async def _run_async(settings: VerifySettings, recorder: Recorder,
                      stop_event: threading.Event | None,
-                     transport: httpx.AsyncBaseTransport | None) -> None:
-    """Run the workers until stopped; in-flight requests are cancelled, not counted."""
+                     transport: httpx.AsyncBaseTransport | None,
+                     finish_in_flight: bool = False) -> None:
+    """Run the workers until stopped. In-flight requests are then cancelled and not
+    counted; with ``finish_in_flight`` they first get up to ``timeout`` s to finish."""
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(c) for c in _make_clients(settings, transport)]
         recorder.restart_clock()
@@ -832,6 +837,11 @@ async def _run_async(settings: VerifySettings, recorder: Recorder,
         workers = [asyncio.create_task(_worker(ctx, c)) for c in clients]
         try:
             await _wait_for_stop(ctx, workers, stop_event)
+            if finish_in_flight:
+                ctx.stopping = True
+                limit = time.monotonic() + settings.timeout
+                while ctx.in_flight and time.monotonic() < limit and not all(w.done() for w in workers):
+                    await asyncio.sleep(0.02)
         finally:
             recorder.stopped_mono = time.monotonic()
             recorder.cancelled_in_flight = ctx.in_flight
@@ -844,7 +854,7 @@ async def _run_async(settings: VerifySettings, recorder: Recorder,
 
 
 def run(settings: VerifySettings, stop_event: threading.Event | None = None, *,
-        transport: httpx.AsyncBaseTransport | None = None) -> Report:
+        transport: httpx.AsyncBaseTransport | None = None, finish_in_flight: bool = False) -> Report:
     """Run the loop in the foreground until ``settings.duration`` or ``stop_event``.
 
     Ctrl-C (KeyboardInterrupt) stops the loop and still returns the report of
@@ -854,7 +864,7 @@ def run(settings: VerifySettings, stop_event: threading.Event | None = None, *,
     recorder = Recorder(settings.urls)
     interrupted = False
     try:
-        asyncio.run(_run_async(settings, recorder, stop_event, transport))
+        asyncio.run(_run_async(settings, recorder, stop_event, transport, finish_in_flight))
     except KeyboardInterrupt:
         interrupted = True
     if recorder.stopped_mono is None:
@@ -870,9 +880,13 @@ class BackgroundLoop:
     >>> report = loop.stop()
     """
 
-    def __init__(self, settings: VerifySettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: VerifySettings, *, transport: httpx.AsyncBaseTransport | None = None,
+                 finish_in_flight: bool = False) -> None:
+        """``finish_in_flight``: at stop, send nothing new and let requests in flight finish
+        (up to ``timeout``), so every request sent during a deploy gets its verdict."""
         self.settings = settings
         self._transport = transport
+        self._finish = finish_in_flight
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._report: Report | None = None
@@ -892,7 +906,7 @@ class BackgroundLoop:
 
     def _main(self) -> None:
         try:
-            self._report = run(self.settings, self._stop, transport=self._transport)
+            self._report = run(self.settings, self._stop, transport=self._transport, finish_in_flight=self._finish)
         except BaseException as exc:  # re-raised in stop()
             self._error = exc
 
@@ -901,7 +915,7 @@ class BackgroundLoop:
         if self._thread is None:
             raise RuntimeError("BackgroundLoop was never started")
         self._stop.set()
-        limit = timeout if timeout is not None else self.settings.timeout + 5.0
+        limit = timeout if timeout is not None else self.settings.timeout * (2 if self._finish else 1) + 5.0
         self._thread.join(limit)
         if self._thread.is_alive():
             raise RuntimeError(f"verification loop did not stop within {limit:g} s")

@@ -213,3 +213,14 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
     plan = out.getvalue()
     assert "install_plugin.sh" in plan
     assert "docker rollout -f docker-compose.yaml" in plan
+
+
+def test_unreadable_proxy_config_fails_validation_before_any_change():
+    fake = fake_host()
+    fake.first("caddy adapt", fail(1, stderr="Error: adapting config using caddyfile: Caddyfile:3: unknown directive"))
+    s, out = session("sandbox", fake)
+    with pytest.raises(StepFailed, match=r"cannot read /etc/caddy/Caddyfile as a Caddy config in caddy "
+                                         r"\(Error: adapting .*unknown directive\).*proxy.drain = false"):
+        steps.deploy(s)
+    assert [r.name for r in s.report.steps] == ["validate"]
+    assert not any(m in c for c in fake.commands for m in MUTATING)

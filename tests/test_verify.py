@@ -375,3 +375,18 @@ def test_ctrl_c_keeps_the_report():
     timer.join()
     assert report.interrupted and 15 <= report.total <= 45 and report.failures == 0
     assert report.elapsed < 1.0
+
+
+def test_background_loop_can_let_in_flight_requests_finish():
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.5)
+        return httpx.Response(200, text="app v2")
+
+    loop = BackgroundLoop(settings(concurrency=4, timeout=5), transport=httpx.MockTransport(slow),
+                          finish_in_flight=True).start()
+    time.sleep(0.2)
+    began = time.monotonic()
+    report = loop.stop()
+    waited = time.monotonic() - began
+    assert 0.2 <= waited < 2.0  # the 4 requests in flight were waited for, nothing new was sent
+    assert report.total == 4 and report.cancelled_in_flight == 0 and report.ok
