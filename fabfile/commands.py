@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .config import HostConfig
+from .config import HostConfig, ResolvedService
 
 
 @dataclass(frozen=True)
@@ -119,20 +119,16 @@ class Compose:
     def recreate(self, service: str) -> Command:
         return self._cmd("up", "--detach", "--no-deps", "--force-recreate", service)
 
-    def rollout(self, svc: "ResolvedLike", engine_flags: tuple[str, ...] = ()) -> Command:
-        """``docker rollout`` (the wowu/docker-rollout CLI plugin) for one service."""
+    def rollout(self, svc: ResolvedService, pre_stop_hook: str | None = None) -> Command:
+        """``docker rollout`` (the wowu/docker-rollout CLI plugin) for one service;
+        ``pre_stop_hook`` replaces the service's own hook when given."""
+        hook = svc.pre_stop_hook if pre_stop_hook is None else pre_stop_hook
         argv = ["docker", "rollout", *self.project_flags()]
         argv += ["--timeout", str(svc.health_timeout), "--wait", str(self.host.no_healthcheck_wait)]
-        if svc.pre_stop_hook:
-            argv += ["--pre-stop-hook", svc.pre_stop_hook]
-        argv += [*engine_flags, svc.name]
+        if hook:
+            argv += ["--pre-stop-hook", hook]
+        argv.append(svc.name)
         return Command(tuple(argv), cwd=self.host.dir)
-
-
-class ResolvedLike:  # typing helper: anything with the fields of config.ResolvedService
-    name: str
-    health_timeout: int
-    pre_stop_hook: str
 
 
 # --- plain docker -------------------------------------------------------------------------
@@ -188,6 +184,25 @@ def image_prune() -> Command:
 
 def rollout_version() -> Command:
     return Command(("docker", "rollout", "--version"))
+
+
+def rollout_hook_label(container: str) -> Command:
+    """The pre-stop hook docker-rollout would read from a container's label."""
+    return inspect([container], '{{index .Config.Labels "docker-rollout.pre-stop-hook"}}')
+
+
+def release_hook(marker: str, limit_seconds: int, then: str = "") -> str:
+    """A pre-stop hook (run by docker-rollout in each old container) that holds the old
+    containers until zdd has drained them at the proxy and created ``marker`` in them,
+    or ``limit_seconds`` passed, then runs ``then`` (the user's own hook)."""
+    m = shlex.quote(marker)
+    hold = (f"n=0; while [ ! -e {m} ] && [ $n -lt {limit_seconds * 5} ]; do "
+            f"sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); done")
+    return f"{hold}; {then}" if then else hold
+
+
+def release(container: str, marker: str) -> Command:
+    return exec_(container, "sh", "-c", f": > {shlex.quote(marker)}")
 
 
 # --- host-side helpers (fabfile/remote/*.sh) ---------------------------------------------

@@ -13,6 +13,8 @@ containers of one service; raise StepFailed with the old containers still servin
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Protocol
 
 from . import commands as cmds
@@ -147,11 +149,18 @@ class NativeEngine:
 
 
 class DockerRolloutEngine:
+    """``docker rollout`` per service. Behind Caddy it is wrapped so that it drains too: the
+    proxy is pinned to the old containers, docker-rollout's pre-stop hook holds the old ones
+    (:func:`commands.release_hook`) while zdd waits for the new ones to be healthy, routes to
+    them and waits until the old ones are idle; then it releases the hook and docker-rollout
+    stops the old containers, which no longer get traffic."""
+
     name = "docker-rollout"
 
     def __init__(self, host: HostConfig):
         self.host = host
         self.compose = cmds.Compose(host)
+        self.native = NativeEngine(host)  # for its listing and health helpers
 
     def prepare(self, r: Runner) -> None:
         res = r.probe(cmds.plugin_version_ok(self.host.plugin.version))
@@ -161,12 +170,71 @@ class DockerRolloutEngine:
             raise StepFailed(f"docker-rollout {self.host.plugin.version} is not installed on the host "
                              f"({res.first_error_line()}): run the install-plugin task")
 
-    def rollout(self, r: Runner, svc: ResolvedService) -> str:
-        res = r.change(self.compose.rollout(svc), check=False)
+    def _run(self, r: Runner, cmd: cmds.Command, svc: ResolvedService) -> None:
+        res = r.change(cmd, check=False)
         if not res.ok:
             raise StepFailed(f"docker rollout {svc.name} failed: {res.first_error_line()}",
                              (res.stdout + res.stderr).strip())
-        return "rolled by docker-rollout"
+
+    def rollout(self, r: Runner, svc: ResolvedService) -> str:
+        old = self.native._running(r, svc.name)
+        if not old:  # docker-rollout only starts it and does not wait: wait here
+            self._run(r, self.compose.rollout(svc), svc)
+            new = self.native._running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
+            self.native._wait_healthy(r, svc, new)
+            return f"was not running: started {len(new)}"
+        drain = ProxyDrain.find(r, self.host, svc)
+        if not drain:
+            self._run(r, self.compose.rollout(svc), svc)
+            return "rolled by docker-rollout"
+        return self._rollout_draining(r, svc, old, drain)
+
+    def _rollout_draining(self, r: Runner, svc: ResolvedService, old: list[str], drain: ProxyDrain) -> str:
+        marker = f"/tmp/.zdd-release-{uuid.uuid4().hex[:12]}"
+        label = "" if r.dry_run else r.probe(cmds.rollout_hook_label(old[0])).stdout.strip()
+        own = svc.pre_stop_hook or label
+        limit = svc.health_timeout + self.host.proxy.drain_timeout + 60
+        before = self.native._all(r, svc.name)
+        old_ips = drain.route_to(old, "old", hold=drain.name_addresses())
+        pending = None
+        new: list[str] = []
+        drained = ""
+        failing = True
+        try:
+            pending = r.start(self.compose.rollout(svc, cmds.release_hook(marker, limit, own)))
+            new = self._await_new(r, svc, before, len(old), pending)
+            self.native._wait_healthy(r, svc, new)
+            drain.route_to(new, "new", hold=drain.name_addresses() + drain.addresses(old_ips))
+            drained = drain.wait_drained(old_ips, self.host.proxy.drain_timeout)
+            failing = False
+        finally:
+            if failing:  # route by name again before docker-rollout may stop the old ones
+                NativeEngine._restore(r, drain, True)
+            for cid in old:  # never leave docker-rollout waiting in the hook
+                r.change(cmds.release(cid, marker), check=False)
+            res = pending.wait() if pending is not None else None
+            if not failing:
+                NativeEngine._restore(r, drain, res is None or not res.ok)
+        if res is not None and not res.ok:
+            raise StepFailed(f"docker rollout {svc.name} failed: {res.first_error_line()}",
+                             (res.stdout + res.stderr).strip())
+        return f"{len(old)} → {len(new)} container(s) by docker-rollout, {drained}"
+
+    def _await_new(self, r: Runner, svc: ResolvedService, before: list[str], count: int, pending) -> list[str]:
+        """The containers docker-rollout's scale-up created (polled until all are there)."""
+        if r.dry_run:
+            return [f"<new {svc.name} container {i + 1}>" for i in range(count)]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            new = [i for i in self.native._all(r, svc.name) if i not in before]
+            if len(new) >= count:
+                return new
+            if pending.done():
+                res = pending.wait()
+                raise StepFailed(f"docker rollout {svc.name} ended before new containers appeared: "
+                                 f"{res.first_error_line()}", (res.stdout + res.stderr).strip())
+            time.sleep(0.3)
+        raise StepFailed(f"docker rollout {svc.name}: no new containers after 120 s")
 
 
 def engine_for(host: HostConfig) -> Engine:

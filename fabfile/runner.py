@@ -61,27 +61,71 @@ class SshExecutor:
         self.cxn = cxn
 
     def __call__(self, command: str, stdin: str | None) -> Outcome:
+        return self.start(command, stdin).wait()
+
+    def start(self, command: str, stdin: str | None) -> "Pending":
+        """Start a command on its own channel; other commands can run meanwhile."""
         self.cxn.open()
         chan = self.cxn.client.get_transport().open_session()
-        try:
-            chan.exec_command(command)
-            if stdin:
-                chan.sendall(stdin.encode())
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            while True:
-                select.select([chan], [], [], 0.5)
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-            code = chan.recv_exit_status()
-        finally:
-            chan.close()
-        return Outcome(ok=code == 0, stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
-                       exited=code)
+        chan.exec_command(command)
+        if stdin:
+            chan.sendall(stdin.encode())
+        chan.shutdown_write()
+        return _ChannelPending(chan)
+
+
+class Pending(Protocol):
+    """A command started in the background."""
+
+    def done(self) -> bool: ...
+
+    def wait(self) -> Outcome: ...
+
+
+class _ChannelPending:
+    def __init__(self, chan: Any):
+        self.chan = chan
+        self.out, self.err = bytearray(), bytearray()
+        self.result: Outcome | None = None
+
+    def _drain(self) -> None:
+        while self.chan.recv_ready():
+            self.out += self.chan.recv(65536)
+        while self.chan.recv_stderr_ready():
+            self.err += self.chan.recv_stderr(65536)
+
+    def done(self) -> bool:
+        self._drain()
+        return self.chan.exit_status_ready()
+
+    def wait(self) -> Outcome:
+        if self.result is None:
+            try:
+                while True:
+                    select.select([self.chan], [], [], 0.5)
+                    self._drain()
+                    if self.chan.exit_status_ready() and not self.chan.recv_ready() \
+                            and not self.chan.recv_stderr_ready():
+                        break
+                code = self.chan.recv_exit_status()
+            finally:
+                self.chan.close()
+            self.result = Outcome(ok=code == 0, stdout=self.out.decode(errors="replace"),
+                                  stderr=self.err.decode(errors="replace"), exited=code)
+        return self.result
+
+
+class _Finished:
+    """A Pending that already has its outcome (dry runs; executors that cannot start)."""
+
+    def __init__(self, outcome: Outcome):
+        self.outcome = outcome
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> Outcome:
+        return self.outcome
 
 
 @dataclass
@@ -123,6 +167,20 @@ class Runner:
             raise StepFailed(f"{what or ' '.join(cmd.argv[:3])} failed: {res.first_error_line()}",
                              (res.stdout + res.stderr).strip())
         return res
+
+    def start(self, cmd: Command) -> Pending:
+        """Start a command that changes the host and return at once; ``wait()`` for it.
+        In a dry run it is printed and counts as succeeded."""
+        if self.dry_run:
+            self.history.append(cmd.describe())
+            print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
+            return _Finished(Outcome(ok=True))
+        self.history.append(cmd.describe())
+        starter = getattr(self.execute, "start", None)
+        stdin = cmd.stdin.text if cmd.stdin is not None else None
+        if starter is None:  # an executor without background commands: run it now
+            return _Finished(self.execute(cmd.render(), stdin))
+        return starter(cmd.render(), stdin)
 
     def note(self, text: str) -> None:
         print(f"[{self.host}]   {text}", file=self.out)

@@ -225,9 +225,6 @@ def deploy(s: Session) -> None:
     engine = engine_for(s.host)
     if engine.name == "docker-rollout":
         install_plugin(s)
-        if s.host.proxy.service and s.host.proxy.drain:
-            s.notes.append("engine docker-rollout stops old containers itself: no drain at the proxy, so apps that "
-                           "die at SIGTERM or ignore it can lose in-flight requests (engine = native drains)")
     with s.report.step("engine") as rec:
         engine.prepare(s.r)
         rec.detail = engine.name

@@ -188,9 +188,15 @@ def test_rollout_builder_without_hook():
                       "identity")
 
 
-def test_rollout_builder_engine_flags_before_service():
-    c = Compose(H()).rollout(svc("server"), ("--wait-after-healthy", "3"))
-    assert c.argv[-3:] == ("--wait-after-healthy", "3", "server")
+def test_rollout_builder_hook_override_and_release_hook():
+    hook = cmds.release_hook("/tmp/.zdd-release-x", 10, then="sleep 5; echo 'bye'")
+    c = Compose(H()).rollout(svc("server"), hook)
+    assert c.argv[-3:] == ("--pre-stop-hook", hook, "server")
+    assert shlex.split(c.render())[-2] == hook  # one shell word, however it is written
+    assert hook.endswith("; sleep 5; echo 'bye'") and "[ ! -e /tmp/.zdd-release-x ]" in hook
+    assert "-lt 50 ]" in hook  # gives up after 10 s (0.2 s steps)
+    assert cmds.release("abc", "/tmp/.zdd-release-x").argv == ("docker", "exec", "abc", "sh", "-c",
+                                                               ": > /tmp/.zdd-release-x")
 
 
 # --- plain docker and helpers ---------------------------------------------------------------------

@@ -324,14 +324,19 @@ def test_partial_scale_up_health_checks_every_new_container():
 
 # --- docker-rollout engine ------------------------------------------------------------------------
 
+def no_proxy(**kw) -> HostConfig:
+    return make_host(engine="docker-rollout", proxy=ProxyConfig(service=""), **kw)
+
+
 def test_docker_rollout_command():
-    host = make_host(engine="docker-rollout", compose_files=("docker-compose.yaml", "infra/x.yaml"),
-                     project_name="remi", env_file=".env.prod", health_timeout=45, pre_stop_hook="sleep 5")
-    fake = FakeExecutor([("docker rollout", ok("==> Stopping and removing old containers\n"))])
+    host = no_proxy(compose_files=("docker-compose.yaml", "infra/x.yaml"), project_name="remi",
+                    env_file=".env.prod", health_timeout=45, pre_stop_hook="sleep 5")
+    fake = FakeExecutor([("ps --quiet --status running identity", OLD[0] + "\n"),
+                         ("docker rollout", ok("==> Stopping and removing old containers\n"))])
     r = Runner(fake, "t", out=io.StringIO())
     assert DockerRolloutEngine(host).rollout(r, host.service("identity")) == "rolled by docker-rollout"
-    assert len(fake.calls) == 1
-    assert shlex.split(fake.calls[0].command) == [
+    [cmd] = [c for c in fake.commands if "docker rollout" in c]
+    assert shlex.split(cmd) == [
         "cd", "~/app", "&&", "docker", "rollout", "-f", "docker-compose.yaml", "-f", "infra/x.yaml",
         "-p", "remi", "--env-file", ".env.prod", "--timeout", "45", "--wait", "10",
         "--pre-stop-hook", "sleep 5", "identity",
@@ -339,26 +344,66 @@ def test_docker_rollout_command():
 
 
 def test_docker_rollout_uses_per_service_settings():
-    host = make_host(engine="docker-rollout")
-    host = dataclasses.replace(host, services={"server": ServiceConfig(health_timeout=120)})
-    fake = FakeExecutor([("docker rollout", ok())])
+    host = dataclasses.replace(no_proxy(), services={"server": ServiceConfig(health_timeout=120)})
+    fake = FakeExecutor([("ps --quiet --status running server", OLD[0] + "\n"), ("docker rollout", ok())])
     DockerRolloutEngine(host).rollout(Runner(fake, "t", out=io.StringIO()), host.service("server"))
-    args = shlex.split(fake.calls[0].command)
+    args = shlex.split(fake.calls[fake.index("docker rollout")].command)
     assert args[args.index("--timeout") + 1] == "120"
     assert "--pre-stop-hook" not in args
     assert args[-1] == "server"
 
 
 def test_docker_rollout_failure_raises_with_output():
-    host = make_host(engine="docker-rollout")
-    fake = FakeExecutor([("docker rollout", fail(1, stdout="==> Scaling 'server' to '2' instances\n",
-                                                  stderr="==> New containers are not healthy. Rolling back.\n"))])
+    fake = FakeExecutor([("ps --quiet --status running server", OLD[0] + "\n"),
+                         ("docker rollout", fail(1, stdout="==> Scaling 'server' to '2' instances\n",
+                                                 stderr="==> New containers are not healthy. Rolling back.\n"))])
     with pytest.raises(StepFailed) as e:
-        DockerRolloutEngine(host).rollout(Runner(fake, "t", out=io.StringIO()), host.service("server"))
+        DockerRolloutEngine(no_proxy()).rollout(Runner(fake, "t", out=io.StringIO()), no_proxy().service("server"))
     assert "docker rollout server failed" in str(e.value)
     assert "New containers are not healthy. Rolling back." in str(e.value)
     assert "Scaling 'server' to '2' instances" in e.value.detail
-    assert "Rolling back" in e.value.detail
+
+
+def _draining_rollout(health=None, rollout=None, label=""):
+    """docker-rollout behind Caddy: the fake's `ps` shows new containers once rollout ran."""
+    sc = Scenario(2, health=health, host=make_host(engine="docker-rollout", pre_stop_hook=""))
+    sc.fake.first("ps --quiet server", lambda call, fake: "".join(
+        i + "\n" for i in sc.old + (sc.new if fake.seen("docker rollout") else [])))
+    sc.fake.first("docker-rollout.pre-stop-hook", ok(label + "\n"))
+    sc.fake.first("docker rollout", rollout or ok("==> Stopping and removing old containers\n"))
+    sc.fake.first(": > /tmp/.zdd-release-", ok())
+    return sc
+
+
+def test_docker_rollout_behind_caddy_drains_before_releasing_the_old_containers():
+    sc = _draining_rollout(label="sleep 2")
+    out = DockerRolloutEngine(sc.host).rollout(sc.r, sc.host.service("server"))
+    assert out.startswith("2 → 2 container(s) by docker-rollout, drained")
+    f = sc.fake
+    pin = f.index("/dev/stdin")
+    start = f.index("docker rollout")
+    health = f.index("wait_healthy.sh")
+    switch = f.index("/dev/stdin", after=pin)
+    drained = f.index("wait_drained.sh")
+    releases = f.matching(": > /tmp/.zdd-release-")
+    restore = f.index(RESTORE)
+    assert pin < start < health < switch < drained < min(releases) and max(releases) < restore
+    assert len(releases) == 2 and all(short(o) in f.calls[i].command for o, i in zip(sc.old, releases))
+    hook = shlex.split(f.calls[start].command)
+    hook = hook[hook.index("--pre-stop-hook") + 1]
+    marker = shlex.split(f.calls[releases[0]].command)[-1].split("> ")[1]
+    assert f"[ ! -e {marker} ]" in hook and hook.endswith("; sleep 2")  # the label's hook still runs
+    assert all(short(n) in f.calls[health].command for n in sc.new)
+
+
+def test_docker_rollout_behind_caddy_unhealthy_restores_before_releasing():
+    sc = _draining_rollout(health=fail(2, stdout="timeout after 60s: x=starting\n"),
+                           rollout=fail(1, stderr="==> New containers are not healthy. Rolling back.\n"))
+    with pytest.raises(StepFailed, match="not healthy"):
+        DockerRolloutEngine(sc.host).rollout(sc.r, sc.host.service("server"))
+    f = sc.fake
+    assert f.index(RESTORE) < min(f.matching(": > /tmp/.zdd-release-"))
+    assert not f.seen("wait_drained.sh")
 
 
 def test_docker_rollout_prepare_ok():
