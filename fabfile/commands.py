@@ -201,6 +201,16 @@ def release_hook(marker: str, limit_seconds: int, then: str = "") -> str:
     return f"{hold}; {then}" if then else hold
 
 
+def run_in_background(pidfile: str, cmd: Command) -> Command:
+    """``cmd`` in a process group of its own whose id goes to ``pidfile`` (bg_kill.sh stops it)."""
+    return Command(("sh", "-s", "--", pidfile, *cmd.argv), cwd=cmd.cwd,
+                   stdin=Stdin(script("bg_run.sh"), "fabfile/remote/bg_run.sh"))
+
+
+def kill_background(pidfile: str, cwd: str | None) -> Command:
+    return host_script("bg_kill.sh", pidfile, cwd=cwd)
+
+
 def release(container: str, marker: str) -> Command:
     return exec_(container, "sh", "-c", f": > {shlex.quote(marker)}")
 

@@ -60,46 +60,93 @@ def health_report(r: Runner, ids: list[str]) -> str:
     return "\n".join(lines)
 
 
-class NativeEngine:
-    name = "native"
+class Containers:
+    """Listing, health and clean-up of one host's service containers (shared by engines)."""
 
     def __init__(self, host: HostConfig):
         self.host = host
         self.compose = cmds.Compose(host)
 
-    def prepare(self, r: Runner) -> None:
-        return None
-
-    def _running(self, r: Runner, service: str) -> list[str]:
+    def running(self, r: Runner, service: str) -> list[str]:
         return _ids(r.read(self.compose.ids(service), f"listing {service} containers"))
 
-    def _all(self, r: Runner, service: str) -> list[str]:
+    def all(self, r: Runner, service: str) -> list[str]:
         """Every container of the service, whatever its state (a new one may be restarting)."""
         return _ids(r.read(self.compose.ids(service, running_only=False), f"listing {service} containers"))
 
-    def _wait_healthy(self, r: Runner, svc: ResolvedService, ids: list[str]) -> None:
+    def wait_healthy(self, r: Runner, svc: ResolvedService, ids: list[str]) -> None:
         cmd = cmds.wait_healthy(ids, svc.health_timeout, self.host.no_healthcheck_wait)
         res = r.change(cmd, check=False)
         if not res.ok:
             detail = health_report(r, ids)
             raise StepFailed(f"{svc.name}: new container(s) not healthy: {res.first_error_line()}", detail)
 
-    def rollout(self, r: Runner, svc: ResolvedService) -> str:
-        old = self._running(r, svc.name)
-        if not old:
-            r.change(self.compose.up([svc.name]), f"starting {svc.name}")
-            new = self._running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
-            if not new:
-                raise StepFailed(f"{svc.name}: no container is running after up")
-            self._wait_healthy(r, svc, new)
-            return f"was not running: started {len(new)}"
+    def remove_stopped(self, r: Runner, svc: ResolvedService, running: list[str]) -> None:
+        """Compose counts stopped containers when scaling and would restart them (old image,
+        old config) instead of creating new ones: remove them first; they serve nothing."""
+        stopped = [i for i in self.all(r, svc.name) if i not in running]
+        if stopped:
+            r.note(f"{svc.name}: removing {len(stopped)} stopped container(s) first: {', '.join(stopped)}")
+            r.change(cmds.Command(("docker", "rm", "--force", *stopped)), f"removing stopped {svc.name} containers")
 
-        before = self._all(r, svc.name)
+    def remove_created(self, r: Runner, svc: ResolvedService, before: list[str]) -> None:
+        """Best effort, while failing: remove every container that was not there ``before``."""
+        try:
+            created = [i for i in self.all(r, svc.name) if i not in before]
+            if created:
+                r.change(cmds.stop_and_remove(created, svc.stop_timeout), f"removing new {svc.name} containers",
+                         check=False)
+        except Exception as e:  # the original failure is what the operator needs to see
+            r.note(f"{svc.name}: could not remove the new containers: {e}")
+
+
+def restore_proxy(r: Runner, drain: ProxyDrain, failing: bool) -> None:
+    """Back to the proxy's config file; while already failing, report instead of masking."""
+    try:
+        drain.restore()
+    except Exception as e:
+        hint = (f"{drain.host.proxy.service} may still route {drain.service} to container addresses: "
+                f"run `fab -H {r.host} reload-caddy` ({e})")
+        if not failing:
+            raise StepFailed(hint) from None
+        r.note(hint)
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(self, host: HostConfig):
+        self.host = host
+        self.compose = cmds.Compose(host)
+        self.c = Containers(host)
+
+    def prepare(self, r: Runner) -> None:
+        return None
+
+    def start_service(self, r: Runner, svc: ResolvedService) -> str:
+        r.change(self.compose.up([svc.name]), f"starting {svc.name}")
+        new = self.c.running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
+        if not new:
+            raise StepFailed(f"{svc.name}: no container is running after up")
+        self.c.wait_healthy(r, svc, new)
+        return f"was not running: started {len(new)}"
+
+    def rollout(self, r: Runner, svc: ResolvedService) -> str:
+        old = self.c.running(r, svc.name)
+        if not old:
+            return self.start_service(r, svc)
+        self.c.remove_stopped(r, svc, old)
         drain = ProxyDrain.find(r, self.host, svc)
-        failing = False
+        stopping_old = False
         try:
             old_ips = drain.route_to(old, "old", hold=drain.name_addresses()) if drain else []
-            new = self._start_new(r, svc, len(old), before)
+            r.change(self.compose.scale(svc.name, 2 * len(old)), f"scaling {svc.name} up")
+            new = [i for i in self.c.all(r, svc.name) if i not in old]
+            if r.dry_run and not new:
+                new = [f"<new {svc.name} container {i + 1}>" for i in range(len(old))]
+            if not new:
+                raise StepFailed(f"{svc.name}: scaling up created no new container")
+            self.c.wait_healthy(r, svc, new)
             drained = ""
             if drain:
                 drain.route_to(new, "new", hold=drain.name_addresses() + drain.addresses(old_ips))
@@ -108,44 +155,18 @@ class NativeEngine:
                 for cid in old:
                     r.change(cmds.pre_stop_hook(cid, svc.pre_stop_hook), f"pre-stop hook in {cid[:12]}",
                              check=False)
+            stopping_old = True  # from here on the new containers are the ones serving
             r.change(cmds.stop_and_remove(old, svc.stop_timeout), f"stopping old {svc.name} containers")
         except BaseException:
-            failing = True
-            raise
-        finally:
+            if not stopping_old:
+                self.c.remove_created(r, svc, old)
             if drain:
-                self._restore(r, drain, failing)
+                restore_proxy(r, drain, failing=True)
+            raise
+        if drain:
+            restore_proxy(r, drain, failing=False)
         how = f", {drained}" if drained else ""
         return f"{len(old)} → {len(new)} container(s){how}"
-
-    def _start_new(self, r: Runner, svc: ResolvedService, count: int, before: list[str]) -> list[str]:
-        """Scale up beside the old containers and wait until the new ones are healthy; on any
-        failure remove every container the scale-up created (the old ones keep serving)."""
-        try:
-            r.change(self.compose.scale(svc.name, 2 * count), f"scaling {svc.name} up")
-            new = [i for i in self._all(r, svc.name) if i not in before]
-            if r.dry_run and not new:
-                new = [f"<new {svc.name} container {i + 1}>" for i in range(count)]
-            if not new:
-                raise StepFailed(f"{svc.name}: scaling up created no new container")
-            self._wait_healthy(r, svc, new)
-            return new
-        except StepFailed:
-            created = [i for i in self._all(r, svc.name) if i not in before]
-            if created:
-                r.change(cmds.stop_and_remove(created, svc.stop_timeout), f"removing new {svc.name} containers",
-                         check=False)
-            raise
-
-    @staticmethod
-    def _restore(r: Runner, drain: ProxyDrain, failing: bool) -> None:
-        """Back to the proxy's config file; while already failing, report instead of masking."""
-        try:
-            drain.restore()
-        except StepFailed as e:
-            if not failing:
-                raise
-            r.note(f"also failed to restore the proxy's config: {e}")
 
 
 class DockerRolloutEngine:
@@ -153,14 +174,15 @@ class DockerRolloutEngine:
     proxy is pinned to the old containers, docker-rollout's pre-stop hook holds the old ones
     (:func:`commands.release_hook`) while zdd waits for the new ones to be healthy, routes to
     them and waits until the old ones are idle; then it releases the hook and docker-rollout
-    stops the old containers, which no longer get traffic."""
+    stops the old containers, which no longer get traffic. When zdd fails meanwhile, it stops
+    docker-rollout, removes the new containers and restores the proxy before releasing."""
 
     name = "docker-rollout"
 
     def __init__(self, host: HostConfig):
         self.host = host
         self.compose = cmds.Compose(host)
-        self.native = NativeEngine(host)  # for its listing and health helpers
+        self.c = Containers(host)
 
     def prepare(self, r: Runner) -> None:
         res = r.probe(cmds.plugin_version_ok(self.host.plugin.version))
@@ -177,57 +199,80 @@ class DockerRolloutEngine:
                              (res.stdout + res.stderr).strip())
 
     def rollout(self, r: Runner, svc: ResolvedService) -> str:
-        old = self.native._running(r, svc.name)
+        old = self.c.running(r, svc.name)
         if not old:  # docker-rollout only starts it and does not wait: wait here
             self._run(r, self.compose.rollout(svc), svc)
-            new = self.native._running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
-            self.native._wait_healthy(r, svc, new)
+            new = self.c.running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
+            self.c.wait_healthy(r, svc, new)
             return f"was not running: started {len(new)}"
         drain = ProxyDrain.find(r, self.host, svc)
         if not drain:
             self._run(r, self.compose.rollout(svc), svc)
             return "rolled by docker-rollout"
-        return self._rollout_draining(r, svc, old, drain)
-
-    def _rollout_draining(self, r: Runner, svc: ResolvedService, old: list[str], drain: ProxyDrain) -> str:
         marker = f"/tmp/.zdd-release-{uuid.uuid4().hex[:12]}"
+        if not r.dry_run and not r.probe(cmds.release(old[0], marker + "-probe")).ok:
+            r.note(f"{svc.name}: docker-rollout's pre-stop hook cannot hold its containers (no sh, or /tmp "
+                   "not writable): rolling it with the native engine instead, which drains the same way")
+            return NativeEngine(self.host).rollout(r, svc)
+        self.c.remove_stopped(r, svc, old)
+        return self._rollout_draining(r, svc, old, drain, marker)
+
+    def _rollout_draining(self, r: Runner, svc: ResolvedService, old: list[str], drain: ProxyDrain,
+                          marker: str) -> str:
         label = "" if r.dry_run else r.probe(cmds.rollout_hook_label(old[0])).stdout.strip()
         own = svc.pre_stop_hook or label
         limit = svc.health_timeout + self.host.proxy.drain_timeout + 60
-        before = self.native._all(r, svc.name)
+        pidfile = f".zdd-rollout-{marker.rsplit('-', 1)[1]}.pid"
         old_ips = drain.route_to(old, "old", hold=drain.name_addresses())
         pending = None
-        new: list[str] = []
-        drained = ""
-        failing = True
         try:
-            pending = r.start(self.compose.rollout(svc, cmds.release_hook(marker, limit, own)))
-            new = self._await_new(r, svc, before, len(old), pending)
-            self.native._wait_healthy(r, svc, new)
+            rollout = self.compose.rollout(svc, cmds.release_hook(marker, limit, own))
+            pending = r.start(cmds.run_in_background(pidfile, rollout))
+            new = self._await_new(r, svc, old, pending)
+            self.c.wait_healthy(r, svc, new)
             drain.route_to(new, "new", hold=drain.name_addresses() + drain.addresses(old_ips))
             drained = drain.wait_drained(old_ips, self.host.proxy.drain_timeout)
-            failing = False
-        finally:
-            if failing:  # route by name again before docker-rollout may stop the old ones
-                NativeEngine._restore(r, drain, True)
-            for cid in old:  # never leave docker-rollout waiting in the hook
-                r.change(cmds.release(cid, marker), check=False)
-            res = pending.wait() if pending is not None else None
-            if not failing:
-                NativeEngine._restore(r, drain, res is None or not res.ok)
-        if res is not None and not res.ok:
+        except BaseException:
+            self._abort(r, svc, old, drain, marker, pidfile, pending)
+            raise
+        self._release(r, old, marker)
+        res = pending.wait()
+        restore_proxy(r, drain, failing=not res.ok)
+        if not res.ok:
             raise StepFailed(f"docker rollout {svc.name} failed: {res.first_error_line()}",
                              (res.stdout + res.stderr).strip())
         return f"{len(old)} → {len(new)} container(s) by docker-rollout, {drained}"
 
-    def _await_new(self, r: Runner, svc: ResolvedService, before: list[str], count: int, pending) -> list[str]:
+    def _abort(self, r: Runner, svc: ResolvedService, old: list[str], drain: ProxyDrain, marker: str,
+               pidfile: str, pending) -> None:
+        """zdd failed while docker-rollout runs: stop it before it stops the old containers,
+        remove what it created, route by name again, then let the held hooks end."""
+        try:
+            if pending is not None and not pending.done():
+                r.change(cmds.kill_background(pidfile, self.host.dir), check=False)
+                pending.wait()
+        except Exception as e:
+            r.note(f"{svc.name}: could not stop docker-rollout: {e}")
+        self.c.remove_created(r, svc, old)
+        restore_proxy(r, drain, failing=True)
+        try:
+            self._release(r, old, marker)
+        except Exception as e:
+            r.note(f"{svc.name}: could not release docker-rollout's hook: {e}")
+
+    @staticmethod
+    def _release(r: Runner, old: list[str], marker: str) -> None:
+        for cid in old:
+            r.change(cmds.release(cid, marker), check=False)
+
+    def _await_new(self, r: Runner, svc: ResolvedService, old: list[str], pending) -> list[str]:
         """The containers docker-rollout's scale-up created (polled until all are there)."""
         if r.dry_run:
-            return [f"<new {svc.name} container {i + 1}>" for i in range(count)]
+            return [f"<new {svc.name} container {i + 1}>" for i in range(len(old))]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            new = [i for i in self.native._all(r, svc.name) if i not in before]
-            if len(new) >= count:
+            new = [i for i in self.c.all(r, svc.name) if i not in old]
+            if len(new) >= len(old):
                 return new
             if pending.done():
                 res = pending.wait()

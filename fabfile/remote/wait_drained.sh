@@ -1,7 +1,8 @@
 # wait_drained.sh PROXY_CONTAINER ADMIN TIMEOUT ADDRESS... (run on the host by zdd)
 # Polls Caddy's admin API (GET /reverse_proxy/upstreams, through wget inside the proxy
-# container) until no ADDRESS has requests in flight. Prints one final line. Exit 0 when
-# drained, 2 on timeout, 3 when the admin API cannot be read (then nothing is known).
+# container) until no ADDRESS has requests in flight. Every ADDRESS must be listed (zdd keeps
+# them referenced while they drain): one that is not means the counters cannot be trusted.
+# Prints one final line. Exit 0 drained, 2 timeout, 3 when the counters cannot be read.
 proxy=$1 admin=$2 timeout=$3
 shift 3
 start=$(date +%s)
@@ -13,9 +14,10 @@ while :; do
     fi
     busy=
     for addr in "$@"; do
-        n=$(printf '%s\n' "$out" | tr '{}' '\n\n' | grep -F "\"address\":\"$addr\"" \
-            | sed -n 's/.*"num_requests":\([0-9]*\).*/\1/p' | head -n 1)
-        if [ -n "$n" ] && [ "$n" != 0 ]; then busy="$busy $addr=$n"; fi
+        entry=$(printf '%s\n' "$out" | tr '{}' '\n\n' | grep -F "\"$addr\"" | head -n 1)
+        n=$(printf '%s\n' "$entry" | sed -n 's/.*"num_requests": *\([0-9][0-9]*\).*/\1/p')
+        if [ -z "$n" ]; then echo "no in-flight counter for $addr in the admin API"; exit 3; fi
+        if [ "$n" != 0 ]; then busy="$busy $addr=$n"; fi
     done
     if [ -z "$busy" ]; then echo "drained after $((now - start))s"; exit 0; fi
     if [ $((now - start)) -ge "$timeout" ]; then echo "timeout after ${timeout}s, still in flight:$busy"; exit 2; fi

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import http.server
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -122,3 +123,26 @@ def test_deploy_with_real_docker_rollout(settled, no_plugin, tmp_path):
     # so even the abrupt (server) and SIGTERM-ignoring (identity) apps lose nothing
     assert "by docker-rollout, drained" in res.stdout
     assert rc == 0 and report["failures"] == 0, out
+
+
+@pytest.mark.skipif(not REAL, reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
+                                     "to exercise the docker-rollout engine for real")
+def test_real_docker_rollout_broken_image_keeps_old_containers_serving(settled, no_plugin, tmp_path):
+    env = {"FABRIC_HOSTS_FILE": str(sb.hosts_file(tmp_path, engine="docker-rollout"))}
+    assert sb.fab("install-plugin", "--source", REAL, env=env).returncode == 0
+    [old] = sb.containers("identity")
+    broken = sb.publish("--broken", "identity")
+    try:
+        assert sb.fab("pull", env=env).returncode == 0
+        probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
+        res = sb.fab("rollout-service", "identity", env=env)
+        rc, out, report = probe.stop()
+        assert res.returncode == 1 and "not healthy" in res.stderr, res.stdout + res.stderr
+        [now] = sb.containers("identity", all_states=True)
+        assert now.id == old.id and now.version != broken  # docker-rollout was stopped before it could roll
+        left = subprocess.run(["pgrep", "-u", "zddsbx", "-f", "docker-rollout"], capture_output=True, text=True)
+        assert left.stdout.strip() == "", left.stdout
+        assert rc == 0 and report["failures"] == 0, out
+    finally:
+        sb.publish("identity")
+        sb.fab("pull", env=env)
