@@ -22,7 +22,7 @@ from fabfile import verify as vloop
         "host": "use the verify URLs and settings of this host in hosts.toml",
         "concurrency": "parallel requests (default 8, or the host's)",
         "rate": "total requests per second (default: as fast as possible, or the host's)",
-        "duration": "seconds to run (default: until Ctrl-C)",
+        "duration": "seconds to run (default or 0: until Ctrl-C)",
         "timeout": "seconds before a request counts as a timeout (default 10)",
         "max_failures": "failures allowed before exiting non-zero (default 0)",
         "json": "write the full report, every failure included, to this file",
@@ -35,17 +35,17 @@ from fabfile import verify as vloop
 def verify(c, url=None, host=None, concurrency=None, rate=None, duration=None, timeout=None,
            max_failures=None, json=None, version_regex=None, version_header=None, retry_stale=True):
     """Hit URLs in a loop and report every failed request; exit 0 only if none failed."""
-    overrides = {
-        "concurrency": None if concurrency is None else int(concurrency),
-        "rate": None if rate is None else float(rate),
-        "duration": None if duration is None else float(duration),
-        "timeout": None if timeout is None else float(timeout),
-        "max_failures": None if max_failures is None else int(max_failures),
-        "version_regex": version_regex,
-        "version_header": version_header,
-        "retry_stale": None if retry_stale else False,
-    }
     try:
+        overrides = {
+            "concurrency": None if concurrency is None else int(concurrency),
+            "rate": None if rate is None else float(rate),
+            "duration": None if duration is None else (float(duration) or None),  # 0: until Ctrl-C
+            "timeout": None if timeout is None else float(timeout),
+            "max_failures": None if max_failures is None else int(max_failures),
+            "version_regex": version_regex,
+            "version_header": version_header,
+            "retry_stale": None if retry_stale else False,
+        }
         if host:
             hc = cfg.load(c.config.get("hosts_file", "hosts.toml")).host(host)
             if url:
@@ -59,7 +59,11 @@ def verify(c, url=None, host=None, concurrency=None, rate=None, duration=None, t
         raise Exit(f"config error: {e}", code=2) from None
     except ValueError as e:
         raise Exit(f"verify: {e}", code=2) from None
-    if not vloop.run_and_print(settings, json).ok:
+    try:
+        report = vloop.run_and_print(settings, json)
+    except OSError as e:
+        raise Exit(f"verify: cannot write {json}: {e.strerror}", code=2) from None
+    if not report.ok:
         raise Exit(code=1)
 
 

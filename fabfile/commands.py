@@ -19,8 +19,8 @@ from .config import HostConfig, ResolvedService
 class Stdin:
     """What a command reads on stdin. ``secret`` input is never printed or logged."""
 
-    text: str
-    label: str            # what a dry run shows instead of the text
+    text: str = field(repr=False)   # a secret must not leak through repr() into logs or test diffs
+    label: str = ""                 # what a dry run shows instead of the text
     secret: bool = False
 
 
@@ -231,8 +231,9 @@ def install_plugin(url: str, sha256: str, version: str) -> Command:
     return host_script("install_plugin.sh", url, sha256, version)
 
 
-def plugin_version_ok(version: str) -> Command:
-    return host_script("plugin_version.sh", version)
+def plugin_version_ok(version: str, sha256: str) -> Command:
+    """Is exactly the pinned docker-rollout file installed (sha256), reporting ``version``?"""
+    return host_script("plugin_version.sh", version, sha256)
 
 
 # --- Caddy inside its container -----------------------------------------------------------

@@ -320,8 +320,14 @@ def _check_host(key: str, h: HostConfig) -> None:
             raise ConfigError(f"{key}.registry.password_env must name the environment variable holding the token")
         if not (r.username or r.username_env):
             raise ConfigError(f"{key}.registry needs username or username_env")
-    if h.plugin.sha256 and not re.fullmatch(r"[0-9a-f]{64}", h.plugin.sha256):
-        raise ConfigError(f"{key}.plugin.sha256 must be 64 lowercase hex digits")
+    if (h.plugin.sha256 or h.engine == "docker-rollout") and not re.fullmatch(r"[0-9a-f]{64}", h.plugin.sha256):
+        raise ConfigError(f"{key}.plugin.sha256 must be 64 lowercase hex digits (the docker-rollout file's sha256)")
+    if h.proxy.service and h.proxy.service in h.infra:
+        raise ConfigError(f"{key}.infra lists the proxy {h.proxy.service!r}: infra-up would recreate it (an outage)")
+    if h.ssh.port > 65535:
+        raise ConfigError(f"{key}.ssh.port must be a TCP port (1-65535), not {h.ssh.port}")
+    if h.verify.timeout <= 0:
+        raise ConfigError(f"{key}.verify.timeout must be more than 0 seconds")
     if h.verify.concurrency < 1:
         raise ConfigError(f"{key}.verify.concurrency must be at least 1")
     if h.verify.version_regex:
@@ -330,7 +336,7 @@ def _check_host(key: str, h: HostConfig) -> None:
         except re.error as e:
             raise ConfigError(f"{key}.verify.version_regex is not a valid regex: {e}") from None
     for u in h.verify.urls:
-        if not re.match(r"^https?://", u):
+        if not re.match(r"^https?://[^/?#]+", u):
             raise ConfigError(f"{key}.verify.urls: {u!r} is not an http(s) URL")
 
 

@@ -185,7 +185,7 @@ class DockerRolloutEngine:
         self.c = Containers(host)
 
     def prepare(self, r: Runner) -> None:
-        res = r.probe(cmds.plugin_version_ok(self.host.plugin.version))
+        res = r.probe(cmds.plugin_version_ok(self.host.plugin.version, self.host.plugin.sha256))
         if not res.ok and r.dry_run:
             r.note(f"docker-rollout {self.host.plugin.version} is not installed yet: install-plugin would install it")
         elif not res.ok:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,9 @@ def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
 
 
 HOLD_ROUTE_ID = "zdd-drain-hold"
+# Seconds given to requests in flight when Caddy's counters cannot be read (no wget in the
+# proxy image, admin API elsewhere): new requests already go to the new containers.
+UNOBSERVED_GRACE = 10
 
 
 def hold_upstreams(config: dict, addresses: list[str]) -> dict:
@@ -110,8 +114,12 @@ def hold_upstreams(config: dict, addresses: list[str]) -> dict:
 def container_ips(inspect_json: str, proxy_networks: set[str]) -> dict[str, str]:
     """Container id → its IP on a network it shares with the proxy (from ``docker inspect``)."""
     result = {}
-    for c in json.loads(inspect_json):
-        nets = c.get("NetworkSettings", {}).get("Networks") or {}
+    try:
+        items = json.loads(inspect_json)
+    except json.JSONDecodeError:
+        raise StepFailed(f"docker inspect: unexpected output {inspect_json[:80]!r}") from None
+    for c in items if isinstance(items, list) else []:
+        nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
         for name, net in nets.items():
             if name in proxy_networks and net.get("IPAddress"):
                 result[c["Id"]] = net["IPAddress"]
@@ -160,9 +168,14 @@ class ProxyDrain:
         config = read_config(r, host, container)
         ports = upstream_ports(config, svc.name)
         if not ports:
-            return None  # the proxy does not route to this service by name
-        nets = json.loads(r.read(cmds.inspect([container], "{{json .NetworkSettings.Networks}}"),
-                                 f"inspecting {proxy}") or "{}")
+            r.note(f"{proxy} has no static upstream `{svc.name}:PORT`: old {svc.name} containers are stopped "
+                   "without draining at the proxy")
+            return None
+        raw_nets = r.read(cmds.inspect([container], "{{json .NetworkSettings.Networks}}"), f"inspecting {proxy}")
+        try:
+            nets = json.loads(raw_nets or "{}") or {}
+        except json.JSONDecodeError:
+            raise StepFailed(f"docker inspect {proxy}: unexpected output {raw_nets[:80]!r}") from None
         return cls(r, host, svc.name, container, config, ports, set(nets))
 
     def ips(self, ids: list[str]) -> list[str]:
@@ -202,7 +215,10 @@ class ProxyDrain:
         if res.exited == 2:
             self.r.note(f"{self.service}: {line}; stopping the old containers anyway")
         elif not res.ok:
-            self.r.note(f"{self.service}: cannot observe in-flight requests ({line}); stopping the old containers")
+            grace = min(timeout, UNOBSERVED_GRACE)
+            self.r.note(f"{self.service}: cannot observe in-flight requests ({line}); giving them {grace} s")
+            time.sleep(grace)
+            line = f"waited {grace}s (in-flight requests not observable)"
         return line
 
     def restore(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+import paramiko.hostkeys
 from dotenv import dotenv_values, find_dotenv
 from fabric import Connection
 from invoke.exceptions import Exit
@@ -68,7 +69,10 @@ def connection_for(c: Connection, host: cfg.HostConfig) -> Connection:
     if s.verify_host_key:
         known = Path(os.path.expanduser(s.known_hosts or "~/.ssh/known_hosts"))
         if known.exists():
-            cxn.client.load_host_keys(str(known))
+            try:
+                cxn.client.load_host_keys(str(known))
+            except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey) as e:
+                raise Exit(f"[{host.name}] cannot read known hosts {known}: {e}", code=2) from None
         cxn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     return cxn
 

@@ -69,7 +69,7 @@ def validate(s: Session, only: list[str] | None = None) -> dict[str, Any]:
 def install_plugin(s: Session, source: str | None = None) -> None:
     p = s.host.plugin
     with s.report.step("install-plugin") as rec:
-        have = s.r.probe(cmds.plugin_version_ok(p.version))
+        have = s.r.probe(cmds.plugin_version_ok(p.version, p.sha256))
         if have.ok:
             rec.detail = f"already installed: {have.stdout.strip()}"
             return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Any, Callable
 
 import paramiko
@@ -27,7 +29,11 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
     s = open_session(c, dry_run=dry_run)
     loop = None
     if verify and s.host.verify.enabled and s.host.verify.urls and not dry_run:
-        loop = vloop.BackgroundLoop(vloop.settings_for_host(s.host.verify), finish_in_flight=True).start()
+        try:
+            settings = vloop.settings_for_host(s.host.verify)
+        except ValueError as e:
+            raise Exit(f"[{s.name}] verify: {e}", code=2) from None
+        loop = vloop.BackgroundLoop(settings, finish_in_flight=True).start()
     failure: StepFailed | None = None
     try:
         body(s)
@@ -36,9 +42,19 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         if e.detail:
             print("\n".join(f"[{s.name}]   {ln}" for ln in e.detail.splitlines()), file=sys.stdout)
     except (paramiko.SSHException, OSError) as e:  # the connection broke mid-way
-        failure = StepFailed(f"lost the ssh connection: {e}")
+        failure = StepFailed(f"lost the ssh connection: {e} (if a rollout was under way, check the proxy: "
+                             f"`fab -H {s.name} reload-caddy` routes by service name again)")
+    except Exception as e:  # a bug: still one line (ZDD_TRACE=1 shows where)
+        if os.environ.get("ZDD_TRACE"):
+            traceback.print_exc()
+        failure = StepFailed(f"internal error: {type(e).__name__}: {e}")
     finally:
-        report = loop.stop() if loop is not None else None
+        report = None
+        if loop is not None:
+            try:
+                report = loop.stop()
+            except Exception as e:
+                print(f"[{s.name}]   verify loop failed: {e}", file=sys.stdout)
     extra = list(s.notes)
     if report is not None:
         if not report.ok:
@@ -81,9 +97,11 @@ def verify_zero_downtime(c, duration=30.0, json=None, max_failures=None):
     try:
         settings = vloop.settings_for_host(host.verify, duration=float(duration) or None,
                                            max_failures=None if max_failures is None else int(max_failures))
+        report = vloop.run_and_print(settings, json)
     except ValueError as e:
         raise Exit(f"[{name}] verify: {e}", code=2) from None
-    report = vloop.run_and_print(settings, json)
+    except OSError as e:
+        raise Exit(f"[{name}] verify: cannot write {json}: {e.strerror}", code=2) from None
     if not report.ok:
         raise Exit(f"[{name}] verify: {report.verdict()}", code=1)
 

@@ -517,7 +517,9 @@ class Report:
         p99_text = "n/a" if p99 is None else f"{int(p99 + 0.5)} ms"
         head = f"{self.failures:,} of {self.total:,} requests failed"
         if not self.failures:
-            return f"{head}, p99 {p99_text}"
+            stale = len(self.recorder.stale_retries)
+            retried = f" ({stale:,} retried once after an idle keep-alive close)" if stale else ""
+            return f"{head}, p99 {p99_text}{retried}"
         classes = ", ".join(f"{k}: {n:,}" for k, n in self.failure_counts())
         per_url = Counter(f.url for f in self.recorder.failures)
         urls = ", ".join(f"{u} ({n:,})" for u, n in per_url.most_common())

@@ -3,7 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+    if ! "$PY" -m venv .venv 2>/dev/null; then
+        # Debian ships venv/ensurepip separately
+        [ "$(id -u)" = 0 ] || { echo "bootstrap: $PY cannot create a venv: apt-get install python3-venv" >&2; exit 1; }
+        rm -rf .venv
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        "$PY" -m venv .venv
+    fi
+fi
 stamp=.venv/.zdd-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true

@@ -61,6 +61,8 @@ install_packages() {
     [ -x /bin/busybox ] && /bin/busybox --list | grep -qx httpd || want+=(busybox-static)
     command -v iptables >/dev/null || want+=(iptables)
     command -v curl >/dev/null || want+=(curl)
+    python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want+=(python3-venv)
     [ ${#want[@]} = 0 ] && return 0
     log "installing Debian packages: ${want[*]}"
     # Keep maintainer scripts from starting daemons (there is no init here; we start our
@@ -75,6 +77,20 @@ install_packages() {
         --no-install-recommends "${want[@]}" >/dev/null; } || rc=$?
     [ -n "$policy_added" ] && rm -f /usr/sbin/policy-rc.d
     [ $rc = 0 ] || die "apt-get install ${want[*]} failed"
+    # On a systemd machine the packages enable their services for the next boot: these were
+    # not there before us, so keep them off (the sandbox starts its own on loopback ports).
+    if [ -d /run/systemd/system ]; then
+        local units=() p
+        for p in "${want[@]}"; do
+            case "$p" in
+                docker.io) units+=(docker.service docker.socket containerd.service) ;;
+                docker-registry) units+=(docker-registry.service) ;;
+                openssh-server) units+=(ssh.service ssh.socket) ;;
+                caddy) units+=(caddy.service) ;;
+            esac
+        done
+        [ ${#units[@]} = 0 ] || systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
+    fi
 }
 
 # --- docker engine ----------------------------------------------------------------------
@@ -113,7 +129,7 @@ start_registry() {
         head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/password"
         chmod 600 "$dir/password"
     fi
-    [ -s "$dir/htpasswd" ] || htpasswd -Bbn zdd "$(cat "$dir/password")" > "$dir/htpasswd"
+    [ -s "$dir/htpasswd" ] || htpasswd -iBn zdd < "$dir/password" > "$dir/htpasswd"   # not in argv
     cat > "$dir/config.yml" <<EOF
 version: 0.1
 log: {level: warn}
@@ -269,9 +285,18 @@ start_stack() {
         "exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT && printf 'GET /server/ HTTP/1.0\r\n\r\n' >&3 && grep -q 'server v' <&3"
 }
 
+SENTINEL=.zdd-sandbox   # marks $STATE as ours: `down` deletes nothing else
+
+claim_state_dir() {
+    if [ -d "$STATE" ] && [ ! -e "$STATE/$SENTINEL" ] && [ -n "$(ls -A "$STATE")" ]; then
+        die "$STATE exists and is not a zdd sandbox: choose another ZDD_SANDBOX_DIR"
+    fi
+    mkdir -p "$STATE"; chmod 755 "$STATE"; touch "$STATE/$SENTINEL"
+}
+
 up() {
     require_root
-    mkdir -p "$STATE"; chmod 755 "$STATE"
+    claim_state_dir
     install_packages
     start_engine
     install_compose
@@ -293,6 +318,7 @@ status() {
 down() {
     require_root
     [ -d "$STATE" ] || { log "nothing to remove"; return 0; }
+    [ -e "$STATE/$SENTINEL" ] || die "$STATE is not a zdd sandbox (no $SENTINEL): not touching it"
     if docker info >/dev/null 2>&1; then
         if [ -f "$STACK_DIR/docker-compose.yaml" ]; then
             (cd "$STACK_DIR" && DOCKER_CONFIG=$CI_DOCKER_CONFIG docker compose down -v --remove-orphans -t 2 >/dev/null 2>&1) || true

@@ -226,7 +226,7 @@ def test_exec_is_interactive_only_with_stdin():
      ("cad", "localhost:2019", "60", "server:8080", "10.0.0.2:8080")),
     (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13"), "install_plugin.sh",
      ("https://x/y", "ab" * 32, "v0.13")),
-    (cmds.plugin_version_ok, ("v0.13",), "plugin_version.sh", ("v0.13",)),
+    (cmds.plugin_version_ok, ("v0.13", "ab" * 32), "plugin_version.sh", ("v0.13", "ab" * 32)),
 ])
 def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     c = builder(*args)

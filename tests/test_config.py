@@ -296,9 +296,18 @@ def test_unknown_key_lists_the_known_ones():
     assert "known:" in msg and "mode" in msg and "drain_timeout" in msg
 
 
-def test_valid_sha256_and_empty_sha256_are_accepted():
+def test_valid_sha256_accepted_and_empty_only_without_the_plugin():
     assert host('[hosts.h.plugin]\nsha256 = "' + "0f" * 32 + '"').plugin.sha256 == "0f" * 32
-    assert host('[hosts.h.plugin]\nsha256 = ""').plugin.sha256 == ""
+    assert host('engine = "native"\n[hosts.h.plugin]\nsha256 = ""').plugin.sha256 == ""
+    assert "hosts.h.plugin.sha256 must be 64 lowercase hex digits" in error(
+        BASE + '\n[hosts.h]\n[hosts.h.plugin]\nsha256 = ""')
+
+
+def test_proxy_in_infra_port_range_and_verify_timeout_are_checked():
+    assert "hosts.h.infra lists the proxy 'caddy'" in error(BASE + '\n[hosts.h]\ninfra = ["redis", "caddy"]')
+    assert "hosts.h.ssh.port must be a TCP port" in error(BASE + '\n[hosts.h]\n[hosts.h.ssh]\nport = 99999')
+    assert "hosts.h.verify.timeout must be more than 0" in error(BASE + '\n[hosts.h]\n[hosts.h.verify]\ntimeout = 0')
+    assert "is not an http(s) URL" in error(BASE + '\n[hosts.h]\n[hosts.h.verify]\nurls = ["http://"]')
 
 
 def test_unknown_host_lists_known_hosts(inv):

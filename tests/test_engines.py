@@ -235,9 +235,13 @@ def test_drain_timeout_still_stops_old_with_a_note():
     assert result.endswith(line)
 
 
-def test_drain_unobservable_still_stops_old_with_a_note():
+def test_drain_unobservable_waits_a_grace_period_then_stops_old(monkeypatch):
+    import fabfile.proxy as proxy_mod
+    slept = []
+    monkeypatch.setattr(proxy_mod.time, "sleep", slept.append)
     sc = Scenario(1, drain=fail(3, stdout="cannot read http://localhost:2019/reverse_proxy/upstreams\n"))
-    sc.roll()
+    assert sc.roll().endswith("waited 10s (in-flight requests not observable)")
+    assert slept == [proxy_mod.UNOBSERVED_GRACE]
     assert sc.fake.seen("docker stop", short(OLD[0]))
     assert "cannot observe in-flight requests" in sc.out.getvalue()
 
@@ -411,7 +415,7 @@ def test_docker_rollout_prepare_ok():
     host = make_host(engine="docker-rollout")
     fake = FakeExecutor([("plugin_version.sh", ok("docker-rollout version v0.13\n"))])
     DockerRolloutEngine(host).prepare(Runner(fake, "t", out=io.StringIO()))
-    assert shlex.split(fake.calls[0].command) == ["sh", "-s", "--", "v0.13"]
+    assert shlex.split(fake.calls[0].command) == ["sh", "-s", "--", "v0.13", host.plugin.sha256]
 
 
 def test_docker_rollout_prepare_fails_pointing_at_install_plugin():

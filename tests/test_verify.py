@@ -390,3 +390,40 @@ def test_background_loop_can_let_in_flight_requests_finish():
     waited = time.monotonic() - began
     assert 0.2 <= waited < 2.0  # the 4 requests in flight were waited for, nothing new was sent
     assert report.total == 4 and report.cancelled_in_flight == 0 and report.ok
+
+
+def _stale_once_handler():
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the server closed the kept-alive connection as this request went out
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, text="app v1")
+    return handler
+
+
+def test_stale_keep_alive_close_is_retried_once_and_reported():
+    report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.3, rate=20),
+                 transport=httpx.MockTransport(_stale_once_handler()))
+    assert report.failures == 0 and report.ok
+    assert len(report.recorder.stale_retries) == 1
+    assert report.to_dict()["stale_retries"][0]["url"] == f"{BASE}/ok"
+    assert "(1 retried once after an idle keep-alive close)" in report.verdict()
+
+
+def test_stale_keep_alive_close_counts_as_failure_without_retry():
+    report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.3, rate=20, retry_stale=False),
+                 transport=httpx.MockTransport(_stale_once_handler()))
+    assert report.failures == 1 and not report.ok
+    assert report.recorder.failures[0].kind == "read error"
+    assert report.recorder.stale_retries == []
+
+
+def test_first_request_on_a_new_connection_is_not_retried():
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.2, rate=20),
+                 transport=httpx.MockTransport(handler))
+    assert report.failures == report.total > 0 and report.recorder.stale_retries == []
