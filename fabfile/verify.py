@@ -258,7 +258,7 @@ def timeline_from_buckets(
     """
     seconds = max(list(requests) + list(failures), default=-1) + 1
     if elapsed is not None:
-        seconds = max(seconds, int(elapsed))
+        seconds = max(seconds, int(elapsed + 1e-6))  # 19.9999999 s of float arithmetic is 20
     return [TimelineRow(s, s, requests.get(s, 0), failures.get(s, 0)) for s in range(seconds)]
 
 
