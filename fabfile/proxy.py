@@ -127,6 +127,13 @@ def container_ips(inspect_json: str, proxy_networks: set[str]) -> dict[str, str]
     return result
 
 
+def proxy_container(r: Runner, host: HostConfig) -> str | None:
+    """The running proxy container's (short) id, or None."""
+    proxy = host.proxy.service
+    ids = r.read(cmds.Compose(host).ids(proxy), f"finding the {proxy} container").split()
+    return ids[0][:12] if ids else None
+
+
 def read_config(r: Runner, host: HostConfig, container: str) -> dict:
     """The proxy's config file as Caddy JSON (``caddy adapt`` in its container)."""
     proxy, path = host.proxy.service, host.proxy.config
@@ -160,11 +167,10 @@ class ProxyDrain:
         proxy = host.proxy.service
         if not proxy or not svc.drain:
             return None
-        ids = r.read(cmds.Compose(host).ids(proxy), f"finding the {proxy} container").split()
-        if not ids:
+        container = proxy_container(r, host)
+        if container is None:
             r.note(f"no running {proxy} container: old containers are stopped without draining")
             return None
-        container = ids[0][:12]
         config = read_config(r, host, container)
         ports = upstream_ports(config, svc.name)
         if not ports:

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import commands as cmds
 from .engines import engine_for
-from .proxy import read_config
+from .proxy import proxy_container, read_config
 from .runner import StepFailed
 from .session import Session, secret
 
@@ -27,11 +27,16 @@ def compose_services(s: Session) -> dict[str, Any]:
         raise StepFailed("docker compose config did not print JSON") from None
 
 
+def configured_services(h) -> list[str]:
+    """Every service hosts.toml names for this host: apps, infra, the proxy."""
+    return h.app_services + list(h.infra) + ([h.proxy.service] if h.proxy.service else [])
+
+
 def check_compose(host_services: dict[str, Any], s: Session, only: list[str] | None = None) -> list[str]:
     """Problems that would make the deploy fail half-way, found before anything changes."""
     h = s.host
     problems = []
-    wanted = list(only) if only is not None else h.app_services + list(h.infra) + ([h.proxy.service] if h.proxy.service else [])
+    wanted = list(only) if only is not None else configured_services(h)
     for name in wanted:
         if name not in host_services:
             problems.append(f"service {name!r} is not in the compose project on the host")
@@ -57,9 +62,9 @@ def validate(s: Session, only: list[str] | None = None) -> dict[str, Any]:
         rec.detail = f"{len(services)} services in the compose project"
         h = s.host
         if h.engine == "native" and h.proxy.service and h.proxy.drain and h.app_services:
-            ids = s.r.read(cmds.Compose(h).ids(h.proxy.service), f"finding the {h.proxy.service} container").split()
-            if ids:
-                read_config(s.r, h, ids[0][:12])
+            container = proxy_container(s.r, h)
+            if container:
+                read_config(s.r, h, container)
                 rec.detail += f"; {h.proxy.config} readable"
     return services
 
@@ -148,7 +153,7 @@ def login(s: Session) -> str:
 def pull(s: Session, services: dict[str, Any] | None = None) -> list[str]:
     """Log in if a registry is configured, pull every configured service, report what changed."""
     h = s.host
-    names = h.app_services + list(h.infra) + ([h.proxy.service] if h.proxy.service else [])
+    names = configured_services(h)
     with s.report.step("pull") as rec:
         services = services if services is not None else compose_services(s)
         names = [n for n in names if n in services]
@@ -195,13 +200,13 @@ def reload_caddy(s: Session) -> None:
             s.r.change(compose.recreate(p.service), f"recreating {p.service}")
             rec.detail = "recreated (outage while it restarted)"
             return
-        ids = s.r.read(compose.ids(p.service), f"finding the {p.service} container").split()
-        if not ids:
+        container = proxy_container(s.r, s.host)
+        if container is None:
             s.r.change(compose.up([p.service]), f"starting {p.service}")
             rec.detail = "was not running: started"
             return
-        s.r.change(cmds.caddy_validate(ids[0], p.config), f"validating {p.config}")
-        s.r.change(cmds.caddy_reload(ids[0], p.config, force=True), f"reloading {p.service}")
+        s.r.change(cmds.caddy_validate(container, p.config), f"validating {p.config}")
+        s.r.change(cmds.caddy_reload(container, p.config, force=True), f"reloading {p.service}")
         rec.detail = f"graceful reload of {p.config}"
 
 

@@ -130,8 +130,8 @@ def test_dry_run_plan_in_order(deployed):
             RESTORE,
         ]
     needles += [
-        f"docker exec {CADDY} caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
-        f"docker exec {CADDY} {RESTORE}",
+        f"docker exec {short(CADDY)} caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
+        f"docker exec {short(CADDY)} {RESTORE}",
         "docker image prune --force",
     ]
     idx = in_order(plan, needles)

@@ -43,9 +43,10 @@ def test_deploy_rolls_every_app_with_zero_failed_requests(settled, tmp_path):
         fast = next(u for u in report["urls"] if u["url"].endswith(f"/{svc}/fast"))
         seen = {v["version"]: v for v in fast["versions"]}
         assert version in seen and len(seen) >= 2, (svc, seen)
-        old = [v for k, v in seen.items() if k != version]
-        assert max(v["last_s"] for v in old) <= seen[version]["last_s"]
-    assert "switch" in out.lower() or "first" in out.lower()
+        old_last = max(v["last_s"] for k, v in seen.items() if k != version)
+        # one switch, no flapping: after the new version answered, the old one did not come back
+        assert old_last <= seen[version]["first_s"] + 1.0, (svc, seen)
+    assert "Version switches (first/last seen" in out
 
     # the deploy's own verification ends its summary
     assert re.search(r"verify: 0 of [\d,]+ requests failed, p99 \d+ ms", res.stdout), res.stdout
