@@ -17,5 +17,6 @@ ns = Collection(
     tasks.reload_caddy,
     tasks.prune,
     tasks.verify_zero_downtime,
+    tasks.unlock,
 )
 ns.configure({"hosts_file": "hosts.toml"})

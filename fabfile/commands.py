@@ -207,6 +207,16 @@ def run_in_background(pidfile: str, cmd: Command) -> Command:
                    stdin=Stdin(script("bg_run.sh"), "fabfile/remote/bg_run.sh"))
 
 
+def lock_name(host: HostConfig) -> str:
+    """The host-side lock of one project: its directory (and compose project) as a file name."""
+    raw = f"{host.dir}:{host.project_name}".strip(":")
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in raw)
+
+
+def lock(host: HostConfig, action: str, holder: str = "") -> Command:
+    return host_script("lock.sh", action, lock_name(host), *([holder] if holder else []))
+
+
 def kill_background(pidfile: str, cwd: str | None) -> Command:
     return host_script("bg_kill.sh", pidfile, cwd=cwd)
 

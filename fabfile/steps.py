@@ -6,9 +6,14 @@ Fabric tasks in ``fabfile/tasks.py`` are thin wrappers around these.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
-from typing import Any
+import socket
+import time
+from contextlib import contextmanager
+import os
+from typing import Any, Iterator
 
 from . import commands as cmds
 from .engines import engine_for
@@ -57,6 +62,8 @@ def validate(s: Session, only: list[str] | None = None) -> dict[str, Any]:
     with s.report.step("validate") as rec:
         services = compose_services(s)
         problems = check_compose(services, s, only)
+        if only is None:
+            registry_credentials(s)  # a missing token fails here, before anything changes
         if problems:
             raise StepFailed(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
         rec.detail = f"{len(services)} services in the compose project"
@@ -67,6 +74,33 @@ def validate(s: Session, only: list[str] | None = None) -> dict[str, Any]:
                 read_config(s.r, h, container)
                 rec.detail += f"; {h.proxy.config} readable"
     return services
+
+
+# --- the deploy lock -------------------------------------------------------------------------
+
+@contextmanager
+def locked(s: Session, what: str) -> Iterator[None]:
+    """Hold the host's deploy lock for this project while ``what`` runs (one at a time)."""
+    holder = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} {what} since " \
+             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    res = s.r.change(cmds.lock(s.host, "acquire", holder), check=False)
+    if not res.ok:
+        raise StepFailed(f"another deploy holds the lock ({res.first_error_line()}); "
+                         f"if it is gone, run: fab -H {s.name} unlock")
+    try:
+        yield
+    finally:
+        try:
+            s.r.change(cmds.lock(s.host, "release"), check=False)
+        except Exception as e:
+            s.notes.append(f"could not release the deploy lock ({e}): fab -H {s.name} unlock")
+
+
+def unlock(s: Session) -> None:
+    with s.report.step("unlock") as rec:
+        shown = s.r.read(cmds.lock(s.host, "show"), "reading the lock").strip()
+        s.r.change(cmds.lock(s.host, "release"), "releasing the lock")
+        rec.detail = f"was {shown}"
 
 
 # --- install-plugin --------------------------------------------------------------------------
@@ -136,17 +170,26 @@ def changed_images(services: dict[str, Any], names: list[str], before: dict[str,
     return changed
 
 
-def login(s: Session) -> str:
+def registry_credentials(s: Session) -> tuple[str, str] | None:
+    """(username, token) for ``docker login``, from the environment or .env; None without a registry."""
     reg = s.host.registry
     if reg is None:
-        return ""
+        return None
     password = secret(reg.password_env)
     if not password:
         raise StepFailed(f"registry {reg.server}: ${reg.password_env} is not set (environment or .env)")
     username = reg.username or secret(reg.username_env) or ""
     if not username:
         raise StepFailed(f"registry {reg.server}: ${reg.username_env} is not set (environment or .env)")
-    s.r.change(cmds.login(reg.server, username, password, reg.password_env), f"docker login {reg.server}")
+    return username, password
+
+
+def login(s: Session) -> str:
+    creds = registry_credentials(s)
+    if creds is None:
+        return ""
+    reg = s.host.registry
+    s.r.change(cmds.login(reg.server, creds[0], creds[1], reg.password_env), f"docker login {reg.server}")
     return f"logged in to {reg.server}; "
 
 
@@ -225,8 +268,13 @@ def prune(s: Session) -> None:
 # --- deploy ----------------------------------------------------------------------------------
 
 def deploy(s: Session) -> None:
-    """validate → [install-plugin] → pull → infra-up → tiers → reload-caddy → prune."""
+    """validate → lock → [install-plugin] → pull → infra-up → tiers → reload-caddy → prune."""
     services = validate(s)
+    with locked(s, "deploy"):
+        deploy_steps(s, services)
+
+
+def deploy_steps(s: Session, services: dict[str, Any]) -> None:
     engine = engine_for(s.host)
     if engine.name == "docker-rollout":
         install_plugin(s)

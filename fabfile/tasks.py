@@ -133,7 +133,8 @@ def rollout_service(c, service, dry_run=False):
             raise StepFailed(f"{service!r} is not an app service of {s.name} "
                              f"(rollout: {', '.join(s.host.app_services) or 'none'})")
         steps.validate(s, only=[service])
-        steps.rollout_service(s, service)
+        with steps.locked(s, f"rollout-service {service}"):
+            steps.rollout_service(s, service)
     run_steps(c, f"rollout-service {service}", body, dry_run, summary=False)
 
 
@@ -141,6 +142,12 @@ def rollout_service(c, service, dry_run=False):
 def reload_caddy(c, dry_run=False):
     """Validate and gracefully reload the proxy's config (or recreate it, if so configured)."""
     run_steps(c, "reload-caddy", steps.reload_caddy, dry_run, summary=False)
+
+
+@task(help={"dry_run": DRY_RUN_HELP})
+def unlock(c, dry_run=False):
+    """Release the host's deploy lock left by a deploy that died (shows who held it)."""
+    run_steps(c, "unlock", steps.unlock, dry_run, summary=False)
 
 
 @task(help={"dry_run": DRY_RUN_HELP})

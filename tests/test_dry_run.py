@@ -37,7 +37,7 @@ RESTORE = "caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --forc
 # What a dry run may send to the host: probes that change nothing.
 READ_ONLY = ("config --format json", "ps --quiet", "caddy adapt", "docker inspect", "docker image ls",
              "plugin_version.sh")
-MUTATING = ("docker login", " pull ", "up --detach", "--scale", "docker stop", "docker rm", "caddy reload",
+MUTATING = ("lock.sh", "docker login", " pull ", "up --detach", "--scale", "docker stop", "docker rm", "caddy reload",
             "caddy validate", "image prune", "wait_healthy.sh", "wait_drained.sh", "install_plugin.sh")
 
 
@@ -110,6 +110,7 @@ def test_dry_run_plan_in_order(deployed):
     s, out, fake = deployed
     plan = [ln for ln in out.splitlines() if "would run: " in ln]
     needles: list = [
+        ("sh -s -- acquire __remilia", "< fabfile/remote/lock.sh"),
         ("docker login --username zdd --password-stdin 127.0.0.1:15000",
          "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)"),
         ("cd ~/remilia && docker compose -f docker-compose.yaml pull --quiet",
@@ -133,13 +134,14 @@ def test_dry_run_plan_in_order(deployed):
         f"docker exec {short(CADDY)} caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
         f"docker exec {short(CADDY)} {RESTORE}",
         "docker image prune --force",
+        ("sh -s -- release __remilia", "< fabfile/remote/lock.sh"),
     ]
     idx = in_order(plan, needles)
-    assert idx[-1] == len(plan) - 1          # prune is the last thing
+    assert idx[0] == 0 and idx[-1] == len(plan) - 1  # the lock is taken first and released last
     assert sum("--scale" in ln for ln in plan) == 4
     assert sum("docker login" in ln for ln in plan) == 1
     # pinning routes the service to its real old addresses (read from the host)
-    pin = plan[idx[3]]
+    pin = plan[idx[4]]
     assert "server → 172.18.0.10, 172.18.0.11" in pin
 
 
@@ -170,8 +172,8 @@ def test_registry_token_missing_fails_before_pulling(monkeypatch, tmp_path):
     s, out = session("sandbox", fake)
     with pytest.raises(StepFailed, match=r"\$ZDD_SANDBOX_REGISTRY_PASSWORD is not set"):
         steps.deploy(s)
-    assert "would run" not in out.getvalue()
-    assert s.report.steps[-1].name == "pull" and s.report.steps[-1].status == "failed"
+    assert "would run" not in out.getvalue()  # found by validation, before the lock or any change
+    assert s.report.steps[-1].name == "validate" and s.report.steps[-1].status == "failed"
 
 
 @pytest.mark.parametrize("patch, problem", [

@@ -2,6 +2,7 @@
 fails the deploy with the old containers serving; each step works on its own."""
 
 import json
+import subprocess
 import re
 
 import pytest
@@ -136,3 +137,22 @@ def test_invalid_hosts_file_changes_nothing(sandbox, tmp_path):
     assert res.returncode == 2
     assert "hosts.sandbox.health_timout: unknown key" in res.stderr
     assert {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS} == ids
+
+
+def test_a_held_lock_blocks_a_second_deploy_until_unlocked(sandbox):
+    lock = sb.STATE / "home" / ".zdd" / "locks" / "__remilia"
+    assert not lock.exists()
+    sb.as_host_user("mkdir -p ~/.zdd/locks/__remilia && echo 'alice@laptop pid 1 deploy since yesterday' "
+                    "> ~/.zdd/locks/__remilia/holder")
+    try:
+        ids = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
+        res = sb.fab("deploy", "--no-verify")
+        assert res.returncode == 1
+        assert "another deploy holds the lock (locked by: alice@laptop pid 1 deploy since yesterday)" in res.stderr
+        assert "fab -H sandbox unlock" in res.stderr
+        assert {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS} == ids
+        res = sb.fab("unlock")
+        assert res.returncode == 0 and "was locked by: alice@laptop" in res.stdout
+        assert not lock.exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(lock)])
