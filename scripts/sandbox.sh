@@ -315,6 +315,15 @@ status() {
     as_user "cd ~/remilia && docker compose ps --format 'table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}'"
 }
 
+remove_engine_data() {
+    # A dockerd that was killed (not stopped) can leave overlay and netns mounts behind.
+    local m
+    for m in $(awk '$5 ~ "^(/var/lib/docker|/run/docker)(/|$)" {print $5}' /proc/self/mountinfo | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf /var/lib/docker /run/docker 2>/dev/null || log "warning: could not remove all of /var/lib/docker"
+}
+
 down() {
     require_root
     [ -d "$STATE" ] || { log "nothing to remove"; return 0; }
@@ -343,7 +352,7 @@ down() {
     if created dockerd && pid_alive "$STATE/dockerd.pid"; then
         kill "$(cat "$STATE/dockerd.pid")"
         for _ in $(seq 150); do pid_alive "$STATE/dockerd.pid" || break; sleep 0.2; done
-        [ -n "$data_ours" ] && rm -rf /var/lib/docker
+        [ -n "$data_ours" ] && remove_engine_data
     fi
     if [ -f "$ROOT/.env" ]; then
         sed -i '/^ZDD_SANDBOX_REGISTRY_PASSWORD=/d' "$ROOT/.env"

@@ -20,13 +20,14 @@ def _ids():
 
 def test_setup_again_changes_nothing(sandbox):
     before = sorted(_ids())
-    images = subprocess.run(["docker", "images", "-q", "--no-trunc"], capture_output=True, text=True).stdout
+    images = sorted(subprocess.run(["docker", "images", "-q", "--no-trunc"], capture_output=True, text=True).stdout.split())
     res = sb.run([SCRIPT, "up"], timeout=300)
     assert res.returncode == 0, res.stderr
     said = [ln for ln in res.stderr.splitlines() if ln.startswith("sandbox: ")]
     assert len(said) == 1 and said[0].startswith("sandbox: ready"), res.stderr  # nothing installed/started
     assert sorted(_ids()) == before
-    assert subprocess.run(["docker", "images", "-q", "--no-trunc"], capture_output=True, text=True).stdout == images
+    assert sorted(subprocess.run(["docker", "images", "-q", "--no-trunc"], capture_output=True,
+                                 text=True).stdout.split()) == images
 
 
 def _processes_using(path: str) -> list[str]:
