@@ -217,7 +217,8 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
     assert "docker rollout -f docker-compose.yaml" in plan
 
 
-def test_unreadable_proxy_config_fails_validation_before_any_change():
+def test_unreadable_proxy_config_fails_validation_before_any_change(monkeypatch):
+    monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", TOKEN)
     fake = fake_host()
     fake.first("caddy adapt", fail(1, stderr="Error: adapting config using caddyfile: Caddyfile:3: unknown directive"))
     s, out = session("sandbox", fake)
