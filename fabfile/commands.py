@@ -147,8 +147,8 @@ def stop(ids: list[str], timeout: int | None = None) -> Command:
     return Command((*argv, *ids))
 
 
-def remove(ids: list[str]) -> Command:
-    return Command(("docker", "rm", *ids))
+def remove(ids: list[str], force: bool = False) -> Command:
+    return Command(("docker", "rm", *(("--force",) if force else ()), *ids))
 
 
 def stop_and_remove(ids: list[str], timeout: int | None = None) -> Command:
@@ -180,10 +180,6 @@ def image_ids() -> Command:
 
 def image_prune() -> Command:
     return Command(("docker", "image", "prune", "--force"))
-
-
-def rollout_version() -> Command:
-    return Command(("docker", "rollout", "--version"))
 
 
 def rollout_hook_label(container: str) -> Command:
@@ -237,8 +233,13 @@ def wait_drained(proxy: str, admin: str, addresses: list[str], timeout: int) -> 
     return host_script("wait_drained.sh", proxy, admin, str(timeout), *addresses)
 
 
-def install_plugin(url: str, sha256: str, version: str) -> Command:
-    return host_script("install_plugin.sh", url, sha256, version)
+def install_plugin(url: str, sha256: str, version: str, uploaded: str | None = None) -> Command:
+    """Install docker-rollout from ``url``, or from a copy already ``uploaded`` to the host."""
+    return host_script("install_plugin.sh", url, sha256, version, *([uploaded] if uploaded else []))
+
+
+def remove_file(path: str) -> Command:
+    return Command(("rm", "-f", path))
 
 
 def plugin_version_ok(version: str, sha256: str) -> Command:

@@ -175,10 +175,6 @@ _NESTED = {"proxy": ProxyConfig, "plugin": PluginConfig, "registry": RegistryCon
            "ssh": SshConfig, "verify": VerifyConfig}
 
 
-def _type_name(t: Any) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false", float: "a number"}.get(t, str(t))
-
-
 def _check_scalar(key: str, value: Any, expected: str) -> Any:
     """Check one value against a dataclass field's annotation (as a string)."""
     optional = "None" in expected
@@ -356,7 +352,7 @@ def parse(text: str, path: str = "hosts.toml") -> Inventory:
     # Validate [defaults] on its own too, so an error there names 'defaults', not a host.
     if defaults:
         try:
-            _build_host("defaults", _merge({}, defaults))
+            _build_host("defaults", defaults)
         except ConfigError as e:
             raise ConfigError(f"{path}: {str(e).replace('hosts.defaults', 'defaults', 1)}") from None
     hosts = {}

@@ -7,7 +7,7 @@ containers of one service; raise StepFailed with the old containers still servin
   the service to 2N with ``--no-recreate``, waits on the host for the new containers to be
   healthy, drains the old ones at the proxy, then stops and removes them.
 * :class:`DockerRolloutEngine` – the docker-rollout CLI plugin (wowu/docker-rollout), as the
-  user's plan has it. It cannot drain at the proxy (it stops the old containers itself).
+  user's plan has it, wrapped so that it drains at the proxy the same way.
 """
 
 from __future__ import annotations
@@ -81,13 +81,21 @@ class Containers:
             detail = health_report(r, ids)
             raise StepFailed(f"{svc.name}: new container(s) not healthy: {res.first_error_line()}", detail)
 
+    def wait_started(self, r: Runner, svc: ResolvedService) -> str:
+        """After a service that was not running has been started: wait until it is healthy."""
+        new = self.running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
+        if not new:
+            raise StepFailed(f"{svc.name}: no container is running after up")
+        self.wait_healthy(r, svc, new)
+        return f"was not running: started {len(new)}"
+
     def remove_stopped(self, r: Runner, svc: ResolvedService, running: list[str]) -> None:
         """Compose counts stopped containers when scaling and would restart them (old image,
         old config) instead of creating new ones: remove them first; they serve nothing."""
         stopped = [i for i in self.all(r, svc.name) if i not in running]
         if stopped:
             r.note(f"{svc.name}: removing {len(stopped)} stopped container(s) first: {', '.join(stopped)}")
-            r.change(cmds.Command(("docker", "rm", "--force", *stopped)), f"removing stopped {svc.name} containers")
+            r.change(cmds.remove(stopped, force=True), f"removing stopped {svc.name} containers")
 
     def remove_created(self, r: Runner, svc: ResolvedService, before: list[str]) -> None:
         """Best effort, while failing: remove every container that was not there ``before``."""
@@ -123,23 +131,17 @@ class NativeEngine:
     def prepare(self, r: Runner) -> None:
         return None
 
-    def start_service(self, r: Runner, svc: ResolvedService) -> str:
-        r.change(self.compose.up([svc.name]), f"starting {svc.name}")
-        new = self.c.running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
-        if not new:
-            raise StepFailed(f"{svc.name}: no container is running after up")
-        self.c.wait_healthy(r, svc, new)
-        return f"was not running: started {len(new)}"
-
     def rollout(self, r: Runner, svc: ResolvedService) -> str:
         old = self.c.running(r, svc.name)
         if not old:
-            return self.start_service(r, svc)
+            r.change(self.compose.up([svc.name]), f"starting {svc.name}")
+            return self.c.wait_started(r, svc)
         self.c.remove_stopped(r, svc, old)
         drain = ProxyDrain.find(r, self.host, svc)
         stopping_old = False
         try:
-            old_ips = drain.route_to(old, "old", hold=drain.name_addresses()) if drain else []
+            if drain:
+                drain.pin(old)
             r.change(self.compose.scale(svc.name, 2 * len(old)), f"scaling {svc.name} up")
             new = [i for i in self.c.all(r, svc.name) if i not in old]
             if r.dry_run and not new:
@@ -149,8 +151,8 @@ class NativeEngine:
             self.c.wait_healthy(r, svc, new)
             drained = ""
             if drain:
-                drain.route_to(new, "new", hold=drain.name_addresses() + drain.addresses(old_ips))
-                drained = drain.wait_drained(old_ips, self.host.proxy.drain_timeout)
+                drain.switch(new)
+                drained = drain.wait_drained(self.host.proxy.drain_timeout)
             if svc.pre_stop_hook:
                 for cid in old:
                     r.change(cmds.pre_stop_hook(cid, svc.pre_stop_hook), f"pre-stop hook in {cid[:12]}",
@@ -192,19 +194,21 @@ class DockerRolloutEngine:
             raise StepFailed(f"docker-rollout {self.host.plugin.version} is not installed on the host "
                              f"({res.first_error_line()}): run the install-plugin task")
 
+    @staticmethod
+    def _failed(svc: ResolvedService, res, what: str = "failed") -> StepFailed:
+        return StepFailed(f"docker rollout {svc.name} {what}: {res.first_error_line()}",
+                          (res.stdout + res.stderr).strip())
+
     def _run(self, r: Runner, cmd: cmds.Command, svc: ResolvedService) -> None:
         res = r.change(cmd, check=False)
         if not res.ok:
-            raise StepFailed(f"docker rollout {svc.name} failed: {res.first_error_line()}",
-                             (res.stdout + res.stderr).strip())
+            raise self._failed(svc, res)
 
     def rollout(self, r: Runner, svc: ResolvedService) -> str:
         old = self.c.running(r, svc.name)
         if not old:  # docker-rollout only starts it and does not wait: wait here
             self._run(r, self.compose.rollout(svc), svc)
-            new = self.c.running(r, svc.name) or ([f"<{svc.name} containers>"] if r.dry_run else [])
-            self.c.wait_healthy(r, svc, new)
-            return f"was not running: started {len(new)}"
+            return self.c.wait_started(r, svc)
         drain = ProxyDrain.find(r, self.host, svc)
         if not drain:
             self._run(r, self.compose.rollout(svc), svc)
@@ -223,15 +227,15 @@ class DockerRolloutEngine:
         own = svc.pre_stop_hook or label
         limit = svc.health_timeout + self.host.proxy.drain_timeout + 60
         pidfile = f".zdd-rollout-{marker.rsplit('-', 1)[1]}.pid"
-        old_ips = drain.route_to(old, "old", hold=drain.name_addresses())
+        drain.pin(old)
         pending = None
         try:
             rollout = self.compose.rollout(svc, cmds.release_hook(marker, limit, own))
             pending = r.start(cmds.run_in_background(pidfile, rollout))
             new = self._await_new(r, svc, old, pending)
             self.c.wait_healthy(r, svc, new)
-            drain.route_to(new, "new", hold=drain.name_addresses() + drain.addresses(old_ips))
-            drained = drain.wait_drained(old_ips, self.host.proxy.drain_timeout)
+            drain.switch(new)
+            drained = drain.wait_drained(self.host.proxy.drain_timeout)
         except BaseException:
             self._abort(r, svc, old, drain, marker, pidfile, pending)
             raise
@@ -239,8 +243,7 @@ class DockerRolloutEngine:
         res = pending.wait()
         restore_proxy(r, drain, failing=not res.ok)
         if not res.ok:
-            raise StepFailed(f"docker rollout {svc.name} failed: {res.first_error_line()}",
-                             (res.stdout + res.stderr).strip())
+            raise self._failed(svc, res)
         return f"{len(old)} → {len(new)} container(s) by docker-rollout, {drained}"
 
     def _abort(self, r: Runner, svc: ResolvedService, old: list[str], drain: ProxyDrain, marker: str,
@@ -275,9 +278,7 @@ class DockerRolloutEngine:
             if len(new) >= len(old):
                 return new
             if pending.done():
-                res = pending.wait()
-                raise StepFailed(f"docker rollout {svc.name} ended before new containers appeared: "
-                                 f"{res.first_error_line()}", (res.stdout + res.stderr).strip())
+                raise self._failed(svc, pending.wait(), "ended before new containers appeared")
             time.sleep(0.3)
         raise StepFailed(f"docker rollout {svc.name}: no new containers after 120 s")
 

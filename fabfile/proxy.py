@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import commands as cmds
@@ -160,6 +160,7 @@ class ProxyDrain:
     config: dict
     ports: list[str]
     networks: set[str]
+    held: list[str] = field(default_factory=list)  # addresses being drained: name + old IPs
 
     @classmethod
     def find(cls, r: Runner, host: HostConfig, svc: ResolvedService) -> "ProxyDrain | None":
@@ -194,13 +195,10 @@ class ProxyDrain:
                              f"with {self.host.proxy.service}")
         return [found[f] for i in ids for f in found if _matches(i, f)]
 
-    def name_addresses(self) -> list[str]:
-        return [f"{self.service}:{p}" for p in self.ports]
-
-    def addresses(self, ips: list[str]) -> list[str]:
+    def _addresses(self, ips: list[str]) -> list[str]:
         return [f"{ip}:{p}" for ip in ips for p in self.ports]
 
-    def route_to(self, ids: list[str], why: str, hold: list[str]) -> list[str]:
+    def _route_to(self, ids: list[str], why: str, hold: list[str]) -> list[str]:
         """Load a config that sends the service's traffic only to these containers, while
         keeping the in-flight counters of the ``hold`` addresses observable."""
         ips = self.ips(ids)
@@ -210,9 +208,18 @@ class ProxyDrain:
                       f"routing {self.service} to {why} containers")
         return ips
 
-    def wait_drained(self, old_ips: list[str], timeout: int) -> str:
-        addresses = self.name_addresses() + self.addresses(old_ips)
-        cmd = cmds.wait_drained(self.container, self.host.proxy.admin, addresses, timeout)
+    def pin(self, old: list[str]) -> None:
+        """Route the service to its old containers only (new ones get nothing until switch)."""
+        self.held = [f"{self.service}:{p}" for p in self.ports]
+        self.held += self._addresses(self._route_to(old, "old", hold=self.held))
+
+    def switch(self, new: list[str]) -> None:
+        """Route the service to the new containers only; the old addresses stay observable."""
+        self._route_to(new, "new", hold=self.held)
+
+    def wait_drained(self, timeout: int) -> str:
+        """Wait until nothing is in flight to the old containers (by name or address)."""
+        cmd = cmds.wait_drained(self.container, self.host.proxy.admin, self.held, timeout)
         if self.r.dry_run:
             self.r.change(cmd)
             return "drained"

@@ -156,12 +156,16 @@ class Runner:
         """Run a read-only probe and return its outcome, failed or not."""
         return self._exec(cmd)
 
+    def _would_run(self, cmd: Command) -> Outcome:
+        """A dry run's stand-in for a change: printed (secrets masked), counted as succeeded."""
+        self.history.append(cmd.describe())
+        print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
+        return Outcome(ok=True)
+
     def change(self, cmd: Command, what: str | None = None, check: bool = True) -> Outcome:
         """Run a command that changes the host; in a dry run print it and pretend success."""
         if self.dry_run:
-            self.history.append(cmd.describe())
-            print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
-            return Outcome(ok=True)
+            return self._would_run(cmd)
         res = self._exec(cmd)
         if check and not res.ok:
             raise StepFailed(f"{what or ' '.join(cmd.argv[:3])} failed: {res.first_error_line()}",
@@ -172,9 +176,7 @@ class Runner:
         """Start a command that changes the host and return at once; ``wait()`` for it.
         In a dry run it is printed and counts as succeeded."""
         if self.dry_run:
-            self.history.append(cmd.describe())
-            print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
-            return _Finished(Outcome(ok=True))
+            return _Finished(self._would_run(cmd))
         self.history.append(cmd.describe())
         starter = getattr(self.execute, "start", None)
         stdin = cmd.stdin.text if cmd.stdin is not None else None

@@ -12,7 +12,6 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-import os
 from typing import Any, Iterator
 
 from . import commands as cmds
@@ -68,7 +67,7 @@ def validate(s: Session, only: list[str] | None = None) -> dict[str, Any]:
             raise StepFailed(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
         rec.detail = f"{len(services)} services in the compose project"
         h = s.host
-        if h.engine == "native" and h.proxy.service and h.proxy.drain and h.app_services:
+        if h.proxy.service and h.proxy.drain and h.app_services:  # both engines drain at the proxy
             container = proxy_container(s.r, h)
             if container:
                 read_config(s.r, h, container)
@@ -122,11 +121,10 @@ def install_plugin(s: Session, source: str | None = None) -> None:
             else:
                 s.cxn.put(source, upload)
         try:
-            args = [p.resolved_url, p.sha256, p.version] + ([upload] if upload else [])
-            res = s.r.change(cmds.host_script("install_plugin.sh", *args), check=False)
+            res = s.r.change(cmds.install_plugin(p.resolved_url, p.sha256, p.version, upload), check=False)
         finally:
             if upload and not s.r.dry_run:
-                s.r.probe(cmds.Command(("rm", "-f", upload)))
+                s.r.change(cmds.remove_file(upload), check=False)
         if not res.ok:
             raise StepFailed(f"install-plugin: {res.first_error_line()}")
         rec.detail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else f"{p.version}"
@@ -136,7 +134,7 @@ def install_plugin(s: Session, source: str | None = None) -> None:
 
 def normalize_ref(ref: str) -> str:
     """An image reference as ``docker image ls`` names it (repo:tag, docker.io implied)."""
-    name, _, digest = ref.partition("@")
+    name = ref.partition("@")[0]
     last = name.rsplit("/", 1)[-1]
     if ":" not in last:
         name += ":latest"

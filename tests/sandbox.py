@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,10 +139,6 @@ class Verify:
             raise AssertionError(f"inv verify did not stop on SIGINT:\n{out}")
         data = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
         return self.proc.returncode, out, data
-
-
-def python() -> str:
-    return sys.executable
 
 
 def hosts_file(tmp_path: Path, engine: str | None = None, extra: str = "") -> Path:
