@@ -48,6 +48,13 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 # --- packages ---------------------------------------------------------------------------
+busybox_has() {  # busybox_has APPLET: is /bin/busybox there and built with APPLET?
+    local applets
+    [ -x /bin/busybox ] && applets=$(/bin/busybox --list) || return 1
+    case $'\n'"$applets"$'\n' in *$'\n'"$1"$'\n'*) return 0 ;; esac
+    return 1
+}
+
 install_packages() {
     local want=()
     if ! command -v docker >/dev/null || { ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; }; then
@@ -58,7 +65,9 @@ install_packages() {
     [ -x /usr/sbin/sshd ] || want+=(openssh-server)
     command -v ssh-keygen >/dev/null || want+=(openssh-client)
     [ -x /usr/bin/caddy ] || want+=(caddy)
-    [ -x /bin/busybox ] && /bin/busybox --list | grep -qx httpd || want+=(busybox-static)
+    # No `busybox --list | grep -q` here: under pipefail, grep exiting at the first match
+    # kills busybox with SIGPIPE and the pipeline "fails" at random (issue 11).
+    busybox_has httpd || want+=(busybox-static)
     command -v iptables >/dev/null || want+=(iptables)
     command -v curl >/dev/null || want+=(curl)
     python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
