@@ -8,6 +8,7 @@ as a dry run or asserted in a unit test without SSH.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,25 +31,33 @@ class Command:
     cwd: str | None = None
     stdin: Stdin | None = None
     then: tuple["Command", ...] = field(default=())  # run after this one, only if it succeeded
+    shown: tuple[str, ...] | None = None  # argv as a dry run prints it (a script's text by its name)
+    limit: int | None = None               # seconds before the host kills it (coreutils `timeout`)
+    dry_run_output: tuple[str, ...] = ()   # what a dry run pretends the host printed (placeholders)
 
     def render(self) -> str:
         """The shell text sent to the host: ``cd DIR && argv [&& next ...]``, all quoted."""
+        return self._join(self.argv, [c.render() for c in self.then])
+
+    def _join(self, argv: tuple[str, ...], rest: list[str]) -> str:
         parts = []
         if self.cwd:
             parts.append("cd " + quote_path(self.cwd))
-        parts.append(shlex.join(self.argv))
-        parts.extend(c.render() for c in self.then)
-        return " && ".join(parts)
+        if self.limit:
+            argv = ("timeout", "--kill-after=10", str(self.limit), *argv)
+        parts.append(shlex.join(argv))
+        return " && ".join(parts + rest)
 
     def describe(self) -> str:
-        """The command as a dry run prints it: stdin shown by its label, secrets masked."""
-        text = self.render()
+        """The command as a dry run prints it: stdin shown by its label, secrets masked,
+        a shipped script by its name."""
+        text = self._join(self.shown or self.argv, [c.describe() for c in self.then])
         if self.stdin is not None:
             text += f"  < {self.stdin.label}"
         return text
 
     def and_then(self, *more: "Command") -> "Command":
-        return Command(self.argv, self.cwd, self.stdin, self.then + more)
+        return dataclasses.replace(self, then=self.then + more)
 
 
 def quote_path(path: str) -> str:
@@ -69,6 +78,14 @@ def script(name: str) -> str:
 def host_script(name: str, *args: str, cwd: str | None = None) -> Command:
     """Run a shipped POSIX sh script on the host (fed on stdin, so nothing is installed)."""
     return Command(("sh", "-s", "--", *args), cwd=cwd, stdin=Stdin(script(name), f"fabfile/remote/{name}"))
+
+
+def host_program(name: str, *args: str, cwd: str | None = None, stdin: Stdin | None = None,
+                 dry_run_output: tuple[str, ...] = ()) -> Command:
+    """Run a shipped POSIX sh script as ``sh -c SCRIPT NAME ARGS``: nothing is installed and
+    stdin stays free (for a secret, a config, or a conversation with zdd)."""
+    return Command(("sh", "-c", script(name), name, *args), cwd=cwd, stdin=stdin,
+                   shown=("sh", "-c", f"<fabfile/remote/{name}>", name, *args), dry_run_output=dry_run_output)
 
 
 # --- docker compose -----------------------------------------------------------------------
@@ -209,8 +226,11 @@ def lock_name(host: HostConfig) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in raw)
 
 
-def lock(host: HostConfig, action: str, holder: str = "") -> Command:
-    return host_script("lock.sh", action, lock_name(host), *([holder] if holder else []))
+def lock(host: HostConfig, action: str, holder: str = "", wait: int = 0) -> Command:
+    """The project's deploy lock on the host; ``acquire`` waits up to ``wait`` s for the
+    previous deploy's restore job (and takes over a lock whose job died)."""
+    extra = [holder, str(wait)] if holder else []
+    return host_script("lock.sh", action, lock_name(host), *extra)
 
 
 def kill_background(pidfile: str, cwd: str | None) -> Command:
@@ -277,3 +297,69 @@ def caddy_load_json(container: str, config_json: str, label: str) -> Command:
     """Load a JSON config given on stdin (graceful, like a reload)."""
     return exec_(container, "caddy", "reload", "--config", "/dev/stdin", "--force",
                  stdin=Stdin(config_json, label))
+
+
+# --- one deploy's host-side programs (fabfile/remote/*.sh, run with `sh -c`) --------------
+
+def survey(host: HostConfig) -> Command:
+    """Read everything a deploy needs of the host at once (changes nothing)."""
+    p = host.proxy
+    return host_program("survey.sh", p.service or "", p.config, p.admin, *Compose(host).project_flags(), cwd=host.dir)
+
+
+def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None = None,
+         limit: int = 900) -> Command:
+    """``[docker login --password-stdin] && docker compose pull && docker image ls``: one round
+    trip. ``credentials`` is (server, username, token, token_env); the token goes on stdin only."""
+    listing = image_ids()
+    pulling = dataclasses.replace(Compose(host).pull(services), limit=limit)
+    if credentials is None:
+        return pulling.and_then(listing)
+    return login(*credentials).and_then(pulling, listing)
+
+
+@dataclass(frozen=True)
+class TierService:
+    """One service of a tier as tier.sh takes it."""
+
+    name: str
+    target: int              # new containers to start
+    health_timeout: int
+    stop_timeout: int | None
+    old: tuple[str, ...]     # short ids of the running containers it replaces
+    held: tuple[str, ...]    # proxy upstream addresses to watch drain (name:port, ip:port)
+    hook: str = ""           # the user's pre-stop hook, run in each old container before it stops
+
+    def args(self) -> tuple[str, ...]:
+        return (self.name, str(self.target), str(self.health_timeout),
+                "" if self.stop_timeout is None else str(self.stop_timeout),
+                ",".join(self.old), ",".join(self.held), self.hook)
+
+
+def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
+         proxy_networks: tuple[str, ...] = ()) -> Command:
+    """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
+    args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(host.no_healthcheck_wait),
+            str(len(services))]
+    for svc in services:
+        args += svc.args()
+    net = proxy_networks[0] if proxy_networks else "net"
+    dry = ["pid 0", "pinned"]
+    for svc in services:
+        n = svc.target if engine == "native" or not svc.old else len(svc.old)
+        dry += [f"new {svc.name} <new-{svc.name}-{i + 1}> {net}=<ip-of-new-{svc.name}-{i + 1}>" for i in range(n)]
+    dry += ["healthy after 0s", "switched", "drained after 0s, 0 in flight at most", "retired"]
+    return host_program("tier.sh", *args, *Compose(host).project_flags(), cwd=host.dir,
+                        stdin=Stdin("", "a conversation with zdd: pin/switch configs"),
+                        dry_run_output=tuple(dry))
+
+
+def restore(host: HostConfig, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
+    """Once ``old`` containers are gone: reload the proxy's config file and free the lock."""
+    return host_program("restore.sh", "detach" if detach else "wait", lock_name(host), proxy, host.proxy.config,
+                        str(timeout), *old, cwd=host.dir,
+                        dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",))
+
+
+def signal_process(pid: str, sig: str = "TERM") -> Command:
+    return Command(("kill", f"-{sig}", pid))

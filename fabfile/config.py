@@ -16,7 +16,8 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``infra`` – services that are only ever ``up -d``.
 * ``health_timeout``, ``pre_stop_hook``, ``stop_timeout`` – rollout settings, overridable
   per service in ``[defaults.services.NAME]``/``[hosts.X.services.NAME]``.
-* ``prune`` – run ``docker image prune -f`` at the end of a deploy.
+* ``prune`` – run ``docker image prune -f`` at the end of a deploy that rolled something.
+* ``pull_timeout`` – seconds before a hung pull is killed on the host (the lock is freed).
 * ``proxy`` – the reverse proxy (Caddy) service, how to refresh it and whether to drain
   old containers at the proxy before stopping them.
 * ``plugin`` – the docker-rollout version, download URL and sha256.
@@ -121,6 +122,7 @@ class HostConfig:
     infra: tuple[str, ...] = ()
     health_timeout: int = 60
     no_healthcheck_wait: int = 10
+    pull_timeout: int = 900       # seconds before a hung `docker compose pull` is killed
     pre_stop_hook: str = ""
     stop_timeout: int | None = None
     prune: bool = True

@@ -23,8 +23,23 @@ class Reporter:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     steps: list[StepRecord] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    _progress_shown: bool = False
+    proxy_loads: int = 0          # configs loaded into the proxy (each one a graceful reload)
+
+    def progress(self, text: str) -> None:
+        """What a long wait waits for, on one rewritten line; only on a terminal (a CI log
+        keeps one line per step)."""
+        isatty = getattr(self.out, "isatty", None)
+        if not (isatty and isatty()):
+            return
+        line = f"[{self.host}] ... {text}"[:150]
+        print(f"\r\x1b[2K{line}", end="", file=self.out, flush=True)
+        self._progress_shown = True
 
     def _line(self, rec: StepRecord) -> None:
+        if self._progress_shown:
+            print("\r\x1b[2K", end="", file=self.out)
+            self._progress_shown = False
         mark = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip"}[rec.status]
         detail = f"  {rec.detail}" if rec.detail else ""
         print(f"[{self.host}] {mark} {rec.name:<28} {rec.seconds:6.1f}s{detail}", file=self.out, flush=True)
@@ -47,7 +62,11 @@ class Reporter:
             self._line(rec)
 
     def skip(self, name: str, why: str) -> None:
-        rec = StepRecord(name, "skipped", why)
+        self.record(name, "skipped", why)
+
+    def record(self, name: str, status: str, detail: str, seconds: float = 0.0) -> None:
+        """A step that happened elsewhere (on the host, in the background): one line."""
+        rec = StepRecord(name, status, detail, seconds)
         self.steps.append(rec)
         self._line(rec)
 

@@ -65,13 +65,21 @@ class SshExecutor:
 
     def start(self, command: str, stdin: str | None) -> "Pending":
         """Start a command on its own channel; other commands can run meanwhile."""
-        self.cxn.open()
-        chan = self.cxn.client.get_transport().open_session()
-        chan.exec_command(command)
+        chan = self._channel(command)
         if stdin:
             chan.sendall(stdin.encode())
         chan.shutdown_write()
         return _ChannelPending(chan)
+
+    def converse(self, command: str) -> "Conversation":
+        """Start a command whose stdin stays open: lines go both ways while it runs."""
+        return _ChannelConversation(self._channel(command))
+
+    def _channel(self, command: str) -> Any:
+        self.cxn.open()
+        chan = self.cxn.client.get_transport().open_session()
+        chan.exec_command(command)
+        return chan
 
 
 class Pending(Protocol):
@@ -115,6 +123,70 @@ class _ChannelPending:
         return self.result
 
 
+class Conversation(Protocol):
+    """A command that reads lines from zdd and prints lines back while it runs."""
+
+    def send(self, line: str) -> None: ...
+
+    def readline(self, timeout: float) -> str | None: ...  # None: it ended; "" : nothing yet
+
+    def close(self) -> Outcome: ...
+
+
+class _ChannelConversation(_ChannelPending):
+    def __init__(self, chan: Any):
+        super().__init__(chan)
+        self.pos = 0
+
+    def send(self, line: str) -> None:
+        try:
+            self.chan.sendall((line + "\n").encode())
+        except OSError:
+            pass  # it ended; the next readline says so
+
+    def readline(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._drain()
+            nl = self.out.find(b"\n", self.pos)
+            if nl >= 0:
+                line = self.out[self.pos:nl].decode(errors="replace")
+                self.pos = nl + 1
+                return line
+            if self.chan.exit_status_ready() and not self.chan.recv_ready():
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return ""
+            select.select([self.chan], [], [], min(left, 0.5))
+
+    def close(self) -> Outcome:
+        try:
+            self.chan.shutdown_write()
+        except OSError:
+            pass
+        return self.wait()
+
+
+class _Scripted:
+    """A dry run's (or a plain executor's) conversation: the lines the command's builder
+    says the host would print, played back; what is sent is printed, not run."""
+
+    def __init__(self, lines: tuple[str, ...], echo: Any = None):
+        self.lines = list(lines)
+        self.echo = echo
+
+    def send(self, line: str) -> None:
+        if self.echo:
+            self.echo(line)
+
+    def readline(self, timeout: float) -> str | None:
+        return self.lines.pop(0) if self.lines else None
+
+    def close(self) -> Outcome:
+        return Outcome(ok=True)
+
+
 class _Finished:
     """A Pending that already has its outcome (dry runs; executors that cannot start)."""
 
@@ -135,9 +207,11 @@ class Runner:
     dry_run: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     history: list[str] = field(default_factory=list)  # every command, as described (masked)
+    remote_commands: int = 0                          # commands really sent to the host
 
     def _exec(self, cmd: Command) -> Outcome:
         self.history.append(cmd.describe())
+        self.remote_commands += 1
         t0 = time.monotonic()
         res = self.execute(cmd.render(), cmd.stdin.text if cmd.stdin is not None else None)
         if os.environ.get("ZDD_TRACE"):
@@ -157,10 +231,11 @@ class Runner:
         return self._exec(cmd)
 
     def _would_run(self, cmd: Command) -> Outcome:
-        """A dry run's stand-in for a change: printed (secrets masked), counted as succeeded."""
+        """A dry run's stand-in for a change: printed (secrets masked), counted as succeeded,
+        answering what its builder says the host would print."""
         self.history.append(cmd.describe())
         print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
-        return Outcome(ok=True)
+        return Outcome(ok=True, stdout="".join(line + "\n" for line in cmd.dry_run_output))
 
     def change(self, cmd: Command, what: str | None = None, check: bool = True) -> Outcome:
         """Run a command that changes the host; in a dry run print it and pretend success."""
@@ -178,11 +253,29 @@ class Runner:
         if self.dry_run:
             return _Finished(self._would_run(cmd))
         self.history.append(cmd.describe())
+        self.remote_commands += 1
         starter = getattr(self.execute, "start", None)
         stdin = cmd.stdin.text if cmd.stdin is not None else None
         if starter is None:  # an executor without background commands: run it now
             return _Finished(self.execute(cmd.render(), stdin))
         return starter(cmd.render(), stdin)
+
+    def converse(self, cmd: Command, labels: dict[str, str] | None = None) -> Conversation:
+        """Start a command that talks with zdd over stdin/stdout (its stdin label says what
+        is sent). A dry run prints it and plays back ``cmd.dry_run_output``; what zdd would
+        send is printed by the ``labels`` of its first word."""
+        if self.dry_run:
+            self._would_run(cmd)
+            def echo(line: str) -> None:
+                word = line.split(" ", 1)[0]
+                print(f"[{self.host}] would send: {(labels or {}).get(word, word)}", file=self.out)
+            return _Scripted(cmd.dry_run_output, echo)
+        self.history.append(cmd.describe())
+        self.remote_commands += 1
+        opener = getattr(self.execute, "converse", None)
+        if opener is None:
+            raise TypeError("this executor cannot hold a conversation")
+        return opener(cmd.render())
 
     def note(self, text: str) -> None:
         print(f"[{self.host}]   {text}", file=self.out)

@@ -16,19 +16,24 @@ from typing import Any, Iterator
 
 from . import commands as cmds
 from .engines import engine_for
-from .proxy import proxy_container, read_config
+from .plan import HostState, ServicePlan, SurveyError, image_table, make_plan, normalize_ref, parse_survey
+from .rollout import Rollout
 from .runner import StepFailed
 from .session import Session, secret
 
 
 # --- validation ------------------------------------------------------------------------------
 
-def compose_services(s: Session) -> dict[str, Any]:
-    raw = s.r.read(cmds.Compose(s.host).config_json(), "docker compose config")
+def survey(s: Session) -> HostState:
+    """One read of the host: compose model, config hashes, containers, the proxy."""
+    h = s.host
+    res = s.r.probe(cmds.survey(h))
+    if not res.ok and "===" not in res.stdout:
+        raise StepFailed(f"cannot read the host's compose project in {h.dir}: {res.first_error_line()}")
     try:
-        return json.loads(raw).get("services", {})
-    except json.JSONDecodeError:
-        raise StepFailed("docker compose config did not print JSON") from None
+        return parse_survey(res.stdout, h.proxy.service)
+    except SurveyError as e:
+        raise StepFailed(f"{e} (in {h.dir})") from None
 
 
 def configured_services(h) -> list[str]:
@@ -55,44 +60,57 @@ def check_compose(host_services: dict[str, Any], s: Session, only: list[str] | N
     return problems
 
 
-def validate(s: Session, only: list[str] | None = None) -> dict[str, Any]:
-    """Check the host's compose project (and the proxy config the drain will rewrite)
+def validate(s: Session, only: list[str] | None = None) -> HostState:
+    """Check the host's compose project and the proxy config the rollout will rewrite
     against hosts.toml; nothing changes before this passes."""
     with s.report.step("validate") as rec:
-        services = compose_services(s)
-        problems = check_compose(services, s, only)
+        state = survey(s)
+        problems = check_compose(state.services, s, only)
         if only is None:
             registry_credentials(s)  # a missing token fails here, before anything changes
         if problems:
             raise StepFailed(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
-        rec.detail = f"{len(services)} services in the compose project"
+        rec.detail = f"{len(state.services)} services in the compose project"
         h = s.host
-        if h.proxy.service and h.proxy.drain and h.app_services:  # both engines drain at the proxy
-            container = proxy_container(s.r, h)
-            if container:
-                read_config(s.r, h, container)
-                rec.detail += f"; {h.proxy.config} readable"
-    return services
+        if h.proxy.service and h.proxy.drain and h.app_services and state.proxy:
+            if state.proxy_config is None:
+                raise StepFailed(f"{state.proxy_config_error or 'cannot read the proxy config'}: fix "
+                                 f"{h.proxy.config}, or set proxy.drain = false (a proxy that is not Caddy)")
+            rec.detail += f"; {h.proxy.config} readable"
+            if state.proxy_version:
+                rec.detail += f" (Caddy {state.proxy_version})"
+        if state.proxy_pinned:
+            s.notes.append(f"{h.proxy.service} was still routing to container addresses (an unfinished deploy): "
+                           "this run restores its config file")
+    return state
 
 
 # --- the deploy lock -------------------------------------------------------------------------
 
+LOCK_WAIT = 120  # seconds a deploy waits for the previous deploy's restore job on the host
+
+
 @contextmanager
-def locked(s: Session, what: str) -> Iterator[None]:
-    """Hold the host's deploy lock for this project while ``what`` runs (one at a time)."""
+def locked(s: Session, what: str) -> Iterator[dict]:
+    """Hold the host's deploy lock for this project while ``what`` runs (one at a time).
+    Set ``handed_over`` in the yielded dict when a host job took the lock over."""
     holder = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} {what} since " \
              f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    res = s.r.change(cmds.lock(s.host, "acquire", holder), check=False)
+    res = s.r.change(cmds.lock(s.host, "acquire", holder, LOCK_WAIT), check=False)
     if not res.ok:
         raise StepFailed(f"another deploy holds the lock ({res.first_error_line()}); "
                          f"if it is gone, run: fab -H {s.name} unlock")
+    for line in res.stdout.strip().splitlines()[:-1]:
+        s.notes.append(line)
+    state = {"handed_over": False}
     try:
-        yield
+        yield state
     finally:
-        try:
-            s.r.change(cmds.lock(s.host, "release"), check=False)
-        except Exception as e:
-            s.notes.append(f"could not release the deploy lock ({e}): fab -H {s.name} unlock")
+        if not state["handed_over"]:
+            try:
+                s.r.change(cmds.lock(s.host, "release"), check=False)
+            except Exception as e:
+                s.notes.append(f"could not release the deploy lock ({e}): fab -H {s.name} unlock")
 
 
 def unlock(s: Session) -> None:
@@ -132,42 +150,6 @@ def install_plugin(s: Session, source: str | None = None) -> None:
 
 # --- pull ------------------------------------------------------------------------------------
 
-def normalize_ref(ref: str) -> str:
-    """An image reference as ``docker image ls`` names it (repo:tag, docker.io implied)."""
-    name = ref.partition("@")[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        name += ":latest"
-    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    if name.startswith("library/"):
-        name = name[len("library/"):]
-    return name
-
-
-def image_table(text: str) -> dict[str, str]:
-    table = {}
-    for line in text.splitlines():
-        ref, _, iid = line.strip().partition(" ")
-        if iid:
-            table[ref] = iid
-    return table
-
-
-def changed_images(services: dict[str, Any], names: list[str], before: dict[str, str], after: dict[str, str]) -> list[str]:
-    changed = []
-    for name in names:
-        image = (services.get(name) or {}).get("image")
-        if not image:
-            continue
-        ref = normalize_ref(image)
-        if after.get(ref) and before.get(ref) != after.get(ref):
-            changed.append(name)
-    return changed
-
-
 def registry_credentials(s: Session) -> tuple[str, str] | None:
     """(username, token) for ``docker login``, from the environment or .env; None without a registry."""
     reg = s.host.registry
@@ -182,48 +164,93 @@ def registry_credentials(s: Session) -> tuple[str, str] | None:
     return username, password
 
 
-def login(s: Session) -> str:
-    creds = registry_credentials(s)
-    if creds is None:
-        return ""
-    reg = s.host.registry
-    s.r.change(cmds.login(reg.server, creds[0], creds[1], reg.password_env), f"docker login {reg.server}")
-    return f"logged in to {reg.server}; "
-
-
-def pull(s: Session, services: dict[str, Any] | None = None) -> list[str]:
-    """Log in if a registry is configured, pull every configured service, report what changed."""
+def pull(s: Session, state: HostState) -> dict[str, str]:
+    """Log in if a registry is configured and pull every configured service, in one round
+    trip; returns the image each reference names now (ref -> image ID)."""
     h = s.host
-    names = configured_services(h)
+    names = [n for n in configured_services(h) if n in state.services]
     with s.report.step("pull") as rec:
-        services = services if services is not None else compose_services(s)
-        names = [n for n in names if n in services]
-        logged = login(s)
-        before = image_table(s.r.read(cmds.image_ids(), "listing images"))
-        s.r.change(cmds.Compose(h).pull(names), "docker compose pull")
-        after = image_table(s.r.read(cmds.image_ids(), "listing images")) if not s.r.dry_run else before
-        changed = changed_images(services, names, before, after)
+        creds = registry_credentials(s)
+        login = (h.registry.server, creds[0], creds[1], h.registry.password_env) if creds else None
+        res = s.r.change(cmds.pull(h, names, login, h.pull_timeout), "docker compose pull", check=False)
+        if not res.ok:
+            raise StepFailed(f"pull failed: {res.first_error_line()}", (res.stdout + res.stderr).strip()[-2000:])
+        if s.r.dry_run:  # nothing was pulled: plan with the images already on the host
+            res = s.r.probe(cmds.image_ids())
+            s.notes.append("dry run: the plan compares with the images already on the host (nothing was pulled)")
+        images = image_table(res.stdout)
+        changed = [n for n in names if images.get(normalize_ref(str(state.services[n].get("image", "")))) not in
+                   (None, *{c.image for c in state.running(n)}) or
+                   len({c.image for c in state.running(n)}) > 1]
+        logged = f"logged in to {h.registry.server}; " if creds else ""
         rec.detail = logged + (f"new image for {', '.join(changed)}" if changed else "no new images")
-    return changed
+    if h.proxy.service in changed and h.proxy.mode == "reload":
+        s.notes.append(f"{h.proxy.service} has a new image: a reload does not switch to it; "
+                       "recreate it when an outage is acceptable (proxy.mode = recreate)")
+    return images
 
 
 # --- infra-up --------------------------------------------------------------------------------
 
-def infra_up(s: Session) -> None:
+def infra_up(s: Session, state: HostState | None = None, images: dict[str, str] | None = None) -> None:
+    """``up -d`` the infra services; in a deploy, only those whose image or config changed."""
     with s.report.step("infra-up") as rec:
-        if not s.host.infra:
+        infra = list(s.host.infra)
+        if not infra:
             rec.status, rec.detail = "skipped", "no infra services configured"
             return
-        s.r.change(cmds.Compose(s.host).up(list(s.host.infra)), "docker compose up (infra)")
-        rec.detail = ", ".join(s.host.infra)
+        if state is not None and images is not None:
+            plans = make_plan([n for n in infra if n in state.services], state, images)
+            infra = [p.name for p in plans if p.roll]
+            if not infra:
+                rec.status, rec.detail = "skipped", "unchanged: " + ", ".join(p.name for p in plans)
+                return
+        s.r.change(cmds.Compose(s.host).up(infra), "docker compose up (infra)")
+        rec.detail = ", ".join(infra)
 
 
-# --- rollout-service -------------------------------------------------------------------------
+# --- the plan and the rollout ----------------------------------------------------------------
 
-def rollout_service(s: Session, name: str, engine=None) -> None:
-    engine = engine or engine_for(s.host)
-    with s.report.step(f"rollout {name}") as rec:
-        rec.detail = engine.rollout(s.r, s.host.service(name))
+def plan(s: Session, state: HostState, images: dict[str, str], names: list[str], force: bool) -> list[ServicePlan]:
+    """Roll or skip each app service, with the reason: one line each."""
+    with s.report.step("plan") as rec:
+        plans = make_plan(names, state, images, force)
+        rolling = [p for p in plans if p.roll]
+        rec.detail = f"roll {len(rolling)} of {len(plans)}" + (
+            f" in {sum(1 for t in s.host.rollout if any(p.name in t for p in rolling))} tier(s)" if rolling else "")
+    for p in plans:
+        print(f"[{s.name}]   {p.line()}", file=s.r.out)
+    return plans
+
+
+def roll(s: Session, state: HostState, plans: list[ServicePlan], tiers: list[list[str]], lock: dict,
+         wait: bool) -> Rollout:
+    """Each tier in order through the engine; then drain reports and the proxy restore."""
+    engine = engine_for(s.host)
+    rollout = Rollout(s, state, engine.name, plans)
+    try:
+        for tier in tiers:
+            engine.roll_tier(rollout, list(tier))
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        if not interrupted:
+            rollout.drain_reports()
+        if rollout.needs_restore() or rollout.retiring:
+            lock["handed_over"] = rollout.restore(detach=interrupted)
+        raise
+    rollout.drain_reports()
+    if rollout.needs_restore():
+        lock["handed_over"] = rollout.restore(detach=not wait)
+    if s.host.proxy.mode == "recreate" and any(p.roll for p in plans):
+        reload_caddy(s)  # the plan's `--force-recreate caddy`, on request: an outage
+    return rollout
+
+
+def rollout_service(s: Session, name: str, state: HostState) -> None:
+    """Replace one app service's containers (always, whatever the plan would say)."""
+    with locked(s, f"rollout-service {name}") as lock:
+        plans = make_plan([name], state, {}, force=True)
+        roll(s, state, plans, [[name]], lock, wait=True)
 
 
 # --- reload-caddy ----------------------------------------------------------------------------
@@ -241,13 +268,15 @@ def reload_caddy(s: Session) -> None:
             s.r.change(compose.recreate(p.service), f"recreating {p.service}")
             rec.detail = "recreated (outage while it restarted)"
             return
-        container = proxy_container(s.r, s.host)
+        ids = s.r.read(compose.ids(p.service), f"finding the {p.service} container").split()
+        container = ids[0][:12] if ids else None
         if container is None:
             s.r.change(compose.up([p.service]), f"starting {p.service}")
             rec.detail = "was not running: started"
             return
         s.r.change(cmds.caddy_validate(container, p.config), f"validating {p.config}")
         s.r.change(cmds.caddy_reload(container, p.config, force=True), f"reloading {p.service}")
+        s.report.proxy_loads += 1
         rec.detail = f"graceful reload of {p.config}"
 
 
@@ -265,27 +294,27 @@ def prune(s: Session) -> None:
 
 # --- deploy ----------------------------------------------------------------------------------
 
-def deploy(s: Session) -> None:
-    """validate → lock → [install-plugin] → pull → infra-up → tiers → reload-caddy → prune."""
-    services = validate(s)
-    with locked(s, "deploy"):
-        deploy_steps(s, services)
+def deploy(s: Session, force: bool = False, wait: bool = False) -> None:
+    """validate → lock → [install-plugin] → pull → infra-up → plan → tiers → reload-caddy → prune."""
+    state = validate(s)
+    with locked(s, "deploy") as lock:
+        deploy_steps(s, state, lock, force, wait)
 
 
-def deploy_steps(s: Session, services: dict[str, Any]) -> None:
+def deploy_steps(s: Session, state: HostState, lock: dict, force: bool = False, wait: bool = False) -> None:
     engine = engine_for(s.host)
     if engine.name == "docker-rollout":
         install_plugin(s)
-    with s.report.step("engine") as rec:
-        engine.prepare(s.r)
-        rec.detail = engine.name
-    changed = pull(s, services)
-    if s.host.proxy.service in changed and s.host.proxy.mode == "reload":
-        s.notes.append(f"{s.host.proxy.service} has a new image: a reload does not switch to it; "
-                       "recreate it when an outage is acceptable (proxy.mode = recreate)")
-    infra_up(s)
-    for tier in s.host.rollout:
-        for name in tier:
-            rollout_service(s, name, engine)
-    reload_caddy(s)
-    prune(s)
+    engine.prepare(s.r)
+    images = pull(s, state)
+    infra_up(s, state, images)
+    plans = plan(s, state, images, s.host.app_services, force)
+    rolling = [p for p in plans if p.roll]
+    if rolling or state.proxy_pinned:
+        roll(s, state, plans, [list(t) for t in s.host.rollout], lock, wait)
+    else:
+        s.report.skip(f"reload-{s.host.proxy.service or 'proxy'}", "nothing rolled; the proxy runs its config file")
+    if rolling:
+        prune(s)
+    else:
+        s.report.skip("prune", "nothing rolled: no image was freed")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import paramiko
@@ -13,8 +15,25 @@ from invoke.exceptions import Exit
 
 from . import steps
 from . import verify as vloop
+from .rollout import Interrupted
 from .runner import StepFailed
 from .session import Session, host_name, load_host, open_session
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM (a CI runner cancelling the job, `kill`) unwinds like Ctrl-C: undo, exit 130."""
+    def handler(signum, frame):
+        raise Interrupted()
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) and change nothing"
 
@@ -35,8 +54,14 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
             raise Exit(f"[{s.name}] verify: {e}", code=2) from None
         loop = vloop.BackgroundLoop(settings, finish_in_flight=True).start()
     failure: StepFailed | None = None
+    interrupted = False
     try:
-        body(s)
+        with sigterm_interrupts():
+            body(s)
+    except KeyboardInterrupt:
+        interrupted = True
+        failure = StepFailed("interrupted: what carried no traffic yet was removed; the proxy restore "
+                             "finishes on the host")
     except StepFailed as e:
         failure = e
         if e.detail:
@@ -56,6 +81,8 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
             except Exception as e:
                 print(f"[{s.name}]   verify loop failed: {e}", file=sys.stdout)
     extra = list(s.notes)
+    if not dry_run:
+        extra.append(f"cost: {s.r.remote_commands} remote commands, {s.report.proxy_loads} proxy loads")
     if report is not None:
         if not report.ok:
             print(report.render(), file=sys.stdout)
@@ -70,7 +97,7 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
     elif extra:
         print("\n".join(extra))
     if failure is not None:
-        raise Exit(f"[{s.name}] {title} failed: {failure}", code=1)
+        raise Exit(f"[{s.name}] {title} failed: {failure}", code=130 if interrupted else 1)
     strict = bool(strict) or s.host.verify.strict
     if report is not None and strict and not report.ok:
         raise Exit(f"[{s.name}] {title}: {report.failures:,} request(s) failed during the deploy (strict)", code=3)
@@ -79,10 +106,17 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
 
 @task(help={"dry_run": DRY_RUN_HELP,
             "verify": "hit the host's verify URLs during the deploy and report (default on; --no-verify)",
-            "strict": "exit non-zero when the verification saw any failed request (also verify.strict)"})
-def deploy(c, dry_run=False, verify=True, strict=False):
-    """Pull, bring infra up, roll every app service, refresh the proxy, prune."""
-    run_steps(c, "deploy", steps.deploy, dry_run, verify=verify, strict=strict)
+            "strict": "exit non-zero when the verification saw any failed request (also verify.strict)",
+            "force": "roll every app service, changed or not",
+            "wait": "wait until the old containers are gone and the proxy routes by name again "
+                    "(default: only while verifying; otherwise a job on the host finishes that)"})
+def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False):
+    """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune."""
+    def body(s: Session) -> None:
+        verifying = verify and s.host.verify.enabled and bool(s.host.verify.urls)
+        steps.deploy(s, force=force, wait=wait or verifying)
+    run_steps(c, "deploy", body, dry_run,
+              verify=verify, strict=strict)
 
 
 @task(help={"duration": "seconds to run (default 30; 0 = until Ctrl-C)",
@@ -132,9 +166,8 @@ def rollout_service(c, service, dry_run=False):
         if service not in s.host.app_services:
             raise StepFailed(f"{service!r} is not an app service of {s.name} "
                              f"(rollout: {', '.join(s.host.app_services) or 'none'})")
-        steps.validate(s, only=[service])
-        with steps.locked(s, f"rollout-service {service}"):
-            steps.rollout_service(s, service)
+        state = steps.validate(s, only=[service])
+        steps.rollout_service(s, service, state)
     run_steps(c, f"rollout-service {service}", body, dry_run, summary=False)
 
 

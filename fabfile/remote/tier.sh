@@ -1,0 +1,235 @@
+# tier.sh ENGINE PROXY ADMIN DRAIN_TIMEOUT NOCHECK_WAIT N [SERVICE TARGET HEALTH_TIMEOUT
+#         STOP_TIMEOUT OLD_IDS HELD_ADDRS HOOK]xN COMPOSE_FLAGS...
+# (run on the host by zdd in the project directory, as `sh -c SCRIPT tier.sh ARGS...`)
+#
+# Replaces the containers of one tier of app services, all at once, talking with zdd over
+# stdin/stdout (one SSH round trip for the whole tier):
+#
+#   zdd sends "pin JSON" | "nopin"   load the proxy config that pins every service about to
+#                                    roll to its old containers (the first tier), or not
+#   we start the new containers: ENGINE native scales each service to OLD+TARGET with
+#   `compose up --no-recreate`; ENGINE docker-rollout starts one detached `docker rollout`
+#   per service whose pre-stop hook holds the old containers until we release them
+#   we print  "new SERVICE ID NET=IP...", "progress ...", then "healthy after Ns", or
+#             "failed REASON" after "detail-* ..." lines (new containers removed, exit 1)
+#   zdd sends "switch JSON"          route the tier to its new containers only
+#             "go"                   no proxy routing: go on
+#             "abort" (or EOF)       remove the new containers (exit 3)
+#   we print  "switched", wait until the old addresses have nothing in flight at the proxy
+#             ("drained ..."), then retire the old containers in the background ("retired")
+#
+# OLD_IDS and HELD_ADDRS are comma-separated; STOP_TIMEOUT and HOOK may be empty. Before the
+# switch, SIGTERM or a dropped connection undoes the tier; after it, the old containers get
+# no traffic and we finish on our own, whether zdd is still there or not.
+trap '' PIPE HUP
+engine=$1 proxy=$2 admin=$3 drain_timeout=$4 nocheck=$5 count=$6
+shift 6
+i=1
+while [ "$i" -le "$count" ]; do
+    for k in name target htime stime old held hook; do eval "${k}_$i=\$1"; shift; done
+    i=$((i + 1))
+done
+flags=  # the compose project flags, quoted for eval
+for a in "$@"; do flags="$flags '$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'"; done
+dc() { eval "docker compose $flags \"\$@\""; }
+jobs=$HOME/.zdd/jobs
+mkdir -p "$jobs"
+tag=$(date +%s)-$$
+hold=zdd-release-$tag
+switched= pids=
+
+say() { printf '%s\n' "$*" 2>/dev/null || true; }
+spec() { for k in name target htime stime old held hook; do eval "$k=\$${k}_$1"; done; }
+each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
+commas() { printf '%s' "$1" | tr ',' ' '; }
+nap() { sleep 0.2 2>/dev/null || sleep 1; }
+last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }
+
+new_of() {  # the containers of service $name that are not old ones
+    for id in $(dc ps --all --quiet "$name" 2>/dev/null); do
+        id=$(printf '%s' "$id" | cut -c1-12)
+        case ",$old," in *",$id,"*) ;; *) printf '%s ' "$id" ;; esac
+    done
+}
+
+load() {  # a JSON config on stdin of caddy in the proxy container: a graceful reload
+    out=$(printf '%s\n' "$1" | docker exec -i "$proxy" caddy reload --config /dev/stdin --force 2>&1) && return 0
+    say "load-error $(last "$out")"
+    return 1
+}
+
+release_one() { [ "$(how)" = rollout ] || return 0; for id in $(commas "$old"); do docker exec "$id" sh -c ": > /dev/shm/$hold || : > /tmp/$hold" >/dev/null 2>&1; done; }
+remove_new() { ids=$(new_of); [ -n "$ids" ] && docker rm --force $ids >/dev/null 2>&1; }
+
+undo() {  # before the switch the new containers never had traffic: remove them
+    for pid in $pids; do kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done
+    [ -n "$pids" ] && sleep 1
+    each remove_new
+    each release_one
+    say "$1"
+}
+on_signal() { [ -n "$switched" ] && return; undo "failed interrupted: new containers removed"; exit 3; }
+trap on_signal TERM INT
+
+# --- 1. pin ------------------------------------------------------------------------------
+IFS= read -r line || line=
+case "$line" in
+    "pin "*) load "${line#pin }" || { say "failed cannot pin the proxy to the old containers"; exit 1; } ;;
+    nopin) ;;
+    *) say "failed no pin line from zdd"; exit 1 ;;
+esac
+say "pinned"
+
+# --- 2. start the new containers ---------------------------------------------------------
+remove_stale() {  # compose would restart stopped containers instead of creating new ones
+    ids=$(dc ps --quiet --status exited --status created --status dead "$name" 2>/dev/null)
+    [ -n "$ids" ] && docker rm --force $ids >/dev/null 2>&1
+}
+each remove_stale
+
+how() {  # docker-rollout replaces running services; a service not running is just started
+    if [ "$engine" = docker-rollout ] && [ -n "$old" ]; then echo rollout; else echo scale; fi
+}
+start_rollout() {
+    [ "$(how)" = rollout ] || return 0
+    h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (htime + drain_timeout + 60) * 5 )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"
+    [ -n "$hook" ] && h="$h; $hook"
+    log=$jobs/rollout-$tag-$name.log
+    if command -v setsid >/dev/null 2>&1; then run=setsid; else run=; fi
+    eval "$run docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \"\$name\"" \
+        </dev/null >"$log" 2>&1 &
+    pids="$pids $!"
+    eval "pid_$j=\$!"
+}
+wanted() {  # how many new containers service $name gets
+    if [ "$(how)" = rollout ]; then commas "$old" | wc -w; else echo "$target"; fi
+}
+scales= services= expected=0
+add_scale() {
+    expected=$((expected + $(wanted)))
+    [ "$(how)" = scale ] || return 0
+    scales="$scales --scale $name=$(( $(commas "$old" | wc -w) + target ))" services="$services $name"
+}
+each add_scale
+each start_rollout
+if [ -n "$services" ]; then
+    if ! out=$(eval "docker compose $flags up --detach --no-deps --no-recreate $scales $services" 2>&1); then
+        undo "failed docker compose up: $(last "$out")"
+        exit 1
+    fi
+fi
+
+# every new container must exist, run and be healthy; one that is unhealthy, exits or
+# restarts fails the tier at once (the health timeout is only the ceiling)
+ceiling=0
+top() { [ "$htime" -gt "$ceiling" ] && ceiling=$htime; }
+each top
+start=$(date +%s) announced= shown=
+check() {
+    ids=$(new_of) n=0 ok=0
+    for id in $ids; do
+        n=$((n + 1))
+        st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$id" 2>/dev/null) || st="gone - 0"
+        status=${st%% *} rest=${st#* }
+        health=${rest%% *} restarts=${rest#* }
+        if [ "$status" != running ] || [ "$restarts" != 0 ] || [ "$health" = unhealthy ]; then
+            failed="$failed $name:$id=$status/$health"
+        elif [ "$health" = healthy ] || { [ "$health" = none ] && [ "$elapsed" -ge "$nocheck" ]; }; then
+            ok=$((ok + 1))
+        fi
+    done
+    all=$((all + n)) good=$((good + ok))
+    progress="$progress $name $ok/$(wanted),"
+    [ "$(how)" = rollout ] || return 0
+    eval "pid=\$pid_$j rc=\${rc_$j:-}"
+    if [ -z "$rc" ] && ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid"; rc=$?
+        eval "rc_$j=$rc"
+    fi
+    # docker-rollout gave up on its own: its verdict counts
+    if [ -n "$rc" ] && [ "$rc" != 0 ]; then failed="$failed $name:docker-rollout-exited-$rc"; fi
+}
+announce() {
+    for id in $(new_of); do
+        nets=$(docker inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}' "$id" 2>/dev/null)
+        say "new $name $id $nets"
+    done
+}
+details() {
+    for id in $(new_of); do
+        say "detail-health $(docker inspect --format '{{.Name}} {{json .State.Health}}' "$id" 2>/dev/null | cut -c1-3000)"
+        docker logs --tail 10 "$id" 2>&1 | cut -c1-200 | while IFS= read -r l; do say "detail-log $id $l"; done
+    done
+    if [ -e "$jobs/rollout-$tag-$name.log" ]; then
+        tail -n 5 "$jobs/rollout-$tag-$name.log" | cut -c1-200 | while IFS= read -r l; do say "detail-rollout $name $l"; done
+    fi
+}
+while :; do
+    elapsed=$(( $(date +%s) - start ))
+    failed= progress= all=0 good=0
+    each check
+    if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
+    if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
+    if [ "$good" -ge "$expected" ] && [ -n "$announced" ]; then break; fi
+    if [ "$elapsed" -ge "$ceiling" ]; then
+        each details; undo "failed timeout after ${ceiling}s:${progress%,} healthy"; exit 1
+    fi
+    if [ "$elapsed" != "$shown" ]; then say "progress${progress%,} healthy, $elapsed s of $ceiling"; shown=$elapsed; fi
+    nap
+done
+say "healthy after $(( $(date +%s) - start ))s"
+
+# --- 3. switch, or undo ------------------------------------------------------------------
+IFS= read -r line || line=abort
+case "$line" in
+    "switch "*)
+        if ! load "${line#switch }"; then undo "failed cannot switch the proxy: new containers removed"; exit 1; fi
+        switched=1
+        say "switched" ;;
+    go) switched=1; say "switched" ;;  # no proxy routing for these services
+    *) undo "failed aborted before the switch: new containers removed"; exit 3 ;;
+esac
+
+# --- 4. drain the old addresses at the proxy, then retire the old containers ---------------
+held=
+j=1; while [ "$j" -le "$count" ]; do eval "held=\"\$held \$(commas \"\$held_$j\")\""; j=$((j + 1)); done
+t0=$(date +%s) peak=0 result=
+[ -n "$(printf '%s' "$held" | tr -d ' ')" ] || result="nothing to drain at the proxy"
+while [ -z "$result" ]; do
+    now=$(date +%s)
+    if ! out=$(docker exec "$proxy" wget -q -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
+        result=unobservable; break
+    fi
+    busy= total=0
+    for addr in $held; do
+        entry=$(printf '%s\n' "$out" | tr '{}' '\n\n' | grep -F "\"$addr\"" | head -n 1)
+        k=$(printf '%s\n' "$entry" | sed -n 's/.*"num_requests": *\([0-9][0-9]*\).*/\1/p')
+        if [ -z "$k" ]; then result=unobservable; break 2; fi
+        if [ "$k" != 0 ]; then busy="$busy $addr=$k"; total=$((total + k)); fi
+    done
+    [ "$total" -gt "$peak" ] && peak=$total
+    if [ -z "$busy" ]; then result="after $((now - t0))s, $peak in flight at most"; break; fi
+    if [ $((now - t0)) -ge "$drain_timeout" ]; then result="timeout after ${drain_timeout}s, still in flight:$busy"; break; fi
+    nap
+done
+if [ "$result" = unobservable ]; then
+    grace=10; [ "$drain_timeout" -lt 10 ] && grace=$drain_timeout
+    sleep "$grace"
+    result="unobservable: waited ${grace}s"
+fi
+say "drained $result"
+
+retire() {
+    ids=$(commas "$old")
+    [ -n "$ids" ] || return 0
+    if [ "$(how)" = rollout ]; then release_one; return; fi  # docker-rollout stops them
+    (
+        trap '' HUP INT TERM
+        if [ -n "$hook" ]; then for id in $ids; do docker exec "$id" sh -c "$hook"; done; fi
+        if [ -n "$stime" ]; then docker stop --time "$stime" $ids; else docker stop $ids; fi
+        docker rm $ids
+    ) </dev/null >"$jobs/retire-$tag-$name.log" 2>&1 &
+}
+each retire
+say "retired"
+exit 0
