@@ -123,10 +123,6 @@ class Compose:
         """Start (or update) services without touching their dependencies."""
         return self._cmd("up", "--detach", "--no-deps", *services)
 
-    def scale(self, service: str, count: int) -> Command:
-        """Add containers of the new image beside the running ones (which are kept)."""
-        return self._cmd("up", "--detach", "--no-deps", "--no-recreate", "--scale", f"{service}={count}", service)
-
     def ids(self, service: str, running_only: bool = True) -> Command:
         args = ["ps", "--quiet"]
         if running_only:
@@ -136,40 +132,11 @@ class Compose:
     def recreate(self, service: str) -> Command:
         return self._cmd("up", "--detach", "--no-deps", "--force-recreate", service)
 
-    def rollout(self, svc: ResolvedService, pre_stop_hook: str | None = None) -> Command:
-        """``docker rollout`` (the wowu/docker-rollout CLI plugin) for one service;
-        ``pre_stop_hook`` replaces the service's own hook when given."""
-        hook = svc.pre_stop_hook if pre_stop_hook is None else pre_stop_hook
-        argv = ["docker", "rollout", *self.project_flags()]
-        argv += ["--timeout", str(svc.health_timeout), "--wait", str(self.host.no_healthcheck_wait)]
-        if hook:
-            argv += ["--pre-stop-hook", hook]
-        argv.append(svc.name)
-        return Command(tuple(argv), cwd=self.host.dir)
-
 
 # --- plain docker -------------------------------------------------------------------------
 
-def inspect(ids: list[str], fmt: str | None = None) -> Command:
-    argv = ["docker", "inspect"]
-    if fmt:
-        argv += ["--format", fmt]
-    return Command((*argv, *ids))
 
 
-def stop(ids: list[str], timeout: int | None = None) -> Command:
-    argv = ["docker", "stop"]
-    if timeout is not None:
-        argv += ["--time", str(timeout)]
-    return Command((*argv, *ids))
-
-
-def remove(ids: list[str], force: bool = False) -> Command:
-    return Command(("docker", "rm", *(("--force",) if force else ()), *ids))
-
-
-def stop_and_remove(ids: list[str], timeout: int | None = None) -> Command:
-    return stop(ids, timeout).and_then(remove(ids))
 
 
 def exec_(container: str, *argv: str, stdin: Stdin | None = None) -> Command:
@@ -177,12 +144,6 @@ def exec_(container: str, *argv: str, stdin: Stdin | None = None) -> Command:
     return Command(("docker", "exec", *flags, container, *argv), stdin=stdin)
 
 
-def pre_stop_hook(container: str, hook: str) -> Command:
-    return exec_(container, "sh", "-c", hook)
-
-
-def logs(container: str, tail: int = 20) -> Command:
-    return Command(("docker", "logs", "--tail", str(tail), container))
 
 
 def login(server: str, username: str, password: str, password_env: str) -> Command:
@@ -199,25 +160,7 @@ def image_prune() -> Command:
     return Command(("docker", "image", "prune", "--force"))
 
 
-def rollout_hook_label(container: str) -> Command:
-    """The pre-stop hook docker-rollout would read from a container's label."""
-    return inspect([container], '{{index .Config.Labels "docker-rollout.pre-stop-hook"}}')
 
-
-def release_hook(marker: str, limit_seconds: int, then: str = "") -> str:
-    """A pre-stop hook (run by docker-rollout in each old container) that holds the old
-    containers until zdd has drained them at the proxy and created ``marker`` in them,
-    or ``limit_seconds`` passed, then runs ``then`` (the user's own hook)."""
-    m = shlex.quote(marker)
-    hold = (f"n=0; while [ ! -e {m} ] && [ $n -lt {limit_seconds * 5} ]; do "
-            f"sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); done")
-    return f"{hold}; {then}" if then else hold
-
-
-def run_in_background(pidfile: str, cmd: Command) -> Command:
-    """``cmd`` in a process group of its own whose id goes to ``pidfile`` (bg_kill.sh stops it)."""
-    return Command(("sh", "-s", "--", pidfile, *cmd.argv), cwd=cmd.cwd,
-                   stdin=Stdin(script("bg_run.sh"), "fabfile/remote/bg_run.sh"))
 
 
 def lock_name(host: HostConfig) -> str:
@@ -233,24 +176,10 @@ def lock(host: HostConfig, action: str, holder: str = "", wait: int = 0) -> Comm
     return host_script("lock.sh", action, lock_name(host), *extra)
 
 
-def kill_background(pidfile: str, cwd: str | None) -> Command:
-    return host_script("bg_kill.sh", pidfile, cwd=cwd)
-
-
-def release(container: str, marker: str) -> Command:
-    return exec_(container, "sh", "-c", f": > {shlex.quote(marker)}")
 
 
 # --- host-side helpers (fabfile/remote/*.sh) ---------------------------------------------
 
-def wait_healthy(ids: list[str], timeout: int, no_healthcheck_wait: int) -> Command:
-    """Poll health on the host (one round trip) until all are healthy, one fails, or timeout."""
-    return host_script("wait_healthy.sh", str(timeout), str(no_healthcheck_wait), *ids)
-
-
-def wait_drained(proxy: str, admin: str, addresses: list[str], timeout: int) -> Command:
-    """Poll Caddy's admin API on the host until none of ``addresses`` has requests in flight."""
-    return host_script("wait_drained.sh", proxy, admin, str(timeout), *addresses)
 
 
 def install_plugin(url: str, sha256: str, version: str, uploaded: str | None = None) -> Command:
@@ -292,11 +221,6 @@ def caddy_reload(container: str, config: str, force: bool = True) -> Command:
         argv.append("--force")
     return exec_(container, *argv)
 
-
-def caddy_load_json(container: str, config_json: str, label: str) -> Command:
-    """Load a JSON config given on stdin (graceful, like a reload)."""
-    return exec_(container, "caddy", "reload", "--config", "/dev/stdin", "--force",
-                 stdin=Stdin(config_json, label))
 
 
 # --- one deploy's host-side programs (fabfile/remote/*.sh, run with `sh -c`) --------------
