@@ -113,9 +113,6 @@ class Compose:
     def _cmd(self, *args: str, stdin: Stdin | None = None) -> Command:
         return Command(self.base() + args, cwd=self.host.dir, stdin=stdin)
 
-    def config_json(self) -> Command:
-        return self._cmd("config", "--format", "json")
-
     def pull(self, services: list[str]) -> Command:
         return self._cmd("pull", "--quiet", *services)
 
@@ -197,12 +194,6 @@ def plugin_version_ok(version: str, sha256: str) -> Command:
 
 
 # --- Caddy inside its container -----------------------------------------------------------
-
-def caddy_adapt(container: str, config: str) -> Command:
-    """The JSON of the config file the proxy container has (no change to the running one)."""
-    if config.endswith(".json"):
-        return exec_(container, "cat", config)
-    return exec_(container, "caddy", "adapt", "--config", config, "--adapter", "caddyfile")
 
 
 def caddy_validate(container: str, config: str) -> Command:
