@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -52,6 +53,8 @@ class FakeExecutor:
     def __init__(self, rules: Iterable[tuple[Any, Response]] = ()):
         self.rules: list[tuple[tuple[str, ...], Response]] = []
         self.calls: list[Call] = []
+        self.tiers: list[Any] = []   # FakeConversation of each tier.sh started
+        self.tier_script: Callable | None = None
         for pattern, response in rules:
             self.on(pattern, response)
 
@@ -76,6 +79,24 @@ class FakeExecutor:
             if all(p in call.subject for p in pats):
                 return self._answer(response, call)
         raise AssertionError(f"unexpected command sent to the host: {command!r}")
+
+    def converse(self, command: str) -> Any:
+        """tier.sh: answered by ``tier_script`` (see :func:`tier_host`)."""
+        self.calls.append(Call(command, None, "tier.sh" if "tier.sh" in command else ""))
+        if self.tier_script is None:
+            raise AssertionError(f"unexpected conversation with the host: {command[:120]!r}")
+        conv = FakeConversation(command, self.tier_script)
+        self.tiers.append(conv)
+        return conv
+
+    def interrupt(self, call: Call | None = None, fake: Any = None) -> Outcome:
+        """``kill -TERM`` of tier.sh: it undoes and ends, as the real one does."""
+        for conv in self.tiers:
+            if not conv.ended:
+                conv.pending.append("failed interrupted: new containers removed")
+                conv.produced.append(conv.pending[-1])
+                conv.ended = True
+        return ok()
 
     def _answer(self, response: Response, call: Call) -> Outcome:
         if isinstance(response, list):
@@ -205,3 +226,124 @@ def compose_config_json(patch: dict[str, dict] | None = None) -> str:
         else:
             svc[name] = {**svc.get(name, {}), **keys}
     return json.dumps({"name": "remilia", "services": svc})
+
+
+# --- tier.sh, simulated ---------------------------------------------------------------------
+
+class FakeConversation:
+    """tier.sh's side of the conversation, simulated: ``script(sent)`` returns the lines the
+    host prints after zdd has sent ``sent`` (a list of the lines so far); None ends it."""
+
+    def __init__(self, command: str, script: Callable[[list[str]], list[str] | None]):
+        self.command = command
+        self.script = script
+        self.sent: list[str] = []
+        self.pending: list[str] = list(script([]) or [])
+        self.produced: list[str] = list(self.pending)
+        self.ended = False
+        self.closed = False
+
+    def send(self, line: str) -> None:
+        self.sent.append(line)
+        more = self.script(list(self.sent))
+        if more is None:
+            self.ended = True
+        else:
+            self.pending += more
+            self.produced += more
+
+    def readline(self, timeout: float) -> str | None:
+        if self.pending:
+            return self.pending.pop(0)
+        return None if self.ended or self.closed else ""
+
+    def close(self) -> Outcome:
+        self.closed = True
+        failed = [line for line in self.produced if line.startswith("failed")]
+        return fail(1, failed[-1]) if failed else ok()
+
+
+def tier_host(new: dict[str, list[str]], *, health: str = "ok", ip: str = "172.18.0.9",
+              network: str = "remilia_default", drained: str = "after 1s, 2 in flight at most",
+              log: list | None = None) -> Callable[[list[str]], list[str] | None]:
+    """A tier.sh that starts ``new`` (service -> new ids) and answers as the real one does;
+    ``health`` "ok", "unhealthy" or "silent" (never answers: a hang)."""
+    def script(sent: list[str]) -> list[str] | None:
+        if log is not None:
+            log.append(list(sent))
+        if not sent:
+            return ["pid 4242"]
+        last = sent[-1]
+        if len(sent) == 1:
+            if not (last.startswith("pin ") or last == "nopin"):
+                return ["failed no pin line from zdd"]
+            out = ["pinned"] + [f"new {svc} {cid} {network}={ip}" for svc, ids in new.items() for cid in ids]
+            if health == "unhealthy":
+                detail = json.dumps({"Status": "unhealthy", "FailingStreak": 3,
+                                     "Log": [{"ExitCode": 1, "Output": "wget: server returned error: 503"}]})
+                return out + [f"detail-health /remilia-x-2 {detail}", "detail-log abc panic: boom",
+                              "failed not healthy: server:abc=running/unhealthy"]
+            if health == "silent":
+                return out + ["progress server 0/1, 5 s of 60"]
+            return out + ["progress server 0/1, 1 s of 60", "healthy after 3s"]
+        if last.startswith("switch ") or last == "go":
+            return ["switched", f"drained {drained}", "retired"]
+        return ["failed aborted before the switch: new containers removed"]
+    return script
+
+
+# --- survey.sh, simulated ---------------------------------------------------------------------
+
+def container_json(cid_: str, service: str, image: str, ip: str, *, state: str = "running",
+                   health: str = "healthy", config_hash: str = "", network: str = PROXY_NETWORK,
+                   labels: dict | None = None) -> dict:
+    """One container as ``docker inspect`` prints it (the fields zdd reads)."""
+    return {
+        "Id": cid_, "Name": f"/remilia-{service}-1", "Image": image,
+        "State": {"Status": state, **({"Health": {"Status": health}} if health != "none" else {})},
+        "Config": {"Labels": {"com.docker.compose.service": service,
+                              "com.docker.compose.config-hash": config_hash or f"hash-{service}", **(labels or {})}},
+        "NetworkSettings": {"Networks": {network: {"IPAddress": ip}}},
+        "Mounts": [],
+    }
+
+
+def image_id(service: str, version: int = 1) -> str:
+    return "sha256:" + f"{version:02d}{zlib.crc32(service.encode()):010d}".ljust(64, "0")
+
+
+def survey_text(containers: list[dict], *, compose: str | None = None, hashes: dict[str, str] | None = None,
+                proxy: str | None = "cad", proxy_config: dict | None = None, running: dict | None = None,
+                version: str = "v2.11.7") -> str:
+    """What survey.sh prints for the sandbox stack: sections ``=== NAME RC``."""
+    compose = compose or compose_config_json()
+    services = json.loads(compose)["services"]
+    hashes = hashes if hashes is not None else {s: f"hash-{s}" for s in services}
+    config = proxy_config if proxy_config is not None else sandbox_caddy_config()
+    parts = [f"=== compose 0\n{compose}",
+             "=== hashes 0\n" + "".join(f"{s} {h}\n" for s, h in hashes.items()),
+             f"=== containers 0\n{json.dumps(containers)}"]
+    if proxy:
+        parts += [f"=== proxy-container 0\n{cid(proxy)}",
+                  f"=== proxy-config 0\n{json.dumps(config)}",
+                  f"=== proxy-running 0\n{json.dumps(running if running is not None else config)}",
+                  f"=== proxy-version 0\n{version} h1:abc="]
+    return "\n".join(parts) + "\n"
+
+
+def sandbox_containers(version: int = 1, extra: dict[str, int] | None = None) -> list[dict]:
+    """One running container per sandbox app (``extra``: more of a service), infra and Caddy."""
+    out, n = [], 10
+    for svc in (*SANDBOX_APPS, "mongodb", "redis"):
+        image = image_id(svc, version) if svc in SANDBOX_APPS else image_id("base")
+        for i in range(1 + (extra or {}).get(svc, 0)):
+            out.append(container_json(cid(f"{n:x}{i}"), svc, image, f"172.18.0.{n + i}"))
+        n += 2
+    out.append(container_json(cid("cad"), "caddy", image_id("base"), "172.18.0.2", health="none"))
+    return out
+
+
+def image_listing(version: int = 1) -> str:
+    """``docker image ls`` after a pull of ``version`` of every sandbox app."""
+    return "".join(f"127.0.0.1:15000/zdd-sandbox/{s}:latest {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
+        f"127.0.0.1:15000/zdd-sandbox/base:latest {image_id('base')}\n"

@@ -170,35 +170,6 @@ def test_login_puts_the_password_only_on_stdin():
     assert c.describe().endswith("< $GH_PACKAGES_TOKEN (secret, on stdin)")
 
 
-# --- docker rollout -----------------------------------------------------------------------------
-
-def test_rollout_builder_full():
-    h = H(compose_files=("a.yaml", "b.yaml"), project_name="remi", env_file=".env", no_healthcheck_wait=7)
-    c = Compose(h).rollout(svc("server", 45, "sleep 5 && echo 'bye'"))
-    assert c.cwd == "~/app"
-    assert c.argv == ("docker", "rollout", "-f", "a.yaml", "-f", "b.yaml", "-p", "remi", "--env-file", ".env",
-                      "--timeout", "45", "--wait", "7", "--pre-stop-hook", "sleep 5 && echo 'bye'", "server")
-    assert words(c)[-3:] == ["--pre-stop-hook", "sleep 5 && echo 'bye'", "server"]
-
-
-def test_rollout_builder_without_hook():
-    c = Compose(H()).rollout(svc("identity", 60, ""))
-    assert "--pre-stop-hook" not in c.argv
-    assert c.argv == ("docker", "rollout", "-f", "docker-compose.yaml", "--timeout", "60", "--wait", "10",
-                      "identity")
-
-
-def test_rollout_builder_hook_override_and_release_hook():
-    hook = cmds.release_hook("/tmp/.zdd-release-x", 10, then="sleep 5; echo 'bye'")
-    c = Compose(H()).rollout(svc("server"), hook)
-    assert c.argv[-3:] == ("--pre-stop-hook", hook, "server")
-    assert shlex.split(c.render())[-2] == hook  # one shell word, however it is written
-    assert hook.endswith("; sleep 5; echo 'bye'") and "[ ! -e /tmp/.zdd-release-x ]" in hook
-    assert "-lt 50 ]" in hook  # gives up after 10 s (0.2 s steps)
-    assert cmds.release("abc", "/tmp/.zdd-release-x").argv == ("docker", "exec", "abc", "sh", "-c",
-                                                               ": > /tmp/.zdd-release-x")
-
-
 # --- plain docker and helpers ---------------------------------------------------------------------
 
 def test_stop_remove_inspect_logs_prune():
@@ -221,12 +192,15 @@ def test_exec_is_interactive_only_with_stdin():
 
 
 @pytest.mark.parametrize("builder, args, script, argv_tail", [
-    (cmds.wait_healthy, (["id1", "id2"], 30, 10), "wait_healthy.sh", ("30", "10", "id1", "id2")),
-    (cmds.wait_drained, ("cad", "localhost:2019", ["server:8080", "10.0.0.2:8080"], 60), "wait_drained.sh",
-     ("cad", "localhost:2019", "60", "server:8080", "10.0.0.2:8080")),
     (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13"), "install_plugin.sh",
      ("https://x/y", "ab" * 32, "v0.13")),
+    (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13", "/tmp/up"), "install_plugin.sh",
+     ("https://x/y", "ab" * 32, "v0.13", "/tmp/up")),
     (cmds.plugin_version_ok, ("v0.13", "ab" * 32), "plugin_version.sh", ("v0.13", "ab" * 32)),
+    (lambda: cmds.lock(H(), "acquire", "me@laptop pid 7 deploy", 120), (), "lock.sh",
+     ("acquire", "__app", "me@laptop pid 7 deploy", "120")),
+    (lambda: cmds.lock(H(), "release"), (), "lock.sh", ("release", "__app")),
+    (lambda: cmds.lock(H(), "show"), (), "lock.sh", ("show", "__app")),
 ])
 def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     c = builder(*args)
@@ -236,8 +210,6 @@ def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     assert c.stdin.text.startswith(f"# {script}")
     assert c.stdin.text not in c.render()
     assert c.describe().endswith(f"< fabfile/remote/{script}")
-
-
 @pytest.mark.parametrize("config, adapt, validate, reload", [
     ("/etc/caddy/Caddyfile",
      ("caddy", "adapt", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"),

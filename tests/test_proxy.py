@@ -1,4 +1,4 @@
-"""Unit tests for fabfile.proxy: Caddy JSON upstream rewriting and container addresses."""
+"""Unit tests for fabfile.proxy: Caddy JSON upstream rewriting, the drain hold route and Routing."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from fabfile.proxy import container_ips, rewrite_upstreams, upstream_ports
-from tests.fakes import caddy_config, cid, inspect_json, reverse_proxy_route, sandbox_caddy_config
+from fabfile.proxy import HOLD_ROUTE_ID, Routing, hold_upstreams, rewrite_upstreams, upstream_ports
+from tests.fakes import PROXY_NETWORK, caddy_config, reverse_proxy_route, sandbox_caddy_config
 
 
 def dials(config: dict) -> list[list[str]]:
@@ -191,28 +191,97 @@ def test_rewrite_twice_back_to_new_ips():
     assert rewrite_upstreams(pinned, "server", ["10.0.0.2"]) == pinned
 
 
-# --- container_ips ------------------------------------------------------------------------------
-
-def test_container_ips_picks_the_network_shared_with_the_proxy():
-    a, b = cid("aa"), cid("bb")
-    text = inspect_json({
-        a: {"bridge": "172.17.0.5", "remilia_default": "172.18.0.5", "backend": "172.20.0.5"},
-        b: {"backend": "172.20.0.6", "remilia_default": "172.18.0.6"},
-    })
-    assert container_ips(text, {"remilia_default"}) == {a: "172.18.0.5", b: "172.18.0.6"}
 
 
-def test_container_ips_skips_containers_on_no_shared_network_and_empty_ips():
-    a, b, c = cid("aa"), cid("bb"), cid("cc")
-    text = inspect_json({
-        a: {"backend": "172.20.0.5"},
-        b: {"remilia_default": ""},              # e.g. a stopped container
-        c: {"remilia_default": "", "edge": "10.9.0.3"},
-    })
-    assert container_ips(text, {"remilia_default", "edge"}) == {c: "10.9.0.3"}
+# --- hold_upstreams ----------------------------------------------------------------------------
+
+def _hold_route(cfg: dict) -> dict | None:
+    routes = cfg["apps"]["http"]["servers"]["srv0"]["routes"]
+    held = [r for r in routes if r.get("@id") == HOLD_ROUTE_ID]
+    assert len(held) <= 1
+    return held[0] if held else None
 
 
-def test_container_ips_without_networks():
-    text = json.dumps([{"Id": cid("aa"), "NetworkSettings": {"Networks": None}},
-                       {"Id": cid("bb"), "NetworkSettings": {}}])
-    assert container_ips(text, {"remilia_default"}) == {}
+def test_hold_adds_one_unmatchable_route_with_the_addresses():
+    cfg = sandbox_caddy_config()
+    before = copy.deepcopy(cfg)
+    new = hold_upstreams(cfg, ["server:8080", "172.18.0.10:8080"])
+    assert cfg == before  # a copy
+    assert _hold_route(new) == {
+        "@id": HOLD_ROUTE_ID,
+        "match": [{"expression": "false"}],
+        "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "server:8080"}, {"dial": "172.18.0.10:8080"}]}],
+    }
+    # appended after the site's own routes, which are unchanged
+    assert new["apps"]["http"]["servers"]["srv0"]["routes"][:-1] == cfg["apps"]["http"]["servers"]["srv0"]["routes"]
+
+
+def test_hold_goes_to_the_first_server_by_name():
+    cfg = sandbox_caddy_config()
+    servers = cfg["apps"]["http"]["servers"]
+    servers["srv1"], servers["a-admin"] = copy.deepcopy(servers["srv0"]), {"listen": [":9000"]}
+    new = hold_upstreams(cfg, ["server:8080"])
+    assert new["apps"]["http"]["servers"]["a-admin"]["routes"][0]["@id"] == HOLD_ROUTE_ID
+    assert new["apps"]["http"]["servers"]["srv0"] == servers["srv0"]
+
+
+def test_hold_without_addresses_or_servers_changes_nothing():
+    cfg = sandbox_caddy_config()
+    assert hold_upstreams(cfg, []) == cfg
+    assert hold_upstreams({"apps": {}}, ["server:8080"]) == {"apps": {}}
+    assert hold_upstreams({}, ["server:8080"]) == {}
+
+
+# --- Routing -----------------------------------------------------------------------------------
+
+def routing() -> Routing:
+    return Routing(sandbox_caddy_config(), (PROXY_NETWORK, "edge"))
+
+
+def test_routing_ports_and_held_addresses():
+    r = routing()
+    assert r.ports("server") == ["8080"]
+    assert r.held_for("server", ["172.18.0.10", "172.18.0.11"]) == [
+        "server:8080", "172.18.0.10:8080", "172.18.0.11:8080"]
+    assert r.held_for("mongodb", ["172.18.0.20"]) == []  # not proxied: nothing to hold
+    multi = Routing(caddy_config(reverse_proxy_route("/a", "server:8080"), reverse_proxy_route("/m", "server:9090")),
+                    (PROXY_NETWORK,))
+    assert multi.held_for("server", ["10.0.0.5"]) == ["server:8080", "server:9090", "10.0.0.5:8080",
+                                                      "10.0.0.5:9090"]
+
+
+def test_routing_config_rewrites_only_routed_services_and_holds_the_old_addresses():
+    r = routing()
+    assert r.config() == r.base  # nothing routed yet
+    held = r.held_for("server", ["172.18.0.10"])
+    r.route("server", ["172.18.0.10"], held)                  # pin
+    r.route("identity", ["172.18.0.14"], r.held_for("identity", ["172.18.0.14"]))
+    r.route("server", ["172.18.0.30", "172.18.0.31"], held)   # switch: the same hold, once
+    cfg = r.config()
+    assert dials(cfg) == [["172.18.0.30:8080", "172.18.0.31:8080"], ["property:8080"], ["172.18.0.14:8080"],
+                          ["profile-server:8080"],
+                          ["server:8080", "172.18.0.10:8080", "identity:8080", "172.18.0.14:8080"]]
+    assert _hold_route(cfg)["match"] == [{"expression": "false"}]
+    assert r.base == sandbox_caddy_config()  # the file's config is kept for the next load
+
+
+def test_routing_load_line_is_one_compact_json_line_and_counts_loads():
+    r = routing()
+    r.route("server", ["172.18.0.10"], ["server:8080"])
+    line = r.load_line("pin")
+    word, _, text = line.partition(" ")
+    assert word == "pin"
+    assert "\n" not in line and ": " not in text and ", " not in text
+    assert json.loads(text) == r.config()
+    assert r.loads == 1
+    assert r.load_line("switch").startswith("switch {")
+    assert r.loads == 2
+
+
+def test_routing_ip_picks_the_network_shared_with_the_proxy():
+    r = routing()
+    assert r.ip({"bridge": "172.17.0.5", PROXY_NETWORK: "172.18.0.5", "edge": "10.9.0.5"}) == "172.18.0.5"
+    assert r.ip({"edge": "10.9.0.6", "backend": "172.20.0.6"}) == "10.9.0.6"
+    assert r.ip({PROXY_NETWORK: "", "edge": "10.9.0.7"}) == "10.9.0.7"  # no address there (yet)
+    assert r.ip({"backend": "172.20.0.8"}) is None
+    assert r.ip({}) is None

@@ -1,0 +1,250 @@
+"""The deploy's replace sequence (fabfile/rollout.py) against a fake host whose tier.sh
+is simulated: what is pinned, switched and restored, in which order, how many proxy loads,
+and what a failure or an interruption leaves serving."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from fabfile import steps
+from fabfile.config import load
+from fabfile.report import Reporter
+from fabfile.runner import Runner, StepFailed
+from fabfile.session import Session
+from tests.fakes import (
+    FakeConversation,
+    FakeExecutor,
+    cid,
+    container_json,
+    image_id,
+    image_listing,
+    ok,
+    sandbox_containers,
+    survey_text,
+    tier_host,
+)
+
+HOSTS_TOML = Path(__file__).resolve().parent.parent / "hosts.toml"
+NEW = {"server": [cid("b1")[:12]], "property": [cid("b2")[:12]], "identity": [cid("b3")[:12]],
+       "profile-server": [cid("b4")[:12]]}
+
+
+@pytest.fixture(autouse=True)
+def token(monkeypatch):
+    monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", "t0ken")
+
+
+def host(version: int = 2, containers=None, survey: str | None = None, tier=None, host_name: str = "sandbox",
+         restore: str = "restore queued (job 99)"):
+    fake = FakeExecutor([
+        ("survey.sh", survey or survey_text(containers or sandbox_containers())),
+        ("lock.sh", ok("locked\n")),
+        ("docker login", image_listing(version)),
+        ("restore.sh", ok(restore + "\n")),
+        ("image prune", ok("Total reclaimed space: 0B\n")),
+    ])
+    fake.on("kill -TERM", fake.interrupt)
+    fake.tier_script = tier or tier_host(NEW)
+    out = io.StringIO()
+    h = load(HOSTS_TOML).host(host_name)
+    s = Session(host_name, h, Runner(fake, host_name, out=out), Reporter(host_name, out=out))
+    return s, fake, out
+
+
+def sent_config(conv: FakeConversation, word: str) -> dict:
+    line = next(x for x in conv.sent if x.startswith(word + " "))
+    return json.loads(line.split(" ", 1)[1])
+
+
+def upstreams(config: dict) -> dict[str, list[str]]:
+    """service path -> dials, from a sandbox config (the hold route under 'hold')."""
+    out: dict[str, list[str]] = {}
+    routes = config["apps"]["http"]["servers"]["srv0"]["routes"]
+    for r in routes[0]["handle"][0]["routes"]:
+        path = (r.get("match") or [{}])[0].get("path", ["*"])[0]
+        for h in r["handle"][0].get("routes", []):
+            for hh in h["handle"]:
+                if hh["handler"] == "reverse_proxy":
+                    out[path] = [u["dial"] for u in hh["upstreams"]]
+    for r in routes[1:]:
+        out["hold"] = [u["dial"] for u in r["handle"][0]["upstreams"]]
+    return out
+
+
+def test_nothing_changed_starts_nothing_and_loads_nothing():
+    s, fake, out = host(version=1)
+    steps.deploy(s)
+    assert fake.tiers == []
+    assert not fake.seen("restore.sh") and not fake.seen("image prune") and not fake.seen("up --detach")
+    assert s.report.proxy_loads == 0
+    assert s.r.remote_commands == 4  # survey, lock, pull, unlock
+    assert out.getvalue().count("skip, unchanged") == 4
+
+
+def test_full_deploy_pins_once_switches_per_tier_and_restores_once():
+    s, fake, out = host()
+    steps.deploy(s)
+    assert [c.command.split("tier.sh native ")[1].split()[5] for c in fake.tiers] == ["server", "identity",
+                                                                                   "profile-server"]
+    first, second, third = fake.tiers
+    assert first.sent[0].startswith("pin ") and second.sent[0] == "nopin" and third.sent[0] == "nopin"
+    pin = upstreams(sent_config(first, "pin"))
+    assert pin["/server/*"] == ["172.18.0.10:8080"] and pin["/identity/*"] == ["172.18.0.14:8080"]
+    assert pin["/profile-server/*"] == ["172.18.0.16:8080"]
+    assert set(pin["hold"]) >= {"server:8080", "172.18.0.10:8080", "identity:8080", "172.18.0.14:8080"}
+    sw1 = upstreams(sent_config(first, "switch"))
+    assert sw1["/server/*"] == ["172.18.0.9:8080"] and sw1["/property/*"] == ["172.18.0.9:8080"]
+    assert sw1["/identity/*"] == ["172.18.0.14:8080"]  # a later tier stays on its old containers
+    sw2 = upstreams(sent_config(second, "switch"))
+    assert sw2["/server/*"] == ["172.18.0.9:8080"] and sw2["/identity/*"] == ["172.18.0.9:8080"]
+    # tiers + 2 loads: pin, three switches, the restore
+    assert s.report.proxy_loads == 5
+    restore = fake.calls[fake.index("restore.sh")].command
+    assert "restore.sh detach __remilia cad000000000 /etc/caddy/Caddyfile" in restore
+    assert all(cid(t)[:12] in restore for t in ("a", "c", "e", "10"))
+    # the restore job holds the lock now: the deploy does not release it
+    assert fake.matching("lock.sh") == [fake.index("lock.sh")]
+    drains = [r for r in s.report.steps if r.name.startswith("drain ")]
+    assert [d.detail for d in drains] == ["after 1s, 2 in flight at most"] * 3
+    assert s.r.remote_commands == 8  # survey, lock, pull, 3 tiers, restore, prune (no unlock)
+
+
+def test_only_the_changed_service_rolls():
+    containers = sandbox_containers()
+    for c in containers:
+        if c["Config"]["Labels"]["com.docker.compose.service"] == "identity":
+            c["Image"] = image_id("identity", 1)
+        elif c["Config"]["Labels"]["com.docker.compose.service"] in NEW:
+            c["Image"] = image_id(c["Config"]["Labels"]["com.docker.compose.service"], 2)
+    s, fake, out = host(containers=containers)
+    steps.deploy(s)
+    assert len(fake.tiers) == 1 and " 1 identity 1 " in fake.tiers[0].command
+    pin = upstreams(sent_config(fake.tiers[0], "pin"))
+    assert pin["/server/*"] == ["server:8080"]  # not rolling: not pinned
+    assert s.report.proxy_loads == 3
+
+
+def test_force_rolls_unchanged_services():
+    s, fake, out = host(version=1)
+    steps.deploy(s, force=True)
+    assert len(fake.tiers) == 3
+    assert "server: roll (1 → 1), forced" in out.getvalue()
+
+
+def test_wait_restores_in_the_foreground_and_releases_the_lock():
+    s, fake, out = host(restore="restored /etc/caddy/Caddyfile after 2s")
+    steps.deploy(s, wait=True)
+    assert "restore.sh wait " in fake.calls[fake.index("restore.sh")].command
+    assert "release" in fake.calls[fake.matching("lock.sh")[-1]].command
+
+
+def test_unhealthy_tier_fails_with_health_detail_and_leaves_later_tiers_alone():
+    s, fake, out = host(tier=tier_host(NEW, health="unhealthy"))
+    with pytest.raises(StepFailed) as e:
+        steps.deploy(s)
+    assert "server, property: not healthy: server:abc=running/unhealthy; new containers removed, old ones serving" \
+        in str(e.value)
+    assert "check exit 1: wget: server returned error: 503" in e.value.detail
+    assert "panic: boom" in e.value.detail
+    assert len(fake.tiers) == 1 and len(fake.tiers[0].sent) == 1  # never switched
+    # the proxy was pinned: restored in the foreground before failing, and the lock released
+    assert "restore.sh wait " in fake.calls[fake.index("restore.sh")].command
+    assert "release" in fake.calls[fake.matching("lock.sh")[-1]].command
+    assert not fake.seen("image prune")
+
+
+class Interrupting(FakeConversation):
+    """A tier whose health wait is interrupted by Ctrl-C."""
+
+    def readline(self, timeout):
+        line = super().readline(timeout)
+        if line and line.startswith("progress"):
+            raise KeyboardInterrupt
+        return line
+
+
+def interrupt_tier(monkeypatch, n: int) -> None:
+    """Ctrl-C while the n-th tier (1-based) waits for health."""
+    orig = FakeExecutor.converse
+
+    def converse(self, command):
+        conv = orig(self, command)
+        if len(self.tiers) == n:
+            conv.__class__ = Interrupting
+        return conv
+    monkeypatch.setattr(FakeExecutor, "converse", converse)
+
+
+def test_ctrl_c_before_the_switch_signals_the_host_and_keeps_the_old_serving(monkeypatch):
+    s, fake, out = host()
+    interrupt_tier(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        steps.deploy(s)
+    assert fake.seen("kill -TERM 4242")  # tier.sh removes the new containers on SIGTERM
+    assert not any(x.startswith("switch") for x in fake.tiers[0].sent)
+    restore = fake.calls[fake.index("restore.sh")].command
+    assert "restore.sh detach" in restore  # Ctrl-C does not wait for old containers to stop
+
+
+def test_ctrl_c_after_a_switch_never_undoes_that_tier(monkeypatch):
+    s, fake, out = host()
+    interrupt_tier(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        steps.deploy(s)
+    first, second = fake.tiers
+    assert first.sent[-1].startswith("switch ") and "abort" not in first.sent
+    assert len(fake.matching("kill -TERM 4242")) == 1  # only tier 2's tier.sh
+    restore = fake.calls[fake.index("restore.sh")].command
+    # the restore waits for tier 1's old containers (being stopped), not tier 2's (still serving)
+    assert cid("a")[:12] in restore and cid("c")[:12] in restore and cid("e")[:12] not in restore
+
+
+def test_no_proxy_container_rolls_without_loads():
+    s, fake, out = host(survey=survey_text(sandbox_containers()[:-1], proxy=None))
+    steps.deploy(s)
+    assert all(c.sent[0] == "nopin" and c.sent[1] == "go" for c in fake.tiers)
+    assert s.report.proxy_loads == 0 and not fake.seen("restore.sh")
+
+
+def test_a_pinned_proxy_left_by_an_unfinished_deploy_is_restored_even_when_nothing_rolls():
+    pinned = json.loads(survey_text(sandbox_containers()).split("=== proxy-config 0\n")[1].split("\n")[0])
+    pinned["apps"]["http"]["servers"]["srv0"]["routes"].append({"@id": "zdd-drain-hold"})
+    s, fake, out = host(version=1, survey=survey_text(sandbox_containers(), running=pinned))
+    steps.deploy(s)
+    assert fake.tiers == [] and fake.seen("restore.sh")
+    assert "still routing to container addresses" in "\n".join(s.notes)
+
+
+def test_docker_rollout_engine_keeps_the_count_and_passes_the_label_hook():
+    containers = sandbox_containers(extra={"server": 1})
+    for c in containers:
+        if c["Config"]["Labels"]["com.docker.compose.service"] == "server":
+            c["Config"]["Labels"]["docker-rollout.pre-stop-hook"] = "sleep 1"
+    s, fake, out = host(containers=containers)
+    s.host = dataclasses.replace(s.host, engine="docker-rollout")
+    fake.on("plugin_version.sh", ok("docker-rollout version v0.13\n"))
+    steps.deploy(s)
+    cmd = fake.tiers[0].command
+    assert "tier.sh docker-rollout " in cmd
+    assert " server 2 30 '' a00000000000,a10000000000 " in cmd and "'sleep 1'" in cmd
+
+
+def test_rollout_service_always_rolls_and_waits():
+    s, fake, out = host(version=1, restore="restored /etc/caddy/Caddyfile after 1s")
+    state = steps.validate(s, only=["identity"])
+    steps.rollout_service(s, "identity", state)
+    assert len(fake.tiers) == 1 and " 1 identity 1 " in fake.tiers[0].command
+    assert "restore.sh wait " in fake.calls[fake.index("restore.sh")].command
+
+
+def test_a_service_not_running_is_started_by_scaling_from_zero():
+    containers = [c for c in sandbox_containers() if c["Config"]["Labels"]["com.docker.compose.service"] != "property"]
+    s, fake, out = host(containers=containers, version=1)
+    steps.deploy(s)
+    assert "property: roll (0 → 1), not running: start it" in out.getvalue()
+    assert " property 1 30 '' '' '' '' " in fake.tiers[0].command
