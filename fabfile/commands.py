@@ -169,7 +169,7 @@ def lock_name(host: HostConfig) -> str:
 def lock(host: HostConfig, action: str, holder: str = "", wait: int = 0) -> Command:
     """The project's deploy lock on the host; ``acquire`` waits up to ``wait`` s for the
     previous deploy's restore job (and takes over a lock whose job died)."""
-    extra = [holder, str(wait)] if holder else []
+    extra = [holder, str(wait)] if holder or wait else []
     return host_script("lock.sh", action, lock_name(host), *extra)
 
 

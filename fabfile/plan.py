@@ -7,8 +7,8 @@ dry run prints exactly what a real run would do.
 
 A service rolls when (first reason wins):
 
-* it is forced (``deploy --force``, or ``rollout-service NAME``);
 * no container of it is running (it is started);
+* it is forced (``deploy --force``, or ``rollout-service NAME``);
 * the image its reference names now (after the pull) is not the image its containers run;
 * ``docker compose config --hash`` differs from its containers' ``config-hash`` label
   (the compose file changed: environment, command, labels, ...);
@@ -172,8 +172,10 @@ def declared_count(service: dict[str, Any]) -> int | None:
 
 def normalize_ref(ref: str) -> str:
     """An image reference as ``docker image ls`` names it (repo:tag, docker.io implied)."""
-    name = ref.partition("@")[0]
+    name, at, _ = ref.partition("@")
     last = name.rsplit("/", 1)[-1]
+    if at and ":" not in last:
+        return ""  # pinned by digest only: listed as <none>; the config hash sees a new digest
     if ":" not in last:
         name += ":latest"
     for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"):
@@ -219,11 +221,14 @@ def plan_service(name: str, state: HostState, images: dict[str, str], force: boo
     running = tuple(state.running(name))
     declared = declared_count(svc)
     target = declared if declared is not None else max(len(running), 1)
-    if force:
-        return ServicePlan(name, True, "forced", running, target)
+    if not running and declared == 0:
+        return ServicePlan(name, False, "scaled to 0", running, 0)
     if not running:
         return ServicePlan(name, True, "not running: start it", running, target)
-    want = images.get(normalize_ref(svc["image"])) if svc.get("image") else None
+    if force:
+        return ServicePlan(name, True, "forced", running, target)
+    ref = normalize_ref(svc["image"]) if svc.get("image") else ""
+    want = images.get(ref) if ref else None
     have = {c.image for c in running}
     if want and have != {want}:
         return ServicePlan(name, True, f"new image {', '.join(sorted(_short(i) for i in have))} → {_short(want)}",

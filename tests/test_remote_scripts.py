@@ -1,106 +1,367 @@
-"""The host-side helpers (fabfile/remote/*.sh) run by a real POSIX sh against a stub
-`docker`, and rendered commands checked by a real shell."""
+"""The host-side programs (fabfile/remote/*.sh) run by a real POSIX sh (dash) against a stub
+`docker`, as their builders render them, and rendered commands checked by a real shell."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from fabfile import commands as cmds
+from fabfile.commands import TierService
+from fabfile.config import HostConfig, ProxyConfig
+from fabfile.proxy import Routing
+from tests.fakes import PROXY_NETWORK, cid, sandbox_caddy_config
 
 SH = shutil.which("dash") or "/bin/sh"
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+OLD, NEW = cid("01d"), cid("2e3")          # full ids, as `docker compose ps --quiet` prints them
+NEW_IP = "172.18.0.9"
+
+# A `docker` that logs its arguments to $STUB/calls and answers from files in $STUB:
+#   gone           every container is gone (inspect fails)
+#   state          what `inspect` says of a new container's state (default: running healthy 0)
+#   reload-fails   `caddy reload` in the proxy fails
+#   upstreams      what Caddy's admin API says of /reverse_proxy/upstreams
+#   up             written by `compose up`: from then on `compose ps` lists the new container too
+#   loads          the configs loaded through `docker exec -i PROXY caddy reload --config /dev/stdin`
+DOCKER = f"""#!/bin/sh
+d=$STUB
+printf '%s\\n' "$*" >> "$d/calls"
+case "$1" in
+inspect)
+    [ -e "$d/gone" ] && {{ echo "Error: No such object: $4" >&2; exit 1; }}
+    case "$3" in
+        *State.Status*) cat "$d/state" 2>/dev/null || echo "running healthy 0" ;;
+        *Networks*) echo "{PROXY_NETWORK}={NEW_IP} " ;;
+        *) echo . ;;
+    esac ;;
+exec)
+    case "$*" in
+        *"caddy reload"*)
+            [ -e "$d/reload-fails" ] && {{ echo "Error: loading new config: bad"; exit 1; }}
+            [ "$2" = -i ] && cat >> "$d/loads"
+            exit 0 ;;
+        *wget*) cat "$d/upstreams" ;;
+    esac ;;
+compose)
+    case "$*" in
+        *" up "*) : > "$d/up" ;;
+        *" ps "*--status*) ;;
+        *" ps "*) echo {OLD}; [ -e "$d/up" ] && echo {NEW} ;;
+    esac ;;
+logs) echo "panic: boom" ;;
+esac
+exit 0
+"""
+
+# `sleep` leaves a mark, so a test knows when a script started waiting
+SLEEP_MARK = f'#!/bin/sh\n: > "$STUB/slept"\nexec {SLEEP} "$@"\n'
+
+
+class Host:
+    """A fake host: HOME and the project directory under tmp_path, `sh` = dash, and the
+    stub `docker` first on PATH."""
+
+    def __init__(self, tmp_path: Path):
+        self.home = tmp_path / "home"
+        self.stub = tmp_path / "stub"
+        bin_dir = tmp_path / "bin"
+        for d in (self.home / "app", self.stub, bin_dir):
+            d.mkdir(parents=True)
+        for name, text in (("docker", DOCKER), ("sleep", SLEEP_MARK)):
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+        (bin_dir / "sh").symlink_to(SH)
+        self.env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(self.home),
+                        STUB=str(self.stub))
+        self.config = HostConfig(name="t", dir="~/app", compose_files=("x.yaml",), engine="native",
+                                 rollout=(("server",),), no_healthcheck_wait=0, proxy=ProxyConfig(drain_timeout=5))
+        self.lock_dir = self.home / ".zdd" / "locks" / cmds.lock_name(self.config)
+
+    def _argv(self, cmd: cmds.Command, stdin: str | None) -> tuple[list[str], str]:
+        return [SH, "-c", cmd.render()], stdin if stdin is not None else (cmd.stdin.text if cmd.stdin else "")
+
+    def run(self, cmd: cmds.Command, stdin: str | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+        """Run the command as SSH would: its rendered text by a shell, in HOME."""
+        argv, text = self._argv(cmd, stdin)
+        return subprocess.run(argv, input=text, capture_output=True, text=True, env=self.env, cwd=self.home,
+                              timeout=timeout)
+
+    def start(self, cmd: cmds.Command) -> subprocess.Popen:
+        argv, text = self._argv(cmd, None)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=self.env, cwd=self.home)
+        proc.stdin.write(text)
+        proc.stdin.close()
+        proc.stdin = None  # all sent: communicate() only reads
+        return proc
+
+    def set(self, name: str, text: str = "") -> None:
+        (self.stub / name).write_text(text)
+
+    def calls(self) -> list[str]:
+        path = self.stub / "calls"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def lock(self, action: str, holder: str = "", wait: int = 0) -> subprocess.CompletedProcess:
+        return self.run(cmds.lock(self.config, action, holder, wait))
+
+    def hold_lock(self, holder: str, pid: int | None = None) -> None:
+        """The lock as a deploy (holder only) or a restore job (holder and pid) leaves it."""
+        self.lock_dir.mkdir(parents=True)
+        (self.lock_dir / "holder").write_text(holder + "\n")
+        if pid is not None:
+            (self.lock_dir / "pid").write_text(f"{pid}\n")
 
 
 @pytest.fixture
-def stub(tmp_path):
-    """A `docker` on PATH that prints $STUB_OUT and exits $STUB_RC."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "docker").write_text('#!/bin/sh\nprintf "%s\\n" "$STUB_OUT"\nexit "${STUB_RC:-0}"\n')
-    (bin_dir / "docker").chmod(0o755)
-
-    def run(cmd: cmds.Command, out: str = "", rc: int = 0, timeout: float = 20) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_OUT=out, STUB_RC=str(rc))
-        return subprocess.run([SH, "-s", "--", *cmd.argv[3:]], input=cmd.stdin.text, capture_output=True,
-                              text=True, env=env, timeout=timeout)
-    return run
+def host(tmp_path) -> Host:
+    return Host(tmp_path)
 
 
-IDLE = '[{"address":"server:8080","num_requests":0,"fails":0},{"address":"10.0.0.5:8080","num_requests":0,"fails":0}]'
-BUSY_SPACED = '[{"address": "server:8080", "num_requests": 2, "fails": 0}, {"address": "10.0.0.5:8080", "num_requests": 0}]'
-
-
-def test_wait_drained_idle(stub):
-    res = stub(cmds.wait_drained("caddy1", "localhost:2019", ["server:8080", "10.0.0.5:8080"], 5), IDLE)
-    assert res.returncode == 0 and res.stdout.startswith("drained after")
-
-
-def test_wait_drained_busy_with_spaced_json_times_out(stub):
-    res = stub(cmds.wait_drained("caddy1", "localhost:2019", ["server:8080", "10.0.0.5:8080"], 1), BUSY_SPACED)
-    assert res.returncode == 2 and "still in flight: server:8080=2" in res.stdout
-
-
-def test_wait_drained_missing_address_or_unreadable_api_is_unknown(stub):
-    res = stub(cmds.wait_drained("caddy1", "localhost:2019", ["server:8080", "10.0.0.9:8080"], 5), IDLE)
-    assert res.returncode == 3 and "no in-flight counter for 10.0.0.9:8080" in res.stdout
-    res = stub(cmds.wait_drained("caddy1", "localhost:2019", ["server:8080"], 5), "exec: wget: not found", rc=126)
-    assert res.returncode == 3 and "cannot read" in res.stdout
-
-
-@pytest.mark.parametrize("state,rc,first", [
-    ("running healthy 0", 0, "healthy after"),
-    ("running none 0", 0, "healthy after"),          # no healthcheck: NO_HEALTHCHECK_WAIT is 0 here
-    ("exited none 0", 1, "failed: abc=exited"),
-    ("running starting 1", 1, "failed: abc=running"),  # it restarted
-    ("running starting 0", 2, "timeout after 1s: abc=starting"),
-])
-def test_wait_healthy(stub, state, rc, first):
-    res = stub(cmds.wait_healthy(["abc"], 1, 0), state)
-    assert res.returncode == rc and res.stdout.startswith(first), res.stdout
-
-
-def test_release_hook_waits_for_the_marker_then_runs_the_own_hook(tmp_path):
-    marker = tmp_path / "release"
-    hook = cmds.release_hook(str(marker), 20, then="echo own-hook")
-    proc = subprocess.Popen([SH, "-c", hook], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.6)
-    assert proc.poll() is None  # held
-    marker.write_text("")
-    out, _ = proc.communicate(timeout=5)
-    assert out.strip() == "own-hook"
-
-
-def test_release_hook_gives_up_after_its_limit(tmp_path):
-    t0 = time.monotonic()
-    subprocess.run([SH, "-c", cmds.release_hook(str(tmp_path / "never"), 1)], timeout=10, check=True)
-    assert 0.8 <= time.monotonic() - t0 < 4
-
-
-def test_background_run_and_kill_stop_the_whole_group(tmp_path):
-    pidfile = tmp_path / "bg.pid"
-    bg = cmds.run_in_background(str(pidfile), cmds.Command(("sh", "-c", "sleep 30 & sleep 30")))
-    proc = subprocess.Popen([SH, "-s", "--", *bg.argv[3:]], stdin=subprocess.PIPE, text=True)
-    proc.stdin.write(bg.stdin.text)
-    proc.stdin.close()
-    for _ in range(50):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
+def eventually(check: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
         time.sleep(0.05)
-    pgid = int(pidfile.read_text())
-    kill = cmds.kill_background(str(pidfile), None)
-    res = subprocess.run([SH, "-s", "--", *kill.argv[3:]], input=kill.stdin.text, capture_output=True, text=True,
-                         timeout=20)
-    assert res.stdout.startswith("stopped")
-    proc.wait(timeout=10)
-    time.sleep(0.2)
-    ps = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
-    assert [st for st in ps if not st.startswith("Z")] == []  # killed (zombies wait for their reaper)
+    return check()
 
+
+def sleeper() -> subprocess.Popen:
+    """A live process to stand for a restore job."""
+    return subprocess.Popen([SLEEP, "30"])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait(timeout=5)  # reaped: `kill -0` of a zombie would still succeed
+
+
+# --- lock.sh -----------------------------------------------------------------------------------
+
+def test_lock_acquire_show_release(host):
+    assert host.lock("show").stdout == "free\n"
+    res = host.lock("acquire", "alice@laptop pid 7 deploy", 30)
+    assert (res.returncode, res.stdout) == (0, "locked\n")
+    assert (host.lock_dir / "holder").read_text() == "alice@laptop pid 7 deploy\n"
+    assert host.lock("show").stdout == "locked by: alice@laptop pid 7 deploy\n"
+    assert host.lock("release").stdout == "released\n"
+    assert not host.lock_dir.exists()
+    assert host.lock("show").stdout == "free\n"
+    assert host.lock("release").stdout == "released\n"  # releasing a free lock is fine
+
+
+def test_lock_held_by_a_deploy_fails_at_once_naming_it(host):
+    host.lock("acquire", "alice@laptop pid 7 deploy", 0)
+    t0 = time.monotonic()
+    res = host.lock("acquire", "bob@desk pid 9 deploy", 60)
+    assert (res.returncode, res.stdout) == (1, "locked by: alice@laptop pid 7 deploy\n")
+    assert time.monotonic() - t0 < 30  # no waiting for a deploy (WAIT is for restore jobs)
+    assert (host.lock_dir / "holder").read_text() == "alice@laptop pid 7 deploy\n"
+
+
+def test_lock_of_a_dead_job_is_taken_over(host):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host.hold_lock("restore job of yesterday", gone.pid)
+    res = host.lock("acquire", "bob", 30)
+    assert res.returncode == 0
+    note, locked = res.stdout.splitlines()
+    assert note.startswith(f"took over the lock from job {gone.pid}, which is gone (restore job of yesterday) (")
+    assert locked == "locked"
+    assert sorted(p.name for p in host.lock_dir.iterdir()) == ["holder"]
+    assert (host.lock_dir / "holder").read_text() == "bob\n"
+
+
+def test_lock_of_a_live_job_is_waited_for_then_fails(host):
+    job = sleeper()
+    try:
+        host.hold_lock("restore job 1", job.pid)
+        res = host.lock("acquire", "bob", 1)
+        assert res.returncode == 1
+        assert res.stdout == "locked by: restore job 1 (still running after 1s)\n"
+        assert (host.lock_dir / "pid").read_text() == f"{job.pid}\n"
+    finally:
+        stop(job)
+
+
+def test_lock_is_acquired_once_the_job_releases_it(host):
+    job = sleeper()
+    try:
+        host.hold_lock("restore job 1", job.pid)
+        waiting = host.start(cmds.lock(host.config, "acquire", "bob", 30))
+        assert eventually(lambda: (host.stub / "slept").exists())  # it is waiting
+        assert waiting.poll() is None
+        shutil.rmtree(host.lock_dir)  # the job ends as restore.sh does: lock removed, then exit
+    finally:
+        stop(job)
+    out, _ = waiting.communicate(timeout=10)
+    assert waiting.returncode == 0
+    note, locked = out.splitlines()
+    assert note.startswith(f"waited for the previous deploy's restore job {job.pid} (")
+    assert locked == "locked"
+    assert (host.lock_dir / "holder").read_text() == "bob\n"
+
+
+# --- restore.sh --------------------------------------------------------------------------------
+
+def restore(host: Host, detach: bool, timeout: int = 20) -> cmds.Command:
+    return cmds.restore(host.config, "cad", [OLD[:12]], detach, timeout)
+
+
+RELOAD = "exec cad caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force"
+
+
+def test_restore_waits_for_the_old_containers_then_reloads(host):
+    host.lock("acquire", "alice", 0)
+    host.set("gone")
+    res = host.run(restore(host, detach=False))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("restored /etc/caddy/Caddyfile after ")
+    assert host.calls() == [f"inspect --format . {OLD[:12]}", RELOAD]
+    assert host.lock_dir.exists()  # in the foreground, the deploy releases its lock itself
+
+
+def test_restore_reports_a_failed_reload(host):
+    host.set("gone")
+    host.set("reload-fails")
+    res = host.run(restore(host, detach=False))
+    assert (res.returncode, res.stdout) == (1, "reload of /etc/caddy/Caddyfile failed: Error: loading new config: bad\n")
+
+
+def test_restore_gives_up_while_old_containers_are_still_there(host):
+    res = host.run(restore(host, detach=False, timeout=1))
+    assert res.returncode == 2
+    assert "still there after" in res.stdout and OLD[:12] in res.stdout
+    assert res.stdout.rstrip().endswith("the proxy stays on container addresses")
+    assert RELOAD not in host.calls()
+
+
+def test_restore_detached_job_takes_the_lock_over_and_releases_it(host):
+    host.lock("acquire", "alice", 0)
+    try:
+        res = host.run(restore(host, detach=True), timeout=5)
+        assert res.returncode == 0
+        assert res.stdout.startswith("restore queued (job ")
+        job = res.stdout.split("(job ", 1)[1].split(")", 1)[0]
+        pid_file = host.lock_dir / "pid"
+        assert eventually(lambda: pid_file.exists() and pid_file.read_text().strip() == job)
+        assert eventually(lambda: host.lock("show").stdout.startswith(f"locked by: restore job {job} on "))
+        assert host.lock_dir.exists()  # still waiting for the old container
+    finally:
+        host.set("gone")
+    assert eventually(lambda: not host.lock_dir.exists())
+    log = host.home / ".zdd" / "jobs" / "restore.log"
+    assert eventually(lambda: log.exists() and log.read_text().startswith("restored /etc/caddy/Caddyfile after "))
+    assert RELOAD in host.calls()
+
+
+# --- tier.sh -----------------------------------------------------------------------------------
+
+def tier(host: Host, held: tuple[str, ...] = ()) -> cmds.Command:
+    return cmds.tier(host.config, "native", "cad", [TierService("server", 1, 5, None, (OLD[:12],), held)],
+                     (PROXY_NETWORK,))
+
+
+def lines(res: subprocess.CompletedProcess) -> list[str]:
+    """What tier.sh printed after its pid, progress left out."""
+    out = res.stdout.splitlines()
+    assert out and out[0].startswith("pid "), res.stdout
+    return [line for line in out[1:] if not line.startswith("progress ")]
+
+
+def test_tier_without_a_pin_line_fails(host):
+    res = host.run(tier(host), stdin="")
+    assert (res.returncode, lines(res)) == (1, ["failed no pin line from zdd"])
+    assert host.calls() == []
+
+
+def test_tier_happy_path_without_proxy_routing(host):
+    res = host.run(tier(host), stdin="nopin\ngo\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = lines(res)
+    assert [line.split()[0] for line in out] == ["pinned", "new", "healthy", "switched", "drained", "retired"]
+    assert out[1].split() == ["new", "server", NEW[:12], f"{PROXY_NETWORK}={NEW_IP}"]
+    assert out[4] == "drained nothing to drain at the proxy"
+    assert "compose -f x.yaml up --detach --no-deps --no-recreate --scale server=2 server" in host.calls()
+    assert not any("caddy reload" in c for c in host.calls())
+    # the old container is stopped and removed in the background
+    assert eventually(lambda: f"rm {OLD[:12]}" in host.calls())
+    assert f"stop {OLD[:12]}" in host.calls()
+    assert not any(NEW[:12] in c and c.startswith(("stop", "rm")) for c in host.calls())
+
+
+def test_tier_pins_switches_and_drains_at_the_proxy(host):
+    routing = Routing(sandbox_caddy_config(), (PROXY_NETWORK,))
+    held = routing.held_for("server", ["172.18.0.5"])
+    routing.route("server", ["172.18.0.5"], held)
+    pin = routing.load_line("pin")
+    routing.route("server", [NEW_IP], held)
+    switch = routing.load_line("switch")
+    host.set("upstreams", '[{"address": "server:8080", "num_requests": 0, "fails": 0},'
+                          '{"address": "172.18.0.5:8080", "num_requests": 0, "fails": 0}]')
+    res = host.run(tier(host, tuple(held)), stdin=f"{pin}\n{switch}\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = lines(res)
+    assert out[3] == "switched"
+    assert out[4].startswith("drained after ") and out[4].endswith("s, 0 in flight at most")
+    assert out[5] == "retired"
+    assert (host.stub / "loads").read_text().splitlines() == [pin[len("pin "):], switch[len("switch "):]]
+    assert host.calls().count("exec -i cad caddy reload --config /dev/stdin --force") == 2
+    assert "exec cad wget -q -O - http://localhost:2019/reverse_proxy/upstreams" in host.calls()
+
+
+@pytest.mark.parametrize("state, stdin, rc, last", [
+    ("exited none 0", "nopin\n", 1, f"failed not healthy: server:{NEW[:12]}=exited/none"),
+    ("running unhealthy 0", "nopin\n", 1, f"failed not healthy: server:{NEW[:12]}=running/unhealthy"),
+    ("running healthy 0", "nopin\n", 3, "failed aborted before the switch: new containers removed"),
+    ("running healthy 0", "nopin\nabort\n", 3, "failed aborted before the switch: new containers removed"),
+])
+def test_tier_failure_before_the_switch_removes_the_new_containers(host, state, stdin, rc, last):
+    host.set("state", state + "\n")
+    res = host.run(tier(host), stdin=stdin)
+    assert res.returncode == rc, res.stdout + res.stderr
+    assert res.stdout.splitlines()[-1] == last
+    assert f"rm --force {NEW[:12]}" in host.calls()
+    assert not any(OLD[:12] in c and c.startswith(("stop", "rm")) for c in host.calls())
+    if rc == 1:
+        assert f"detail-log {NEW[:12]} panic: boom" in res.stdout
+
+
+def test_tier_that_cannot_pin_starts_nothing(host):
+    host.set("reload-fails")
+    res = host.run(tier(host), stdin="pin {}\n")
+    assert res.returncode == 1
+    assert lines(res) == ["load-error Error: loading new config: bad",
+                          "failed cannot pin the proxy to the old containers"]
+    assert not any(" up " in c for c in host.calls())
+
+
+def test_tier_first_says_its_pid_and_undoes_on_sigterm_before_the_switch(host):
+    """rollout.py signals that pid on Ctrl-C: tier.sh removes the new containers and ends."""
+    proc = subprocess.Popen(host._argv(tier(host), None)[0], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=host.env, cwd=host.home)
+    pid = proc.stdout.readline().split()
+    assert pid[0] == "pid"
+    proc.stdin.write("nopin\n")
+    proc.stdin.flush()
+    while "healthy" not in (line := proc.stdout.readline()) and line:
+        pass
+    os.kill(int(pid[1]), signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 3 and "failed interrupted: new containers removed" in out
+    assert f"rm --force {NEW[:12]}" in host.calls()
+
+
+# --- rendering -----------------------------------------------------------------------------------
 
 def test_rendered_commands_reach_a_real_shell_as_the_same_words():
     nasty = ["it's", 'a "b"', "$HOME", "; rm -rf /", "`id`", "tab\there", "new\nline", "*"]
@@ -110,6 +371,12 @@ def test_rendered_commands_reach_a_real_shell_as_the_same_words():
     home = subprocess.run([SH, "-c", cmds.Command(("pwd",), cwd="~").render()], capture_output=True, text=True,
                           env=dict(os.environ, HOME="/tmp")).stdout.strip()
     assert home == "/tmp"
+
+
+def test_host_program_gets_its_name_and_args(host):
+    text = cmds.host_program("plugin_version.sh", "v0.13", "ab" * 32, cwd="~/app")
+    res = host.run(text)
+    assert (res.returncode, res.stdout) == (1, "not installed\n")  # ran, with $1 and $2 as given
 
 
 def test_stdin_secret_is_not_in_repr():

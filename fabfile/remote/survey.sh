@@ -18,7 +18,10 @@ section() {  # section NAME COMMAND...: its stdout, or its stderr when it failed
 section compose docker compose "$@" config --format json
 section hashes docker compose "$@" config --hash '*'
 ids=$(docker compose "$@" ps --all --quiet 2>/dev/null)
-if [ -n "$ids" ]; then section containers docker inspect $ids; else printf '=== containers 0\n[]\n'; fi
+# a container removed between ps and inspect makes inspect fail but still print the others
+out=
+[ -n "$ids" ] && out=$(docker inspect $ids 2>/dev/null)
+printf '=== containers 0\n%s\n' "${out:-[]}"
 [ -n "$proxy" ] || exit 0
 pid=$(docker compose "$@" ps --quiet --status running "$proxy" 2>/dev/null | head -n 1)
 printf '=== proxy-container 0\n%s\n' "$pid"

@@ -10,7 +10,8 @@
 #   we start the new containers: ENGINE native scales each service to OLD+TARGET with
 #   `compose up --no-recreate`; ENGINE docker-rollout starts one detached `docker rollout`
 #   per service whose pre-stop hook holds the old containers until we release them
-#   we print  "new SERVICE ID NET=IP...", "progress ...", then "healthy after Ns", or
+#   we print  "pid PID" (SIGTERM to it undoes the tier before the switch), then
+#             "new SERVICE ID NET=IP...", "progress ...", then "healthy after Ns", or
 #             "failed REASON" after "detail-* ..." lines (new containers removed, exit 1)
 #   zdd sends "switch JSON"          route the tier to its new containers only
 #             "go"                   no proxy routing: go on
@@ -70,6 +71,7 @@ undo() {  # before the switch the new containers never had traffic: remove them
 }
 on_signal() { [ -n "$switched" ] && return; undo "failed interrupted: new containers removed"; exit 3; }
 trap on_signal TERM INT
+say "pid $$"
 
 # --- 1. pin ------------------------------------------------------------------------------
 IFS= read -r line || line=
