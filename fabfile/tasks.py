@@ -150,7 +150,7 @@ def install_plugin(c, source=None, dry_run=False):
 @task(help={"dry_run": DRY_RUN_HELP})
 def pull(c, dry_run=False):
     """Log in to the registry (token on stdin) and pull; report which services got new images."""
-    run_steps(c, "pull", lambda s: steps.pull(s), dry_run, summary=False)
+    run_steps(c, "pull", lambda s: steps.pull(s, steps.survey(s)), dry_run, summary=False)
 
 
 @task(help={"dry_run": DRY_RUN_HELP})

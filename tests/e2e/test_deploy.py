@@ -183,7 +183,7 @@ def test_replica_count_is_preserved(settled):
     assert res.returncode == 0, res.stdout + res.stderr
     new = sb.containers("profile-server")
     assert len(new) == 2 and not {c.id for c in new} & old
-    assert "2 → 2 container(s)" in res.stdout
+    assert "profile-server 2 → 2" in res.stdout
     sb.as_host_user("docker compose up -d --no-deps --no-recreate --scale profile-server=1 profile-server >/dev/null 2>&1")
 
 

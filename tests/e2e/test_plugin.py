@@ -5,6 +5,7 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -114,14 +115,21 @@ def test_deploy_with_real_docker_rollout(settled, no_plugin, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     version = sb.publish()
     probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
-    res = sb.fab("deploy", "--no-verify", env=env)
+    jobs = sb.STATE / "home" / ".zdd" / "jobs"
+    before = set(jobs.glob("rollout-*.log")) if jobs.exists() else set()
+    res = sb.fab("deploy", "--no-verify", "--wait", env=env)
     rc, out, report = probe.stop()
     assert res.returncode == 0, res.stdout + res.stderr
     for svc in sb.APPS:
-        assert [c.version for c in sb.containers(svc)] == [version], svc
-    # zdd holds docker-rollout's pre-stop hook until the old containers are drained at Caddy,
-    # so even the abrupt (server) and SIGTERM-ignoring (identity) apps lose nothing
-    assert "by docker-rollout, drained" in res.stdout
+        assert [c.version for c in sb.containers(svc, all_states=True)] == [version], svc
+    # docker-rollout itself replaced each service (its own log says so), while zdd held its
+    # pre-stop hook until the old containers were drained at Caddy: so even the abrupt
+    # (server) and SIGTERM-ignoring (identity) apps lose nothing
+    logs = {p.stem.split("-", 3)[3]: p.read_text() for p in set(jobs.glob("rollout-*.log")) - before}
+    assert sorted(logs) == sorted(sb.APPS), logs  # rollout-EPOCH-PID-SERVICE.log
+    for svc, log in logs.items():
+        assert "==> Stopping and removing old containers" in log, (svc, log)
+    assert len(re.findall(r"\[sandbox\] ok   drain .* after \d+s", res.stdout)) == 3, res.stdout
     assert rc == 0 and report["failures"] == 0, out
 
 
