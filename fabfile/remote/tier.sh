@@ -64,7 +64,10 @@ remove_new() { ids=$(new_of); [ -n "$ids" ] && docker rm --force $ids >/dev/null
 
 undo() {  # before the switch the new containers never had traffic: remove them
     for pid in $pids; do kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done
-    [ -n "$pids" ] && sleep 1
+    if [ -n "$pids" ]; then  # docker-rollout and its children; they must not roll on their own
+        sleep 1
+        for pid in $pids; do kill -KILL -"$pid" 2>/dev/null; done
+    fi
     each remove_new
     each release_one
     say "$1"
@@ -98,8 +101,9 @@ start_rollout() {
     [ -n "$hook" ] && h="$h; $hook"
     log=$jobs/rollout-$tag-$name.log
     if command -v setsid >/dev/null 2>&1; then run=setsid; else run=; fi
-    eval "$run docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \"\$name\"" \
-        </dev/null >"$log" 2>&1 &
+    # `&` inside the eval: $! is then docker rollout itself, leader of its own session
+    eval "$run docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \
+        \"\$name\" </dev/null >\"\$log\" 2>&1 &"
     pids="$pids $!"
     eval "pid_$j=\$!"
 }
