@@ -174,6 +174,8 @@ class Rollout:
             run.lines.append(line)
             if word == "pid":
                 run.pid = rest.strip()
+            elif word == "note":
+                self.r.note(rest)
             elif word == "new":
                 self._new(run, rest)
             elif word == "failed":

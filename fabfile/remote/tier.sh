@@ -92,9 +92,22 @@ remove_stale() {  # compose would restart stopped containers instead of creating
 }
 each remove_stale
 
-how() {  # docker-rollout replaces running services; a service not running is just started
-    if [ "$engine" = docker-rollout ] && [ -n "$old" ]; then echo rollout; else echo scale; fi
+choose() {  # docker-rollout replaces running services whose containers can hold its hook
+    mode=scale
+    if [ "$engine" = docker-rollout ] && [ -n "$old" ]; then
+        # a real write: `test -w` says yes to root on a read-only filesystem
+        if docker exec "${old%%,*}" sh -c 'for d in /dev/shm /tmp; do : 2>/dev/null > "$d/.zdd-probe" &&
+                rm -f "$d/.zdd-probe" && exit 0; done; exit 1' >/dev/null 2>&1; then
+            mode=rollout
+        else
+            say "note $name: docker-rollout's pre-stop hook cannot be held in its containers (no sh, or neither" \
+                "/dev/shm nor /tmp writable): its new containers are started with compose --scale instead"
+        fi
+    fi
+    eval "how_$j=$mode"
 }
+how() { eval "echo \"\${how_$j:-scale}\""; }
+each choose
 start_rollout() {
     [ "$(how)" = rollout ] || return 0
     h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (htime + drain_timeout + 60) * 5 )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"

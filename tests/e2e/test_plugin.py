@@ -154,3 +154,44 @@ def test_real_docker_rollout_broken_image_keeps_old_containers_serving(settled, 
     finally:
         sb.publish("identity")
         sb.fab("pull", env=env)
+
+
+@pytest.mark.skipif(not REAL, reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
+                                     "to exercise the docker-rollout engine for real")
+def test_real_docker_rollout_holds_its_hook_without_a_writable_tmp(settled, no_plugin, tmp_path):
+    """A read-only image (busybox sh, no writable /tmp) is still rolled by docker-rollout: the
+    hold lives in /dev/shm. Without /dev/shm either (ipc: none), zdd says so in one line and
+    starts that service's new containers itself."""
+    override = sb.STACK / "readonly.override.yaml"
+    override.write_text(
+        "services:\n"
+        "  identity: {read_only: true, tmpfs: [/data, /config]}\n"
+        "  profile-server: {read_only: true, ipc: none, tmpfs: [/data, /config]}\n")
+    subprocess.run(["chown", "zddsbx", str(override)], check=True)
+    hosts = sb.hosts_file(tmp_path, engine="docker-rollout")
+    hosts.write_text(hosts.read_text().replace(
+        '[hosts.sandbox]\n', '[hosts.sandbox]\ncompose_files = ["docker-compose.yaml", "readonly.override.yaml"]\n', 1))
+    env = {"FABRIC_HOSTS_FILE": str(hosts)}
+    assert sb.fab("install-plugin", "--source", REAL, env=env).returncode == 0
+    jobs = sb.STATE / "home" / ".zdd" / "jobs"
+    try:
+        res = sb.fab("deploy", "--no-verify", "--wait", env=env)  # now the old containers are read-only
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "identity: roll (1 → 1), compose config changed" in res.stdout
+        before = set(jobs.glob("rollout-*.log"))
+        probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
+        res = sb.fab("deploy", "--no-verify", "--wait", "--force", env=env)
+        rc, out, report = probe.stop()
+        assert res.returncode == 0, res.stdout + res.stderr
+        logs = {p.stem.split("-", 3)[3]: p.read_text() for p in set(jobs.glob("rollout-*.log")) - before}
+        assert "==> Stopping and removing old containers" in logs.get("identity", ""), logs
+        assert "profile-server" not in logs
+        assert re.search(r"profile-server: docker-rollout's pre-stop hook cannot be held in its containers "
+                         r"\(no sh, or neither /dev/shm nor /tmp writable\)", res.stdout), res.stdout
+        for svc in ("identity", "profile-server"):
+            [c] = sb.containers(svc, all_states=True)
+            assert c.health == "healthy"
+        assert rc == 0 and report["failures"] == 0, out
+    finally:
+        override.unlink()
+        sb.fab("deploy", "--no-verify", "--wait")
