@@ -427,3 +427,16 @@ def test_first_request_on_a_new_connection_is_not_retried():
     report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.2, rate=20),
                  transport=httpx.MockTransport(handler))
     assert report.failures == report.total > 0 and report.recorder.stale_retries == []
+
+
+# -- packaging ---------------------------------------------------------------------------
+
+def test_pyproject_lists_every_fabfile_package_and_ships_the_host_scripts():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "fabfile").rglob("__init__.py")}
+    assert set(setup["packages"]) == on_disk
+    assert "remote/*.sh" in setup["package-data"]["fabfile"]
