@@ -1,5 +1,8 @@
 """Running the loop: in the foreground (``run``) or in a thread during a deploy (``BackgroundLoop``).
 
+One event loop runs the HTTP workers and the websocket probes side by side, on
+one clock (the recorder's start).
+
 Requests still in flight when the loop is stopped are cancelled and not
 counted (their number is reported as ``cancelled_in_flight``), unless the run
 was asked to let them finish first.
@@ -14,10 +17,11 @@ import time
 
 import httpx
 
-from . import http
+from . import http, ws
 from .recorder import Recorder
 from .report import Report
 from .settings import VerifySettings
+from .ws_stats import WsRecorder
 
 POLL_INTERVAL = 0.05            # how often the loop checks its stop conditions
 
@@ -53,26 +57,28 @@ def _raise_crash(tasks: list[asyncio.Task[None]]) -> None:
             raise task.exception()
 
 
-async def _run_async(settings: VerifySettings, recorder: Recorder,
+async def _run_async(settings: VerifySettings, recorder: Recorder, ws_recorder: WsRecorder,
                      stop_event: threading.Event | None,
                      transport: httpx.AsyncBaseTransport | None,
                      finish_in_flight: bool = False) -> None:
-    """Run the workers until stopped. In-flight requests are then cancelled and not
-    counted; with ``finish_in_flight`` they first get up to ``timeout`` s to finish."""
+    """Run the workers and probes until stopped. In-flight requests are then cancelled and
+    not counted; with ``finish_in_flight`` they first get up to ``timeout`` s to finish."""
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(c) for c in http.make_clients(settings, transport)]
+        clients = [await stack.enter_async_context(c)
+                   for c in (http.make_clients(settings, transport) if settings.urls else [])]
         recorder.restart_clock()
         ctx = http.HttpContext(settings, recorder)
         workers = [asyncio.create_task(http.worker(ctx, c)) for c in clients]
+        tasks = workers + ws.start_probes(settings, ws_recorder, recorder.started_mono)
         try:
-            await _wait_for_stop(ctx.deadline, workers, stop_event)
+            await _wait_for_stop(ctx.deadline, tasks, stop_event)
             if finish_in_flight:
                 await http.let_in_flight_finish(ctx, workers)
         finally:
             recorder.stopped_mono = time.monotonic()
             recorder.cancelled_in_flight = ctx.in_flight
-            await _cancel_all(workers)
-        _raise_crash(workers)
+            await _cancel_all(tasks)
+        _raise_crash(tasks)
 
 
 def run(settings: VerifySettings, stop_event: threading.Event | None = None, *,
@@ -84,14 +90,16 @@ def run(settings: VerifySettings, stop_event: threading.Event | None = None, *,
     (e.g. ``httpx.MockTransport``).
     """
     recorder = Recorder(settings.urls)
+    ws_recorder = WsRecorder(settings.ws_urls, settings.ws_connections)
     interrupted = False
     try:
-        asyncio.run(_run_async(settings, recorder, stop_event, transport, finish_in_flight))
+        asyncio.run(_run_async(settings, recorder, ws_recorder, stop_event, transport, finish_in_flight))
     except KeyboardInterrupt:
         interrupted = True
     if recorder.stopped_mono is None:
         recorder.stopped_mono = time.monotonic()
-    return Report(settings, recorder, interrupted=interrupted)
+    ws_recorder.finish(recorder.elapsed())
+    return Report(settings, recorder, ws=ws_recorder, interrupted=interrupted)
 
 
 class BackgroundLoop:

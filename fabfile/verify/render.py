@@ -1,4 +1,4 @@
-"""The text report: timeline, per-URL table, version switches, failures, verdict.
+"""The text report: timeline, per-URL table, websockets, version switches, failures, verdict.
 
 Plain ASCII apart from the URLs themselves; returned as a string, never printed.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .figures import latency_summary, render_timeline
+from .figures import latency_summary, render_timeline, second_ranges
 from .recorder import OK
 from .versions import VersionSeen, by_first_seen
 
@@ -27,11 +27,21 @@ def fmt_ms(value: float | None) -> str:
     return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
 
 
+def close_codes(codes: Mapping[int | None, int]) -> str:
+    """``{1001: 4, None: 1}`` -> ``"close 1001: 4, no close code: 1"``."""
+    ordered = sorted(codes.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+    return ", ".join(f"{'no close code' if code is None else f'close {code}'}: {n:,}" for code, n in ordered)
+
+
 def render_report(report: "Report", max_failures_listed: int = 20) -> str:
-    """Human-readable report: timeline, per-URL table, switches, failures, verdict."""
-    lines = ["Timeline (second since start, by send time):"]
-    lines += render_timeline(report.timeline(collapse=True)) or ["  (no requests)"]
-    lines += ["", *_table(report)]
+    """Human-readable report: timeline, per-URL table, websockets, switches, failures, verdict."""
+    lines: list[str] = []
+    if report.settings.urls:
+        lines += ["Timeline (second since start, by send time):"]
+        lines += render_timeline(report.timeline(collapse=True)) or ["  (no requests)"]
+        lines += ["", *_table(report)]
+    if report.settings.ws_urls:
+        lines += ["", *_ws_table(report)] if lines else _ws_table(report)
     lines += _switches(report)
     lines += _failures(report, max_failures_listed)
     lines += ["", "(" + ", ".join(_notes(report)) + ")"]
@@ -62,8 +72,9 @@ def _failures(report: "Report", limit: int) -> list[str]:
 
 
 def _notes(report: "Report") -> list[str]:
-    notes = [f"elapsed {report.elapsed:.1f} s",
-             f"{report.total / report.elapsed if report.elapsed else 0:,.0f} req/s"]
+    notes = [f"elapsed {report.elapsed:.1f} s"]
+    if report.settings.urls:
+        notes.append(f"{report.total / report.elapsed if report.elapsed else 0:,.0f} req/s")
     if report.cancelled_in_flight:
         notes.append(f"{report.cancelled_in_flight} in-flight request(s) cancelled at stop, not counted")
     if report.recorder.stale_retries:
@@ -77,9 +88,22 @@ def _notes(report: "Report") -> list[str]:
 def _status(report: "Report") -> str:
     if report.ok:
         return "PASS"
+    if report.http_ok:
+        return "FAIL (websockets)"
     if report.total:
         return f"FAIL (max allowed {report.settings.max_failures:,})"
     return "FAIL (no request completed)"
+
+
+def _columns(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Aligned columns: the first and last left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    return [fmt(header), "-" * len(fmt(header)), *map(fmt, rows)]
 
 
 def _table(report: "Report") -> list[str]:
@@ -87,21 +111,39 @@ def _table(report: "Report") -> list[str]:
     header = ["url", "requests", "ok", *classes, "p50", "p95", "p99", "max", "versions"]
     rows = [_table_row(s.url, s.counts, latency_summary(s.latencies), s.versions, classes)
             for s in report.recorder.urls.values()]
-    rows.append(_table_row("TOTAL", report.counts, report.latency, report.versions(), classes))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    total = _table_row("TOTAL", report.counts, report.latency, report.versions(), classes)
+    lines = _columns(header, [*rows, total])
+    return [*lines[:-1], lines[1], lines[-1], "(latencies in ms, 2xx only)"]
 
-    def fmt(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
-    sep = "-" * len(fmt(header))
-    return [fmt(header), sep, *map(fmt, rows[:-1]), sep, fmt(rows[-1]), "(latencies in ms, 2xx only)"]
+def _ws_table(report: "Report") -> list[str]:
+    """One row per websocket URL, then a line per URL that lost connections."""
+    header = ["websocket", "held", "opened", "messages", "disconnects", "reconnect failures", "longest gap",
+              "versions"]
+    rows = [[s.url, f"{s.connections:,}", f"{s.opened:,}", f"{s.messages:,}", f"{len(s.disconnects):,}",
+             f"{s.reconnect_failures:,}", f"{s.longest_gap:.2f} s", _versions_text(s.versions)]
+            for s in report.ws.urls.values()]
+    lines = _columns(header, rows)
+    for s in report.ws.urls.values():
+        if s.disconnects:
+            seconds = second_ranges(int(d.t) for d in s.disconnects)
+            lines.append(f"  {s.url}: {close_codes(s.close_codes())}; disconnects at {seconds}")
+        open_gaps = sum(not g.recovered for g in s.gaps)
+        if open_gaps:
+            lines.append(f"  {s.url}: {open_gaps} connection(s) still broken at stop")
+    interval = report.settings.ws_interval
+    lines.append(f"(a message every {interval:g} s per connection; gap: from a working connection "
+                 "breaking until a new one answered)")
+    return lines
 
 
 def _table_row(name: str, counts: Mapping[str, int], lat: Mapping[str, Any],
                versions: Mapping[str, VersionSeen], classes: list[str]) -> list[str]:
     total = sum(counts.values())
-    version_text = ", ".join(f"{v} ({s.count:,})" for v, s in by_first_seen(versions).items()) or "-"
     return [name, f"{total:,}", f"{counts.get(OK, 0):,}", *(f"{counts.get(c, 0):,}" for c in classes),
             fmt_ms(lat["p50"]), fmt_ms(lat["p95"]), fmt_ms(lat["p99"]), fmt_ms(lat["max"]),
-            version_text]
+            _versions_text(versions)]
+
+
+def _versions_text(versions: Mapping[str, VersionSeen]) -> str:
+    return ", ".join(f"{v} ({s.count:,})" for v, s in by_first_seen(versions).items()) or "-"

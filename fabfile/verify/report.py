@@ -16,14 +16,17 @@ from .figures import TimelineRow, collapse_timeline, latency_summary, second_ran
 from .recorder import OK, Failure, Recorder, UrlStats
 from .settings import VerifySettings
 from .versions import VersionSeen, by_first_seen, merge_versions
+from .ws_stats import WsRecorder, WsUrlStats
 
 
 class Report:
     """Results of one verification run (built once the loop has stopped)."""
 
-    def __init__(self, settings: VerifySettings, recorder: Recorder, *, interrupted: bool = False) -> None:
+    def __init__(self, settings: VerifySettings, recorder: Recorder, *, ws: WsRecorder | None = None,
+                 interrupted: bool = False) -> None:
         self.settings = settings
         self.recorder = recorder
+        self.ws = ws if ws is not None else WsRecorder(settings.ws_urls, settings.ws_connections)
         self.interrupted = interrupted
         self.elapsed = recorder.elapsed()
         self.started_wall = recorder.started_wall
@@ -32,8 +35,12 @@ class Report:
             self.counts.update(stats.counts)
         self.total = sum(self.counts.values())
         self.failures = self.total - self.counts.get(OK, 0)
-        # no completed request proves nothing: that is not a pass
-        self.ok = self.total > 0 and self.failures <= settings.max_failures
+        # what a client that never retries would have seen: the retried GETs failed too
+        self.failures_without_retry = self.failures + len(recorder.stale_retries)
+        # no completed request proves nothing: that is not a pass (nor is a silent websocket)
+        self.http_ok = not settings.urls or (self.total > 0 and self.failures <= settings.max_failures)
+        self.ws_ok = self.ws.ok(settings.max_ws_gap)
+        self.ok = self.http_ok and self.ws_ok
         self.latency = latency_summary(itertools.chain.from_iterable(
             s.latencies for s in recorder.urls.values()))
 
@@ -70,26 +77,48 @@ class Report:
         return merge_versions(s.versions for s in self.recorder.urls.values())
 
     def switches(self) -> dict[str, dict[str, VersionSeen]]:
-        """Per URL that served two or more versions: each version's first/last seen."""
-        return {url: by_first_seen(stats.versions)
-                for url, stats in self.recorder.urls.items() if len(stats.versions) >= 2}
+        """Per URL (HTTP or websocket) that served two or more versions: each one's first/last seen."""
+        tables = [*self.recorder.urls.values(), *self.ws.urls.values()]
+        return {stats.url: by_first_seen(stats.versions) for stats in tables if len(stats.versions) >= 2}
 
     # -- verdict -----------------------------------------------------------
 
     def verdict(self) -> str:
-        """E.g. ``7 of 4,312 requests failed (status 502: 5, connect error: 2), p99 38 ms; ...``."""
+        """The HTTP verdict, then the websocket one; either is left out when it has no URLs."""
+        parts = [self.http_verdict()] if self.settings.urls else []
+        if self.settings.ws_urls:
+            parts.append(self.ws_verdict())
+        return "; ".join(parts)
+
+    def http_verdict(self) -> str:
+        """E.g. ``7 of 4,312 requests failed (status 502: 5, connect error: 2), 9 if never retried,
+        p99 38 ms; failing URLs: ...; failing seconds: ...``."""
         p99 = self.latency["p99"]
         p99_text = "n/a" if p99 is None else f"{int(p99 + 0.5)} ms"
         head = f"{self.failures:,} of {self.total:,} requests failed"
+        if self.failures:
+            head += " (" + ", ".join(f"{k}: {n:,}" for k, n in self.failure_counts()) + ")"
+        retry = f"{self.failures_without_retry:,} if never retried" if self.settings.retry_stale \
+            else "client never retries"
+        text = f"{head}, {retry}, p99 {p99_text}"
         if not self.failures:
-            stale = len(self.recorder.stale_retries)
-            retried = f" ({stale:,} retried once after an idle keep-alive close)" if stale else ""
-            return f"{head}, p99 {p99_text}{retried}"
-        classes = ", ".join(f"{k}: {n:,}" for k, n in self.failure_counts())
+            return text
         per_url = Counter(f.url for f in self.recorder.failures)
         urls = ", ".join(f"{u} ({n:,})" for u, n in per_url.most_common())
         seconds = second_ranges(int(f.t) for f in self.recorder.failures)
-        return f"{head} ({classes}), p99 {p99_text}; failing URLs: {urls}; failing seconds: {seconds}"
+        return f"{text}; failing URLs: {urls}; failing seconds: {seconds}"
+
+    def ws_verdict(self) -> str:
+        """E.g. ``websockets: 4 disconnects of 8 held connections (close 1001: 4), longest gap 0.21 s``."""
+        ws = self.ws
+        text = f"websockets: {ws.disconnects:,} disconnects of {ws.held:,} held connections"
+        if ws.disconnects:
+            text += f" ({render.close_codes(ws.close_codes())})"
+        text += f", longest gap {ws.longest_gap:.2f} s"
+        if self.settings.max_ws_gap is not None and ws.longest_gap > self.settings.max_ws_gap:
+            text += f" (max allowed {self.settings.max_ws_gap:g} s)"
+        silent = ws.silent()
+        return text + (f"; never answered: {', '.join(silent)}" if silent else "")
 
     # -- output ------------------------------------------------------------
 
@@ -155,15 +184,19 @@ def report_dict(report: Report) -> dict[str, Any]:
     return {
         "verdict": report.verdict(),
         "ok": report.ok,
+        "http_ok": report.http_ok,
+        "ws_ok": report.ws_ok,
         "total": report.total,
         "failures": report.failures,
+        "failures_without_retry": report.failures_without_retry,
+        "stale_retries": len(report.recorder.stale_retries),
         "max_failures": report.settings.max_failures,
         "started_at": render.iso(wall),
         "elapsed_s": _round(report.elapsed),
         "rate_achieved": _round(report.total / report.elapsed if report.elapsed else 0.0, 1),
         "interrupted": report.interrupted,
         "cancelled_in_flight": report.cancelled_in_flight,
-        "stale_retries": [{"t": _round(t), "url": u} for t, u in report.recorder.stale_retries],
+        "stale_retry_list": [{"t": _round(t), "url": u} for t, u in report.recorder.stale_retries],
         "settings": report.settings.to_dict(),
         "counts": dict(report.counts),
         "latency_ms": {k: _round(v) for k, v in report.latency.items()},
@@ -173,4 +206,25 @@ def report_dict(report: Report) -> dict[str, Any]:
         "timeline": [{"second": r.start, "requests": r.requests, "failures": r.failures}
                      for r in report.timeline()],
         "failure_list": [_failure_dict(report, f) for f in report.recorder.failures],
+        "websockets": [_ws_dict(report, s) for s in report.ws.urls.values()],
+    }
+
+
+def _ws_dict(report: Report, stats: WsUrlStats) -> dict[str, Any]:
+    wall = report.started_wall
+    return {
+        "url": stats.url,
+        "connections": stats.connections,
+        "opened": stats.opened,
+        "messages": stats.messages,
+        "disconnects": len(stats.disconnects),
+        "close_codes": {"none" if code is None else str(code): n for code, n in stats.close_codes().items()},
+        "reconnect_failures": stats.reconnect_failures,
+        "reconnect_failure_reasons": dict(stats.connect_failures),
+        "longest_gap_s": _round(stats.longest_gap),
+        "gaps": [{"probe": g.probe, "start_s": _round(g.start), "end_s": _round(g.end),
+                  "seconds": _round(g.seconds), "recovered": g.recovered} for g in stats.gaps],
+        "disconnect_list": [{"t": _round(d.t), "time": render.iso(wall + d.t), "probe": d.probe,
+                             "code": d.code, "reason": d.reason} for d in stats.disconnects],
+        "versions": version_dicts(wall, by_first_seen(stats.versions)),
     }
