@@ -10,11 +10,16 @@ import signal
 import threading
 import time
 import tomllib
+import types
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from invoke import Config, Context
+from invoke.exceptions import Exit
+
+import tasks as inv_tasks
 
 from fabfile.verify import (
     CONNECT_ERROR,
@@ -458,3 +463,56 @@ def test_pyproject_lists_every_fabfile_package_and_ships_the_host_scripts():
     on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "fabfile").rglob("__init__.py")}
     assert set(setup["packages"]) == on_disk
     assert "remote/*.sh" in setup["package-data"]["fabfile"]
+
+
+# -- inv verify: flags to settings ----------------------------------------------------------
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Run ``inv verify`` without a loop: returns the settings it would have run."""
+    seen: list[VerifySettings] = []
+
+    def fake_run_and_print(settings: VerifySettings, json_path=None):
+        seen.append(settings)
+        return types.SimpleNamespace(ok=True)
+
+    monkeypatch.setattr(inv_tasks.vloop, "run_and_print", fake_run_and_print)
+    return seen
+
+
+def inv_verify(hosts_file: Path | None = None, **flags) -> None:
+    config = Config(overrides={"hosts_file": str(hosts_file)} if hosts_file else {})
+    inv_tasks.verify(Context(config=config), **flags)
+
+
+def test_inv_verify_ws_alone_and_no_retry(captured):
+    inv_verify(ws=["ws://127.0.0.1:9/ws"], ws_connections="2", retry=False)
+    s = captured[-1]
+    assert (s.urls, s.ws_urls, s.ws_connections, s.retry_stale) == ([], ["ws://127.0.0.1:9/ws"], 2, False)
+    inv_verify(url=[f"{BASE}/a"], ws=["wss://svc.test/live"], max_ws_gap="1.5")
+    s = captured[-1]
+    assert (s.urls, s.ws_urls, s.retry_stale, s.max_ws_gap) == ([f"{BASE}/a"], ["wss://svc.test/live"], True, 1.5)
+
+
+def test_inv_verify_host_brings_its_ws_urls_and_flags_replace_a_list(captured, tmp_path):
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[hosts.h.verify]\nurls = ["http://svc.test/"]\nws_urls = ["ws://svc.test/ws"]\n'
+                     'ws_connections = 3\n')
+    inv_verify(hosts, host="h")
+    assert (captured[-1].urls, captured[-1].ws_urls, captured[-1].ws_connections) == (
+        ["http://svc.test/"], ["ws://svc.test/ws"], 3)
+    inv_verify(hosts, host="h", ws=["ws://other.test/"], ws_connections="1")
+    assert (captured[-1].urls, captured[-1].ws_urls, captured[-1].ws_connections) == (
+        ["http://svc.test/"], ["ws://other.test/"], 1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({}, "give --url or --ws"),
+    ({"ws": ["http://svc.test/"]}, "verify: invalid ws url 'http://svc.test/'"),
+    ({"ws": ["ws://svc.test/"], "ws_connections": "0"}, "verify: ws_connections must be"),
+])
+def test_inv_verify_mistakes_are_one_line_exits(captured, flags, message):
+    with pytest.raises(Exit) as info:
+        inv_verify(**flags)
+    assert message in str(info.value.message) and info.value.code == 2
+    assert captured == []

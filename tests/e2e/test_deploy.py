@@ -50,7 +50,7 @@ def test_deploy_rolls_every_app_with_zero_failed_requests(settled, tmp_path):
     assert "Version switches (first/last seen" in out
 
     # the deploy's own verification ends its summary
-    assert re.search(r"verify: 0 of [\d,]+ requests failed, p99 \d+ ms", res.stdout), res.stdout
+    assert re.search(r"verify: 0 of [\d,]+ requests failed, [\d,]+ if never retried, p99 \d+ ms", res.stdout), res.stdout
     for step in ("validate", "pull", "infra-up", "rollout server", "rollout identity", "reload-caddy", "prune"):
         assert re.search(rf"\[sandbox\] ok   {re.escape(step)}\s+[\d.]+s", res.stdout), step
     assert "new image for server, property, identity, profile-server" in res.stdout
