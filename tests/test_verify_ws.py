@@ -17,8 +17,7 @@ import httpx
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from fabfile.verify import BackgroundLoop, VerifySettings, run
-from fabfile.verify.ws_stats import WsRecorder, WsUrlStats
+from fabfile.verify import BackgroundLoop, VerifySettings, WsRecorder, WsUrlStats, run
 
 FAST = {"ws_interval": 0.1, "timeout": 2.0}
 
