@@ -23,17 +23,23 @@ FAST = {"ws_interval": 0.1, "timeout": 2.0}
 
 
 class EchoServer:
-    """``<message> <version>`` echo on 127.0.0.1; ``silent`` makes it read and never answer."""
+    """``<message> <version>`` echo on 127.0.0.1; ``silent`` makes it read and never answer,
+    ``mute_first_after`` stops answering on the first connection after that many replies."""
 
-    def __init__(self, version: str = "v1", silent: bool = False) -> None:
+    def __init__(self, version: str = "v1", silent: bool = False, mute_first_after: int | None = None) -> None:
         self.version = version
         self.silent = silent
+        self.mute_first_after = mute_first_after
         self.port = 0
-        self.accepted = 0
-        self.replies: dict[ServerConnection, int] = {}   # live connections -> replies sent
+        self.replies: list[int] = []              # replies sent, per connection in accept order
+        self.live: dict[ServerConnection, int] = {}   # open connection -> its index in replies
         self._server: Server | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.replies)
 
     @property
     def url(self) -> str:
@@ -65,7 +71,7 @@ class EchoServer:
     def close_all(self, code: int = 1001) -> int:
         """Close every live connection from the server's side; returns how many."""
         async def go() -> int:
-            live = list(self.replies)
+            live = list(self.live)
             await asyncio.gather(*(ws.close(code, "going away") for ws in live))
             return len(live)
         return self.call(go())
@@ -77,19 +83,20 @@ class EchoServer:
         self._thread.join(5)
 
     async def _handler(self, ws: ServerConnection) -> None:
-        self.accepted += 1
-        self.replies[ws] = 0
+        index = self.live[ws] = len(self.replies)
+        self.replies.append(0)
+        limit = self.mute_first_after if index == 0 else None
         try:
             async for message in ws:
-                if not self.silent:
+                if not self.silent and (limit is None or self.replies[index] < limit):
                     await ws.send(f"{message} {self.version}")
-                    self.replies[ws] += 1
+                    self.replies[index] += 1
         finally:
-            self.replies.pop(ws, None)
+            del self.live[ws]
 
     def live_answering(self, at_least: int = 2) -> int:
         """Live connections that got ``at_least`` replies (the client read all but the last)."""
-        return sum(n >= at_least for n in list(self.replies.values()))
+        return sum(self.replies[i] >= at_least for i in list(self.live.values()))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 4.0) -> None:
@@ -120,10 +127,10 @@ def test_server_side_closes_are_counted_exactly_and_both_versions_seen(server):
     try:
         wait_until(lambda: server.live_answering() == 3)
         assert server.close_all(1001) == 3                       # round 1, still v1
-        wait_until(lambda: server.accepted == 6 and server.live_answering() == 3)
+        wait_until(lambda: server.accepted == 6 and min(server.replies[3:]) >= 2)
         server.version = "v2"
         assert server.close_all(1001) == 3                       # round 2: reconnects get v2
-        wait_until(lambda: server.accepted == 9 and server.live_answering() == 3)
+        wait_until(lambda: server.accepted == 9 and min(server.replies[6:]) >= 2)
     finally:
         report = loop.stop()
     stats = report.ws.urls[server.url]
@@ -136,7 +143,7 @@ def test_server_side_closes_are_counted_exactly_and_both_versions_seen(server):
     v1, v2 = stats.versions["v1"], stats.versions["v2"]
     assert v1.first < v2.first and v1.count >= 6 and v2.count >= 3
     assert report.ok and report.ws_ok and report.exit_code == 0
-    assert report.verdict().startswith("websockets: 6 disconnects of 3 held connections (close 1001: 6), "
+    assert report.verdict().startswith("websockets: 3 held, 6 disconnects (close 1001: 6), "
                                        "longest gap 0.")
     entry = report.to_dict()["websockets"][0]
     assert (entry["disconnects"], entry["close_codes"], entry["opened"]) == (6, {"1001": 6}, 9)
@@ -145,7 +152,7 @@ def test_server_side_closes_are_counted_exactly_and_both_versions_seen(server):
     text = report.render()
     assert server.url in text and "close 1001: 6; disconnects at" in text
     assert f"{server.url}: v1 first" in text                     # the version switch is listed
-    assert text.splitlines()[-1].startswith("PASS: websockets: 6 disconnects")
+    assert text.splitlines()[-1].startswith("PASS: websockets: 3 held, 6 disconnects")
 
 
 def test_a_refusing_server_shows_as_a_gap_of_that_length(server):
@@ -179,7 +186,7 @@ def test_a_connection_never_closed_reports_no_disconnect(server):
     assert stats.gaps == [] and stats.longest_gap == 0.0
     assert stats.messages >= 6 and list(stats.versions) == ["v1"]
     assert report.ok and report.total == 0                        # no HTTP urls: nothing to fail there
-    assert report.verdict() == "websockets: 0 disconnects of 2 held connections, longest gap 0.00 s"
+    assert report.verdict() == "websockets: 2 held, 0 disconnects, longest gap 0.00 s"
     assert "Timeline" not in report.render()
 
 
@@ -199,6 +206,25 @@ def test_a_server_that_never_answers_is_not_a_pass():
     assert report.render().splitlines()[-1].startswith("FAIL (websockets): ")
 
 
+def test_a_working_connection_that_stops_answering_breaks_and_is_replaced():
+    muted = EchoServer(mute_first_after=3).start()
+    try:
+        loop = BackgroundLoop(VerifySettings(ws_urls=[muted.url], ws_connections=1, ws_interval=0.1,
+                                             timeout=0.3)).start()
+        try:
+            wait_until(lambda: muted.accepted == 2 and muted.replies[1] >= 2)
+        finally:
+            report = loop.stop()
+    finally:
+        muted.shutdown()
+    stats = report.ws.urls[muted.url]
+    assert [(d.code, d.reason) for d in stats.disconnects] == [(None, "no reply within 0.3 s")]
+    [gap] = stats.gaps
+    assert gap.recovered and gap.start == pytest.approx(stats.disconnects[0].t)
+    assert 0.25 <= gap.seconds <= 2.0, gap                        # dated from the unanswered message
+    assert stats.opened == 2 and report.ws_ok
+
+
 def test_nothing_listening_counts_connect_failures():
     url = f"ws://127.0.0.1:{free_port()}/"
     report = run(VerifySettings(ws_urls=[url], ws_connections=2, duration=0.5, **FAST))
@@ -216,7 +242,7 @@ def test_http_and_websockets_in_one_run(server):
     assert report.total >= 10 and report.failures == 0 and report.ws.urls[server.url].messages >= 3
     verdict = report.verdict()
     assert verdict.startswith(f"0 of {report.total:,} requests failed, 0 if never retried, p99 ")
-    assert "; websockets: 0 disconnects of 1 held connections, longest gap" in verdict
+    assert "; websockets: 1 held, 0 disconnects, longest gap" in verdict
     data = report.to_dict()
     assert data["ok"] and data["http_ok"] and data["ws_ok"]
     assert data["settings"]["ws_urls"] == [server.url] and data["websockets"][0]["messages"] >= 3

@@ -109,9 +109,9 @@ class Report:
         return f"{text}; failing URLs: {urls}; failing seconds: {seconds}"
 
     def ws_verdict(self) -> str:
-        """E.g. ``websockets: 4 disconnects of 8 held connections (close 1001: 4), longest gap 0.21 s``."""
+        """E.g. ``websockets: 8 held, 4 disconnects (close 1001: 4), longest gap 0.21 s``."""
         ws = self.ws
-        text = f"websockets: {ws.disconnects:,} disconnects of {ws.held:,} held connections"
+        text = f"websockets: {ws.held:,} held, {ws.disconnects:,} disconnect{'' if ws.disconnects == 1 else 's'}"
         if ws.disconnects:
             text += f" ({render.close_codes(ws.close_codes())})"
         text += f", longest gap {ws.longest_gap:.2f} s"

@@ -5,8 +5,10 @@ and sends ``ping N`` every ``ws_interval`` seconds; any reply within
 ``timeout`` counts as the answer, and the version is read from it with
 ``version_regex``. Other messages that arrive in between are read and
 ignored. When the connection closes, fails or stops answering, the probe
-reconnects at once and then every ``RECONNECT_DELAY`` seconds until it gets a
-connection again, for as long as the loop runs. What it sees is recorded in a
+reconnects: at once when the connection had been working, then every
+``RECONNECT_DELAY`` seconds until it gets a connection again, for as long as
+the loop runs (a server that accepts and drops connections at once gets no
+faster retries than that). What it sees is recorded in a
 :class:`~fabfile.verify.ws_stats.WsUrlStats` (see there for the words used).
 
 Connections do not use proxies from the environment, send no keepalive pings
@@ -54,17 +56,19 @@ class _Probe:
     async def run(self) -> None:
         """Hold a connection until cancelled."""
         while True:
-            await self._hold_one()
-            await asyncio.sleep(RECONNECT_DELAY)
+            if not await self._hold_one():
+                await asyncio.sleep(RECONNECT_DELAY)
 
-    async def _hold_one(self) -> None:
-        """Open a connection and converse on it until it breaks; record what happened."""
+    async def _hold_one(self) -> bool:
+        """Open a connection and converse on it until it breaks; record what happened.
+
+        Returns whether the connection had worked (then the probe reconnects at once)."""
         try:
             ws = await connect(self.stats.url, open_timeout=self.settings.timeout, close_timeout=CLOSE_TIMEOUT,
                                ping_interval=None, proxy=None, user_agent_header=USER_AGENT)
         except Exception as exc:  # refused, handshake rejected, timed out: all measured
             self.stats.connect_failed(describe_exception(exc))
-            return
+            return False
         self.stats.connected()
         self.working = False
         try:
@@ -78,10 +82,10 @@ class _Probe:
             self._broke(self._now(), None, describe_exception(exc))
         finally:
             await ws.close()
+        return self.working
 
     def _broke(self, t: float, code: int | None, reason: str) -> None:
         self.stats.broke(self.index, t, code, reason, self.working)
-        self.working = False
 
     async def _converse(self, ws: ClientConnection) -> None:
         """Send a message every interval and wait for each reply; raises when the connection breaks."""
