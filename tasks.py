@@ -1,7 +1,7 @@
 """Local tasks (Invoke): ``inv --list``.
 
-``inv verify`` is the HTTP loop that proves a deploy dropped nothing; the rest drive the
-local sandbox (scripts/sandbox.sh) and the tests.
+``inv verify`` is the loop (HTTP requests and held websockets) that proves a deploy dropped
+nothing; the rest drive the local sandbox (scripts/sandbox.sh) and the tests.
 """
 
 from __future__ import annotations
@@ -16,45 +16,53 @@ from fabfile import verify as vloop
 
 
 @task(
-    iterable=["url"],
+    iterable=["url", "ws"],
     help={
-        "url": "a URL to hit (repeatable)",
-        "host": "use the verify URLs and settings of this host in hosts.toml",
+        "url": "an http(s) URL to hit (repeatable)",
+        "ws": "a ws:// or wss:// URL to hold connections to; every disconnect is reported (repeatable)",
+        "host": "use the verify URLs and settings of this host in hosts.toml (--url/--ws replace its lists)",
         "concurrency": "parallel requests (default 8, or the host's)",
         "rate": "total requests per second (default: as fast as possible, or the host's)",
         "duration": "seconds to run (default or 0: until Ctrl-C)",
-        "timeout": "seconds before a request counts as a timeout (default 10)",
+        "timeout": "seconds before a request, or a websocket reply, counts as timed out (default 10)",
         "max_failures": "failures allowed before exiting non-zero (default 0)",
         "json": "write the full report, every failure included, to this file",
-        "version_regex": r"regex finding the version in a body (default \bv\d+[\w.-]*)",
-        "version_header": "read the version from this response header instead",
-        "retry_stale": "retry a GET once when the server closed an idle keep-alive connection without "
-                       "answering, as browsers do (default on; --no-retry-stale counts it as a failure)",
+        "version_regex": r"regex finding the version in a body or websocket reply (default \bv\d+[\w.-]*)",
+        "version_header": "read the version from this response header instead (HTTP)",
+        "retry": "retry a GET once when the server closed an idle keep-alive connection without answering, "
+                 "as browsers do (default on; --no-retry counts it as a failure, like a client that never "
+                 "retries)",
+        "ws_connections": "connections held open per ws URL (default 4, or the host's)",
+        "max_ws_gap": "fail when a websocket probe went longer than this many seconds without a working "
+                      "connection (default: only report)",
     },
 )
-def verify(c, url=None, host=None, concurrency=None, rate=None, duration=None, timeout=None,
-           max_failures=None, json=None, version_regex=None, version_header=None, retry_stale=True):
-    """Hit URLs in a loop and report every failed request; exit 0 only if none failed."""
+def verify(c, url=None, ws=None, host=None, concurrency=None, rate=None, duration=None, timeout=None,
+           max_failures=None, json=None, version_regex=None, version_header=None, retry=True,
+           ws_connections=None, max_ws_gap=None):
+    """Hit URLs and hold websockets in a loop, report every failure; exit 0 only if none failed."""
     try:
         overrides = {
-            "concurrency": None if concurrency is None else int(concurrency),
-            "rate": None if rate is None else float(rate),
+            "concurrency": _number(int, concurrency),
+            "rate": _number(float, rate),
             "duration": None if duration is None else (float(duration) or None),  # 0: until Ctrl-C
-            "timeout": None if timeout is None else float(timeout),
-            "max_failures": None if max_failures is None else int(max_failures),
+            "timeout": _number(float, timeout),
+            "max_failures": _number(int, max_failures),
             "version_regex": version_regex,
             "version_header": version_header,
-            "retry_stale": None if retry_stale else False,
+            "retry_stale": None if retry else False,
+            "ws_connections": _number(int, ws_connections),
+            "max_ws_gap": _number(float, max_ws_gap),
+            "urls": list(url) if url else None,
+            "ws_urls": list(ws) if ws else None,
         }
         if host:
             hc = cfg.load(c.config.get("hosts_file", "hosts.toml")).host(host)
-            if url:
-                overrides["urls"] = list(url)
             settings = vloop.settings_for_host(hc.verify, **overrides)
         else:
-            if not url:
-                raise Exit("verify: give --url (repeatable) or --host NAME", code=2)
-            settings = vloop.VerifySettings(urls=list(url), **{k: v for k, v in overrides.items() if v is not None})
+            if not (url or ws):
+                raise Exit("verify: give --url or --ws (repeatable), or --host NAME", code=2)
+            settings = vloop.VerifySettings(**{k: v for k, v in overrides.items() if v is not None})
     except cfg.ConfigError as e:
         raise Exit(f"config error: {e}", code=2) from None
     except ValueError as e:
@@ -65,6 +73,11 @@ def verify(c, url=None, host=None, concurrency=None, rate=None, duration=None, t
         raise Exit(f"verify: cannot write {json}: {e.strerror}", code=2) from None
     if not report.ok:
         raise Exit(code=1)
+
+
+def _number(kind: type, value: object) -> object:
+    """A flag's value as int/float (ValueError names the bad text); None stays None."""
+    return None if value is None else kind(value)
 
 
 @task

@@ -24,7 +24,13 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``registry`` – ``docker login`` before pulling; the password is read from the
   environment variable named by ``password_env`` (or ``.env``), never from this file.
 * ``ssh`` – optional connection details for hosts without an ssh-config entry.
-* ``verify`` – URLs and settings of the HTTP loop that proves a deploy dropped nothing.
+* ``verify`` – what the loop that proves a deploy dropped nothing hits: ``urls`` (http(s),
+  requested in a loop) and ``ws_urls`` (ws:// or wss://; ``ws_connections`` connections
+  are held open to each for the whole deploy, and every disconnect is reported), and how:
+  ``concurrency``, ``rate``, ``timeout``, ``version_regex``/``version_header``,
+  ``max_failures``, ``retry_stale`` (false: a request on a kept-alive connection that the
+  server closed counts as failed), ``max_ws_gap`` (seconds a websocket may go without a
+  working connection before the run fails; 0 = only report), ``enabled``, ``strict``.
 """
 
 from __future__ import annotations
@@ -108,6 +114,9 @@ class VerifyConfig:
     version_header: str = ""
     max_failures: int = 0
     retry_stale: bool = True      # retry a GET once on a closed idle keep-alive connection, as browsers do
+    ws_urls: tuple[str, ...] = ()  # ws:// or wss:// URLs whose connections must survive a deploy
+    ws_connections: int = 4       # connections held open per ws URL
+    max_ws_gap: float = 0.0       # seconds a websocket may be without a working connection; 0 = report only
 
 
 @dataclass(frozen=True)
@@ -336,6 +345,11 @@ def _check_host(key: str, h: HostConfig) -> None:
     for u in h.verify.urls:
         if not re.match(r"^https?://[^/?#]+", u):
             raise ConfigError(f"{key}.verify.urls: {u!r} is not an http(s) URL")
+    if h.verify.ws_connections < 1:
+        raise ConfigError(f"{key}.verify.ws_connections must be at least 1")
+    for u in h.verify.ws_urls:
+        if not re.match(r"^wss?://[^/?#]+", u):
+            raise ConfigError(f"{key}.verify.ws_urls: {u!r} is not a ws:// or wss:// URL")
 
 
 def parse(text: str, path: str = "hosts.toml") -> Inventory:

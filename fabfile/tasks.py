@@ -42,12 +42,13 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
               summary: bool = True, verify: bool = False, strict: bool | None = None) -> Session:
     """Open a session, run ``body``, print the summary; expected failures exit non-zero.
 
-    With ``verify``, the host's verify URLs are hit from here for the whole run and the
-    verdict ends the summary; ``strict`` (or ``verify.strict``) fails a run that dropped any.
+    With ``verify``, the host's verify URLs are hit (and its ws URLs held open) from here for
+    the whole run and the verdict ends the summary; ``strict`` (or ``verify.strict``) fails a
+    run that dropped any request (or whose websockets broke the run's ``max_ws_gap``).
     """
     s = open_session(c, dry_run=dry_run)
     loop = None
-    if verify and s.host.verify.enabled and s.host.verify.urls and not dry_run:
+    if verify and s.host.verify.enabled and _has_targets(s.host.verify) and not dry_run:
         try:
             settings = vloop.settings_for_host(s.host.verify)
         except ValueError as e:
@@ -100,8 +101,14 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         raise Exit(f"[{s.name}] {title} failed: {failure}", code=130 if interrupted else 1)
     strict = bool(strict) or s.host.verify.strict
     if report is not None and strict and not report.ok:
-        raise Exit(f"[{s.name}] {title}: {report.failures:,} request(s) failed during the deploy (strict)", code=3)
+        what = f"{report.failures:,} request(s) failed" if not report.http_ok else report.ws_verdict()
+        raise Exit(f"[{s.name}] {title}: {what} during the deploy (strict)", code=3)
     return s
+
+
+def _has_targets(vc: Any) -> bool:
+    """The host's verify table names something to hit: http(s) URLs or ws URLs."""
+    return bool(vc.urls or vc.ws_urls)
 
 
 @task(help={"dry_run": DRY_RUN_HELP,
@@ -113,7 +120,7 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
 def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False):
     """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune."""
     def body(s: Session) -> None:
-        verifying = verify and s.host.verify.enabled and bool(s.host.verify.urls)
+        verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
         steps.deploy(s, force=force, wait=wait or verifying)
     run_steps(c, "deploy", body, dry_run,
               verify=verify, strict=strict)
@@ -123,11 +130,11 @@ def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False)
             "json": "write the full report, every failure included, to this file",
             "max_failures": "failures allowed before exiting non-zero (default: verify.max_failures)"})
 def verify_zero_downtime(c, duration=30.0, json=None, max_failures=None):
-    """Hit this host's verify URLs from here and report every failed request."""
+    """Hit this host's verify URLs (and hold its ws URLs) from here and report every failure."""
     name = host_name(c)
     host = load_host(c, name)
-    if not host.verify.urls:
-        raise Exit(f"[{name}] no verify.urls in hosts.toml for this host", code=2)
+    if not _has_targets(host.verify):
+        raise Exit(f"[{name}] no verify.urls or verify.ws_urls in hosts.toml for this host", code=2)
     try:
         settings = vloop.settings_for_host(host.verify, duration=float(duration) or None,
                                            max_failures=None if max_failures is None else int(max_failures))

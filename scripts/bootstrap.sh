@@ -15,6 +15,6 @@ fi
 stamp=.venv/.zdd-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-    .venv/bin/python -c 'import fabric, invoke, httpx, dotenv, pytest' || { echo "bootstrap: dependencies did not install" >&2; exit 1; }
+    .venv/bin/python -c 'import fabric, invoke, httpx, dotenv, websockets, pytest' || { echo "bootstrap: dependencies did not install" >&2; exit 1; }
     touch "$stamp"
 fi

@@ -16,6 +16,7 @@ from fabfile.config import (
     load,
     parse,
 )
+from fabfile.verify import settings_for_host
 
 HOSTS_TOML = Path(__file__).resolve().parent.parent / "hosts.toml"
 
@@ -263,6 +264,12 @@ def test_service_zero_override_is_not_treated_as_unset():
     ('[hosts.h.plugin]\nsha256 = "' + "A" * 64 + '"', ["hosts.h.plugin.sha256"]),
     ('[hosts.h.verify]\nurls = ["ftp://x"]', ["hosts.h.verify.urls", "ftp://x"]),
     ('[hosts.h.verify]\nconcurrency = 0', ["hosts.h.verify.concurrency"]),
+    ('[hosts.h.verify]\nws_urls = ["http://x/ws"]', ["hosts.h.verify.ws_urls", "'http://x/ws'", "ws://"]),
+    ('[hosts.h.verify]\nws_urls = ["ws://"]', ["hosts.h.verify.ws_urls", "'ws://'"]),
+    ('[hosts.h.verify]\nws_urls = "ws://x/ws"', ["hosts.h.verify.ws_urls", "list of strings"]),
+    ('[hosts.h.verify]\nws_connections = 0', ["hosts.h.verify.ws_connections", "at least 1"]),
+    ('[hosts.h.verify]\nws_connections = 2.5', ["hosts.h.verify.ws_connections", "integer"]),
+    ('[hosts.h.verify]\nmax_ws_gap = -1', ["hosts.h.verify.max_ws_gap", "negative"]),
 ])
 def test_validation_error_names_the_key(extra, needles):
     msg = error(BASE + "\n[hosts.h]\n" + extra + "\n")
@@ -350,3 +357,19 @@ def test_load_reads_a_file(tmp_path):
     inv = load(p)
     assert inv.path == str(p)
     assert inv.host("one").engine == "native"
+
+
+def test_verify_websocket_keys_are_typed_and_inherited():
+    defaults = BASE + '[defaults.verify]\nws_connections = 6\nmax_ws_gap = 2\n'
+    h = host('[hosts.h.verify]\nws_urls = ["ws://127.0.0.1:18080/ws", "wss://example.test/live"]', base=defaults)
+    assert h.verify.ws_urls == ("ws://127.0.0.1:18080/ws", "wss://example.test/live")
+    assert (h.verify.ws_connections, h.verify.max_ws_gap) == (6, 2.0)
+    plain = host("").verify
+    assert (plain.ws_urls, plain.ws_connections, plain.max_ws_gap) == ((), 4, 0.0)
+
+
+def test_verify_settings_for_host_carry_the_websocket_keys():
+    vc = host('[hosts.h.verify]\nws_urls = ["ws://127.0.0.1:18080/ws"]\nws_connections = 2').verify
+    s = settings_for_host(vc)
+    assert (s.urls, s.ws_urls, s.ws_connections, s.max_ws_gap) == ([], ["ws://127.0.0.1:18080/ws"], 2, None)
+    assert settings_for_host(vc, ws_connections=7, max_ws_gap=1.5).ws_connections == 7

@@ -9,10 +9,17 @@ import os
 import signal
 import threading
 import time
+import tomllib
+import types
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
+from invoke import Config, Context
+from invoke.exceptions import Exit
+
+import tasks as inv_tasks
 
 from fabfile.verify import (
     CONNECT_ERROR,
@@ -63,6 +70,14 @@ def finished_report(recorder: Recorder, elapsed: float, **kw) -> Report:
     ({"timeout": 0}, "timeout"),
     ({"max_failures": -1}, "max_failures"),
     ({"version_regex": "v(\\d+"}, "invalid version_regex"),
+    ({"urls": [], "ws_urls": []}, "no urls"),
+    ({"ws_urls": "ws://x/"}, "not a single string"),
+    ({"ws_urls": ["http://x/"]}, "invalid ws url"),
+    ({"ws_urls": ["ws://"]}, "invalid ws url"),
+    ({"ws_connections": 0}, "ws_connections"),
+    ({"ws_connections": True}, "ws_connections"),
+    ({"ws_interval": 0}, "ws_interval"),
+    ({"max_ws_gap": 0}, "max_ws_gap"),
 ])
 def test_settings_validation(kwargs, message):
     kwargs = {"urls": [f"{BASE}/"], **kwargs}
@@ -70,6 +85,12 @@ def test_settings_validation(kwargs, message):
         VerifySettings(**kwargs)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_websocket_urls_alone_are_enough():
+    s = VerifySettings(ws_urls=["ws://svc.test/ws", "wss://svc.test/live"])
+    assert s.urls == [] and s.ws_connections == 4 and s.ws_interval == 1.0 and s.max_ws_gap is None
+    assert s.to_dict()["ws_urls"] == ["ws://svc.test/ws", "wss://svc.test/live"]
 
 
 def test_settings_defaults_are_valid():
@@ -259,7 +280,7 @@ def test_verdict_without_failures():
     for i in range(4312):
         rec.record(f"{BASE}/", i / 1000, 0.0375, OK, version="v1")
     report = finished_report(rec, 4.4)
-    assert report.verdict() == "0 of 4,312 requests failed, p99 38 ms"
+    assert report.verdict() == "0 of 4,312 requests failed, 0 if never retried, p99 38 ms"
     assert report.ok and report.exit_code == 0 and report.total == 4312
 
 
@@ -274,7 +295,7 @@ def test_verdict_with_failures_and_max_failures():
         rec.record(b, t, 0.001, CONNECT_ERROR, "connect error: ConnectError: refused")
     strict = finished_report(rec, 20.0)
     assert strict.verdict() == (
-        "7 of 4,312 requests failed (status 502: 5, connect error: 2), p99 38 ms; "
+        "7 of 4,312 requests failed (status 502: 5, connect error: 2), 7 if never retried, p99 38 ms; "
         f"failing URLs: {a} (5), {b} (2); failing seconds: 12-13s, 15s")
     assert (strict.ok, strict.exit_code, strict.failures) == (False, 1, 7)
     failing_rows = {r.start: r.failures for r in strict.timeline() if r.failures}
@@ -344,7 +365,7 @@ def test_background_loop_measures_while_running():
         time.sleep(0.3)
         report = loop.stop()
     assert 30 <= report.total <= 80 and report.failures == 0
-    assert report.verdict().startswith(f"0 of {report.total:,} requests failed, p99 ")
+    assert report.verdict().startswith(f"0 of {report.total:,} requests failed, 0 if never retried, p99 ")
 
 
 def test_stop_event_ends_foreground_run():
@@ -408,8 +429,11 @@ def test_stale_keep_alive_close_is_retried_once_and_reported():
                  transport=httpx.MockTransport(_stale_once_handler()))
     assert report.failures == 0 and report.ok
     assert len(report.recorder.stale_retries) == 1
-    assert report.to_dict()["stale_retries"][0]["url"] == f"{BASE}/ok"
-    assert "(1 retried once after an idle keep-alive close)" in report.verdict()
+    data = report.to_dict()
+    assert data["stale_retry_list"][0]["url"] == f"{BASE}/ok"
+    assert (data["failures"], data["failures_without_retry"], data["stale_retries"]) == (0, 1, 1)
+    assert report.verdict().startswith(f"0 of {report.total:,} requests failed, 1 if never retried, p99 ")
+    assert "1 GET(s) retried once" in report.render()
 
 
 def test_stale_keep_alive_close_counts_as_failure_without_retry():
@@ -418,6 +442,8 @@ def test_stale_keep_alive_close_counts_as_failure_without_retry():
     assert report.failures == 1 and not report.ok
     assert report.recorder.failures[0].kind == "read error"
     assert report.recorder.stale_retries == []
+    assert report.failures_without_retry == 1 and report.to_dict()["failures_without_retry"] == 1
+    assert f"1 of {report.total:,} requests failed (read error: 1), client never retries, p99" in report.verdict()
 
 
 def test_first_request_on_a_new_connection_is_not_retried():
@@ -427,3 +453,66 @@ def test_first_request_on_a_new_connection_is_not_retried():
     report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.2, rate=20),
                  transport=httpx.MockTransport(handler))
     assert report.failures == report.total > 0 and report.recorder.stale_retries == []
+
+
+# -- packaging ---------------------------------------------------------------------------
+
+def test_pyproject_lists_every_fabfile_package_and_ships_the_host_scripts():
+    root = Path(__file__).resolve().parent.parent
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "fabfile").rglob("__init__.py")}
+    assert set(setup["packages"]) == on_disk
+    assert "remote/*.sh" in setup["package-data"]["fabfile"]
+
+
+# -- inv verify: flags to settings ----------------------------------------------------------
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Run ``inv verify`` without a loop: returns the settings it would have run."""
+    seen: list[VerifySettings] = []
+
+    def fake_run_and_print(settings: VerifySettings, json_path=None):
+        seen.append(settings)
+        return types.SimpleNamespace(ok=True)
+
+    monkeypatch.setattr(inv_tasks.vloop, "run_and_print", fake_run_and_print)
+    return seen
+
+
+def inv_verify(hosts_file: Path | None = None, **flags) -> None:
+    config = Config(overrides={"hosts_file": str(hosts_file)} if hosts_file else {})
+    inv_tasks.verify(Context(config=config), **flags)
+
+
+def test_inv_verify_ws_alone_and_no_retry(captured):
+    inv_verify(ws=["ws://127.0.0.1:9/ws"], ws_connections="2", retry=False)
+    s = captured[-1]
+    assert (s.urls, s.ws_urls, s.ws_connections, s.retry_stale) == ([], ["ws://127.0.0.1:9/ws"], 2, False)
+    inv_verify(url=[f"{BASE}/a"], ws=["wss://svc.test/live"], max_ws_gap="1.5")
+    s = captured[-1]
+    assert (s.urls, s.ws_urls, s.retry_stale, s.max_ws_gap) == ([f"{BASE}/a"], ["wss://svc.test/live"], True, 1.5)
+
+
+def test_inv_verify_host_brings_its_ws_urls_and_flags_replace_a_list(captured, tmp_path):
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[hosts.h.verify]\nurls = ["http://svc.test/"]\nws_urls = ["ws://svc.test/ws"]\n'
+                     'ws_connections = 3\n')
+    inv_verify(hosts, host="h")
+    assert (captured[-1].urls, captured[-1].ws_urls, captured[-1].ws_connections) == (
+        ["http://svc.test/"], ["ws://svc.test/ws"], 3)
+    inv_verify(hosts, host="h", ws=["ws://other.test/"], ws_connections="1")
+    assert (captured[-1].urls, captured[-1].ws_urls, captured[-1].ws_connections) == (
+        ["http://svc.test/"], ["ws://other.test/"], 1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({}, "give --url or --ws"),
+    ({"ws": ["http://svc.test/"]}, "verify: invalid ws url 'http://svc.test/'"),
+    ({"ws": ["ws://svc.test/"], "ws_connections": "0"}, "verify: ws_connections must be"),
+])
+def test_inv_verify_mistakes_are_one_line_exits(captured, flags, message):
+    with pytest.raises(Exit) as info:
+        inv_verify(**flags)
+    assert message in str(info.value.message) and info.value.code == 2
+    assert captured == []
