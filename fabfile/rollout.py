@@ -169,7 +169,7 @@ class Rollout:
                 continue
             word, _, rest = line.partition(" ")
             if word == "progress":
-                self.s.report.progress(f"{', '.join(run.names)}:{rest}")
+                self.s.report.progress(rest)
                 continue
             run.lines.append(line)
             if word == "pid":
@@ -226,6 +226,8 @@ class Rollout:
                 line = run.conv.readline(1.0)
                 if line is None:
                     break
+                if line.startswith("progress "):
+                    self.s.report.progress(f"{', '.join(run.names)} {line[len('progress '):]}")
                 if line.startswith("drained "):
                     drained = line[len("drained "):]
                 if line.startswith("retired"):
