@@ -129,6 +129,10 @@ class Compose:
     def recreate(self, service: str) -> Command:
         return self._cmd("up", "--detach", "--no-deps", "--force-recreate", service)
 
+    def ps_table(self) -> Command:
+        """What runs, as a table (the ``status`` task)."""
+        return self._cmd("ps", "--all", "--format", "table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}")
+
 
 # --- plain docker -------------------------------------------------------------------------
 
@@ -223,10 +227,11 @@ def survey(host: HostConfig) -> Command:
 
 
 def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None = None,
-         limit: int = 900) -> Command:
+         limit: int = 900, listing: Command | None = None) -> Command:
     """``[docker login --password-stdin] && docker compose pull && docker image ls``: one round
-    trip. ``credentials`` is (server, username, token, token_env); the token goes on stdin only."""
-    listing = image_ids()
+    trip. ``credentials`` is (server, username, token, token_env); the token goes on stdin only.
+    ``listing`` is what lists the images afterwards (default: their IDs)."""
+    listing = listing or image_ids()
     pulling = dataclasses.replace(Compose(host).pull(services), limit=limit)
     if credentials is None:
         return pulling.and_then(listing)

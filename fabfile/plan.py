@@ -77,7 +77,8 @@ class HostState:
                 and self.proxy_running != self.proxy_config)
 
 
-def _sections(text: str) -> dict[str, tuple[int, str]]:
+def sections(text: str) -> dict[str, tuple[int, str]]:
+    """A survey's answer, ``=== NAME EXIT_STATUS`` lines each followed by the text, as NAME -> (rc, text)."""
     out: dict[str, tuple[int, str]] = {}
     name, rc, lines = None, 0, []
     for line in text.splitlines():
@@ -93,7 +94,8 @@ def _sections(text: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _json(section: str, rc_text: tuple[int, str] | None, what: str) -> Any:
+def section_json(section: str, rc_text: tuple[int, str] | None, what: str) -> Any:
+    """One section's JSON; SurveyError naming ``what`` when it failed or is not JSON."""
     if rc_text is None:
         raise SurveyError(f"{what}: no answer from the host")
     rc, text = rc_text
@@ -128,8 +130,8 @@ def _container(raw: dict) -> Container:
 
 def parse_survey(text: str, proxy_service: str = "") -> HostState:
     """The survey's sections as a HostState; SurveyError when the compose project is unreadable."""
-    sec = _sections(text)
-    compose = _json("compose", sec.get("compose"), "docker compose config")
+    sec = sections(text)
+    compose = section_json("compose", sec.get("compose"), "docker compose config")
     hashes: dict[str, str] = {}
     rc, raw_hashes = sec.get("hashes", (1, ""))
     if rc == 0:
@@ -137,7 +139,8 @@ def parse_survey(text: str, proxy_service: str = "") -> HostState:
             name, _, h = line.strip().partition(" ")
             if h:
                 hashes[name] = h.strip()
-    containers = [_container(c) for c in _json("containers", sec.get("containers", (0, "[]")), "docker inspect")]
+    raw = section_json("containers", sec.get("containers", (0, "[]")), "docker inspect")
+    containers = [_container(c) for c in raw]
     state = HostState(services=compose.get("services") or {}, hashes=hashes, containers=containers)
     proxy_id = sec.get("proxy-container", (0, ""))[1].strip()[:12]
     if proxy_service and proxy_id:
@@ -145,11 +148,11 @@ def parse_survey(text: str, proxy_service: str = "") -> HostState:
         proxy = next((c for c in containers if c.id == proxy_id), None)
         state.proxy_networks = tuple(proxy.networks) if proxy else ()
         try:
-            state.proxy_config = _json("proxy-config", sec.get("proxy-config"), "reading the proxy config")
+            state.proxy_config = section_json("proxy-config", sec.get("proxy-config"), "reading the proxy config")
         except SurveyError as e:
             state.proxy_config_error = str(e)
         try:
-            state.proxy_running = _json("proxy-running", sec.get("proxy-running"), "the proxy's running config")
+            state.proxy_running = section_json("proxy-running", sec.get("proxy-running"), "the proxy's running config")
         except SurveyError:
             state.proxy_running = None  # no wget in the proxy image: unknown
         rc, version = sec.get("proxy-version", (1, ""))
@@ -211,7 +214,8 @@ class ServicePlan:
         return f"{self.name}: {what}{count}, {self.reason}"
 
 
-def _short(image: str) -> str:
+def short_image(image: str) -> str:
+    """An image ID or digest as 12 hex digits."""
     return image.removeprefix("sha256:")[:12] or "?"
 
 
@@ -231,14 +235,14 @@ def plan_service(name: str, state: HostState, images: dict[str, str], force: boo
     want = images.get(ref) if ref else None
     have = {c.image for c in running}
     if want and have != {want}:
-        return ServicePlan(name, True, f"new image {', '.join(sorted(_short(i) for i in have))} → {_short(want)}",
-                           running, target)
+        was = ", ".join(sorted(short_image(i) for i in have))
+        return ServicePlan(name, True, f"new image {was} → {short_image(want)}", running, target)
     wanted_hash = state.hashes.get(name)
     if wanted_hash and {c.config_hash for c in running} != {wanted_hash}:
         return ServicePlan(name, True, "compose config changed", running, target)
     if declared is not None and len(running) != declared:
         return ServicePlan(name, True, f"{len(running)} running, {declared} declared", running, target)
-    return ServicePlan(name, False, f"unchanged (image {_short(next(iter(have)))})", running, target)
+    return ServicePlan(name, False, f"unchanged (image {short_image(next(iter(have)))})", running, target)
 
 
 def make_plan(names: list[str], state: HostState, images: dict[str, str], force: bool = False) -> list[ServicePlan]:

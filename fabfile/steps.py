@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import commands as cmds
 from .engines import engine_for
@@ -27,14 +27,19 @@ from .session import Session, secret
 
 def survey(s: Session) -> HostState:
     """One read of the host: compose model, config hashes, containers, the proxy."""
-    h = s.host
-    res = s.r.probe(cmds.survey(h))
+    return read_survey(s, cmds.survey(s.host), lambda text: parse_survey(text, s.host.proxy.service),
+                       "the host's compose project")
+
+
+def read_survey(s: Session, cmd: cmds.Command, parse: Callable[[str], Any], what: str) -> Any:
+    """Run a survey (sections ``=== NAME RC``) and parse it; StepFailed when it is unreadable."""
+    res = s.r.probe(cmd)
     if not res.ok and "===" not in res.stdout:
-        raise StepFailed(f"cannot read the host's compose project in {h.dir}: {res.first_error_line()}")
+        raise StepFailed(f"cannot read {what} in {s.host.dir}: {res.first_error_line()}")
     try:
-        return parse_survey(res.stdout, h.proxy.service)
+        return parse(res.stdout)
     except SurveyError as e:
-        raise StepFailed(f"{e} (in {h.dir})") from None
+        raise StepFailed(f"{e} (in {s.host.dir})") from None
 
 
 def configured_services(h) -> list[str]:
@@ -179,25 +184,31 @@ def registry_credentials(s: Session) -> tuple[str, str] | None:
     return username, password
 
 
+def fetch_images(s: Session, names: list[str], listing: cmds.Command) -> tuple[dict[str, str], str]:
+    """Log in if a registry is configured and pull ``names``, in one round trip; the images
+    ``listing`` shows afterwards (ref -> image ID or digest), and what to say of the login."""
+    h = s.host
+    creds = registry_credentials(s)
+    login = (h.registry.server, creds[0], creds[1], h.registry.password_env) if creds else None
+    res = s.r.change(cmds.pull(h, names, login, h.pull_timeout, listing), "docker compose pull", check=False)
+    if not res.ok:
+        raise StepFailed(f"pull failed: {res.first_error_line()}", (res.stdout + res.stderr).strip()[-2000:])
+    if s.r.dry_run:  # nothing was pulled: plan with the images already on the host
+        res = s.r.probe(listing)
+        s.notes.append("dry run: the plan compares with the images already on the host (nothing was pulled)")
+    return image_table(res.stdout), (f"logged in to {h.registry.server}; " if creds else "")
+
+
 def pull(s: Session, state: HostState) -> dict[str, str]:
     """Log in if a registry is configured and pull every configured service, in one round
     trip; returns the image each reference names now (ref -> image ID)."""
     h = s.host
     names = [n for n in configured_services(h) if n in state.services]
     with s.report.step("pull") as rec:
-        creds = registry_credentials(s)
-        login = (h.registry.server, creds[0], creds[1], h.registry.password_env) if creds else None
-        res = s.r.change(cmds.pull(h, names, login, h.pull_timeout), "docker compose pull", check=False)
-        if not res.ok:
-            raise StepFailed(f"pull failed: {res.first_error_line()}", (res.stdout + res.stderr).strip()[-2000:])
-        if s.r.dry_run:  # nothing was pulled: plan with the images already on the host
-            res = s.r.probe(cmds.image_ids())
-            s.notes.append("dry run: the plan compares with the images already on the host (nothing was pulled)")
-        images = image_table(res.stdout)
+        images, logged = fetch_images(s, names, cmds.image_ids())
         changed = [n for n in names if images.get(normalize_ref(str(state.services[n].get("image", "")))) not in
                    (None, *{c.image for c in state.running(n)}) or
                    len({c.image for c in state.running(n)}) > 1]
-        logged = f"logged in to {h.registry.server}; " if creds else ""
         rec.detail = logged + (f"new image for {', '.join(changed)}" if changed else "no new images")
     if h.proxy.service in changed and h.proxy.mode == "reload":
         s.notes.append(f"{h.proxy.service} has a new image: a reload does not switch to it; "
@@ -228,8 +239,13 @@ def infra_up(s: Session, state: HostState | None = None, images: dict[str, str] 
 
 def plan(s: Session, state: HostState, images: dict[str, str], names: list[str], force: bool) -> list[ServicePlan]:
     """Roll or skip each app service, with the reason: one line each."""
+    return planned(s, lambda: make_plan(names, state, images, force))
+
+
+def planned(s: Session, decide: Callable[[], list]) -> list:
+    """The plan step: ``decide()`` rolls or skips each service; a summary, then one line each."""
     with s.report.step("plan") as rec:
-        plans = make_plan(names, state, images, force)
+        plans = decide()
         rolling = [p for p in plans if p.roll]
         rec.detail = f"roll {len(rolling)} of {len(plans)}" + (
             f" in {sum(1 for t in s.host.rollout if any(p.name in t for p in rolling))} tier(s)" if rolling else "")
@@ -273,8 +289,7 @@ def rollout_service(s: Session, name: str, state: HostState) -> None:
 def reload_caddy(s: Session) -> None:
     p = s.host.proxy
     with s.report.step(f"reload-{p.service or 'proxy'}") as rec:
-        if not p.service or p.mode == "none":
-            rec.status, rec.detail = "skipped", "no proxy step configured"
+        if no_proxy_step(s, rec):
             return
         compose = cmds.Compose(s.host)
         if p.mode == "recreate":
@@ -289,10 +304,36 @@ def reload_caddy(s: Session) -> None:
             s.r.change(compose.up([p.service]), f"starting {p.service}")
             rec.detail = "was not running: started"
             return
-        s.r.change(cmds.caddy_validate(container, p.config), f"validating {p.config}")
-        s.r.change(cmds.caddy_reload(container, p.config, force=True), f"reloading {p.service}")
-        s.report.proxy_loads += 1
+        reload_in(s, container)
         rec.detail = f"graceful reload of {p.config}"
+
+
+def no_proxy_step(s: Session, rec: Any) -> bool:
+    """Skip the proxy step, saying so, when hosts.toml configures none."""
+    if s.host.proxy.service and s.host.proxy.mode != "none":
+        return False
+    rec.status, rec.detail = "skipped", "no proxy step configured"
+    return True
+
+
+def reload_in(s: Session, container: str) -> None:
+    """``caddy validate`` and a graceful ``caddy reload --force`` of the proxy's config file."""
+    p = s.host.proxy
+    s.r.change(cmds.caddy_validate(container, p.config), f"validating {p.config}")
+    s.r.change(cmds.caddy_reload(container, p.config, force=True), f"reloading {p.service}")
+    s.report.proxy_loads += 1
+
+
+# --- status ----------------------------------------------------------------------------------
+
+def status(s: Session) -> None:
+    """What runs: ``docker compose ps`` as a table."""
+    show(s, s.r.read(cmds.Compose(s.host).ps_table(), "docker compose ps"))
+
+
+def show(s: Session, text: str) -> None:
+    for line in text.rstrip().splitlines():
+        print(f"[{s.name}]   {line}", file=s.r.out)
 
 
 # --- prune -----------------------------------------------------------------------------------
