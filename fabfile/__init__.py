@@ -18,5 +18,7 @@ ns = Collection(
     tasks.prune,
     tasks.verify_zero_downtime,
     tasks.unlock,
+    tasks.rollback,
+    tasks.status,
 )
 ns.configure({"hosts_file": "hosts.toml"})

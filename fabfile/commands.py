@@ -165,8 +165,9 @@ def image_prune() -> Command:
 
 
 def lock_name(host: HostConfig) -> str:
-    """The host-side lock of one project: its directory (and compose project) as a file name."""
-    raw = f"{host.dir}:{host.project_name}".strip(":")
+    """The host-side lock of one project: its directory (and compose project) as a file name;
+    with engine swarm, its stack."""
+    raw = f"stack:{host.stack_name}" if host.engine == "swarm" else f"{host.dir}:{host.project_name}".strip(":")
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in raw)
 
 
@@ -284,3 +285,67 @@ def restore(host: HostConfig, proxy: str, old: list[str], detach: bool, timeout:
 
 def signal_process(pid: str, sig: str = "TERM") -> Command:
     return Command(("kill", f"-{sig}", pid))
+
+
+# --- engine swarm: a stack on a Swarm manager ---------------------------------------------
+
+def stack_state_file(host: HostConfig) -> str:
+    """Where the host keeps what zdd last applied of the stack's compose files (relative to ~)."""
+    return f".zdd/stacks/{host.stack_name}.json"
+
+
+def stack_survey(host: HostConfig) -> Command:
+    """Read the node, the stack's services and the compose model at once (changes nothing)."""
+    return host_program("survey.sh", "--stack", host.stack_name, stack_state_file(host),
+                        *Compose(host).project_flags(), cwd=host.dir)
+
+
+def image_digests() -> Command:
+    """The registry digest of each image on the host by repo:tag: what a pull resolved."""
+    return Command(("docker", "image", "ls", "--digests", "--format", "{{.Repository}}:{{.Tag}} {{.Digest}}"))
+
+
+@dataclass(frozen=True)
+class SwarmChange:
+    """One service of a swarm_tier.sh run (see there)."""
+
+    name: str                   # the compose service; Swarm's is STACK_NAME
+    image: str = ""             # update: REF@DIGEST to run
+    ref: str = ""               # update: the compose file's reference, kept as com.docker.stack.image
+    sets: tuple[str, ...] = ()  # update: settings zdd sets (order, failure, rollback-order)
+
+    def args(self) -> tuple[str, ...]:
+        return (self.name, self.image, self.ref, ",".join(self.sets))
+
+
+SWARM_DONE = {"update": "completed", "rollback": "rollback_completed", "stack": "running 1/1"}
+
+
+def swarm_tier(host: HostConfig, action: str, changes: list[SwarmChange], ceiling: int, hashes: str = "") -> Command:
+    """Start ``action`` (update, rollback, stack) for these services and wait on the host until
+    Swarm has finished each (fabfile/remote/swarm_tier.sh)."""
+    args = [action, host.stack_name, str(ceiling), stack_state_file(host), hashes, str(len(changes))]
+    for change in changes:
+        args += change.args()
+    if action == "stack":
+        for f in host.compose_files:
+            args += ["-c", f]
+    started = [host.stack_name] if action == "stack" else [c.name for c in changes]
+    dry = [f"started {n}" for n in started] + [f"done {c.name} {SWARM_DONE[action]}" for c in changes]
+    return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
+
+
+def stack_tasks(host: HostConfig) -> Command:
+    """The stack's tasks (every node) and, on this node, their containers' health."""
+    stack = host.stack_name
+    tasks = Command(("docker", "stack", "ps", stack, "--filter", "desired-state=running", "--format",
+                     "table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Image}}\t{{.Error}}"))
+    health = Command(("docker", "ps", "--filter", f"label=com.docker.stack.namespace={stack}", "--format",
+                      "table {{.Names}}\t{{.Status}}"))
+    return tasks.and_then(health)
+
+
+def service_containers(host: HostConfig, service: str) -> Command:
+    """The running containers of a stack service on this node."""
+    return Command(("docker", "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name="
+                                                          f"{host.stack_name}_{service}"))

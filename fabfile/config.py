@@ -11,7 +11,12 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``dir`` – project directory on the host; ``~/`` is the remote user's home.
 * ``compose_files`` – compose files, relative to ``dir``. ``project_name``/``env_file``
   become ``-p``/``--env-file`` when not empty.
-* ``engine`` – ``"native"`` (built in) or ``"docker-rollout"`` (the CLI plugin).
+* ``engine`` – ``"native"`` (built in), ``"docker-rollout"`` (the CLI plugin) or ``"swarm"``
+  (the host is a Docker Swarm manager and the compose files are a stack's: Swarm replaces
+  the tasks, zdd plans, orders the tiers and waits; see fabfile/swarm.py).
+* ``stack_name`` – engine swarm only, and required there: the stack (``docker stack deploy
+  ... STACK``) whose services are ``STACK_SERVICE``. ``env_file`` is not read by ``docker
+  stack deploy``, so it must stay empty with engine swarm.
 * ``rollout`` – app services in dependency tiers, rolled one tier after the other.
 * ``infra`` – services that are only ever ``up -d``.
 * ``health_timeout``, ``pre_stop_hook``, ``stop_timeout`` – rollout settings, overridable
@@ -24,7 +29,9 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
   falling for this long, the rest are taken for long-lived streams (websockets, SSE), which end
   when the old containers stop. ``stream_close_delay`` (a Caddy duration, "" for none) is set on
   every ``reverse_proxy`` of the configs zdd loads when Caddy is 2.7 or newer, so its reloads
-  keep websockets open.
+  keep websockets open. ``reload_on_deploy`` (engine swarm): reload the proxy gracefully
+  after the tiers; Swarm itself needs no proxy step, so only set it for a proxy config that
+  changes with your deploys. ``mode = "recreate"`` is not available with engine swarm.
 * ``plugin`` – the docker-rollout version, download URL and sha256.
 * ``registry`` – ``docker login`` before pulling; the password is read from the
   environment variable named by ``password_env`` (or ``.env``), never from this file.
@@ -52,7 +59,7 @@ class ConfigError(Exception):
     """hosts.toml is missing, malformed or inconsistent (one line, names the key)."""
 
 
-ENGINES = ("native", "docker-rollout")
+ENGINES = ("native", "docker-rollout", "swarm")
 PROXY_MODES = ("reload", "recreate", "none")
 # Compose service names: letters, digits, '.', '_', '-' (compose-spec).
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
@@ -79,6 +86,7 @@ class ProxyConfig:
     admin: str = "localhost:2019"  # Caddy's admin address, seen from inside the proxy container
     stream_grace: int = 5         # in-flight count flat this long while draining: the rest are streams
     stream_close_delay: str = "5m"  # set on reverse_proxy in the configs zdd loads (Caddy >= 2.7); "" = not
+    reload_on_deploy: bool = False  # engine swarm: a graceful reload after the tiers (Swarm needs none)
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,7 @@ class HostConfig:
     project_name: str = ""
     env_file: str = ""
     engine: str = "docker-rollout"
+    stack_name: str = ""          # engine swarm: the stack the compose files are deployed as
     rollout: tuple[tuple[str, ...], ...] = ()
     infra: tuple[str, ...] = ()
     health_timeout: int = 60
@@ -318,6 +327,8 @@ def _build_host(name: str, raw: dict[str, Any], own_services: Any = None) -> Hos
 def _check_host(key: str, h: HostConfig) -> None:
     if h.engine not in ENGINES:
         raise ConfigError(f"{key}.engine must be one of {', '.join(ENGINES)}, not {h.engine!r}")
+    if h.engine == "swarm":
+        _check_swarm(key, h)
     if h.proxy.stream_close_delay and not re.fullmatch(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+",
                                                         h.proxy.stream_close_delay):
         raise ConfigError(f"{key}.proxy.stream_close_delay must be a duration like \"5m\" or \"\", "
@@ -364,6 +375,17 @@ def _check_host(key: str, h: HostConfig) -> None:
     for u in h.verify.ws_urls:
         if not re.match(r"^wss?://[^/?#]+", u):
             raise ConfigError(f"{key}.verify.ws_urls: {u!r} is not a ws:// or wss:// URL")
+
+
+def _check_swarm(key: str, h: HostConfig) -> None:
+    if not h.stack_name:
+        raise ConfigError(f"{key}.stack_name must name the stack when engine is \"swarm\"")
+    if not _SERVICE_RE.match(h.stack_name):
+        raise ConfigError(f"{key}.stack_name: {h.stack_name!r} is not a valid stack name")
+    if h.env_file:
+        raise ConfigError(f"{key}.env_file: docker stack deploy reads no env file; export the variables instead")
+    if h.proxy.mode == "recreate":
+        raise ConfigError(f"{key}.proxy.mode \"recreate\" is not available with engine swarm (use reload or none)")
 
 
 def parse(text: str, path: str = "hosts.toml") -> Inventory:

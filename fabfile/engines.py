@@ -15,16 +15,26 @@ stop, which ``fabfile/remote/tier.sh`` does on the host:
 * :class:`DockerRolloutEngine` – the docker-rollout CLI plugin (wowu/docker-rollout), as the
   user's plan has it: one ``docker rollout`` per service, its pre-stop hook holding the old
   containers until zdd has switched the proxy and drained them; then docker-rollout stops them.
+
+The Swarm engine needs no replace sequence of zdd's: Swarm starts each new task, waits for its
+healthcheck and takes the old one out of service discovery before stopping it. Its tiers are
+:class:`fabfile.swarm.Updates` (``docker service update`` of the tier's services, and a wait
+on the host for Swarm's verdict on each):
+
+* :class:`SwarmEngine` – the host is a Swarm manager; the compose files are a stack's.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import commands as cmds
 from .config import HostConfig
 from .rollout import Rollout
 from .runner import Runner, StepFailed
+
+if TYPE_CHECKING:
+    from .swarm import Updates
 
 
 class Engine(Protocol):
@@ -32,7 +42,7 @@ class Engine(Protocol):
 
     def prepare(self, r: Runner) -> None: ...
 
-    def roll_tier(self, rollout: Rollout, names: list[str]) -> None: ...
+    def roll_tier(self, rollout: Rollout | Updates, names: list[str]) -> None: ...
 
 
 class NativeEngine:
@@ -66,7 +76,20 @@ class DockerRolloutEngine:
         rollout.tier(names)
 
 
-ENGINES: dict[str, type] = {"native": NativeEngine, "docker-rollout": DockerRolloutEngine}
+class SwarmEngine:
+    name = "swarm"
+
+    def __init__(self, host: HostConfig):
+        self.host = host
+
+    def prepare(self, r: Runner) -> None:
+        return None  # validate has found a Swarm manager; Swarm needs no tool of ours
+
+    def roll_tier(self, updates: Updates, names: list[str]) -> None:
+        updates.tier(names)
+
+
+ENGINES: dict[str, type] = {"native": NativeEngine, "docker-rollout": DockerRolloutEngine, "swarm": SwarmEngine}
 
 
 def engine_for(host: HostConfig) -> Engine:

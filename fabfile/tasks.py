@@ -13,7 +13,7 @@ import paramiko
 from fabric import task
 from invoke.exceptions import Exit
 
-from . import steps
+from . import steps, swarm
 from . import verify as vloop
 from .rollout import Interrupted
 from .runner import StepFailed
@@ -34,6 +34,12 @@ def sigterm_interrupts():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+def steps_for(s: Session) -> Any:
+    """The steps of this host's engine: fabfile/swarm.py for a Swarm stack, else fabfile/steps.py
+    (both have survey, validate, pull, infra_up, rollout_service, reload_caddy, status, deploy)."""
+    return swarm if s.host.engine == "swarm" else steps
+
 
 DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) and change nothing"
 
@@ -62,7 +68,7 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
     except KeyboardInterrupt:
         interrupted = True
         failure = StepFailed("interrupted: what carried no traffic yet was removed; the proxy restore "
-                             "finishes on the host")
+                             "finishes on the host" if s.host.engine != "swarm" else "interrupted")
     except StepFailed as e:
         failure = e
         if e.detail:
@@ -121,7 +127,7 @@ def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False)
     """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune."""
     def body(s: Session) -> None:
         verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
-        steps.deploy(s, force=force, wait=wait or verifying)
+        steps_for(s).deploy(s, force=force, wait=wait or verifying)
     run_steps(c, "deploy", body, dry_run,
               verify=verify, strict=strict)
 
@@ -157,13 +163,13 @@ def install_plugin(c, source=None, dry_run=False):
 @task(help={"dry_run": DRY_RUN_HELP})
 def pull(c, dry_run=False):
     """Log in to the registry (token on stdin) and pull; report which services got new images."""
-    run_steps(c, "pull", lambda s: steps.pull(s, steps.survey(s)), dry_run, summary=False)
+    run_steps(c, "pull", lambda s: steps_for(s).pull(s, steps_for(s).survey(s)), dry_run, summary=False)
 
 
 @task(help={"dry_run": DRY_RUN_HELP})
 def infra_up(c, dry_run=False):
     """docker compose up -d the infra services (never rolled)."""
-    run_steps(c, "infra-up", steps.infra_up, dry_run, summary=False)
+    run_steps(c, "infra-up", lambda s: steps_for(s).infra_up(s), dry_run, summary=False)
 
 
 @task(help={"service": "the app service to roll", "dry_run": DRY_RUN_HELP})
@@ -173,15 +179,15 @@ def rollout_service(c, service, dry_run=False):
         if service not in s.host.app_services:
             raise StepFailed(f"{service!r} is not an app service of {s.name} "
                              f"(rollout: {', '.join(s.host.app_services) or 'none'})")
-        state = steps.validate(s, only=[service])
-        steps.rollout_service(s, service, state)
+        state = steps_for(s).validate(s, only=[service])
+        steps_for(s).rollout_service(s, service, state)
     run_steps(c, f"rollout-service {service}", body, dry_run, summary=False)
 
 
 @task(help={"dry_run": DRY_RUN_HELP})
 def reload_caddy(c, dry_run=False):
     """Validate and gracefully reload the proxy's config (or recreate it, if so configured)."""
-    run_steps(c, "reload-caddy", steps.reload_caddy, dry_run, summary=False)
+    run_steps(c, "reload-caddy", lambda s: steps_for(s).reload_caddy(s), dry_run, summary=False)
 
 
 @task(help={"dry_run": DRY_RUN_HELP})
@@ -194,3 +200,25 @@ def unlock(c, dry_run=False):
 def prune(c, dry_run=False):
     """docker image prune -f."""
     run_steps(c, "prune", steps.prune, dry_run, summary=False)
+
+
+@task(help={"dry_run": DRY_RUN_HELP})
+def rollback(c, dry_run=False):
+    """Return every app service to its previous version (engine swarm: Swarm's previous spec)."""
+    rollback_for_engine(c)
+    run_steps(c, "rollback", swarm.rollback, dry_run)
+
+
+def rollback_for_engine(c: Any) -> None:
+    """Only engine swarm can roll back so far: one clear line for the others, before connecting."""
+    name = host_name(c)
+    engine = load_host(c, name).engine
+    if engine != "swarm":
+        raise Exit(f"[{name}] rollback for compose engines is not available yet (engine {engine}); "
+                   "deploy the previous image instead", code=2)
+
+
+@task
+def status(c):
+    """What runs on the host: the compose project's containers, or the stack's services and tasks."""
+    run_steps(c, "status", lambda s: steps_for(s).status(s), summary=False)

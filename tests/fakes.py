@@ -55,6 +55,7 @@ class FakeExecutor:
         self.calls: list[Call] = []
         self.tiers: list[Any] = []   # FakeConversation of each tier.sh started
         self.tier_script: Callable | None = None
+        self.reporters: list[tuple[tuple[str, ...], Callable[[str], list[str]]]] = []
         for pattern, response in rules:
             self.on(pattern, response)
 
@@ -80,8 +81,21 @@ class FakeExecutor:
                 return self._answer(response, call)
         raise AssertionError(f"unexpected command sent to the host: {command!r}")
 
+    def on_report(self, pattern: str | tuple[str, ...], answer: Callable[[str], list[str]]) -> "FakeExecutor":
+        """A host program that reads nothing and reports (swarm_tier.sh): ``answer(command)``
+        is every line it prints before it ends."""
+        self.reporters.append(((pattern,) if isinstance(pattern, str) else tuple(pattern), answer))
+        return self
+
     def converse(self, command: str) -> Any:
-        """tier.sh: answered by ``tier_script`` (see :func:`tier_host`)."""
+        """tier.sh: answered by ``tier_script`` (see :func:`tier_host`); a reporting program by
+        its :meth:`on_report` rule."""
+        for pats, answer in self.reporters:
+            if all(p in command for p in pats):
+                self.calls.append(Call(command, None, pats[0]))
+                conv = FakeConversation(command, lambda sent: answer(command) if not sent else [], ends=True)
+                self.tiers.append(conv)
+                return conv
         self.calls.append(Call(command, None, "tier.sh" if "tier.sh" in command else ""))
         if self.tier_script is None:
             raise AssertionError(f"unexpected conversation with the host: {command[:120]!r}")
@@ -220,12 +234,17 @@ def compose_config_json(patch: dict[str, dict] | None = None) -> str:
     svc["caddy"] = {"image": "127.0.0.1:15000/zdd-sandbox/base:latest",
                     "ports": [{"mode": "ingress", "host_ip": "127.0.0.1", "target": 80,
                                "published": "18080", "protocol": "tcp"}]}
+    return json.dumps({"name": "remilia", "services": patched(svc, patch)})
+
+
+def patched(services: dict[str, dict], patch: dict[str, dict] | None) -> dict[str, dict]:
+    """Services with keys added (or, for a None value, the service removed)."""
     for name, keys in (patch or {}).items():
         if keys is None:
-            svc.pop(name, None)
+            services.pop(name, None)
         else:
-            svc[name] = {**svc.get(name, {}), **keys}
-    return json.dumps({"name": "remilia", "services": svc})
+            services[name] = {**services.get(name, {}), **keys}
+    return services
 
 
 # --- tier.sh, simulated ---------------------------------------------------------------------
@@ -234,13 +253,13 @@ class FakeConversation:
     """tier.sh's side of the conversation, simulated: ``script(sent)`` returns the lines the
     host prints after zdd has sent ``sent`` (a list of the lines so far); None ends it."""
 
-    def __init__(self, command: str, script: Callable[[list[str]], list[str] | None]):
+    def __init__(self, command: str, script: Callable[[list[str]], list[str] | None], ends: bool = False):
         self.command = command
         self.script = script
         self.sent: list[str] = []
         self.pending: list[str] = list(script([]) or [])
         self.produced: list[str] = list(self.pending)
-        self.ended = False
+        self.ended = ends  # a program that only reports ends after its lines
         self.closed = False
 
     def send(self, line: str) -> None:
@@ -347,3 +366,113 @@ def image_listing(version: int = 1) -> str:
     """``docker image ls`` after a pull of ``version`` of every sandbox app."""
     return "".join(f"127.0.0.1:15000/zdd-sandbox/{s}:latest {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
         f"127.0.0.1:15000/zdd-sandbox/base:latest {image_id('base')}\n"
+
+
+# --- engine swarm: survey.sh --stack and swarm_tier.sh, simulated ------------------------------
+
+STACK = "remilia-swarm"
+SWARM_REF = "127.0.0.1:15000/zdd-sandbox/{}:latest"
+
+
+def swarm_compose_json(patch: dict[str, dict] | None = None) -> str:
+    """``docker compose config --format json`` of scripts/sandbox/stack/docker-compose.swarm.yaml;
+    ``patch`` adds keys to (or, with None, removes) services."""
+    deploy = {"endpoint_mode": "dnsrr", "update_config": {"order": "start-first", "failure_action": "rollback",
+                                                          "monitor": "2s"},
+              "rollback_config": {"order": "start-first"}}
+    check = {"test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"], "interval": "1s",
+             "timeout": "1s", "retries": 3}
+    svc: dict[str, dict] = {s: {"image": SWARM_REF.format(s), "deploy": deploy, "healthcheck": check,
+                                "environment": {"SERVICE": s}} for s in SANDBOX_APPS}
+    for infra in ("mongodb", "redis"):
+        svc[infra] = {"image": SWARM_REF.format("base"), "deploy": {"endpoint_mode": "dnsrr"}}
+    svc["caddy"] = {"image": SWARM_REF.format("base"),
+                    "ports": [{"mode": "host", "target": 80, "published": "18090", "protocol": "tcp"}]}
+    return json.dumps({"name": "remilia-swarm", "services": patched(svc, patch)})
+
+
+def service_json(name: str, digest: str, *, ref: str | None = None, replicas: int | None = 1,
+                 order: str = "start-first", failure: str = "rollback", rollback_order: str = "start-first",
+                 previous: str | None = None, update_state: str = "", started: str = "2026-11-27 10:00:00 +0000 UTC",
+                 stack: str = STACK) -> dict:
+    """One service as ``docker service inspect`` prints it (the fields zdd reads); ``previous``:
+    the digest its previous spec ran."""
+    ref = ref if ref is not None else SWARM_REF.format("base" if name in ("mongodb", "redis", "caddy") else name)
+
+    def spec(d: str) -> dict:
+        return {"Name": f"{stack}_{name}",
+                "Labels": {"com.docker.stack.namespace": stack, "com.docker.stack.image": ref},
+                "TaskTemplate": {"ContainerSpec": {"Image": f"{ref}@{d}"}, "ForceUpdate": 0},
+                "Mode": {"Replicated": {"Replicas": replicas}} if replicas is not None else {"Global": {}},
+                "UpdateConfig": {"Parallelism": 1, "Order": order, "FailureAction": failure},
+                "RollbackConfig": {"Parallelism": 1, "Order": rollback_order},
+                "EndpointSpec": {"Mode": "dnsrr"}}
+    raw: dict = {"ID": f"id-{name}", "Spec": spec(digest)}
+    if previous is not None:
+        raw["PreviousSpec"] = spec(previous)
+    if update_state:
+        raw["UpdateStatus"] = {"State": update_state, "StartedAt": started, "Message": f"update {update_state}"}
+    return raw
+
+
+def stack_services(version: int = 1, previous: int | None = None, only: tuple[str, ...] | None = None) -> list[dict]:
+    """Every service of the sandbox stack at ``version`` of the apps (``previous``: the version
+    their previous spec ran)."""
+    out = []
+    for name in (*SANDBOX_APPS, "mongodb", "redis", "caddy"):
+        if only is not None and name not in only:
+            continue
+        app = name in SANDBOX_APPS
+        out.append(service_json(name, image_id(name if app else "base", version if app else 1),
+                                previous=image_id(name, previous) if app and previous is not None else None))
+    return out
+
+
+def swarm_applied(compose: str | None = None) -> dict[str, str]:
+    """What zdd recorded after applying these compose files (every service's spec hash)."""
+    from fabfile.swarm import spec_hash
+    return {n: spec_hash(s) for n, s in json.loads(compose or swarm_compose_json())["services"].items()}
+
+
+def stack_survey_text(services: list[dict], *, compose: str | None = None, node: str = "active true",
+                      applied: dict | None | str = "same", running: dict[str, str] | None = None) -> str:
+    """What survey.sh --stack prints; ``applied``: "same" (what these compose files hash to), a
+    dict, or None (no record)."""
+    compose = compose or swarm_compose_json()
+    record = swarm_applied(compose) if applied == "same" else applied
+    running = running or {}
+    replicas = "".join(f"{s['Spec']['Name']} {running.get(s['Spec']['Name'].split('_', 1)[1], '1/1')}\n"
+                       for s in services)
+    node_rc = 0 if node else 1
+    parts = [f"=== compose 0\n{compose}", f"=== node {node_rc}\n{node or 'Cannot connect to the Docker daemon'}",
+             f"=== replicas 0\n{replicas}",
+             f"=== applied 0\n{json.dumps(record)}" if record is not None else
+             "=== applied 1\ncat: /home/x/.zdd/stacks/remilia-swarm.json: No such file or directory",
+             f"=== services 0\n{json.dumps(services)}"]
+    return "\n".join(parts) + "\n"
+
+
+def swarm_tier_args(command: str) -> tuple[str, list[str]]:
+    """(action, services) of a rendered swarm_tier.sh command."""
+    import shlex
+    words = shlex.split(command.split(" && ", 1)[-1])
+    args = words[words.index("swarm_tier.sh") + 1:]
+    count = int(args[5])
+    return args[0], [args[6 + 4 * i] for i in range(count)]
+
+
+def swarm_reports(failures: dict[str, str] | None = None, log: list | None = None) -> Callable[[str], list[str]]:
+    """A swarm_tier.sh that finishes every service, or fails at ``failures`` (service -> state)."""
+    def answer(command: str) -> list[str]:
+        action, names = swarm_tier_args(command)
+        if log is not None:
+            log.append((action, names))
+        out = [f"started {n}" for n in names] + [f"progress {names[0] if names else '-'}: updating, 1 s of 90"]
+        for name in names:
+            if name in (failures or {}):
+                return out + [f"detail {name} {name}.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)",
+                              f"failed {name}: {failures[name]} (update rolled back due to failure)"]
+            out.append(f"done {name} " + {"update": "completed", "rollback": "rollback_completed"}.get(action,
+                                                                                                   "running 1/1"))
+        return out + ["ok after 3s"]
+    return answer

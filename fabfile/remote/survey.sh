@@ -1,12 +1,13 @@
-# survey.sh PROXY_SERVICE CONFIG ADMIN COMPOSE_FLAGS... (run on the host by zdd, in the
-# project directory, as `sh -c SCRIPT survey.sh ARGS...`)
+# survey.sh PROXY_SERVICE CONFIG ADMIN COMPOSE_FLAGS...
+# survey.sh --stack STACK STATE_FILE COMPOSE_FLAGS...          (engine swarm)
+# (run on the host by zdd, in the project directory, as `sh -c SCRIPT survey.sh ARGS...`)
 #
 # Everything a deploy needs to know about the host, read once and changing nothing: the
 # compose model, the config hash each service would get now, every container of the project
 # (docker inspect), and the proxy: its config file as JSON, the config it runs, its version.
+# With --stack: the compose model, this node's swarm state, the stack's services (docker
+# service inspect) and their running/desired tasks, and what zdd last applied (~/STATE_FILE).
 # Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
-proxy=$1 config=$2 admin=$3
-shift 3
 dir=$(mktemp -d 2>/dev/null || { mkdir -p "/tmp/zdd-survey-$$" && echo "/tmp/zdd-survey-$$"; })
 trap 'rm -rf "$dir"' EXIT
 run() {  # run NAME COMMAND...: in the background, its stdout (or its stderr when it failed)
@@ -20,6 +21,25 @@ show() {  # show NAME: print the section
     [ "$rc" = 0 ] || cat "$dir/$1.err"
     echo
 }
+if [ "$1" = --stack ]; then
+    stack=$2 state=$3
+    shift 3
+    filter="label=com.docker.stack.namespace=$stack"
+    run compose docker compose "$@" config --format json
+    run node docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}'
+    run replicas docker service ls --filter "$filter" --format '{{.Name}} {{.Replicas}}'
+    run applied cat "$HOME/$state"
+    ids=$(docker service ls --quiet --filter "$filter" 2>/dev/null)
+    # a service removed between ls and inspect makes inspect fail but still print the others
+    [ -n "$ids" ] && docker service inspect $ids >"$dir/services.out" 2>/dev/null
+    wait
+    for section in compose node replicas applied; do show "$section"; done
+    printf '=== services 0\n'
+    if [ -s "$dir/services.out" ]; then cat "$dir/services.out"; else echo '[]'; fi
+    exit 0
+fi
+proxy=$1 config=$2 admin=$3
+shift 3
 run compose docker compose "$@" config --format json
 run hashes docker compose "$@" config --hash '*'
 run ids docker compose "$@" ps --all --quiet

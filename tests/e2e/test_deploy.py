@@ -202,7 +202,7 @@ def test_unknown_service_and_unknown_host_fail_cleanly(sandbox, tmp_path):
     assert "Traceback" not in res.stderr
     res = sb.run([str(sb.BIN / "fab"), "-H", "nowhere", "deploy"])
     assert res.returncode == 2
-    assert "unknown host 'nowhere' (known: reminet-prod, reminet-staging, sandbox)" in res.stderr
+    assert "unknown host 'nowhere' (known: reminet-prod, reminet-staging, sandbox, sandbox-swarm)" in res.stderr
     assert "Traceback" not in res.stderr
 
 

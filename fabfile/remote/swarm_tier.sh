@@ -1,0 +1,145 @@
+# swarm_tier.sh ACTION STACK CEILING STATE HASHES N [SERVICE IMAGE REF SETS]xN [-c FILE...]
+# (run on the host by zdd in the stack's directory, as `sh -c SCRIPT swarm_tier.sh ARGS...`)
+#
+# Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
+# then waits, reading every service's UpdateStatus in one `docker service inspect` twice a
+# second, until Swarm has finished each of them. ACTION is
+#
+#   update    `docker service update --detach --force --image IMAGE` of each SERVICE; REF (the
+#             compose file's image reference) becomes the stack's com.docker.stack.image label,
+#             so a later `docker stack deploy --resolve-image changed` keeps this digest. SETS
+#             (comma-separated, may be empty) are the update settings zdd sets for it: order
+#             (--update-order start-first), failure (--update-failure-action rollback),
+#             rollback-order (--rollback-order start-first)
+#   rollback  `docker service rollback --detach` of each SERVICE (back to Swarm's previous spec);
+#             the record of what zdd applied (~/STATE) is removed: the next deploy applies the
+#             compose files again
+#   stack     `docker stack deploy --with-registry-auth --resolve-image changed -c FILE... STACK`,
+#             then wait for the SERVICES it creates or changes; once they are done, HASHES (what
+#             zdd applied, JSON) is written to ~/STATE
+#
+# We print "started ..." once the change is made, "progress ..." every second, "done SERVICE
+# HOW" as each service finishes, and end with "ok after Ns" (exit 0), or with "detail SERVICE
+# ..." lines (its tasks, as Swarm reports them) and "failed SERVICE: REASON" (exit 1). An update
+# fails at once when Swarm reports paused or rollback_* for it (a rollback: paused or
+# rollback_paused); any of them fails after CEILING seconds. Swarm goes on with what it started
+# either way: nothing here undoes anything, and zdd going away changes nothing.
+action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 count=$6
+shift 6
+i=1
+while [ "$i" -le "$count" ]; do
+    eval "name_$i=\$1 image_$i=\$2 ref_$i=\$3 sets_$i=\$4"
+    shift 4
+    i=$((i + 1))
+done
+grace=5  # stack: a service Swarm has not started updating by then had no task to replace
+
+say() { printf '%s\n' "$*" 2>/dev/null || true; }
+last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }
+nap() { sleep 0.5 2>/dev/null || sleep 1; }
+spec() { eval "name=\$name_$1 image=\$image_$1 ref=\$ref_$1 sets=\$sets_$1 prev=\${prev_$1-} fin=\${fin_$1-}"; full=${stack}_$name; }
+each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
+all=
+add() { all="$all $full"; }
+each add
+
+inspect() {  # NAME|STATE|STARTED|MESSAGE of each service that exists, one line each
+    [ -n "$all" ] || return 0
+    docker service inspect --format '{{.Spec.Name}}|{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.StartedAt}}|{{.UpdateStatus.Message}}{{else}}none||{{end}}' $all 2>/dev/null
+}
+field() {  # field N: the Nth |-separated field of service $full's line in $out
+    printf '%s\n' "$out" | awk -F'|' -v n="$full" -v k="$1" '$1 == n { print $k; exit }'
+}
+
+# --- what Swarm said before: a state counts only once a new update has started -------------
+out=$(inspect)
+remember() { eval "prev_$j=\$(field 3)"; }
+each remember
+
+# --- start the change --------------------------------------------------------------------
+t0=$(date +%s)
+update_one() {
+    set -- --image "$image"
+    case ",$sets," in *,order,*) set -- "$@" --update-order start-first ;; esac
+    case ",$sets," in *,failure,*) set -- "$@" --update-failure-action rollback ;; esac
+    case ",$sets," in *,rollback-order,*) set -- "$@" --rollback-order start-first ;; esac
+    [ -n "$ref" ] && set -- "$@" --label-add "com.docker.stack.image=$ref"
+    if err=$(docker service update --detach --quiet --with-registry-auth --force "$@" "$full" 2>&1); then
+        say "started $name"
+    else
+        say "failed $name: docker service update: $(last "$err")"
+        exit 1
+    fi
+}
+rollback_one() {
+    if err=$(docker service rollback --detach --quiet "$full" 2>&1); then
+        say "started $name"
+    else
+        say "failed $name: docker service rollback: $(last "$err")"
+        exit 1
+    fi
+}
+case "$action" in
+    update) each update_one ;;
+    rollback)
+        rm -f "$HOME/$state"
+        each rollback_one ;;
+    stack)
+        if ! err=$(docker stack deploy --with-registry-auth --resolve-image changed "$@" "$stack" 2>&1); then
+            printf '%s\n' "$err" | tail -n 5 | while IFS= read -r l; do say "detail $stack $l"; done
+            say "failed $stack: docker stack deploy: $(last "$err")"
+            exit 1
+        fi
+        printf '%s\n' "$err" | grep -i '^ignoring' | while IFS= read -r l; do say "note $l"; done
+        say "started $stack" ;;
+    *) say "failed $action: unknown action"; exit 2 ;;
+esac
+
+# --- wait until Swarm has finished each service ---------------------------------------------
+finished=0 shown= failed= culprit=
+finish() { eval "fin_$j=1"; finished=$((finished + 1)); say "done $name $1"; }
+check() {
+    [ -z "$fin" ] || return 0
+    st=$(field 2) started=$(field 3) msg=$(field 4)
+    if [ -z "$st" ] && [ "$action" != stack ]; then failed="$name: the service is gone" culprit=$full; return; fi
+    if [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
+        case "$action:$st" in
+            update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
+            update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused)
+                failed="$name: $st${msg:+ ($msg)}" culprit=$full
+                return ;;
+        esac
+    elif [ "$action" = stack ] && [ $((now - t0)) -ge "$grace" ]; then  # created, or no task to replace
+        r=$(printf '%s\n' "$replicas" | awk -v n="$full" '$1 == n { print $2; exit }')
+        if [ -n "$r" ] && [ "${r%%/*}" = "${r#*/}" ]; then finish "running $r"; return; fi
+        st="running ${r:-0/?}"
+    else
+        st=pending
+    fi
+    progress="$progress $name: $st,"
+}
+details() {  # the failed service's latest tasks, as Swarm reports them
+    docker service ps --no-trunc --format '{{.Name}} {{.Image}} {{.CurrentState}} {{.Error}}' "$culprit" 2>&1 |
+        head -n 6 | cut -c1-300 | while IFS= read -r l; do say "detail ${culprit#"${stack}_"} $l"; done
+}
+while :; do
+    now=$(date +%s)
+    out=$(inspect)
+    [ "$action" = stack ] && replicas=$(docker service ls --filter "label=com.docker.stack.namespace=$stack" \
+        --format '{{.Name}} {{.Replicas}}' 2>/dev/null)
+    progress=
+    each check
+    if [ -n "$failed" ]; then details; say "failed $failed"; exit 1; fi
+    [ "$finished" -ge "$count" ] && break
+    if [ $((now - t0)) -ge "$ceiling" ]; then
+        say "failed timeout after ${ceiling}s:${progress%,} (Swarm goes on with it)"
+        exit 1
+    fi
+    if [ $((now - t0)) != "$shown" ]; then say "progress${progress%,}, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
+    nap
+done
+if [ "$action" = stack ] && [ -n "$hashes" ]; then
+    mkdir -p "$(dirname "$HOME/$state")" && printf '%s\n' "$hashes" > "$HOME/$state"
+fi
+say "ok after $(( $(date +%s) - t0 ))s"
+exit 0

@@ -1,0 +1,540 @@
+"""Engine swarm (fabfile/swarm.py): the config, the builders, reading `docker service inspect`,
+the plan, validation, and whole deploys, rollbacks and status against a fake Swarm manager
+whose swarm_tier.sh is simulated (dry runs too)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import pytest
+from invoke.exceptions import Exit
+
+from fabfile import commands as cmds
+from fabfile import swarm, tasks
+from fabfile.config import ConfigError, HostConfig, load, parse
+from fabfile.engines import SwarmEngine, engine_for
+from fabfile.report import Reporter
+from fabfile.runner import Runner, StepFailed
+from fabfile.session import Session
+from tests.fakes import (
+    SANDBOX_APPS,
+    STACK,
+    SWARM_REF,
+    FakeExecutor,
+    fail,
+    image_id,
+    ok,
+    service_json,
+    stack_services,
+    stack_survey_text,
+    swarm_applied,
+    swarm_compose_json,
+    swarm_reports,
+    swarm_tier_args,
+)
+from tests.test_dry_run import HOSTS_TOML, TOKEN
+
+NAME = "sandbox-swarm"
+
+
+@pytest.fixture(autouse=True)
+def token(monkeypatch):
+    monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", TOKEN)
+
+
+def digests(version: int = 2) -> str:
+    """``docker image ls --digests`` after a pull of ``version`` of every app."""
+    return "".join(f"{SWARM_REF.format(s)} {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
+        f"{SWARM_REF.format('base')} {image_id('base')}\n" + "127.0.0.1:15000/zdd-sandbox/server:<none> <none>\n"
+
+
+def fake_manager(survey: str | list[str] | None = None, version: int = 2, failures: dict | None = None,
+                 log: list | None = None) -> FakeExecutor:
+    fake = FakeExecutor([
+        ("survey.sh", survey if survey is not None else stack_survey_text(stack_services())),
+        ("lock.sh", ok("locked\n")),
+        ("docker login", digests(version)),
+        ("docker image ls --digests", digests(version)),
+        ("image prune", ok("Total reclaimed space: 0B\n")),
+    ])
+    fake.on_report("swarm_tier.sh", swarm_reports(failures, log))
+    return fake
+
+
+def session(fake: FakeExecutor, dry_run: bool = False, host: HostConfig | None = None) -> tuple[Session, io.StringIO]:
+    out = io.StringIO()
+    h = host or load(HOSTS_TOML).host(NAME)
+    return Session(NAME, h, Runner(fake, NAME, dry_run=dry_run, out=out), Reporter(NAME, out=out)), out
+
+
+def tier_runs(fake: FakeExecutor) -> list[tuple[str, list[str]]]:
+    return [swarm_tier_args(c.command) for c in fake.calls if "swarm_tier.sh" in c.command]
+
+
+def steps_of(s: Session) -> list[tuple[str, str]]:
+    return [(r.name, r.status) for r in s.report.steps]
+
+
+# --- hosts.toml ----------------------------------------------------------------------------------
+
+SWARM_BASE = """
+[defaults]
+dir = "~/app"
+rollout = [["server"]]
+"""
+
+
+def test_the_sandbox_swarm_host():
+    h = load(HOSTS_TOML).host(NAME)
+    assert (h.engine, h.stack_name, h.dir) == ("swarm", "remilia-swarm", "~/remilia-swarm")
+    assert h.ssh == load(HOSTS_TOML).host("sandbox").ssh and h.registry == load(HOSTS_TOML).host("sandbox").registry
+    assert all(u.startswith("http://127.0.0.1:18090/") for u in h.verify.urls) and len(h.verify.urls) == 8
+    assert h.proxy.reload_on_deploy is False
+    assert isinstance(engine_for(h), SwarmEngine)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('engine = "swarm"', 'hosts.h.stack_name must name the stack when engine is "swarm"'),
+    ('engine = "swarm"\nstack_name = "a b"', "hosts.h.stack_name: 'a b' is not a valid stack name"),
+    ('engine = "swarm"\nstack_name = "s"\nenv_file = ".env"', "hosts.h.env_file: docker stack deploy reads no env"),
+    ('engine = "swarm"\nstack_name = "s"\n[hosts.h.proxy]\nmode = "recreate"',
+     'hosts.h.proxy.mode "recreate" is not available with engine swarm'),
+    ('engine = "kubernetes"', "engine must be one of native, docker-rollout, swarm"),
+])
+def test_swarm_settings_are_checked(extra, message):
+    with pytest.raises(ConfigError) as e:
+        parse(SWARM_BASE + "\n[hosts.h]\n" + extra + "\n")
+    assert message in str(e.value)
+
+
+def test_a_swarm_host_needs_no_plugin_checksum():
+    h = parse(SWARM_BASE + '\n[hosts.h]\nengine = "swarm"\nstack_name = "s"\n[hosts.h.plugin]\nsha256 = ""\n').host("h")
+    assert h.stack_name == "s" and h.plugin.sha256 == ""
+
+
+# --- builders ------------------------------------------------------------------------------------
+
+H = HostConfig(name="t", dir="~/app", compose_files=("a.yaml", "b.yaml"), engine="swarm", stack_name="st",
+               rollout=(("server",),))
+
+
+def program_args(c: cmds.Command, name: str) -> list[str]:
+    words = shlex.split(c.render())
+    assert words[:3] == ["cd", "~/app", "&&"] or c.cwd is None
+    return words[words.index(name) + 1:]
+
+
+def test_stack_survey_command():
+    c = cmds.stack_survey(H)
+    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.script("survey.sh")
+    assert c.argv[3:] == ("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "-f", "a.yaml", "-f", "b.yaml")
+    assert c.cwd == "~/app"
+
+
+def test_swarm_tier_update_command_and_dry_run_lines():
+    changes = [cmds.SwarmChange("server", "r/server:1@sha256:abc", "r/server:1", ("order", "failure")),
+               cmds.SwarmChange("property", "r/property:1@sha256:def", "r/property:1")]
+    c = cmds.swarm_tier(H, "update", changes, 90)
+    assert program_args(c, "swarm_tier.sh") == [
+        "update", "st", "90", ".zdd/stacks/st.json", "", "2",
+        "server", "r/server:1@sha256:abc", "r/server:1", "order,failure",
+        "property", "r/property:1@sha256:def", "r/property:1", ""]
+    assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/swarm_tier.sh>' swarm_tier.sh update st 90")
+    assert c.dry_run_output == ("started server", "started property", "done server completed",
+                                "done property completed", "ok after 0s")
+
+
+def test_swarm_tier_stack_command_passes_the_compose_files_and_what_it_applies():
+    c = cmds.swarm_tier(H, "stack", [cmds.SwarmChange("redis")], 60, '{"redis": "h1"}')
+    assert program_args(c, "swarm_tier.sh") == ["stack", "st", "60", ".zdd/stacks/st.json", '{"redis": "h1"}', "1",
+                                                "redis", "", "", "", "-c", "a.yaml", "-c", "b.yaml"]
+    assert c.dry_run_output[0] == "started st"
+
+
+def test_digests_listing_pull_and_lock_of_a_stack():
+    assert cmds.image_digests().argv == ("docker", "image", "ls", "--digests", "--format",
+                                         "{{.Repository}}:{{.Tag}} {{.Digest}}")
+    pulled = cmds.pull(H, ["server"], None, 60, cmds.image_digests())
+    assert pulled.then[-1] == cmds.image_digests()
+    assert cmds.lock_name(H) == "stack_st"
+
+
+def test_status_and_proxy_task_commands():
+    assert shlex.split(cmds.stack_tasks(H).render())[:4] == ["docker", "stack", "ps", "st"]
+    assert "label=com.docker.stack.namespace=st" in cmds.stack_tasks(H).render()
+    assert cmds.service_containers(H, "caddy").argv == ("docker", "ps", "--quiet", "--filter",
+                                                       "label=com.docker.swarm.service.name=st_caddy")
+
+
+# --- reading the manager -------------------------------------------------------------------------
+
+def test_survey_is_parsed():
+    raw = [service_json("server", image_id("server", 3), previous=image_id("server", 2), update_state="completed"),
+           service_json("node-exporter", image_id("base"), replicas=None, order="stop-first", failure="pause",
+                        rollback_order="stop-first")]
+    state = swarm.parse_survey(stack_survey_text(raw, running={"server": "2/3"}, applied={"server": "h"}), STACK)
+    assert state.node == "active true" and state.applied == {"server": "h"}
+    server = state.services["server"]
+    assert server.image == f"{SWARM_REF.format('server')}@{image_id('server', 3)}"
+    assert (server.digest, server.stack_ref, server.running) == (image_id("server", 3), SWARM_REF.format("server"),
+                                                                 "2/3")
+    assert server.can_roll_back and server.previous_image.endswith(image_id("server", 2))
+    assert server.update_state == "completed" and server.unset() == ()
+    exporter = state.services["node-exporter"]
+    assert exporter.replicas is None and exporter.unset() == ("order", "failure", "rollback-order")
+    assert not exporter.can_roll_back and exporter.previous_image == ""
+    assert set(state.model) == {*SANDBOX_APPS, "mongodb", "redis", "caddy"}
+
+
+def test_survey_without_record_node_or_services():
+    state = swarm.parse_survey(stack_survey_text([], applied=None, node=""), STACK)
+    assert state.applied is None and state.services == {} and state.node == ""
+    assert state.node_error == "Cannot connect to the Docker daemon"
+    broken = stack_survey_text([]).replace("=== applied 0\n{", "=== applied 0\n{oops")
+    assert swarm.parse_survey(broken, STACK).applied is None
+
+
+def test_spec_hash_ignores_the_image_only():
+    a = {"image": "x:1", "environment": {"A": "1"}}
+    assert swarm.spec_hash(a) == swarm.spec_hash({**a, "image": "x:2"})
+    assert swarm.spec_hash(a) != swarm.spec_hash({**a, "environment": {"A": "2"}})
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("node, message", [
+    ("inactive false", "this host is not in swarm mode (node state inactive)"),
+    ("active false", "this node is a Swarm worker"),
+    ("", "cannot read this node's swarm state: Cannot connect to the Docker daemon"),
+])
+def test_only_a_manager_will_do(node, message):
+    fake = fake_manager(stack_survey_text(stack_services(), node=node))
+    s, out = session(fake)
+    with pytest.raises(StepFailed, match=re.escape(message)):
+        swarm.deploy(s)
+    assert len(fake.calls) == 1 and steps_of(s) == [("validate", "failed")]
+
+
+@pytest.mark.parametrize("patch, problem", [
+    ({"server": {"healthcheck": None}}, "server has no healthcheck in the compose files"),
+    ({"property": {"healthcheck": {"disable": True}}}, "property has no healthcheck"),
+    ({"identity": {"healthcheck": {"test": ["NONE"]}}}, "identity has no healthcheck"),
+    ({"server": {"ports": [{"mode": "host", "target": 8080, "published": "8080"}]}},
+     "server publishes port 8080 in host mode, so it cannot run twice on a node"),
+    ({"redis": None}, "service 'redis' is not in the compose files"),
+])
+def test_validation_problems_stop_before_anything_changes(patch, problem):
+    compose = swarm_compose_json(patch)
+    fake = fake_manager(stack_survey_text(stack_services(), compose=compose))
+    s, out = session(fake)
+    with pytest.raises(StepFailed) as e:
+        swarm.deploy(s)
+    assert problem in str(e.value) and str(e.value).startswith("1 problem(s) on the host: ")
+    assert len(fake.calls) == 1
+
+
+def test_ingress_ports_and_vip_pass_with_a_note():
+    vip = {"endpoint_mode": "vip", "update_config": {"order": "start-first"}}
+    compose = swarm_compose_json({"server": {"deploy": vip, "ports": [{"mode": "ingress", "target": 8080,
+                                                                        "published": "8080"}]}})
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose)), dry_run=True)
+    state = swarm.validate(s)
+    assert state.services and s.notes == [
+        "server use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach their tasks through the "
+        "service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"]
+
+
+def test_a_missing_token_fails_validation(monkeypatch, tmp_path):
+    monkeypatch.delenv("ZDD_SANDBOX_REGISTRY_PASSWORD")
+    monkeypatch.chdir(tmp_path)
+    s, out = session(fake_manager())
+    with pytest.raises(StepFailed, match=r"\$ZDD_SANDBOX_REGISTRY_PASSWORD is not set"):
+        swarm.deploy(s)
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+def state_of(services=None, **kw) -> swarm.StackState:
+    return swarm.parse_survey(stack_survey_text(stack_services() if services is None else services, **kw), STACK)
+
+
+def table(version: int = 2) -> dict[str, str]:
+    return {line.split()[0]: line.split()[1] for line in digests(version).splitlines() if "sha256" in line}
+
+
+def test_a_new_digest_rolls_to_ref_at_digest():
+    p = swarm.plan_service("server", state_of(), table(2))
+    assert p.roll and p.reason == f"new digest {image_id('server', 1)[7:19]} → {image_id('server', 2)[7:19]}"
+    assert p.image == f"{SWARM_REF.format('server')}@{image_id('server', 2)}" and p.ref == SWARM_REF.format("server")
+    assert p.change() == cmds.SwarmChange("server", p.image, p.ref, ())
+
+
+def test_same_digest_skips_and_force_rolls():
+    p = swarm.plan_service("server", state_of(), table(1))
+    assert not p.roll and p.line() == f"server: skip, unchanged (digest {image_id('server', 1)[7:19]})"
+    forced = swarm.plan_service("server", state_of(), table(1), force=True)
+    assert forced.roll and forced.reason == "forced" and forced.image.endswith(image_id("server", 1))
+
+
+def test_unknown_digest_skips_and_missing_service_is_left_to_the_stack_deploy():
+    assert not swarm.plan_service("server", state_of(), {}).roll
+    missing = swarm.plan_service("server", state_of(stack_services(only=("property",))), table(2))
+    assert not missing.roll and missing.reason == "not deployed: docker stack deploy (infra-up) creates it"
+
+
+def test_another_image_reference_rolls():
+    compose = swarm_compose_json({"server": {"image": "127.0.0.1:15000/zdd-sandbox/server:v9"}})
+    listing = {"127.0.0.1:15000/zdd-sandbox/server:v9": image_id("server", 1)}
+    p = swarm.plan_service("server", state_of(compose=compose), listing)
+    assert p.roll and p.reason.startswith("the compose file names 127.0.0.1:15000/zdd-sandbox/server:v9 (was ")
+    assert p.ref == "127.0.0.1:15000/zdd-sandbox/server:v9"
+
+
+def test_a_digest_pinned_reference_names_its_own_digest():
+    pinned = f"127.0.0.1:15000/zdd-sandbox/server@{image_id('server', 5)}"
+    p = swarm.plan_service("server", state_of(compose=swarm_compose_json({"server": {"image": pinned}})), {})
+    assert p.roll and p.image == pinned
+
+
+def test_missing_update_settings_are_set_for_the_update_and_said():
+    services = stack_services()
+    services[0] = service_json("server", image_id("server", 1), order="stop-first", failure="pause")
+    s, out = session(fake_manager(stack_survey_text(services)))
+    swarm.deploy(s)
+    assert shlex.split(s.r.history[3])[-8:] == ["server", f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
+                                                 SWARM_REF.format("server"), "order,failure", "property",
+                                                 f"{SWARM_REF.format('property')}@{image_id('property', 2)}",
+                                                 SWARM_REF.format("property"), ""]
+    assert "server: no deploy.update_config.order: start-first in the running spec: zdd sets it for its update " \
+           "(a later docker stack deploy resets it: put it in the compose file)" in s.notes
+    assert any(n.startswith("server: no deploy.update_config.failure_action: rollback") for n in s.notes)
+
+
+def test_tasks_not_all_running_are_said():
+    p = swarm.plan_service("server", state_of(running={"server": "0/1"}), table(1))
+    assert not p.roll and p.reason.endswith("; 0/1 tasks running")
+
+
+# --- a deploy ------------------------------------------------------------------------------------
+
+def test_deploy_updates_each_tier_together_in_order():
+    log: list = []
+    fake = fake_manager(log=log)
+    s, out = session(fake)
+    swarm.deploy(s)
+    assert log == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
+    assert steps_of(s) == [("validate", "ok"), ("pull", "ok"), ("infra-up", "skipped"), ("plan", "ok"),
+                           ("rollout server, property", "ok"), ("rollout identity", "ok"),
+                           ("rollout profile-server", "ok"), ("reload-caddy", "skipped"), ("prune", "ok")]
+    assert s.report.steps[4].detail == "server completed, property completed"
+    assert s.report.steps[7].detail.startswith("not needed: Swarm takes a task out of service discovery")
+    assert "new digest for server, property, identity, profile-server" in s.report.steps[1].detail
+    # survey, lock, pull, three tiers, prune, unlock; nothing at the proxy
+    assert s.r.remote_commands == 8 and s.report.proxy_loads == 0
+    assert fake.seen("lock.sh") and "release stack_remilia-swarm" in fake.calls[-1].command
+    assert not fake.seen("caddy reload") and not fake.seen("restore.sh") and not fake.seen("tier.sh native")
+    pulled = fake.calls[fake.index("docker login")].command
+    assert "docker compose -f docker-compose.yaml pull --quiet server property identity profile-server mongodb " \
+           "redis caddy" in pulled and pulled.endswith("docker image ls --digests --format "
+                                                      "'{{.Repository}}:{{.Tag}} {{.Digest}}'")
+
+
+def test_nothing_changed_touches_nothing():
+    fake = fake_manager(version=1)
+    s, out = session(fake)
+    swarm.deploy(s)
+    assert tier_runs(fake) == []
+    assert out.getvalue().count("skip, unchanged") == 4
+    assert ("prune", "skipped") in steps_of(s) and s.r.remote_commands == 4  # survey, lock, pull, unlock
+
+
+def test_a_failed_update_names_the_service_and_stops_the_tiers():
+    fake = fake_manager(failures={"property": "rollback_started"})
+    s, out = session(fake)
+    with pytest.raises(StepFailed) as e:
+        swarm.deploy(s)
+    assert str(e.value) == "property: rollback_started (update rolled back due to failure); Swarm returns it to " \
+                           "its previous spec, its old tasks serve meanwhile"
+    assert "property: property.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)" in e.value.detail
+    assert tier_runs(fake) == [("update", ["server", "property"])]
+    assert steps_of(s)[-1] == ("rollout server, property", "failed")
+    assert "release stack_remilia-swarm" in fake.calls[-1].command
+
+
+def test_a_paused_update_says_what_to_do():
+    s, out = session(fake_manager(failures={"server": "paused"}))
+    with pytest.raises(StepFailed, match=r"^server: paused .*; Swarm paused the update: fix the image and deploy "
+                                         r"again, or fab rollback$"):
+        swarm.deploy(s)
+
+
+def test_a_host_that_stops_answering_fails_the_tier():
+    fake = fake_manager()
+    fake.reporters.clear()
+    fake.on_report("swarm_tier.sh", lambda command: ["started server", "started property"])
+    s, out = session(fake)
+    with pytest.raises(StepFailed, match=r"^server, property: the host stopped answering"):
+        swarm.deploy(s)
+
+
+def test_the_stack_is_deployed_first_when_the_compose_files_changed():
+    compose = swarm_compose_json({"property": {"environment": {"SERVICE": "property", "NEW": "1"}}})
+    first = stack_survey_text(stack_services(), compose=compose, applied=swarm_applied())
+    after = stack_survey_text(stack_services(), compose=compose)
+    log: list = []
+    fake = fake_manager([first, after], log=log)
+    s, out = session(fake)
+    swarm.deploy(s)
+    assert log[0] == ("stack", ["property"])
+    stack = shlex.split(fake.calls[fake.index("swarm_tier.sh stack")].command.split(" && ", 1)[1])
+    assert json.loads(stack[8]) == swarm_applied(compose)  # what the host records once it is applied
+    assert stack[-2:] == ["-c", "docker-compose.yaml"]
+    assert s.report.steps[2].detail == "docker stack deploy: compose changed: property"
+    assert len(fake.matching("survey.sh")) == 2  # read again after the stack deploy
+    assert log[1:] == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
+
+
+def test_no_record_applies_the_stack_once_and_missing_services_are_created():
+    services = stack_services(only=("server", "property", "identity", "profile-server", "caddy"))
+    log: list = []
+    fake = fake_manager([stack_survey_text(services, applied=None), stack_survey_text(stack_services())], log=log)
+    s, out = session(fake)
+    swarm.deploy(s)
+    assert log[0][0] == "stack" and set(log[0][1]) == {*SANDBOX_APPS, "mongodb", "redis", "caddy"}
+    assert s.report.steps[2].detail == (
+        "docker stack deploy: applied once (no record of what zdd applied before): server, property, identity, "
+        "profile-server, caddy; created: mongodb, redis")
+
+
+def test_infra_with_a_new_digest_is_updated_in_infra_up():
+    services = [service_json("redis", image_id("base", 0)) if s["Spec"]["Name"].endswith("_redis") else s
+                for s in stack_services()]
+    log: list = []
+    s, out = session(fake_manager(stack_survey_text(services), version=1, log=log))
+    swarm.deploy(s)
+    assert log == [("update", ["redis"])]
+    assert s.report.steps[2].detail == "new image for redis" and ("prune", "skipped") in steps_of(s)
+
+
+def test_reload_on_deploy_reloads_the_proxy_tasks_on_this_node(monkeypatch):
+    import dataclasses
+    h = load(HOSTS_TOML).host(NAME)
+    h = dataclasses.replace(h, proxy=dataclasses.replace(h.proxy, reload_on_deploy=True))
+    fake = fake_manager()
+    fake.on("docker ps --quiet", "c0ffee\n").on("caddy validate", "Valid configuration\n").on("caddy reload", "")
+    s, out = session(fake, host=h)
+    swarm.deploy(s)
+    assert fake.seen("docker ps --quiet --filter label=com.docker.swarm.service.name=remilia-swarm_caddy")
+    assert fake.seen("docker exec c0ffee caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force")
+    assert ("reload-caddy", "ok") in steps_of(s) and s.report.proxy_loads == 1
+
+
+def test_dry_run_sends_only_probes_and_prints_the_plan():
+    fake = fake_manager()
+    s, out = session(fake, dry_run=True)
+    swarm.deploy(s)
+    assert [c.subject.split(" ")[0] for c in fake.calls] == ["cd", "docker"]  # survey, digests listing
+    assert fake.seen("survey.sh") and fake.seen("docker image ls --digests")
+    text = out.getvalue()
+    order = ["would run: sh -s -- acquire stack_remilia-swarm", "would run: docker login --username zdd",
+             "server: roll, new digest", *["swarm_tier.sh update remilia-swarm 90"] * 3,
+             "would run: docker image prune --force", "would run: sh -s -- release stack_remilia-swarm"]
+    at = -1
+    for needle in order:
+        at = text.index(needle, at + 1)
+    assert "$ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)" in text
+    assert TOKEN not in text and all(TOKEN not in h for h in s.r.history)
+
+
+def test_dry_run_of_a_new_stack_shows_the_stack_deploy():
+    fake = fake_manager(stack_survey_text([], applied=None))
+    s, out = session(fake, dry_run=True)
+    swarm.deploy(s)
+    text = out.getvalue()
+    assert "swarm_tier.sh stack remilia-swarm" in text and "-c docker-compose.yaml" in text
+    assert text.count("skip, not deployed: docker stack deploy (infra-up) creates it") == 4
+
+
+def test_rollout_service_updates_one_service_forced():
+    log: list = []
+    fake = fake_manager(log=log)
+    s, out = session(fake)
+    state = swarm.validate(s, only=["identity"])
+    swarm.rollout_service(s, "identity", state)
+    assert log == [("update", ["identity"])]
+    assert not fake.seen("docker login")  # a lone rollout pulls nothing: the local tag's digest
+    with pytest.raises(StepFailed, match="nope is not deployed in stack remilia-swarm"):
+        swarm.rollout_service(s, "nope", state)
+
+
+# --- rollback and status -------------------------------------------------------------------------
+
+def test_rollback_goes_back_tier_by_tier_in_reverse_order():
+    services = stack_services(version=2, previous=1)
+    services[1] = service_json("property", image_id("property", 2), previous=image_id("property", 1),
+                               update_state="rollback_completed")
+    services[2] = service_json("identity", image_id("identity", 1))  # never updated
+    log: list = []
+    fake = fake_manager(stack_survey_text(services), log=log)
+    s, out = session(fake)
+    swarm.rollback(s)
+    assert log == [("rollback", ["profile-server"]), ("rollback", ["server"])]
+    text = out.getvalue()
+    assert f"server: roll back, {image_id('server', 2)[7:19]} → {image_id('server', 1)[7:19]}" in text
+    assert "property: skip, its last update was rolled back already (rollback_completed)" in text
+    assert "identity: skip, no previous spec (never updated)" in text
+    assert steps_of(s) == [("validate", "ok"), ("plan", "ok"), ("rollback profile-server", "ok"),
+                           ("rollback server", "ok")]
+    assert s.report.steps[3].detail == "server rollback_completed"
+
+
+def test_rollback_skips_a_previous_spec_that_runs_the_same_tasks():
+    same = service_json("server", image_id("server", 1), previous=image_id("server", 1))
+    plans = swarm.rollback_plan(state_of([same]), ["server"])
+    assert [p.line() for p in plans] == ["server: skip, its previous spec runs the same tasks"]
+
+
+def test_rollback_of_a_compose_engine_exits_before_connecting():
+    class C:
+        host = original_host = "sandbox"
+        config = {"hosts_file": str(HOSTS_TOML)}
+    with pytest.raises(Exit) as e:
+        tasks.rollback_for_engine(C())
+    assert e.value.code == 2
+    assert str(e.value.message) == "[sandbox] rollback for compose engines is not available yet (engine native); " \
+                                   "deploy the previous image instead"
+
+
+def test_status_shows_services_and_tasks():
+    fake = fake_manager(stack_survey_text(stack_services(), running={"server": "0/1"}))
+    fake.on("docker stack ps", "NAME  NODE  CURRENT STATE\nremilia-swarm_server.1  vm  Running 3 minutes ago\n")
+    s, out = session(fake)
+    swarm.status(s)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["[sandbox-swarm]", "service", "tasks", "digest", "last", "update", "image"]
+    assert lines[1].split() == ["[sandbox-swarm]", "caddy", "1/1", image_id("base")[7:19], "-",
+                                SWARM_REF.format("base")]
+    assert any(ln.split()[1:3] == ["server", "0/1"] for ln in lines)
+    assert lines[-1] == "[sandbox-swarm]   remilia-swarm_server.1  vm  Running 3 minutes ago"
+
+
+def test_status_of_a_compose_host_is_the_compose_table():
+    from fabfile import steps
+    fake = FakeExecutor([("ps --all --format", "SERVICE  NAME  IMAGE  STATUS\nserver  remilia-server-1  x  Up\n")])
+    out = io.StringIO()
+    h = load(HOSTS_TOML).host("sandbox")
+    s = Session("sandbox", h, Runner(fake, "sandbox", out=out), Reporter("sandbox", out=out))
+    steps.status(s)
+    assert out.getvalue().splitlines() == ["[sandbox]   SERVICE  NAME  IMAGE  STATUS",
+                                           "[sandbox]   server  remilia-server-1  x  Up"]
+    assert fake.calls[0].command == ("cd ~/remilia && docker compose -f docker-compose.yaml ps --all --format "
+                                     "'table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}'")
+
+
+def test_a_survey_that_cannot_run_fails_in_one_line():
+    s, out = session(fake_manager(fail(127, stderr="sh: docker: not found")))
+    with pytest.raises(StepFailed, match=r"^cannot read stack remilia-swarm in ~/remilia-swarm: sh: docker: not "
+                                         r"found$"):
+        swarm.validate(s)

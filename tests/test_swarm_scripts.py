@@ -1,0 +1,218 @@
+"""Engine swarm's host side run by a real POSIX sh (dash) against a stub `docker`, as the
+builders render it: swarm_tier.sh (start a change, wait for Swarm's UpdateStatus of each
+service, fail fast) and survey.sh --stack."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fabfile import commands as cmds
+from fabfile.commands import SwarmChange
+from fabfile.config import HostConfig
+from tests.test_remote_scripts import Host
+
+STACK = "st"
+# A `docker` for a Swarm manager that logs its arguments to $STUB/calls and answers from $STUB:
+#   svc-NAME        the UpdateStatus of service NAME (STATE|STARTED|MESSAGE), one line per
+#                   `service inspect`, the last line repeated; no file: no such service
+#   replicas        what `service ls --format` prints
+#   update-fails    `service update` / `service rollback` fail
+#   deploy-fails    `stack deploy` fails
+#   compose, inspect   survey: `compose config` and `service inspect ID...` output
+SWARM_DOCKER = r"""#!/bin/sh
+d=$STUB
+printf '%s\n' "$*" >> "$d/calls"
+case "$1 $2" in
+"service inspect")
+    if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
+    shift 4
+    rc=0
+    for n in "$@"; do
+        f="$d/svc-$n"
+        [ -e "$f" ] || { echo "Error: no such service: $n" >&2; rc=1; continue; }
+        k=$(cat "$d/n-$n" 2>/dev/null || echo 0)
+        k=$((k + 1))
+        echo "$k" > "$d/n-$n"
+        total=$(wc -l < "$f")
+        [ "$k" -gt "$total" ] && k=$total
+        printf '%s|%s\n' "$n" "$(sed -n "${k}p" "$f")"
+    done
+    exit $rc ;;
+"service update" | "service rollback")
+    [ -e "$d/update-fails" ] && { echo "Error response from daemon: rpc error: bad" >&2; exit 1; }
+    exit 0 ;;
+"service ls")
+    case "$*" in *--quiet*) echo id1; echo id2 ;; *) cat "$d/replicas" 2>/dev/null ;; esac ;;
+"service ps") echo "st_server.1 r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)" ;;
+"stack deploy")
+    [ -e "$d/deploy-fails" ] && { echo "failed to update service st_server: bad spec" >&2; exit 1; }
+    echo "Updating service st_server (id: x)"
+    echo "Ignoring unsupported options: restart" >&2 ;;
+"info --format") echo "active true" ;;
+"compose -f") cat "$d/compose" ;;
+esac
+exit 0
+"""
+
+
+class Manager(Host):
+    """The fake host of test_remote_scripts with a Swarm manager's `docker`."""
+
+    def __init__(self, tmp_path: Path):
+        super().__init__(tmp_path)
+        (tmp_path / "bin" / "docker").write_text(SWARM_DOCKER)
+        self.config = HostConfig(name="t", dir="~/app", compose_files=("x.yaml",), engine="swarm",
+                                 stack_name=STACK, rollout=(("server", "property"),))
+        self.state = self.home / ".zdd" / "stacks" / f"{STACK}.json"
+
+    def service(self, name: str, *states: str) -> None:
+        self.set(f"svc-{STACK}_{name}", "".join(s + "\n" for s in states))
+
+    def tier(self, action: str, *names: str, ceiling: int = 20, hashes: str = "") -> tuple[int, list[str], float]:
+        changes = [SwarmChange(n, f"r/{n}:1@sha256:new", f"r/{n}:1", ("order", "rollback-order") if n == "server"
+                               else ()) if action == "update" else SwarmChange(n) for n in names]
+        t0 = time.monotonic()
+        res = self.run(cmds.swarm_tier(self.config, action, changes, ceiling, hashes), timeout=60)
+        return res.returncode, [ln for ln in res.stdout.splitlines() if not ln.startswith("progress ")], \
+            time.monotonic() - t0
+
+
+@pytest.fixture
+def manager(tmp_path) -> Manager:
+    return Manager(tmp_path)
+
+
+OLD = "completed|2026-11-27 09:00:00 +0000 UTC|update completed"
+NEW = "2026-11-27 10:00:00 +0000 UTC"
+
+
+def test_update_starts_every_service_then_waits_for_each(manager):
+    manager.service("server", OLD, "none||", f"updating|{NEW}|update in progress", f"completed|{NEW}|update completed")
+    manager.service("property", "none||", f"updating|{NEW}|", f"updating|{NEW}|", f"completed|{NEW}|done")
+    rc, out, took = manager.tier("update", "server", "property")
+    assert rc == 0, out
+    assert out[:2] == ["started server", "started property"]
+    assert out[2:4] == ["done server completed", "done property completed"]
+    assert out[-1].startswith("ok after ")
+    calls = manager.calls()
+    assert ("service update --detach --quiet --with-registry-auth --force --image r/server:1@sha256:new "
+            "--update-order start-first --rollback-order start-first --label-add com.docker.stack.image=r/server:1 "
+            "st_server") in calls
+    assert ("service update --detach --quiet --with-registry-auth --force --image r/property:1@sha256:new "
+            "--label-add com.docker.stack.image=r/property:1 st_property") in calls
+    # one inspect of both services per poll (the first one reads what Swarm said before)
+    assert sum(c.startswith("service inspect --format") and c.endswith("st_server st_property") for c in calls) >= 4
+
+
+def test_an_old_verdict_does_not_count(manager):
+    """`completed` of the previous update (same StartedAt) is not this update's verdict."""
+    manager.service("server", OLD, OLD, OLD, f"updating|{NEW}|", f"completed|{NEW}|")
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 0 and out[1] == "done server completed"
+    assert len([c for c in manager.calls() if c.startswith("service inspect")]) == 5
+
+
+@pytest.mark.parametrize("verdict", ["rollback_started", "rollback_completed", "paused", "rollback_paused"])
+def test_update_fails_at_once_naming_the_service(manager, verdict):
+    manager.service("server", OLD, f"updating|{NEW}|", f"{verdict}|{NEW}|update rolled back due to failure or "
+                                                       "early termination of task abc")
+    manager.service("property", "none||", f"updating|{NEW}|")
+    rc, out, took = manager.tier("update", "server", "property")
+    assert rc == 1
+    assert out[-1] == f"failed server: {verdict} (update rolled back due to failure or early termination of task abc)"
+    assert out[-2] == "detail server st_server.1 r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)"
+    assert "service ps --no-trunc --format {{.Name}} {{.Image}} {{.CurrentState}} {{.Error}} st_server" \
+        in manager.calls()
+    assert took < 5
+
+
+def test_update_that_cannot_start_fails(manager):
+    manager.service("server", OLD)
+    manager.set("update-fails")
+    rc, out, took = manager.tier("update", "server")
+    assert (rc, out) == (1, ["failed server: docker service update: Error response from daemon: rpc error: bad"])
+
+
+def test_a_service_that_is_gone_fails(manager):
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 1 and out[-1] == "failed server: the service is gone"
+
+
+def test_update_gives_up_at_the_ceiling(manager):
+    manager.service("server", OLD, f"updating|{NEW}|")
+    rc, out, took = manager.tier("update", "server", ceiling=1)
+    assert rc == 1 and out[-1] == "failed timeout after 1s: server: updating (Swarm goes on with it)"
+    assert took < 10
+
+
+def test_rollback_waits_for_rollback_completed_and_forgets_what_was_applied(manager):
+    manager.state.parent.mkdir(parents=True)
+    manager.state.write_text('{"server": "h"}\n')
+    manager.service("server", OLD, f"rollback_started|{NEW}|manually requested rollback",
+                    f"rollback_completed|{NEW}|rollback completed")
+    rc, out, took = manager.tier("rollback", "server")
+    assert rc == 0, out
+    assert out[:2] == ["started server", "done server rollback_completed"]
+    assert "service rollback --detach --quiet st_server" in manager.calls()
+    assert not manager.state.exists()
+
+
+def test_a_paused_rollback_fails(manager):
+    manager.service("server", OLD, f"rollback_paused|{NEW}|rollback paused")
+    rc, out, took = manager.tier("rollback", "server")
+    assert rc == 1 and out[-1] == "failed server: rollback_paused (rollback paused)"
+
+
+def test_stack_deploys_then_waits_and_records_what_it_applied(manager):
+    """A changed service waits for its update; one Swarm did not update (no task to replace,
+    or created) is done once its tasks all run, after the grace."""
+    manager.service("server", OLD, "none||", f"updating|{NEW}|", f"completed|{NEW}|")
+    manager.service("redis", "none||")
+    manager.set("replicas", f"{STACK}_server 1/1\n{STACK}_redis 0/1\n")
+    hashes = '{"redis": "h2", "server": "h1"}'
+    t0 = time.monotonic()
+    proc = manager.start(cmds.swarm_tier(manager.config, "stack", [SwarmChange("server"), SwarmChange("redis")], 30,
+                                         hashes))
+    time.sleep(6.5)
+    manager.set("replicas", f"{STACK}_server 1/1\n{STACK}_redis 1/1 (max 1 per node)\n")
+    out, _ = proc.communicate(timeout=20)
+    lines = [ln for ln in out.splitlines() if not ln.startswith("progress ")]
+    assert proc.returncode == 0, out
+    assert lines[:3] == ["note Ignoring unsupported options: restart", "started st", "done server completed"]
+    assert lines[3] == "done redis running 1/1" and lines[-1].startswith("ok after ")
+    assert "progress redis: running 0/1, " in out
+    assert "stack deploy --with-registry-auth --resolve-image changed -c x.yaml st" in manager.calls()
+    assert json.loads(manager.state.read_text()) == json.loads(hashes)
+    assert time.monotonic() - t0 >= 6.5
+
+
+def test_a_failed_stack_deploy_records_nothing(manager):
+    manager.set("deploy-fails")
+    rc, out, took = manager.tier("stack", "server", hashes='{"server": "h"}')
+    assert rc == 1
+    assert out == ["detail st failed to update service st_server: bad spec",
+                   "failed st: docker stack deploy: failed to update service st_server: bad spec"]
+    assert not manager.state.exists()
+
+
+def test_survey_of_a_stack(manager):
+    manager.set("compose", '{"services": {"server": {"image": "r/server:1"}}}')
+    manager.set("replicas", "st_server 1/1\n")
+    manager.set("inspect", '[{"Spec": {"Name": "st_server"}}]')
+    res = manager.run(cmds.stack_survey(manager.config))
+    assert res.returncode == 0, res.stderr
+    sections = [ln for ln in res.stdout.splitlines() if ln.startswith("=== ")]
+    assert sections == ["=== compose 0", "=== node 0", "=== replicas 0", "=== applied 1", "=== services 0"]
+    assert "active true" in res.stdout and '[{"Spec": {"Name": "st_server"}}]' in res.stdout
+    calls = manager.calls()
+    assert "compose -f x.yaml config --format json" in calls
+    assert "service ls --quiet --filter label=com.docker.stack.namespace=st" in calls
+    assert "service inspect id1 id2" in calls
+    manager.state.parent.mkdir(parents=True)
+    manager.state.write_text('{"server": "h"}\n')
+    again = manager.run(cmds.stack_survey(manager.config)).stdout
+    assert '=== applied 0\n{"server": "h"}' in again
