@@ -7,6 +7,10 @@
 #                                         under the same :latest tag, as RemiliaNET's CI does
 #   scripts/sandbox.sh naive-redeploy     today's deploy: compose up -d --pull always --force-recreate
 #   scripts/sandbox.sh status             what is running
+#   scripts/sandbox.sh swarm-up           (after up) the same apps as a Swarm stack, remilia-swarm,
+#                                         Caddy on port 18090; enters swarm mode if the engine is not
+#   scripts/sandbox.sh swarm-down         remove that stack; leave swarm mode if swarm-up entered it
+#                                         (and restart the Compose stack's containers: see NOTES)
 #   scripts/sandbox.sh down               remove only what the sandbox created
 #
 # Runs as root on a Debian 12 machine. Everything it creates lives in $ZDD_SANDBOX_DIR
@@ -19,6 +23,8 @@ STATE=${ZDD_SANDBOX_DIR:-/var/lib/zdd-sandbox}
 SSH_PORT=${ZDD_SANDBOX_SSH_PORT:-22022}
 REGISTRY_PORT=${ZDD_SANDBOX_REGISTRY_PORT:-15000}
 HTTP_PORT=${ZDD_SANDBOX_HTTP_PORT:-18080}
+SWARM_HTTP_PORT=${ZDD_SANDBOX_SWARM_HTTP_PORT:-18090}
+SWARM_STACK=remilia-swarm
 SBX_USER=zddsbx
 COMPOSE_VERSION=2.40.3
 CADDY_VERSION=2.11.7   # the proxy and apps run a current Caddy, as the official caddy:2 image does
@@ -29,6 +35,7 @@ APPS=(server property identity profile-server)
 HOST_REGISTRY=127.0.0.1:$REGISTRY_PORT
 CI_REGISTRY=localhost:$REGISTRY_PORT
 STACK_DIR=$STATE/home/remilia
+SWARM_DIR=$STATE/home/remilia-swarm
 CI_DOCKER_CONFIG=$STATE/ci-docker   # the pusher's credentials; never root's ~/.docker
 export DOCKER_CLI_HINTS=false
 
@@ -318,6 +325,85 @@ start_stack() {
         "exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT && printf 'GET /server/ HTTP/1.0\r\n\r\n' >&3 && grep -q 'server v' <&3"
 }
 
+# --- the same apps as a Swarm stack (swarm-up / swarm-down; never part of `up`) -----------
+swarm_node() { docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}' 2>/dev/null || true; }
+
+write_swarm_stack() {
+    mkdir -p "$SWARM_DIR/caddy"
+    sed -e "s/@REGISTRY@/$HOST_REGISTRY/g" -e "s/@SWARM_HTTP_PORT@/$SWARM_HTTP_PORT/g" \
+        "$ROOT/scripts/sandbox/stack/docker-compose.swarm.yaml" > "$SWARM_DIR/docker-compose.yaml"
+    cp "$ROOT/scripts/sandbox/stack/caddy/Caddyfile" "$SWARM_DIR/caddy/Caddyfile"
+    chown -R "$SBX_USER" "$SWARM_DIR"
+}
+
+swarm_serves() {  # every app answers through the stack's Caddy (no pipe into grep -q: see issue 11)
+    local svc body
+    for svc in "${APPS[@]}"; do
+        body=$(curl -fsS --max-time 2 "http://127.0.0.1:$SWARM_HTTP_PORT/$svc/fast") || return 1
+        [[ "$body" == "$svc v"* ]] || return 1
+    done
+}
+
+swarm_up() {
+    require_root
+    [ -e "$STATE/$SENTINEL" ] && [ -s "$STATE/client/id_ed25519" ] || die "no sandbox in $STATE: run scripts/sandbox.sh up first"
+    docker info >/dev/null 2>&1 || die "the Docker engine does not answer: run scripts/sandbox.sh up first"
+    case "$(swarm_node)" in
+        "active true") created swarm || log "this engine is a Swarm manager already (left as it is)" ;;
+        "active false") die "this engine is a Swarm worker: the sandbox stack needs a manager" ;;
+        *)
+            log "entering swarm mode: docker swarm init --advertise-addr 127.0.0.1"
+            docker swarm init --advertise-addr 127.0.0.1 >/dev/null || die "docker swarm init failed"
+            mark swarm ;;
+    esac
+    write_swarm_stack
+    as_user "docker login -u zdd --password-stdin $HOST_REGISTRY >/dev/null 2>&1" < "$STATE/registry/password"
+    # Idempotent: a stack deploy of unchanged files changes no task.
+    as_user "cd ~/remilia-swarm && docker stack deploy --with-registry-auth -c docker-compose.yaml $SWARM_STACK" \
+        >/dev/null || die "docker stack deploy $SWARM_STACK failed"
+    wait_for 180 "the $SWARM_STACK apps through Caddy on port $SWARM_HTTP_PORT" swarm_serves
+    log "swarm ready: stack $SWARM_STACK, Caddy http://127.0.0.1:$SWARM_HTTP_PORT/ (fab -H sandbox-swarm ...)"
+}
+
+swarm_gone() { [ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ] \
+    && [ -z "$(docker network ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ]; }
+
+swarm_down() {  # swarm_down [restart]: with restart, the Compose stack is restarted after leaving swarm mode
+    require_root
+    if docker info >/dev/null 2>&1 && [ "$(swarm_node)" = "active true" ]; then
+        if [ -n "$(docker service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ]; then
+            log "removing the stack $SWARM_STACK"
+            docker stack rm "$SWARM_STACK" >/dev/null
+        fi
+        wait_for 60 "the $SWARM_STACK tasks and network to go" swarm_gone
+    fi
+    rm -rf "$SWARM_DIR" "$STATE/home/.zdd/stacks/$SWARM_STACK.json" "$STATE/home/.zdd/locks/stack_$SWARM_STACK"
+    created swarm || return 0
+    rm -f "$STATE/created/swarm"
+    if ! docker info >/dev/null 2>&1; then
+        log "warning: the Docker engine does not answer: it may still be in swarm mode"
+        return 0
+    fi
+    case "$(swarm_node)" in
+        active*)
+            log "leaving swarm mode (swarm-up entered it)"
+            docker swarm leave --force >/dev/null || die "docker swarm leave --force failed" ;;
+    esac
+    [ "${1:-}" = restart ] || return 0
+    # NOTES: after `swarm leave` the embedded DNS of containers that were running answers
+    # NXDOMAIN for service names until they are restarted.
+    if [ -f "$STACK_DIR/docker-compose.yaml" ]; then
+        log "restarting the Compose sandbox's containers (leaving swarm mode broke their name resolution)"
+        as_user "cd ~/remilia && docker compose restart" >/dev/null 2>&1 || die "docker compose restart failed"
+        as_user "cd ~/remilia && docker compose up -d --no-recreate --wait --wait-timeout 120" >/dev/null 2>&1 \
+            || die "the Compose sandbox did not come back healthy"
+    fi
+    local others
+    others=$(docker ps --filter status=running --format '{{.Names}} {{.Label "com.docker.compose.project"}}' \
+        | awk '$2 != "remilia" {print $1}' | tr '\n' ' ')
+    [ -z "$others" ] || log "warning: other containers ran while swarm mode was left; restart them if they use service names: $others"
+}
+
 SENTINEL=.zdd-sandbox   # marks $STATE as ours: `down` deletes nothing else
 
 claim_state_dir() {
@@ -347,6 +433,9 @@ naive_redeploy() {
 
 status() {
     as_user "cd ~/remilia && docker compose ps --format 'table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}'"
+    if [ -d "$SWARM_DIR" ]; then
+        as_user "docker stack services $SWARM_STACK --format 'table {{.Name}}\t{{.Replicas}}\t{{.Image}}'"
+    fi
 }
 
 remove_engine_data() {
@@ -362,6 +451,7 @@ down() {
     require_root
     [ -d "$STATE" ] || { log "nothing to remove"; return 0; }
     [ -e "$STATE/$SENTINEL" ] || die "$STATE is not a zdd sandbox (no $SENTINEL): not touching it"
+    if [ -d "$SWARM_DIR" ] || created swarm; then swarm_down; fi   # the Compose stack goes too: no restart
     if docker info >/dev/null 2>&1; then
         if [ -f "$STACK_DIR/docker-compose.yaml" ]; then
             (cd "$STACK_DIR" && DOCKER_CONFIG=$CI_DOCKER_CONFIG docker compose down -v --remove-orphans -t 2 >/dev/null 2>&1) || true
@@ -401,6 +491,8 @@ case "${1:-}" in
     publish) shift; require_root; publish "$@" ;;
     naive-redeploy) naive_redeploy ;;
     status) status ;;
+    swarm-up) swarm_up ;;
+    swarm-down) swarm_down restart ;;
     down) down ;;
-    *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
