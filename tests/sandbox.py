@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("ZDD_SANDBOX_DIR", "/var/lib/zdd-sandbox"))
 STACK = STATE / "home" / "remilia"
 HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_HTTP_PORT', '18080')}"
+SWARM_HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_SWARM_HTTP_PORT', '18090')}"
+SWARM_STACK = "remilia-swarm"  # scripts/sandbox.sh swarm-up; hosts.toml's sandbox-swarm
 SSH_PORT = int(os.environ.get("ZDD_SANDBOX_SSH_PORT", "22022"))
 REGISTRY_PORT = int(os.environ.get("ZDD_SANDBOX_REGISTRY_PORT", "15000"))
 APPS = ["server", "property", "identity", "profile-server"]
@@ -54,8 +56,9 @@ def run(argv: list[str], timeout: float = 300, env: dict | None = None, check: b
     return res
 
 
-def fab(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run([str(BIN / "fab"), "-H", "sandbox", *args], timeout=timeout, env=env)
+def fab(*args: str, env: dict | None = None, timeout: float = 300,
+        host: str = "sandbox") -> subprocess.CompletedProcess:
+    return run([str(BIN / "fab"), "-H", host, *args], timeout=timeout, env=env)
 
 
 def publish(*args: str) -> str:
@@ -98,16 +101,53 @@ def containers(service: str, all_states: bool = False) -> list[Container]:
         return []
     out = []
     for c in json.loads(docker("inspect", *ids)):
-        image = json.loads(docker("image", "inspect", c["Image"]))[0]
-        labels = image.get("Config", {}).get("Labels") or {}
         health = (c["State"].get("Health") or {}).get("Status", "none")
-        out.append(Container(c["Id"][:12], c["Name"].lstrip("/"), service,
-                             labels.get("org.opencontainers.image.version", "?"), c["State"]["Status"], health))
+        out.append(Container(c["Id"][:12], c["Name"].lstrip("/"), service, image_version(c["Image"]),
+                             c["State"]["Status"], health))
     return out
 
 
-def get(path: str, timeout: float = 10) -> httpx.Response:
-    return httpx.get(f"{HTTP}{path}", timeout=timeout)
+def image_version(image: str) -> str:
+    """The version a sandbox image carries (its org.opencontainers.image.version label)."""
+    labels = json.loads(docker("image", "inspect", image))[0].get("Config", {}).get("Labels") or {}
+    return labels.get("org.opencontainers.image.version", "?")
+
+
+def get(path: str, timeout: float = 10, base: str = HTTP) -> httpx.Response:
+    return httpx.get(f"{base}{path}", timeout=timeout)
+
+
+# --- the Swarm stack (scripts/sandbox.sh swarm-up) ---------------------------------------------
+
+def swarm_service(service: str) -> dict:
+    """``docker service inspect`` of one service of the sandbox's stack."""
+    return json.loads(docker("service", "inspect", f"{SWARM_STACK}_{service}"))[0]
+
+
+def swarm_versions(service: str) -> set[str]:
+    """The versions the images of a stack service's running tasks carry (this node has them all)."""
+    out = docker("service", "ps", "--no-trunc", "--filter", "desired-state=running", "--format", "{{.Image}}",
+                 f"{SWARM_STACK}_{service}")
+    versions = set()
+    for ref in out.split():
+        name, _, digest = ref.partition("@")
+        last = name.rsplit("/", 1)[-1]
+        repo = name.rsplit(":", 1)[0] if ":" in last else name
+        versions.add(image_version(f"{repo}@{digest}" if digest else ref))
+    return versions
+
+
+def swarm_serves(timeout: float = 90) -> None:
+    """Wait until every app answers through the stack's Caddy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(get(f"/{svc}/fast", base=SWARM_HTTP).status_code == 200 for svc in APPS):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the {SWARM_STACK} apps do not answer on {SWARM_HTTP}")
 
 
 def stack_settle(timeout: float = 90) -> None:

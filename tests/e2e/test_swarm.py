@@ -1,0 +1,183 @@
+"""Engine swarm on the sandbox's Swarm stack (scripts/sandbox.sh swarm-up): a deploy under load
+moves every app to the new image with nothing dropped, tier after tier; a broken image is rolled
+back by Swarm and fails the deploy naming the service; `fab rollback` returns to the previous
+images under load; a deploy with nothing to do changes nothing.
+
+Besides ZDD_E2E=1 these need ZDD_SWARM_E2E=1 and the swarm stack up (they are not part of
+scripts/test.sh, which never enters swarm mode):
+
+    scripts/sandbox.sh up && scripts/sandbox.sh swarm-up
+    ZDD_E2E=1 ZDD_SWARM_E2E=1 .venv/bin/pytest tests/e2e/test_swarm.py
+    scripts/sandbox.sh swarm-down
+"""
+
+import os
+import re
+import subprocess
+import time
+from datetime import datetime
+
+import pytest
+
+from tests import sandbox as sb
+
+pytestmark = pytest.mark.skipif(os.environ.get("ZDD_SWARM_E2E") != "1",
+                                reason="Swarm end-to-end: set ZDD_SWARM_E2E=1 after scripts/sandbox.sh swarm-up")
+
+HOST = "sandbox-swarm"
+URLS_ARGS = ["--host", HOST]
+
+
+def fab(*args: str) -> subprocess.CompletedProcess:
+    return sb.fab(*args, host=HOST)
+
+
+@pytest.fixture(scope="module")
+def swarm_stack(sandbox):
+    try:
+        sb.swarm_serves(timeout=10)
+    except AssertionError as e:
+        pytest.fail(f"{e}: run scripts/sandbox.sh swarm-up as root first")
+    return sb
+
+
+@pytest.fixture
+def settled(swarm_stack):
+    """Every app on what the registry has now, one task each, answering."""
+    res = fab("deploy", "--no-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    sb.swarm_serves()
+    yield sb
+
+
+def update_status(service: str) -> dict:
+    return sb.swarm_service(service).get("UpdateStatus") or {}
+
+
+def when(stamp: str) -> float:
+    """An RFC 3339 time as Docker prints it (nanoseconds), as a Unix time."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
+
+
+def spec_images(*services: str) -> dict[str, str]:
+    return {svc: sb.swarm_service(svc)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] for svc in services}
+
+
+def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tmp_path):
+    before = {svc: sb.swarm_versions(svc) for svc in sb.APPS}
+    version = sb.publish()
+    probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
+    res = fab("deploy", "--strict")
+    rc, out, report = probe.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    for svc in sb.APPS:
+        assert sb.swarm_versions(svc) == {version}, svc
+        assert version not in before[svc]
+        assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {version} fast"
+        assert update_status(svc)["State"] == "completed", svc
+    # tiers in order: a tier's updates started only once the one before had completed
+    status = {svc: update_status(svc) for svc in sb.APPS}
+    assert max(when(status[s]["CompletedAt"]) for s in ("server", "property")) <= when(status["identity"]["StartedAt"])
+    assert when(status["identity"]["CompletedAt"]) <= when(status["profile-server"]["StartedAt"])
+
+    # the independent load loop saw nothing fail, and both versions answered
+    assert rc == 0 and report["failures"] == 0, out
+    assert report["total"] >= 20 * report["elapsed_s"] * 0.8, "load below 20 req/s"
+    for svc in sb.APPS:
+        fast = next(u for u in report["urls"] if u["url"].endswith(f"/{svc}/fast"))
+        assert version in {v["version"] for v in fast["versions"]}, (svc, fast["versions"])
+
+    for step in ("validate", "pull", "plan", "rollout server, property", "rollout identity",
+                 "rollout profile-server", "prune"):
+        assert re.search(rf"\[{HOST}\] ok   {re.escape(step)}\s+[\d.]+s", res.stdout), step
+    assert "new digest for server, property, identity, profile-server" in res.stdout
+    assert re.search(rf"\[{HOST}\] skip reload-caddy\s+[\d.]+s  not needed", res.stdout), res.stdout
+    assert re.search(r"cost: \d+ remote commands, 0 proxy loads", res.stdout), res.stdout
+    assert re.search(r"verify: 0 of [\d,]+ requests failed", res.stdout), res.stdout
+
+
+def test_deploy_with_nothing_changed_touches_nothing(settled):
+    started = {svc: update_status(svc).get("StartedAt") for svc in sb.APPS}
+    images = spec_images(*sb.APPS)
+    res = fab("deploy", "--no-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("skip, unchanged") == 4
+    assert re.search(rf"\[{HOST}\] skip infra-up\s+[\d.]+s  unchanged: mongodb, redis", res.stdout), res.stdout
+    assert "cost: 4 remote commands, 0 proxy loads" in res.stdout  # survey, lock, pull, unlock
+    assert {svc: update_status(svc).get("StartedAt") for svc in sb.APPS} == started
+    assert spec_images(*sb.APPS) == images
+
+
+def test_broken_image_is_rolled_back_by_swarm_and_fails_the_deploy(settled, tmp_path):
+    good = sb.swarm_versions("server")
+    later = spec_images("identity", "profile-server")
+    broken = sb.publish("--broken", "server")  # tier 1 of 3
+    probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
+    res = fab("deploy")
+    deadline = time.monotonic() + 60  # the load goes on while Swarm finishes its rollback
+    while update_status("server").get("State") != "rollback_completed" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rc, out, report = probe.stop()
+    try:
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr
+        assert re.search(r"server: rollback_(started|completed)", res.stderr), res.stderr
+        # failed on Swarm's verdict (a few seconds), not at the ceiling (health_timeout + 60 s)
+        m = re.search(rf"\[{HOST}\] FAIL rollout server\s+([\d.]+)s", res.stdout)
+        assert m and float(m.group(1)) < 45, res.stdout
+        assert "rollout identity" not in res.stdout
+        assert spec_images("identity", "profile-server") == later  # later tiers untouched
+        # Swarm finished its rollback: the good version serves, alone
+        assert update_status("server")["State"] == "rollback_completed"
+        assert sb.swarm_versions("server") == good
+        assert rc == 0 and report["failures"] == 0, out
+        assert broken not in {v["version"] for v in report["versions"]}, report["versions"]
+    finally:
+        sb.publish("server")
+
+
+def test_rollback_returns_to_the_previous_images_under_load(settled, tmp_path):
+    before = {svc: sb.swarm_versions(svc) for svc in sb.APPS}
+    version = sb.publish()
+    res = fab("deploy", "--no-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(sb.swarm_versions(svc) == {version} for svc in sb.APPS)
+
+    probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
+    res = fab("rollback")
+    rc, out, report = probe.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    for svc in sb.APPS:
+        assert sb.swarm_versions(svc) == before[svc], svc
+        [old] = before[svc]
+        assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {old} fast"
+        assert update_status(svc)["State"] == "rollback_completed"
+    # tiers in reverse order
+    order = [res.stdout.index(f"ok   rollback {t}") for t in ("profile-server", "identity", "server, property")]
+    assert order == sorted(order), res.stdout
+    assert rc == 0 and report["failures"] == 0, out
+
+    # Swarm keeps one previous spec: a second rollback has nothing to do
+    again = fab("rollback")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("skip, its last update was rolled back already (rollback_completed)") == 4
+    # and the next deploy rolls forward again
+    res = fab("deploy", "--no-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(sb.swarm_versions(svc) == {version} for svc in sb.APPS)
+
+
+def test_status_shows_the_stack(settled):
+    res = fab("status")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for svc in (*sb.APPS, "caddy", "redis"):
+        assert re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+1/1\s+[0-9a-f]{{12}}", res.stdout), (svc, res.stdout)
+    assert f"{sb.SWARM_STACK}_server.1" in res.stdout
+
+
+def test_rollback_of_the_compose_sandbox_says_it_is_not_available(sandbox):
+    res = sb.fab("rollback")
+    assert res.returncode == 2
+    assert "[sandbox] rollback for compose engines is not available yet (engine native)" in res.stderr
