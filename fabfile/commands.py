@@ -160,23 +160,40 @@ def image_prune() -> Command:
 
 
 
-def lock_name(host: HostConfig) -> str:
-    """The host-side lock of one project: its directory (and compose project) as a file name."""
-    raw = f"{host.dir}:{host.project_name}".strip(":")
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in raw)
+def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = ()) -> Command:
+    """The project's deploy lock on the host (KEY from the survey); ``acquire`` waits up to
+    ``arg`` s for the previous deploy's restore job, ``takeover`` replaces holder ``arg``.
+    ``lines`` are appended to the project's journal with it."""
+    argv = [action, key] + ([holder] if holder or arg else []) + ([arg] if arg else [])
+    return host_program("lock.sh", *argv, stdin=_journal_stdin(lines))
 
 
-def lock(host: HostConfig, action: str, holder: str = "", wait: int = 0) -> Command:
-    """The project's deploy lock on the host; ``acquire`` waits up to ``wait`` s for the
-    previous deploy's restore job (and takes over a lock whose job died)."""
-    extra = [holder, str(wait)] if holder or wait else []
-    return host_script("lock.sh", action, lock_name(host), *extra)
+def _journal_stdin(lines: tuple[str, ...]) -> Stdin | None:
+    return Stdin("".join(line + "\n" for line in lines), "journal lines") if lines else None
 
 
+def journal_read(key: str, last: int = 5000) -> Command:
+    """The project's journal (its last ``last`` lines)."""
+    return Command(("tail", "-n", str(last), f".zdd/journal/{key}.jsonl"), cwd="~")
 
 
-# --- host-side helpers (fabfile/remote/*.sh) ---------------------------------------------
+def finish(key: str, holder: str, prune: bool, keep: int, run: str, images: dict[str, str],
+           lines: tuple[str, ...]) -> Command:
+    """The end of a run: journal lines, keep tags, prune, release the lock if still held."""
+    return host_program("finish.sh", key, holder, "1" if prune else "0", str(keep), run,
+                        *(f"{svc}={image}" for svc, image in images.items() if image), stdin=_journal_stdin(lines))
 
+
+def recover(host: HostConfig, key: str, run: str, tiers: list[tuple[str, bool, list[str], list[str]]]) -> Command:
+    """Finish or undo the tiers of an interrupted run: (pid, switched, services, old ids) each."""
+    args = [key, run, str(len(tiers))]
+    for pid, switched, services, old in tiers:
+        args += [pid, "1" if switched else "", ",".join(services), ",".join(old)]
+    return host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir)
+
+
+def tag(image: str, ref: str) -> Command:
+    return Command(("docker", "tag", image, ref))
 
 
 def install_plugin(url: str, sha256: str, version: str, uploaded: str | None = None) -> Command:
@@ -219,7 +236,8 @@ def caddy_reload(container: str, config: str, force: bool = True) -> Command:
 def survey(host: HostConfig) -> Command:
     """Read everything a deploy needs of the host at once (changes nothing)."""
     p = host.proxy
-    return host_program("survey.sh", p.service or "", p.config, p.admin, *Compose(host).project_flags(), cwd=host.dir)
+    return host_program("survey.sh", p.service or "", p.config, p.admin, host.project_name,
+                        *Compose(host).project_flags(), cwd=host.dir)
 
 
 def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None = None,
@@ -252,11 +270,11 @@ class TierService:
 
 
 def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
-         proxy_networks: tuple[str, ...] = ()) -> Command:
+         proxy_networks: tuple[str, ...] = (), key: str = "project", run: str = "run") -> Command:
     """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
     grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
     args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(host.no_healthcheck_wait),
-            str(grace), str(len(services))]
+            str(grace), key, run, str(len(services))]
     for svc in services:
         args += svc.args()
     net = proxy_networks[0] if proxy_networks else "net"
@@ -270,9 +288,10 @@ def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
                         dry_run_output=tuple(dry))
 
 
-def restore(host: HostConfig, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
-    """Once ``old`` containers are gone: reload the proxy's config file and free the lock."""
-    return host_program("restore.sh", "detach" if detach else "wait", lock_name(host), proxy, host.proxy.config,
+def restore(host: HostConfig, key: str, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
+    """Once ``old`` containers are gone: reload the proxy's config file (detached: a job on
+    the host does it and frees the lock)."""
+    return host_program("restore.sh", "detach" if detach else "wait", key, proxy, host.proxy.config,
                         str(timeout), *old, cwd=host.dir,
                         dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",))
 

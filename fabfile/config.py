@@ -17,6 +17,8 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``health_timeout``, ``pre_stop_hook``, ``stop_timeout`` – rollout settings, overridable
   per service in ``[defaults.services.NAME]``/``[hosts.X.services.NAME]``.
 * ``prune`` – run ``docker image prune -f`` at the end of a deploy that rolled something.
+* ``keep_images`` – the images of the last N runs are tagged ``zdd-keep/...`` so that
+  ``prune`` keeps them and ``rollback`` finds them after ``:latest`` moved (default 3).
 * ``pull_timeout`` – seconds before a hung pull is killed on the host (the lock is freed).
 * ``proxy`` – the reverse proxy (Caddy) service, how to refresh it and whether to drain
   old containers at the proxy before stopping them. ``stream_grace`` (seconds; per service
@@ -143,6 +145,7 @@ class HostConfig:
     pre_stop_hook: str = ""
     stop_timeout: int | None = None
     prune: bool = True
+    keep_images: int = 3          # the images of the last N runs survive prune (for rollback)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     plugin: PluginConfig = field(default_factory=PluginConfig)
     registry: RegistryConfig | None = None

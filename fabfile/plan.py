@@ -46,6 +46,7 @@ class Container:
     labels: dict[str, str] = field(default_factory=dict)
     name: str = ""
     mounts: tuple[str, ...] = ()
+    started_at: float = 0.0           # epoch seconds (State.StartedAt)
 
     @property
     def running(self) -> bool:
@@ -63,6 +64,9 @@ class HostState:
     proxy_config_error: str = ""
     proxy_running: dict | None = None             # the config it runs now (admin API)
     proxy_version: str = ""
+    key: str = "project"                          # the project's resolved directory: names its lock, journal
+    lock_holder: str = ""                         # who holds the deploy lock now ("" = free)
+    journal: str = ""                             # the journal's lines of the last run
 
     def running(self, service: str) -> list[Container]:
         return [c for c in self.containers if c.service == service and c.running]
@@ -123,7 +127,19 @@ def _container(raw: dict) -> Container:
         labels=labels,
         name=str(raw.get("Name", "")).lstrip("/"),
         mounts=mounts,
+        started_at=_epoch(state.get("StartedAt", "")),
     )
+
+
+def _epoch(stamp: str) -> float:
+    """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds; 0 when unknown."""
+    import calendar
+    import time as _time
+    try:
+        head = stamp.split(".")[0].rstrip("Z")
+        return float(calendar.timegm(_time.strptime(head, "%Y-%m-%dT%H:%M:%S")))
+    except (ValueError, TypeError):
+        return 0.0
 
 
 def parse_survey(text: str, proxy_service: str = "") -> HostState:
@@ -139,6 +155,9 @@ def parse_survey(text: str, proxy_service: str = "") -> HostState:
                 hashes[name] = h.strip()
     containers = [_container(c) for c in _json("containers", sec.get("containers", (0, "[]")), "docker inspect")]
     state = HostState(services=compose.get("services") or {}, hashes=hashes, containers=containers)
+    state.key = sec.get("key", (0, ""))[1].strip() or state.key
+    state.lock_holder = sec.get("lock", (0, ""))[1].strip()
+    state.journal = sec.get("journal", (0, ""))[1]
     proxy_id = sec.get("proxy-container", (0, ""))[1].strip()[:12]
     if proxy_service and proxy_id:
         state.proxy = proxy_id

@@ -97,6 +97,8 @@ class Session:
     report: Reporter
     cxn: Any = None
     notes: list[str] = field(default_factory=list)
+    run: str = ""                                   # this run's id in the host's journal
+    stop_verify: Any = None                         # stops the verify loop early: () -> verdict dict
 
 
 def open_session(c: Any, dry_run: bool = False, out: Any = None) -> Session:

@@ -6,15 +6,16 @@ Fabric tasks in ``fabfile/tasks.py`` are thin wrappers around these.
 
 from __future__ import annotations
 
-import getpass
-import json
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from . import commands as cmds
+from . import journal
 from .engines import engine_for
 from .plan import HostState, ServicePlan, SurveyError, image_table, make_plan, normalize_ref, parse_survey
 from .proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, without_stream_close_delay
@@ -100,39 +101,120 @@ def streams_note(s: Session, state: HostState) -> None:
                        "the final reload (restore) closes their websockets; zdd's own loads keep them")
 
 
-# --- the deploy lock -------------------------------------------------------------------------
+# --- the deploy lock and the journal -------------------------------------------------------
 
 LOCK_WAIT = 120  # seconds a deploy waits for the previous deploy's restore job on the host
+_HOLDER = re.compile(r"^(?P<who>\S+)@(?P<host>\S+) pid (?P<pid>\d+) ")
+
+
+@dataclass
+class Held:
+    """This run's hold of the host's lock, and its journal entry."""
+
+    run: str
+    kind: str
+    holder: str
+    started: float = field(default_factory=time.monotonic)
+    handed_over: bool = False           # a job on the host holds the lock now (the restore)
+    lines: list[str] = field(default_factory=list)  # journal lines to write with the next command
+    images: dict[str, str] = field(default_factory=dict)  # service -> image it runs once done
+    prune: bool = False
+
+
+def _client_gone(holder: str) -> bool:
+    """A holder that is a zdd on this machine whose process is gone (provably dead)."""
+    m = _HOLDER.match(holder)
+    if not m or m.group("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(m.group("pid")), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def acquire(s: Session, state: HostState, kind: str) -> Held:
+    held = Held(journal.new_run_id(), kind, f"{journal.who()} pid {os.getpid()} {kind} since "
+                                            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} (run {{run}})")
+    held.holder = held.holder.format(run=held.run)
+    start = (journal.line(journal.start_event(held.run, kind, state, None)),)
+    res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start), check=False)
+    if not res.ok:
+        holder = res.first_error_line().removeprefix("locked by: ")
+        if not _client_gone(holder):
+            raise StepFailed(f"another deploy holds the lock ({res.first_error_line()}); "
+                             f"if it is gone, run: fab -H {s.name} unlock")
+        res = s.r.change(cmds.lock(state.key, "takeover", held.holder, holder, start), check=False)
+        if not res.ok:
+            raise StepFailed(f"could not take over the lock of a zdd that is gone: {res.first_error_line()}")
+        s.notes.append(f"took over the lock of a zdd that is gone ({holder})")
+    s.notes += res.stdout.strip().splitlines()[:-1]
+    s.run = held.run
+    return held
 
 
 @contextmanager
-def locked(s: Session, what: str) -> Iterator[dict]:
-    """Hold the host's deploy lock for this project while ``what`` runs (one at a time).
-    Set ``handed_over`` in the yielded dict when a host job took the lock over."""
-    holder = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} {what} since " \
-             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    res = s.r.change(cmds.lock(s.host, "acquire", holder, LOCK_WAIT), check=False)
-    if not res.ok:
-        raise StepFailed(f"another deploy holds the lock ({res.first_error_line()}); "
-                         f"if it is gone, run: fab -H {s.name} unlock")
-    for line in res.stdout.strip().splitlines()[:-1]:
-        s.notes.append(line)
-    state = {"handed_over": False}
+def locked(s: Session, state: HostState, kind: str) -> Iterator[Held]:
+    """Hold the project's lock while ``kind`` runs (one at a time), journaled: ``start``
+    before anything changes, ``end`` with the result when it lets go (finish.sh)."""
+    held = acquire(s, state, kind)
+    result, error = "ok", ""
     try:
-        yield state
+        yield held
+    except KeyboardInterrupt:
+        result = "interrupted"
+        raise
+    except BaseException as e:
+        result, error = "failed", str(e)
+        raise
     finally:
-        if not state["handed_over"]:
-            try:
-                s.r.change(cmds.lock(s.host, "release"), check=False)
-            except Exception as e:
-                s.notes.append(f"could not release the deploy lock ({e}): fab -H {s.name} unlock")
+        finish(s, state, held, result, error)
+
+
+def finish(s: Session, state: HostState, held: Held, result: str, error: str) -> None:
+    """One command: the journal's end of this run, keep tags, prune, release the lock."""
+    verify = s.stop_verify() if s.stop_verify else None
+    steps = [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), "detail": r.detail[:200]}
+             for r in s.report.steps]
+    end = journal.end_event(held.run, result, time.monotonic() - held.started, steps, verify, error)
+    prune_now = held.prune and result == "ok" and s.host.prune
+    keep = held.images if result == "ok" else {}
+    with s.report.step("finish") as rec:
+        res = s.r.change(cmds.finish(state.key, "" if held.handed_over else held.holder, prune_now,
+                                     s.host.keep_images, held.run if keep else "", keep,
+                                     (*held.lines, journal.line(end))), check=False)
+        rec.detail = "; ".join(res.stdout.strip().splitlines()) or res.first_error_line()
+        if not res.ok:
+            rec.status = "failed"
+            s.notes.append(f"could not release the deploy lock: fab -H {s.name} unlock")
 
 
 def unlock(s: Session) -> None:
     with s.report.step("unlock") as rec:
-        shown = s.r.read(cmds.lock(s.host, "show"), "reading the lock").strip()
-        s.r.change(cmds.lock(s.host, "release"), "releasing the lock")
-        rec.detail = f"was {shown}"
+        state = survey(s)
+        line = journal.line({"run": journal.new_run_id(), "t": int(time.time()), "event": "unlock",
+                             "who": journal.who(), "was": state.lock_holder})
+        s.r.change(cmds.lock(state.key, "unlock", lines=(line,)), "releasing the lock")
+        rec.detail = f"was locked by: {state.lock_holder}" if state.lock_holder else "was free"
+
+
+def recover(s: Session, state: HostState) -> HostState:
+    """Finish or undo what an interrupted run left half done (from the journal); the state
+    read again afterwards. Nothing to do: the same state, no round trip."""
+    prev = journal.unfinished(journal.parse(state.journal), own=s.run)
+    if prev is None:
+        return state
+    with s.report.step("recover") as rec:
+        tiers = [(t.pid, t.switched, t.services, t.old) for t in prev.tiers if not t.finished]
+        res = s.r.change(cmds.recover(s.host, state.key, prev.run, tiers), "recovering", check=False)
+        done = res.stdout.strip().splitlines()
+        rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) was interrupted" + (
+            "; " + "; ".join(done) if done else "; nothing was half done")
+        if not res.ok:
+            raise StepFailed(f"could not recover run {prev.run}: {res.first_error_line()}")
+    return survey(s)
 
 
 # --- install-plugin --------------------------------------------------------------------------
@@ -238,11 +320,19 @@ def plan(s: Session, state: HostState, images: dict[str, str], names: list[str],
     return plans
 
 
-def roll(s: Session, state: HostState, plans: list[ServicePlan], tiers: list[list[str]], lock: dict,
+def note_plan(held: Held, state: HostState, plans: list[ServicePlan], images: dict[str, str]) -> None:
+    """The plan goes to the journal before the first change it makes (with the first tier)."""
+    event = journal.plan_event(held.run, state, plans, images)
+    held.lines.append(journal.line(event))
+    held.images = {n: v["after"] for n, v in event["services"].items() if v.get("after")}
+
+
+def roll(s: Session, state: HostState, plans: list[ServicePlan], tiers: list[list[str]], held: Held,
          wait: bool) -> Rollout:
     """Each tier in order through the engine; then drain reports and the proxy restore."""
     engine = engine_for(s.host)
-    rollout = Rollout(s, state, engine.name, plans)
+    rollout = Rollout(s, state, engine.name, plans, held.run, held.lines)
+    held.prune = any(p.roll for p in plans)
     try:
         for tier in tiers:
             engine.roll_tier(rollout, list(tier))
@@ -251,11 +341,11 @@ def roll(s: Session, state: HostState, plans: list[ServicePlan], tiers: list[lis
         if not interrupted:
             rollout.drain_reports()
         if rollout.needs_restore() or rollout.retiring:
-            lock["handed_over"] = rollout.restore(detach=interrupted)
+            held.handed_over = rollout.restore(detach=interrupted)
         raise
     rollout.drain_reports()
     if rollout.needs_restore():
-        lock["handed_over"] = rollout.restore(detach=not wait)
+        held.handed_over = rollout.restore(detach=not wait)
     if s.host.proxy.mode == "recreate" and any(p.roll for p in plans):
         reload_caddy(s)  # the plan's `--force-recreate caddy`, on request: an outage
     return rollout
@@ -263,9 +353,11 @@ def roll(s: Session, state: HostState, plans: list[ServicePlan], tiers: list[lis
 
 def rollout_service(s: Session, name: str, state: HostState) -> None:
     """Replace one app service's containers (always, whatever the plan would say)."""
-    with locked(s, f"rollout-service {name}") as lock:
+    with locked(s, state, f"rollout-service {name}") as held:
+        state = recover(s, state)
         plans = make_plan([name], state, {}, force=True)
-        roll(s, state, plans, [[name]], lock, wait=True)
+        note_plan(held, state, plans, {})
+        roll(s, state, plans, [[name]], held, wait=True)
 
 
 # --- reload-caddy ----------------------------------------------------------------------------
@@ -310,26 +402,39 @@ def prune(s: Session) -> None:
 # --- deploy ----------------------------------------------------------------------------------
 
 def deploy(s: Session, force: bool = False, wait: bool = False) -> None:
-    """validate → lock → [install-plugin] → pull → infra-up → plan → tiers → reload-caddy → prune."""
+    """validate → lock → [recover] → [install-plugin] → pull → infra-up → plan → tiers →
+    restore the proxy → finish (journal, keep images, prune, unlock)."""
     state = validate(s)
-    with locked(s, "deploy") as lock:
-        deploy_steps(s, state, lock, force, wait)
+    with locked(s, state, "deploy") as held:
+        state = recover(s, state)
+        deploy_steps(s, state, held, force, wait)
 
 
-def deploy_steps(s: Session, state: HostState, lock: dict, force: bool = False, wait: bool = False) -> None:
+def deploy_steps(s: Session, state: HostState, held: Held, force: bool = False, wait: bool = False,
+                 images: dict[str, str] | None = None) -> None:
     engine = engine_for(s.host)
     if engine.name == "docker-rollout":
         install_plugin(s)
     engine.prepare(s.r)
-    images = pull(s, state)
+    if images is None:
+        images = pull(s, state)
     infra_up(s, state, images)
     plans = plan(s, state, images, s.host.app_services, force)
-    rolling = [p for p in plans if p.roll]
-    if rolling or state.proxy_pinned:
-        roll(s, state, plans, [list(t) for t in s.host.rollout], lock, wait)
+    note_plan(held, state, plans, images)
+    if any(p.roll for p in plans) or state.proxy_pinned:
+        roll(s, state, plans, [list(t) for t in s.host.rollout], held, wait)
     else:
         s.report.skip(f"reload-{s.host.proxy.service or 'proxy'}", "nothing rolled; the proxy runs its config file")
-    if rolling:
-        prune(s)
-    else:
-        s.report.skip("prune", "nothing rolled: no image was freed")
+
+
+def recover_task(s: Session) -> None:
+    """Only what the next deploy would do first: finish or undo an interrupted run, restore
+    the proxy if it still routes by container address, free the lock."""
+    state = validate(s)
+    with locked(s, state, "recover") as held:
+        state = recover(s, state)
+        if state.proxy_pinned:
+            rollout = Rollout(s, state, engine_for(s.host).name, [], held.run, held.lines)
+            rollout.restore(detach=False)
+        else:
+            s.report.skip(f"reload-{s.host.proxy.service or 'proxy'}", "the proxy runs its config file")

@@ -13,10 +13,10 @@ import paramiko
 from fabric import task
 from invoke.exceptions import Exit
 
-from . import steps
+from . import history, steps
 from . import verify as vloop
 from .rollout import Interrupted
-from .runner import StepFailed
+from .runner import BadInput, StepFailed
 from .session import Session, host_name, load_host, open_session
 
 
@@ -54,6 +54,20 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         except ValueError as e:
             raise Exit(f"[{s.name}] verify: {e}", code=2) from None
         loop = vloop.BackgroundLoop(settings, finish_in_flight=True).start()
+    stopped: dict[str, Any] = {}
+
+    def stop_verify() -> dict | None:
+        """Stop the loop (once) so its verdict can go to the host's journal with the run."""
+        if "report" not in stopped:
+            try:
+                stopped["report"] = loop.stop()
+            except Exception as e:
+                stopped["report"] = None
+                print(f"[{s.name}]   verify loop failed: {e}", file=sys.stdout)
+        r = stopped["report"]
+        return None if r is None else {"verdict": r.verdict(), "total": r.total, "failures": r.failures,
+                                       "failures_without_retry": r.failures_without_retry}
+    s.stop_verify = stop_verify if loop is not None else None
     failure: StepFailed | None = None
     interrupted = False
     try:
@@ -77,10 +91,8 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
     finally:
         report = None
         if loop is not None:
-            try:
-                report = loop.stop()
-            except Exception as e:
-                print(f"[{s.name}]   verify loop failed: {e}", file=sys.stdout)
+            stop_verify()
+            report = stopped["report"]
     extra = list(s.notes)
     if not dry_run:
         extra.append(f"cost: {s.r.remote_commands} remote commands, {s.report.proxy_loads} proxy loads")
@@ -98,7 +110,8 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
     elif extra:
         print("\n".join(extra))
     if failure is not None:
-        raise Exit(f"[{s.name}] {title} failed: {failure}", code=130 if interrupted else 1)
+        code = 130 if interrupted else 2 if isinstance(failure, BadInput) else 1
+        raise Exit(f"[{s.name}] {title} failed: {failure}", code=code)
     strict = bool(strict) or s.host.verify.strict
     if report is not None and strict and not report.ok:
         what = f"{report.failures:,} request(s) failed" if not report.http_ok else report.ws_verdict()
@@ -182,6 +195,35 @@ def rollout_service(c, service, dry_run=False):
 def reload_caddy(c, dry_run=False):
     """Validate and gracefully reload the proxy's config (or recreate it, if so configured)."""
     run_steps(c, "reload-caddy", steps.reload_caddy, dry_run, summary=False)
+
+
+@task(help={"dry_run": DRY_RUN_HELP})
+def recover(c, dry_run=False):
+    """Finish or undo what an interrupted deploy left half done, restore the proxy, free the lock."""
+    run_steps(c, "recover", steps.recover_task, dry_run)
+
+
+@task(help={"to": "the run to go back to (an id from `fab history`; default: the successful run before "
+                  "the last)", "dry_run": DRY_RUN_HELP, "wait": "wait until the old containers are gone",
+            "verify": "hit the host's verify URLs meanwhile (default on)"})
+def rollback(c, to=None, dry_run=False, wait=False, verify=True):
+    """Deploy the images of an earlier successful run again, with zero downtime."""
+    def body(s: Session) -> None:
+        verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
+        history.rollback(s, to, wait=wait or verifying)
+    run_steps(c, "rollback", body, dry_run, verify=verify)
+
+
+@task(help={"n": "how many runs (default 10)"})
+def history_(c, n=10):
+    """Past runs from the host's journal: when, who, what changed, result, failed requests."""
+    run_steps(c, "history", lambda s: history.history(s, int(n)), summary=False)
+
+
+@task
+def status(c):
+    """What runs now: containers, images, health, proxy routing, the lock, the last run."""
+    run_steps(c, "status", history.status, summary=False)
 
 
 @task(help={"dry_run": DRY_RUN_HELP})

@@ -1,12 +1,24 @@
-# survey.sh PROXY_SERVICE CONFIG ADMIN COMPOSE_FLAGS... (run on the host by zdd, in the
-# project directory, as `sh -c SCRIPT survey.sh ARGS...`)
+# survey.sh PROXY_SERVICE CONFIG ADMIN PROJECT COMPOSE_FLAGS... (run on the host by zdd, in
+# the project directory, as `sh -c SCRIPT survey.sh ARGS...`)
 #
 # Everything a deploy needs to know about the host, read once and changing nothing: the
-# compose model, the config hash each service would get now, every container of the project
-# (docker inspect), and the proxy: its config file as JSON, the config it runs, its version.
+# project's key (its resolved directory and compose project: names its lock and journal),
+# the lock holder, the journal of the last run, the compose model, the config hash each
+# service would get now, every container of the project (docker inspect), and the proxy: its
+# config file as JSON, the config it runs, its version.
 # Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
-proxy=$1 config=$2 admin=$3
-shift 3
+proxy=$1 config=$2 admin=$3 project=$4
+shift 4
+key=$(printf '%s%s' "$(pwd -P)" "${project:+:$project}" | tr -c 'A-Za-z0-9._-' '_')
+journal=$HOME/.zdd/journal/$key.jsonl
+printf '=== key 0\n%s\n' "$key"
+printf '=== lock 0\n'
+cat "$HOME/.zdd/locks/$key/holder" 2>/dev/null
+printf '=== journal 0\n'
+if [ -s "$journal" ]; then  # the last run: from its "start" line on
+    n=$(grep -n '"event": *"start"' "$journal" | tail -n 1 | cut -d: -f1)
+    tail -n +"${n:-1}" "$journal"
+fi
 dir=$(mktemp -d 2>/dev/null || { mkdir -p "/tmp/zdd-survey-$$" && echo "/tmp/zdd-survey-$$"; })
 trap 'rm -rf "$dir"' EXIT
 run() {  # run NAME COMMAND...: in the background, its stdout (or its stderr when it failed)
