@@ -83,7 +83,7 @@ def _host(h: dict[str, Any], several: bool) -> str:
     out = [f"<section class=\"host\" data-host=\"{escape(h['host'])}\" data-result=\"{escape(h['result'])}\">",
            f"<h2>{heading}</h2>" if several or h["host"] else ""]
     if h["result"] == "not run":
-        out.append("<p class=\"muted\">not run: a host before it failed</p></section>")
+        out.append("<p class=\"muted\">not run: an earlier host failed</p></section>")
         return "\n".join(out)
     if h.get("dry_run"):
         out.append("<p class=\"muted\">dry run: nothing was changed on the host</p>")
@@ -151,7 +151,8 @@ def _charts(report: dict[str, Any], switches: list[tuple[float, str]]) -> list[s
         out.append(_figure(url["url"], f"{url['requests']:,} requests{failed}",
                            _http_chart(url, span, colours, switches)))
     for ws in report.get("websockets") or []:
-        caption = f"websocket: {ws['connections']} held, {ws['disconnects']:,} disconnects, longest gap " \
+        n = ws["disconnects"]
+        caption = f"websocket: {ws['connections']} held, {n:,} disconnect{'' if n == 1 else 's'}, longest gap " \
                   f"{ws['longest_gap_s'] or 0:.2f} s"
         out.append(_figure(ws["url"], caption, _ws_chart(ws, span, colours, switches)))
     return out

@@ -14,9 +14,9 @@ import paramiko
 from fabric import task
 from invoke.exceptions import Exit
 
-from . import html_report, outcome, steps, summary
+from . import hosts_run, html_report, outcome, steps
+from . import summary as run_summary
 from . import verify as vloop
-from .hosts_run import record
 from .outcome import HostResult
 from .rollout import Interrupted
 from .runner import StepFailed
@@ -63,7 +63,8 @@ def run_on_host(c: Any, title: str, body: Callable[[Session], None], dry_run: bo
     try:
         s = open_session(c, dry_run=dry_run)
     except Exit as e:  # config error, cannot connect: nothing was touched
-        return HostResult(name, title, started_at=time.time(), ended_at=time.time()).fail(
+        now = time.time()
+        return HostResult(name, title, started_at=now, ended_at=now).fail(
             str(e.message).removeprefix(f"[{name}] "), e.code)
     result = HostResult(name, title, started_at=s.report.started_at, steps=s.report.steps, notes=s.notes,
                         dry_run=dry_run, secrets=_secrets(s))
@@ -166,19 +167,19 @@ def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False,
         verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
         steps.deploy(s, force=force, wait=wait or verifying)
     result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
-    run = record(result)
+    run = hosts_run.record(result)
     if run is not None:
-        finish(run.title, run.everyone(), json, report, across=len(run.hosts) > 1)
+        finish_run(run.title, run.everyone(), json, report, across=len(run.hosts) > 1)
     if not result.ok:
         raise Exit(result.message, code=result.exit_code)
 
 
-def finish(title: str, results: list[HostResult], json_path: str | None, html_path: str | None,
+def finish_run(title: str, results: list[HostResult], json_path: str | None, html_path: str | None,
            across: bool = False) -> None:
     """The end of a run: the summary across hosts (when there were several) and the files."""
     doc = outcome.document(title, results)
     if across:
-        print(summary.text(doc), flush=True)
+        print(run_summary.text(doc), flush=True)
     for path, write in ((json_path, outcome.write_json), (html_path, html_report.write)):
         if not path:
             continue
