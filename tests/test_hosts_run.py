@@ -48,6 +48,8 @@ class Hosts:
         with s.report.step("validate") as rec:
             rec.detail = "7 services in the compose project"
         with s.report.step("pull"):
+            if self.fail.get(s.name) == "Ctrl-C":
+                raise KeyboardInterrupt
             if s.name in self.fail:
                 raise StepFailed(self.fail[s.name])
 
@@ -124,6 +126,15 @@ def test_a_later_host_that_fails_ends_the_run_there(hosts, capsys):
         "cannot connect over ssh: [Errno 111] Connection refused")
     assert rows["sandbox"].split()[1:] == ["not", "run"]
     assert err.strip() == "[reminet-prod] cannot connect over ssh: [Errno 111] Connection refused"
+
+
+def test_an_interrupted_host_is_the_last_one(hosts, capsys, tmp_path):
+    h = hosts(fail={"reminet-staging": "Ctrl-C"})
+    assert fab("-H", "reminet-staging,reminet-prod", "deploy", "--json", str(tmp_path / "d.json")) == 130
+    assert h.opened == ["reminet-staging"]
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert (doc["result"], [x["result"] for x in doc["hosts"]]) == ("interrupted", ["interrupted", "not run"])
+    assert doc["hosts"][0]["error"].startswith("deploy failed: interrupted: ")
 
 
 def test_one_host_prints_no_summary_across_hosts(hosts, capsys, tmp_path):
