@@ -254,8 +254,9 @@ class TierService:
 def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
          proxy_networks: tuple[str, ...] = ()) -> Command:
     """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
+    grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
     args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(host.no_healthcheck_wait),
-            str(len(services))]
+            str(grace), str(len(services))]
     for svc in services:
         args += svc.args()
     net = proxy_networks[0] if proxy_networks else "net"

@@ -19,7 +19,12 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``prune`` – run ``docker image prune -f`` at the end of a deploy that rolled something.
 * ``pull_timeout`` – seconds before a hung pull is killed on the host (the lock is freed).
 * ``proxy`` – the reverse proxy (Caddy) service, how to refresh it and whether to drain
-  old containers at the proxy before stopping them.
+  old containers at the proxy before stopping them. ``stream_grace`` (seconds; per service
+  too): while draining, once the count of requests in flight to the old containers has stopped
+  falling for this long, the rest are taken for long-lived streams (websockets, SSE), which end
+  when the old containers stop. ``stream_close_delay`` (a Caddy duration, "" for none) is set on
+  every ``reverse_proxy`` of the configs zdd loads when Caddy is 2.7 or newer, so its reloads
+  keep websockets open.
 * ``plugin`` – the docker-rollout version, download URL and sha256.
 * ``registry`` – ``docker login`` before pulling; the password is read from the
   environment variable named by ``password_env`` (or ``.env``), never from this file.
@@ -61,6 +66,7 @@ class ServiceConfig:
     pre_stop_hook: str | None = None
     stop_timeout: int | None = None
     drain: bool | None = None
+    stream_grace: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class ProxyConfig:
     drain: bool = True            # route around old containers before stopping them (native engine)
     drain_timeout: int = 60       # seconds to wait for in-flight requests on old containers
     admin: str = "localhost:2019"  # Caddy's admin address, seen from inside the proxy container
+    stream_grace: int = 5         # in-flight count flat this long while draining: the rest are streams
+    stream_close_delay: str = "5m"  # set on reverse_proxy in the configs zdd loads (Caddy >= 2.7); "" = not
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,7 @@ class HostConfig:
             pre_stop_hook=o.pre_stop_hook if o.pre_stop_hook is not None else self.pre_stop_hook,
             stop_timeout=o.stop_timeout if o.stop_timeout is not None else self.stop_timeout,
             drain=o.drain if o.drain is not None else self.proxy.drain,
+            stream_grace=o.stream_grace if o.stream_grace is not None else self.proxy.stream_grace,
         )
 
 
@@ -165,6 +174,7 @@ class ResolvedService:
     pre_stop_hook: str
     stop_timeout: int | None
     drain: bool
+    stream_grace: int = 5
 
 
 @dataclass(frozen=True)
@@ -308,6 +318,10 @@ def _build_host(name: str, raw: dict[str, Any], own_services: Any = None) -> Hos
 def _check_host(key: str, h: HostConfig) -> None:
     if h.engine not in ENGINES:
         raise ConfigError(f"{key}.engine must be one of {', '.join(ENGINES)}, not {h.engine!r}")
+    if h.proxy.stream_close_delay and not re.fullmatch(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+",
+                                                        h.proxy.stream_close_delay):
+        raise ConfigError(f"{key}.proxy.stream_close_delay must be a duration like \"5m\" or \"\", "
+                          f"not {h.proxy.stream_close_delay!r}")
     if h.proxy.mode not in PROXY_MODES:
         raise ConfigError(f"{key}.proxy.mode must be one of {', '.join(PROXY_MODES)}, not {h.proxy.mode!r}")
     if not h.dir:

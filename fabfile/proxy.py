@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 
@@ -81,6 +82,37 @@ def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
 HOLD_ROUTE_ID = "zdd-drain-hold"
 
 
+def caddy_version(text: str) -> tuple[int, ...]:
+    """``v2.11.7 h1:...`` or ``2.6.2`` as (2, 11, 7); () when unknown."""
+    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    return tuple(int(g) for g in m.groups() if g is not None) if m else ()
+
+
+STREAM_CLOSE_DELAY_SINCE = (2, 7)
+
+
+def with_stream_close_delay(config: dict, delay: str) -> dict:
+    """A copy of ``config`` whose every ``reverse_proxy`` without one keeps its streams
+    (websockets) open for ``delay`` across a reload (Caddy >= 2.7)."""
+    new = copy.deepcopy(config)
+    for handler in _walk_proxies(new):
+        handler.setdefault("stream_close_delay", delay)
+    return new
+
+
+def without_stream_close_delay(config: dict, services: list[str]) -> list[str]:
+    """The services whose ``reverse_proxy`` in ``config`` has no ``stream_close_delay``."""
+    missing = []
+    for handler in _walk_proxies(config):
+        if handler.get("stream_close_delay"):
+            continue
+        for up in handler.get("upstreams") or []:
+            parsed = _split_dial(str(up.get("dial", "")))
+            if parsed and parsed[0] in services and parsed[0] not in missing:
+                missing.append(parsed[0])
+    return missing
+
+
 def hold_upstreams(config: dict, addresses: list[str]) -> dict:
     """A copy of ``config`` with a route that never matches, proxying to ``addresses``.
 
@@ -115,8 +147,8 @@ class Routing:
     counters stay visible in Caddy's admin API.
     """
 
-    def __init__(self, base: dict, networks: tuple[str, ...]):
-        self.base = base
+    def __init__(self, base: dict, networks: tuple[str, ...], stream_close_delay: str = ""):
+        self.base = with_stream_close_delay(base, stream_close_delay) if stream_close_delay else base
         self.networks = networks
         self.routes: dict[str, list[str]] = {}   # service -> addresses it is routed to
         self.held: list[str] = []                 # addresses whose counters must stay visible

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from . import commands as cmds
 from .plan import HOOK_LABEL, HostState, ServicePlan
-from .proxy import Routing
+from .proxy import STREAM_CLOSE_DELAY_SINCE, Routing, caddy_version
 from .runner import Conversation, Outcome, StepFailed
 from .session import Session
 
@@ -62,7 +62,9 @@ class Rollout:
         rolling = [p for p in plans if p.roll]
         self.routing: Routing | None = None
         if state.proxy and state.proxy_config is not None and self.host.proxy.drain:
-            self.routing = Routing(state.proxy_config, state.proxy_networks)
+            keeps_streams = caddy_version(state.proxy_version) >= STREAM_CLOSE_DELAY_SINCE
+            delay = self.host.proxy.stream_close_delay if keeps_streams else ""
+            self.routing = Routing(state.proxy_config, state.proxy_networks, delay)
         self.pinned = False
         self.open: list[TierRun] = []        # tiers past their switch, still draining
         self.retiring: list[str] = []        # old container ids being stopped
@@ -169,7 +171,7 @@ class Rollout:
                 continue
             word, _, rest = line.partition(" ")
             if word == "progress":
-                self.s.report.progress(f"{', '.join(run.names)}:{rest}")
+                self.s.report.progress(rest)
                 continue
             run.lines.append(line)
             if word == "pid":
@@ -226,6 +228,8 @@ class Rollout:
                 line = run.conv.readline(1.0)
                 if line is None:
                     break
+                if line.startswith("progress "):
+                    self.s.report.progress(f"{', '.join(run.names)} {line[len('progress '):]}")
                 if line.startswith("drained "):
                     drained = line[len("drained "):]
                 if line.startswith("retired"):

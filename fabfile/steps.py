@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from . import commands as cmds
 from .engines import engine_for
 from .plan import HostState, ServicePlan, SurveyError, image_table, make_plan, normalize_ref, parse_survey
+from .proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, without_stream_close_delay
 from .rollout import Rollout
 from .runner import StepFailed
 from .session import Session, secret
@@ -79,10 +80,24 @@ def validate(s: Session, only: list[str] | None = None) -> HostState:
             rec.detail += f"; {h.proxy.config} readable"
             if state.proxy_version:
                 rec.detail += f" (Caddy {state.proxy_version})"
+            streams_note(s, state)
         if state.proxy_pinned:
             s.notes.append(f"{h.proxy.service} was still routing to container addresses (an unfinished deploy): "
                            "this run restores its config file")
     return state
+
+
+def streams_note(s: Session, state: HostState) -> None:
+    """Say once what proxy reloads will do to websockets (NOTES 9)."""
+    version = caddy_version(state.proxy_version)
+    if version and version < STREAM_CLOSE_DELAY_SINCE:
+        s.notes.append(f"Caddy {state.proxy_version} is older than 2.7: every proxy reload of this deploy closes "
+                       "proxied websockets (no stream_close_delay)")
+        return
+    missing = without_stream_close_delay(state.proxy_config or {}, s.host.app_services)
+    if missing:
+        s.notes.append(f"{s.host.proxy.config} has no stream_close_delay on reverse_proxy for {', '.join(missing)}: "
+                       "the final reload (restore) closes their websockets; zdd's own loads keep them")
 
 
 # --- the deploy lock -------------------------------------------------------------------------

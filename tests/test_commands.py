@@ -290,7 +290,7 @@ def test_tier_args_count_services_then_compose_flags():
     identity = TierService("identity", 1, 30, 20, (), (), "")
     c = cmds.tier(h, "docker-rollout", "cad", [server(), identity], ("remilia_default",))
     assert program_args(c, "tier.sh") == (
-        "docker-rollout", "cad", "localhost:2019", "45", "7", "2",
+        "docker-rollout", "cad", "localhost:2019", "45", "7", "5", "2",
         *server().args(), *identity.args(),
         "-f", "a.yaml", "-f", "b.yaml", "-p", "remi", "--env-file", ".env")
     assert c.cwd == "~/app"
@@ -302,7 +302,7 @@ def test_tier_matches_the_documented_command_line():
     h = H(compose_files=("x.yaml",), no_healthcheck_wait=0, proxy=ProxyConfig(drain_timeout=5))
     c = cmds.tier(h, "native", "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))])
     assert program_args(c, "tier.sh") == tuple(shlex.split(
-        "native PROXY localhost:2019 5 0 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
+        "native PROXY localhost:2019 5 0 5 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
 
 
 def test_tier_dry_run_output_has_placeholders_on_the_proxy_network():

@@ -285,3 +285,38 @@ def test_routing_ip_picks_the_network_shared_with_the_proxy():
     assert r.ip({PROXY_NETWORK: "", "edge": "10.9.0.7"}) == "10.9.0.7"  # no address there (yet)
     assert r.ip({"backend": "172.20.0.8"}) is None
     assert r.ip({}) is None
+
+
+# --- streams (websockets) across reloads --------------------------------------------------------
+
+def test_caddy_version_parses_what_caddy_version_prints():
+    from fabfile.proxy import caddy_version
+    assert caddy_version("v2.11.7 h1:yj0Y4fYZGPkSvibBJ1sTWE33xC0fxztVyXEW5iIdUT4=") == (2, 11, 7)
+    assert caddy_version("2.6.2") == (2, 6, 2)
+    assert caddy_version("") == () and caddy_version("devel") == ()
+
+
+def _proxies(config):
+    from fabfile.proxy import _walk_proxies
+    return list(_walk_proxies(config))
+
+
+def test_stream_close_delay_is_added_where_missing_and_kept_where_set():
+    from fabfile.proxy import with_stream_close_delay, without_stream_close_delay
+    config = sandbox_caddy_config()
+    assert without_stream_close_delay(config, ["server", "identity", "nope"]) == ["server", "identity"]
+    _proxies(config)[0]["stream_close_delay"] = "1h"
+    new = with_stream_close_delay(config, "5m")
+    assert [h["stream_close_delay"] for h in _proxies(new)] == ["1h", "5m", "5m", "5m"]
+    assert without_stream_close_delay(new, ["server", "identity"]) == []
+    assert "stream_close_delay" not in _proxies(config)[1]  # the input is not changed
+
+
+def test_routing_sets_the_delay_on_every_config_it_loads():
+    from fabfile.proxy import Routing
+    r = Routing(sandbox_caddy_config(), ("remilia_default",), "5m")
+    r.route("server", ["10.0.0.5"], ["server:8080"])
+    loaded = json.loads(r.load_line("pin").split(" ", 1)[1])
+    routed = [h for h in _proxies(loaded) if h.get("upstreams") and "@id" not in h]
+    assert len(routed) >= 4 and all(h.get("stream_close_delay") == "5m" for h in routed[:4])
+    assert "stream_close_delay" not in json.dumps(Routing(sandbox_caddy_config(), ()).config())

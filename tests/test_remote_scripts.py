@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -317,6 +318,21 @@ def test_tier_pins_switches_and_drains_at_the_proxy(host):
     assert (host.stub / "loads").read_text().splitlines() == [pin[len("pin "):], switch[len("switch "):]]
     assert host.calls().count("exec -i cad caddy reload --config /dev/stdin --force") == 2
     assert "exec cad wget -q -O - http://localhost:2019/reverse_proxy/upstreams" in host.calls()
+
+
+def test_tier_drain_leaves_long_lived_streams_to_the_stop(host):
+    """Websockets stay in flight: once the count stops falling for stream_grace, the drain ends
+    (the old containers' stop closes them) instead of sitting out drain_timeout."""
+    host.config = dataclasses.replace(host.config, proxy=ProxyConfig(drain_timeout=30, stream_grace=1))
+    host.set("upstreams", '[{"address": "server:8080", "num_requests": 3, "fails": 0}]')
+    t0 = time.monotonic()
+    res = host.run(tier(host, ("server:8080",)), stdin="nopin\nswitch {}\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    drained = next(line for line in lines(res) if line.startswith("drained "))
+    assert drained.startswith("drained after ") and "3 in flight at most; 3 long-lived left to the stop: " \
+        "server:8080=3" in drained
+    assert time.monotonic() - t0 < 10  # not the 30 s drain timeout
+    assert eventually(lambda: f"stop {OLD[:12]}" in host.calls())
 
 
 @pytest.mark.parametrize("state, stdin, rc, last", [

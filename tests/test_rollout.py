@@ -89,7 +89,7 @@ def test_nothing_changed_starts_nothing_and_loads_nothing():
 def test_full_deploy_pins_once_switches_per_tier_and_restores_once():
     s, fake, out = host()
     steps.deploy(s)
-    assert [c.command.split("tier.sh native ")[1].split()[5] for c in fake.tiers] == ["server", "identity",
+    assert [c.command.split("tier.sh native ")[1].split()[6] for c in fake.tiers] == ["server", "identity",
                                                                                    "profile-server"]
     first, second, third = fake.tiers
     assert first.sent[0].startswith("pin ") and second.sent[0] == "nopin" and third.sent[0] == "nopin"
@@ -248,3 +248,27 @@ def test_a_service_not_running_is_started_by_scaling_from_zero():
     steps.deploy(s)
     assert "property: roll (0 → 1), not running: start it" in out.getvalue()
     assert " property 1 30 '' '' '' '' " in fake.tiers[0].command
+
+
+def test_zdd_loads_keep_websockets_open_on_caddy_2_7_and_newer():
+    s, fake, out = host()
+    steps.deploy(s)
+    pin = sent_config(fake.tiers[0], "pin")
+    assert '"stream_close_delay": "5m"' in json.dumps(pin)
+    assert not any("older than 2.7" in n for n in s.notes)
+
+
+def test_older_caddy_gets_no_stream_close_delay_and_a_note():
+    s, fake, out = host(survey=survey_text(sandbox_containers(), version="2.6.2"))
+    steps.deploy(s)
+    assert "stream_close_delay" not in json.dumps(sent_config(fake.tiers[0], "pin"))
+    assert [n for n in s.notes if "older than 2.7" in n] == [
+        "Caddy 2.6.2 is older than 2.7: every proxy reload of this deploy closes proxied websockets "
+        "(no stream_close_delay)"]
+
+
+def test_validate_names_services_whose_caddyfile_lacks_stream_close_delay():
+    s, fake, out = host(version=1)
+    steps.deploy(s)
+    assert any("no stream_close_delay on reverse_proxy for server, property, identity, profile-server" in n
+               for n in s.notes)

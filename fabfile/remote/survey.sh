@@ -4,31 +4,47 @@
 # Everything a deploy needs to know about the host, read once and changing nothing: the
 # compose model, the config hash each service would get now, every container of the project
 # (docker inspect), and the proxy: its config file as JSON, the config it runs, its version.
-# Each section starts with a line "=== NAME EXIT_STATUS".
+# Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
 proxy=$1 config=$2 admin=$3
 shift 3
-err=$(mktemp 2>/dev/null || echo "/tmp/zdd-survey-$$")
-trap 'rm -f "$err"' EXIT
-section() {  # section NAME COMMAND...: its stdout, or its stderr when it failed
+dir=$(mktemp -d 2>/dev/null || { mkdir -p "/tmp/zdd-survey-$$" && echo "/tmp/zdd-survey-$$"; })
+trap 'rm -rf "$dir"' EXIT
+run() {  # run NAME COMMAND...: in the background, its stdout (or its stderr when it failed)
     name=$1; shift
-    out=$("$@" 2>"$err"); rc=$?
-    [ "$rc" = 0 ] || out="$out$(cat "$err")"
-    printf '=== %s %s\n%s\n' "$name" "$rc" "$out"
+    { "$@" >"$dir/$name.out" 2>"$dir/$name.err"; echo $? >"$dir/$name.rc"; } &
 }
-section compose docker compose "$@" config --format json
-section hashes docker compose "$@" config --hash '*'
-ids=$(docker compose "$@" ps --all --quiet 2>/dev/null)
+show() {  # show NAME: print the section
+    rc=$(cat "$dir/$1.rc" 2>/dev/null || echo 1)
+    printf '=== %s %s\n' "$1" "$rc"
+    cat "$dir/$1.out"
+    [ "$rc" = 0 ] || cat "$dir/$1.err"
+    echo
+}
+run compose docker compose "$@" config --format json
+run hashes docker compose "$@" config --hash '*'
+run ids docker compose "$@" ps --all --quiet
+[ -n "$proxy" ] && run pid docker compose "$@" ps --quiet --status running "$proxy"
+wait
+show compose
+show hashes
 # a container removed between ps and inspect makes inspect fail but still print the others
-out=
-[ -n "$ids" ] && out=$(docker inspect $ids 2>/dev/null)
-printf '=== containers 0\n%s\n' "${out:-[]}"
+ids=$(cat "$dir/ids.out")
+pid=$(head -n 1 "$dir/pid.out" 2>/dev/null)
+if [ -n "$pid" ]; then
+    case "$config" in
+        *.json) run proxy-config docker exec "$pid" cat "$config" ;;
+        *) run proxy-config docker exec "$pid" caddy adapt --config "$config" --adapter caddyfile ;;
+    esac
+    run proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
+    run proxy-version docker exec "$pid" caddy version
+fi
+[ -n "$ids" ] && docker inspect $ids >"$dir/containers.out" 2>/dev/null
+wait
+printf '=== containers 0\n'
+if [ -s "$dir/containers.out" ]; then cat "$dir/containers.out"; else echo '[]'; fi
 [ -n "$proxy" ] || exit 0
-pid=$(docker compose "$@" ps --quiet --status running "$proxy" 2>/dev/null | head -n 1)
 printf '=== proxy-container 0\n%s\n' "$pid"
 [ -n "$pid" ] || exit 0
-case "$config" in
-    *.json) section proxy-config docker exec "$pid" cat "$config" ;;
-    *) section proxy-config docker exec "$pid" caddy adapt --config "$config" --adapter caddyfile ;;
-esac
-section proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
-section proxy-version docker exec "$pid" caddy version
+show proxy-config
+show proxy-running
+show proxy-version

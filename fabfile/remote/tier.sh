@@ -1,4 +1,4 @@
-# tier.sh ENGINE PROXY ADMIN DRAIN_TIMEOUT NOCHECK_WAIT N [SERVICE TARGET HEALTH_TIMEOUT
+# tier.sh ENGINE PROXY ADMIN DRAIN_TIMEOUT NOCHECK_WAIT STREAM_GRACE N [SERVICE TARGET HEALTH_TIMEOUT
 #         STOP_TIMEOUT OLD_IDS HELD_ADDRS HOOK]xN COMPOSE_FLAGS...
 # (run on the host by zdd in the project directory, as `sh -c SCRIPT tier.sh ARGS...`)
 #
@@ -23,8 +23,8 @@
 # switch, SIGTERM or a dropped connection undoes the tier; after it, the old containers get
 # no traffic and we finish on our own, whether zdd is still there or not.
 trap '' PIPE HUP
-engine=$1 proxy=$2 admin=$3 drain_timeout=$4 nocheck=$5 count=$6
-shift 6
+engine=$1 proxy=$2 admin=$3 drain_timeout=$4 nocheck=$5 stream_grace=$6 count=$7
+shift 7
 i=1
 while [ "$i" -le "$count" ]; do
     for k in name target htime stime old held hook; do eval "${k}_$i=\$1"; shift; done
@@ -123,6 +123,9 @@ start_rollout() {
 wanted() {  # how many new containers service $name gets
     if [ "$(how)" = rollout ]; then commas "$old" | wc -w; else echo "$target"; fi
 }
+ceiling=0
+top() { [ "$htime" -gt "$ceiling" ] && ceiling=$htime; }
+each top
 scales= services= expected=0
 add_scale() {
     expected=$((expected + $(wanted)))
@@ -132,7 +135,8 @@ add_scale() {
 each add_scale
 each start_rollout
 if [ -n "$services" ]; then
-    if ! out=$(eval "docker compose $flags up --detach --no-deps --no-recreate $scales $services" 2>&1); then
+    limit=; command -v timeout >/dev/null 2>&1 && limit="timeout -k 10 $((ceiling + 60))"
+    if ! out=$(eval "$limit docker compose $flags up --detach --no-deps --no-recreate $scales $services" 2>&1); then
         undo "failed docker compose up: $(last "$out")"
         exit 1
     fi
@@ -140,9 +144,6 @@ fi
 
 # every new container must exist, run and be healthy; one that is unhealthy, exits or
 # restarts fails the tier at once (the health timeout is only the ceiling)
-ceiling=0
-top() { [ "$htime" -gt "$ceiling" ] && ceiling=$htime; }
-each top
 start=$(date +%s) announced= shown=
 check() {
     ids=$(new_of) n=0 ok=0
@@ -158,7 +159,7 @@ check() {
         fi
     done
     all=$((all + n)) good=$((good + ok))
-    progress="$progress $name $ok/$(wanted),"
+    progress="$progress $name: $ok/$(wanted),"
     [ "$(how)" = rollout ] || return 0
     eval "pid=\$pid_$j rc=\${rc_$j:-}"
     if [ -z "$rc" ] && ! kill -0 "$pid" 2>/dev/null; then
@@ -212,7 +213,11 @@ esac
 # --- 4. drain the old addresses at the proxy, then retire the old containers ---------------
 held=
 j=1; while [ "$j" -le "$count" ]; do eval "held=\"\$held \$(commas \"\$held_$j\")\""; j=$((j + 1)); done
-t0=$(date +%s) peak=0 result=
+# An open websocket (or SSE, long poll) is a request in flight for Caddy's counters until it
+# ends: once the count of in-flight requests on the old addresses has stopped falling for
+# STREAM_GRACE seconds, what is left is taken for long-lived streams, which end when the old
+# containers stop (their clients reconnect, to the new containers).
+t0=$(date +%s) peak=0 result= shown= last=-1 falling=$t0
 [ -n "$(printf '%s' "$held" | tr -d ' ')" ] || result="nothing to drain at the proxy"
 while [ -z "$result" ]; do
     now=$(date +%s)
@@ -227,7 +232,13 @@ while [ -z "$result" ]; do
         if [ "$k" != 0 ]; then busy="$busy $addr=$k"; total=$((total + k)); fi
     done
     [ "$total" -gt "$peak" ] && peak=$total
+    if [ "$last" = -1 ] || [ "$total" -lt "$last" ]; then falling=$now; fi
+    last=$total
+    if [ $((now - t0)) != "$shown" ]; then say "progress draining:$busy, $((now - t0)) s of $drain_timeout"; shown=$((now - t0)); fi
     if [ -z "$busy" ]; then result="after $((now - t0))s, $peak in flight at most"; break; fi
+    if [ $((now - falling)) -ge "$stream_grace" ]; then
+        result="after $((now - t0))s, $peak in flight at most; $total long-lived left to the stop:$busy"; break
+    fi
     if [ $((now - t0)) -ge "$drain_timeout" ]; then result="timeout after ${drain_timeout}s, still in flight:$busy"; break; fi
     nap
 done

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Demo app of the zdd sandbox: Caddy answers /fast and /health with the baked-in
-# version; /slow is a busybox-httpd CGI that sleeps first. SIGTERM behaviour is
+# version; /slow is a busybox-httpd CGI that sleeps first; /ws is a websocket echo
+# (websocketd) whose replies carry the version too. SIGTERM behaviour is
 # chosen by $SIGTERM:
 #   graceful  stop accepting, finish in-flight requests, exit (Caddy's own stop)
 #   abrupt    die at once, cutting in-flight requests (a Go server without handling)
@@ -10,15 +11,15 @@ HEALTH_STATUS=200
 [ -e /app/BROKEN ] && HEALTH_STATUS=503
 export APP_VERSION HEALTH_STATUS SERVICE="${SERVICE:-app}" SLOW_SECONDS="${SLOW_SECONDS:-1.2}"
 
-CADDY= HTTPD=
+CADDY= HTTPD= WS=
 on_term() {
     case "${SIGTERM:-graceful}" in
         abrupt)
-            kill -KILL $CADDY $HTTPD 2>/dev/null
+            kill -KILL $CADDY $HTTPD $WS 2>/dev/null
             exit 143 ;;
         *)
             [ -n "$CADDY" ] && kill -TERM "$CADDY" && wait "$CADDY"
-            kill -TERM $HTTPD 2>/dev/null
+            kill -TERM $HTTPD $WS 2>/dev/null
             exit 0 ;;
     esac
 }
@@ -28,6 +29,8 @@ trap 'exit 0' INT
 sleep "${BOOT_DELAY:-0}"
 httpd -f -p 127.0.0.1:9000 -h /app/www &
 HTTPD=$!
+websocketd --address=127.0.0.1 --port=9001 --passenv=SERVICE,APP_VERSION,PATH --loglevel=error /app/ws-echo.sh &
+WS=$!
 caddy run --config /app/Caddyfile --adapter caddyfile &
 CADDY=$!
 wait "$CADDY"
