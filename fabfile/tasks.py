@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -13,11 +14,13 @@ import paramiko
 from fabric import task
 from invoke.exceptions import Exit
 
-from . import history, steps
+from . import history, hosts_run, html_report, outcome, steps
+from . import summary as run_summary
 from . import verify as vloop
+from .outcome import HostResult
 from .rollout import Interrupted
 from .runner import BadInput, StepFailed
-from .session import Session, host_name, load_host, open_session
+from .session import Session, host_name, load_host, open_session, secret
 
 
 @contextmanager
@@ -35,24 +38,44 @@ def sigterm_interrupts():
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+
 DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) and change nothing"
 
 
 def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool = False,
-              summary: bool = True, verify: bool = False, strict: bool | None = None) -> Session:
-    """Open a session, run ``body``, print the summary; expected failures exit non-zero.
+              summary: bool = True, verify: bool = False, strict: bool | None = None) -> HostResult:
+    """Run ``body`` on the host (see :func:`run_on_host`); expected failures exit non-zero."""
+    result = run_on_host(c, title, body, dry_run, summary, verify, strict)
+    if not result.ok:
+        raise Exit(result.message, code=result.exit_code)
+    return result
+
+
+def run_on_host(c: Any, title: str, body: Callable[[Session], None], dry_run: bool = False,
+                summary: bool = True, verify: bool = False, strict: bool | None = None) -> HostResult:
+    """Open a session, run ``body``, print the summary; return what happened (an expected
+    failure is a failed result with its one-line error, never an exception).
 
     With ``verify``, the host's verify URLs are hit (and its ws URLs held open) from here for
     the whole run and the verdict ends the summary; ``strict`` (or ``verify.strict``) fails a
     run that dropped any request (or whose websockets broke the run's ``max_ws_gap``).
     """
-    s = open_session(c, dry_run=dry_run)
+    name = host_name(c)
+    try:
+        s = open_session(c, dry_run=dry_run)
+    except Exit as e:  # config error, cannot connect: nothing was touched
+        now = time.time()
+        return HostResult(name, title, started_at=now, ended_at=now).fail(
+            str(e.message).removeprefix(f"[{name}] "), e.code)
+    result = HostResult(name, title, started_at=s.report.started_at, steps=s.report.steps, notes=s.notes,
+                        dry_run=dry_run, secrets=_secrets(s))
     loop = None
     if verify and s.host.verify.enabled and _has_targets(s.host.verify) and not dry_run:
         try:
             settings = vloop.settings_for_host(s.host.verify)
         except ValueError as e:
-            raise Exit(f"[{s.name}] verify: {e}", code=2) from None
+            result.ended_at = time.time()
+            return result.fail(f"verify: {e}", 2)
         loop = vloop.BackgroundLoop(settings, finish_in_flight=True).start()
     stopped: dict[str, Any] = {}
 
@@ -93,9 +116,27 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         if loop is not None:
             stop_verify()
             report = stopped["report"]
-    extra = list(s.notes)
+    result.ended_at, result.verify = time.time(), report
     if not dry_run:
-        extra.append(f"cost: {s.r.remote_commands} remote commands, {s.report.proxy_loads} proxy loads")
+        result.cost = {"remote_commands": s.r.remote_commands, "proxy_loads": s.report.proxy_loads}
+    _print_summary(s, title, result, summary)
+    if failure is not None:
+        code = 130 if interrupted else 2 if isinstance(failure, BadInput) else 1
+        return result.fail(f"{title} failed: {failure}", code, "interrupted" if interrupted else "failed")
+    strict = bool(strict) or s.host.verify.strict
+    if report is not None and strict and not report.ok:
+        what = f"{report.failures:,} request(s) failed" if not report.http_ok else report.ws_verdict()
+        return result.fail(f"{title}: {what} during the deploy (strict)", 3)
+    return result
+
+
+def _print_summary(s: Session, title: str, result: HostResult, summary: bool) -> None:
+    """The host's step table (or only its notes), then cost and the verify verdict."""
+    report = result.verify
+    extra = list(s.notes)
+    if result.cost:
+        extra.append(f"cost: {result.cost['remote_commands']} remote commands, {result.cost['proxy_loads']} "
+                     "proxy loads")
     if report is not None:
         if not report.ok:
             print(report.render(), file=sys.stdout)
@@ -103,20 +144,19 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         for url, versions in report.switches().items():
             seen = ", ".join(f"{v} {x.first:.1f}–{x.last:.1f}s" for v, x in versions.items())
             extra.append(f"  {url}: {seen}")
-    if dry_run:
+    if result.dry_run:
         extra.append("dry run: nothing was changed on the host")
     if summary:
         s.report.summary(title, extra)
     elif extra:
         print("\n".join(extra))
-    if failure is not None:
-        code = 130 if interrupted else 2 if isinstance(failure, BadInput) else 1
-        raise Exit(f"[{s.name}] {title} failed: {failure}", code=code)
-    strict = bool(strict) or s.host.verify.strict
-    if report is not None and strict and not report.ok:
-        what = f"{report.failures:,} request(s) failed" if not report.http_ok else report.ws_verdict()
-        raise Exit(f"[{s.name}] {title}: {what} during the deploy (strict)", code=3)
-    return s
+
+
+def _secrets(s: Session) -> tuple[str, ...]:
+    """What must not appear in a report: the registry token."""
+    reg = s.host.registry
+    token = secret(reg.password_env) if reg is not None and reg.password_env else None
+    return (token,) if token else ()
 
 
 def _has_targets(vc: Any) -> bool:
@@ -129,14 +169,41 @@ def _has_targets(vc: Any) -> bool:
             "strict": "exit non-zero when the verification saw any failed request (also verify.strict)",
             "force": "roll every app service, changed or not",
             "wait": "wait until the old containers are gone and the proxy routes by name again "
-                    "(default: only while verifying; otherwise a job on the host finishes that)"})
-def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False):
-    """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune."""
+                    "(default: only while verifying; otherwise a job on the host finishes that)",
+            "json": "write the whole summary (every host, step, note, the verify report) to this JSON file",
+            "report": "write a self-contained HTML page (charts per URL, steps, verdict) to this file"})
+def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False, json=None, report=None):
+    """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune.
+
+    With several hosts (-H a,b) one after the other, stopping at the first failure."""
     def body(s: Session) -> None:
         verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
         steps.deploy(s, force=force, wait=wait or verifying)
-    run_steps(c, "deploy", body, dry_run,
-              verify=verify, strict=strict)
+    result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
+    run = hosts_run.record(result)
+    if run is not None:
+        finish_run(run.title, run.everyone(), json, report, across=len(run.hosts) > 1)
+    if not result.ok:
+        raise Exit(result.message, code=result.exit_code)
+
+
+def finish_run(title: str, results: list[HostResult], json_path: str | None, html_path: str | None,
+           across: bool = False) -> None:
+    """The end of a run: the summary across hosts (when there were several) and the files."""
+    doc = outcome.document(title, results)
+    if across:
+        print(run_summary.text(doc), flush=True)
+    for path, write in ((json_path, outcome.write_json), (html_path, html_report.write)):
+        if not path:
+            continue
+        try:
+            write(path, doc)
+        except OSError as e:
+            message = f"{title}: cannot write {path}: {e.strerror}"
+            if doc["result"] != "ok":  # the run's own failure is the exit message
+                print(message, file=sys.stderr)
+            else:
+                raise Exit(message, code=2) from None
 
 
 @task(help={"duration": "seconds to run (default 30; 0 = until Ctrl-C)",

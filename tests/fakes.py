@@ -11,7 +11,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from fabfile.outcome import HostResult
+from fabfile.report import StepRecord
 from fabfile.runner import Outcome
+from fabfile.verify import OK, Recorder, Report, VerifySettings, WsRecorder
 
 
 def ok(stdout: str = "") -> Outcome:
@@ -347,3 +350,47 @@ def image_listing(version: int = 1) -> str:
     """``docker image ls`` after a pull of ``version`` of every sandbox app."""
     return "".join(f"127.0.0.1:15000/zdd-sandbox/{s}:latest {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
         f"127.0.0.1:15000/zdd-sandbox/base:latest {image_id('base')}\n"
+
+
+# --- a deploy's verify report ----------------------------------------------------------------
+
+A, B, WS = "http://svc.test/server/fast", "http://svc.test/property/slow", "ws://svc.test/beetle"
+SWITCH_AT = 5.2   # s after the loop started: the proxy switched server and property to v2
+
+
+def deploy_report() -> Report:
+    """12 s of requests to two URLs, v1 until the switch at 5.2 s, v2 after; 3 failures in
+    second 5 on A; one websocket disconnect with a 0.4 s gap."""
+    rec = Recorder([A, B])
+    for i in range(240):
+        t = i / 20
+        for url in (A, B):
+            if url == A and 5.0 <= t < 5.15:
+                rec.record(url, t, 0.002, "status 502", "status 502: Bad Gateway")
+            else:
+                rec.record(url, t, 0.03, OK, version="v1" if t < SWITCH_AT + 0.1 else "v2")
+    ws = WsRecorder([WS], 2)
+    stats = ws.urls[WS]
+    stats.connected(), stats.connected()
+    stats.answered(0, 1.0, 1.01, "v1")
+    stats.broke(0, 5.3, 1001, "going away", was_working=True)
+    stats.connected()
+    stats.answered(0, 5.6, 5.7, "v2")
+    rec.stopped_mono = rec.started_mono + 12.0
+    ws.finish(12.0)
+    return Report(VerifySettings(urls=[A, B], ws_urls=[WS]), rec, ws=ws)
+
+
+def deploy_result(report: Report) -> HostResult:
+    """reminet-staging's deploy around ``report``: its first tier switched at SWITCH_AT, its
+    second failed."""
+    t0 = report.started_wall
+    step = [("validate", "ok", 0.3, "7 services in the compose project", -1.0),
+            ("pull", "ok", 0.7, "new image for server, property", -0.7),
+            ("rollout server, property", "ok", 4.9, "server 1 → 1, property 1 → 1; healthy and switched",
+             SWITCH_AT - 4.9),
+            ("rollout identity", "failed", 2.0, "", 6.0)]
+    steps = [StepRecord(name, status, detail, seconds, t0 + start) for name, status, seconds, detail, start in step]
+    return HostResult("reminet-staging", "deploy", started_at=t0 - 1.0, ended_at=t0 + 12.0, steps=steps,
+                      notes=["a note"], cost={"remote_commands": 9, "proxy_loads": 3},
+                      verify=report).fail("deploy failed: identity: not healthy", 1)
