@@ -91,9 +91,11 @@ def rollback_target(runs: list[journal.Run], to: str | None) -> journal.Run:
         if not match:
             raise BadInput(f"no successful run {to!r} in the journal (fab history lists them)")
         return match[-1]
-    if len(done) < 2:
-        raise BadInput("no earlier successful deploy in the journal to roll back to")
-    return done[-2]
+    current = done[-1].images_after() if done else {}
+    for run in reversed(done[:-1]):  # the last successful run that ran other images than now
+        if run.images_after() != current:
+            return run
+    raise BadInput("no earlier successful deploy with other images in the journal to roll back to")
 
 
 def rollback(s: Session, to: str | None = None, wait: bool = False) -> None:

@@ -84,7 +84,7 @@ def open_connection(cxn: Connection, name: str, host: cfg.HostConfig) -> None:
         hint = ""
         if "known_hosts" in str(e) or "not found" in str(e):
             hint = " (host key not known: add it to known_hosts, or set ssh.known_hosts in hosts.toml)"
-        raise Exit(f"[{name}] cannot connect over ssh: {e}{hint}", code=1) from None
+        raise Exit(f"[{name}] cannot connect over ssh: {e}{hint}", code=2 if hint else 1) from None
     except OSError as e:
         raise Exit(f"[{name}] cannot connect over ssh: {e}", code=1) from None
 

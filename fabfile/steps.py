@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+
+import paramiko
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from .engines import engine_for
 from .plan import HostState, ServicePlan, SurveyError, image_table, make_plan, normalize_ref, parse_survey
 from .proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, without_stream_close_delay
 from .rollout import Rollout
-from .runner import StepFailed
+from .runner import BadInput, StepFailed
 from .session import Session, secret
 
 
@@ -31,11 +33,11 @@ def survey(s: Session) -> HostState:
     h = s.host
     res = s.r.probe(cmds.survey(h))
     if not res.ok and "===" not in res.stdout:
-        raise StepFailed(f"cannot read the host's compose project in {h.dir}: {res.first_error_line()}")
+        raise BadInput(f"cannot read the host's compose project in {h.dir}: {res.first_error_line()}")
     try:
         return parse_survey(res.stdout, h.proxy.service)
     except SurveyError as e:
-        raise StepFailed(f"{e} (in {h.dir})") from None
+        raise BadInput(f"{e} (in {h.dir})") from None
 
 
 def configured_services(h) -> list[str]:
@@ -71,12 +73,15 @@ def validate(s: Session, only: list[str] | None = None) -> HostState:
         if only is None:
             registry_credentials(s)  # a missing token fails here, before anything changes
         if problems:
-            raise StepFailed(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
+            raise BadInput(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
         rec.detail = f"{len(state.services)} services in the compose project"
         h = s.host
+        if h.proxy.service and h.proxy.drain and h.app_services and not state.proxy and only is None:
+            raise BadInput(f"the proxy {h.proxy.service} is not running, so old containers cannot be drained: "
+                           f"start it (docker compose up -d {h.proxy.service}), or set proxy.drain = false")
         if h.proxy.service and h.proxy.drain and h.app_services and state.proxy:
             if state.proxy_config is None:
-                raise StepFailed(f"{state.proxy_config_error or 'cannot read the proxy config'}: fix "
+                raise BadInput(f"{state.proxy_config_error or 'cannot read the proxy config'}: fix "
                                  f"{h.proxy.config}, or set proxy.drain = false (a proxy that is not Caddy)")
             rec.detail += f"; {h.proxy.config} readable"
             if state.proxy_version:
@@ -180,7 +185,7 @@ def finish(s: Session, state: HostState, held: Held, result: str, error: str) ->
              for r in s.report.steps]
     end = journal.end_event(held.run, result, time.monotonic() - held.started, steps, verify, error)
     prune_now = held.prune and result == "ok" and s.host.prune
-    keep = held.images if result == "ok" else {}
+    keep = held.images if result == "ok" and held.prune else {}  # a run that rolled nothing takes no slot
     with s.report.step("finish") as rec:
         res = s.r.change(cmds.finish(state.key, "" if held.handed_over else held.holder, prune_now,
                                      s.host.keep_images, held.run if keep else "", keep,
@@ -222,6 +227,8 @@ def recover(s: Session, state: HostState) -> HostState:
 def install_plugin(s: Session, source: str | None = None) -> None:
     p = s.host.plugin
     with s.report.step("install-plugin") as rec:
+        if source and not os.path.isfile(source):
+            raise BadInput(f"--source {source}: no such file")
         have = s.r.probe(cmds.plugin_version_ok(p.version, p.sha256))
         if have.ok:
             rec.detail = f"already installed: {have.stdout.strip()}"
@@ -229,12 +236,16 @@ def install_plugin(s: Session, source: str | None = None) -> None:
         upload = None
         if source:
             if not os.path.isfile(source):
-                raise StepFailed(f"--source {source}: no such file")
+                raise BadInput(f"--source {source}: no such file")
             upload = f".zdd-upload-docker-rollout-{os.getpid()}"
             if s.r.dry_run:
                 s.r.note(f"would upload {source} to ~/{upload} over SFTP")
             else:
-                s.cxn.put(source, upload)
+                try:
+                    s.cxn.put(source, upload)
+                except (paramiko.SSHException, OSError) as e:
+                    raise BadInput(f"--source: cannot upload {source} over SFTP ({e or type(e).__name__}): "
+                                   "the host offers no SFTP; copy the file there and install it by hand") from None
         try:
             res = s.r.change(cmds.install_plugin(p.resolved_url, p.sha256, p.version, upload), check=False)
         finally:
@@ -254,10 +265,10 @@ def registry_credentials(s: Session) -> tuple[str, str] | None:
         return None
     password = secret(reg.password_env)
     if not password:
-        raise StepFailed(f"registry {reg.server}: ${reg.password_env} is not set (environment or .env)")
+        raise BadInput(f"registry {reg.server}: ${reg.password_env} is not set (environment or .env)")
     username = reg.username or secret(reg.username_env) or ""
     if not username:
-        raise StepFailed(f"registry {reg.server}: ${reg.username_env} is not set (environment or .env)")
+        raise BadInput(f"registry {reg.server}: ${reg.username_env} is not set (environment or .env)")
     return username, password
 
 

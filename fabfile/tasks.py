@@ -251,7 +251,7 @@ def rollout_service(c, service, dry_run=False):
     """Replace one app service's containers: new beside old, healthy, drain, remove old."""
     def body(s: Session) -> None:
         if service not in s.host.app_services:
-            raise StepFailed(f"{service!r} is not an app service of {s.name} "
+            raise BadInput(f"{service!r} is not an app service of {s.name} "
                              f"(rollout: {', '.join(s.host.app_services) or 'none'})")
         state = steps.validate(s, only=[service])
         steps.rollout_service(s, service, state)

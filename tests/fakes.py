@@ -5,15 +5,21 @@ Nothing here talks to a host, Docker or the network.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import shlex
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from fabfile import journal as zdd_journal
+from fabfile.config import load
 from fabfile.outcome import HostResult
-from fabfile.report import StepRecord
-from fabfile.runner import Outcome
+from fabfile.report import Reporter, StepRecord
+from fabfile.runner import Outcome, Runner
+from fabfile.session import Session
 from fabfile.verify import OK, Recorder, Report, VerifySettings, WsRecorder
 
 
@@ -26,6 +32,20 @@ def fail(exited: int = 1, stdout: str = "", stderr: str = "") -> Outcome:
 
 
 _SCRIPT_RE = re.compile(r"^#\s*(\S+\.sh)\b")
+
+
+def _program(command: str) -> tuple[str]:
+    """A shipped script run as ``sh -c SCRIPT NAME ARGS`` is shown as ``sh -c NAME ARGS``: its
+    text (which names other scripts and commands) must not match the rules."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return (command,)
+    for i in range(len(words) - 2):
+        if words[i] == "sh" and words[i + 1] == "-c" and words[i + 2].count("\n") > 2:
+            return (command.replace(" " + shlex.quote(words[i + 2]), "", 1),)
+    return (command,)
+
 
 
 @dataclass
@@ -76,7 +96,7 @@ class FakeExecutor:
 
     def __call__(self, command: str, stdin: str | None) -> Outcome:
         m = _SCRIPT_RE.match(stdin or "")
-        call = Call(command, stdin, m.group(1) if m else "")
+        call = Call(*_program(command), stdin, m.group(1) if m else "")
         self.calls.append(call)
         for pats, response in self.rules:
             if all(p in call.subject for p in pats):
@@ -85,6 +105,7 @@ class FakeExecutor:
 
     def converse(self, command: str) -> Any:
         """tier.sh: answered by ``tier_script`` (see :func:`tier_host`)."""
+        command = _program(command)[0]
         self.calls.append(Call(command, None, "tier.sh" if "tier.sh" in command else ""))
         if self.tier_script is None:
             raise AssertionError(f"unexpected conversation with the host: {command[:120]!r}")
@@ -255,6 +276,11 @@ class FakeConversation:
             self.pending += more
             self.produced += more
 
+    @property
+    def said(self) -> list[str]:
+        """What zdd sent, its journal lines left out."""
+        return [x for x in self.sent if not x.startswith("journal ")]
+
     def readline(self, timeout: float) -> str | None:
         if self.pending:
             return self.pending.pop(0)
@@ -274,6 +300,9 @@ def tier_host(new: dict[str, list[str]], *, health: str = "ok", ip: str = "172.1
     def script(sent: list[str]) -> list[str] | None:
         if log is not None:
             log.append(list(sent))
+        if sent and sent[-1].startswith("journal "):
+            return []  # appended to the host's journal; nothing printed
+        sent = [x for x in sent if not x.startswith("journal ")]
         if not sent:
             return ["pid 4242"]
         last = sent[-1]
@@ -394,3 +423,54 @@ def deploy_result(report: Report) -> HostResult:
     return HostResult("reminet-staging", "deploy", started_at=t0 - 1.0, ended_at=t0 + 12.0, steps=steps,
                       notes=["a note"], cost={"remote_commands": 9, "proxy_loads": 3},
                       verify=report).fail("deploy failed: identity: not healthy", 1)
+
+
+# --- the host's journal and survey.sh's first sections, simulated ------------------------------------
+
+def survey_head(survey: str, *, key: str = "project", lock: str = "", journal: Iterable[dict] = ()) -> str:
+    """``survey`` (see :func:`survey_text`) with the sections survey.sh prints first: the
+    project's key, the lock holder ("" = free) and the journal of the last run."""
+    head = f"=== key 0\n{key}\n=== lock 0\n" + (f"{lock}\n" if lock else "") + "=== journal 0\n"
+    return head + "".join(zdd_journal.line(e) + "\n" for e in journal) + survey
+
+
+def run_events(run: str, *, kind: str = "deploy", who: str = "alice@laptop", t: int = 1_700_000_000,
+               images: dict[str, tuple[str, str]] | None = None,
+               tiers: Iterable[tuple[int, list[str], list[str], tuple[str, ...]]] = (),
+               result: str | None = "ok", seconds: float = 12.0, verify: dict | None = None) -> list[dict]:
+    """One run's journal as zdd and tier.sh write it: ``start``; ``plan`` when ``images`` (service
+    -> (image before, image after); it rolls when they differ); per tier (pid, services, old ids,
+    the events it got to: "new", "switched", "retired", "undone") ``tier`` and those; ``end``
+    with ``result`` (None: the run never ended)."""
+    events: list[dict] = [{"run": run, "t": t, "event": "start", "kind": kind, "who": who, "from": "laptop",
+                           "pid": 7}]
+    if images is not None:
+        events.append({"run": run, "t": t + 1, "event": "plan", "services": {
+            name: {"roll": before != after, "reason": "new image" if before != after else "unchanged",
+                   "ref": f"registry.test/{name}:latest", "before": [before] if before else [], "after": after,
+                   "old": []}
+            for name, (before, after) in images.items()}})
+    for pid, services, old, done in tiers:
+        events.append({"run": run, "t": t + 2, "event": "tier", "pid": pid, "services": ",".join(services),
+                       "old": ",".join(old)})
+        events += [{"run": run, "t": t + 3, "event": ev, "pid": pid} for ev in done]
+    if result is not None:
+        events.append({"run": run, "t": t + int(seconds), "event": "end", "result": result, "seconds": seconds,
+                       "steps": [], **({"verify": verify} if verify else {})})
+    return events
+
+
+def journal_text(*runs: list[dict]) -> str:
+    """The journal file holding these runs' events, one JSON line each."""
+    return "".join(zdd_journal.line(e) + "\n" for events in runs for e in events)
+
+
+HOSTS_TOML = Path(__file__).resolve().parent.parent / "hosts.toml"
+
+
+def fake_session(fake: FakeExecutor, name: str = "sandbox", dry_run: bool = False) -> tuple[Session, io.StringIO]:
+    """A Session on host ``name`` of the repository's hosts.toml whose commands go to ``fake``;
+    and the StringIO it prints to."""
+    out = io.StringIO()
+    host = load(HOSTS_TOML).host(name)
+    return Session(name, host, Runner(fake, name, dry_run=dry_run, out=out), Reporter(name, out=out)), out
