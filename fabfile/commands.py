@@ -242,13 +242,14 @@ def survey(host: HostConfig) -> Command:
 
 def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None = None,
          limit: int = 900) -> Command:
-    """``[docker login --password-stdin] && docker compose pull && docker image ls``: one round
-    trip. ``credentials`` is (server, username, token, token_env); the token goes on stdin only."""
-    listing = image_ids()
-    pulling = dataclasses.replace(Compose(host).pull(services), limit=limit)
-    if credentials is None:
-        return pulling.and_then(listing)
-    return login(*credentials).and_then(pulling, listing)
+    """Log in (to a temporary Docker config unless ``registry.keep_login``), pull, list the
+    images: one round trip. ``credentials`` is (server, username, token, token_env); the token
+    goes on stdin only."""
+    server, username = (credentials[0], credentials[1]) if credentials else ("", "")
+    keep = "1" if host.registry is not None and host.registry.keep_login else "0"
+    stdin = Stdin(credentials[2], f"${credentials[3]} (secret, on stdin)", secret=True) if credentials else None
+    return host_program("pull.sh", keep, server, username, str(limit), *services, "--",
+                        *Compose(host).project_flags(), cwd=host.dir, stdin=stdin)
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,9 @@ def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
          proxy_networks: tuple[str, ...] = (), key: str = "project", run: str = "run") -> Command:
     """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
     grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
-    args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(host.no_healthcheck_wait),
+    nocheck = max((host.service(s.name).no_healthcheck_wait or host.no_healthcheck_wait for s in services),
+                  default=host.no_healthcheck_wait)
+    args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
             str(grace), key, run, str(len(services))]
     for svc in services:
         args += svc.args()

@@ -15,7 +15,9 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``rollout`` – app services in dependency tiers, rolled one tier after the other.
 * ``infra`` – services that are only ever ``up -d``.
 * ``health_timeout``, ``pre_stop_hook``, ``stop_timeout`` – rollout settings, overridable
-  per service in ``[defaults.services.NAME]``/``[hosts.X.services.NAME]``.
+  per service in ``[defaults.services.NAME]``/``[hosts.X.services.NAME]``. An app service
+  without a healthcheck is refused unless its ``services.NAME.no_healthcheck_wait`` says how
+  many seconds of running count as ready.
 * ``prune`` – run ``docker image prune -f`` at the end of a deploy that rolled something.
 * ``keep_images`` – the images of the last N runs are tagged ``zdd-keep/...`` so that
   ``prune`` keeps them and ``rollback`` finds them after ``:latest`` moved (default 3).
@@ -29,7 +31,8 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
   keep websockets open.
 * ``plugin`` – the docker-rollout version, download URL and sha256.
 * ``registry`` – ``docker login`` before pulling; the password is read from the
-  environment variable named by ``password_env`` (or ``.env``), never from this file.
+  environment variable named by ``password_env`` (or ``.env``), never from this file. The
+  login goes to a temporary Docker config removed after the pull, unless ``keep_login``.
 * ``ssh`` – optional connection details for hosts without an ssh-config entry.
 * ``verify`` – what the loop that proves a deploy dropped nothing hits: ``urls`` (http(s),
   requested in a loop) and ``ws_urls`` (ws:// or wss://; ``ws_connections`` connections
@@ -69,6 +72,7 @@ class ServiceConfig:
     stop_timeout: int | None = None
     drain: bool | None = None
     stream_grace: int | None = None
+    no_healthcheck_wait: int | None = None  # a service without healthcheck: seconds running = ready
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class RegistryConfig:
     username: str = ""
     username_env: str = ""
     password_env: str = ""
+    keep_login: bool = False      # leave the login in ~/.docker/config.json (Swarm's --with-registry-auth)
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ class HostConfig:
             stop_timeout=o.stop_timeout if o.stop_timeout is not None else self.stop_timeout,
             drain=o.drain if o.drain is not None else self.proxy.drain,
             stream_grace=o.stream_grace if o.stream_grace is not None else self.proxy.stream_grace,
+            no_healthcheck_wait=o.no_healthcheck_wait,
         )
 
 
@@ -178,6 +184,7 @@ class ResolvedService:
     stop_timeout: int | None
     drain: bool
     stream_grace: int = 5
+    no_healthcheck_wait: int | None = None
 
 
 @dataclass(frozen=True)

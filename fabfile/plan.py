@@ -47,6 +47,7 @@ class Container:
     name: str = ""
     mounts: tuple[str, ...] = ()
     started_at: float = 0.0           # epoch seconds (State.StartedAt)
+    healthcheck: bool = False         # the container has a healthcheck (compose's or its image's)
 
     @property
     def running(self) -> bool:
@@ -128,6 +129,8 @@ def _container(raw: dict) -> Container:
         name=str(raw.get("Name", "")).lstrip("/"),
         mounts=mounts,
         started_at=_epoch(state.get("StartedAt", "")),
+        healthcheck=bool((cfg.get("Healthcheck") or {}).get("Test")) and
+        (cfg.get("Healthcheck") or {}).get("Test") != ["NONE"],
     )
 
 
@@ -262,3 +265,21 @@ def plan_service(name: str, state: HostState, images: dict[str, str], force: boo
 
 def make_plan(names: list[str], state: HostState, images: dict[str, str], force: bool = False) -> list[ServicePlan]:
     return [plan_service(n, state, images, force) for n in names]
+
+
+def has_healthcheck(name: str, state: HostState) -> bool:
+    """Does the service have a healthcheck: in the compose file, or in its running image?"""
+    hc = (state.services.get(name) or {}).get("healthcheck") or {}
+    if hc.get("disable"):
+        return False
+    return bool(hc.get("test")) or any(c.healthcheck for c in state.running(name))
+
+
+def shared_mounts(name: str, state: HostState) -> list[str]:
+    """Volumes and bind mounts a service's containers write: old and new share them during
+    the overlap."""
+    out = []
+    for v in (state.services.get(name) or {}).get("volumes") or []:
+        if isinstance(v, dict) and v.get("type") in ("volume", "bind") and not v.get("read_only"):
+            out.append(str(v.get("source") or v.get("target")))
+    return out

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from . import commands as cmds
 from . import journal
 from .engines import engine_for
-from .plan import HostState, ServicePlan, SurveyError, image_table, make_plan, normalize_ref, parse_survey
+from .plan import HostState, has_healthcheck, shared_mounts, ServicePlan, SurveyError, image_table, make_plan, normalize_ref, parse_survey
 from .proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, without_stream_close_delay
 from .rollout import Rollout
 from .runner import BadInput, StepFailed
@@ -43,6 +43,23 @@ def survey(s: Session) -> HostState:
 def configured_services(h) -> list[str]:
     """Every service hosts.toml names for this host: apps, infra, the proxy."""
     return h.app_services + list(h.infra) + ([h.proxy.service] if h.proxy.service else [])
+
+
+def preflight(state: HostState, s: Session, names: list[str]) -> list[str]:
+    """Problems of app services that would make the overlap unsafe (the seed's checks);
+    shared writable mounts are a note, not a problem."""
+    problems = []
+    for name in names:
+        if name not in state.services:
+            continue
+        if not has_healthcheck(name, state) and s.host.service(name).no_healthcheck_wait is None:
+            problems.append(f"{name} has no healthcheck, so nothing says when a new container is ready: add one, "
+                            f"or set services.{name}.no_healthcheck_wait (seconds of running that count as ready)")
+        mounts = shared_mounts(name, state)
+        if mounts:
+            s.notes.append(f"{name}: old and new containers share {', '.join(mounts)} while both run "
+                           "(a database file there, e.g. SQLite, sees two writers)")
+    return problems
 
 
 def check_compose(host_services: dict[str, Any], s: Session, only: list[str] | None = None) -> list[str]:
@@ -70,6 +87,8 @@ def validate(s: Session, only: list[str] | None = None) -> HostState:
     with s.report.step("validate") as rec:
         state = survey(s)
         problems = check_compose(state.services, s, only)
+        problems += preflight(state, s, [n for n in (s.host.app_services if only is None else only)
+                                         if n in s.host.app_services])
         if only is None:
             registry_credentials(s)  # a missing token fails here, before anything changes
         if problems:
@@ -290,7 +309,7 @@ def pull(s: Session, state: HostState) -> dict[str, str]:
         changed = [n for n in names if images.get(normalize_ref(str(state.services[n].get("image", "")))) not in
                    (None, *{c.image for c in state.running(n)}) or
                    len({c.image for c in state.running(n)}) > 1]
-        logged = f"logged in to {h.registry.server}; " if creds else ""
+        logged = next((ln + "; " for ln in res.stdout.splitlines() if ln.startswith("logged in")), "")
         rec.detail = logged + (f"new image for {', '.join(changed)}" if changed else "no new images")
     if h.proxy.service in changed and h.proxy.mode == "reload":
         s.notes.append(f"{h.proxy.service} has a new image: a reload does not switch to it; "

@@ -50,6 +50,32 @@ def no_sftp_sshd(tmp_path_factory):
     subprocess.run(["kill", (d / "sshd.pid").read_text().strip()])
 
 
+OVERRIDES = {
+    # a proxy service in the compose project that is not running
+    "edge.yaml": "services:\n  edge:\n    image: 127.0.0.1:15000/zdd-sandbox/base:latest\n"
+                 "    command: [caddy, run, --config, /etc/caddy/Caddyfile, --adapter, caddyfile]\n",
+    # an app service without a healthcheck
+    "nocheck.yaml": "services:\n  property:\n    healthcheck: {disable: true}\n",
+    # an app service writing to a volume its old and new containers share
+    "shared.yaml": "services:\n  identity:\n    volumes: [beetle_data:/data]\nvolumes:\n  beetle_data: {}\n",
+}
+
+
+@pytest.fixture(scope="module")
+def overrides():
+    """Compose files beside the sandbox's, for the cases that need another project."""
+    for name, text in OVERRIDES.items():
+        (sb.STACK / name).write_text(text)
+        subprocess.run(["chown", "zddsbx", str(sb.STACK / name)], check=True)
+    yield
+    for name in OVERRIDES:
+        (sb.STACK / name).unlink()
+
+
+def _with(file: str) -> dict:
+    return dict(old='[hosts.sandbox]\n', new=f'[hosts.sandbox]\ncompose_files = ["docker-compose.yaml", "{file}"]\n')
+
+
 CASES = [
     ("hosts.toml syntax", ["deploy"], dict(extra="\n[hosts.sandbox\n"), "not valid TOML"),
     ("unknown key", ["deploy"], dict(old='health_timeout = 30', new='health_timout = 30'),
@@ -73,10 +99,10 @@ CASES = [
      "docker compose config failed"),
     ("project dir missing on the host", ["deploy"], dict(old='dir = "~/remilia"\nengine', new='dir = "~/nowhere"\nengine'),
      "cannot read the host's compose project in ~/nowhere"),
-    ("proxy not running", ["deploy"],
-     dict(old='[hosts.sandbox]\n', new='[hosts.sandbox]\ncompose_files = ["docker-compose.yaml", "edge.yaml"]\n',
-          extra='\n[hosts.sandbox.proxy]\nservice = "edge"\n'),
+    ("proxy not running", ["deploy"], {**_with("edge.yaml"), "extra": '\n[hosts.sandbox.proxy]\nservice = "edge"\n'},
      "the proxy edge is not running, so old containers cannot be drained"),
+    ("app service without a healthcheck", ["deploy"], _with("nocheck.yaml"),
+     "property has no healthcheck, so nothing says when a new container is ready"),
     ("unreadable Caddyfile", ["deploy"], dict(extra='\n[hosts.sandbox.proxy]\nconfig = "/etc/caddy/nope"\n'),
      "reading the proxy config failed"),
     ("unknown host key", ["deploy"], dict(old='known_hosts = "/var/lib/zdd-sandbox/client/known_hosts"',
@@ -87,20 +113,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def edge_service():
-    """A proxy service in the compose project that is not running."""
-    path = sb.STACK / "edge.yaml"
-    path.write_text("services:\n  edge:\n    image: 127.0.0.1:15000/zdd-sandbox/base:latest\n"
-                    "    command: [caddy, run, --config, /etc/caddy/Caddyfile, --adapter, caddyfile]\n")
-    subprocess.run(["chown", "zddsbx", str(path)], check=True)
-    yield
-    path.unlink()
-
-
 @pytest.mark.parametrize("name, args, edit, message", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(sandbox, tmp_path, edge_service, name, args, edit,
-                                                          message):
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(sandbox, tmp_path, overrides, name, args, edit, message):
     env = _hosts(tmp_path, **edit)
     before = _snapshot()
     argv = args if args[0] == "-H" else ["-H", "sandbox", *args]
@@ -125,3 +139,12 @@ def test_install_plugin_source_to_a_host_without_sftp(sandbox, tmp_path, no_sftp
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "the host offers no SFTP" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert _snapshot() == before
+
+
+def test_preflight_names_a_shared_volume_and_accepts_a_wait_for_a_service_without_healthcheck(sandbox, tmp_path,
+                                                                                             overrides):
+    env = _hosts(tmp_path, old='[hosts.sandbox]\n', new='[hosts.sandbox]\ncompose_files = ["docker-compose.yaml", '
+                 '"nocheck.yaml", "shared.yaml"]\n', extra="\n[hosts.sandbox.services.property]\nno_healthcheck_wait = 3\n")
+    res = sb.run([str(sb.BIN / "fab"), "-H", "sandbox", "deploy", "--dry-run"], env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "identity: old and new containers share beetle_data while both run" in res.stdout, res.stdout
