@@ -209,7 +209,7 @@ def finish(s: Session, state: HostState, held: Held, result: str, error: str) ->
         res = s.r.change(cmds.finish(state.key, "" if held.handed_over else held.holder, prune_now,
                                      s.host.keep_images, held.run if keep else "", keep,
                                      (*held.lines, journal.line(end))), check=False)
-        rec.detail = "; ".join(res.stdout.strip().splitlines()) or res.first_error_line()
+        rec.detail = "; ".join(res.stdout.strip().splitlines()) or ("" if res.ok else res.first_error_line())
         if not res.ok:
             rec.status = "failed"
             s.notes.append(f"could not release the deploy lock: fab -H {s.name} unlock")
@@ -227,17 +227,18 @@ def unlock(s: Session) -> None:
 def recover(s: Session, state: HostState) -> HostState:
     """Finish or undo what an interrupted run left half done (from the journal); the state
     read again afterwards. Nothing to do: the same state, no round trip."""
-    prev = journal.unfinished(journal.parse(state.journal), own=s.run)
-    if prev is None:
+    runs = [r for r in journal.parse(state.journal) if r.end is None and r.run != s.run]
+    if not runs:
         return state
-    with s.report.step("recover") as rec:
-        tiers = [(t.pid, t.switched, t.services, t.old) for t in prev.tiers if not t.finished]
-        res = s.r.change(cmds.recover(s.host, state.key, prev.run, tiers), "recovering", check=False)
-        done = res.stdout.strip().splitlines()
-        rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) was interrupted" + (
-            "; " + "; ".join(done) if done else "; nothing was half done")
-        if not res.ok:
-            raise StepFailed(f"could not recover run {prev.run}: {res.first_error_line()}")
+    for prev in runs:  # oldest first: a run that died while recovering leaves two
+        with s.report.step("recover") as rec:
+            tiers = [(t.pid, t.switched, t.services, t.old) for t in prev.tiers if not t.finished]
+            res = s.r.change(cmds.recover(s.host, state.key, prev.run, tiers), "recovering", check=False)
+            done = res.stdout.strip().splitlines()
+            rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) was interrupted" + (
+                "; " + "; ".join(done) if done else "; nothing was half done")
+            if not res.ok:
+                raise StepFailed(f"could not recover run {prev.run}: {res.first_error_line()}")
     return survey(s)
 
 

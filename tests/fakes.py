@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shlex
+import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -474,3 +475,55 @@ def fake_session(fake: FakeExecutor, name: str = "sandbox", dry_run: bool = Fals
     out = io.StringIO()
     host = load(HOSTS_TOML).host(name)
     return Session(name, host, Runner(fake, name, dry_run=dry_run, out=out), Reporter(name, out=out)), out
+
+
+# --- the sandbox stack as it is (healthchecks), and a host for a whole deploy --------------------------
+
+# scripts/sandbox/stack/docker-compose.yaml: every app service has this healthcheck
+SANDBOX_HEALTHCHECK = {"test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"],
+                       "interval": "1s", "timeout": "1s", "retries": 3}
+
+
+def sandbox_compose_json(patch: dict[str, dict | None] | None = None) -> str:
+    """:func:`compose_config_json` with the sandbox's healthcheck on each app service (``patch``
+    is merged over it: ``{"server": {"healthcheck": {"disable": True}}}`` takes it away)."""
+    merged: dict[str, dict | None] = {s: {"healthcheck": SANDBOX_HEALTHCHECK} for s in SANDBOX_APPS}
+    for name, keys in (patch or {}).items():
+        merged[name] = None if keys is None else {**(merged.get(name) or {}), **keys}
+    return compose_config_json(merged)
+
+
+def sandbox_survey(containers: list[dict] | None = None, **kw: Any) -> str:
+    """:func:`survey_text` of the sandbox stack with its healthchecks (``containers``: those of
+    :func:`sandbox_containers` by default)."""
+    return survey_text(sandbox_containers() if containers is None else containers,
+                       compose=kw.pop("compose", None) or sandbox_compose_json(), **kw)
+
+
+SANDBOX_NEW = {s: [cid(f"b{i + 1}")[:12]] for i, s in enumerate(SANDBOX_APPS)}  # each app's new container
+
+
+def deploy_host(survey: str | list[str] | None = None, *first: tuple[str, Response], version: int = 1,
+                tier: Callable[[list[str]], list[str] | None] | None = None) -> FakeExecutor:
+    """A sandbox host for a whole deploy: ``survey`` (:func:`sandbox_survey` by default; a list
+    is answered in turn), a lock that is free, ``version`` of the app images after the pull,
+    tier.sh as :func:`tier_host` starting :data:`SANDBOX_NEW`, a queued restore, finish.sh;
+    ``first``: rules that come before those."""
+    fake = FakeExecutor([
+        *first,
+        ("survey.sh", sandbox_survey() if survey is None else survey),
+        ("lock.sh", ok("locked\n")),
+        ("pull.sh", ok("logged in to 127.0.0.1:15000 (temporary config)\n" + image_listing(version))),
+        ("restore.sh", ok("restore queued (job 99)\n")),
+        ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
+    ])
+    fake.on("kill -TERM", fake.interrupt)
+    fake.tier_script = tier or tier_host(SANDBOX_NEW)
+    return fake
+
+
+def dead_pid() -> int:
+    """The pid of a process of this machine that has ended (and been reaped)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid

@@ -9,7 +9,7 @@ import pytest
 
 from fabfile import commands as cmds
 from fabfile.commands import Command, Compose, Stdin, TierService, quote_path
-from fabfile.config import HostConfig, ProxyConfig
+from fabfile.config import HostConfig, ProxyConfig, RegistryConfig
 
 NASTY = [
     "with space",
@@ -194,25 +194,26 @@ def test_login_puts_the_password_only_on_stdin():
     assert c.describe().endswith("< $GH_PACKAGES_TOKEN (secret, on stdin)")
 
 
-def test_pull_with_credentials_logs_in_pulls_and_lists_in_one_command():
-    h = H(compose_files=("a.yaml",), project_name="remi")
+@pytest.mark.parametrize("keep_login, keep", [(False, "0"), (True, "1")])
+def test_pull_with_credentials_logs_in_pulls_and_lists_in_one_command(keep_login, keep):
+    h = H(compose_files=("a.yaml",), project_name="remi",
+          registry=RegistryConfig(server="ghcr.io", password_env="GH_PACKAGES_TOKEN", keep_login=keep_login))
     c = cmds.pull(h, ["server", "redis"], ("ghcr.io", "bot", TOKEN, "GH_PACKAGES_TOKEN"), limit=300)
-    assert c.render() == (
-        "docker login --username bot --password-stdin ghcr.io"
-        " && cd ~/app && timeout --kill-after=10 300 docker compose -f a.yaml -p remi pull --quiet server redis"
-        " && " + shlex.join(LISTING))
+    assert program_args(c, "pull.sh") == (keep, "ghcr.io", "bot", "300", "server", "redis", "--",
+                                          "-f", "a.yaml", "-p", "remi")
+    assert c.cwd == "~/app"
     assert c.stdin is not None and c.stdin.text == TOKEN and c.stdin.secret
-    assert c.describe() == c.render() + "  < $GH_PACKAGES_TOKEN (secret, on stdin)"
+    assert c.describe() == (f"cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh {keep} ghcr.io bot 300 server "
+                            "redis -- -f a.yaml -p remi  < $GH_PACKAGES_TOKEN (secret, on stdin)")
     assert "s3cr3t" not in c.render() + c.describe() + repr(c)
-    assert all(step.stdin is None for step in c.then)  # the token is fed once, to login
 
 
 def test_pull_without_credentials():
     c = cmds.pull(H(), ["server"])
-    assert c.render() == ("cd ~/app && timeout --kill-after=10 900 docker compose -f docker-compose.yaml pull"
-                          " --quiet server && " + shlex.join(LISTING))
+    assert program_args(c, "pull.sh") == ("0", "", "", "900", "server", "--", "-f", "docker-compose.yaml")
     assert c.stdin is None
-    assert c.describe() == c.render()
+    assert c.describe() == "cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 '' '' 900 server -- " \
+                           "-f docker-compose.yaml"
 
 
 # --- plain docker and helpers ---------------------------------------------------------------------

@@ -14,25 +14,24 @@ from fabfile.session import Session
 from tests.fakes import (
     HOSTS_TOML,
     FakeExecutor,
-    compose_config_json,
     fail,
     fake_session,
     image_listing,
-    sandbox_containers,
-    survey_text,
+    sandbox_compose_json,
+    sandbox_survey,
 )
 
 TOKEN = "s3cr3t-token"
 
 # What a dry run may send to the host: probes that change nothing.
 READ_ONLY = ("survey.sh", "docker image ls", "plugin_version.sh")
-MUTATING = ("lock.sh", "docker login", " pull ", "up --detach", "tier.sh", "restore.sh", "caddy reload",
+MUTATING = ("lock.sh", "docker login", " pull ", "pull.sh", "up --detach", "tier.sh", "restore.sh", "caddy reload",
             "image prune", "install_plugin.sh", "finish.sh", "recover.sh", "docker tag")
 
 
 def fake_host(compose_json: str | None = None, survey: str | None = None, version: int = 2) -> FakeExecutor:
     return FakeExecutor([
-        ("survey.sh", survey or survey_text(sandbox_containers(), compose=compose_json)),
+        ("survey.sh", survey or sandbox_survey(compose=compose_json)),
         ("docker image ls", image_listing(version)),
     ])
 
@@ -88,9 +87,9 @@ def test_dry_run_plan_in_order(deployed):
     needles: list = [
         ("would run: sh -c '<fabfile/remote/lock.sh>' lock.sh acquire project ", " deploy since ", " 120",
          "< journal lines"),
-        ("would run: docker login --username zdd --password-stdin 127.0.0.1:15000",
-         "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)", "docker compose -f docker-compose.yaml pull --quiet",
-         "server property identity profile-server mongodb redis caddy", "&& docker image ls"),
+        ("would run: cd ~/remilia && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 127.0.0.1:15000 zdd 900 "
+         "server property identity profile-server mongodb redis caddy -- -f docker-compose.yaml",
+         "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)"),
         "server: roll (1 → 1), new image",
         "profile-server: roll (1 → 1), new image",
         ("would run: cd ~/remilia && sh -c '<fabfile/remote/tier.sh>' tier.sh native cad000000000", " 2 server 1 30 ",
@@ -122,6 +121,13 @@ def test_dry_run_report_steps(deployed):
         ("reload-caddy", "ok"), ("finish", "ok"),
     ]
     assert s.report.steps[3].detail == "roll 4 of 4 in 3 tier(s)"
+
+
+def test_dry_run_finish_step_does_not_read_like_an_error(deployed):
+    s, out, fake = deployed
+    finish = s.report.steps[-1]
+    assert (finish.name, finish.status) == ("finish", "ok")
+    assert "exit status" not in finish.detail
 
 
 def test_dry_run_of_an_unchanged_host_plans_nothing(token):
@@ -163,9 +169,12 @@ def test_registry_token_missing_fails_before_pulling(monkeypatch, tmp_path):
      "property publishes host ports"),
     ({"identity": None}, "service 'identity' is not in the compose project"),
     ({"redis": None}, "service 'redis' is not in the compose project"),
+    ({"identity": {"healthcheck": {"disable": True}}}, "identity has no healthcheck, so nothing says when a new "
+                                                       "container is ready: add one, or set "
+                                                       "services.identity.no_healthcheck_wait"),
 ])
 def test_validation_failure_stops_before_anything_else(token, patch, problem):
-    fake = fake_host(compose_config_json(patch))
+    fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
     with pytest.raises(StepFailed) as e:
         steps.deploy(s)
@@ -178,7 +187,7 @@ def test_validation_failure_stops_before_anything_else(token, patch, problem):
 def test_unpublished_ports_and_infra_container_name_are_fine(token):
     patch = {"server": {"ports": [{"mode": "ingress", "target": 8080, "protocol": "tcp"}]},
              "redis": {"container_name": "redis"}}
-    fake = fake_host(compose_config_json(patch))
+    fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
     steps.deploy(s)
     assert s.report.steps[-1].name == "finish"
@@ -188,8 +197,8 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
     monkeypatch.setenv("GH_PACKAGES_TOKEN", TOKEN)
     monkeypatch.setenv("GH_ACTOR", "bot")
     h = load(HOSTS_TOML).host("reminet-staging")
-    compose = compose_config_json({s: {"image": f"x/{s}"} for s in h.infra})
-    fake = fake_host(compose, survey_text(sandbox_containers(), compose=compose, hashes={}))
+    compose = sandbox_compose_json({s: {"image": f"x/{s}"} for s in h.infra})
+    fake = fake_host(compose, sandbox_survey(compose=compose, hashes={}))
     fake.first("plugin_version.sh", fail(1, "not installed\n"))
     s, out = session("reminet-staging", fake)
     steps.deploy(s)
@@ -200,7 +209,7 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
 
 def test_unreadable_proxy_config_fails_validation_before_any_change(monkeypatch):
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", TOKEN)
-    text = survey_text(sandbox_containers()).replace(
+    text = sandbox_survey().replace(
         "=== proxy-config 0\n", "=== proxy-config 1\nError: adapting config using caddyfile: Caddyfile:3: "
                                 "unknown directive\n=== ignored 0\n")
     fake = fake_host(survey=text)

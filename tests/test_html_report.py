@@ -16,7 +16,7 @@ from invoke import Config, Context
 import tasks as inv_tasks
 from fabfile import html_report, outcome, steps
 from fabfile.report import StepRecord
-from tests.fakes import A, B, SWITCH_AT, WS, deploy_report, deploy_result
+from tests.fakes import A, B, SWITCH_AT, WS, deploy_host, deploy_report, deploy_result, fake_session
 
 class Page(HTMLParser):
     """Every start tag with its attributes, in order, and the text."""
@@ -90,9 +90,8 @@ def test_switch_marked_at_its_time_on_every_chart(page_html):
 
 
 def test_switch_times_are_read_from_a_real_rollouts_steps(monkeypatch):
-    from tests.test_rollout import host  # the replace sequence against a simulated tier.sh
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", "t0ken")
-    s, _, _ = host()
+    s, _ = fake_session(deploy_host(version=2))  # the replace sequence against a simulated tier.sh
     steps.deploy(s)
     result = outcome.HostResult("sandbox", "deploy", steps=s.report.steps)
     tiers = [r for r in s.report.steps if r.name.startswith("rollout ")]

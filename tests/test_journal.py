@@ -9,16 +9,17 @@ import json
 import re
 import shlex
 import socket
-import subprocess
 
 import pytest
 
 from fabfile import journal, steps
 from fabfile.plan import image_table, make_plan, parse_survey
-from fabfile.runner import Outcome, StepFailed
+from fabfile.runner import StepFailed
 from tests.fakes import (
     FakeExecutor,
     cid,
+    dead_pid,
+    deploy_host,
     fail,
     fake_session,
     image_id,
@@ -27,9 +28,9 @@ from tests.fakes import (
     ok,
     run_events,
     sandbox_containers,
+    sandbox_survey,
     survey_head,
     survey_text,
-    tier_host,
 )
 
 TOKEN = "s3cr3t-t0ken"
@@ -40,12 +41,6 @@ OLD = {"server": cid("a")[:12], "property": cid("c")[:12], "identity": cid("e")[
 @pytest.fixture(autouse=True)
 def token(monkeypatch):
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", TOKEN)
-
-
-def dead_pid() -> int:
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    return gone.pid
 
 
 # --- parse, unfinished ---------------------------------------------------------------------------
@@ -106,26 +101,11 @@ def journal_sent(fake: FakeExecutor) -> list[dict]:
     return [json.loads(x) for x in lines]
 
 
-def deploy_host(survey: str | list[str], *first: tuple[str, Outcome], version: int = 1) -> FakeExecutor:
-    """A host for a whole deploy: ``survey`` (answered in turn when a list), a lock to take,
-    ``version`` of the app images after the pull; ``first``: rules before those."""
-    fake = FakeExecutor([*first,
-        ("survey.sh", survey),
-        ("lock.sh", ok("locked\n")),
-        ("docker login", image_listing(version)),
-        ("restore.sh", ok("restore queued (job 99)\n")),
-        ("finish.sh", ok("released the lock\n")),
-    ])
-    fake.tier_script = tier_host({s: [cid(f"b{i}")[:12]] for i, s in enumerate(("server", "property",
-                                                                                   "identity", "profile-server"))})
-    return fake
-
-
 def test_no_event_of_a_deploy_holds_the_registry_token():
-    fake = deploy_host(survey_text(sandbox_containers()), version=2)
+    fake = deploy_host(version=2)
     s, out = fake_session(fake)
     steps.deploy(s)
-    assert any(TOKEN in (c.stdin or "") for c in fake.calls)  # the token did reach docker login
+    assert TOKEN == fake.calls[fake.index("pull.sh")].stdin  # the token did reach the login
     events = journal_sent(fake)
     assert sorted(e["event"] for e in events) == ["end", "plan", "start"]
     assert {e["run"] for e in events} == {s.run}
@@ -148,14 +128,14 @@ def interrupted_run() -> list[dict]:
 def test_deploy_recovers_an_interrupted_run_then_surveys_again():
     half = sandbox_containers(extra={"identity": 1})  # the interrupted tier's new identity container, running
     next(c for c in half if c["Id"] == cid("e1"))["Image"] = image_id("identity", 2)
-    before = survey_head(survey_text(half), journal=interrupted_run())
-    fake = deploy_host([before, survey_text(sandbox_containers())],
+    before = survey_head(sandbox_survey(half), journal=interrupted_run())
+    fake = deploy_host([before, sandbox_survey()],
                        ("recover.sh", ok(f"recovered identity: removed the new containers: {cid('e1')[:12]}\n")))
     s, out = fake_session(fake)
     steps.deploy(s)
     survey1, lock, recover, survey2 = (fake.index("survey.sh"), fake.index("lock.sh acquire"),
                                        fake.index("recover.sh"), fake.index("survey.sh", after=0))
-    assert survey1 < lock < recover < survey2 < fake.index("docker login") < fake.index("finish.sh")
+    assert survey1 < lock < recover < survey2 < fake.index("pull.sh") < fake.index("finish.sh")
     # only the unfinished tier, as the journal left it: pid, not switched, its services and old containers
     assert f"recover.sh project {R1} 1 4242 '' identity {OLD['identity']} -f docker-compose.yaml" in \
         fake.calls[recover].command
@@ -167,13 +147,13 @@ def test_deploy_recovers_an_interrupted_run_then_surveys_again():
 
 
 def test_a_failed_recovery_fails_the_deploy_and_releases_the_lock():
-    fake = deploy_host(survey_head(survey_text(sandbox_containers()), journal=interrupted_run()),
+    fake = deploy_host(survey_head(sandbox_survey(), journal=interrupted_run()),
                        ("recover.sh", fail(1, "recovered identity: its tier.sh 4242 did not stop within 30s\n",
                                            "docker: cannot connect")))
     s, out = fake_session(fake)
     with pytest.raises(StepFailed, match=f"could not recover run {R1}: docker: cannot connect"):
         steps.deploy(s)
-    assert not fake.seen("docker login")
+    assert not fake.seen("pull.sh")
     finish = fake.calls[fake.index("finish.sh")]
     assert '"result": "failed"' in finish.stdin
     assert f"finish.sh project '{journal.who()} pid " in finish.command  # its own holder: the lock is released
@@ -185,21 +165,21 @@ def holder_line(host: str, pid: int) -> str:
 
 def test_the_lock_of_a_zdd_on_this_machine_that_is_gone_is_taken_over():
     holder = holder_line(socket.gethostname(), dead_pid())
-    fake = deploy_host(survey_text(sandbox_containers()), ("lock.sh acquire", fail(1, f"locked by: {holder}\n")))
+    fake = deploy_host(None, ("lock.sh acquire", fail(1, f"locked by: {holder}\n")))
     s, out = fake_session(fake)
     steps.deploy(s)
     takeover = fake.calls[fake.index("lock.sh takeover")]
     assert takeover.command.endswith(" " + shlex.quote(holder))  # replaces exactly that holder
     assert [json.loads(x)["event"] for x in takeover.stdin.splitlines()] == ["start"]
     assert f"took over the lock of a zdd that is gone ({holder})" in s.notes
-    assert fake.index("lock.sh acquire") < fake.index("lock.sh takeover") < fake.index("docker login")
+    assert fake.index("lock.sh acquire") < fake.index("lock.sh takeover") < fake.index("pull.sh")
 
 
 @pytest.mark.parametrize("holder", [holder_line("elsewhere.example", 1),
                                     holder_line(socket.gethostname(), 1)],  # pid 1 never is gone
                          ids=["another machine", "a live process here"])
 def test_a_lock_that_may_still_be_held_is_not_taken_over(holder):
-    fake = deploy_host(survey_text(sandbox_containers()), ("lock.sh acquire", fail(1, f"locked by: {holder}\n")))
+    fake = deploy_host(None, ("lock.sh acquire", fail(1, f"locked by: {holder}\n")))
     s, out = fake_session(fake)
     with pytest.raises(StepFailed, match=re.escape(f"another deploy holds the lock (locked by: {holder}); "
                                                    "if it is gone, run: fab -H sandbox unlock")):

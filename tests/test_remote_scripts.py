@@ -19,10 +19,10 @@ import pytest
 from fabfile import commands as cmds
 from fabfile import journal
 from fabfile.commands import TierService
-from fabfile.config import HostConfig, ProxyConfig
+from fabfile.config import HostConfig, ProxyConfig, RegistryConfig
 from fabfile.plan import parse_survey
 from fabfile.proxy import Routing
-from tests.fakes import PROXY_NETWORK, cid, sandbox_caddy_config
+from tests.fakes import PROXY_NETWORK, cid, dead_pid, sandbox_caddy_config
 
 SH = shutil.which("dash") or "/bin/sh"
 SLEEP = shutil.which("sleep") or "/bin/sleep"
@@ -39,6 +39,8 @@ RUN = "20250101-120000-77"                  # the run a test's scripts write to 
 #   upstreams      what Caddy's admin API says of /reverse_proxy/upstreams
 #   up             written by `compose up`: from then on `compose ps` lists the new container too
 #   loads          the configs loaded through `docker exec -i PROXY caddy reload --config /dev/stdin`
+#   login          written by `login`: its DOCKER_CONFIG, then its stdin (the token), and "plugins"
+#                  when that config has the user's cli-plugins; pull: the DOCKER_CONFIG `compose pull` had
 DOCKER = f"""#!/bin/sh
 d=$STUB
 printf '%s\\n' "$*" >> "$d/calls"
@@ -65,7 +67,11 @@ compose)
         *" ps "*--status*) ;;
         *" ps "*) echo {OLD}; [ -e "$d/up" ] && echo {NEW} ;;
         *" config --format json"*) echo '{{"name": "app", "services": {{}}}}' ;;
+        *" pull "*) printf '%s\\n' "${{DOCKER_CONFIG:-}}" > "$d/pull" ;;
     esac ;;
+login)
+    {{ printf '%s\\n' "${{DOCKER_CONFIG:-}}"; cat; echo
+       [ -e "$DOCKER_CONFIG/cli-plugins" ] && echo plugins; }} > "$d/login" ;;
 image)
     case "$2" in
         ls) cat "$d/images" 2>/dev/null ;;
@@ -172,12 +178,6 @@ def sleeper() -> subprocess.Popen:
     """A live process to stand for a restore job."""
     return subprocess.Popen([SLEEP, "30"])
 
-
-def dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    return gone.pid
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -479,8 +479,6 @@ def test_tier_writes_its_events_and_zdds_lines_to_the_journal(host):
         (pid, ["server"], [OLD[:12]], True, True)]
 
 
-@pytest.mark.xfail(strict=True, reason="tier.sh start_rollout sets run=setsid, which overwrites RUN: the tier's "
-                   "later events go to a run 'setsid' (fabfile/remote/tier.sh:130)")
 def test_tier_with_docker_rollout_journals_every_event_under_its_run(host):
     host.set("up")  # docker rollout (the stub) started the new container
     cmd = cmds.tier(host.config, "docker-rollout", "cad", [TierService("server", 1, 5, None, (OLD[:12],), ())],
@@ -522,9 +520,43 @@ def test_stdin_secret_is_not_in_repr():
     assert c.stdin.text == "s3cr3t-token"
 
 
+# --- pull.sh: log in (to a temporary config), pull, list --------------------------------------------
+
+def pull(host: Host, keep_login: bool = False, credentials: bool = True) -> subprocess.CompletedProcess:
+    host.config = dataclasses.replace(host.config, registry=RegistryConfig(server="reg.test", keep_login=keep_login))
+    host.set("images", "reg.test/server:latest sha256:aa\n")
+    res = host.run(cmds.pull(host.config, ["server"], ("reg.test", "bot", "t0k3n", "X") if credentials else None,
+                             limit=30))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_pull_logs_in_to_a_temporary_config_then_removes_it(host):
+    (host.home / ".docker" / "cli-plugins").mkdir(parents=True)
+    res = pull(host)
+    assert res.stdout == "logged in to reg.test (temporary config)\nreg.test/server:latest sha256:aa\n"
+    config, token, plugins = (host.stub / "login").read_text().splitlines()
+    assert (token, plugins) == ("t0k3n", "plugins")  # the token on stdin; the user's docker-rollout at hand
+    assert config and config != str(host.home / ".docker") and not Path(config).exists()  # removed
+    assert (host.stub / "pull").read_text() == config + "\n"  # the pull used that login
+    assert host.calls() == ["login --username bot --password-stdin reg.test",
+                            "compose -f x.yaml pull --quiet server",
+                            "image ls --no-trunc --format {{.Repository}}:{{.Tag}} {{.ID}}"]
+
+
+def test_pull_keeps_the_login_when_asked_and_logs_in_to_nothing_without_a_registry(host):
+    res = pull(host, keep_login=True)
+    assert res.stdout.splitlines()[0] == "logged in to reg.test"
+    assert (host.stub / "login").read_text().splitlines()[:2] == [str(host.home / ".docker"), "t0k3n"]
+    (host.stub / "login").unlink()
+    res = pull(host, credentials=False)
+    assert res.stdout == "reg.test/server:latest sha256:aa\n"
+    assert not (host.stub / "login").exists() and (host.stub / "pull").read_text() == "\n"
+
+
 # --- survey.sh: the key, the lock, the last run's journal -------------------------------------------
 
-def test_survey_prints_the_key_the_lock_holder_and_the_last_run(host):
+def test_survey_prints_the_key_the_lock_holder_and_the_recent_runs(host):
     host.config = dataclasses.replace(host.config, project_name="remi")
     host.key = project_key(host.home / "app", "remi")
     host.lock_dir = host.home / ".zdd" / "locks" / host.key
@@ -539,7 +571,7 @@ def test_survey_prints_the_key_the_lock_holder_and_the_last_run(host):
     assert host.key.endswith("_home_app_remi") and "/" not in host.key
     state = parse_survey(res.stdout, "caddy")
     assert (state.key, state.lock_holder) == (host.key, "alice@laptop pid 7 deploy since noon")
-    assert [json.loads(line) for line in state.journal.splitlines()] == last
+    assert [json.loads(line) for line in state.journal.splitlines()] == [*first, *last]  # all recent lines
 
 
 def test_survey_of_a_free_project_without_a_journal(host):

@@ -14,7 +14,7 @@ import pytest
 from fabfile import steps
 from fabfile.config import load
 from fabfile.report import Reporter
-from fabfile.runner import Runner, StepFailed
+from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import (
     FakeConversation,
@@ -25,6 +25,7 @@ from tests.fakes import (
     image_listing,
     ok,
     sandbox_containers,
+    sandbox_survey,
     survey_text,
     tier_host,
 )
@@ -42,9 +43,9 @@ def token(monkeypatch):
 def host(version: int = 2, containers=None, survey: str | None = None, tier=None, host_name: str = "sandbox",
          restore: str = "restore queued (job 99)"):
     fake = FakeExecutor([
-        ("survey.sh", survey or survey_text(containers or sandbox_containers())),
+        ("survey.sh", survey or sandbox_survey(containers or sandbox_containers())),
         ("lock.sh", ok("locked\n")),
-        ("docker login", image_listing(version)),
+        ("pull.sh", image_listing(version)),
         ("restore.sh", ok(restore + "\n")),
         ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
     ])
@@ -208,7 +209,12 @@ def test_ctrl_c_after_a_switch_never_undoes_that_tier(monkeypatch):
 
 
 def test_no_proxy_container_rolls_without_loads():
-    s, fake, out = host(survey=survey_text(sandbox_containers()[:-1], proxy=None))
+    s, fake, out = host(survey=sandbox_survey(sandbox_containers()[:-1], proxy=None))
+    with pytest.raises(BadInput, match="the proxy caddy is not running, so old containers cannot be drained"):
+        steps.deploy(s)  # refused: it would stop old containers without draining them
+    assert fake.tiers == [] and len(fake.calls) == 1
+    s, fake, out = host(survey=sandbox_survey(sandbox_containers()[:-1], proxy=None))
+    s.host = dataclasses.replace(s.host, proxy=dataclasses.replace(s.host.proxy, drain=False))
     steps.deploy(s)
     assert all(c.said[0] == "nopin" and c.said[1] == "go" for c in fake.tiers)
     assert s.report.proxy_loads == 0 and not fake.seen("restore.sh")
@@ -217,7 +223,7 @@ def test_no_proxy_container_rolls_without_loads():
 def test_a_pinned_proxy_left_by_an_unfinished_deploy_is_restored_even_when_nothing_rolls():
     pinned = json.loads(survey_text(sandbox_containers()).split("=== proxy-config 0\n")[1].split("\n")[0])
     pinned["apps"]["http"]["servers"]["srv0"]["routes"].append({"@id": "zdd-drain-hold"})
-    s, fake, out = host(version=1, survey=survey_text(sandbox_containers(), running=pinned))
+    s, fake, out = host(version=1, survey=sandbox_survey(sandbox_containers(), running=pinned))
     steps.deploy(s)
     assert fake.tiers == [] and fake.seen("restore.sh")
     assert "still routing to container addresses" in "\n".join(s.notes)
@@ -262,7 +268,7 @@ def test_zdd_loads_keep_websockets_open_on_caddy_2_7_and_newer():
 
 
 def test_older_caddy_gets_no_stream_close_delay_and_a_note():
-    s, fake, out = host(survey=survey_text(sandbox_containers(), version="2.6.2"))
+    s, fake, out = host(survey=sandbox_survey(sandbox_containers(), version="2.6.2"))
     steps.deploy(s)
     assert "stream_close_delay" not in json.dumps(sent_config(fake.tiers[0], "pin"))
     assert [n for n in s.notes if "older than 2.7" in n] == [

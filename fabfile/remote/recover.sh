@@ -20,7 +20,7 @@ for a in "$@"; do flags="$flags '$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'"; do
 dc() { eval "docker compose $flags \"\$@\""; }
 journal=$HOME/.zdd/journal/$key.jsonl
 commas() { printf '%s' "$1" | tr ',' ' '; }
-alive() { kill -0 "$1" 2>/dev/null && ps -o args= -p "$1" 2>/dev/null | grep -q 'tier\.sh'; }
+alive() { kill -0 "$1" 2>/dev/null && tr '\000' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -q 'tier\.sh'; }
 wait_gone() {  # wait_gone PID SECONDS
     n=0
     while alive "$1" && [ $n -lt $(($2 * 5)) ]; do sleep 0.2 2>/dev/null || sleep 1; n=$((n + 1)); done

@@ -3,7 +3,7 @@
 #
 # Everything a deploy needs to know about the host, read once and changing nothing: the
 # project's key (its resolved directory and compose project: names its lock and journal),
-# the lock holder, the journal of the last run, the compose model, the config hash each
+# the lock holder, the journal's recent lines, the compose model, the config hash each
 # service would get now, every container of the project (docker inspect), and the proxy: its
 # config file as JSON, the config it runs, its version.
 # Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
@@ -15,10 +15,7 @@ printf '=== key 0\n%s\n' "$key"
 printf '=== lock 0\n'
 cat "$HOME/.zdd/locks/$key/holder" 2>/dev/null
 printf '=== journal 0\n'
-if [ -s "$journal" ]; then  # the last run: from its "start" line on
-    n=$(grep -n '"event": *"start"' "$journal" | tail -n 1 | cut -d: -f1)
-    tail -n +"${n:-1}" "$journal"
-fi
+[ -s "$journal" ] && tail -n 500 "$journal"  # the recent runs: an unfinished one is among them
 dir=$(mktemp -d 2>/dev/null || { mkdir -p "/tmp/zdd-survey-$$" && echo "/tmp/zdd-survey-$$"; })
 trap 'rm -rf "$dir"' EXIT
 run() {  # run NAME COMMAND...: in the background, its stdout (or its stderr when it failed)

@@ -127,9 +127,9 @@ start_rollout() {
     h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (htime + drain_timeout + 60) * 5 )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"
     [ -n "$hook" ] && h="$h; $hook"
     log=$jobs/rollout-$tag-$name.log
-    if command -v setsid >/dev/null 2>&1; then run=setsid; else run=; fi
+    if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi
     # `&` inside the eval: $! is then docker rollout itself, leader of its own session
-    eval "$run docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \
+    eval "$detach docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \
         \"\$name\" </dev/null >\"\$log\" 2>&1 &"
     pids="$pids $!"
     eval "pid_$j=\$!"

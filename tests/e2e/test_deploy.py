@@ -70,9 +70,10 @@ def test_deploy_rolls_every_app_with_zero_failed_requests(settled, tmp_path):
     assert re.search(r"verify: 0 of [\d,]+ requests failed, [\d,]+ if never retried, p99 \d+ ms", res.stdout), \
         res.stdout
     for step in ("validate", "pull", "plan", "rollout server, property", "rollout identity",
-                 "rollout profile-server", "reload-caddy", "prune"):
+                 "rollout profile-server", "reload-caddy", "finish"):
         assert re.search(rf"\[sandbox\] ok   {re.escape(step)}\s+[\d.]+s", res.stdout), step
     assert re.search(r"\[sandbox\] skip infra-up\s+[\d.]+s  unchanged: mongodb, redis", res.stdout)
+    assert re.search(r"\[sandbox\] ok   finish .*kept the images of the last 3 runs; Total reclaimed space", res.stdout)
     assert "new image for server, property, identity, profile-server" in res.stdout
     # a handful of proxy loads: pin, one switch per tier, restore (tiers + 2)
     commands, loads = _cost(res.stdout)
@@ -93,8 +94,9 @@ def test_deploy_with_nothing_changed_touches_nothing(settled):
     assert res.returncode == 0, res.stdout + res.stderr
     assert {svc: [c.id for c in sb.containers(svc, all_states=True)] for svc in ids} == ids
     assert res.stdout.count("skip, unchanged") == 4
-    assert _cost(res.stdout) == (4, 0)  # survey, lock, pull, unlock; no proxy load
-    assert "skip reload-caddy" in res.stdout and "skip prune" in res.stdout
+    assert _cost(res.stdout) == (4, 0)  # survey, lock, pull, finish (journal, unlock); no proxy load
+    assert "skip reload-caddy" in res.stdout
+    assert re.search(r"\[sandbox\] ok   finish\s+[\d.]+s  released the lock$", res.stdout, re.M)  # no prune
 
 
 def test_broken_image_fails_fast_and_old_containers_keep_serving(settled, tmp_path):
