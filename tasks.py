@@ -1,7 +1,8 @@
 """Local tasks (Invoke): ``inv --list``.
 
 ``inv verify`` is the loop (HTTP requests and held websockets) that proves a deploy dropped
-nothing; the rest drive the local sandbox (scripts/sandbox.sh) and the tests.
+nothing; ``inv summary`` turns a deploy's JSON report into Markdown for a CI job summary; the
+rest drive the local sandbox (scripts/sandbox.sh) and the tests.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from invoke import Collection, task
 from invoke.exceptions import Exit
 
 from fabfile import config as cfg
+from fabfile import html_report, outcome
+from fabfile import summary as run_summary
 from fabfile import verify as vloop
 
 
@@ -35,11 +38,12 @@ from fabfile import verify as vloop
         "ws_connections": "connections held open per ws URL (default 4, or the host's)",
         "max_ws_gap": "fail when a websocket probe went longer than this many seconds without a working "
                       "connection (default: only report)",
+        "report": "write a self-contained HTML page (a chart per URL, the verdict) to this file",
     },
 )
 def verify(c, url=None, ws=None, host=None, concurrency=None, rate=None, duration=None, timeout=None,
            max_failures=None, json=None, version_regex=None, version_header=None, retry=True,
-           ws_connections=None, max_ws_gap=None):
+           ws_connections=None, max_ws_gap=None, report=None):
     """Hit URLs and hold websockets in a loop, report every failure; exit 0 only if none failed."""
     try:
         overrides = {
@@ -68,16 +72,30 @@ def verify(c, url=None, ws=None, host=None, concurrency=None, rate=None, duratio
     except ValueError as e:
         raise Exit(f"verify: {e}", code=2) from None
     try:
-        report = vloop.run_and_print(settings, json)
+        result = vloop.run_and_print(settings, json)
+        if report:
+            html_report.write(report, outcome.document("verify", [outcome.verify_result(result, host or "")]))
     except OSError as e:
-        raise Exit(f"verify: cannot write {json}: {e.strerror}", code=2) from None
-    if not report.ok:
+        raise Exit(f"verify: cannot write {e.filename}: {e.strerror}", code=2) from None
+    if not result.ok:
         raise Exit(code=1)
 
 
 def _number(kind: type, value: object) -> object:
     """A flag's value as int/float (ValueError names the bad text); None stays None."""
     return None if value is None else kind(value)
+
+
+@task(help={"file": "the JSON file written by fab deploy --json"})
+def summary(c, file):
+    """Print a deploy's JSON report as Markdown (for a CI job summary: >> $GITHUB_STEP_SUMMARY)."""
+    try:
+        doc = outcome.read_json(file)
+    except OSError as e:
+        raise Exit(f"summary: cannot read {file}: {e.strerror}", code=2) from None
+    except ValueError as e:
+        raise Exit(f"summary: {e}", code=2) from None
+    print(run_summary.markdown(doc), end="")
 
 
 @task
@@ -94,5 +112,5 @@ def publish(c, service=None, broken=False):
     c.run(shlex.join(["scripts/sandbox.sh", "publish", *args]), pty=False)
 
 
-ns = Collection(verify, sandbox, publish)
+ns = Collection(verify, summary, sandbox, publish)
 ns.configure({"hosts_file": "hosts.toml"})

@@ -18,7 +18,9 @@ ns = Collection(
     tasks.prune,
     tasks.verify_zero_downtime,
     tasks.unlock,
+    tasks.recover,
     tasks.rollback,
     tasks.status,
 )
+ns.add_task(tasks.history_, name="history")
 ns.configure({"hosts_file": "hosts.toml"})

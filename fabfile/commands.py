@@ -129,10 +129,6 @@ class Compose:
     def recreate(self, service: str) -> Command:
         return self._cmd("up", "--detach", "--no-deps", "--force-recreate", service)
 
-    def ps_table(self) -> Command:
-        """What runs, as a table (the ``status`` task)."""
-        return self._cmd("ps", "--all", "--format", "table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}")
-
 
 # --- plain docker -------------------------------------------------------------------------
 
@@ -164,24 +160,40 @@ def image_prune() -> Command:
 
 
 
-def lock_name(host: HostConfig) -> str:
-    """The host-side lock of one project: its directory (and compose project) as a file name;
-    with engine swarm, its stack."""
-    raw = f"stack:{host.stack_name}" if host.engine == "swarm" else f"{host.dir}:{host.project_name}".strip(":")
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in raw)
+def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = ()) -> Command:
+    """The project's deploy lock on the host (KEY from the survey); ``acquire`` waits up to
+    ``arg`` s for the previous deploy's restore job, ``takeover`` replaces holder ``arg``.
+    ``lines`` are appended to the project's journal with it."""
+    argv = [action, key] + ([holder] if holder or arg else []) + ([arg] if arg else [])
+    return host_program("lock.sh", *argv, stdin=_journal_stdin(lines))
 
 
-def lock(host: HostConfig, action: str, holder: str = "", wait: int = 0) -> Command:
-    """The project's deploy lock on the host; ``acquire`` waits up to ``wait`` s for the
-    previous deploy's restore job (and takes over a lock whose job died)."""
-    extra = [holder, str(wait)] if holder or wait else []
-    return host_script("lock.sh", action, lock_name(host), *extra)
+def _journal_stdin(lines: tuple[str, ...]) -> Stdin | None:
+    return Stdin("".join(line + "\n" for line in lines), "journal lines") if lines else None
 
 
+def journal_read(key: str, last: int = 5000) -> Command:
+    """The project's journal (its last ``last`` lines)."""
+    return Command(("tail", "-n", str(last), f".zdd/journal/{key}.jsonl"), cwd="~")
 
 
-# --- host-side helpers (fabfile/remote/*.sh) ---------------------------------------------
+def finish(key: str, holder: str, prune: bool, keep: int, run: str, images: dict[str, str],
+           lines: tuple[str, ...]) -> Command:
+    """The end of a run: journal lines, keep tags, prune, release the lock if still held."""
+    return host_program("finish.sh", key, holder, "1" if prune else "0", str(keep), run,
+                        *(f"{svc}={image}" for svc, image in images.items() if image), stdin=_journal_stdin(lines))
 
+
+def recover(host: HostConfig, key: str, run: str, tiers: list[tuple[str, bool, list[str], list[str]]]) -> Command:
+    """Finish or undo the tiers of an interrupted run: (pid, switched, services, old ids) each."""
+    args = [key, run, str(len(tiers))]
+    for pid, switched, services, old in tiers:
+        args += [pid, "1" if switched else "", ",".join(services), ",".join(old)]
+    return host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir)
+
+
+def tag(image: str, ref: str) -> Command:
+    return Command(("docker", "tag", image, ref))
 
 
 def install_plugin(url: str, sha256: str, version: str, uploaded: str | None = None) -> Command:
@@ -224,19 +236,20 @@ def caddy_reload(container: str, config: str, force: bool = True) -> Command:
 def survey(host: HostConfig) -> Command:
     """Read everything a deploy needs of the host at once (changes nothing)."""
     p = host.proxy
-    return host_program("survey.sh", p.service or "", p.config, p.admin, *Compose(host).project_flags(), cwd=host.dir)
+    return host_program("survey.sh", p.service or "", p.config, p.admin, host.project_name,
+                        *Compose(host).project_flags(), cwd=host.dir)
 
 
 def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None = None,
-         limit: int = 900, listing: Command | None = None) -> Command:
-    """``[docker login --password-stdin] && docker compose pull && docker image ls``: one round
-    trip. ``credentials`` is (server, username, token, token_env); the token goes on stdin only.
-    ``listing`` is what lists the images afterwards (default: their IDs)."""
-    listing = listing or image_ids()
-    pulling = dataclasses.replace(Compose(host).pull(services), limit=limit)
-    if credentials is None:
-        return pulling.and_then(listing)
-    return login(*credentials).and_then(pulling, listing)
+         limit: int = 900) -> Command:
+    """Log in (to a temporary Docker config unless ``registry.keep_login``), pull, list the
+    images: one round trip. ``credentials`` is (server, username, token, token_env); the token
+    goes on stdin only."""
+    server, username = (credentials[0], credentials[1]) if credentials else ("", "")
+    keep = "1" if host.registry is not None and host.registry.keep_login else "0"
+    stdin = Stdin(credentials[2], f"${credentials[3]} (secret, on stdin)", secret=True) if credentials else None
+    return host_program("pull.sh", keep, server, username, str(limit), *services, "--",
+                        *Compose(host).project_flags(), cwd=host.dir, stdin=stdin)
 
 
 @dataclass(frozen=True)
@@ -258,11 +271,13 @@ class TierService:
 
 
 def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
-         proxy_networks: tuple[str, ...] = ()) -> Command:
+         proxy_networks: tuple[str, ...] = (), key: str = "project", run: str = "run") -> Command:
     """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
     grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
-    args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(host.no_healthcheck_wait),
-            str(grace), str(len(services))]
+    nocheck = max((host.service(s.name).no_healthcheck_wait or host.no_healthcheck_wait for s in services),
+                  default=host.no_healthcheck_wait)
+    args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
+            str(grace), key, run, str(len(services))]
     for svc in services:
         args += svc.args()
     net = proxy_networks[0] if proxy_networks else "net"
@@ -276,9 +291,10 @@ def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
                         dry_run_output=tuple(dry))
 
 
-def restore(host: HostConfig, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
-    """Once ``old`` containers are gone: reload the proxy's config file and free the lock."""
-    return host_program("restore.sh", "detach" if detach else "wait", lock_name(host), proxy, host.proxy.config,
+def restore(host: HostConfig, key: str, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
+    """Once ``old`` containers are gone: reload the proxy's config file (detached: a job on
+    the host does it and frees the lock)."""
+    return host_program("restore.sh", "detach" if detach else "wait", key, proxy, host.proxy.config,
                         str(timeout), *old, cwd=host.dir,
                         dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",))
 
@@ -301,8 +317,9 @@ def stack_survey(host: HostConfig) -> Command:
 
 
 def image_digests() -> Command:
-    """The registry digest of each image on the host by repo:tag: what a pull resolved."""
-    return Command(("docker", "image", "ls", "--digests", "--format", "{{.Repository}}:{{.Tag}} {{.Digest}}"))
+    """The registry digest of each image on the host by repo:tag (``digest REF DIGEST`` lines,
+    told apart from an image listing): what a pull resolved."""
+    return Command(("docker", "image", "ls", "--digests", "--format", "digest {{.Repository}}:{{.Tag}} {{.Digest}}"))
 
 
 @dataclass(frozen=True)
@@ -321,10 +338,13 @@ class SwarmChange:
 SWARM_DONE = {"update": "completed", "rollback": "rollback_completed", "stack": "running 1/1"}
 
 
-def swarm_tier(host: HostConfig, action: str, changes: list[SwarmChange], ceiling: int, hashes: str = "") -> Command:
+def swarm_tier(host: HostConfig, action: str, changes: list[SwarmChange], ceiling: int, hashes: str = "",
+               key: str = "", journal: tuple[str, ...] = ()) -> Command:
     """Start ``action`` (update, rollback, stack) for these services and wait on the host until
-    Swarm has finished each (fabfile/remote/swarm_tier.sh)."""
-    args = [action, host.stack_name, str(ceiling), stack_state_file(host), hashes, str(len(changes))]
+    Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
+    the journal KEY before the change."""
+    args = [action, host.stack_name, str(ceiling), stack_state_file(host), hashes, key, "\n".join(journal),
+            str(len(changes))]
     for change in changes:
         args += change.args()
     if action == "stack":

@@ -20,8 +20,12 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``rollout`` – app services in dependency tiers, rolled one tier after the other.
 * ``infra`` – services that are only ever ``up -d``.
 * ``health_timeout``, ``pre_stop_hook``, ``stop_timeout`` – rollout settings, overridable
-  per service in ``[defaults.services.NAME]``/``[hosts.X.services.NAME]``.
+  per service in ``[defaults.services.NAME]``/``[hosts.X.services.NAME]``. An app service
+  without a healthcheck is refused unless its ``services.NAME.no_healthcheck_wait`` says how
+  many seconds of running count as ready.
 * ``prune`` – run ``docker image prune -f`` at the end of a deploy that rolled something.
+* ``keep_images`` – the images of the last N runs are tagged ``zdd-keep/...`` so that
+  ``prune`` keeps them and ``rollback`` finds them after ``:latest`` moved (default 3).
 * ``pull_timeout`` – seconds before a hung pull is killed on the host (the lock is freed).
 * ``proxy`` – the reverse proxy (Caddy) service, how to refresh it and whether to drain
   old containers at the proxy before stopping them. ``stream_grace`` (seconds; per service
@@ -34,7 +38,10 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
   changes with your deploys. ``mode = "recreate"`` is not available with engine swarm.
 * ``plugin`` – the docker-rollout version, download URL and sha256.
 * ``registry`` – ``docker login`` before pulling; the password is read from the
-  environment variable named by ``password_env`` (or ``.env``), never from this file.
+  environment variable named by ``password_env`` (or ``.env``), never from this file. The
+  login goes to a temporary Docker config removed after the pull, unless ``keep_login``.
+  Engine swarm requires ``keep_login = true`` (its ``--with-registry-auth`` passes the login
+  of ``~/.docker/config.json`` to the nodes that pull for their tasks).
 * ``ssh`` – optional connection details for hosts without an ssh-config entry.
 * ``verify`` – what the loop that proves a deploy dropped nothing hits: ``urls`` (http(s),
   requested in a loop) and ``ws_urls`` (ws:// or wss://; ``ws_connections`` connections
@@ -74,6 +81,7 @@ class ServiceConfig:
     stop_timeout: int | None = None
     drain: bool | None = None
     stream_grace: int | None = None
+    no_healthcheck_wait: int | None = None  # a service without healthcheck: seconds running = ready
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class RegistryConfig:
     username: str = ""
     username_env: str = ""
     password_env: str = ""
+    keep_login: bool = False      # leave the login in ~/.docker/config.json (Swarm's --with-registry-auth)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ class HostConfig:
     pre_stop_hook: str = ""
     stop_timeout: int | None = None
     prune: bool = True
+    keep_images: int = 3          # the images of the last N runs survive prune (for rollback)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     plugin: PluginConfig = field(default_factory=PluginConfig)
     registry: RegistryConfig | None = None
@@ -173,6 +183,7 @@ class HostConfig:
             stop_timeout=o.stop_timeout if o.stop_timeout is not None else self.stop_timeout,
             drain=o.drain if o.drain is not None else self.proxy.drain,
             stream_grace=o.stream_grace if o.stream_grace is not None else self.proxy.stream_grace,
+            no_healthcheck_wait=o.no_healthcheck_wait,
         )
 
 
@@ -184,6 +195,7 @@ class ResolvedService:
     stop_timeout: int | None
     drain: bool
     stream_grace: int = 5
+    no_healthcheck_wait: int | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +398,9 @@ def _check_swarm(key: str, h: HostConfig) -> None:
         raise ConfigError(f"{key}.env_file: docker stack deploy reads no env file; export the variables instead")
     if h.proxy.mode == "recreate":
         raise ConfigError(f"{key}.proxy.mode \"recreate\" is not available with engine swarm (use reload or none)")
+    if h.registry is not None and not h.registry.keep_login:
+        raise ConfigError(f"{key}.registry.keep_login must be true with engine swarm: --with-registry-auth hands "
+                          "Swarm the login of ~/.docker/config.json, so the pull's login must stay there")
 
 
 def parse(text: str, path: str = "hosts.toml") -> Inventory:

@@ -46,6 +46,8 @@ class Container:
     labels: dict[str, str] = field(default_factory=dict)
     name: str = ""
     mounts: tuple[str, ...] = ()
+    started_at: float = 0.0           # epoch seconds (State.StartedAt)
+    healthcheck: bool = False         # the container has a healthcheck (compose's or its image's)
 
     @property
     def running(self) -> bool:
@@ -63,6 +65,9 @@ class HostState:
     proxy_config_error: str = ""
     proxy_running: dict | None = None             # the config it runs now (admin API)
     proxy_version: str = ""
+    key: str = "project"                          # the project's resolved directory: names its lock, journal
+    lock_holder: str = ""                         # who holds the deploy lock now ("" = free)
+    journal: str = ""                             # the journal's lines of the last run
 
     def running(self, service: str) -> list[Container]:
         return [c for c in self.containers if c.service == service and c.running]
@@ -125,7 +130,29 @@ def _container(raw: dict) -> Container:
         labels=labels,
         name=str(raw.get("Name", "")).lstrip("/"),
         mounts=mounts,
+        started_at=_epoch(state.get("StartedAt", "")),
+        healthcheck=bool((cfg.get("Healthcheck") or {}).get("Test")) and
+        (cfg.get("Healthcheck") or {}).get("Test") != ["NONE"],
     )
+
+
+def _epoch(stamp: str) -> float:
+    """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds; 0 when unknown."""
+    import calendar
+    import time as _time
+    try:
+        head = stamp.split(".")[0].rstrip("Z")
+        return float(calendar.timegm(_time.strptime(head, "%Y-%m-%dT%H:%M:%S")))
+    except (ValueError, TypeError):
+        return 0.0
+
+
+def read_head(sec: dict[str, tuple[int, str]], state: Any) -> None:
+    """survey.sh's first sections onto ``state`` (any engine's): the project's key, the lock's
+    holder, the journal's recent lines."""
+    state.key = sec.get("key", (0, ""))[1].strip() or state.key
+    state.lock_holder = sec.get("lock", (0, ""))[1].strip()
+    state.journal = sec.get("journal", (0, ""))[1]
 
 
 def parse_survey(text: str, proxy_service: str = "") -> HostState:
@@ -142,6 +169,7 @@ def parse_survey(text: str, proxy_service: str = "") -> HostState:
     raw = section_json("containers", sec.get("containers", (0, "[]")), "docker inspect")
     containers = [_container(c) for c in raw]
     state = HostState(services=compose.get("services") or {}, hashes=hashes, containers=containers)
+    read_head(sec, state)
     proxy_id = sec.get("proxy-container", (0, ""))[1].strip()[:12]
     if proxy_service and proxy_id:
         state.proxy = proxy_id
@@ -247,3 +275,21 @@ def plan_service(name: str, state: HostState, images: dict[str, str], force: boo
 
 def make_plan(names: list[str], state: HostState, images: dict[str, str], force: bool = False) -> list[ServicePlan]:
     return [plan_service(n, state, images, force) for n in names]
+
+
+def has_healthcheck(name: str, state: HostState) -> bool:
+    """Does the service have a healthcheck: in the compose file, or in its running image?"""
+    hc = (state.services.get(name) or {}).get("healthcheck") or {}
+    if hc.get("disable"):
+        return False
+    return bool(hc.get("test")) or any(c.healthcheck for c in state.running(name))
+
+
+def shared_mounts(name: str, state: HostState) -> list[str]:
+    """Volumes and bind mounts a service's containers write: old and new share them during
+    the overlap."""
+    out = []
+    for v in (state.services.get(name) or {}).get("volumes") or []:
+        if isinstance(v, dict) and v.get("type") in ("volume", "bind") and not v.get("read_only"):
+            out.append(str(v.get("source") or v.get("target")))
+    return out

@@ -15,6 +15,11 @@ class StepRecord:
     status: str = "running"   # ok | failed | skipped
     detail: str = ""
     seconds: float = 0.0
+    started_at: float = field(default_factory=time.time)  # wall clock (epoch seconds)
+
+    @property
+    def ended_at(self) -> float:
+        return self.started_at + self.seconds
 
 
 @dataclass
@@ -23,6 +28,7 @@ class Reporter:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     steps: list[StepRecord] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # wall clock, for the JSON and HTML reports
     _progress_shown: bool = False
     proxy_loads: int = 0          # configs loaded into the proxy (each one a graceful reload)
 
@@ -66,7 +72,7 @@ class Reporter:
 
     def record(self, name: str, status: str, detail: str, seconds: float = 0.0) -> None:
         """A step that happened elsewhere (on the host, in the background): one line."""
-        rec = StepRecord(name, status, detail, seconds)
+        rec = StepRecord(name, status, detail, seconds, time.time() - seconds)
         self.steps.append(rec)
         self._line(rec)
 

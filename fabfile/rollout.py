@@ -56,8 +56,11 @@ class TierRun:
 class Rollout:
     """One deploy's replacement of app services, tier after tier, on one host."""
 
-    def __init__(self, s: Session, state: HostState, engine: str, plans: list[ServicePlan]):
+    def __init__(self, s: Session, state: HostState, engine: str, plans: list[ServicePlan], run: str = "run",
+                 journal: list[str] | None = None):
         self.s, self.r, self.host, self.state, self.engine = s, s.r, s.host, state, engine
+        self.run = run
+        self.journal = journal if journal is not None else []  # lines for the host's journal, sent once
         self.plans = {p.name: p for p in plans}
         rolling = [p for p in plans if p.roll]
         self.routing: Routing | None = None
@@ -129,15 +132,19 @@ class Rollout:
         if not plans:
             return
         specs = [self._spec(p) for p in plans]
-        cmd = cmds.tier(self.host, self.engine, self.state.proxy or "", specs, self.state.proxy_networks)
+        cmd = cmds.tier(self.host, self.engine, self.state.proxy or "", specs, self.state.proxy_networks,
+                        self.state.key, self.run)
         run = TierRun([p.name for p in plans], None, time.monotonic())  # type: ignore[arg-type]
         with self.s.report.step(f"rollout {', '.join(run.names)}") as rec:
             pin = self._pin_line()
             run.conv = self.r.converse(cmd, {"pin": "the proxy config pinning every service that rolls to its "
                                                     "old containers", "switch": "the proxy config routing "
                                                     f"{', '.join(run.names)} to the new containers",
-                                             "nopin": "nothing to pin", "go": "go on (no proxy routing)"})
+                                             "nopin": "nothing to pin", "go": "go on (no proxy routing)",
+                                             "journal": "the plan, for the host's journal"})
             try:
+                while self.journal:  # the plan, written on the host before the first change
+                    run.conv.send("journal " + self.journal.pop(0))
                 run.conv.send(pin)
                 self._until(run, ("pinned",), 30)
                 ceiling = max(s.health_timeout for s in specs) + 120
@@ -247,7 +254,7 @@ class Rollout:
         host took the lock over to do it later."""
         with self.s.report.step(f"reload-{self.host.proxy.service}") as rec:
             grace = max((self.host.service(n).stop_timeout or 10) for n in self.plans) + 30
-            cmd = cmds.restore(self.host, self.state.proxy or "", self.retiring, detach, grace)
+            cmd = cmds.restore(self.host, self.state.key, self.state.proxy or "", self.retiring, detach, grace)
             res = self.r.change(cmd, check=False)
             rec.detail = (res.stdout.strip().splitlines() or [res.first_error_line()])[-1]
             if res.ok:

@@ -29,6 +29,11 @@ class StepFailed(Exception):
         self.detail = detail
 
 
+class BadInput(StepFailed):
+    """The input is wrong (hosts.toml, the host's compose project, a missing secret): found
+    before anything changed; exit 2."""
+
+
 @dataclass
 class Outcome:
     ok: bool

@@ -84,7 +84,7 @@ def open_connection(cxn: Connection, name: str, host: cfg.HostConfig) -> None:
         hint = ""
         if "known_hosts" in str(e) or "not found" in str(e):
             hint = " (host key not known: add it to known_hosts, or set ssh.known_hosts in hosts.toml)"
-        raise Exit(f"[{name}] cannot connect over ssh: {e}{hint}", code=1) from None
+        raise Exit(f"[{name}] cannot connect over ssh: {e}{hint}", code=2 if hint else 1) from None
     except OSError as e:
         raise Exit(f"[{name}] cannot connect over ssh: {e}", code=1) from None
 
@@ -97,6 +97,8 @@ class Session:
     report: Reporter
     cxn: Any = None
     notes: list[str] = field(default_factory=list)
+    run: str = ""                                   # this run's id in the host's journal
+    stop_verify: Any = None                         # stops the verify loop early: () -> verdict dict
 
 
 def open_session(c: Any, dry_run: bool = False, out: Any = None) -> Session:

@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import commands as cmds
-from . import steps
+from . import journal, steps
 from .engines import engine_for
-from .plan import declared_count, image_table, normalize_ref, section_json, sections, short_image
-from .runner import StepFailed
+from .history import journal_lines, read_runs
+from .plan import declared_count, image_table, normalize_ref, read_head, section_json, sections, short_image
+from .runner import BadInput, StepFailed
 from .session import Session
 
 STACK_IMAGE = "com.docker.stack.image"   # the compose file's image reference, kept by docker stack deploy
@@ -90,6 +91,9 @@ class StackState:
     services: dict[str, StackService] = field(default_factory=dict)
     applied: dict[str, str] | None = None      # service -> spec_hash zdd last applied; None: no record
     node_error: str = ""
+    key: str = "stack"                         # stack_STACK: names the lock and the journal (survey.sh)
+    lock_holder: str = ""                      # who holds the deploy lock now ("" = free)
+    journal: str = ""                          # the journal's recent lines
 
     def replicas(self, name: str) -> int:
         """How many tasks of a service an update replaces, one after the other."""
@@ -143,6 +147,7 @@ def parse_survey(text: str, stack: str) -> StackState:
     state = StackState(node.strip() if rc == 0 else "", model.get("services") or {},
                        {s.name: s for s in (_service(r, stack, running) for r in raw)},
                        node_error="" if rc == 0 else (node.strip().splitlines() or ["docker info failed"])[-1])
+    read_head(sec, state)
     rc, applied = sec.get("applied", (1, ""))
     if rc == 0:
         try:
@@ -161,14 +166,14 @@ def survey(s: Session) -> StackState:
 
 
 def check_node(state: StackState) -> None:
-    """Engine swarm runs against a manager: StepFailed otherwise, in one line."""
+    """Engine swarm runs against a manager: BadInput otherwise, in one line."""
     local, _, control = state.node.partition(" ")
     if not state.node:
-        raise StepFailed(f"cannot read this node's swarm state: {state.node_error}")
+        raise BadInput(f"cannot read this node's swarm state: {state.node_error}")
     if local != "active":
-        raise StepFailed(f"this host is not in swarm mode (node state {local}): engine swarm needs a Swarm manager")
+        raise BadInput(f"this host is not in swarm mode (node state {local}): engine swarm needs a Swarm manager")
     if control != "true":
-        raise StepFailed("this node is a Swarm worker: engine swarm runs against a manager (docker node ls)")
+        raise BadInput("this node is a Swarm worker: engine swarm runs against a manager (docker node ls)")
 
 
 def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -209,7 +214,7 @@ def validate(s: Session, only: list[str] | None = None) -> StackState:
         if only is None:
             steps.registry_credentials(s)  # a missing token fails here, before anything changes
         if problems:
-            raise StepFailed(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
+            raise BadInput(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
         rec.detail = f"Swarm manager; stack {h.stack_name}: {len(state.services)} of {len(state.model)} services " \
                      "deployed"
         s.notes.extend(notes)
@@ -224,11 +229,17 @@ def wanted_digest(ref: str, digests: dict[str, str]) -> str | None:
     return digest if at else digests.get(normalize_ref(ref))
 
 
+def digest_table(text: str) -> dict[str, str]:
+    """The ``digest REF DIGEST`` lines of a listing (:func:`cmds.image_digests`) as ref -> digest."""
+    return image_table("\n".join(ln.removeprefix("digest ") for ln in text.splitlines() if ln.startswith("digest ")))
+
+
 def pull(s: Session, state: StackState) -> dict[str, str]:
     """Log in, pull every configured service on this node and read the digests (ref -> digest)."""
     names = [n for n in steps.configured_services(s.host) if n in state.model]
     with s.report.step("pull") as rec:
-        digests, logged = steps.fetch_images(s, names, cmds.image_digests())
+        listing, logged = steps.fetch_images(s, names, (cmds.image_digests(),))
+        digests = digest_table(listing)
         changed = [n for n in names if n in state.services and
                    wanted_digest(str(state.model[n].get("image", "")), digests) not in (None, state.services[n].digest)]
         rec.detail = logged + (f"new digest for {', '.join(changed)}" if changed else "no new digests")
@@ -294,7 +305,8 @@ def rollback_plan(state: StackState, names: list[str]) -> list[SwarmPlan]:
             plans.append(SwarmPlan(name, False, why))
             continue
         back = short_image(svc.previous_image.partition("@")[2] or svc.previous_image)
-        plans.append(SwarmPlan(name, True, f"{short_image(svc.digest)} → {back}", verb="roll back"))
+        plans.append(SwarmPlan(name, True, f"{short_image(svc.digest)} → {back}", svc.previous_image,
+                               verb="roll back"))
     return plans
 
 
@@ -330,13 +342,15 @@ def ceiling(s: Session, state: StackState, names: list[str]) -> int:
     return max(((s.host.service(n).health_timeout + 60) * max(state.replicas(n), 1) for n in names), default=60)
 
 
-def run(s: Session, action: str, changes: list[cmds.SwarmChange], limit: int, hashes: str = "") -> dict[str, str]:
-    """Start ``action`` on the host and read its lines until it ends: how each service finished;
-    StepFailed naming the service Swarm paused or rolled back."""
-    conv = s.r.converse(cmds.swarm_tier(s.host, action, changes, limit, hashes))
+def run(s: Session, action: str, changes: list[cmds.SwarmChange], limit: int, hashes: str = "",
+        key: str = "", lines: tuple[str, ...] = ()) -> dict[str, str]:
+    """Start ``action`` on the host (``lines`` go to the journal KEY first) and read its lines
+    until it ends: how each service finished; StepFailed naming the service Swarm paused or
+    rolled back."""
+    conv = s.r.converse(cmds.swarm_tier(s.host, action, changes, limit, hashes, key, lines))
     names = ", ".join(c.name for c in changes) or s.host.stack_name
     done: dict[str, str] = {}
-    lines: list[str] = []
+    said: list[str] = []
     deadline = time.monotonic() + limit + 60
     try:
         while time.monotonic() < deadline:
@@ -348,7 +362,7 @@ def run(s: Session, action: str, changes: list[cmds.SwarmChange], limit: int, ha
                 s.report.progress(rest)
                 continue
             if line:
-                lines.append(line)
+                said.append(line)
             if word == "note":
                 s.r.note(rest)
             elif word == "done":
@@ -359,14 +373,14 @@ def run(s: Session, action: str, changes: list[cmds.SwarmChange], limit: int, ha
                 return done
             elif word == "failed":
                 conv.close()
-                raise StepFailed(rest + consequence(rest), failure_detail(lines))
+                raise StepFailed(rest + consequence(rest), failure_detail(said))
     except KeyboardInterrupt:
         s.notes.append(f"interrupted: Swarm goes on with what it started ({names}): fab -H {s.name} status shows "
                        f"it, fab -H {s.name} rollback undoes it")
         raise
     ended = conv.close()
     raise StepFailed(f"{names}: the host stopped answering ({ended.first_error_line()}); Swarm goes on with it",
-                     failure_detail(lines))
+                     failure_detail(said))
 
 
 def consequence(failure: str) -> str:
@@ -390,11 +404,14 @@ def failure_detail(lines: list[str]) -> str:
 
 
 class Updates:
-    """One run's Swarm updates (or rollbacks), tier after tier: what Rollout is for Compose."""
+    """One run's Swarm updates (or rollbacks), tier after tier: what Rollout is for Compose.
+    The run's pending journal lines (its plan) go to the host with the first change."""
 
-    def __init__(self, s: Session, state: StackState, plans: list[SwarmPlan], action: str = "update"):
-        self.s, self.state, self.action = s, state, action
+    def __init__(self, s: Session, state: StackState, plans: list[SwarmPlan], held: steps.Held,
+                 action: str = "update"):
+        self.s, self.state, self.action, self.held = s, state, action, held
         self.plans = {p.name: p for p in plans}
+        held.prune = action == "update" and any(p.roll for p in plans)
 
     def tier(self, names: list[str]) -> None:
         """Change the tier's services that the plan rolls, together; wait until Swarm has finished."""
@@ -403,8 +420,9 @@ class Updates:
             return
         title = "rollout" if self.action == "update" else "rollback"
         with self.s.report.step(f"{title} {', '.join(p.name for p in plans)}") as rec:
+            lines, self.held.lines[:] = tuple(self.held.lines), []
             done = run(self.s, self.action, [p.change() for p in plans],
-                       ceiling(self.s, self.state, [p.name for p in plans]))
+                       ceiling(self.s, self.state, [p.name for p in plans]), key=self.state.key, lines=lines)
             rec.detail = ", ".join(f"{p.name} {done.get(p.name, '?')}" for p in plans)
 
 
@@ -455,20 +473,23 @@ def infra_up(s: Session, state: StackState | None = None, digests: dict[str, str
 
 
 def deploy(s: Session, force: bool = False, wait: bool = False) -> None:
-    """validate → lock → pull → infra-up → plan → tiers → [reload-caddy] → prune. (``wait``
-    means nothing here: a tier is done when Swarm has finished it.)"""
+    """validate → lock → [recover] → pull → infra-up → plan → tiers → [reload-caddy] → finish
+    (journal, prune, unlock). (``wait`` means nothing here: a tier is done when Swarm has
+    finished it.)"""
     state = validate(s)
-    with steps.locked(s, "deploy"):
-        deploy_steps(s, state, force)
+    with steps.locked(s, state, "deploy") as held:
+        state = steps.recover(s, state, survey)
+        deploy_steps(s, state, held, force)
 
 
-def deploy_steps(s: Session, state: StackState, force: bool = False) -> None:
+def deploy_steps(s: Session, state: StackState, held: steps.Held, force: bool = False) -> None:
     engine = engine_for(s.host)
     engine.prepare(s.r)
     digests = pull(s, state)
     state = infra_up(s, state, digests)
     plans = plan(s, state, digests, s.host.app_services, force)
-    updates = Updates(s, state, plans)
+    note_plan(held, state, plans)
+    updates = Updates(s, state, plans, held)
     for tier in s.host.rollout:
         engine.roll_tier(updates, list(tier))
     proxy = s.host.proxy
@@ -477,33 +498,56 @@ def deploy_steps(s: Session, state: StackState, force: bool = False) -> None:
     else:
         s.report.skip(f"reload-{proxy.service or 'proxy'}", "not needed: Swarm takes a task out of service "
                                                            "discovery before it stops it")
-    if any(p.roll for p in plans):
-        steps.prune(s)
-    else:
-        s.report.skip("prune", "nothing rolled: no image was freed")
+
+
+def note_plan(held: steps.Held, state: StackState, plans: list[SwarmPlan]) -> None:
+    """The plan for the journal (each service's digest before and after), sent with the first change."""
+    services = {}
+    for p in plans:
+        svc = state.services.get(p.name)
+        before = [svc.digest] if svc and svc.digest else []
+        after = p.image.partition("@")[2] if p.roll else (before or [""])[0]
+        services[p.name] = {"roll": p.roll, "reason": p.reason, "ref": p.ref or (svc.stack_ref if svc else ""),
+                            "before": before, "after": after, "old": []}
+    held.lines.append(journal.line({"run": held.run, "t": int(time.time()), "event": "plan", "services": services}))
 
 
 def rollout_service(s: Session, name: str, state: StackState) -> None:
     """Update one app service (always), to the digest its tag names on this node."""
     if name not in state.services:
-        raise StepFailed(f"{name} is not deployed in stack {s.host.stack_name}: run infra-up (or deploy) first")
-    with steps.locked(s, f"rollout-service {name}"):
-        digests = image_table(s.r.read(cmds.image_digests(), "listing the images"))
-        Updates(s, state, make_plan([name], state, digests, force=True)).tier([name])
+        raise BadInput(f"{name} is not deployed in stack {s.host.stack_name}: run infra-up (or deploy) first")
+    with steps.locked(s, state, f"rollout-service {name}") as held:
+        state = steps.recover(s, state, survey)
+        digests = digest_table(s.r.read(cmds.image_digests(), "listing the images"))
+        plans = make_plan([name], state, digests, force=True)
+        note_plan(held, state, plans)
+        Updates(s, state, plans, held).tier([name])
 
 
-def rollback(s: Session) -> None:
+def rollback(s: Session, to: str | None = None) -> None:
     """Every app service back to Swarm's previous spec, tiers in reverse order, each waited for."""
+    if to:
+        raise BadInput("rollback --to: engine swarm returns each service to Swarm's previous spec only")
     with s.report.step("validate") as rec:
         state = survey(s)
         check_node(state)
         rec.detail = f"Swarm manager; stack {s.host.stack_name}"
-    with steps.locked(s, "rollback"):
+    with steps.locked(s, state, "rollback") as held:
+        state = steps.recover(s, state, survey)
         plans = steps.planned(s, lambda: rollback_plan(state, s.host.app_services))
+        note_plan(held, state, plans)
         engine = engine_for(s.host)
-        updates = Updates(s, state, plans, "rollback")
+        updates = Updates(s, state, plans, held, "rollback")
         for tier in reversed(s.host.rollout):
             engine.roll_tier(updates, list(tier))
+
+
+def recover_task(s: Session) -> None:
+    """Close an interrupted run in the journal and free the lock (Swarm finished or undid what
+    it had started on its own)."""
+    state = validate(s)
+    with steps.locked(s, state, "recover"):
+        steps.recover(s, state, survey)
 
 
 def reload_caddy(s: Session) -> None:
@@ -521,7 +565,8 @@ def reload_caddy(s: Session) -> None:
 
 
 def status(s: Session) -> None:
-    """The stack's services (image digest, tasks, last update) and tasks, as Swarm sees them."""
+    """The stack's services (image digest, tasks, last update) and tasks, as Swarm sees them;
+    the lock and the last run (the journal)."""
     state = survey(s)
     check_node(state)
     rows = [("service", "tasks", "digest", "last update", "image")]
@@ -529,4 +574,7 @@ def status(s: Session) -> None:
              for n, v in sorted(state.services.items())]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows)
-    steps.show(s, text + "\n\n" + s.r.read(cmds.stack_tasks(s.host), "docker stack ps"))
+    tasks = s.r.read(cmds.stack_tasks(s.host), "docker stack ps").rstrip()
+    text += "\n\n" + tasks + "\n\n" + "\n".join(journal_lines(state, read_runs(s, state)))
+    for line in text.splitlines():
+        print(f"[{s.name}]   {line}", file=s.r.out)

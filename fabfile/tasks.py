@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -13,11 +14,13 @@ import paramiko
 from fabric import task
 from invoke.exceptions import Exit
 
-from . import steps, swarm
+from . import history, hosts_run, html_report, outcome, steps, swarm
+from . import summary as run_summary
 from . import verify as vloop
+from .outcome import HostResult
 from .rollout import Interrupted
-from .runner import StepFailed
-from .session import Session, host_name, load_host, open_session
+from .runner import BadInput, StepFailed
+from .session import Session, host_name, load_host, open_session, secret
 
 
 @contextmanager
@@ -35,9 +38,10 @@ def sigterm_interrupts():
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+
 def steps_for(s: Session) -> Any:
     """The steps of this host's engine: fabfile/swarm.py for a Swarm stack, else fabfile/steps.py
-    (both have survey, validate, pull, infra_up, rollout_service, reload_caddy, status, deploy)."""
+    (both have survey, validate, pull, infra_up, rollout_service, reload_caddy, deploy, recover_task)."""
     return swarm if s.host.engine == "swarm" else steps
 
 
@@ -45,21 +49,54 @@ DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) a
 
 
 def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool = False,
-              summary: bool = True, verify: bool = False, strict: bool | None = None) -> Session:
-    """Open a session, run ``body``, print the summary; expected failures exit non-zero.
+              summary: bool = True, verify: bool = False, strict: bool | None = None) -> HostResult:
+    """Run ``body`` on the host (see :func:`run_on_host`); expected failures exit non-zero."""
+    result = run_on_host(c, title, body, dry_run, summary, verify, strict)
+    if not result.ok:
+        raise Exit(result.message, code=result.exit_code)
+    return result
+
+
+def run_on_host(c: Any, title: str, body: Callable[[Session], None], dry_run: bool = False,
+                summary: bool = True, verify: bool = False, strict: bool | None = None) -> HostResult:
+    """Open a session, run ``body``, print the summary; return what happened (an expected
+    failure is a failed result with its one-line error, never an exception).
 
     With ``verify``, the host's verify URLs are hit (and its ws URLs held open) from here for
     the whole run and the verdict ends the summary; ``strict`` (or ``verify.strict``) fails a
     run that dropped any request (or whose websockets broke the run's ``max_ws_gap``).
     """
-    s = open_session(c, dry_run=dry_run)
+    name = host_name(c)
+    try:
+        s = open_session(c, dry_run=dry_run)
+    except Exit as e:  # config error, cannot connect: nothing was touched
+        now = time.time()
+        return HostResult(name, title, started_at=now, ended_at=now).fail(
+            str(e.message).removeprefix(f"[{name}] "), e.code)
+    result = HostResult(name, title, started_at=s.report.started_at, steps=s.report.steps, notes=s.notes,
+                        dry_run=dry_run, secrets=_secrets(s))
     loop = None
     if verify and s.host.verify.enabled and _has_targets(s.host.verify) and not dry_run:
         try:
             settings = vloop.settings_for_host(s.host.verify)
         except ValueError as e:
-            raise Exit(f"[{s.name}] verify: {e}", code=2) from None
+            result.ended_at = time.time()
+            return result.fail(f"verify: {e}", 2)
         loop = vloop.BackgroundLoop(settings, finish_in_flight=True).start()
+    stopped: dict[str, Any] = {}
+
+    def stop_verify() -> dict | None:
+        """Stop the loop (once) so its verdict can go to the host's journal with the run."""
+        if "report" not in stopped:
+            try:
+                stopped["report"] = loop.stop()
+            except Exception as e:
+                stopped["report"] = None
+                print(f"[{s.name}]   verify loop failed: {e}", file=sys.stdout)
+        r = stopped["report"]
+        return None if r is None else {"verdict": r.verdict(), "total": r.total, "failures": r.failures,
+                                       "failures_without_retry": r.failures_without_retry}
+    s.stop_verify = stop_verify if loop is not None else None
     failure: StepFailed | None = None
     interrupted = False
     try:
@@ -83,13 +120,29 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
     finally:
         report = None
         if loop is not None:
-            try:
-                report = loop.stop()
-            except Exception as e:
-                print(f"[{s.name}]   verify loop failed: {e}", file=sys.stdout)
-    extra = list(s.notes)
+            stop_verify()
+            report = stopped["report"]
+    result.ended_at, result.verify = time.time(), report
     if not dry_run:
-        extra.append(f"cost: {s.r.remote_commands} remote commands, {s.report.proxy_loads} proxy loads")
+        result.cost = {"remote_commands": s.r.remote_commands, "proxy_loads": s.report.proxy_loads}
+    _print_summary(s, title, result, summary)
+    if failure is not None:
+        code = 130 if interrupted else 2 if isinstance(failure, BadInput) else 1
+        return result.fail(f"{title} failed: {failure}", code, "interrupted" if interrupted else "failed")
+    strict = bool(strict) or s.host.verify.strict
+    if report is not None and strict and not report.ok:
+        what = f"{report.failures:,} request(s) failed" if not report.http_ok else report.ws_verdict()
+        return result.fail(f"{title}: {what} during the deploy (strict)", 3)
+    return result
+
+
+def _print_summary(s: Session, title: str, result: HostResult, summary: bool) -> None:
+    """The host's step table (or only its notes), then cost and the verify verdict."""
+    report = result.verify
+    extra = list(s.notes)
+    if result.cost:
+        extra.append(f"cost: {result.cost['remote_commands']} remote commands, {result.cost['proxy_loads']} "
+                     "proxy loads")
     if report is not None:
         if not report.ok:
             print(report.render(), file=sys.stdout)
@@ -97,19 +150,19 @@ def run_steps(c: Any, title: str, body: Callable[[Session], None], dry_run: bool
         for url, versions in report.switches().items():
             seen = ", ".join(f"{v} {x.first:.1f}–{x.last:.1f}s" for v, x in versions.items())
             extra.append(f"  {url}: {seen}")
-    if dry_run:
+    if result.dry_run:
         extra.append("dry run: nothing was changed on the host")
     if summary:
         s.report.summary(title, extra)
     elif extra:
         print("\n".join(extra))
-    if failure is not None:
-        raise Exit(f"[{s.name}] {title} failed: {failure}", code=130 if interrupted else 1)
-    strict = bool(strict) or s.host.verify.strict
-    if report is not None and strict and not report.ok:
-        what = f"{report.failures:,} request(s) failed" if not report.http_ok else report.ws_verdict()
-        raise Exit(f"[{s.name}] {title}: {what} during the deploy (strict)", code=3)
-    return s
+
+
+def _secrets(s: Session) -> tuple[str, ...]:
+    """What must not appear in a report: the registry token."""
+    reg = s.host.registry
+    token = secret(reg.password_env) if reg is not None and reg.password_env else None
+    return (token,) if token else ()
 
 
 def _has_targets(vc: Any) -> bool:
@@ -122,14 +175,41 @@ def _has_targets(vc: Any) -> bool:
             "strict": "exit non-zero when the verification saw any failed request (also verify.strict)",
             "force": "roll every app service, changed or not",
             "wait": "wait until the old containers are gone and the proxy routes by name again "
-                    "(default: only while verifying; otherwise a job on the host finishes that)"})
-def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False):
-    """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune."""
+                    "(default: only while verifying; otherwise a job on the host finishes that)",
+            "json": "write the whole summary (every host, step, note, the verify report) to this JSON file",
+            "report": "write a self-contained HTML page (charts per URL, steps, verdict) to this file"})
+def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False, json=None, report=None):
+    """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune.
+
+    With several hosts (-H a,b) one after the other, stopping at the first failure."""
     def body(s: Session) -> None:
         verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
         steps_for(s).deploy(s, force=force, wait=wait or verifying)
-    run_steps(c, "deploy", body, dry_run,
-              verify=verify, strict=strict)
+    result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
+    run = hosts_run.record(result)
+    if run is not None:
+        finish_run(run.title, run.everyone(), json, report, across=len(run.hosts) > 1)
+    if not result.ok:
+        raise Exit(result.message, code=result.exit_code)
+
+
+def finish_run(title: str, results: list[HostResult], json_path: str | None, html_path: str | None,
+           across: bool = False) -> None:
+    """The end of a run: the summary across hosts (when there were several) and the files."""
+    doc = outcome.document(title, results)
+    if across:
+        print(run_summary.text(doc), flush=True)
+    for path, write in ((json_path, outcome.write_json), (html_path, html_report.write)):
+        if not path:
+            continue
+        try:
+            write(path, doc)
+        except OSError as e:
+            message = f"{title}: cannot write {path}: {e.strerror}"
+            if doc["result"] != "ok":  # the run's own failure is the exit message
+                print(message, file=sys.stderr)
+            else:
+                raise Exit(message, code=2) from None
 
 
 @task(help={"duration": "seconds to run (default 30; 0 = until Ctrl-C)",
@@ -177,7 +257,7 @@ def rollout_service(c, service, dry_run=False):
     """Replace one app service's containers: new beside old, healthy, drain, remove old."""
     def body(s: Session) -> None:
         if service not in s.host.app_services:
-            raise StepFailed(f"{service!r} is not an app service of {s.name} "
+            raise BadInput(f"{service!r} is not an app service of {s.name} "
                              f"(rollout: {', '.join(s.host.app_services) or 'none'})")
         state = steps_for(s).validate(s, only=[service])
         steps_for(s).rollout_service(s, service, state)
@@ -191,34 +271,47 @@ def reload_caddy(c, dry_run=False):
 
 
 @task(help={"dry_run": DRY_RUN_HELP})
+def recover(c, dry_run=False):
+    """Finish or undo what an interrupted deploy left half done, restore the proxy, free the lock."""
+    run_steps(c, "recover", lambda s: steps_for(s).recover_task(s), dry_run)
+
+
+@task(help={"to": "the run to go back to (an id from `fab history`; default: the successful run before "
+                  "the last)", "dry_run": DRY_RUN_HELP, "wait": "wait until the old containers are gone",
+            "verify": "hit the host's verify URLs meanwhile (default on)"})
+def rollback(c, to=None, dry_run=False, wait=False, verify=True):
+    """Deploy the images of an earlier successful run again, with zero downtime (engine swarm:
+    every app service back to Swarm's previous spec)."""
+    def body(s: Session) -> None:
+        verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
+        if s.host.engine == "swarm":
+            swarm.rollback(s, to)
+        else:
+            history.rollback(s, to, wait=wait or verifying)
+    run_steps(c, "rollback", body, dry_run, verify=verify)
+
+
+@task(help={"n": "how many runs (default 10)"})
+def history_(c, n=10):
+    """Past runs from the host's journal: when, who, what changed, result, failed requests."""
+    run_steps(c, "history", lambda s: history.history(s, int(n), steps_for(s).validate), summary=False)
+
+
+@task
+def status(c):
+    """What runs now: containers, images, health, proxy routing, the lock, the last run
+    (engine swarm: the stack's services and tasks, the lock, the last run)."""
+    run_steps(c, "status", lambda s: (swarm.status if s.host.engine == "swarm" else history.status)(s),
+              summary=False)
+
+
+@task(help={"dry_run": DRY_RUN_HELP})
 def unlock(c, dry_run=False):
     """Release the host's deploy lock left by a deploy that died (shows who held it)."""
-    run_steps(c, "unlock", steps.unlock, dry_run, summary=False)
+    run_steps(c, "unlock", lambda s: steps.unlock(s, steps_for(s).survey), dry_run, summary=False)
 
 
 @task(help={"dry_run": DRY_RUN_HELP})
 def prune(c, dry_run=False):
     """docker image prune -f."""
     run_steps(c, "prune", steps.prune, dry_run, summary=False)
-
-
-@task(help={"dry_run": DRY_RUN_HELP})
-def rollback(c, dry_run=False):
-    """Return every app service to its previous version (engine swarm: Swarm's previous spec)."""
-    rollback_for_engine(c)
-    run_steps(c, "rollback", swarm.rollback, dry_run)
-
-
-def rollback_for_engine(c: Any) -> None:
-    """Only engine swarm can roll back so far: one clear line for the others, before connecting."""
-    name = host_name(c)
-    engine = load_host(c, name).engine
-    if engine != "swarm":
-        raise Exit(f"[{name}] rollback for compose engines is not available yet (engine {engine}); "
-                   "deploy the previous image instead", code=2)
-
-
-@task
-def status(c):
-    """What runs on the host: the compose project's containers, or the stack's services and tasks."""
-    run_steps(c, "status", lambda s: steps_for(s).status(s), summary=False)

@@ -79,6 +79,7 @@ install_packages() {
     busybox_has httpd || want+=(busybox-static)
     command -v iptables >/dev/null || want+=(iptables)
     command -v curl >/dev/null || want+=(curl)
+    command -v chromium >/dev/null || want+=(chromium fonts-liberation)  # the HTML report, opened by a test
     python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want+=(python3-venv)
     [ ${#want[@]} = 0 ] && return 0

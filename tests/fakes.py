@@ -5,13 +5,23 @@ Nothing here talks to a host, Docker or the network.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import shlex
+import subprocess
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from fabfile.runner import Outcome
+from fabfile import journal as zdd_journal
+from fabfile.config import load
+from fabfile.outcome import HostResult
+from fabfile.report import Reporter, StepRecord
+from fabfile.runner import Outcome, Runner
+from fabfile.session import Session
+from fabfile.verify import OK, Recorder, Report, VerifySettings, WsRecorder
 
 
 def ok(stdout: str = "") -> Outcome:
@@ -23,6 +33,20 @@ def fail(exited: int = 1, stdout: str = "", stderr: str = "") -> Outcome:
 
 
 _SCRIPT_RE = re.compile(r"^#\s*(\S+\.sh)\b")
+
+
+def _program(command: str) -> tuple[str]:
+    """A shipped script run as ``sh -c SCRIPT NAME ARGS`` is shown as ``sh -c NAME ARGS``: its
+    text (which names other scripts and commands) must not match the rules."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return (command,)
+    for i in range(len(words) - 2):
+        if words[i] == "sh" and words[i + 1] == "-c" and words[i + 2].count("\n") > 2:
+            return (command.replace(" " + shlex.quote(words[i + 2]), "", 1),)
+    return (command,)
+
 
 
 @dataclass
@@ -74,7 +98,7 @@ class FakeExecutor:
 
     def __call__(self, command: str, stdin: str | None) -> Outcome:
         m = _SCRIPT_RE.match(stdin or "")
-        call = Call(command, stdin, m.group(1) if m else "")
+        call = Call(*_program(command), stdin, m.group(1) if m else "")
         self.calls.append(call)
         for pats, response in self.rules:
             if all(p in call.subject for p in pats):
@@ -90,6 +114,7 @@ class FakeExecutor:
     def converse(self, command: str) -> Any:
         """tier.sh: answered by ``tier_script`` (see :func:`tier_host`); a reporting program by
         its :meth:`on_report` rule."""
+        command = _program(command)[0]
         for pats, answer in self.reporters:
             if all(p in command for p in pats):
                 self.calls.append(Call(command, None, pats[0]))
@@ -271,6 +296,11 @@ class FakeConversation:
             self.pending += more
             self.produced += more
 
+    @property
+    def said(self) -> list[str]:
+        """What zdd sent, its journal lines left out."""
+        return [x for x in self.sent if not x.startswith("journal ")]
+
     def readline(self, timeout: float) -> str | None:
         if self.pending:
             return self.pending.pop(0)
@@ -290,6 +320,9 @@ def tier_host(new: dict[str, list[str]], *, health: str = "ok", ip: str = "172.1
     def script(sent: list[str]) -> list[str] | None:
         if log is not None:
             log.append(list(sent))
+        if sent and sent[-1].startswith("journal "):
+            return []  # appended to the host's journal; nothing printed
+        sent = [x for x in sent if not x.startswith("journal ")]
         if not sent:
             return ["pid 4242"]
         last = sent[-1]
@@ -368,9 +401,157 @@ def image_listing(version: int = 1) -> str:
         f"127.0.0.1:15000/zdd-sandbox/base:latest {image_id('base')}\n"
 
 
+# --- a deploy's verify report ----------------------------------------------------------------
+
+A, B, WS = "http://svc.test/server/fast", "http://svc.test/property/slow", "ws://svc.test/beetle"
+SWITCH_AT = 5.2   # s after the loop started: the proxy switched server and property to v2
+
+
+def deploy_report() -> Report:
+    """12 s of requests to two URLs, v1 until the switch at 5.2 s, v2 after; 3 failures in
+    second 5 on A; one websocket disconnect with a 0.4 s gap."""
+    rec = Recorder([A, B])
+    for i in range(240):
+        t = i / 20
+        for url in (A, B):
+            if url == A and 5.0 <= t < 5.15:
+                rec.record(url, t, 0.002, "status 502", "status 502: Bad Gateway")
+            else:
+                rec.record(url, t, 0.03, OK, version="v1" if t < SWITCH_AT + 0.1 else "v2")
+    ws = WsRecorder([WS], 2)
+    stats = ws.urls[WS]
+    stats.connected(), stats.connected()
+    stats.answered(0, 1.0, 1.01, "v1")
+    stats.broke(0, 5.3, 1001, "going away", was_working=True)
+    stats.connected()
+    stats.answered(0, 5.6, 5.7, "v2")
+    rec.stopped_mono = rec.started_mono + 12.0
+    ws.finish(12.0)
+    return Report(VerifySettings(urls=[A, B], ws_urls=[WS]), rec, ws=ws)
+
+
+def deploy_result(report: Report) -> HostResult:
+    """reminet-staging's deploy around ``report``: its first tier switched at SWITCH_AT, its
+    second failed."""
+    t0 = report.started_wall
+    step = [("validate", "ok", 0.3, "7 services in the compose project", -1.0),
+            ("pull", "ok", 0.7, "new image for server, property", -0.7),
+            ("rollout server, property", "ok", 4.9, "server 1 → 1, property 1 → 1; healthy and switched",
+             SWITCH_AT - 4.9),
+            ("rollout identity", "failed", 2.0, "", 6.0)]
+    steps = [StepRecord(name, status, detail, seconds, t0 + start) for name, status, seconds, detail, start in step]
+    return HostResult("reminet-staging", "deploy", started_at=t0 - 1.0, ended_at=t0 + 12.0, steps=steps,
+                      notes=["a note"], cost={"remote_commands": 9, "proxy_loads": 3},
+                      verify=report).fail("deploy failed: identity: not healthy", 1)
+
+
+# --- the host's journal and survey.sh's first sections, simulated ------------------------------------
+
+def survey_head(survey: str, *, key: str = "project", lock: str = "", journal: Iterable[dict] = ()) -> str:
+    """``survey`` (see :func:`survey_text`) with the sections survey.sh prints first: the
+    project's key, the lock holder ("" = free) and the journal of the last run."""
+    head = f"=== key 0\n{key}\n=== lock 0\n" + (f"{lock}\n" if lock else "") + "=== journal 0\n"
+    return head + "".join(zdd_journal.line(e) + "\n" for e in journal) + survey
+
+
+def run_events(run: str, *, kind: str = "deploy", who: str = "alice@laptop", t: int = 1_700_000_000,
+               images: dict[str, tuple[str, str]] | None = None,
+               tiers: Iterable[tuple[int, list[str], list[str], tuple[str, ...]]] = (),
+               result: str | None = "ok", seconds: float = 12.0, verify: dict | None = None) -> list[dict]:
+    """One run's journal as zdd and tier.sh write it: ``start``; ``plan`` when ``images`` (service
+    -> (image before, image after); it rolls when they differ); per tier (pid, services, old ids,
+    the events it got to: "new", "switched", "retired", "undone") ``tier`` and those; ``end``
+    with ``result`` (None: the run never ended)."""
+    events: list[dict] = [{"run": run, "t": t, "event": "start", "kind": kind, "who": who, "from": "laptop",
+                           "pid": 7}]
+    if images is not None:
+        events.append({"run": run, "t": t + 1, "event": "plan", "services": {
+            name: {"roll": before != after, "reason": "new image" if before != after else "unchanged",
+                   "ref": f"registry.test/{name}:latest", "before": [before] if before else [], "after": after,
+                   "old": []}
+            for name, (before, after) in images.items()}})
+    for pid, services, old, done in tiers:
+        events.append({"run": run, "t": t + 2, "event": "tier", "pid": pid, "services": ",".join(services),
+                       "old": ",".join(old)})
+        events += [{"run": run, "t": t + 3, "event": ev, "pid": pid} for ev in done]
+    if result is not None:
+        events.append({"run": run, "t": t + int(seconds), "event": "end", "result": result, "seconds": seconds,
+                       "steps": [], **({"verify": verify} if verify else {})})
+    return events
+
+
+def journal_text(*runs: list[dict]) -> str:
+    """The journal file holding these runs' events, one JSON line each."""
+    return "".join(zdd_journal.line(e) + "\n" for events in runs for e in events)
+
+
+HOSTS_TOML = Path(__file__).resolve().parent.parent / "hosts.toml"
+
+
+def fake_session(fake: FakeExecutor, name: str = "sandbox", dry_run: bool = False) -> tuple[Session, io.StringIO]:
+    """A Session on host ``name`` of the repository's hosts.toml whose commands go to ``fake``;
+    and the StringIO it prints to."""
+    out = io.StringIO()
+    host = load(HOSTS_TOML).host(name)
+    return Session(name, host, Runner(fake, name, dry_run=dry_run, out=out), Reporter(name, out=out)), out
+
+
+# --- the sandbox stack as it is (healthchecks), and a host for a whole deploy --------------------------
+
+# scripts/sandbox/stack/docker-compose.yaml: every app service has this healthcheck
+SANDBOX_HEALTHCHECK = {"test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"],
+                       "interval": "1s", "timeout": "1s", "retries": 3}
+
+
+def sandbox_compose_json(patch: dict[str, dict | None] | None = None) -> str:
+    """:func:`compose_config_json` with the sandbox's healthcheck on each app service (``patch``
+    is merged over it: ``{"server": {"healthcheck": {"disable": True}}}`` takes it away)."""
+    merged: dict[str, dict | None] = {s: {"healthcheck": SANDBOX_HEALTHCHECK} for s in SANDBOX_APPS}
+    for name, keys in (patch or {}).items():
+        merged[name] = None if keys is None else {**(merged.get(name) or {}), **keys}
+    return compose_config_json(merged)
+
+
+def sandbox_survey(containers: list[dict] | None = None, **kw: Any) -> str:
+    """:func:`survey_text` of the sandbox stack with its healthchecks (``containers``: those of
+    :func:`sandbox_containers` by default)."""
+    return survey_text(sandbox_containers() if containers is None else containers,
+                       compose=kw.pop("compose", None) or sandbox_compose_json(), **kw)
+
+
+SANDBOX_NEW = {s: [cid(f"b{i + 1}")[:12]] for i, s in enumerate(SANDBOX_APPS)}  # each app's new container
+
+
+def deploy_host(survey: str | list[str] | None = None, *first: tuple[str, Response], version: int = 1,
+                tier: Callable[[list[str]], list[str] | None] | None = None) -> FakeExecutor:
+    """A sandbox host for a whole deploy: ``survey`` (:func:`sandbox_survey` by default; a list
+    is answered in turn), a lock that is free, ``version`` of the app images after the pull,
+    tier.sh as :func:`tier_host` starting :data:`SANDBOX_NEW`, a queued restore, finish.sh;
+    ``first``: rules that come before those."""
+    fake = FakeExecutor([
+        *first,
+        ("survey.sh", sandbox_survey() if survey is None else survey),
+        ("lock.sh", ok("locked\n")),
+        ("pull.sh", ok("logged in to 127.0.0.1:15000 (temporary config)\n" + image_listing(version))),
+        ("restore.sh", ok("restore queued (job 99)\n")),
+        ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
+    ])
+    fake.on("kill -TERM", fake.interrupt)
+    fake.tier_script = tier or tier_host(SANDBOX_NEW)
+    return fake
+
+
+def dead_pid() -> int:
+    """The pid of a process of this machine that has ended (and been reaped)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
 # --- engine swarm: survey.sh --stack and swarm_tier.sh, simulated ------------------------------
 
 STACK = "remilia-swarm"
+SWARM_KEY = f"stack_{STACK}"  # survey.sh --stack's key: names the stack's lock and journal
 SWARM_REF = "127.0.0.1:15000/zdd-sandbox/{}:latest"
 
 
@@ -435,9 +616,10 @@ def swarm_applied(compose: str | None = None) -> dict[str, str]:
 
 
 def stack_survey_text(services: list[dict], *, compose: str | None = None, node: str = "active true",
-                      applied: dict | None | str = "same", running: dict[str, str] | None = None) -> str:
+                      applied: dict | None | str = "same", running: dict[str, str] | None = None,
+                      lock: str = "", journal: Iterable[dict] = ()) -> str:
     """What survey.sh --stack prints; ``applied``: "same" (what these compose files hash to), a
-    dict, or None (no record)."""
+    dict, or None (no record); ``lock`` and ``journal`` as in :func:`survey_head`."""
     compose = compose or swarm_compose_json()
     record = swarm_applied(compose) if applied == "same" else applied
     running = running or {}
@@ -449,7 +631,7 @@ def stack_survey_text(services: list[dict], *, compose: str | None = None, node:
              f"=== applied 0\n{json.dumps(record)}" if record is not None else
              "=== applied 1\ncat: /home/x/.zdd/stacks/remilia-swarm.json: No such file or directory",
              f"=== services 0\n{json.dumps(services)}"]
-    return "\n".join(parts) + "\n"
+    return survey_head("\n".join(parts) + "\n", key=SWARM_KEY, lock=lock, journal=journal)
 
 
 def swarm_tier_args(command: str) -> tuple[str, list[str]]:
@@ -457,8 +639,8 @@ def swarm_tier_args(command: str) -> tuple[str, list[str]]:
     import shlex
     words = shlex.split(command.split(" && ", 1)[-1])
     args = words[words.index("swarm_tier.sh") + 1:]
-    count = int(args[5])
-    return args[0], [args[6 + 4 * i] for i in range(count)]
+    count = int(args[7])
+    return args[0], [args[8 + 4 * i] for i in range(count)]
 
 
 def swarm_reports(failures: dict[str, str] | None = None, log: list | None = None) -> Callable[[str], list[str]]:

@@ -9,7 +9,7 @@ import pytest
 
 from fabfile import commands as cmds
 from fabfile.commands import Command, Compose, Stdin, TierService, quote_path
-from fabfile.config import HostConfig, ProxyConfig
+from fabfile.config import HostConfig, ProxyConfig, RegistryConfig
 
 NASTY = [
     "with space",
@@ -136,10 +136,11 @@ def test_survey_args():
     h = H(compose_files=("a.yaml", "b c.yaml"), project_name="remi",
           proxy=ProxyConfig(service="edge", config="/etc/caddy/caddy.json", admin="127.0.0.1:2999"))
     c = cmds.survey(h)
-    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999",
+    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999", "remi",
                                             "-f", "a.yaml", "-f", "b c.yaml", "-p", "remi")
     assert c.cwd == "~/app"
-    assert program_args(cmds.survey(H(proxy=ProxyConfig(service=""))), "survey.sh")[0] == ""
+    assert program_args(cmds.survey(H(proxy=ProxyConfig(service=""))), "survey.sh")[:4] == (
+        "", "/etc/caddy/Caddyfile", "localhost:2019", "")  # no project name: the key is the directory alone
 
 
 # --- docker compose ----------------------------------------------------------------------------
@@ -193,25 +194,26 @@ def test_login_puts_the_password_only_on_stdin():
     assert c.describe().endswith("< $GH_PACKAGES_TOKEN (secret, on stdin)")
 
 
-def test_pull_with_credentials_logs_in_pulls_and_lists_in_one_command():
-    h = H(compose_files=("a.yaml",), project_name="remi")
+@pytest.mark.parametrize("keep_login, keep", [(False, "0"), (True, "1")])
+def test_pull_with_credentials_logs_in_pulls_and_lists_in_one_command(keep_login, keep):
+    h = H(compose_files=("a.yaml",), project_name="remi",
+          registry=RegistryConfig(server="ghcr.io", password_env="GH_PACKAGES_TOKEN", keep_login=keep_login))
     c = cmds.pull(h, ["server", "redis"], ("ghcr.io", "bot", TOKEN, "GH_PACKAGES_TOKEN"), limit=300)
-    assert c.render() == (
-        "docker login --username bot --password-stdin ghcr.io"
-        " && cd ~/app && timeout --kill-after=10 300 docker compose -f a.yaml -p remi pull --quiet server redis"
-        " && " + shlex.join(LISTING))
+    assert program_args(c, "pull.sh") == (keep, "ghcr.io", "bot", "300", "server", "redis", "--",
+                                          "-f", "a.yaml", "-p", "remi")
+    assert c.cwd == "~/app"
     assert c.stdin is not None and c.stdin.text == TOKEN and c.stdin.secret
-    assert c.describe() == c.render() + "  < $GH_PACKAGES_TOKEN (secret, on stdin)"
+    assert c.describe() == (f"cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh {keep} ghcr.io bot 300 server "
+                            "redis -- -f a.yaml -p remi  < $GH_PACKAGES_TOKEN (secret, on stdin)")
     assert "s3cr3t" not in c.render() + c.describe() + repr(c)
-    assert all(step.stdin is None for step in c.then)  # the token is fed once, to login
 
 
 def test_pull_without_credentials():
     c = cmds.pull(H(), ["server"])
-    assert c.render() == ("cd ~/app && timeout --kill-after=10 900 docker compose -f docker-compose.yaml pull"
-                          " --quiet server && " + shlex.join(LISTING))
+    assert program_args(c, "pull.sh") == ("0", "", "", "900", "server", "--", "-f", "docker-compose.yaml")
     assert c.stdin is None
-    assert c.describe() == c.render()
+    assert c.describe() == "cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 '' '' 900 server -- " \
+                           "-f docker-compose.yaml"
 
 
 # --- plain docker and helpers ---------------------------------------------------------------------
@@ -231,13 +233,52 @@ def test_exec_is_interactive_only_with_stdin():
     assert c.argv == ("docker", "exec", "--interactive", "c", "cat")
 
 
-@pytest.mark.parametrize("host, name", [
-    (H(), "__app"),
-    (H(dir="~/remilia/staging", project_name="remi"), "__remilia_staging_remi"),
-    (H(dir="/srv/app", project_name=""), "_srv_app"),
+@pytest.mark.parametrize("args, argv_tail", [
+    (("__app_remi", "acquire", "me@laptop pid 7 deploy", "120"),
+     ("acquire", "__app_remi", "me@laptop pid 7 deploy", "120")),
+    (("__app_remi", "takeover", "me pid 8", "me pid 7"), ("takeover", "__app_remi", "me pid 8", "me pid 7")),
+    (("__app_remi", "release", "me pid 7"), ("release", "__app_remi", "me pid 7")),
+    (("__app_remi", "release"), ("release", "__app_remi")),
+    (("__app_remi", "unlock"), ("unlock", "__app_remi")),
+    (("__app_remi", "show"), ("show", "__app_remi")),
 ])
-def test_lock_name_is_a_file_name(host, name):
-    assert cmds.lock_name(host) == name
+def test_lock_is_a_host_program_keyed_by_the_survey(args, argv_tail):
+    c = cmds.lock(*args)
+    assert program_args(c, "lock.sh") == argv_tail
+    assert c.cwd is None and c.stdin is None  # nothing for the journal: stdin stays empty
+    assert c.describe() == shlex.join(("sh", "-c", "<fabfile/remote/lock.sh>", "lock.sh", *argv_tail))
+
+
+def test_lock_journal_lines_go_on_stdin():
+    c = cmds.lock("k", "acquire", "me", "120", ('{"event": "start"}', '{"x": 1}'))
+    assert c.stdin is not None and not c.stdin.secret
+    assert c.stdin.text == '{"event": "start"}\n{"x": 1}\n'
+    assert c.describe().endswith("  < journal lines")
+    assert '"start"' not in c.render()  # the lines are not in the command line
+
+
+def test_finish_args_and_journal_stdin():
+    c = cmds.finish("k", "me pid 7", True, 3, "20250101-000000-7", {"server": "sha256:aa", "redis": ""},
+                    ('{"event": "end"}',))
+    assert program_args(c, "finish.sh") == ("k", "me pid 7", "1", "3", "20250101-000000-7", "server=sha256:aa")
+    assert c.stdin is not None and c.stdin.text == '{"event": "end"}\n'
+    c = cmds.finish("k", "", False, 5, "", {}, ())
+    assert program_args(c, "finish.sh") == ("k", "", "0", "5", "") and c.stdin is None
+
+
+def test_recover_args_per_tier_then_compose_flags():
+    h = H(compose_files=("a.yaml",), project_name="remi")
+    c = cmds.recover(h, "k", "run-1", [("4242", False, ["server", "property"], ["aaa", "bbb"]),
+                                       ("4343", True, ["identity"], [])])
+    assert program_args(c, "recover.sh") == ("k", "run-1", "2", "4242", "", "server,property", "aaa,bbb",
+                                             "4343", "1", "identity", "", "-f", "a.yaml", "-p", "remi")
+    assert c.cwd == "~/app"
+
+
+def test_journal_read_and_tag():
+    c = cmds.journal_read("__app_remi", last=50)
+    assert c.render() == "cd ~ && tail -n 50 .zdd/journal/__app_remi.jsonl"
+    assert cmds.tag("sha256:aa", "x/server:latest").argv == ("docker", "tag", "sha256:aa", "x/server:latest")
 
 
 @pytest.mark.parametrize("builder, args, script, argv_tail", [
@@ -246,10 +287,6 @@ def test_lock_name_is_a_file_name(host, name):
     (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13", "/tmp/up"), "install_plugin.sh",
      ("https://x/y", "ab" * 32, "v0.13", "/tmp/up")),
     (cmds.plugin_version_ok, ("v0.13", "ab" * 32), "plugin_version.sh", ("v0.13", "ab" * 32)),
-    (cmds.lock, (H(), "acquire", "me@laptop pid 7 deploy", 120), "lock.sh",
-     ("acquire", "__app", "me@laptop pid 7 deploy", "120")),
-    (cmds.lock, (H(), "release"), "lock.sh", ("release", "__app")),
-    (cmds.lock, (H(), "show"), "lock.sh", ("show", "__app")),
 ])
 def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     c = builder(*args)
@@ -288,9 +325,9 @@ def test_tier_args_count_services_then_compose_flags():
     h = H(compose_files=("a.yaml", "b.yaml"), project_name="remi", env_file=".env", no_healthcheck_wait=7,
           proxy=ProxyConfig(admin="localhost:2019", drain_timeout=45))
     identity = TierService("identity", 1, 30, 20, (), (), "")
-    c = cmds.tier(h, "docker-rollout", "cad", [server(), identity], ("remilia_default",))
+    c = cmds.tier(h, "docker-rollout", "cad", [server(), identity], ("remilia_default",), "__app_remi", "run-1")
     assert program_args(c, "tier.sh") == (
-        "docker-rollout", "cad", "localhost:2019", "45", "7", "5", "2",
+        "docker-rollout", "cad", "localhost:2019", "45", "7", "5", "__app_remi", "run-1", "2",
         *server().args(), *identity.args(),
         "-f", "a.yaml", "-f", "b.yaml", "-p", "remi", "--env-file", ".env")
     assert c.cwd == "~/app"
@@ -300,9 +337,10 @@ def test_tier_args_count_services_then_compose_flags():
 
 def test_tier_matches_the_documented_command_line():
     h = H(compose_files=("x.yaml",), no_healthcheck_wait=0, proxy=ProxyConfig(drain_timeout=5))
-    c = cmds.tier(h, "native", "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))])
+    c = cmds.tier(h, "native", "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))],
+                  key="KEY", run="RUN")
     assert program_args(c, "tier.sh") == tuple(shlex.split(
-        "native PROXY localhost:2019 5 0 5 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
+        "native PROXY localhost:2019 5 0 5 KEY RUN 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
 
 
 def test_tier_dry_run_output_has_placeholders_on_the_proxy_network():
@@ -332,7 +370,7 @@ def test_tier_dry_run_output_docker_rollout_replaces_each_old_container():
 ])
 def test_restore_detach_or_wait(detach, mode, output):
     h = H(project_name="remi")
-    c = cmds.restore(h, "cad", ["aaa", "bbb"], detach, 40)
+    c = cmds.restore(h, "__app_remi", "cad", ["aaa", "bbb"], detach, 40)
     assert program_args(c, "restore.sh") == (mode, "__app_remi", "cad", "/etc/caddy/Caddyfile", "40", "aaa", "bbb")
     assert c.cwd == "~/app" and c.stdin is None
     assert c.dry_run_output == output

@@ -4,44 +4,40 @@ order, and the registry token shows up nowhere."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 
-from fabfile import steps
+from fabfile import journal, steps
 from fabfile.config import load
-from fabfile.report import Reporter
-from fabfile.runner import Runner, StepFailed
+from fabfile.runner import StepFailed
 from fabfile.session import Session
 from tests.fakes import (
+    HOSTS_TOML,
     FakeExecutor,
-    compose_config_json,
     fail,
+    fake_session,
     image_listing,
-    sandbox_containers,
-    survey_text,
+    sandbox_compose_json,
+    sandbox_survey,
 )
 
-HOSTS_TOML = Path(__file__).resolve().parent.parent / "hosts.toml"
 TOKEN = "s3cr3t-token"
 
 # What a dry run may send to the host: probes that change nothing.
 READ_ONLY = ("survey.sh", "docker image ls", "plugin_version.sh")
-MUTATING = ("lock.sh", "docker login", " pull ", "up --detach", "tier.sh", "restore.sh", "caddy reload",
-            "image prune", "install_plugin.sh")
+MUTATING = ("lock.sh", "docker login", " pull ", "pull.sh", "up --detach", "tier.sh", "restore.sh", "caddy reload",
+            "image prune", "install_plugin.sh", "finish.sh", "recover.sh", "docker tag")
 
 
 def fake_host(compose_json: str | None = None, survey: str | None = None, version: int = 2) -> FakeExecutor:
     return FakeExecutor([
-        ("survey.sh", survey or survey_text(sandbox_containers(), compose=compose_json)),
+        ("survey.sh", survey or sandbox_survey(compose=compose_json)),
         ("docker image ls", image_listing(version)),
     ])
 
 
 def session(name: str, fake: FakeExecutor) -> tuple[Session, io.StringIO]:
-    out = io.StringIO()
-    host = load(HOSTS_TOML).host(name)
-    return Session(name, host, Runner(fake, name, dry_run=True, out=out), Reporter(name, out=out)), out
+    return fake_session(fake, name, dry_run=True)
 
 
 def in_order(lines: list[str], needles: list) -> list[int]:
@@ -89,10 +85,11 @@ def test_dry_run_plan_in_order(deployed):
     s, out, fake = deployed
     lines = out.splitlines()
     needles: list = [
-        ("would run: sh -s -- acquire __remilia", "< fabfile/remote/lock.sh"),
-        ("would run: docker login --username zdd --password-stdin 127.0.0.1:15000",
-         "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)", "docker compose -f docker-compose.yaml pull --quiet",
-         "server property identity profile-server mongodb redis caddy", "&& docker image ls"),
+        ("would run: sh -c '<fabfile/remote/lock.sh>' lock.sh acquire project ", " deploy since ", " 120",
+         "< journal lines"),
+        ("would run: cd ~/remilia && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 127.0.0.1:15000 zdd 900 "
+         "server property identity profile-server mongodb redis caddy -- -f docker-compose.yaml",
+         "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)"),
         "server: roll (1 → 1), new image",
         "profile-server: roll (1 → 1), new image",
         ("would run: cd ~/remilia && sh -c '<fabfile/remote/tier.sh>' tier.sh native cad000000000", " 2 server 1 30 ",
@@ -102,13 +99,15 @@ def test_dry_run_plan_in_order(deployed):
         ("would run:", "tier.sh native cad000000000", " 1 identity 1 30 "),
         "would send: nothing to pin",
         ("would run:", "tier.sh native cad000000000", " 1 profile-server 1 30 "),
-        ("would run:", "sh -c '<fabfile/remote/restore.sh>' restore.sh detach __remilia cad000000000 "
+        ("would run:", "sh -c '<fabfile/remote/restore.sh>' restore.sh detach project cad000000000 "
                        "/etc/caddy/Caddyfile 40 a00000000000 c00000000000 e00000000000 100000000000"),
-        "would run: docker image prune --force",
+        # the end of the run: journal, keep tags of the new images, prune; no holder to release
+        ("would run: sh -c '<fabfile/remote/finish.sh>' finish.sh project '' 1 3 ", " server=sha256:02",
+         " profile-server=sha256:02", "< journal lines"),
     ]
     in_order(lines, needles)
     # the restore job on the host takes the lock over and releases it: the deploy does not
-    assert not any("release __remilia" in ln for ln in lines)
+    assert not any("lock.sh release" in ln or "lock.sh unlock" in ln for ln in lines)
     assert sum("tier.sh" in ln for ln in lines) == 3  # one conversation per tier
     assert not any("up --detach" in ln and "--scale" in ln for ln in lines)  # the host scales, in tier.sh
 
@@ -119,9 +118,16 @@ def test_dry_run_report_steps(deployed):
         ("validate", "ok"), ("pull", "ok"), ("infra-up", "skipped"), ("plan", "ok"),
         ("rollout server, property", "ok"), ("rollout identity", "ok"), ("rollout profile-server", "ok"),
         ("drain server, property", "ok"), ("drain identity", "ok"), ("drain profile-server", "ok"),
-        ("reload-caddy", "ok"), ("prune", "ok"),
+        ("reload-caddy", "ok"), ("finish", "ok"),
     ]
     assert s.report.steps[3].detail == "roll 4 of 4 in 3 tier(s)"
+
+
+def test_dry_run_finish_step_does_not_read_like_an_error(deployed):
+    s, out, fake = deployed
+    finish = s.report.steps[-1]
+    assert (finish.name, finish.status) == ("finish", "ok")
+    assert "exit status" not in finish.detail
 
 
 def test_dry_run_of_an_unchanged_host_plans_nothing(token):
@@ -130,6 +136,9 @@ def test_dry_run_of_an_unchanged_host_plans_nothing(token):
     steps.deploy(s)
     text = out.getvalue()
     assert "tier.sh" not in text and "restore.sh" not in text and "image prune" not in text
+    finish = next(ln for ln in text.splitlines() if "finish.sh" in ln)
+    assert f" finish.sh project '{journal.who()} pid " in finish  # releases its lock
+    assert " 0 3 ''  < journal lines" in finish  # no prune, no keep tags
     assert text.count("skip, unchanged") == 4
 
 
@@ -160,9 +169,12 @@ def test_registry_token_missing_fails_before_pulling(monkeypatch, tmp_path):
      "property publishes host ports"),
     ({"identity": None}, "service 'identity' is not in the compose project"),
     ({"redis": None}, "service 'redis' is not in the compose project"),
+    ({"identity": {"healthcheck": {"disable": True}}}, "identity has no healthcheck, so nothing says when a new "
+                                                       "container is ready: add one, or set "
+                                                       "services.identity.no_healthcheck_wait"),
 ])
 def test_validation_failure_stops_before_anything_else(token, patch, problem):
-    fake = fake_host(compose_config_json(patch))
+    fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
     with pytest.raises(StepFailed) as e:
         steps.deploy(s)
@@ -175,18 +187,18 @@ def test_validation_failure_stops_before_anything_else(token, patch, problem):
 def test_unpublished_ports_and_infra_container_name_are_fine(token):
     patch = {"server": {"ports": [{"mode": "ingress", "target": 8080, "protocol": "tcp"}]},
              "redis": {"container_name": "redis"}}
-    fake = fake_host(compose_config_json(patch))
+    fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
     steps.deploy(s)
-    assert s.report.steps[-1].name == "prune"
+    assert s.report.steps[-1].name == "finish"
 
 
 def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monkeypatch):
     monkeypatch.setenv("GH_PACKAGES_TOKEN", TOKEN)
     monkeypatch.setenv("GH_ACTOR", "bot")
     h = load(HOSTS_TOML).host("reminet-staging")
-    compose = compose_config_json({s: {"image": f"x/{s}"} for s in h.infra})
-    fake = fake_host(compose, survey_text(sandbox_containers(), compose=compose, hashes={}))
+    compose = sandbox_compose_json({s: {"image": f"x/{s}"} for s in h.infra})
+    fake = fake_host(compose, sandbox_survey(compose=compose, hashes={}))
     fake.first("plugin_version.sh", fail(1, "not installed\n"))
     s, out = session("reminet-staging", fake)
     steps.deploy(s)
@@ -197,7 +209,7 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
 
 def test_unreadable_proxy_config_fails_validation_before_any_change(monkeypatch):
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", TOKEN)
-    text = survey_text(sandbox_containers()).replace(
+    text = sandbox_survey().replace(
         "=== proxy-config 0\n", "=== proxy-config 1\nError: adapting config using caddyfile: Caddyfile:3: "
                                 "unknown directive\n=== ignored 0\n")
     fake = fake_host(survey=text)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,29 +17,37 @@ from typing import Callable
 import pytest
 
 from fabfile import commands as cmds
+from fabfile import journal
 from fabfile.commands import TierService
-from fabfile.config import HostConfig, ProxyConfig
+from fabfile.config import HostConfig, ProxyConfig, RegistryConfig
+from fabfile.plan import parse_survey
 from fabfile.proxy import Routing
-from tests.fakes import PROXY_NETWORK, cid, sandbox_caddy_config
+from tests.fakes import PROXY_NETWORK, cid, dead_pid, sandbox_caddy_config
 
 SH = shutil.which("dash") or "/bin/sh"
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 OLD, NEW = cid("01d"), cid("2e3")          # full ids, as `docker compose ps --quiet` prints them
 NEW_IP = "172.18.0.9"
+RUN = "20250101-120000-77"                  # the run a test's scripts write to the journal
 
 # A `docker` that logs its arguments to $STUB/calls and answers from files in $STUB:
 #   gone           every container is gone (inspect fails)
+#   gone-ID        container ID is gone
+#   images         what `docker image ls` prints
 #   state          what `inspect` says of a new container's state (default: running healthy 0)
 #   reload-fails   `caddy reload` in the proxy fails
 #   upstreams      what Caddy's admin API says of /reverse_proxy/upstreams
 #   up             written by `compose up`: from then on `compose ps` lists the new container too
 #   loads          the configs loaded through `docker exec -i PROXY caddy reload --config /dev/stdin`
+#   login          written by `login`: its DOCKER_CONFIG, then its stdin (the token), and "plugins"
+#                  when that config has the user's cli-plugins; pull: the DOCKER_CONFIG `compose pull` had
 DOCKER = f"""#!/bin/sh
 d=$STUB
 printf '%s\\n' "$*" >> "$d/calls"
 case "$1" in
 inspect)
-    [ -e "$d/gone" ] && {{ echo "Error: No such object: $4" >&2; exit 1; }}
+    [ -e "$d/gone" ] || [ -e "$d/gone-$4" ] && {{ echo "Error: No such object: $4" >&2; exit 1; }}
+    [ "$2" = --format ] || {{ echo '[]'; exit 0; }}
     case "$3" in
         *State.Status*) cat "$d/state" 2>/dev/null || echo "running healthy 0" ;;
         *Networks*) echo "{PROXY_NETWORK}={NEW_IP} " ;;
@@ -56,6 +66,16 @@ compose)
         *" up "*) : > "$d/up" ;;
         *" ps "*--status*) ;;
         *" ps "*) echo {OLD}; [ -e "$d/up" ] && echo {NEW} ;;
+        *" config --format json"*) echo '{{"name": "app", "services": {{}}}}' ;;
+        *" pull "*) printf '%s\\n' "${{DOCKER_CONFIG:-}}" > "$d/pull" ;;
+    esac ;;
+login)
+    {{ printf '%s\\n' "${{DOCKER_CONFIG:-}}"; cat; echo
+       [ -e "$DOCKER_CONFIG/cli-plugins" ] && echo plugins; }} > "$d/login" ;;
+image)
+    case "$2" in
+        ls) cat "$d/images" 2>/dev/null ;;
+        prune) printf 'Deleted Images:\nTotal reclaimed space: 42MB\n' ;;
     esac ;;
 logs) echo "panic: boom" ;;
 esac
@@ -84,7 +104,9 @@ class Host:
                         STUB=str(self.stub))
         self.config = HostConfig(name="t", dir="~/app", compose_files=("x.yaml",), engine="native",
                                  rollout=(("server",),), no_healthcheck_wait=0, proxy=ProxyConfig(drain_timeout=5))
-        self.lock_dir = self.home / ".zdd" / "locks" / cmds.lock_name(self.config)
+        self.key = project_key(self.home / "app")
+        self.lock_dir = self.home / ".zdd" / "locks" / self.key
+        self.journal_file = self.home / ".zdd" / "journal" / f"{self.key}.jsonl"
 
     def _argv(self, cmd: cmds.Command, stdin: str | None) -> tuple[list[str], str]:
         return [SH, "-c", cmd.render()], stdin if stdin is not None else (cmd.stdin.text if cmd.stdin else "")
@@ -111,8 +133,19 @@ class Host:
         path = self.stub / "calls"
         return path.read_text().splitlines() if path.exists() else []
 
-    def lock(self, action: str, holder: str = "", wait: int = 0) -> subprocess.CompletedProcess:
-        return self.run(cmds.lock(self.config, action, holder, wait))
+    def lock(self, action: str, holder: str = "", arg: int | str = "", *lines: str) -> subprocess.CompletedProcess:
+        return self.run(cmds.lock(self.key, action, holder, str(arg), lines))
+
+    def journal(self) -> list[dict]:
+        """The project's journal, one event per line."""
+        if not self.journal_file.exists():
+            return []
+        return [json.loads(line) for line in self.journal_file.read_text().splitlines()]
+
+    def write_journal(self, *events: dict) -> None:
+        self.journal_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.journal_file.open("a") as f:
+            f.writelines(journal.line(e) + "\n" for e in events)
 
     def hold_lock(self, holder: str, pid: int | None = None) -> None:
         """The lock as a deploy (holder only) or a restore job (holder and pid) leaves it."""
@@ -120,6 +153,11 @@ class Host:
         (self.lock_dir / "holder").write_text(holder + "\n")
         if pid is not None:
             (self.lock_dir / "pid").write_text(f"{pid}\n")
+
+
+def project_key(directory: Path, project: str = "") -> str:
+    """The key survey.sh computes: the resolved directory and the compose project, as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(directory.resolve()) + (f":{project}" if project else ""))
 
 
 @pytest.fixture
@@ -139,6 +177,7 @@ def eventually(check: Callable[[], bool], timeout: float = 10) -> bool:
 def sleeper() -> subprocess.Popen:
     """A live process to stand for a restore job."""
     return subprocess.Popen([SLEEP, "30"])
+
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -170,13 +209,12 @@ def test_lock_held_by_a_deploy_fails_at_once_naming_it(host):
 
 
 def test_lock_of_a_dead_job_is_taken_over(host):
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    host.hold_lock("restore job of yesterday", gone.pid)
+    gone = dead_pid()
+    host.hold_lock("restore job of yesterday", gone)
     res = host.lock("acquire", "bob", 30)
     assert res.returncode == 0
     note, locked = res.stdout.splitlines()
-    assert note.startswith(f"took over the lock from job {gone.pid}, which is gone (restore job of yesterday) (")
+    assert note.startswith(f"took over the lock from job {gone}, which is gone (restore job of yesterday) (")
     assert locked == "locked"
     assert sorted(p.name for p in host.lock_dir.iterdir()) == ["holder"]
     assert (host.lock_dir / "holder").read_text() == "bob\n"
@@ -198,9 +236,9 @@ def test_lock_is_acquired_once_the_job_releases_it(host):
     job = sleeper()
     try:
         host.hold_lock("restore job 1", job.pid)
-        waiting = host.start(cmds.lock(host.config, "acquire", "bob", 30))
+        waiting = host.start(cmds.lock(host.key, "acquire", "bob", "30", ('{"run": "b", "event": "start"}',)))
         assert eventually(lambda: (host.stub / "slept").exists())  # it is waiting
-        assert waiting.poll() is None
+        assert waiting.poll() is None and host.journal() == []  # its start line waits for the lock
         shutil.rmtree(host.lock_dir)  # the job ends as restore.sh does: lock removed, then exit
     finally:
         stop(job)
@@ -210,12 +248,61 @@ def test_lock_is_acquired_once_the_job_releases_it(host):
     assert note.startswith(f"waited for the previous deploy's restore job {job.pid} (")
     assert locked == "locked"
     assert (host.lock_dir / "holder").read_text() == "bob\n"
+    assert host.journal() == [{"run": "b", "event": "start"}]
+
+
+START = '{"run": "b", "event": "start"}'
+
+
+def test_lock_acquire_writes_its_journal_line_only_once_held(host):
+    host.lock("acquire", "alice", 0)
+    res = host.lock("acquire", "bob", 0, START)
+    assert (res.returncode, res.stdout) == (1, "locked by: alice\n")
+    assert host.journal() == []  # refused: nothing written
+    host.lock("release", "alice")
+    res = host.lock("acquire", "bob", 0, START)
+    assert (res.returncode, res.stdout) == (0, "locked\n")
+    assert host.journal() == [json.loads(START)]
+
+
+def test_lock_takeover_replaces_only_the_expected_holder(host):
+    host.hold_lock("alice pid 7")
+    res = host.lock("takeover", "bob pid 9", "alice pid 7", START)
+    assert (res.returncode, res.stdout) == (0, "locked\n")
+    assert (host.lock_dir / "holder").read_text() == "bob pid 9\n"
+    assert host.journal() == [json.loads(START)]
+
+
+@pytest.mark.parametrize("job", [None, 4242], ids=["holder changed", "a restore job"])
+def test_lock_takeover_refuses_when_the_lock_changed_meanwhile(host, job):
+    host.hold_lock("carol pid 8" if job is None else "alice pid 7", job)
+    res = host.lock("takeover", "bob pid 9", "alice pid 7", START)
+    holder = (host.lock_dir / "holder").read_text().strip()
+    assert (res.returncode, res.stdout) == (1, f"locked by: {holder} (changed meanwhile)\n")
+    assert holder != "bob pid 9" and host.journal() == []
+
+
+def test_lock_release_refuses_another_holder(host):
+    host.lock("acquire", "alice", 0)
+    res = host.lock("release", "bob", "", START)
+    assert (res.returncode, res.stdout) == (1, "not released: held by alice\n")
+    assert host.lock_dir.exists() and host.journal() == []
+    res = host.lock("release", "alice", "", '{"run": "a", "event": "end"}')
+    assert (res.returncode, res.stdout) == (0, "released\n")
+    assert not host.lock_dir.exists() and host.journal() == [{"run": "a", "event": "end"}]
+
+
+def test_unlock_releases_whoever_holds_it(host):
+    host.hold_lock("restore job 5", 5)
+    res = host.lock("unlock", "", "", '{"run": "u", "event": "unlock"}')
+    assert (res.returncode, res.stdout) == (0, "released\n")
+    assert not host.lock_dir.exists() and host.journal() == [{"run": "u", "event": "unlock"}]
 
 
 # --- restore.sh --------------------------------------------------------------------------------
 
 def restore(host: Host, detach: bool, timeout: int = 20) -> cmds.Command:
-    return cmds.restore(host.config, "cad", [OLD[:12]], detach, timeout)
+    return cmds.restore(host.config, host.key, "cad", [OLD[:12]], detach, timeout)
 
 
 RELOAD = "exec cad caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force"
@@ -269,7 +356,7 @@ def test_restore_detached_job_takes_the_lock_over_and_releases_it(host):
 
 def tier(host: Host, held: tuple[str, ...] = ()) -> cmds.Command:
     return cmds.tier(host.config, "native", "cad", [TierService("server", 1, 5, None, (OLD[:12],), held)],
-                     (PROXY_NETWORK,))
+                     (PROXY_NETWORK,), host.key, RUN)
 
 
 def lines(res: subprocess.CompletedProcess) -> list[str]:
@@ -377,6 +464,38 @@ def test_tier_first_says_its_pid_and_undoes_on_sigterm_before_the_switch(host):
     assert f"rm --force {NEW[:12]}" in host.calls()
 
 
+def test_tier_writes_its_events_and_zdds_lines_to_the_journal(host):
+    plan = journal.line({"run": RUN, "t": 1, "event": "plan", "services": {}})
+    res = host.run(tier(host), stdin=f"journal {plan}\nnopin\ngo\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    pid = res.stdout.split()[1]
+    events = host.journal()
+    assert [e["event"] for e in events] == ["tier", "plan", "new", "switched", "retired"]
+    assert events[1] == json.loads(plan)  # as zdd sent it
+    assert all(e["run"] == RUN and e["pid"] == int(pid) for e in events if e["event"] != "plan")
+    assert (events[0]["services"], events[0]["old"], events[2]["ids"]) == ("server", OLD[:12], NEW[:12])
+    [run] = journal.parse(journal.line({"run": RUN, "event": "start"}) + "\n" + host.journal_file.read_text())
+    assert [(t.pid, t.services, t.old, t.switched, t.retired) for t in run.tiers] == [
+        (pid, ["server"], [OLD[:12]], True, True)]
+
+
+def test_tier_with_docker_rollout_journals_every_event_under_its_run(host):
+    host.set("up")  # docker rollout (the stub) started the new container
+    cmd = cmds.tier(host.config, "docker-rollout", "cad", [TierService("server", 1, 5, None, (OLD[:12],), ())],
+                    (PROXY_NETWORK,), host.key, RUN)
+    res = host.run(cmd, stdin="nopin\ngo\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert any(c.startswith("rollout -f x.yaml ") for c in host.calls())
+    assert [(e["run"], e["event"]) for e in host.journal()] == [
+        (RUN, "tier"), (RUN, "new"), (RUN, "switched"), (RUN, "retired")]
+
+
+def test_tier_undone_is_journaled(host):
+    res = host.run(tier(host), stdin="nopin\nabort\n")
+    assert res.returncode == 3
+    assert [e["event"] for e in host.journal()] == ["tier", "new", "undone"]
+
+
 # --- rendering -----------------------------------------------------------------------------------
 
 def test_rendered_commands_reach_a_real_shell_as_the_same_words():
@@ -399,3 +518,152 @@ def test_stdin_secret_is_not_in_repr():
     c = cmds.login("ghcr.io", "bot", "s3cr3t-token", "GH_PACKAGES_TOKEN")
     assert "s3cr3t-token" not in repr(c) and "s3cr3t-token" not in c.describe() and "s3cr3t-token" not in c.render()
     assert c.stdin.text == "s3cr3t-token"
+
+
+# --- pull.sh: log in (to a temporary config), pull, list --------------------------------------------
+
+def pull(host: Host, keep_login: bool = False, credentials: bool = True) -> subprocess.CompletedProcess:
+    host.config = dataclasses.replace(host.config, registry=RegistryConfig(server="reg.test", keep_login=keep_login))
+    host.set("images", "reg.test/server:latest sha256:aa\n")
+    res = host.run(cmds.pull(host.config, ["server"], ("reg.test", "bot", "t0k3n", "X") if credentials else None,
+                             limit=30))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_pull_logs_in_to_a_temporary_config_then_removes_it(host):
+    (host.home / ".docker" / "cli-plugins").mkdir(parents=True)
+    res = pull(host)
+    assert res.stdout == "logged in to reg.test (temporary config)\nreg.test/server:latest sha256:aa\n"
+    config, token, plugins = (host.stub / "login").read_text().splitlines()
+    assert (token, plugins) == ("t0k3n", "plugins")  # the token on stdin; the user's docker-rollout at hand
+    assert config and config != str(host.home / ".docker") and not Path(config).exists()  # removed
+    assert (host.stub / "pull").read_text() == config + "\n"  # the pull used that login
+    assert host.calls() == ["login --username bot --password-stdin reg.test",
+                            "compose -f x.yaml pull --quiet server",
+                            "image ls --no-trunc --format {{.Repository}}:{{.Tag}} {{.ID}}"]
+
+
+def test_pull_keeps_the_login_when_asked_and_logs_in_to_nothing_without_a_registry(host):
+    res = pull(host, keep_login=True)
+    assert res.stdout.splitlines()[0] == "logged in to reg.test"
+    assert (host.stub / "login").read_text().splitlines()[:2] == [str(host.home / ".docker"), "t0k3n"]
+    (host.stub / "login").unlink()
+    res = pull(host, credentials=False)
+    assert res.stdout == "reg.test/server:latest sha256:aa\n"
+    assert not (host.stub / "login").exists() and (host.stub / "pull").read_text() == "\n"
+
+
+# --- survey.sh: the key, the lock, the last run's journal -------------------------------------------
+
+def test_survey_prints_the_key_the_lock_holder_and_the_recent_runs(host):
+    host.config = dataclasses.replace(host.config, project_name="remi")
+    host.key = project_key(host.home / "app", "remi")
+    host.lock_dir = host.home / ".zdd" / "locks" / host.key
+    host.journal_file = host.home / ".zdd" / "journal" / f"{host.key}.jsonl"
+    host.hold_lock("alice@laptop pid 7 deploy since noon")
+    first = [{"run": "r1", "event": "start"}, {"run": "r1", "event": "end", "result": "ok"}]
+    last = [{"run": "r2", "event": "start"}, {"run": "r2", "event": "tier", "pid": 9, "services": "server"}]
+    host.write_journal(*first, *last)
+    res = host.run(cmds.survey(host.config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith(f"=== key 0\n{host.key}\n=== lock 0\nalice@laptop pid 7 deploy since noon\n")
+    assert host.key.endswith("_home_app_remi") and "/" not in host.key
+    state = parse_survey(res.stdout, "caddy")
+    assert (state.key, state.lock_holder) == (host.key, "alice@laptop pid 7 deploy since noon")
+    assert [json.loads(line) for line in state.journal.splitlines()] == [*first, *last]  # all recent lines
+
+
+def test_survey_of_a_free_project_without_a_journal(host):
+    res = host.run(cmds.survey(host.config))
+    state = parse_survey(res.stdout, "caddy")
+    assert (state.key, state.lock_holder, state.journal) == (host.key, "", "")
+
+
+# --- finish.sh: journal, keep tags, prune, release ----------------------------------------------------
+
+def keep_repo(key: str) -> str:
+    """finish.sh's repository for a project's keep tags."""
+    crc = subprocess.run(["cksum"], input=key, capture_output=True, text=True, check=True).stdout.split()[0]
+    return f"zdd-keep/p{crc}"
+
+
+def finish(host: Host, holder: str = "", prune: bool = False, keep: int = 3, run: str = "",
+           images: dict[str, str] | None = None, *lines: str) -> subprocess.CompletedProcess:
+    res = host.run(cmds.finish(host.key, holder, prune, keep, run, images or {}, lines))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_finish_journals_tags_trims_to_keep_prunes_and_releases(host):
+    repo = keep_repo(host.key)
+    runs = ["20250101-000000-1", "20250102-000000-2", "20250103-000000-3", RUN.replace("2025", "2026")]
+    listed = [f"{repo}-server:{runs[0]}", f"{repo}-server:{runs[1]}", f"{repo}-property:{runs[1]}",
+              f"{repo}-server:{runs[2]}", f"{repo}-server:{runs[3]}", f"{repo}-profile-server:{runs[3]}",
+              f"zdd-keep/p1-server:{runs[0]}", "redis:latest"]
+    host.set("images", "\n".join(listed) + "\n")
+    host.lock("acquire", "alice", 0)
+    end = journal.line({"run": runs[3], "event": "end", "result": "ok"})
+    res = finish(host, "alice", True, 2, runs[3], {"server": "sha256:aa", "profile-server": "sha256:bb"}, end)
+    assert res.stdout.splitlines() == ["kept the images of the last 2 runs", "Total reclaimed space: 42MB",
+                                       "released the lock"]
+    assert host.calls() == [f"tag sha256:aa {repo}-server:{runs[3]}", f"tag sha256:bb {repo}-profile-server:{runs[3]}",
+                            "image ls --format {{.Repository}}:{{.Tag}}",
+                            f"rmi {repo}-server:{runs[1]}", f"rmi {repo}-property:{runs[1]}",  # beyond the 2 newest
+                            f"rmi {repo}-server:{runs[0]}",
+                            "image prune --force"]
+    assert host.journal() == [json.loads(end)] and not host.lock_dir.exists()
+
+
+@pytest.mark.parametrize("holder", ["", "bob"])
+def test_finish_leaves_anothers_lock_and_prunes_only_when_asked(host, holder):
+    host.lock("acquire", "alice", 0)
+    res = finish(host, holder, False, 3, "", {}, '{"run": "x", "event": "end"}')
+    assert res.stdout == ""
+    assert host.calls() == []  # no run: no keep tags; no prune
+    assert (host.lock_dir / "holder").read_text() == "alice\n"
+    assert host.journal() == [{"run": "x", "event": "end"}]
+
+
+# --- recover.sh: finish or undo an interrupted run's tiers -------------------------------------------
+
+def recover(host: Host, *tiers: tuple[str, bool, list[str], list[str]]) -> subprocess.CompletedProcess:
+    res = host.run(cmds.recover(host.config, host.key, RUN, list(tiers)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    end = host.journal()[-1]
+    assert (end["run"], end["event"], end["result"]) == (RUN, "end", "interrupted")
+    return res
+
+
+def test_recover_dead_tiers_removes_the_new_or_the_old_containers(host):
+    host.set("up")  # compose ps lists the old and the new container
+    host.set(f"gone-{'b' * 12}")
+    res = recover(host, (str(dead_pid()), False, ["server"], [OLD[:12]]),
+                  (str(dead_pid()), True, ["identity", "property"], ["a" * 12, "b" * 12]))
+    assert res.stdout.splitlines() == [
+        f"recovered server: removed the new containers: {NEW[:12]}",
+        f"recovered identity,property: stopped the old containers, out of rotation since the switch: {'a' * 12}"]
+    calls = host.calls()
+    assert "compose -f x.yaml ps --all --quiet server" in calls and f"rm --force {NEW[:12]}" in calls
+    assert f"stop {'a' * 12}" in calls and f"rm {'a' * 12}" in calls
+    assert not any(c.startswith(("stop", "rm")) and (OLD[:12] in c or "b" * 12 in c) for c in calls)
+
+
+DUMMY_TIER = {False: 'trap "exit 0" TERM; while :; do sleep 0.1; done',          # stopped by SIGTERM
+              True: 'trap "" TERM; i=0; while [ $i -lt 5 ]; do sleep 0.1; i=$((i+1)); done'}  # ends on its own
+
+
+@pytest.mark.parametrize("switched, said", [
+    (False, "stopped its tier.sh (it removed the new containers)"),
+    (True, "waited for its tier.sh to drain and retire the old containers"),
+])
+def test_recover_a_live_tier_sh_stops_it_before_its_switch_and_waits_after(host, switched, said):
+    proc = subprocess.Popen([SH, "-c", DUMMY_TIER[switched], "tier.sh"])
+    try:
+        res = recover(host, (str(proc.pid), switched, ["server"], [OLD[:12]]))
+        assert res.stdout == f"recovered server: {said}\n"
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert host.calls() == []  # tier.sh removes or retires on its own

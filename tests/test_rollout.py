@@ -14,7 +14,7 @@ import pytest
 from fabfile import steps
 from fabfile.config import load
 from fabfile.report import Reporter
-from fabfile.runner import Runner, StepFailed
+from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import (
     FakeConversation,
@@ -25,6 +25,7 @@ from tests.fakes import (
     image_listing,
     ok,
     sandbox_containers,
+    sandbox_survey,
     survey_text,
     tier_host,
 )
@@ -42,11 +43,11 @@ def token(monkeypatch):
 def host(version: int = 2, containers=None, survey: str | None = None, tier=None, host_name: str = "sandbox",
          restore: str = "restore queued (job 99)"):
     fake = FakeExecutor([
-        ("survey.sh", survey or survey_text(containers or sandbox_containers())),
+        ("survey.sh", survey or sandbox_survey(containers or sandbox_containers())),
         ("lock.sh", ok("locked\n")),
-        ("docker login", image_listing(version)),
+        ("pull.sh", image_listing(version)),
         ("restore.sh", ok(restore + "\n")),
-        ("image prune", ok("Total reclaimed space: 0B\n")),
+        ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
     ])
     fake.on("kill -TERM", fake.interrupt)
     fake.tier_script = tier or tier_host(NEW)
@@ -57,7 +58,7 @@ def host(version: int = 2, containers=None, survey: str | None = None, tier=None
 
 
 def sent_config(conv: FakeConversation, word: str) -> dict:
-    line = next(x for x in conv.sent if x.startswith(word + " "))
+    line = next(x for x in conv.said if x.startswith(word + " "))
     return json.loads(line.split(" ", 1)[1])
 
 
@@ -80,19 +81,20 @@ def test_nothing_changed_starts_nothing_and_loads_nothing():
     s, fake, out = host(version=1)
     steps.deploy(s)
     assert fake.tiers == []
-    assert not fake.seen("restore.sh") and not fake.seen("image prune") and not fake.seen("up --detach")
+    assert not fake.seen("restore.sh") and not fake.seen("up --detach")
+    assert fake.seen("finish.sh", " 0 3 ''")  # no prune, no keep tags: nothing rolled
     assert s.report.proxy_loads == 0
-    assert s.r.remote_commands == 4  # survey, lock, pull, unlock
+    assert s.r.remote_commands == 4  # survey, lock, pull, finish (journal, unlock)
     assert out.getvalue().count("skip, unchanged") == 4
 
 
 def test_full_deploy_pins_once_switches_per_tier_and_restores_once():
     s, fake, out = host()
     steps.deploy(s)
-    assert [c.command.split("tier.sh native ")[1].split()[6] for c in fake.tiers] == ["server", "identity",
+    assert [c.command.split("tier.sh native ")[1].split()[8] for c in fake.tiers] == ["server", "identity",
                                                                                    "profile-server"]
     first, second, third = fake.tiers
-    assert first.sent[0].startswith("pin ") and second.sent[0] == "nopin" and third.sent[0] == "nopin"
+    assert first.said[0].startswith("pin ") and second.said[0] == "nopin" and third.said[0] == "nopin"
     pin = upstreams(sent_config(first, "pin"))
     assert pin["/server/*"] == ["172.18.0.10:8080"] and pin["/identity/*"] == ["172.18.0.14:8080"]
     assert pin["/profile-server/*"] == ["172.18.0.16:8080"]
@@ -105,13 +107,14 @@ def test_full_deploy_pins_once_switches_per_tier_and_restores_once():
     # tiers + 2 loads: pin, three switches, the restore
     assert s.report.proxy_loads == 5
     restore = fake.calls[fake.index("restore.sh")].command
-    assert "restore.sh detach __remilia cad000000000 /etc/caddy/Caddyfile" in restore
+    assert "restore.sh detach project cad000000000 /etc/caddy/Caddyfile" in restore
     assert all(cid(t)[:12] in restore for t in ("a", "c", "e", "10"))
-    # the restore job holds the lock now: the deploy does not release it
+    # the restore job holds the lock now: the deploy does not release it (finish.sh gets no holder)
     assert fake.matching("lock.sh") == [fake.index("lock.sh")]
+    assert fake.seen("finish.sh project '' 1 3 ")
     drains = [r for r in s.report.steps if r.name.startswith("drain ")]
     assert [d.detail for d in drains] == ["after 1s, 2 in flight at most"] * 3
-    assert s.r.remote_commands == 8  # survey, lock, pull, 3 tiers, restore, prune (no unlock)
+    assert s.r.remote_commands == 8  # survey, lock, pull, 3 tiers, restore, finish
 
 
 def test_only_the_changed_service_rolls():
@@ -140,7 +143,7 @@ def test_wait_restores_in_the_foreground_and_releases_the_lock():
     s, fake, out = host(restore="restored /etc/caddy/Caddyfile after 2s")
     steps.deploy(s, wait=True)
     assert "restore.sh wait " in fake.calls[fake.index("restore.sh")].command
-    assert "release" in fake.calls[fake.matching("lock.sh")[-1]].command
+    assert fake.seen("finish.sh project 'root@") and fake.index("finish.sh") > fake.index("restore.sh")
 
 
 def test_unhealthy_tier_fails_with_health_detail_and_leaves_later_tiers_alone():
@@ -151,11 +154,12 @@ def test_unhealthy_tier_fails_with_health_detail_and_leaves_later_tiers_alone():
         in str(e.value)
     assert "check exit 1: wget: server returned error: 503" in e.value.detail
     assert "panic: boom" in e.value.detail
-    assert len(fake.tiers) == 1 and len(fake.tiers[0].sent) == 1  # never switched
+    assert len(fake.tiers) == 1 and len(fake.tiers[0].said) == 1  # never switched
     # the proxy was pinned: restored in the foreground before failing, and the lock released
     assert "restore.sh wait " in fake.calls[fake.index("restore.sh")].command
-    assert "release" in fake.calls[fake.matching("lock.sh")[-1]].command
-    assert not fake.seen("image prune")
+    finish = fake.calls[fake.index("finish.sh")]
+    assert "finish.sh project 'root@" in finish.command and finish.command.endswith(" 0 3 ''")  # unlock; no prune
+    assert '"result": "failed"' in finish.stdin
 
 
 class Interrupting(FakeConversation):
@@ -186,7 +190,7 @@ def test_ctrl_c_before_the_switch_signals_the_host_and_keeps_the_old_serving(mon
     with pytest.raises(KeyboardInterrupt):
         steps.deploy(s)
     assert fake.seen("kill -TERM 4242")  # tier.sh removes the new containers on SIGTERM
-    assert not any(x.startswith("switch") for x in fake.tiers[0].sent)
+    assert not any(x.startswith("switch") for x in fake.tiers[0].said)
     restore = fake.calls[fake.index("restore.sh")].command
     assert "restore.sh detach" in restore  # Ctrl-C does not wait for old containers to stop
 
@@ -197,7 +201,7 @@ def test_ctrl_c_after_a_switch_never_undoes_that_tier(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         steps.deploy(s)
     first, second = fake.tiers
-    assert first.sent[-1].startswith("switch ") and "abort" not in first.sent
+    assert first.said[-1].startswith("switch ") and "abort" not in first.said
     assert len(fake.matching("kill -TERM 4242")) == 1  # only tier 2's tier.sh
     restore = fake.calls[fake.index("restore.sh")].command
     # the restore waits for tier 1's old containers (being stopped), not tier 2's (still serving)
@@ -205,16 +209,21 @@ def test_ctrl_c_after_a_switch_never_undoes_that_tier(monkeypatch):
 
 
 def test_no_proxy_container_rolls_without_loads():
-    s, fake, out = host(survey=survey_text(sandbox_containers()[:-1], proxy=None))
+    s, fake, out = host(survey=sandbox_survey(sandbox_containers()[:-1], proxy=None))
+    with pytest.raises(BadInput, match="the proxy caddy is not running, so old containers cannot be drained"):
+        steps.deploy(s)  # refused: it would stop old containers without draining them
+    assert fake.tiers == [] and len(fake.calls) == 1
+    s, fake, out = host(survey=sandbox_survey(sandbox_containers()[:-1], proxy=None))
+    s.host = dataclasses.replace(s.host, proxy=dataclasses.replace(s.host.proxy, drain=False))
     steps.deploy(s)
-    assert all(c.sent[0] == "nopin" and c.sent[1] == "go" for c in fake.tiers)
+    assert all(c.said[0] == "nopin" and c.said[1] == "go" for c in fake.tiers)
     assert s.report.proxy_loads == 0 and not fake.seen("restore.sh")
 
 
 def test_a_pinned_proxy_left_by_an_unfinished_deploy_is_restored_even_when_nothing_rolls():
     pinned = json.loads(survey_text(sandbox_containers()).split("=== proxy-config 0\n")[1].split("\n")[0])
     pinned["apps"]["http"]["servers"]["srv0"]["routes"].append({"@id": "zdd-drain-hold"})
-    s, fake, out = host(version=1, survey=survey_text(sandbox_containers(), running=pinned))
+    s, fake, out = host(version=1, survey=sandbox_survey(sandbox_containers(), running=pinned))
     steps.deploy(s)
     assert fake.tiers == [] and fake.seen("restore.sh")
     assert "still routing to container addresses" in "\n".join(s.notes)
@@ -259,7 +268,7 @@ def test_zdd_loads_keep_websockets_open_on_caddy_2_7_and_newer():
 
 
 def test_older_caddy_gets_no_stream_close_delay_and_a_note():
-    s, fake, out = host(survey=survey_text(sandbox_containers(), version="2.6.2"))
+    s, fake, out = host(survey=sandbox_survey(sandbox_containers(), version="2.6.2"))
     steps.deploy(s)
     assert "stream_close_delay" not in json.dumps(sent_config(fake.tiers[0], "pin"))
     assert [n for n in s.notes if "older than 2.7" in n] == [

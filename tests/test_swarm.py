@@ -5,27 +5,34 @@ whose swarm_tier.sh is simulated (dry runs too)."""
 from __future__ import annotations
 
 import io
+import dataclasses
 import json
 import re
 import shlex
+from types import SimpleNamespace
+
 import pytest
-from invoke.exceptions import Exit
 
 from fabfile import commands as cmds
-from fabfile import swarm, tasks
+from fabfile import history, swarm, tasks
 from fabfile.config import ConfigError, HostConfig, load, parse
 from fabfile.engines import SwarmEngine, engine_for
 from fabfile.report import Reporter
-from fabfile.runner import Runner, StepFailed
+from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import (
     SANDBOX_APPS,
     STACK,
+    SWARM_KEY,
     SWARM_REF,
+    Call,
     FakeExecutor,
     fail,
     image_id,
+    image_listing,
+    journal_text,
     ok,
+    run_events,
     service_json,
     stack_services,
     stack_survey_text,
@@ -45,9 +52,16 @@ def token(monkeypatch):
 
 
 def digests(version: int = 2) -> str:
-    """``docker image ls --digests`` after a pull of ``version`` of every app."""
-    return "".join(f"{SWARM_REF.format(s)} {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
-        f"{SWARM_REF.format('base')} {image_id('base')}\n" + "127.0.0.1:15000/zdd-sandbox/server:<none> <none>\n"
+    """``docker image ls --digests`` (cmds.image_digests) after a pull of ``version`` of every app."""
+    return "".join(f"digest {SWARM_REF.format(s)} {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
+        f"digest {SWARM_REF.format('base')} {image_id('base')}\n" + \
+        "digest 127.0.0.1:15000/zdd-sandbox/server:<none> <none>\n"
+
+
+def finished(call, fake) -> str:
+    """finish.sh: prunes when asked (its third argument), releases the lock."""
+    prune = shlex.split(call.command)[shlex.split(call.command).index("finish.sh") + 3] == "1"
+    return ("Total reclaimed space: 0B\n" if prune else "") + "released the lock\n"
 
 
 def fake_manager(survey: str | list[str] | None = None, version: int = 2, failures: dict | None = None,
@@ -55,9 +69,10 @@ def fake_manager(survey: str | list[str] | None = None, version: int = 2, failur
     fake = FakeExecutor([
         ("survey.sh", survey if survey is not None else stack_survey_text(stack_services())),
         ("lock.sh", ok("locked\n")),
-        ("docker login", digests(version)),
+        # pull.sh lists the image IDs (of the sandbox's Compose images here: not read), then the digests
+        ("pull.sh", "logged in to 127.0.0.1:15000\n" + image_listing(version) + digests(version)),
         ("docker image ls --digests", digests(version)),
-        ("image prune", ok("Total reclaimed space: 0B\n")),
+        ("finish.sh", finished),
     ])
     fake.on_report("swarm_tier.sh", swarm_reports(failures, log))
     return fake
@@ -89,7 +104,8 @@ rollout = [["server"]]
 def test_the_sandbox_swarm_host():
     h = load(HOSTS_TOML).host(NAME)
     assert (h.engine, h.stack_name, h.dir) == ("swarm", "remilia-swarm", "~/remilia-swarm")
-    assert h.ssh == load(HOSTS_TOML).host("sandbox").ssh and h.registry == load(HOSTS_TOML).host("sandbox").registry
+    sandbox = load(HOSTS_TOML).host("sandbox")
+    assert h.ssh == sandbox.ssh and h.registry == dataclasses.replace(sandbox.registry, keep_login=True)
     assert all(u.startswith("http://127.0.0.1:18090/") for u in h.verify.urls) and len(h.verify.urls) == 8
     assert h.proxy.reload_on_deploy is False
     assert isinstance(engine_for(h), SwarmEngine)
@@ -102,6 +118,9 @@ def test_the_sandbox_swarm_host():
     ('engine = "swarm"\nstack_name = "s"\n[hosts.h.proxy]\nmode = "recreate"',
      'hosts.h.proxy.mode "recreate" is not available with engine swarm'),
     ('engine = "kubernetes"', "engine must be one of native, docker-rollout, swarm"),
+    ('engine = "swarm"\nstack_name = "s"\n[hosts.h.registry]\nserver = "r"\npassword_env = "T"',
+     "hosts.h.registry.keep_login must be true with engine swarm: --with-registry-auth hands Swarm the login of "
+     "~/.docker/config.json"),
 ])
 def test_swarm_settings_are_checked(extra, message):
     with pytest.raises(ConfigError) as e:
@@ -120,9 +139,9 @@ H = HostConfig(name="t", dir="~/app", compose_files=("a.yaml", "b.yaml"), engine
                rollout=(("server",),))
 
 
-def program_args(c: cmds.Command, name: str) -> list[str]:
-    words = shlex.split(c.render())
-    assert words[:3] == ["cd", "~/app", "&&"] or c.cwd is None
+def program_args(c: cmds.Command | Call, name: str) -> list[str]:
+    """The arguments of host program ``name`` in a command (or a call the fake host got)."""
+    words = shlex.split(c.command if isinstance(c, Call) else c.render())
     return words[words.index(name) + 1:]
 
 
@@ -138,7 +157,7 @@ def test_swarm_tier_update_command_and_dry_run_lines():
                cmds.SwarmChange("property", "r/property:1@sha256:def", "r/property:1")]
     c = cmds.swarm_tier(H, "update", changes, 90)
     assert program_args(c, "swarm_tier.sh") == [
-        "update", "st", "90", ".zdd/stacks/st.json", "", "2",
+        "update", "st", "90", ".zdd/stacks/st.json", "", "", "", "2",
         "server", "r/server:1@sha256:abc", "r/server:1", "order,failure",
         "property", "r/property:1@sha256:def", "r/property:1", ""]
     assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/swarm_tier.sh>' swarm_tier.sh update st 90")
@@ -148,17 +167,21 @@ def test_swarm_tier_update_command_and_dry_run_lines():
 
 def test_swarm_tier_stack_command_passes_the_compose_files_and_what_it_applies():
     c = cmds.swarm_tier(H, "stack", [cmds.SwarmChange("redis")], 60, '{"redis": "h1"}')
-    assert program_args(c, "swarm_tier.sh") == ["stack", "st", "60", ".zdd/stacks/st.json", '{"redis": "h1"}', "1",
-                                                "redis", "", "", "", "-c", "a.yaml", "-c", "b.yaml"]
+    assert program_args(c, "swarm_tier.sh") == ["stack", "st", "60", ".zdd/stacks/st.json", '{"redis": "h1"}', "", "",
+                                                "1", "redis", "", "", "", "-c", "a.yaml", "-c", "b.yaml"]
     assert c.dry_run_output[0] == "started st"
+    c = cmds.swarm_tier(H, "rollback", [cmds.SwarmChange("redis")], 60, key="stack_st", journal=("{}", "{}"))
+    assert program_args(c, "swarm_tier.sh")[4:8] == ["", "stack_st", "{}\n{}", "1"]
 
 
-def test_digests_listing_pull_and_lock_of_a_stack():
+def test_digests_listing_and_the_key_of_a_stack():
     assert cmds.image_digests().argv == ("docker", "image", "ls", "--digests", "--format",
-                                         "{{.Repository}}:{{.Tag}} {{.Digest}}")
-    pulled = cmds.pull(H, ["server"], None, 60, cmds.image_digests())
-    assert pulled.then[-1] == cmds.image_digests()
-    assert cmds.lock_name(H) == "stack_st"
+                                         "digest {{.Repository}}:{{.Tag}} {{.Digest}}")
+    listing = image_listing(1) + digests(2)  # what pull.sh and the digests listing print together
+    table = swarm.digest_table(listing)
+    assert table[SWARM_REF.format("server")] == image_id("server", 2) and len(table) == len(SANDBOX_APPS) + 1
+    state = swarm.parse_survey(stack_survey_text([], lock="alice@laptop pid 1 deploy"), STACK)
+    assert (state.key, state.lock_holder) == (SWARM_KEY, "alice@laptop pid 1 deploy")
 
 
 def test_status_and_proxy_task_commands():
@@ -261,7 +284,7 @@ def state_of(services=None, **kw) -> swarm.StackState:
 
 
 def table(version: int = 2) -> dict[str, str]:
-    return {line.split()[0]: line.split()[1] for line in digests(version).splitlines() if "sha256" in line}
+    return swarm.digest_table(digests(version))
 
 
 def test_a_new_digest_rolls_to_ref_at_digest():
@@ -327,18 +350,44 @@ def test_deploy_updates_each_tier_together_in_order():
     assert log == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
     assert steps_of(s) == [("validate", "ok"), ("pull", "ok"), ("infra-up", "skipped"), ("plan", "ok"),
                            ("rollout server, property", "ok"), ("rollout identity", "ok"),
-                           ("rollout profile-server", "ok"), ("reload-caddy", "skipped"), ("prune", "ok")]
+                           ("rollout profile-server", "ok"), ("reload-caddy", "skipped"), ("finish", "ok")]
     assert s.report.steps[4].detail == "server completed, property completed"
     assert s.report.steps[7].detail.startswith("not needed: Swarm takes a task out of service discovery")
-    assert "new digest for server, property, identity, profile-server" in s.report.steps[1].detail
-    # survey, lock, pull, three tiers, prune, unlock; nothing at the proxy
-    assert s.r.remote_commands == 8 and s.report.proxy_loads == 0
-    assert fake.seen("lock.sh") and "release stack_remilia-swarm" in fake.calls[-1].command
+    assert s.report.steps[1].detail == "logged in to 127.0.0.1:15000; new digest for server, property, identity, " \
+                                       "profile-server"
+    assert s.report.steps[8].detail == "Total reclaimed space: 0B; released the lock"
+    # survey, lock, pull, three tiers, finish (journal, prune, unlock); nothing at the proxy
+    assert s.r.remote_commands == 7 and s.report.proxy_loads == 0
+    assert "lock.sh acquire stack_remilia-swarm" in fake.calls[1].command
+    finish = shlex.split(fake.calls[-1].command)
+    assert finish[finish.index("finish.sh") + 1:] == [SWARM_KEY, finish[finish.index("finish.sh") + 2], "1", "3", ""]
     assert not fake.seen("caddy reload") and not fake.seen("restore.sh") and not fake.seen("tier.sh native")
-    pulled = fake.calls[fake.index("docker login")].command
-    assert "docker compose -f docker-compose.yaml pull --quiet server property identity profile-server mongodb " \
-           "redis caddy" in pulled and pulled.endswith("docker image ls --digests --format "
-                                                      "'{{.Repository}}:{{.Tag}} {{.Digest}}'")
+    pulled = shlex.split(fake.calls[fake.index("pull.sh")].command)
+    assert pulled[pulled.index("pull.sh") + 1:pulled.index("--")] == [
+        "1", "127.0.0.1:15000", "zdd", "900", "server", "property", "identity", "profile-server", "mongodb", "redis",
+        "caddy"]  # keep_login: the login stays for --with-registry-auth
+    assert fake.calls[fake.index("pull.sh")].command.endswith(
+        "&& docker image ls --digests --format 'digest {{.Repository}}:{{.Tag}} {{.Digest}}'")
+
+
+def test_the_plan_goes_to_the_journal_with_the_first_change():
+    fake = fake_manager()
+    s, out = session(fake)
+    swarm.deploy(s)
+    first, second = [program_args(fake.calls[i], "swarm_tier.sh") for i in (3, 4)]
+    assert first[5] == SWARM_KEY and second[6] == ""
+    plan = json.loads(first[6])
+    assert (plan["run"], plan["event"]) == (s.run, "plan")
+    assert plan["services"]["server"] == {
+        "roll": True, "reason": f"new digest {image_id('server', 1)[7:19]} → {image_id('server', 2)[7:19]}",
+        "ref": SWARM_REF.format("server"), "before": [image_id("server", 1)], "after": image_id("server", 2),
+        "old": []}
+    start = json.loads(fake.calls[1].stdin.strip())
+    assert (start["run"], start["event"], start["kind"]) == (s.run, "start", "deploy")
+    end = json.loads(fake.calls[-1].stdin.strip())
+    assert (end["run"], end["event"], end["result"]) == (s.run, "end", "ok")
+    runs = history.journal_lines(swarm.survey(s), [])
+    assert runs == ["lock: free"]
 
 
 def test_nothing_changed_touches_nothing():
@@ -347,7 +396,10 @@ def test_nothing_changed_touches_nothing():
     swarm.deploy(s)
     assert tier_runs(fake) == []
     assert out.getvalue().count("skip, unchanged") == 4
-    assert ("prune", "skipped") in steps_of(s) and s.r.remote_commands == 4  # survey, lock, pull, unlock
+    assert steps_of(s)[-1] == ("finish", "ok") and s.report.steps[-1].detail == "released the lock"
+    assert s.r.remote_commands == 4  # survey, lock, pull, finish (no prune: nothing rolled)
+    finish = fake.calls[-1]
+    assert "finish.sh" in finish.command and json.loads(finish.stdin.splitlines()[0])["event"] == "plan"
 
 
 def test_a_failed_update_names_the_service_and_stops_the_tiers():
@@ -359,8 +411,10 @@ def test_a_failed_update_names_the_service_and_stops_the_tiers():
                            "its previous spec, its old tasks serve meanwhile"
     assert "property: property.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)" in e.value.detail
     assert tier_runs(fake) == [("update", ["server", "property"])]
-    assert steps_of(s)[-1] == ("rollout server, property", "failed")
-    assert "release stack_remilia-swarm" in fake.calls[-1].command
+    assert steps_of(s)[-2:] == [("rollout server, property", "failed"), ("finish", "ok")]
+    end = json.loads(fake.calls[-1].stdin.strip())
+    assert end["result"] == "failed" and end["error"].startswith("property: rollback_started")
+    assert " 0 3 ''" in fake.calls[-1].command  # no prune after a failure
 
 
 def test_a_paused_update_says_what_to_do():
@@ -388,8 +442,8 @@ def test_the_stack_is_deployed_first_when_the_compose_files_changed():
     s, out = session(fake)
     swarm.deploy(s)
     assert log[0] == ("stack", ["property"])
-    stack = shlex.split(fake.calls[fake.index("swarm_tier.sh stack")].command.split(" && ", 1)[1])
-    assert json.loads(stack[8]) == swarm_applied(compose)  # what the host records once it is applied
+    stack = program_args(fake.calls[fake.index("swarm_tier.sh stack")], "swarm_tier.sh")
+    assert json.loads(stack[4]) == swarm_applied(compose)  # what the host records once it is applied
     assert stack[-2:] == ["-c", "docker-compose.yaml"]
     assert s.report.steps[2].detail == "docker stack deploy: compose changed: property"
     assert len(fake.matching("survey.sh")) == 2  # read again after the stack deploy
@@ -412,10 +466,11 @@ def test_infra_with_a_new_digest_is_updated_in_infra_up():
     services = [service_json("redis", image_id("base", 0)) if s["Spec"]["Name"].endswith("_redis") else s
                 for s in stack_services()]
     log: list = []
-    s, out = session(fake_manager(stack_survey_text(services), version=1, log=log))
+    fake = fake_manager(stack_survey_text(services), version=1, log=log)
+    s, out = session(fake)
     swarm.deploy(s)
     assert log == [("update", ["redis"])]
-    assert s.report.steps[2].detail == "new image for redis" and ("prune", "skipped") in steps_of(s)
+    assert s.report.steps[2].detail == "new image for redis" and " 0 3 ''" in fake.calls[-1].command  # no prune
 
 
 def test_reload_on_deploy_reloads_the_proxy_tasks_on_this_node(monkeypatch):
@@ -435,12 +490,12 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
     fake = fake_manager()
     s, out = session(fake, dry_run=True)
     swarm.deploy(s)
-    assert [c.subject.split(" ")[0] for c in fake.calls] == ["cd", "docker"]  # survey, digests listing
+    assert [c.subject.split(" ")[0] for c in fake.calls] == ["cd", "docker"]  # survey, images and digests listing
     assert fake.seen("survey.sh") and fake.seen("docker image ls --digests")
     text = out.getvalue()
-    order = ["would run: sh -s -- acquire stack_remilia-swarm", "would run: docker login --username zdd",
+    order = ["lock.sh acquire stack_remilia-swarm", "pull.sh 1 127.0.0.1:15000 zdd",
              "server: roll, new digest", *["swarm_tier.sh update remilia-swarm 90"] * 3,
-             "would run: docker image prune --force", "would run: sh -s -- release stack_remilia-swarm"]
+             f"finish.sh {SWARM_KEY}"]
     at = -1
     for needle in order:
         at = text.index(needle, at + 1)
@@ -465,7 +520,8 @@ def test_rollout_service_updates_one_service_forced():
     swarm.rollout_service(s, "identity", state)
     assert log == [("update", ["identity"])]
     assert not fake.seen("docker login")  # a lone rollout pulls nothing: the local tag's digest
-    with pytest.raises(StepFailed, match="nope is not deployed in stack remilia-swarm"):
+    assert fake.calls[-1].command.count("finish.sh") == 1 and steps_of(s)[-1] == ("finish", "ok")
+    with pytest.raises(BadInput, match="nope is not deployed in stack remilia-swarm"):
         swarm.rollout_service(s, "nope", state)
 
 
@@ -486,8 +542,13 @@ def test_rollback_goes_back_tier_by_tier_in_reverse_order():
     assert "property: skip, its last update was rolled back already (rollback_completed)" in text
     assert "identity: skip, no previous spec (never updated)" in text
     assert steps_of(s) == [("validate", "ok"), ("plan", "ok"), ("rollback profile-server", "ok"),
-                           ("rollback server", "ok")]
+                           ("rollback server", "ok"), ("finish", "ok")]
     assert s.report.steps[3].detail == "server rollback_completed"
+    plan = json.loads(program_args(fake.calls[2], "swarm_tier.sh")[6])
+    assert plan["services"]["server"]["after"] == image_id("server", 1) and not plan["services"]["identity"]["roll"]
+    assert " 0 3 ''" in fake.calls[-1].command  # a rollback prunes nothing: the images it left are the previous
+    with pytest.raises(BadInput, match="rollback --to: engine swarm returns each service to Swarm's previous spec"):
+        swarm.rollback(s, to="20261128-000000-1")
 
 
 def test_rollback_skips_a_previous_spec_that_runs_the_same_tasks():
@@ -496,20 +557,36 @@ def test_rollback_skips_a_previous_spec_that_runs_the_same_tasks():
     assert [p.line() for p in plans] == ["server: skip, its previous spec runs the same tasks"]
 
 
-def test_rollback_of_a_compose_engine_exits_before_connecting():
-    class C:
-        host = original_host = "sandbox"
-        config = {"hosts_file": str(HOSTS_TOML)}
-    with pytest.raises(Exit) as e:
-        tasks.rollback_for_engine(C())
-    assert e.value.code == 2
-    assert str(e.value.message) == "[sandbox] rollback for compose engines is not available yet (engine native); " \
-                                   "deploy the previous image instead"
+def test_rollback_status_history_recover_and_unlock_follow_the_engine(monkeypatch):
+    called = []
+    monkeypatch.setattr(swarm, "rollback", lambda s, to: called.append(("swarm.rollback", to)))
+    monkeypatch.setattr(history, "rollback", lambda s, to, wait: called.append(("history.rollback", to)))
+    monkeypatch.setattr(swarm, "status", lambda s: called.append(("swarm.status",)))
+    monkeypatch.setattr(history, "status", lambda s: called.append(("history.status",)))
+    monkeypatch.setattr(history, "history", lambda s, n, read: called.append(("history", read.__module__)))
+    monkeypatch.setattr(swarm, "recover_task", lambda s: called.append(("swarm.recover_task",)))
+    monkeypatch.setattr(tasks.steps, "recover_task", lambda s: called.append(("steps.recover_task",)))
+    monkeypatch.setattr(tasks.steps, "unlock", lambda s, read: called.append(("unlock", read.__module__)))
+
+    def run_steps(c, title, body, *args, **kw):
+        body(SimpleNamespace(host=load(HOSTS_TOML).host(c)))
+    monkeypatch.setattr(tasks, "run_steps", run_steps)
+    for host in (NAME, "sandbox"):
+        tasks.rollback.body(host, to="r1")
+        tasks.status.body(host)
+        tasks.history_.body(host)
+        tasks.recover.body(host)
+        tasks.unlock.body(host)
+    assert called == [("swarm.rollback", "r1"), ("swarm.status",), ("history", "fabfile.swarm"),
+                      ("swarm.recover_task",), ("unlock", "fabfile.swarm"),
+                      ("history.rollback", "r1"), ("history.status",), ("history", "fabfile.steps"),
+                      ("steps.recover_task",), ("unlock", "fabfile.steps")]
 
 
-def test_status_shows_services_and_tasks():
+def test_status_shows_services_tasks_the_lock_and_the_last_run():
     fake = fake_manager(stack_survey_text(stack_services(), running={"server": "0/1"}))
     fake.on("docker stack ps", "NAME  NODE  CURRENT STATE\nremilia-swarm_server.1  vm  Running 3 minutes ago\n")
+    fake.on(f"tail -n 5000 .zdd/journal/{SWARM_KEY}.jsonl", journal_text(run_events("20261128-010000-7")))
     s, out = session(fake)
     swarm.status(s)
     lines = out.getvalue().splitlines()
@@ -517,20 +594,9 @@ def test_status_shows_services_and_tasks():
     assert lines[1].split() == ["[sandbox-swarm]", "caddy", "1/1", image_id("base")[7:19], "-",
                                 SWARM_REF.format("base")]
     assert any(ln.split()[1:3] == ["server", "0/1"] for ln in lines)
-    assert lines[-1] == "[sandbox-swarm]   remilia-swarm_server.1  vm  Running 3 minutes ago"
-
-
-def test_status_of_a_compose_host_is_the_compose_table():
-    from fabfile import steps
-    fake = FakeExecutor([("ps --all --format", "SERVICE  NAME  IMAGE  STATUS\nserver  remilia-server-1  x  Up\n")])
-    out = io.StringIO()
-    h = load(HOSTS_TOML).host("sandbox")
-    s = Session("sandbox", h, Runner(fake, "sandbox", out=out), Reporter("sandbox", out=out))
-    steps.status(s)
-    assert out.getvalue().splitlines() == ["[sandbox]   SERVICE  NAME  IMAGE  STATUS",
-                                           "[sandbox]   server  remilia-server-1  x  Up"]
-    assert fake.calls[0].command == ("cd ~/remilia && docker compose -f docker-compose.yaml ps --all --format "
-                                     "'table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}'")
+    assert lines[-4:] == ["[sandbox-swarm]   remilia-swarm_server.1  vm  Running 3 minutes ago", "[sandbox-swarm]   ",
+                          "[sandbox-swarm]   lock: free",
+                          "[sandbox-swarm]   last run: 20261128-010000-7 deploy by alice@laptop: ok"]
 
 
 def test_a_survey_that_cannot_run_fails_in_one_line():

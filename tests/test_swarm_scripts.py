@@ -206,7 +206,9 @@ def test_survey_of_a_stack(manager):
     res = manager.run(cmds.stack_survey(manager.config))
     assert res.returncode == 0, res.stderr
     sections = [ln for ln in res.stdout.splitlines() if ln.startswith("=== ")]
-    assert sections == ["=== compose 0", "=== node 0", "=== replicas 0", "=== applied 1", "=== services 0"]
+    assert sections == ["=== key 0", "=== lock 0", "=== journal 0", "=== compose 0", "=== node 0",
+                        "=== replicas 0", "=== applied 1", "=== services 0"]
+    assert res.stdout.startswith("=== key 0\nstack_st\n=== lock 0\n=== journal 0\n")
     assert "active true" in res.stdout and '[{"Spec": {"Name": "st_server"}}]' in res.stdout
     calls = manager.calls()
     assert "compose -f x.yaml config --format json" in calls
@@ -214,5 +216,22 @@ def test_survey_of_a_stack(manager):
     assert "service inspect id1 id2" in calls
     manager.state.parent.mkdir(parents=True)
     manager.state.write_text('{"server": "h"}\n')
+    (manager.home / ".zdd" / "locks" / "stack_st").mkdir(parents=True)
+    (manager.home / ".zdd" / "locks" / "stack_st" / "holder").write_text("alice@laptop pid 1 deploy\n")
+    (manager.home / ".zdd" / "journal").mkdir(parents=True)
+    (manager.home / ".zdd" / "journal" / "stack_st.jsonl").write_text('{"run": "r1", "event": "start"}\n')
     again = manager.run(cmds.stack_survey(manager.config)).stdout
     assert '=== applied 0\n{"server": "h"}' in again
+    assert again.startswith('=== key 0\nstack_st\n=== lock 0\nalice@laptop pid 1 deploy\n'
+                            '=== journal 0\n{"run": "r1", "event": "start"}\n=== compose 0\n')
+
+
+def test_journal_lines_are_written_before_the_change(manager):
+    manager.service("server", OLD, f"completed|{NEW}|update completed")
+    change = SwarmChange("server", "r/server:1@sha256:new", "r/server:1")
+    plan = ('{"run": "r1", "event": "plan"}', '{"run": "r1", "event": "x"}')
+    res = manager.run(cmds.swarm_tier(manager.config, "update", [change], 20, key="stack_st", journal=plan),
+                      timeout=60)
+    assert res.returncode == 0, res.stdout
+    journal = manager.home / ".zdd" / "journal" / "stack_st.jsonl"
+    assert journal.read_text() == "".join(line + "\n" for line in plan)

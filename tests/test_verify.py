@@ -322,6 +322,10 @@ def test_json_contains_everything(tmp_path):
     assert data["versions"][0]["version"] == "v1.2.3"
     assert data["versions"][0]["count"] == data["counts"]["ok"]
     assert data["settings"]["rate"] == 200 and data["urls"][0]["latency_ms"]["p99"] is not None
+    for url in data["urls"]:  # per URL, the same per-second figures (the HTML report charts them)
+        assert sum(row["requests"] for row in url["timeline"]) == url["requests"]
+        assert sum(row["failures"] for row in url["timeline"]) == url["failures"]
+    assert [row["second"] for row in data["urls"][0]["timeline"]] == [row["second"] for row in data["timeline"]]
 
 
 # -- rate limiting, stopping -----------------------------------------------------------

@@ -1,10 +1,10 @@
-# restore.sh MODE LOCK PROXY CONFIG TIMEOUT [OLD_ID...]
-# (run on the host by zdd, as `sh -c SCRIPT restore.sh ARGS...`)
+# restore.sh MODE KEY PROXY CONFIG TIMEOUT [OLD_ID...]
+# (run on the host by zdd, as `sh -c SCRIPT restore.sh ARGS...`; stdin: nothing)
 #
 # The end of a deploy: wait until the old containers are gone (Docker's DNS answers with a
 # container until it has exited, so the proxy cannot route by service name before), reload
 # the proxy's config file (name-based upstreams again). MODE "wait" does it in the
-# foreground; "detach" hands it to a background job that takes over the deploy lock LOCK (its pid is recorded, so the next deploy waits for it or, if it died,
+# foreground; "detach" hands it to a background job that takes over the project's deploy lock (its pid is recorded, so the next deploy waits for it or, if it died,
 # takes the lock over) and returns at once. Prints one final line; exit 0 when restored.
 mode=$1 lock=$HOME/.zdd/locks/$2 proxy=$3 config=$4 timeout=$5
 shift 5

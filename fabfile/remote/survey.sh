@@ -1,13 +1,27 @@
-# survey.sh PROXY_SERVICE CONFIG ADMIN COMPOSE_FLAGS...
+# survey.sh PROXY_SERVICE CONFIG ADMIN PROJECT COMPOSE_FLAGS...
 # survey.sh --stack STACK STATE_FILE COMPOSE_FLAGS...          (engine swarm)
 # (run on the host by zdd, in the project directory, as `sh -c SCRIPT survey.sh ARGS...`)
 #
 # Everything a deploy needs to know about the host, read once and changing nothing: the
-# compose model, the config hash each service would get now, every container of the project
-# (docker inspect), and the proxy: its config file as JSON, the config it runs, its version.
-# With --stack: the compose model, this node's swarm state, the stack's services (docker
-# service inspect) and their running/desired tasks, and what zdd last applied (~/STATE_FILE).
+# project's key (its resolved directory and compose project: names its lock and journal),
+# the lock holder, the journal's recent lines, the compose model, the config hash each
+# service would get now, every container of the project (docker inspect), and the proxy: its
+# config file as JSON, the config it runs, its version.
+# With --stack: the key (stack_STACK), lock and journal, the compose model, this node's swarm
+# state, the stack's services (docker service inspect) and their running/desired tasks, and
+# what zdd last applied (~/STATE_FILE).
 # Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
+if [ "$1" = --stack ]; then
+    key=$(printf 'stack:%s' "$2" | tr -c 'A-Za-z0-9._-' '_')
+else
+    key=$(printf '%s%s' "$(pwd -P)" "${4:+:$4}" | tr -c 'A-Za-z0-9._-' '_')
+fi
+journal=$HOME/.zdd/journal/$key.jsonl
+printf '=== key 0\n%s\n' "$key"
+printf '=== lock 0\n'
+cat "$HOME/.zdd/locks/$key/holder" 2>/dev/null
+printf '=== journal 0\n'
+[ -s "$journal" ] && tail -n 500 "$journal"  # the recent runs: an unfinished one is among them
 dir=$(mktemp -d 2>/dev/null || { mkdir -p "/tmp/zdd-survey-$$" && echo "/tmp/zdd-survey-$$"; })
 trap 'rm -rf "$dir"' EXIT
 run() {  # run NAME COMMAND...: in the background, its stdout (or its stderr when it failed)
@@ -39,7 +53,7 @@ if [ "$1" = --stack ]; then
     exit 0
 fi
 proxy=$1 config=$2 admin=$3
-shift 3
+shift 4
 run compose docker compose "$@" config --format json
 run hashes docker compose "$@" config --hash '*'
 run ids docker compose "$@" ps --all --quiet

@@ -1,4 +1,4 @@
-# swarm_tier.sh ACTION STACK CEILING STATE HASHES N [SERVICE IMAGE REF SETS]xN [-c FILE...]
+# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-c FILE...]
 # (run on the host by zdd in the stack's directory, as `sh -c SCRIPT swarm_tier.sh ARGS...`)
 #
 # Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
@@ -18,14 +18,17 @@
 #             then wait for the SERVICES it creates or changes; once they are done, HASHES (what
 #             zdd applied, JSON) is written to ~/STATE
 #
+# JOURNAL (lines, may be empty: the run's plan) is appended to the project's journal
+# (~/.zdd/journal/KEY.jsonl) before the change is made.
+#
 # We print "started ..." once the change is made, "progress ..." every second, "done SERVICE
 # HOW" as each service finishes, and end with "ok after Ns" (exit 0), or with "detail SERVICE
 # ..." lines (its tasks, as Swarm reports them) and "failed SERVICE: REASON" (exit 1). An update
 # fails at once when Swarm reports paused or rollback_* for it (a rollback: paused or
 # rollback_paused); any of them fails after CEILING seconds. Swarm goes on with what it started
 # either way: nothing here undoes anything, and zdd going away changes nothing.
-action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 count=$6
-shift 6
+action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
+shift 8
 i=1
 while [ "$i" -le "$count" ]; do
     eval "name_$i=\$1 image_$i=\$2 ref_$i=\$3 sets_$i=\$4"
@@ -79,6 +82,9 @@ rollback_one() {
         exit 1
     fi
 }
+if [ -n "$journal" ] && [ -n "$key" ]; then
+    mkdir -p "$HOME/.zdd/journal" && printf '%s\n' "$journal" >> "$HOME/.zdd/journal/$key.jsonl"
+fi
 case "$action" in
     update) each update_one ;;
     rollback)

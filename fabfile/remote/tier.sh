@@ -1,11 +1,12 @@
-# tier.sh ENGINE PROXY ADMIN DRAIN_TIMEOUT NOCHECK_WAIT STREAM_GRACE N [SERVICE TARGET HEALTH_TIMEOUT
+# tier.sh ENGINE PROXY ADMIN DRAIN_TIMEOUT NOCHECK_WAIT STREAM_GRACE KEY RUN N [SERVICE TARGET HEALTH_TIMEOUT
 #         STOP_TIMEOUT OLD_IDS HELD_ADDRS HOOK]xN COMPOSE_FLAGS...
 # (run on the host by zdd in the project directory, as `sh -c SCRIPT tier.sh ARGS...`)
 #
 # Replaces the containers of one tier of app services, all at once, talking with zdd over
 # stdin/stdout (one SSH round trip for the whole tier):
 #
-#   zdd sends "pin JSON" | "nopin"   load the proxy config that pins every service about to
+#   zdd sends "journal LINE"...      lines for the project's journal (the plan), then
+#             "pin JSON" | "nopin"   load the proxy config that pins every service about to
 #                                    roll to its old containers (the first tier), or not
 #   we start the new containers: ENGINE native scales each service to OLD+TARGET with
 #   `compose up --no-recreate`; ENGINE docker-rollout starts one detached `docker rollout`
@@ -23,8 +24,8 @@
 # switch, SIGTERM or a dropped connection undoes the tier; after it, the old containers get
 # no traffic and we finish on our own, whether zdd is still there or not.
 trap '' PIPE HUP
-engine=$1 proxy=$2 admin=$3 drain_timeout=$4 nocheck=$5 stream_grace=$6 count=$7
-shift 7
+engine=$1 proxy=$2 admin=$3 drain_timeout=$4 nocheck=$5 stream_grace=$6 key=$7 run=$8 count=$9
+shift 9
 i=1
 while [ "$i" -le "$count" ]; do
     for k in name target htime stime old held hook; do eval "${k}_$i=\$1"; shift; done
@@ -40,6 +41,13 @@ hold=zdd-release-$tag
 switched= pids=
 
 say() { printf '%s\n' "$*" 2>/dev/null || true; }
+# the project's journal (KEY from survey.sh): what this tier did, written before it is done,
+# so that the next run can finish or undo it whatever happens to zdd or to this script
+log_event() {  # log_event EVENT [KEY VALUE]...
+    ev="{\"run\": \"$run\", \"t\": $(date +%s), \"event\": \"$1\", \"pid\": $$"; shift
+    while [ $# -ge 2 ]; do ev="$ev, \"$1\": \"$2\""; shift 2; done
+    mkdir -p "$HOME/.zdd/journal" && printf '%s}\n' "$ev" >> "$HOME/.zdd/journal/$key.jsonl"
+}
 spec() { for k in name target htime stime old held hook; do eval "$k=\$${k}_$1"; done; }
 each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
 commas() { printf '%s' "$1" | tr ',' ' '; }
@@ -70,14 +78,20 @@ undo() {  # before the switch the new containers never had traffic: remove them
     fi
     each remove_new
     each release_one
+    log_event undone
     say "$1"
 }
 on_signal() { [ -n "$switched" ] && return; undo "failed interrupted: new containers removed"; exit 3; }
 trap on_signal TERM INT
 say "pid $$"
+all_old= all_names=
+j=1; while [ "$j" -le "$count" ]; do eval "all_old=\"\$all_old\${all_old:+,}\$old_$j\" all_names=\"\$all_names\${all_names:+,}\$name_$j\""; j=$((j + 1)); done
+log_event tier services "$all_names" old "$all_old"
 
 # --- 1. pin ------------------------------------------------------------------------------
-IFS= read -r line || line=
+while IFS= read -r line && [ "${line#journal }" != "$line" ]; do  # zdd's lines for the journal first
+    mkdir -p "$HOME/.zdd/journal" && printf '%s\n' "${line#journal }" >> "$HOME/.zdd/journal/$key.jsonl"
+done
 case "$line" in
     "pin "*) load "${line#pin }" || { say "failed cannot pin the proxy to the old containers"; exit 1; } ;;
     nopin) ;;
@@ -113,9 +127,9 @@ start_rollout() {
     h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (htime + drain_timeout + 60) * 5 )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"
     [ -n "$hook" ] && h="$h; $hook"
     log=$jobs/rollout-$tag-$name.log
-    if command -v setsid >/dev/null 2>&1; then run=setsid; else run=; fi
+    if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi
     # `&` inside the eval: $! is then docker rollout itself, leader of its own session
-    eval "$run docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \
+    eval "$detach docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \
         \"\$name\" </dev/null >\"\$log\" 2>&1 &"
     pids="$pids $!"
     eval "pid_$j=\$!"
@@ -144,7 +158,7 @@ fi
 
 # every new container must exist, run and be healthy; one that is unhealthy, exits or
 # restarts fails the tier at once (the health timeout is only the ceiling)
-start=$(date +%s) announced= shown=
+start=$(date +%s) announced= shown= logged_new=
 check() {
     ids=$(new_of) n=0 ok=0
     for id in $ids; do
@@ -190,6 +204,7 @@ while :; do
     each check
     if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
     if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
+    [ -z "$logged_new" ] && [ "$all" -gt 0 ] && { log_event new ids "$(each new_of | tr ' ' ',' | sed 's/,*$//')"; logged_new=1; }
     if [ "$good" -ge "$expected" ] && [ -n "$announced" ]; then break; fi
     if [ "$elapsed" -ge "$ceiling" ]; then
         each details; undo "failed timeout after ${ceiling}s:${progress%,} healthy"; exit 1
@@ -204,9 +219,9 @@ IFS= read -r line || line=abort
 case "$line" in
     "switch "*)
         if ! load "${line#switch }"; then undo "failed cannot switch the proxy: new containers removed"; exit 1; fi
-        switched=1
+        switched=1; log_event switched
         say "switched" ;;
-    go) switched=1; say "switched" ;;  # no proxy routing for these services
+    go) switched=1; log_event switched; say "switched" ;;  # no proxy routing for these services
     *) undo "failed aborted before the switch: new containers removed"; exit 3 ;;
 esac
 
@@ -261,5 +276,6 @@ retire() {
     ) </dev/null >"$jobs/retire-$tag-$name.log" 2>&1 &
 }
 each retire
+log_event retired
 say "retired"
 exit 0

@@ -33,13 +33,15 @@ class Failure:
 class UrlStats:
     """Everything recorded for one URL."""
 
-    __slots__ = ("url", "counts", "latencies", "versions")
+    __slots__ = ("url", "counts", "latencies", "versions", "requests_per_second", "failures_per_second")
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.counts: Counter[str] = Counter()
         self.latencies = array("d")            # ms, successful requests only
         self.versions: dict[str, VersionSeen] = {}
+        self.requests_per_second: Counter[int] = Counter()
+        self.failures_per_second: Counter[int] = Counter()
 
     @property
     def total(self) -> int:
@@ -83,6 +85,7 @@ class Recorder:
         stats.counts[kind] += 1
         second = int(t)
         self.requests_per_second[second] += 1
+        stats.requests_per_second[second] += 1
         latency_ms = latency_s * 1000.0
         if kind == OK:
             stats.latencies.append(latency_ms)
@@ -90,6 +93,7 @@ class Recorder:
                 note_version(stats.versions, version, t)
         else:
             self.failures_per_second[second] += 1
+            stats.failures_per_second[second] += 1
             self.failures.append(Failure(t, url, kind, reason or kind, latency_ms))
 
     def elapsed(self) -> float:

@@ -95,13 +95,14 @@ def _status(report: "Report") -> str:
     return "FAIL (no request completed)"
 
 
-def _columns(header: list[str], rows: list[list[str]]) -> list[str]:
-    """Aligned columns: the first and last left-aligned, the others right-aligned."""
+def columns(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    """Aligned columns; ``align`` has an ``l`` or ``r`` per column (default: the first and
+    last left-aligned, the others right-aligned)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    align = align or "l" + "r" * (len(header) - 2) + "l"
 
     def fmt(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)).rstrip()
 
     return [fmt(header), "-" * len(fmt(header)), *map(fmt, rows)]
 
@@ -112,7 +113,7 @@ def _table(report: "Report") -> list[str]:
     rows = [_table_row(s.url, s.counts, latency_summary(s.latencies), s.versions, classes)
             for s in report.recorder.urls.values()]
     total = _table_row("TOTAL", report.counts, report.latency, report.versions(), classes)
-    lines = _columns(header, [*rows, total])
+    lines = columns(header, [*rows, total])
     return [*lines[:-1], lines[1], lines[-1], "(latencies in ms, 2xx only)"]
 
 
@@ -123,7 +124,7 @@ def _ws_table(report: "Report") -> list[str]:
     rows = [[s.url, f"{s.connections:,}", f"{s.opened:,}", f"{s.messages:,}", f"{len(s.disconnects):,}",
              f"{s.reconnect_failures:,}", f"{s.longest_gap:.2f} s", _versions_text(s.versions)]
             for s in report.ws.urls.values()]
-    lines = _columns(header, rows)
+    lines = columns(header, rows)
     for s in report.ws.urls.values():
         if s.disconnects:
             seconds = second_ranges(int(d.t) for d in s.disconnects)

@@ -164,7 +164,13 @@ def _url_dict(report: Report, stats: UrlStats) -> dict[str, Any]:
         "counts": dict(stats.counts),
         "latency_ms": {k: _round(v) for k, v in latency_summary(stats.latencies).items()},
         "versions": version_dicts(report.started_wall, by_first_seen(stats.versions)),
+        "timeline": _timeline_dicts(timeline_from_buckets(
+            stats.requests_per_second, stats.failures_per_second, report.elapsed)),
     }
+
+
+def _timeline_dicts(rows: list[TimelineRow]) -> list[dict[str, int]]:
+    return [{"second": r.start, "requests": r.requests, "failures": r.failures} for r in rows]
 
 
 def _failure_dict(report: Report, f: Failure) -> dict[str, Any]:
@@ -203,8 +209,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "urls": [_url_dict(report, s) for s in report.recorder.urls.values()],
         "versions": version_dicts(wall, report.versions()),
         "switches": {u: version_dicts(wall, v) for u, v in report.switches().items()},
-        "timeline": [{"second": r.start, "requests": r.requests, "failures": r.failures}
-                     for r in report.timeline()],
+        "timeline": _timeline_dicts(report.timeline()),
         "failure_list": [_failure_dict(report, f) for f in report.recorder.failures],
         "websockets": [_ws_dict(report, s) for s in report.ws.urls.values()],
     }

@@ -48,7 +48,8 @@ def test_fab_opens_a_real_ssh_connection(sandbox):
 def test_fab_cli_reaches_the_host(sandbox):
     res = sb.fab("pull", "--dry-run")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "would run: docker login --username zdd --password-stdin 127.0.0.1:15000" in res.stdout
+    assert "pull.sh 0 127.0.0.1:15000 zdd 900 server" in res.stdout
+    assert "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)" in res.stdout
     assert "services in the compose project" not in res.stdout  # pull alone does not validate
     assert "[sandbox] ok   pull" in res.stdout
 
@@ -59,7 +60,7 @@ def test_unknown_host_key_is_refused(sandbox, tmp_path):
     (tmp_path / "empty").write_text("")
     (tmp_path / "hosts.toml").write_text(hosts)
     res = sb.fab("pull", "--dry-run", env={"FABRIC_HOSTS_FILE": str(tmp_path / "hosts.toml")})
-    assert res.returncode == 1
+    assert res.returncode == 2  # bad input: nothing was touched
     assert "host key not known" in res.stderr
     assert "Traceback" not in res.stderr
 

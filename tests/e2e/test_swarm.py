@@ -90,7 +90,7 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
         assert version in {v["version"] for v in fast["versions"]}, (svc, fast["versions"])
 
     for step in ("validate", "pull", "plan", "rollout server, property", "rollout identity",
-                 "rollout profile-server", "prune"):
+                 "rollout profile-server", "finish"):
         assert re.search(rf"\[{HOST}\] ok   {re.escape(step)}\s+[\d.]+s", res.stdout), step
     assert "new digest for server, property, identity, profile-server" in res.stdout
     assert re.search(rf"\[{HOST}\] skip reload-caddy\s+[\d.]+s  not needed", res.stdout), res.stdout
@@ -105,7 +105,7 @@ def test_deploy_with_nothing_changed_touches_nothing(settled):
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("skip, unchanged") == 4
     assert re.search(rf"\[{HOST}\] skip infra-up\s+[\d.]+s  unchanged: mongodb, redis", res.stdout), res.stdout
-    assert "cost: 4 remote commands, 0 proxy loads" in res.stdout  # survey, lock, pull, unlock
+    assert "cost: 4 remote commands, 0 proxy loads" in res.stdout  # survey, lock, pull, finish
     assert {svc: update_status(svc).get("StartedAt") for svc in sb.APPS} == started
     assert spec_images(*sb.APPS) == images
 
@@ -175,9 +175,14 @@ def test_status_shows_the_stack(settled):
     for svc in (*sb.APPS, "caddy", "redis"):
         assert re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+1/1\s+[0-9a-f]{{12}}", res.stdout), (svc, res.stdout)
     assert f"{sb.SWARM_STACK}_server.1" in res.stdout
+    assert f"[{HOST}]   lock: free" in res.stdout and re.search(rf"\[{HOST}\]   last run: \S+ deploy by \S+: ok",
+                                                                res.stdout), res.stdout
 
 
-def test_rollback_of_the_compose_sandbox_says_it_is_not_available(sandbox):
-    res = sb.fab("rollback")
+def test_history_reads_the_stacks_journal_and_rollback_to_a_run_is_refused(settled):
+    res = fab("history")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"\d{8}-\d{6}-\d+\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+\S+\s+deploy\s+ok", res.stdout), res.stdout
+    res = fab("rollback", "--to", "20260101-000000-1")
     assert res.returncode == 2
-    assert "[sandbox] rollback for compose engines is not available yet (engine native)" in res.stderr
+    assert "engine swarm returns each service to Swarm's previous spec only" in res.stderr
