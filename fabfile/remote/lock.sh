@@ -57,7 +57,7 @@ case "$action" in
             nap
         done
         printf '%s\n' "$holder" > "$dir/holder"
-        true > "$dir/renewed"
+        touch "$dir/renewed"
         journal
         [ -n "$note" ] && echo "$note ($(( $(date +%s) - t0 ))s)"
         echo "locked" ;;
