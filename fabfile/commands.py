@@ -160,11 +160,14 @@ def image_prune() -> Command:
 
 
 
-def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = ()) -> Command:
+def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = (),
+         stale: int | None = None) -> Command:
     """The project's deploy lock on the host (KEY from the survey); ``acquire`` waits up to
     ``arg`` s for the previous deploy's restore job, ``takeover`` replaces holder ``arg``.
     ``lines`` are appended to the project's journal with it."""
     argv = [action, key] + ([holder] if holder or arg else []) + ([arg] if arg else [])
+    if stale is not None:
+        argv.append(str(stale))
     return host_program("lock.sh", *argv, stdin=_journal_stdin(lines))
 
 

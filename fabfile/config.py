@@ -26,6 +26,9 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
 * ``prune`` – run ``docker image prune -f`` at the end of a deploy that rolled something.
 * ``keep_images`` – the images of the last N runs are tagged ``zdd-keep/...`` so that
   ``prune`` keeps them and ``rollback`` finds them after ``:latest`` moved (default 3).
+* ``lock_stale`` – seconds after which a deploy's lock that was not renewed is taken over
+  (its holder's machine or connection is gone; tier.sh renews it while it works); keep it
+  above ``pull_timeout`` (default 1800).
 * ``pull_timeout`` – seconds before a hung pull is killed on the host (the lock is freed).
 * ``proxy`` – the reverse proxy (Caddy) service, how to refresh it and whether to drain
   old containers at the proxy before stopping them. ``stream_grace`` (seconds; per service
@@ -162,6 +165,7 @@ class HostConfig:
     stop_timeout: int | None = None
     prune: bool = True
     keep_images: int = 3          # the images of the last N runs survive prune (for rollback)
+    lock_stale: int = 1800        # a deploy's lock not renewed for this long is taken over
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     plugin: PluginConfig = field(default_factory=PluginConfig)
     registry: RegistryConfig | None = None

@@ -169,7 +169,8 @@ def acquire(s: Session, state: HostState, kind: str) -> Held:
                                             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} (run {{run}})")
     held.holder = held.holder.format(run=held.run)
     start = (journal.line(journal.start_event(held.run, kind, state, None)),)
-    res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start), check=False)
+    res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start, s.host.lock_stale),
+                     check=False)
     if not res.ok:
         holder = res.first_error_line().removeprefix("locked by: ")
         if not _client_gone(holder):

@@ -208,6 +208,21 @@ def test_lock_held_by_a_deploy_fails_at_once_naming_it(host):
     assert (host.lock_dir / "holder").read_text() == "alice@laptop pid 7 deploy\n"
 
 
+def test_lock_of_a_deploy_that_stopped_renewing_it_is_taken_over(host):
+    """A holder on another machine that went away: its lock is not renewed (tier.sh renews
+    it while it works), and after STALE seconds it is taken over, with a note."""
+    host.lock("acquire", "alice@laptop pid 7 deploy", 0)
+    old = time.time() - 120
+    os.utime(host.lock_dir / "renewed", (old, old))
+    res = host.run(cmds.lock(host.key, "acquire", "bob@desk pid 9 deploy", "0", (), stale=60))
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.startswith("took over the lock of alice@laptop pid 7 deploy, not renewed for 12")
+    assert (host.lock_dir / "holder").read_text() == "bob@desk pid 9 deploy\n"
+    # renewed recently: refused
+    res = host.run(cmds.lock(host.key, "acquire", "carol pid 1 deploy", "0", (), stale=60))
+    assert res.returncode == 1 and "locked by: bob@desk pid 9 deploy" in res.stdout
+
+
 def test_lock_of_a_dead_job_is_taken_over(host):
     gone = dead_pid()
     host.hold_lock("restore job of yesterday", gone)
@@ -216,7 +231,7 @@ def test_lock_of_a_dead_job_is_taken_over(host):
     note, locked = res.stdout.splitlines()
     assert note.startswith(f"took over the lock from job {gone}, which is gone (restore job of yesterday) (")
     assert locked == "locked"
-    assert sorted(p.name for p in host.lock_dir.iterdir()) == ["holder"]
+    assert sorted(p.name for p in host.lock_dir.iterdir()) == ["holder", "renewed"]
     assert (host.lock_dir / "holder").read_text() == "bob\n"
 
 
@@ -667,3 +682,12 @@ def test_recover_a_live_tier_sh_stops_it_before_its_switch_and_waits_after(host,
         if proc.poll() is None:
             stop(proc)
     assert host.calls() == []  # tier.sh removes or retires on its own
+
+
+def test_tier_renews_the_deploys_lock_while_it_waits(host):
+    host.lock("acquire", "alice@laptop pid 7 deploy", 0)
+    renewed = host.lock_dir / "renewed"
+    os.utime(renewed, (0, 0))
+    res = host.run(tier(host), stdin="nopin\ngo\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert renewed.stat().st_mtime > time.time() - 60

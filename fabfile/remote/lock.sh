@@ -1,17 +1,19 @@
-# lock.sh acquire|takeover|release|unlock|show KEY [HOLDER [WAIT|OLD_HOLDER]]
+# lock.sh acquire|takeover|release|unlock|show KEY [HOLDER [WAIT|OLD_HOLDER [STALE]]]
 # (run on the host by zdd, as `sh -c SCRIPT lock.sh ARGS...`; stdin: a journal line or nothing)
 #
 # One deploy at a time per project: a directory ~/.zdd/locks/KEY (mkdir is atomic) holding a
 # line about who holds it. KEY names the project by its resolved directory (survey.sh).
 #   acquire   takes the lock for HOLDER. A lock held by a job on this host (a `pid` file: the
 #             restore at the end of the previous deploy) is waited for, up to WAIT seconds, or
-#             taken over when that job is gone. Exit 1, printing the holder, when it is taken.
+#             taken over when that job is gone; one held by a deploy that has not renewed it
+#             (`renewed`, touched by tier.sh) for STALE seconds is taken over too. Exit 1,
+#             printing the holder, when it is taken.
 #   takeover  replaces OLD_HOLDER (a holder zdd has shown to be gone) by HOLDER, only if
 #             OLD_HOLDER still holds it.
 #   release   frees it, only if HOLDER (when given) still holds it; unlock frees it whoever holds it.
 # A line on stdin is appended to the project's journal (~/.zdd/journal/KEY.jsonl) once the
 # lock is held (acquire, takeover) or before it is let go (release).
-action=$1 key=$2 holder=${3:-} arg=${4:-0}
+action=$1 key=$2 holder=${3:-} arg=${4:-0} stale=${5:-1800}
 dir=$HOME/.zdd/locks/$key
 journal() {
     line=$(cat)
@@ -31,6 +33,14 @@ case "$action" in
                 while [ ! -s "$dir/holder" ] && [ -d "$dir" ] && [ $tries -lt 10 ]; do nap; tries=$((tries + 1)); done
                 [ -d "$dir" ] || continue
                 [ -n "$(cat "$dir/pid" 2>/dev/null)" ] && continue
+                # a deploy renews its lock while it works on the host (tier.sh); one silent for
+                # STALE seconds is gone (its machine, its connection): take the lock over
+                age=$(( $(date +%s) - $(date -r "$dir/renewed" +%s 2>/dev/null || date -r "$dir/holder" +%s 2>/dev/null || date +%s) ))
+                if [ "$age" -ge "$stale" ]; then
+                    note="took over the lock of $(cat "$dir/holder" 2>/dev/null), not renewed for ${age}s"
+                    rm -rf "$dir"
+                    continue
+                fi
                 echo "locked by: $(cat "$dir/holder" 2>/dev/null || echo unknown)"
                 exit 1
             fi
@@ -47,6 +57,7 @@ case "$action" in
             nap
         done
         printf '%s\n' "$holder" > "$dir/holder"
+        touch "$dir/renewed"
         journal
         [ -n "$note" ] && echo "$note ($(( $(date +%s) - t0 ))s)"
         echo "locked" ;;

@@ -43,7 +43,8 @@ switched= pids=
 say() { printf '%s\n' "$*" 2>/dev/null || true; }
 # the project's journal (KEY from survey.sh): what this tier did, written before it is done,
 # so that the next run can finish or undo it whatever happens to zdd or to this script
-log_event() {  # log_event EVENT [KEY VALUE]...
+log_event() {  # log_event EVENT [KEY VALUE]... (and renew the lock)
+    renew
     ev="{\"run\": \"$run\", \"t\": $(date +%s), \"event\": \"$1\", \"pid\": $$"; shift
     while [ $# -ge 2 ]; do ev="$ev, \"$1\": \"$2\""; shift 2; done
     mkdir -p "$HOME/.zdd/journal" && printf '%s}\n' "$ev" >> "$HOME/.zdd/journal/$key.jsonl"
@@ -51,7 +52,11 @@ log_event() {  # log_event EVENT [KEY VALUE]...
 spec() { for k in name target htime stime old held hook; do eval "$k=\$${k}_$1"; done; }
 each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
 commas() { printf '%s' "$1" | tr ',' ' '; }
-nap() { sleep 0.2 2>/dev/null || sleep 1; }
+renew() {  # the deploy's lock is renewed while this works (a holder silent for long is gone)
+    [ -d "$HOME/.zdd/locks/$key" ] && touch "$HOME/.zdd/locks/$key/renewed" 2>/dev/null
+    return 0
+}
+nap() { renew; sleep 0.2 2>/dev/null || sleep 1; }
 last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }
 
 new_of() {  # the containers of service $name that are not old ones
@@ -67,7 +72,7 @@ load() {  # a JSON config on stdin of caddy in the proxy container: a graceful r
     return 1
 }
 
-release_one() { [ "$(how)" = rollout ] || return 0; for id in $(commas "$old"); do docker exec "$id" sh -c ": > /dev/shm/$hold || : > /tmp/$hold" >/dev/null 2>&1; done; }
+release_one() { [ "$(how)" = rollout ] || return 0; for id in $(commas "$old"); do docker exec "$id" sh -c "true 2>/dev/null > /dev/shm/$hold || true > /tmp/$hold" >/dev/null 2>&1; done; }
 remove_new() { ids=$(new_of); [ -n "$ids" ] && docker rm --force $ids >/dev/null 2>&1; }
 
 undo() {  # before the switch the new containers never had traffic: remove them
@@ -110,7 +115,7 @@ choose() {  # docker-rollout replaces running services whose containers can hold
     mode=scale
     if [ "$engine" = docker-rollout ] && [ -n "$old" ]; then
         # a real write: `test -w` says yes to root on a read-only filesystem
-        if docker exec "${old%%,*}" sh -c 'for d in /dev/shm /tmp; do : 2>/dev/null > "$d/.zdd-probe" &&
+        if docker exec "${old%%,*}" sh -c 'for d in /dev/shm /tmp; do true 2>/dev/null > "$d/.zdd-probe" &&
                 rm -f "$d/.zdd-probe" && exit 0; done; exit 1' >/dev/null 2>&1; then
             mode=rollout
         else
