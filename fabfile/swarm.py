@@ -7,30 +7,35 @@ healthcheck passes, takes the old task out of service discovery and only then st
 the old tasks never having stopped. So nothing is pinned, switched or restored at the proxy:
 with ``endpoint_mode: dnsrr`` a service name resolves to its tasks' addresses, and Caddy
 resolves it on every dial. What zdd adds is what Swarm does not do: one read of the host and
-a plan that skips what did not change, tiers in order, the deploy lock, a wait for each
-update that fails at once naming the service, and the verify loop.
+a plan that skips what did not change, tiers in order, the deploy lock and the journal (as
+for Compose: ``steps.locked``; the key is ``stack_STACK``), a wait for each update that fails
+at once naming the service, and the verify loop.
 
 The steps keep their names and meaning:
 
 * validate – the node is a Swarm manager; every app service has a healthcheck and publishes
   no host-mode port; update settings zdd must set, and ``endpoint_mode: vip``, are said;
-* pull – ``docker login`` (token on stdin) and ``docker compose pull`` on this node: the
-  digest each tag names now. Every node pulls for its own tasks, with the credentials
-  ``--with-registry-auth`` hands to Swarm;
+* pull – pull.sh as for Compose (``docker login`` into ~/.docker: ``registry.keep_login`` is
+  required) and the digest each tag names now on this node. Every node pulls for its own
+  tasks, with the credentials ``--with-registry-auth`` hands to Swarm;
 * infra-up – ``docker stack deploy --resolve-image changed`` when a service is missing or the
   compose files changed since zdd last applied them (it keeps every existing service's
   image: compose changes apply at once, each service start-first); then the infra services
   whose tag names a new digest are updated;
 * plan – an app service rolls when its tag names another digest than its spec runs, or the
-  compose file names another image; otherwise it is skipped;
+  compose file names another image; otherwise it is skipped. The plan (each service's digest
+  before and after) goes to the journal with the first change;
 * each tier – ``docker service update --image REF@DIGEST`` of the tier's services together,
   and a wait on the host (``remote/swarm_tier.sh``) until Swarm says ``completed`` for each;
   ``paused`` or ``rollback_*`` fails the deploy at once, naming the service; later tiers
   are not started;
-* reload-caddy – only with ``proxy.reload_on_deploy``; prune – as for Compose.
+* reload-caddy – only with ``proxy.reload_on_deploy``; finish – as for Compose (the journal's
+  end, prune when something rolled, the lock released), without keep tags.
 
 ``rollback`` returns each app service to Swarm's previous spec (``docker service rollback``),
-tiers in reverse order; ``status`` shows the stack's services and tasks.
+tiers in reverse order; ``status`` shows the stack's services and tasks, the lock and the last
+run; ``recover`` only closes an interrupted run in the journal (Swarm finishes or undoes what
+it started on its own).
 """
 
 from __future__ import annotations

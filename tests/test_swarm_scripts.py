@@ -5,6 +5,7 @@ service, fail fast) and survey.sh --stack."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -235,3 +236,15 @@ def test_journal_lines_are_written_before_the_change(manager):
     assert res.returncode == 0, res.stdout
     journal = manager.home / ".zdd" / "journal" / "stack_st.jsonl"
     assert journal.read_text() == "".join(line + "\n" for line in plan)
+
+
+def test_the_lock_is_renewed_while_swarm_tier_waits(manager):
+    lock = manager.home / ".zdd" / "locks" / "stack_st"
+    lock.mkdir(parents=True)
+    (lock / "renewed").touch()
+    os.utime(lock / "renewed", (1, 1))
+    manager.service("server", OLD, "none||", f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    res = manager.run(cmds.swarm_tier(manager.config, "update", [SwarmChange("server", "r/server:1@sha256:new")], 20,
+                                      key="stack_st"), timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert (lock / "renewed").stat().st_mtime > time.time() - 60

@@ -19,7 +19,8 @@
 #             zdd applied, JSON) is written to ~/STATE
 #
 # JOURNAL (lines, may be empty: the run's plan) is appended to the project's journal
-# (~/.zdd/journal/KEY.jsonl) before the change is made.
+# (~/.zdd/journal/KEY.jsonl) before the change is made; the deploy's lock (~/.zdd/locks/KEY)
+# is renewed while we wait.
 #
 # We print "started ..." once the change is made, "progress ..." every second, "done SERVICE
 # HOW" as each service finishes, and end with "ok after Ns" (exit 0), or with "detail SERVICE
@@ -39,7 +40,11 @@ grace=5  # stack: a service Swarm has not started updating by then had no task t
 
 say() { printf '%s\n' "$*" 2>/dev/null || true; }
 last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }
-nap() { sleep 0.5 2>/dev/null || sleep 1; }
+renew() {  # the deploy's lock is renewed while this waits (a holder silent for long is gone)
+    [ -n "$key" ] && [ -d "$HOME/.zdd/locks/$key" ] && touch "$HOME/.zdd/locks/$key/renewed" 2>/dev/null
+    return 0
+}
+nap() { renew; sleep 0.5 2>/dev/null || sleep 1; }
 spec() { eval "name=\$name_$1 image=\$image_$1 ref=\$ref_$1 sets=\$sets_$1 prev=\${prev_$1-} fin=\${fin_$1-}"; full=${stack}_$name; }
 each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
 all=

@@ -27,7 +27,20 @@ def test_the_readme_commands_are_these():
         "python3 -m venv .venv && .venv/bin/pip install -e .",
         ".venv/bin/fab -H reminet-staging deploy --dry-run",
         ".venv/bin/fab -H reminet-staging deploy",
+        *SWARM,
     ]
+
+
+# README's Docker Swarm block needs swarm mode, which scripts/test.sh never enters:
+# tests/e2e/test_swarm.py runs these (ZDD_SWARM_E2E=1)
+SWARM = [
+    "scripts/sandbox.sh swarm-up",
+    "scripts/sandbox.sh publish",
+    ".venv/bin/fab -H sandbox-swarm deploy",
+    ".venv/bin/fab -H sandbox-swarm rollback",
+    ".venv/bin/fab -H sandbox-swarm status",
+    "scripts/sandbox.sh swarm-down",
+]
 
 
 def test_ci_runs_the_readme_test_command():
@@ -41,7 +54,7 @@ def test_demo(settled):
     assert re.search(r"verify: 0 of [\d,]+ requests failed", res.stdout), res.stdout
 
 
-@pytest.mark.parametrize("line", [c for c in readme_commands() if c.startswith(".venv/bin/fab")])
+@pytest.mark.parametrize("line", [c for c in readme_commands() if c.startswith(".venv/bin/fab") and c not in SWARM])
 def test_fab_commands_against_the_sandbox(settled, line):
     sb.publish("profile-server")
     res = subprocess.run(line.replace("reminet-staging", "sandbox"), shell=True, cwd=sb.ROOT, capture_output=True,
