@@ -6,7 +6,9 @@ Needs the sandbox (scripts/sandbox.sh up). Each row publishes new images of the 
 deploy, and prints: wall time, its ratio to a plain docker-rollout loop measured in the same
 run, failed requests for a client that never retries and for one that retries a GET once on
 a closed idle keep-alive connection (as browsers do), proxy loads and remote commands.
-The docker-rollout rows need the plugin: ZDD_DOCKER_ROLLOUT=/path/to/docker-rollout.
+The docker-rollout rows need the plugin: ZDD_DOCKER_ROLLOUT=/path/to/docker-rollout. The
+swarm row runs when the sandbox's swarm stack is up (scripts/sandbox.sh swarm-up): the same
+four apps as a stack, measured against its own proxy (host sandbox-swarm).
 
   .venv/bin/python scripts/bench_deploy.py [--only NAME ...]
 """
@@ -81,11 +83,17 @@ def hosts_file(one_tier: bool) -> dict:
     return {"FABRIC_HOSTS_FILE": f.name}
 
 
-def measure(name: str, argv: list[str], publish: bool = True, env: dict | None = None) -> Row:
+def swarm_up() -> bool:
+    out = sh("docker", "stack", "ls", "--format", "{{.Name}}").stdout.split()
+    return "remilia-swarm" in out
+
+
+def measure(name: str, argv: list[str], publish: bool = True, env: dict | None = None,
+            host_name: str = "sandbox") -> Row:
     settle()
     if publish:
         sh(SANDBOX, "publish")
-    host = cfg.load(ROOT / "hosts.toml").host("sandbox")
+    host = cfg.load(ROOT / "hosts.toml").host(host_name)
     loop = vloop.BackgroundLoop(vloop.settings_for_host(host.verify), finish_in_flight=True).start()
     time.sleep(1)
     t0 = time.monotonic()
@@ -122,6 +130,8 @@ def main() -> int:
         ("zdd native, 1 tier of 4", [FAB, "-H", "sandbox", "deploy", "--no-verify"], True, hosts_file(True), False),
         ("zdd native, nothing changed", [FAB, "-H", "sandbox", "deploy", "--no-verify"], False, hosts_file(False),
          False),
+        ("zdd swarm engine, 3 tiers (stack)", [FAB, "-H", "sandbox-swarm", "deploy", "--no-verify"], True, None,
+         False),
     ]
     rows: list[Row] = []
     for name, argv, publish, env, needs_plugin in rows_spec:
@@ -130,7 +140,11 @@ def main() -> int:
         if needs_plugin and not ROLLOUT:
             print(f"{name}: skipped (set ZDD_DOCKER_ROLLOUT to the docker-rollout script)", flush=True)
             continue
-        rows.append(measure(name, argv, publish, env))
+        swarm = "sandbox-swarm" in argv
+        if swarm and not swarm_up():
+            print(f"{name}: skipped (scripts/sandbox.sh swarm-up first)", flush=True)
+            continue
+        rows.append(measure(name, argv, publish, env, "sandbox-swarm" if swarm else "sandbox"))
         r = rows[-1]
         print(f"  measured {r.name}: {r.wall:.1f} s, {r.failed_retry} failed ({r.status})", flush=True)
     base = next((r.wall for r in rows if r.name == "docker-rollout loop"), None)

@@ -164,13 +164,17 @@ def stack_settle(timeout: float = 90) -> None:
 class Verify:
     """``inv verify`` as a separate process, stopped with Ctrl-C (SIGINT) like a person would."""
 
+    live: set["Verify"] = set()  # probes not stopped yet (a failed test's are killed after it)
+
     def __init__(self, *args: str, json_path: Path):
         self.json_path = json_path
+        Verify.live.add(self)
         self.proc = subprocess.Popen([str(BIN / "inv"), "verify", *args, "--json", str(json_path)],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
 
     def stop(self, settle: float = 2.0) -> tuple[int, str, dict]:
+        Verify.live.discard(self)
         time.sleep(settle)  # let requests started during the change finish
         self.proc.send_signal(signal.SIGINT)
         try:
@@ -181,6 +185,15 @@ class Verify:
             raise AssertionError(f"inv verify did not stop on SIGINT:\n{out}")
         data = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
         return self.proc.returncode, out, data
+
+
+def kill_leftover_probes() -> None:
+    """A test that failed before stopping its probe must not leave it loading the sandbox."""
+    for probe in list(Verify.live):
+        Verify.live.discard(probe)
+        if probe.proc.poll() is None:
+            probe.proc.kill()
+            probe.proc.wait(timeout=10)
 
 
 def hosts_file(tmp_path: Path, engine: str | None = None, extra: str = "") -> Path:

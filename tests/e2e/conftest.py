@@ -50,3 +50,10 @@ def settled(sandbox):
     sb.stack_settle()
     yield sb
     sb.stack_settle()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_probe():
+    """Whatever a test did, no verify loop of its outlives it."""
+    yield
+    sb.kill_leftover_probes()
