@@ -246,6 +246,20 @@ class Rollout:
                                  drained or "no answer (the host finishes it on its own)", time.monotonic() - t0)
         self.open = []
 
+    def leave_draining(self) -> None:
+        """Not waiting: the host drains and retires the last tiers' old containers on its own
+        (tier.sh outlives the connection; the restore job waits for them)."""
+        for run in self.open:
+            drained = ""
+            while (line := run.conv.readline(0.05)):  # what the host already said, without waiting
+                if line.startswith("drained "):
+                    drained = line[len("drained "):]
+            if hasattr(run.conv, "close_early"):
+                run.conv.close_early()
+            self.s.report.record(f"drain {', '.join(run.names)}", "ok", drained or "left to the host (it stops "
+                                 "the old containers once nothing is in flight to them)")
+        self.open = []
+
     def needs_restore(self) -> bool:
         return self.routing is not None and (self.routing.loads > 0 or self.state.proxy_pinned)
 

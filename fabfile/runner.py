@@ -172,6 +172,13 @@ class _ChannelConversation(_ChannelPending):
             pass
         return self.wait()
 
+    def close_early(self) -> None:
+        """Hang up without waiting for the end: the command goes on by itself on the host."""
+        try:
+            self.chan.close()
+        except OSError:
+            pass
+
 
 class _Scripted:
     """A dry run's (or a plain executor's) conversation: the lines the command's builder

@@ -394,7 +394,10 @@ def roll(s: Session, state: HostState, plans: list[ServicePlan], tiers: list[lis
         if rollout.needs_restore() or rollout.retiring:
             held.handed_over = rollout.restore(detach=interrupted)
         raise
-    rollout.drain_reports()
+    if wait:
+        rollout.drain_reports()
+    else:
+        rollout.leave_draining()
     if rollout.needs_restore():
         held.handed_over = rollout.restore(detach=not wait)
     if s.host.proxy.mode == "recreate" and any(p.roll for p in plans):
