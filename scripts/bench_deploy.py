@@ -121,7 +121,8 @@ def main() -> int:
     args = ap.parse_args()
     if ROLLOUT:  # the loop rows run `docker rollout` as the sandbox's ssh user
         plugin = STATE / "home" / ".docker" / "cli-plugins" / "docker-rollout"
-        sh("install", "-D", "-m", "755", "-o", "zddsbx", ROLLOUT, str(plugin))
+        sh("install", "-d", "-o", "zddsbx", "-g", "zddsbx", str(plugin.parent))  # the user's own dir
+        sh("install", "-m", "755", "-o", "zddsbx", ROLLOUT, str(plugin))
     rows_spec = [
         ("compose up -d --force-recreate (today)", [SANDBOX, "naive-redeploy"], True, None, False),
         ("seed plan: docker-rollout loop + recreate caddy", rollout_loop(True), True, None, True),
