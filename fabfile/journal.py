@@ -35,7 +35,7 @@ def line(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(", ", ": "), sort_keys=False)
 
 
-def start_event(run: str, kind: str, state: HostState | None = None, plans: Any = None) -> dict:
+def start_event(run: str, kind: str) -> dict:
     """``start``: who, from where, what kind of run (written as the lock is taken)."""
     return {"run": run, "t": int(time.time()), "event": "start", "kind": kind, "who": who(),
             "from": socket.gethostname(), "pid": os.getpid()}

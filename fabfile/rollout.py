@@ -98,10 +98,7 @@ class Rollout:
             if p.roll and p.old and self._drains(p.name):
                 self.routing.route(p.name, [self.routing.ip(c.networks) for c in p.old], self.held[p.name])
                 any_pin = True
-        if not any_pin:
-            return "nopin"
-        self.s.report.proxy_loads += 1
-        return self.routing.load_line("pin")
+        return self._load_line("pin") if any_pin else "nopin"
 
     def _switch_line(self, run: TierRun) -> str:
         routed = [n for n in run.names if self._drains(n)]
@@ -112,8 +109,12 @@ class Rollout:
             if not ips:
                 raise StepFailed(f"{name}: its new containers share no network with {self.host.proxy.service}")
             self.routing.route(name, ips, self.held[name])
+        return self._load_line("switch")
+
+    def _load_line(self, word: str) -> str:
+        """The current routing as a line for tier.sh to load: one more proxy load."""
         self.s.report.proxy_loads += 1
-        return self.routing.load_line("switch")
+        return self.routing.load_line(word)
 
     # --- one tier ------------------------------------------------------------------------
     def _spec(self, p: ServicePlan) -> cmds.TierService:
@@ -225,40 +226,35 @@ class Rollout:
             self.r.note(f"{', '.join(run.names)}: could not confirm the new containers were removed: {e}")
 
     # --- the end -------------------------------------------------------------------------
-    def drain_reports(self, timeout: float = 0) -> None:
-        """Let the tiers past their switch finish draining; one line each."""
-        limit = timeout or (self.host.proxy.drain_timeout + 30)
+    def drain_reports(self, wait: bool = True) -> None:
+        """One line per tier past its switch: its drain, waited for (``wait``), or only what the
+        host already said; without waiting, tier.sh finishes the drain and retire on its own
+        (it outlives the connection; the restore job waits for the old containers)."""
         for run in self.open:
             t0 = time.monotonic()
-            drained, deadline = "", time.monotonic() + limit
-            while time.monotonic() < deadline:
-                line = run.conv.readline(1.0)
-                if line is None:
-                    break
-                if line.startswith("progress "):
-                    self.s.report.progress(f"{', '.join(run.names)} {line[len('progress '):]}")
-                if line.startswith("drained "):
-                    drained = line[len("drained "):]
-                if line.startswith("retired"):
-                    break
-            run.ended = run.conv.close()
-            self.s.report.record(f"drain {', '.join(run.names)}", "ok" if drained else "failed",
-                                 drained or "no answer (the host finishes it on its own)", time.monotonic() - t0)
+            drained = self._drained(run, wait)
+            if wait:
+                run.ended = run.conv.close()
+                self.s.report.record(f"drain {', '.join(run.names)}", "ok" if drained else "failed",
+                                     drained or "no answer (the host finishes it on its own)", time.monotonic() - t0)
+            else:
+                run.conv.close_early()
+                self.s.report.record(f"drain {', '.join(run.names)}", "ok", drained or "left to the host (it stops "
+                                     "the old containers once nothing is in flight to them)")
         self.open = []
 
-    def leave_draining(self) -> None:
-        """Not waiting: the host drains and retires the last tiers' old containers on its own
-        (tier.sh outlives the connection; the restore job waits for them)."""
-        for run in self.open:
-            drained = ""
-            while (line := run.conv.readline(0.05)):  # what the host already said, without waiting
-                if line.startswith("drained "):
-                    drained = line[len("drained "):]
-            if hasattr(run.conv, "close_early"):
-                run.conv.close_early()
-            self.s.report.record(f"drain {', '.join(run.names)}", "ok", drained or "left to the host (it stops "
-                                 "the old containers once nothing is in flight to them)")
-        self.open = []
+    def _drained(self, run: TierRun, wait: bool) -> str:
+        """The host's ``drained`` line for a tier (up to its ``retired``), or "" if not (yet) sent."""
+        drained, deadline = "", time.monotonic() + self.host.proxy.drain_timeout + 30
+        while time.monotonic() < deadline:
+            line = run.conv.readline(1.0 if wait else 0.05)
+            if line is None or line.startswith("retired") or (not line and not wait):
+                break
+            if line.startswith("progress "):
+                self.s.report.progress(f"{', '.join(run.names)} {line[len('progress '):]}")
+            elif line.startswith("drained "):
+                drained = line[len("drained "):]
+        return drained
 
     def needs_restore(self) -> bool:
         return self.routing is not None and (self.routing.loads > 0 or self.state.proxy_pinned)

@@ -137,6 +137,8 @@ class Conversation(Protocol):
 
     def close(self) -> Outcome: ...
 
+    def close_early(self) -> None: ...  # hang up; the command goes on by itself on the host
+
 
 class _ChannelConversation(_ChannelPending):
     def __init__(self, chan: Any):
@@ -197,6 +199,9 @@ class _Scripted:
 
     def close(self) -> Outcome:
         return Outcome(ok=True)
+
+    def close_early(self) -> None:
+        return None
 
 
 class _Finished:

@@ -168,7 +168,7 @@ def acquire(s: Session, state: HostState, kind: str) -> Held:
     held = Held(journal.new_run_id(), kind, f"{journal.who()} pid {os.getpid()} {kind} since "
                                             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} (run {{run}})")
     held.holder = held.holder.format(run=held.run)
-    start = (journal.line(journal.start_event(held.run, kind, state, None)),)
+    start = (journal.line(journal.start_event(held.run, kind)),)
     res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start, s.host.lock_stale),
                      check=False)
     if not res.ok:
@@ -394,10 +394,7 @@ def roll(s: Session, state: HostState, plans: list[ServicePlan], tiers: list[lis
         if rollout.needs_restore() or rollout.retiring:
             held.handed_over = rollout.restore(detach=interrupted)
         raise
-    if wait:
-        rollout.drain_reports()
-    else:
-        rollout.leave_draining()
+    rollout.drain_reports(wait)
     if rollout.needs_restore():
         held.handed_over = rollout.restore(detach=not wait)
     if s.host.proxy.mode == "recreate" and any(p.roll for p in plans):

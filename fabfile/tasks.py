@@ -76,7 +76,7 @@ def run_on_host(c: Any, title: str, body: Callable[[Session], None], dry_run: bo
     result = HostResult(name, title, started_at=s.report.started_at, steps=s.report.steps, notes=s.notes,
                         dry_run=dry_run, secrets=_secrets(s))
     loop = None
-    if verify and s.host.verify.enabled and _has_targets(s.host.verify) and not dry_run:
+    if _verifying(s, verify) and not dry_run:
         try:
             settings = vloop.settings_for_host(s.host.verify)
         except ValueError as e:
@@ -165,6 +165,11 @@ def _secrets(s: Session) -> tuple[str, ...]:
     return (token,) if token else ()
 
 
+def _verifying(s: Session, verify: bool) -> bool:
+    """Does the run hit the host's verify targets (asked for, enabled, something to hit)?"""
+    return verify and s.host.verify.enabled and _has_targets(s.host.verify)
+
+
 def _has_targets(vc: Any) -> bool:
     """The host's verify table names something to hit: http(s) URLs or ws URLs."""
     return bool(vc.urls or vc.ws_urls)
@@ -183,7 +188,7 @@ def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False,
 
     With several hosts (-H a,b) one after the other, stopping at the first failure."""
     def body(s: Session) -> None:
-        verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
+        verifying = _verifying(s, verify)
         steps_for(s).deploy(s, force=force, wait=wait or verifying)
     result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
     run = hosts_run.record(result)
@@ -283,7 +288,7 @@ def rollback(c, to=None, dry_run=False, wait=False, verify=True):
     """Deploy the images of an earlier successful run again, with zero downtime (engine swarm:
     every app service back to Swarm's previous spec)."""
     def body(s: Session) -> None:
-        verifying = verify and s.host.verify.enabled and _has_targets(s.host.verify)
+        verifying = _verifying(s, verify)
         if s.host.engine == "swarm":
             swarm.rollback(s, to)
         else:

@@ -306,6 +306,9 @@ class FakeConversation:
             return self.pending.pop(0)
         return None if self.ended or self.closed else ""
 
+    def close_early(self) -> None:
+        self.closed = True
+
     def close(self) -> Outcome:
         self.closed = True
         failed = [line for line in self.produced if line.startswith("failed")]
