@@ -9,11 +9,9 @@
 # lock if HOLDER still holds it. Prints one line per thing done.
 key=$1 holder=$2 prune=$3 keep=$4 run=$5
 shift 5
-lines=$(cat)
-if [ -n "$lines" ]; then
-    mkdir -p "$HOME/.zdd/journal"
-    printf '%s\n' "$lines" >> "$HOME/.zdd/journal/$key.jsonl"
-fi
+t=$(mktemp) && cat > "$t"  # the lines, appended in one write: concurrent writers cannot interleave them
+if [ -s "$t" ]; then mkdir -p "$HOME/.zdd/journal" && cat "$t" >> "$HOME/.zdd/journal/$key.jsonl"; fi
+rm -f "$t"
 if [ -n "$run" ]; then
     repo=zdd-keep/p$(printf '%s' "$key" | cksum | cut -d' ' -f1)
     for pair in "$@"; do

@@ -15,11 +15,11 @@
 # lock is held (acquire, takeover) or before it is let go (release).
 action=$1 key=$2 holder=${3:-} arg=${4:-0} stale=${5:-1800}
 dir=$HOME/.zdd/locks/$key
-journal() {
-    line=$(cat)
-    [ -n "$line" ] || return 0
-    mkdir -p "$HOME/.zdd/journal"
-    printf '%s\n' "$line" >> "$HOME/.zdd/journal/$key.jsonl"
+journal() {  # stdin's lines, appended in one write (concurrent writers cannot interleave them)
+    t=$(mktemp) || return 1
+    cat > "$t"
+    if [ -s "$t" ]; then mkdir -p "$HOME/.zdd/journal" && cat "$t" >> "$HOME/.zdd/journal/$key.jsonl"; fi
+    rm -f "$t"
 }
 nap() { sleep 0.2 2>/dev/null || sleep 1; }
 case "$action" in

@@ -47,7 +47,12 @@ log_event() {  # log_event EVENT [KEY VALUE]... (and renew the lock)
     renew
     ev="{\"run\": \"$run\", \"t\": $(date +%s), \"event\": \"$1\", \"pid\": $$"; shift
     while [ $# -ge 2 ]; do ev="$ev, \"$1\": \"$2\""; shift 2; done
-    mkdir -p "$HOME/.zdd/journal" && printf '%s}\n' "$ev" >> "$HOME/.zdd/journal/$key.jsonl"
+    append "$ev}"
+}
+append() {  # one journal line in one write (O_APPEND): concurrent writers cannot interleave it
+    mkdir -p "$HOME/.zdd/journal" && t=$(mktemp) && printf '%s\n' "$1" > "$t" &&
+        cat "$t" >> "$HOME/.zdd/journal/$key.jsonl"
+    rm -f "$t"
 }
 spec() { for k in name target htime stime old held hook; do eval "$k=\$${k}_$1"; done; }
 each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
@@ -95,7 +100,7 @@ log_event tier services "$all_names" old "$all_old"
 
 # --- 1. pin ------------------------------------------------------------------------------
 while IFS= read -r line && [ "${line#journal }" != "$line" ]; do  # zdd's lines for the journal first
-    mkdir -p "$HOME/.zdd/journal" && printf '%s\n' "${line#journal }" >> "$HOME/.zdd/journal/$key.jsonl"
+    append "${line#journal }"
 done
 case "$line" in
     "pin "*) load "${line#pin }" || { say "failed cannot pin the proxy to the old containers"; exit 1; } ;;
