@@ -13,7 +13,8 @@ from invoke import Collection, task
 from invoke.exceptions import Exit
 
 from fabfile import config as cfg
-from fabfile import html_report, outcome
+from fabfile import html_page, outcome
+from fabfile.config import DEFAULT_VERSION_REGEX
 from fabfile import summary as run_summary
 from fabfile import verify as vloop
 
@@ -30,7 +31,7 @@ from fabfile import verify as vloop
         "timeout": "seconds before a request, or a websocket reply, counts as timed out (default 10)",
         "max_failures": "failures allowed before exiting non-zero (default 0)",
         "json": "write the full report, every failure included, to this file",
-        "version_regex": r"regex finding the version in a body or websocket reply (default \bv\d+[\w.-]*)",
+        "version_regex": f"regex finding the version in a body or websocket reply (default {DEFAULT_VERSION_REGEX})",
         "version_header": "read the version from this response header instead (HTTP)",
         "retry": "retry a GET once when the server closed an idle keep-alive connection without answering, "
                  "as browsers do (default on; --no-retry counts it as a failure, like a client that never "
@@ -74,7 +75,7 @@ def verify(c, url=None, ws=None, host=None, concurrency=None, rate=None, duratio
     try:
         result = vloop.run_and_print(settings, json)
         if report:
-            html_report.write(report, outcome.document("verify", [outcome.verify_result(result, host or "")]))
+            html_page.write(report, outcome.document("verify", [outcome.verify_result(result, host or "")]))
     except OSError as e:
         raise Exit(f"verify: cannot write {e.filename}: {e.strerror}", code=2) from None
     if not result.ok:

@@ -113,9 +113,6 @@ class Compose:
     def _cmd(self, *args: str, stdin: Stdin | None = None) -> Command:
         return Command(self.base() + args, cwd=self.host.dir, stdin=stdin)
 
-    def pull(self, services: list[str]) -> Command:
-        return self._cmd("pull", "--quiet", *services)
-
     def up(self, services: list[str]) -> Command:
         """Start (or update) services without touching their dependencies."""
         return self._cmd("up", "--detach", "--no-deps", *services)
@@ -133,20 +130,9 @@ class Compose:
 # --- plain docker -------------------------------------------------------------------------
 
 
-
-
-
 def exec_(container: str, *argv: str, stdin: Stdin | None = None) -> Command:
     flags = ("--interactive",) if stdin is not None else ()
     return Command(("docker", "exec", *flags, container, *argv), stdin=stdin)
-
-
-
-
-def login(server: str, username: str, password: str, password_env: str) -> Command:
-    """``docker login`` with the token on stdin: it is in no argv and no dry-run output."""
-    return Command(("docker", "login", "--username", username, "--password-stdin", server),
-                   stdin=Stdin(password, f"${password_env} (secret, on stdin)", secret=True))
 
 
 def image_ids() -> Command:
@@ -155,9 +141,6 @@ def image_ids() -> Command:
 
 def image_prune() -> Command:
     return Command(("docker", "image", "prune", "--force"))
-
-
-
 
 
 def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = (),
@@ -175,7 +158,7 @@ def _journal_stdin(lines: tuple[str, ...]) -> Stdin | None:
     return Stdin("".join(line + "\n" for line in lines), "journal lines") if lines else None
 
 
-def journal_read(key: str, last: int = 5000) -> Command:
+def journal_read(key: str, last: int) -> Command:
     """The project's journal (its last ``last`` lines)."""
     return Command(("tail", "-n", str(last), f".zdd/journal/{key}.jsonl"), cwd="~")
 
@@ -193,6 +176,11 @@ def recover(host: HostConfig, key: str, run: str, tiers: list[tuple[str, bool, l
     for pid, switched, services, old in tiers:
         args += [pid, "1" if switched else "", ",".join(services), ",".join(old)]
     return host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir)
+
+
+def image_inspect_ids(images: list[str]) -> Command:
+    """The IDs of those of ``images`` that are on the host (one line each)."""
+    return Command(("docker", "image", "inspect", "--format", "{{.Id}}", *images))
 
 
 def tag(image: str, ref: str) -> Command:
@@ -233,7 +221,6 @@ def caddy_reload(container: str, config: str, force: bool = True) -> Command:
     return exec_(container, *argv)
 
 
-
 # --- one deploy's host-side programs (fabfile/remote/*.sh, run with `sh -c`) --------------
 
 def survey(host: HostConfig) -> Command:
@@ -243,8 +230,8 @@ def survey(host: HostConfig) -> Command:
                         *Compose(host).project_flags(), cwd=host.dir)
 
 
-def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None = None,
-         limit: int = 900) -> Command:
+def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None,
+         limit: int) -> Command:
     """Log in (to a temporary Docker config unless ``registry.keep_login``), pull, list the
     images: one round trip. ``credentials`` is (server, username, token, token_env); the token
     goes on stdin only."""
@@ -273,20 +260,20 @@ class TierService:
                 ",".join(self.old), ",".join(self.held), self.hook)
 
 
-def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
+def tier(host: HostConfig, plugin: bool, proxy: str, services: list[TierService],
          proxy_networks: tuple[str, ...] = (), key: str = "project", run: str = "run") -> Command:
     """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
     grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
     nocheck = max((host.service(s.name).no_healthcheck_wait or host.no_healthcheck_wait for s in services),
                   default=host.no_healthcheck_wait)
-    args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
+    args = ["docker-rollout" if plugin else "native", proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
             str(grace), key, run, str(len(services))]
     for svc in services:
         args += svc.args()
     net = proxy_networks[0] if proxy_networks else "net"
     dry = ["pid 0", "pinned"]
     for svc in services:
-        n = svc.target if engine == "native" or not svc.old else len(svc.old)
+        n = len(svc.old) if plugin and svc.old else svc.target
         dry += [f"new {svc.name} <new-{svc.name}-{i + 1}> {net}=<ip-of-new-{svc.name}-{i + 1}>" for i in range(n)]
     dry += ["healthy after 0s", "switched", "drained after 0s, 0 in flight at most", "retired"]
     return host_program("tier.sh", *args, *Compose(host).project_flags(), cwd=host.dir,

@@ -13,7 +13,7 @@ Keys (types and defaults are in the ``*Config`` dataclasses below):
   become ``-p``/``--env-file`` when not empty.
 * ``engine`` – ``"native"`` (built in), ``"docker-rollout"`` (the CLI plugin) or ``"swarm"``
   (the host is a Docker Swarm manager and the compose files are a stack's: Swarm replaces
-  the tasks, zdd plans, orders the tiers and waits; see fabfile/swarm.py).
+  the tasks, zdd plans, orders the tiers and waits; see fabfile/engines/swarm.py).
 * ``stack_name`` – engine swarm only, and required there: the stack (``docker stack deploy
   ... STACK``) whose services are ``STACK_SERVICE``. ``env_file`` is not read by ``docker
   stack deploy``, so it must stay empty with engine swarm.
@@ -63,6 +63,21 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+
+# --- limits zdd sets itself (seconds unless said): each declared here once, by name ----------
+LOCK_WAIT = 120          # a deploy waits this long for the previous deploy's restore job to free the lock
+JOURNAL_TAIL = 5000      # lines of the host's journal read (survey, history, rollback, recovery)
+STOP_GRACE = 10          # Docker's own stop timeout, for a service with no stop_timeout
+PIN_WAIT = 30            # tier.sh has loaded the pin config (a proxy load)
+HEALTH_MARGIN = 120      # beyond the tier's longest health_timeout before zdd stops waiting for the host
+SWITCH_WAIT = 60         # tier.sh has loaded the switch config
+UNDO_WAIT = 20           # tier.sh has removed the new containers after an abort
+DRAIN_MARGIN = 30        # beyond proxy.drain_timeout before zdd stops reading a tier's drain report
+RESTORE_MARGIN = 30      # beyond the longest stop grace before restore.sh gives up on the old containers
+SWARM_TASK_MARGIN = 60   # per task of a Swarm update, beyond health_timeout (boot, monitor)
+SWARM_ANSWER_MARGIN = 60  # beyond a Swarm change's ceiling before zdd stops waiting for swarm_tier.sh
+DEFAULT_VERSION_REGEX = r"\bv\d+[\w.-]*"  # finds an app's version in a response (verify.version_regex)
 
 
 class ConfigError(Exception):
@@ -138,7 +153,7 @@ class VerifyConfig:
     concurrency: int = 8
     rate: float = 0.0             # requests/s in total; 0 = as fast as possible
     timeout: float = 10.0
-    version_regex: str = r"\bv\d+[\w.-]*"
+    version_regex: str = DEFAULT_VERSION_REGEX
     version_header: str = ""
     max_failures: int = 0
     retry_stale: bool = True      # retry a GET once on a closed idle keep-alive connection, as browsers do

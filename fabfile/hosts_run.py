@@ -35,7 +35,7 @@ def cli_hosts() -> list[str]:
 
 
 @dataclass
-class Run:
+class HostsRun:
     """One task across the hosts of one ``fab`` run."""
 
     title: str
@@ -55,10 +55,10 @@ class Run:
         return self.results + [not_run(h, self.title) for h in self.hosts[len(self.results):]]
 
 
-_current: Run | None = None
+_current: HostsRun | None = None
 
 
-def record(result: HostResult, hosts: list[str] | None = None) -> Run | None:
+def record(result: HostResult, hosts: list[str] | None = None) -> HostsRun | None:
     """Add one host's result to the run it belongs to; returns the run once it is over
     (that was the last host, or it failed), else None. ``hosts``: the run's host list
     (default: ``-H``); a host that is not next in it is a run of its own."""
@@ -68,7 +68,7 @@ def record(result: HostResult, hosts: list[str] | None = None) -> Run | None:
         hosts = [result.host]
     run = _current
     if run is None or run.title != result.title or run.hosts != hosts or run.next_host != result.host:
-        run = Run(result.title, hosts if hosts[0] == result.host else [result.host])
+        run = HostsRun(result.title, hosts if hosts[0] == result.host else [result.host])
     run.results.append(result)
     _current = None if run.over else run
     return run if run.over else None

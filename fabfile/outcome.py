@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .report import StepRecord
+from .progress import StepRecord
 from .verify.render import iso
 
 SCHEMA = 1
-ROLLOUT_STEP = "rollout "   # rollout.py names a tier's step "rollout a, b"; it ends at the switch
+ROLLOUT_STEP = "rollout "   # engines name a tier's step "rollout a, b"; it ends at the switch
 REDACTED = "***"
 
 

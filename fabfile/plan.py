@@ -72,9 +72,6 @@ class HostState:
     def running(self, service: str) -> list[Container]:
         return [c for c in self.containers if c.service == service and c.running]
 
-    def stopped(self, service: str) -> list[Container]:
-        return [c for c in self.containers if c.service == service and not c.running]
-
     @property
     def proxy_pinned(self) -> bool:
         """Does the proxy run another config than its file (pinned by an unfinished deploy)?"""

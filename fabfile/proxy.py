@@ -152,7 +152,6 @@ class Routing:
         self.networks = networks
         self.routes: dict[str, list[str]] = {}   # service -> addresses it is routed to
         self.held: list[str] = []                 # addresses whose counters must stay visible
-        self.loads = 0
 
     def ports(self, service: str) -> list[str]:
         return upstream_ports(self.base, service)
@@ -181,5 +180,4 @@ class Routing:
 
     def load_line(self, word: str) -> str:
         """``WORD JSON``: what tier.sh reads to load the current routing."""
-        self.loads += 1
         return f"{word} {json.dumps(self.config(), separators=(',', ':'))}"

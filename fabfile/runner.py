@@ -35,7 +35,7 @@ class BadInput(StepFailed):
 
 
 @dataclass
-class Outcome:
+class CommandResult:
     ok: bool
     stdout: str = ""
     stderr: str = ""
@@ -52,7 +52,7 @@ class Outcome:
 class Executor(Protocol):
     """Runs one shell command on the host, feeding ``stdin`` and then closing it."""
 
-    def __call__(self, command: str, stdin: str | None) -> Outcome: ...
+    def __call__(self, command: str, stdin: str | None) -> CommandResult: ...
 
 
 class SshExecutor:
@@ -65,7 +65,7 @@ class SshExecutor:
     def __init__(self, cxn: Any):
         self.cxn = cxn
 
-    def __call__(self, command: str, stdin: str | None) -> Outcome:
+    def __call__(self, command: str, stdin: str | None) -> CommandResult:
         return self.start(command, stdin).wait()
 
     def start(self, command: str, stdin: str | None) -> "Pending":
@@ -92,14 +92,14 @@ class Pending(Protocol):
 
     def done(self) -> bool: ...
 
-    def wait(self) -> Outcome: ...
+    def wait(self) -> CommandResult: ...
 
 
 class _ChannelPending:
     def __init__(self, chan: Any):
         self.chan = chan
         self.out, self.err = bytearray(), bytearray()
-        self.result: Outcome | None = None
+        self.result: CommandResult | None = None
 
     def _drain(self) -> None:
         while self.chan.recv_ready():
@@ -111,7 +111,7 @@ class _ChannelPending:
         self._drain()
         return self.chan.exit_status_ready()
 
-    def wait(self) -> Outcome:
+    def wait(self) -> CommandResult:
         if self.result is None:
             try:
                 while True:
@@ -123,7 +123,7 @@ class _ChannelPending:
                 code = self.chan.recv_exit_status()
             finally:
                 self.chan.close()
-            self.result = Outcome(ok=code == 0, stdout=self.out.decode(errors="replace"),
+            self.result = CommandResult(ok=code == 0, stdout=self.out.decode(errors="replace"),
                                   stderr=self.err.decode(errors="replace"), exited=code)
         return self.result
 
@@ -135,7 +135,7 @@ class Conversation(Protocol):
 
     def readline(self, timeout: float) -> str | None: ...  # None: it ended; "" : nothing yet
 
-    def close(self) -> Outcome: ...
+    def close(self) -> CommandResult: ...
 
     def close_early(self) -> None: ...  # hang up; the command goes on by itself on the host
 
@@ -167,7 +167,7 @@ class _ChannelConversation(_ChannelPending):
                 return ""
             select.select([self.chan], [], [], min(left, 0.5))
 
-    def close(self) -> Outcome:
+    def close(self) -> CommandResult:
         try:
             self.chan.shutdown_write()
         except OSError:
@@ -197,24 +197,11 @@ class _Scripted:
     def readline(self, timeout: float) -> str | None:
         return self.lines.pop(0) if self.lines else None
 
-    def close(self) -> Outcome:
-        return Outcome(ok=True)
+    def close(self) -> CommandResult:
+        return CommandResult(ok=True)
 
     def close_early(self) -> None:
         return None
-
-
-class _Finished:
-    """A Pending that already has its outcome (dry runs; executors that cannot start)."""
-
-    def __init__(self, outcome: Outcome):
-        self.outcome = outcome
-
-    def done(self) -> bool:
-        return True
-
-    def wait(self) -> Outcome:
-        return self.outcome
 
 
 @dataclass
@@ -226,7 +213,7 @@ class Runner:
     history: list[str] = field(default_factory=list)  # every command, as described (masked)
     remote_commands: int = 0                          # commands really sent to the host
 
-    def _exec(self, cmd: Command) -> Outcome:
+    def _exec(self, cmd: Command) -> CommandResult:
         self.history.append(cmd.describe())
         self.remote_commands += 1
         t0 = time.monotonic()
@@ -243,18 +230,18 @@ class Runner:
             raise StepFailed(f"{what or cmd.argv[0]} failed: {res.first_error_line()}", res.stdout + res.stderr)
         return res.stdout
 
-    def probe(self, cmd: Command) -> Outcome:
+    def probe(self, cmd: Command) -> CommandResult:
         """Run a read-only probe and return its outcome, failed or not."""
         return self._exec(cmd)
 
-    def _would_run(self, cmd: Command) -> Outcome:
+    def _would_run(self, cmd: Command) -> CommandResult:
         """A dry run's stand-in for a change: printed (secrets masked), counted as succeeded,
         answering what its builder says the host would print."""
         self.history.append(cmd.describe())
         print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
-        return Outcome(ok=True, stdout="".join(line + "\n" for line in cmd.dry_run_output))
+        return CommandResult(ok=True, stdout="".join(line + "\n" for line in cmd.dry_run_output))
 
-    def change(self, cmd: Command, what: str | None = None, check: bool = True) -> Outcome:
+    def change(self, cmd: Command, what: str | None = None, check: bool = True) -> CommandResult:
         """Run a command that changes the host; in a dry run print it and pretend success."""
         if self.dry_run:
             return self._would_run(cmd)
@@ -263,19 +250,6 @@ class Runner:
             raise StepFailed(f"{what or ' '.join(cmd.argv[:3])} failed: {res.first_error_line()}",
                              (res.stdout + res.stderr).strip())
         return res
-
-    def start(self, cmd: Command) -> Pending:
-        """Start a command that changes the host and return at once; ``wait()`` for it.
-        In a dry run it is printed and counts as succeeded."""
-        if self.dry_run:
-            return _Finished(self._would_run(cmd))
-        self.history.append(cmd.describe())
-        self.remote_commands += 1
-        starter = getattr(self.execute, "start", None)
-        stdin = cmd.stdin.text if cmd.stdin is not None else None
-        if starter is None:  # an executor without background commands: run it now
-            return _Finished(self.execute(cmd.render(), stdin))
-        return starter(cmd.render(), stdin)
 
     def converse(self, cmd: Command, labels: dict[str, str] | None = None) -> Conversation:
         """Start a command that talks with zdd over stdin/stdout (its stdin label says what

@@ -16,7 +16,7 @@ from fabric import Connection
 from invoke.exceptions import Exit
 
 from . import config as cfg
-from .report import Reporter
+from .progress import Reporter
 from .runner import Runner, SshExecutor
 
 
@@ -96,9 +96,7 @@ class Session:
     r: Runner
     report: Reporter
     cxn: Any = None
-    notes: list[str] = field(default_factory=list)
-    run: str = ""                                   # this run's id in the host's journal
-    stop_verify: Any = None                         # stops the verify loop early: () -> verdict dict
+    notes: list[str] = field(default_factory=list)  # said once, in the summary
 
 
 def open_session(c: Any, dry_run: bool = False, out: Any = None) -> Session:

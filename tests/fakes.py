@@ -16,20 +16,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from fabfile import journal as zdd_journal
+from fabfile import sequence
+from fabfile.engines import engine_for
 from fabfile.config import load
 from fabfile.outcome import HostResult
-from fabfile.report import Reporter, StepRecord
-from fabfile.runner import Outcome, Runner
+from fabfile.progress import Reporter, StepRecord
+from fabfile.runner import CommandResult, Runner
 from fabfile.session import Session
 from fabfile.verify import OK, Recorder, Report, VerifySettings, WsRecorder
 
 
-def ok(stdout: str = "") -> Outcome:
-    return Outcome(ok=True, stdout=stdout, exited=0)
+def ok(stdout: str = "") -> CommandResult:
+    return CommandResult(ok=True, stdout=stdout, exited=0)
 
 
-def fail(exited: int = 1, stdout: str = "", stderr: str = "") -> Outcome:
-    return Outcome(ok=False, stdout=stdout, stderr=stderr, exited=exited)
+def fail(exited: int = 1, stdout: str = "", stderr: str = "") -> CommandResult:
+    return CommandResult(ok=False, stdout=stdout, stderr=stderr, exited=exited)
 
 
 _SCRIPT_RE = re.compile(r"^#\s*(\S+\.sh)\b")
@@ -60,7 +62,7 @@ class Call:
         return f"{self.command} {self.script}".strip()
 
 
-Response = Any  # Outcome | str | list[Outcome | str] | Callable[[Call, "FakeExecutor"], Outcome | str]
+Response = Any  # CommandResult | str | list[CommandResult | str] | Callable[[Call, "FakeExecutor"], CommandResult | str]
 
 
 class FakeExecutor:
@@ -69,8 +71,8 @@ class FakeExecutor:
     A rule is ``(pattern, response)``; ``pattern`` is a substring (or a tuple of substrings
     that must all occur) of the rendered command. A shipped host script fed on stdin is
     matched by its name too (``"wait_healthy.sh"``). The first matching rule wins. A response
-    is an Outcome, a str (stdout of a success), a list (answered in turn, the last one
-    repeated) or a callable ``(call, fake) -> Outcome | str``. An unmatched command fails the
+    is an CommandResult, a str (stdout of a success), a list (answered in turn, the last one
+    repeated) or a callable ``(call, fake) -> CommandResult | str``. An unmatched command fails the
     test at once.
     """
 
@@ -96,7 +98,7 @@ class FakeExecutor:
         self.rules.insert(0, self.rules.pop())
         return self
 
-    def __call__(self, command: str, stdin: str | None) -> Outcome:
+    def __call__(self, command: str, stdin: str | None) -> CommandResult:
         m = _SCRIPT_RE.match(stdin or "")
         call = Call(*_program(command), stdin, m.group(1) if m else "")
         self.calls.append(call)
@@ -128,7 +130,7 @@ class FakeExecutor:
         self.tiers.append(conv)
         return conv
 
-    def interrupt(self, call: Call | None = None, fake: Any = None) -> Outcome:
+    def interrupt(self, call: Call | None = None, fake: Any = None) -> CommandResult:
         """``kill -TERM`` of tier.sh: it undoes and ends, as the real one does."""
         for conv in self.tiers:
             if not conv.ended:
@@ -137,14 +139,14 @@ class FakeExecutor:
                 conv.ended = True
         return ok()
 
-    def _answer(self, response: Response, call: Call) -> Outcome:
+    def _answer(self, response: Response, call: Call) -> CommandResult:
         if isinstance(response, list):
             response = response.pop(0) if len(response) > 1 else response[0]
-        if callable(response) and not isinstance(response, Outcome):
+        if callable(response) and not isinstance(response, CommandResult):
             response = response(call, self)
         if isinstance(response, str):
             return ok(response)
-        assert isinstance(response, Outcome), response
+        assert isinstance(response, CommandResult), response
         return response
 
     # --- queries ---------------------------------------------------------------------------
@@ -309,7 +311,7 @@ class FakeConversation:
     def close_early(self) -> None:
         self.closed = True
 
-    def close(self) -> Outcome:
+    def close(self) -> CommandResult:
         self.closed = True
         failed = [line for line in self.produced if line.startswith("failed")]
         return fail(1, failed[-1]) if failed else ok()
@@ -614,7 +616,7 @@ def stack_services(version: int = 1, previous: int | None = None, only: tuple[st
 
 def swarm_applied(compose: str | None = None) -> dict[str, str]:
     """What zdd recorded after applying these compose files (every service's spec hash)."""
-    from fabfile.swarm import spec_hash
+    from fabfile.engines.swarm_state import spec_hash
     return {n: spec_hash(s) for n, s in json.loads(compose or swarm_compose_json())["services"].items()}
 
 
@@ -661,3 +663,8 @@ def swarm_reports(failures: dict[str, str] | None = None, log: list | None = Non
                                                                                                    "running 1/1"))
         return out + ["ok after 3s"]
     return answer
+
+
+def deploy(s: Session, **kw: Any) -> None:
+    """``fab deploy`` on a session: the deploy sequence with the host's engine."""
+    sequence.deploy(s, engine_for(s.host), **kw)

@@ -7,11 +7,12 @@ import io
 
 import pytest
 
-from fabfile import journal, steps
+from fabfile import journal
 from fabfile.config import load
 from fabfile.runner import StepFailed
 from fabfile.session import Session
 from tests.fakes import (
+    deploy,
     HOSTS_TOML,
     FakeExecutor,
     fail,
@@ -66,7 +67,7 @@ def token(monkeypatch):
 def deployed(token):
     fake = fake_host()
     s, out = session("sandbox", fake)
-    steps.deploy(s)
+    deploy(s)
     return s, out.getvalue(), fake
 
 
@@ -133,7 +134,7 @@ def test_dry_run_finish_step_does_not_read_like_an_error(deployed):
 def test_dry_run_of_an_unchanged_host_plans_nothing(token):
     fake = fake_host(version=1)
     s, out = session("sandbox", fake)
-    steps.deploy(s)
+    deploy(s)
     text = out.getvalue()
     assert "tier.sh" not in text and "restore.sh" not in text and "image prune" not in text
     finish = next(ln for ln in text.splitlines() if "finish.sh" in ln)
@@ -158,7 +159,7 @@ def test_registry_token_missing_fails_before_pulling(monkeypatch, tmp_path):
     fake = fake_host()
     s, out = session("sandbox", fake)
     with pytest.raises(StepFailed, match=r"\$ZDD_SANDBOX_REGISTRY_PASSWORD is not set"):
-        steps.deploy(s)
+        deploy(s)
     assert "would run" not in out.getvalue()  # found by validation, before the lock or any change
     assert s.report.steps[-1].name == "validate" and s.report.steps[-1].status == "failed"
 
@@ -177,7 +178,7 @@ def test_validation_failure_stops_before_anything_else(token, patch, problem):
     fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
     with pytest.raises(StepFailed) as e:
-        steps.deploy(s)
+        deploy(s)
     assert problem in str(e.value)
     assert len(fake.calls) == 1 and "survey.sh" in fake.calls[0].command
     assert "would run" not in out.getvalue()
@@ -189,7 +190,7 @@ def test_unpublished_ports_and_infra_container_name_are_fine(token):
              "redis": {"container_name": "redis"}}
     fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
-    steps.deploy(s)
+    deploy(s)
     assert s.report.steps[-1].name == "finish"
 
 
@@ -201,7 +202,7 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
     fake = fake_host(compose, sandbox_survey(compose=compose, hashes={}))
     fake.first("plugin_version.sh", fail(1, "not installed\n"))
     s, out = session("reminet-staging", fake)
-    steps.deploy(s)
+    deploy(s)
     plan = out.getvalue()
     assert "install_plugin.sh" in plan
     assert "tier.sh docker-rollout" in plan
@@ -216,6 +217,6 @@ def test_unreadable_proxy_config_fails_validation_before_any_change(monkeypatch)
     s, out = session("sandbox", fake)
     with pytest.raises(StepFailed, match=r"reading the proxy config failed: Error: adapting .*unknown directive.*"
                                          r"proxy.drain = false"):
-        steps.deploy(s)
+        deploy(s)
     assert [r.name for r in s.report.steps] == ["validate"]
     assert len(fake.calls) == 1

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from fabfile import journal
-from fabfile.history import history_lines, rollback_target, status_lines
+from fabfile.engines.compose import status_lines
+from fabfile.history import history_lines, rollback_target
 from fabfile.plan import parse_survey
 from fabfile.runner import BadInput
 from tests.fakes import (

@@ -12,11 +12,11 @@ import pytest
 from fabric.main import program
 from invoke.exceptions import Exit
 
-from fabfile import hosts_run, steps
+from fabfile import hosts_run, sequence, taskrun
 from fabfile import tasks as fab_tasks
 from fabfile.config import load
 from fabfile.outcome import HostResult
-from fabfile.report import Reporter
+from fabfile.progress import Reporter
 from fabfile.runner import Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import FakeExecutor, deploy_report
@@ -43,7 +43,7 @@ class Hosts:
         return Session(name, HOSTS.host(name), Runner(FakeExecutor(), name, dry_run=dry_run),
                        Reporter(name), cxn=c)
 
-    def deploy(self, s: Session, force=False, wait=False) -> None:
+    def deploy(self, s: Session, engine, force=False, wait=False, verdict=None) -> None:
         self.deployed.append(s.name)
         with s.report.step("validate") as rec:
             rec.detail = "7 services in the compose project"
@@ -58,8 +58,8 @@ class Hosts:
 def hosts(monkeypatch):
     def make(**kw) -> Hosts:
         h = Hosts(**kw)
-        monkeypatch.setattr(fab_tasks, "open_session", h.open_session)
-        monkeypatch.setattr(steps, "deploy", h.deploy)
+        monkeypatch.setattr(taskrun, "open_session", h.open_session)
+        monkeypatch.setattr(sequence, "deploy", h.deploy)
         return h
     monkeypatch.setenv("GH_PACKAGES_TOKEN", TOKEN)
     monkeypatch.setenv("GH_ACTOR", "remilia-ci")

@@ -265,7 +265,7 @@ def test_routing_config_rewrites_only_routed_services_and_holds_the_old_addresse
     assert r.base == sandbox_caddy_config()  # the file's config is kept for the next load
 
 
-def test_routing_load_line_is_one_compact_json_line_and_counts_loads():
+def test_routing_load_line_is_one_compact_json_line():
     r = routing()
     r.route("server", ["172.18.0.10"], ["server:8080"])
     line = r.load_line("pin")
@@ -273,9 +273,7 @@ def test_routing_load_line_is_one_compact_json_line_and_counts_loads():
     assert word == "pin"
     assert "\n" not in line and ": " not in text and ", " not in text
     assert json.loads(text) == r.config()
-    assert r.loads == 1
     assert r.load_line("switch").startswith("switch {")
-    assert r.loads == 2
 
 
 def test_routing_ip_picks_the_network_shared_with_the_proxy():

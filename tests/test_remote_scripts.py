@@ -370,7 +370,7 @@ def test_restore_detached_job_takes_the_lock_over_and_releases_it(host):
 # --- tier.sh -----------------------------------------------------------------------------------
 
 def tier(host: Host, held: tuple[str, ...] = ()) -> cmds.Command:
-    return cmds.tier(host.config, "native", "cad", [TierService("server", 1, 5, None, (OLD[:12],), held)],
+    return cmds.tier(host.config, False, "cad", [TierService("server", 1, 5, None, (OLD[:12],), held)],
                      (PROXY_NETWORK,), host.key, RUN)
 
 
@@ -464,7 +464,7 @@ def test_tier_that_cannot_pin_starts_nothing(host):
 
 
 def test_tier_first_says_its_pid_and_undoes_on_sigterm_before_the_switch(host):
-    """rollout.py signals that pid on Ctrl-C: tier.sh removes the new containers and ends."""
+    """compose_rollout.py signals that pid on Ctrl-C: tier.sh removes the new containers and ends."""
     proc = subprocess.Popen(host._argv(tier(host), None)[0], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=host.env, cwd=host.home)
     pid = proc.stdout.readline().split()
@@ -496,7 +496,7 @@ def test_tier_writes_its_events_and_zdds_lines_to_the_journal(host):
 
 def test_tier_with_docker_rollout_journals_every_event_under_its_run(host):
     host.set("up")  # docker rollout (the stub) started the new container
-    cmd = cmds.tier(host.config, "docker-rollout", "cad", [TierService("server", 1, 5, None, (OLD[:12],), ())],
+    cmd = cmds.tier(host.config, True, "cad", [TierService("server", 1, 5, None, (OLD[:12],), ())],
                     (PROXY_NETWORK,), host.key, RUN)
     res = host.run(cmd, stdin="nopin\ngo\n")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -529,8 +529,11 @@ def test_host_program_gets_its_name_and_args(host):
     assert (res.returncode, res.stdout) == (1, "not installed\n")  # ran, with $1 and $2 as given
 
 
+H_PULL = HostConfig(name="h", registry=RegistryConfig(server="ghcr.io", password_env="GH_PACKAGES_TOKEN"))
+
+
 def test_stdin_secret_is_not_in_repr():
-    c = cmds.login("ghcr.io", "bot", "s3cr3t-token", "GH_PACKAGES_TOKEN")
+    c = cmds.pull(H_PULL, ["server"], ("ghcr.io", "bot", "s3cr3t-token", "GH_PACKAGES_TOKEN"), 900)
     assert "s3cr3t-token" not in repr(c) and "s3cr3t-token" not in c.describe() and "s3cr3t-token" not in c.render()
     assert c.stdin.text == "s3cr3t-token"
 

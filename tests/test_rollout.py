@@ -1,4 +1,4 @@
-"""The deploy's replace sequence (fabfile/rollout.py) against a fake host whose tier.sh
+"""The deploy's replace sequence (fabfile/engines/compose_rollout.py) against a fake host whose tier.sh
 is simulated: what is pinned, switched and restored, in which order, how many proxy loads,
 and what a failure or an interruption leaves serving."""
 
@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from fabfile import steps
+from fabfile import sequence
+from fabfile.engines import engine_for
 from fabfile.config import load
-from fabfile.report import Reporter
+from fabfile.progress import Reporter
 from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import (
+    deploy,
     FakeConversation,
     FakeExecutor,
     cid,
@@ -79,7 +81,7 @@ def upstreams(config: dict) -> dict[str, list[str]]:
 
 def test_nothing_changed_starts_nothing_and_loads_nothing():
     s, fake, out = host(version=1)
-    steps.deploy(s)
+    deploy(s)
     assert fake.tiers == []
     assert not fake.seen("restore.sh") and not fake.seen("up --detach")
     assert fake.seen("finish.sh", " 0 3 ''")  # no prune, no keep tags: nothing rolled
@@ -90,7 +92,7 @@ def test_nothing_changed_starts_nothing_and_loads_nothing():
 
 def test_full_deploy_pins_once_switches_per_tier_and_restores_once():
     s, fake, out = host()
-    steps.deploy(s)
+    deploy(s)
     assert [c.command.split("tier.sh native ")[1].split()[8] for c in fake.tiers] == ["server", "identity",
                                                                                    "profile-server"]
     first, second, third = fake.tiers
@@ -126,7 +128,7 @@ def test_only_the_changed_service_rolls():
         elif c["Config"]["Labels"]["com.docker.compose.service"] in NEW:
             c["Image"] = image_id(c["Config"]["Labels"]["com.docker.compose.service"], 2)
     s, fake, out = host(containers=containers)
-    steps.deploy(s)
+    deploy(s)
     assert len(fake.tiers) == 1 and " 1 identity 1 " in fake.tiers[0].command
     pin = upstreams(sent_config(fake.tiers[0], "pin"))
     assert pin["/server/*"] == ["server:8080"]  # not rolling: not pinned
@@ -135,14 +137,14 @@ def test_only_the_changed_service_rolls():
 
 def test_force_rolls_unchanged_services():
     s, fake, out = host(version=1)
-    steps.deploy(s, force=True)
+    deploy(s, force=True)
     assert len(fake.tiers) == 3
     assert "server: roll (1 → 1), forced" in out.getvalue()
 
 
 def test_wait_restores_in_the_foreground_and_releases_the_lock():
     s, fake, out = host(restore="restored /etc/caddy/Caddyfile after 2s")
-    steps.deploy(s, wait=True)
+    deploy(s, wait=True)
     drains = [r for r in s.report.steps if r.name.startswith("drain ")]
     assert [d.detail for d in drains] == ["after 1s, 2 in flight at most"] * 3
     assert "restore.sh wait " in fake.calls[fake.index("restore.sh")].command
@@ -152,7 +154,7 @@ def test_wait_restores_in_the_foreground_and_releases_the_lock():
 def test_unhealthy_tier_fails_with_health_detail_and_leaves_later_tiers_alone():
     s, fake, out = host(tier=tier_host(NEW, health="unhealthy"))
     with pytest.raises(StepFailed) as e:
-        steps.deploy(s)
+        deploy(s)
     assert "server, property: not healthy: server:abc=running/unhealthy; new containers removed, old ones serving" \
         in str(e.value)
     assert "check exit 1: wget: server returned error: 503" in e.value.detail
@@ -191,7 +193,7 @@ def test_ctrl_c_before_the_switch_signals_the_host_and_keeps_the_old_serving(mon
     s, fake, out = host()
     interrupt_tier(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        steps.deploy(s)
+        deploy(s)
     assert fake.seen("kill -TERM 4242")  # tier.sh removes the new containers on SIGTERM
     assert not any(x.startswith("switch") for x in fake.tiers[0].said)
     restore = fake.calls[fake.index("restore.sh")].command
@@ -202,7 +204,7 @@ def test_ctrl_c_after_a_switch_never_undoes_that_tier(monkeypatch):
     s, fake, out = host()
     interrupt_tier(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        steps.deploy(s)
+        deploy(s)
     first, second = fake.tiers
     assert first.said[-1].startswith("switch ") and "abort" not in first.said
     assert len(fake.matching("kill -TERM 4242")) == 1  # only tier 2's tier.sh
@@ -214,11 +216,11 @@ def test_ctrl_c_after_a_switch_never_undoes_that_tier(monkeypatch):
 def test_no_proxy_container_rolls_without_loads():
     s, fake, out = host(survey=sandbox_survey(sandbox_containers()[:-1], proxy=None))
     with pytest.raises(BadInput, match="the proxy caddy is not running, so old containers cannot be drained"):
-        steps.deploy(s)  # refused: it would stop old containers without draining them
+        deploy(s)  # refused: it would stop old containers without draining them
     assert fake.tiers == [] and len(fake.calls) == 1
     s, fake, out = host(survey=sandbox_survey(sandbox_containers()[:-1], proxy=None))
     s.host = dataclasses.replace(s.host, proxy=dataclasses.replace(s.host.proxy, drain=False))
-    steps.deploy(s)
+    deploy(s)
     assert all(c.said[0] == "nopin" and c.said[1] == "go" for c in fake.tiers)
     assert s.report.proxy_loads == 0 and not fake.seen("restore.sh")
 
@@ -227,7 +229,7 @@ def test_a_pinned_proxy_left_by_an_unfinished_deploy_is_restored_even_when_nothi
     pinned = json.loads(survey_text(sandbox_containers()).split("=== proxy-config 0\n")[1].split("\n")[0])
     pinned["apps"]["http"]["servers"]["srv0"]["routes"].append({"@id": "zdd-drain-hold"})
     s, fake, out = host(version=1, survey=sandbox_survey(sandbox_containers(), running=pinned))
-    steps.deploy(s)
+    deploy(s)
     assert fake.tiers == [] and fake.seen("restore.sh")
     assert "still routing to container addresses" in "\n".join(s.notes)
 
@@ -240,7 +242,7 @@ def test_docker_rollout_engine_keeps_the_count_and_passes_the_label_hook():
     s, fake, out = host(containers=containers)
     s.host = dataclasses.replace(s.host, engine="docker-rollout")
     fake.on("plugin_version.sh", ok("docker-rollout version v0.13\n"))
-    steps.deploy(s)
+    deploy(s)
     cmd = fake.tiers[0].command
     assert "tier.sh docker-rollout " in cmd
     assert " server 2 30 '' a00000000000,a10000000000 " in cmd and "'sleep 1'" in cmd
@@ -248,8 +250,7 @@ def test_docker_rollout_engine_keeps_the_count_and_passes_the_label_hook():
 
 def test_rollout_service_always_rolls_and_waits():
     s, fake, out = host(version=1, restore="restored /etc/caddy/Caddyfile after 1s")
-    state = steps.validate(s, only=["identity"])
-    steps.rollout_service(s, "identity", state)
+    sequence.rollout_service(s, engine_for(s.host), "identity")
     assert len(fake.tiers) == 1 and " 1 identity 1 " in fake.tiers[0].command
     assert "restore.sh wait " in fake.calls[fake.index("restore.sh")].command
 
@@ -257,14 +258,14 @@ def test_rollout_service_always_rolls_and_waits():
 def test_a_service_not_running_is_started_by_scaling_from_zero():
     containers = [c for c in sandbox_containers() if c["Config"]["Labels"]["com.docker.compose.service"] != "property"]
     s, fake, out = host(containers=containers, version=1)
-    steps.deploy(s)
+    deploy(s)
     assert "property: roll (0 → 1), not running: start it" in out.getvalue()
     assert " property 1 30 '' '' '' '' " in fake.tiers[0].command
 
 
 def test_zdd_loads_keep_websockets_open_on_caddy_2_7_and_newer():
     s, fake, out = host()
-    steps.deploy(s)
+    deploy(s)
     pin = sent_config(fake.tiers[0], "pin")
     assert '"stream_close_delay": "5m"' in json.dumps(pin)
     assert not any("older than 2.7" in n for n in s.notes)
@@ -272,7 +273,7 @@ def test_zdd_loads_keep_websockets_open_on_caddy_2_7_and_newer():
 
 def test_older_caddy_gets_no_stream_close_delay_and_a_note():
     s, fake, out = host(survey=sandbox_survey(sandbox_containers(), version="2.6.2"))
-    steps.deploy(s)
+    deploy(s)
     assert "stream_close_delay" not in json.dumps(sent_config(fake.tiers[0], "pin"))
     assert [n for n in s.notes if "older than 2.7" in n] == [
         "Caddy 2.6.2 is older than 2.7: every proxy reload of this deploy closes proxied websockets "
@@ -281,6 +282,6 @@ def test_older_caddy_gets_no_stream_close_delay_and_a_note():
 
 def test_validate_names_services_whose_caddyfile_lacks_stream_close_delay():
     s, fake, out = host(version=1)
-    steps.deploy(s)
+    deploy(s)
     assert any("no stream_close_delay on reverse_proxy for server, property, identity, profile-server" in n
                for n in s.notes)

@@ -8,7 +8,7 @@ from invoke.exceptions import Exit
 
 import tasks as inv_tasks
 from fabfile import outcome
-from fabfile.report import StepRecord
+from fabfile.progress import StepRecord
 from tests.fakes import deploy_report, deploy_result
 
 

@@ -1,4 +1,4 @@
-"""Engine swarm (fabfile/swarm.py): the config, the builders, reading `docker service inspect`,
+"""Engine swarm (fabfile/engines/swarm*.py): the config, the builders, reading `docker service inspect`,
 the plan, validation, and whole deploys, rollbacks and status against a fake Swarm manager
 whose swarm_tier.sh is simulated (dry runs too)."""
 
@@ -14,13 +14,15 @@ from types import SimpleNamespace
 import pytest
 
 from fabfile import commands as cmds
-from fabfile import history, swarm, tasks
+from fabfile import history, sequence, tasks
+from fabfile.engines import swarm_state
 from fabfile.config import ConfigError, HostConfig, load, parse
 from fabfile.engines import SwarmEngine, engine_for
-from fabfile.report import Reporter
+from fabfile.progress import Reporter
 from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import (
+    deploy,
     SANDBOX_APPS,
     STACK,
     SWARM_KEY,
@@ -178,9 +180,9 @@ def test_digests_listing_and_the_key_of_a_stack():
     assert cmds.image_digests().argv == ("docker", "image", "ls", "--digests", "--format",
                                          "digest {{.Repository}}:{{.Tag}} {{.Digest}}")
     listing = image_listing(1) + digests(2)  # what pull.sh and the digests listing print together
-    table = swarm.digest_table(listing)
+    table = swarm_state.digest_table(listing)
     assert table[SWARM_REF.format("server")] == image_id("server", 2) and len(table) == len(SANDBOX_APPS) + 1
-    state = swarm.parse_survey(stack_survey_text([], lock="alice@laptop pid 1 deploy"), STACK)
+    state = swarm_state.parse_survey(stack_survey_text([], lock="alice@laptop pid 1 deploy"), STACK)
     assert (state.key, state.lock_holder) == (SWARM_KEY, "alice@laptop pid 1 deploy")
 
 
@@ -197,7 +199,7 @@ def test_survey_is_parsed():
     raw = [service_json("server", image_id("server", 3), previous=image_id("server", 2), update_state="completed"),
            service_json("node-exporter", image_id("base"), replicas=None, order="stop-first", failure="pause",
                         rollback_order="stop-first")]
-    state = swarm.parse_survey(stack_survey_text(raw, running={"server": "2/3"}, applied={"server": "h"}), STACK)
+    state = swarm_state.parse_survey(stack_survey_text(raw, running={"server": "2/3"}, applied={"server": "h"}), STACK)
     assert state.node == "active true" and state.applied == {"server": "h"}
     server = state.services["server"]
     assert server.image == f"{SWARM_REF.format('server')}@{image_id('server', 3)}"
@@ -212,17 +214,17 @@ def test_survey_is_parsed():
 
 
 def test_survey_without_record_node_or_services():
-    state = swarm.parse_survey(stack_survey_text([], applied=None, node=""), STACK)
+    state = swarm_state.parse_survey(stack_survey_text([], applied=None, node=""), STACK)
     assert state.applied is None and state.services == {} and state.node == ""
     assert state.node_error == "Cannot connect to the Docker daemon"
     broken = stack_survey_text([]).replace("=== applied 0\n{", "=== applied 0\n{oops")
-    assert swarm.parse_survey(broken, STACK).applied is None
+    assert swarm_state.parse_survey(broken, STACK).applied is None
 
 
 def test_spec_hash_ignores_the_image_only():
     a = {"image": "x:1", "environment": {"A": "1"}}
-    assert swarm.spec_hash(a) == swarm.spec_hash({**a, "image": "x:2"})
-    assert swarm.spec_hash(a) != swarm.spec_hash({**a, "environment": {"A": "2"}})
+    assert swarm_state.spec_hash(a) == swarm_state.spec_hash({**a, "image": "x:2"})
+    assert swarm_state.spec_hash(a) != swarm_state.spec_hash({**a, "environment": {"A": "2"}})
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def test_only_a_manager_will_do(node, message):
     fake = fake_manager(stack_survey_text(stack_services(), node=node))
     s, out = session(fake)
     with pytest.raises(StepFailed, match=re.escape(message)):
-        swarm.deploy(s)
+        deploy(s)
     assert len(fake.calls) == 1 and steps_of(s) == [("validate", "failed")]
 
 
@@ -253,7 +255,7 @@ def test_validation_problems_stop_before_anything_changes(patch, problem):
     fake = fake_manager(stack_survey_text(stack_services(), compose=compose))
     s, out = session(fake)
     with pytest.raises(StepFailed) as e:
-        swarm.deploy(s)
+        deploy(s)
     assert problem in str(e.value) and str(e.value).startswith("1 problem(s) on the host: ")
     assert len(fake.calls) == 1
 
@@ -263,7 +265,7 @@ def test_ingress_ports_and_vip_pass_with_a_note():
     compose = swarm_compose_json({"server": {"deploy": vip, "ports": [{"mode": "ingress", "target": 8080,
                                                                         "published": "8080"}]}})
     s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose)), dry_run=True)
-    state = swarm.validate(s)
+    state = SwarmEngine(s.host).validate(s)
     assert state.services and s.notes == [
         "server use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach their tasks through the "
         "service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"]
@@ -274,50 +276,50 @@ def test_a_missing_token_fails_validation(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     s, out = session(fake_manager())
     with pytest.raises(StepFailed, match=r"\$ZDD_SANDBOX_REGISTRY_PASSWORD is not set"):
-        swarm.deploy(s)
+        deploy(s)
 
 
 # --- the plan ------------------------------------------------------------------------------------
 
-def state_of(services=None, **kw) -> swarm.StackState:
-    return swarm.parse_survey(stack_survey_text(stack_services() if services is None else services, **kw), STACK)
+def state_of(services=None, **kw) -> swarm_state.StackState:
+    return swarm_state.parse_survey(stack_survey_text(stack_services() if services is None else services, **kw), STACK)
 
 
 def table(version: int = 2) -> dict[str, str]:
-    return swarm.digest_table(digests(version))
+    return swarm_state.digest_table(digests(version))
 
 
 def test_a_new_digest_rolls_to_ref_at_digest():
-    p = swarm.plan_service("server", state_of(), table(2))
+    p = swarm_state.plan_service("server", state_of(), table(2))
     assert p.roll and p.reason == f"new digest {image_id('server', 1)[7:19]} → {image_id('server', 2)[7:19]}"
     assert p.image == f"{SWARM_REF.format('server')}@{image_id('server', 2)}" and p.ref == SWARM_REF.format("server")
     assert p.change() == cmds.SwarmChange("server", p.image, p.ref, ())
 
 
 def test_same_digest_skips_and_force_rolls():
-    p = swarm.plan_service("server", state_of(), table(1))
+    p = swarm_state.plan_service("server", state_of(), table(1))
     assert not p.roll and p.line() == f"server: skip, unchanged (digest {image_id('server', 1)[7:19]})"
-    forced = swarm.plan_service("server", state_of(), table(1), force=True)
+    forced = swarm_state.plan_service("server", state_of(), table(1), force=True)
     assert forced.roll and forced.reason == "forced" and forced.image.endswith(image_id("server", 1))
 
 
 def test_unknown_digest_skips_and_missing_service_is_left_to_the_stack_deploy():
-    assert not swarm.plan_service("server", state_of(), {}).roll
-    missing = swarm.plan_service("server", state_of(stack_services(only=("property",))), table(2))
+    assert not swarm_state.plan_service("server", state_of(), {}).roll
+    missing = swarm_state.plan_service("server", state_of(stack_services(only=("property",))), table(2))
     assert not missing.roll and missing.reason == "not deployed: docker stack deploy (infra-up) creates it"
 
 
 def test_another_image_reference_rolls():
     compose = swarm_compose_json({"server": {"image": "127.0.0.1:15000/zdd-sandbox/server:v9"}})
     listing = {"127.0.0.1:15000/zdd-sandbox/server:v9": image_id("server", 1)}
-    p = swarm.plan_service("server", state_of(compose=compose), listing)
+    p = swarm_state.plan_service("server", state_of(compose=compose), listing)
     assert p.roll and p.reason.startswith("the compose file names 127.0.0.1:15000/zdd-sandbox/server:v9 (was ")
     assert p.ref == "127.0.0.1:15000/zdd-sandbox/server:v9"
 
 
 def test_a_digest_pinned_reference_names_its_own_digest():
     pinned = f"127.0.0.1:15000/zdd-sandbox/server@{image_id('server', 5)}"
-    p = swarm.plan_service("server", state_of(compose=swarm_compose_json({"server": {"image": pinned}})), {})
+    p = swarm_state.plan_service("server", state_of(compose=swarm_compose_json({"server": {"image": pinned}})), {})
     assert p.roll and p.image == pinned
 
 
@@ -325,7 +327,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
     services = stack_services()
     services[0] = service_json("server", image_id("server", 1), order="stop-first", failure="pause")
     s, out = session(fake_manager(stack_survey_text(services)))
-    swarm.deploy(s)
+    deploy(s)
     assert shlex.split(s.r.history[3])[-8:] == ["server", f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
                                                  SWARM_REF.format("server"), "order,failure", "property",
                                                  f"{SWARM_REF.format('property')}@{image_id('property', 2)}",
@@ -336,7 +338,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
 
 
 def test_tasks_not_all_running_are_said():
-    p = swarm.plan_service("server", state_of(running={"server": "0/1"}), table(1))
+    p = swarm_state.plan_service("server", state_of(running={"server": "0/1"}), table(1))
     assert not p.roll and p.reason.endswith("; 0/1 tasks running")
 
 
@@ -346,7 +348,7 @@ def test_deploy_updates_each_tier_together_in_order():
     log: list = []
     fake = fake_manager(log=log)
     s, out = session(fake)
-    swarm.deploy(s)
+    deploy(s)
     assert log == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
     assert steps_of(s) == [("validate", "ok"), ("pull", "ok"), ("infra-up", "skipped"), ("plan", "ok"),
                            ("rollout server, property", "ok"), ("rollout identity", "ok"),
@@ -373,27 +375,28 @@ def test_deploy_updates_each_tier_together_in_order():
 def test_the_plan_goes_to_the_journal_with_the_first_change():
     fake = fake_manager()
     s, out = session(fake)
-    swarm.deploy(s)
+    deploy(s)
     first, second = [program_args(fake.calls[i], "swarm_tier.sh") for i in (3, 4)]
     assert first[5] == SWARM_KEY and second[6] == ""
     plan = json.loads(first[6])
-    assert (plan["run"], plan["event"]) == (s.run, "plan")
+    run = plan["run"]
+    assert plan["event"] == "plan"
     assert plan["services"]["server"] == {
         "roll": True, "reason": f"new digest {image_id('server', 1)[7:19]} → {image_id('server', 2)[7:19]}",
         "ref": SWARM_REF.format("server"), "before": [image_id("server", 1)], "after": image_id("server", 2),
         "old": []}
     start = json.loads(fake.calls[1].stdin.strip())
-    assert (start["run"], start["event"], start["kind"]) == (s.run, "start", "deploy")
+    assert (start["run"], start["event"], start["kind"]) == (run, "start", "deploy")
     end = json.loads(fake.calls[-1].stdin.strip())
-    assert (end["run"], end["event"], end["result"]) == (s.run, "end", "ok")
-    runs = history.journal_lines(swarm.survey(s), [])
+    assert (end["run"], end["event"], end["result"]) == (run, "end", "ok")
+    runs = history.journal_lines(SwarmEngine(s.host).survey(s), [])
     assert runs == ["lock: free"]
 
 
 def test_nothing_changed_touches_nothing():
     fake = fake_manager(version=1)
     s, out = session(fake)
-    swarm.deploy(s)
+    deploy(s)
     assert tier_runs(fake) == []
     assert out.getvalue().count("skip, unchanged") == 4
     assert steps_of(s)[-1] == ("finish", "ok") and s.report.steps[-1].detail == "released the lock"
@@ -406,7 +409,7 @@ def test_a_failed_update_names_the_service_and_stops_the_tiers():
     fake = fake_manager(failures={"property": "rollback_started"})
     s, out = session(fake)
     with pytest.raises(StepFailed) as e:
-        swarm.deploy(s)
+        deploy(s)
     assert str(e.value) == "property: rollback_started (update rolled back due to failure); Swarm returns it to " \
                            "its previous spec, its old tasks serve meanwhile"
     assert "property: property.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)" in e.value.detail
@@ -421,7 +424,7 @@ def test_a_paused_update_says_what_to_do():
     s, out = session(fake_manager(failures={"server": "paused"}))
     with pytest.raises(StepFailed, match=r"^server: paused .*; Swarm paused the update: fix the image and deploy "
                                          r"again, or fab rollback$"):
-        swarm.deploy(s)
+        deploy(s)
 
 
 def test_a_host_that_stops_answering_fails_the_tier():
@@ -430,7 +433,7 @@ def test_a_host_that_stops_answering_fails_the_tier():
     fake.on_report("swarm_tier.sh", lambda command: ["started server", "started property"])
     s, out = session(fake)
     with pytest.raises(StepFailed, match=r"^server, property: the host stopped answering"):
-        swarm.deploy(s)
+        deploy(s)
 
 
 def test_the_stack_is_deployed_first_when_the_compose_files_changed():
@@ -440,7 +443,7 @@ def test_the_stack_is_deployed_first_when_the_compose_files_changed():
     log: list = []
     fake = fake_manager([first, after], log=log)
     s, out = session(fake)
-    swarm.deploy(s)
+    deploy(s)
     assert log[0] == ("stack", ["property"])
     stack = program_args(fake.calls[fake.index("swarm_tier.sh stack")], "swarm_tier.sh")
     assert json.loads(stack[4]) == swarm_applied(compose)  # what the host records once it is applied
@@ -455,7 +458,7 @@ def test_no_record_applies_the_stack_once_and_missing_services_are_created():
     log: list = []
     fake = fake_manager([stack_survey_text(services, applied=None), stack_survey_text(stack_services())], log=log)
     s, out = session(fake)
-    swarm.deploy(s)
+    deploy(s)
     assert log[0][0] == "stack" and set(log[0][1]) == {*SANDBOX_APPS, "mongodb", "redis", "caddy"}
     assert s.report.steps[2].detail == (
         "docker stack deploy: applied once (no record of what zdd applied before): server, property, identity, "
@@ -468,7 +471,7 @@ def test_infra_with_a_new_digest_is_updated_in_infra_up():
     log: list = []
     fake = fake_manager(stack_survey_text(services), version=1, log=log)
     s, out = session(fake)
-    swarm.deploy(s)
+    deploy(s)
     assert log == [("update", ["redis"])]
     assert s.report.steps[2].detail == "new image for redis" and " 0 3 ''" in fake.calls[-1].command  # no prune
 
@@ -480,7 +483,7 @@ def test_reload_on_deploy_reloads_the_proxy_tasks_on_this_node(monkeypatch):
     fake = fake_manager()
     fake.on("docker ps --quiet", "c0ffee\n").on("caddy validate", "Valid configuration\n").on("caddy reload", "")
     s, out = session(fake, host=h)
-    swarm.deploy(s)
+    deploy(s)
     assert fake.seen("docker ps --quiet --filter label=com.docker.swarm.service.name=remilia-swarm_caddy")
     assert fake.seen("docker exec c0ffee caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force")
     assert ("reload-caddy", "ok") in steps_of(s) and s.report.proxy_loads == 1
@@ -489,7 +492,7 @@ def test_reload_on_deploy_reloads_the_proxy_tasks_on_this_node(monkeypatch):
 def test_dry_run_sends_only_probes_and_prints_the_plan():
     fake = fake_manager()
     s, out = session(fake, dry_run=True)
-    swarm.deploy(s)
+    deploy(s)
     assert [c.subject.split(" ")[0] for c in fake.calls] == ["cd", "docker"]  # survey, images and digests listing
     assert fake.seen("survey.sh") and fake.seen("docker image ls --digests")
     text = out.getvalue()
@@ -506,7 +509,7 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
 def test_dry_run_of_a_new_stack_shows_the_stack_deploy():
     fake = fake_manager(stack_survey_text([], applied=None))
     s, out = session(fake, dry_run=True)
-    swarm.deploy(s)
+    deploy(s)
     text = out.getvalue()
     assert "swarm_tier.sh stack remilia-swarm" in text and "-c docker-compose.yaml" in text
     assert text.count("skip, not deployed: docker stack deploy (infra-up) creates it") == 4
@@ -516,13 +519,12 @@ def test_rollout_service_updates_one_service_forced():
     log: list = []
     fake = fake_manager(log=log)
     s, out = session(fake)
-    state = swarm.validate(s, only=["identity"])
-    swarm.rollout_service(s, "identity", state)
+    sequence.rollout_service(s, SwarmEngine(s.host), "identity")
     assert log == [("update", ["identity"])]
     assert not fake.seen("docker login")  # a lone rollout pulls nothing: the local tag's digest
     assert fake.calls[-1].command.count("finish.sh") == 1 and steps_of(s)[-1] == ("finish", "ok")
-    with pytest.raises(BadInput, match="nope is not deployed in stack remilia-swarm"):
-        swarm.rollout_service(s, "nope", state)
+    with pytest.raises(BadInput, match="service 'nope' is not in the compose files"):
+        sequence.rollout_service(s, SwarmEngine(s.host), "nope")
 
 
 # --- rollback and status -------------------------------------------------------------------------
@@ -535,7 +537,7 @@ def test_rollback_goes_back_tier_by_tier_in_reverse_order():
     log: list = []
     fake = fake_manager(stack_survey_text(services), log=log)
     s, out = session(fake)
-    swarm.rollback(s)
+    sequence.rollback(s, SwarmEngine(s.host))
     assert log == [("rollback", ["profile-server"]), ("rollback", ["server"])]
     text = out.getvalue()
     assert f"server: roll back, {image_id('server', 2)[7:19]} → {image_id('server', 1)[7:19]}" in text
@@ -548,39 +550,50 @@ def test_rollback_goes_back_tier_by_tier_in_reverse_order():
     assert plan["services"]["server"]["after"] == image_id("server", 1) and not plan["services"]["identity"]["roll"]
     assert " 0 3 ''" in fake.calls[-1].command  # a rollback prunes nothing: the images it left are the previous
     with pytest.raises(BadInput, match="rollback --to: engine swarm returns each service to Swarm's previous spec"):
-        swarm.rollback(s, to="20261128-000000-1")
+        sequence.rollback(s, SwarmEngine(s.host), to="20261128-000000-1")
 
 
 def test_rollback_skips_a_previous_spec_that_runs_the_same_tasks():
     same = service_json("server", image_id("server", 1), previous=image_id("server", 1))
-    plans = swarm.rollback_plan(state_of([same]), ["server"])
+    plans = swarm_state.rollback_plan(state_of([same]), ["server"])
     assert [p.line() for p in plans] == ["server: skip, its previous spec runs the same tasks"]
 
 
-def test_rollback_status_history_recover_and_unlock_follow_the_engine(monkeypatch):
+def test_every_task_runs_the_engine_that_hosts_toml_names(monkeypatch):
+    """Tasks never ask which engine runs: each gets the host's engine from engine_for and
+    calls the sequence or the engine's own step with it."""
     called = []
-    monkeypatch.setattr(swarm, "rollback", lambda s, to: called.append(("swarm.rollback", to)))
-    monkeypatch.setattr(history, "rollback", lambda s, to, wait: called.append(("history.rollback", to)))
-    monkeypatch.setattr(swarm, "status", lambda s: called.append(("swarm.status",)))
-    monkeypatch.setattr(history, "status", lambda s: called.append(("history.status",)))
-    monkeypatch.setattr(history, "history", lambda s, n, read: called.append(("history", read.__module__)))
-    monkeypatch.setattr(swarm, "recover_task", lambda s: called.append(("swarm.recover_task",)))
-    monkeypatch.setattr(tasks.steps, "recover_task", lambda s: called.append(("steps.recover_task",)))
-    monkeypatch.setattr(tasks.steps, "unlock", lambda s, read: called.append(("unlock", read.__module__)))
+    monkeypatch.setattr(sequence, "rollback", lambda s, engine, to, wait, verdict: called.append(
+        ("rollback", engine.name, to)))
+    monkeypatch.setattr(sequence, "recover", lambda s, engine: called.append(("recover", engine.name)))
 
     def run_steps(c, title, body, *args, **kw):
-        body(SimpleNamespace(host=load(HOSTS_TOML).host(c)))
+        h = load(HOSTS_TOML).host(c)
+        engine = engine_for(h)
+        monkeypatch.setattr(engine, "status", lambda s: called.append(("status", engine.name)) or [])
+        monkeypatch.setattr(engine, "survey", lambda s: called.append(("survey", engine.name)) or
+                            SimpleNamespace(key="k", lock_holder=""))
+        s = SimpleNamespace(host=h, name=c, r=SimpleNamespace(out=io.StringIO()))
+        body(s, engine, lambda: None)
     monkeypatch.setattr(tasks, "run_steps", run_steps)
+    monkeypatch.setattr(tasks, "read_runs", lambda s, state: [])
+    monkeypatch.setattr(tasks, "unlock_step", lambda s, state: called.append(("unlock", state.key)))
     for host in (NAME, "sandbox"):
         tasks.rollback.body(host, to="r1")
         tasks.status.body(host)
         tasks.history_.body(host)
         tasks.recover.body(host)
         tasks.unlock.body(host)
-    assert called == [("swarm.rollback", "r1"), ("swarm.status",), ("history", "fabfile.swarm"),
-                      ("swarm.recover_task",), ("unlock", "fabfile.swarm"),
-                      ("history.rollback", "r1"), ("history.status",), ("history", "fabfile.steps"),
-                      ("steps.recover_task",), ("unlock", "fabfile.steps")]
+    assert called == [("rollback", "swarm", "r1"), ("status", "swarm"), ("survey", "swarm"), ("recover", "swarm"),
+                      ("survey", "swarm"), ("unlock", "k"),
+                      ("rollback", "native", "r1"), ("status", "native"), ("survey", "native"),
+                      ("recover", "native"), ("survey", "native"), ("unlock", "k")]
+
+
+def status(s: Session) -> None:
+    """``fab status``'s output for a session."""
+    for line in SwarmEngine(s.host).status(s):
+        print(f"[{s.name}]   {line}", file=s.r.out)
 
 
 def test_status_shows_services_tasks_the_lock_and_the_last_run():
@@ -588,7 +601,7 @@ def test_status_shows_services_tasks_the_lock_and_the_last_run():
     fake.on("docker stack ps", "NAME  NODE  CURRENT STATE\nremilia-swarm_server.1  vm  Running 3 minutes ago\n")
     fake.on(f"tail -n 5000 .zdd/journal/{SWARM_KEY}.jsonl", journal_text(run_events("20261128-010000-7")))
     s, out = session(fake)
-    swarm.status(s)
+    status(s)
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["[sandbox-swarm]", "service", "tasks", "digest", "last", "update", "image"]
     assert lines[1].split() == ["[sandbox-swarm]", "caddy", "1/1", image_id("base")[7:19], "-",
@@ -603,4 +616,4 @@ def test_a_survey_that_cannot_run_fails_in_one_line():
     s, out = session(fake_manager(fail(127, stderr="sh: docker: not found")))
     with pytest.raises(StepFailed, match=r"^cannot read stack remilia-swarm in ~/remilia-swarm: sh: docker: not "
                                          r"found$"):
-        swarm.validate(s)
+        SwarmEngine(s.host).validate(s)

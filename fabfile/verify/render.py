@@ -1,19 +1,18 @@
 """The text report: timeline, per-URL table, websockets, version switches, failures, verdict.
 
-Plain ASCII apart from the URLs themselves; returned as a string, never printed.
+Plain ASCII apart from the URLs themselves; returned as a string, never printed. The
+functions take a :class:`fabfile.verify.report.Report` (which imports this module, never the
+other way round).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from .figures import latency_summary, render_timeline, second_ranges
 from .recorder import OK
 from .versions import VersionSeen, by_first_seen
-
-if TYPE_CHECKING:
-    from .report import Report
 
 
 def iso(wall: float) -> str:
@@ -33,7 +32,7 @@ def close_codes(codes: Mapping[int | None, int]) -> str:
     return ", ".join(f"{'no close code' if code is None else f'close {code}'}: {n:,}" for code, n in ordered)
 
 
-def render_report(report: "Report", max_failures_listed: int = 20) -> str:
+def render_report(report: Any, max_failures_listed: int = 20) -> str:
     """Human-readable report: timeline, per-URL table, websockets, switches, failures, verdict."""
     lines: list[str] = []
     if report.settings.urls:
@@ -49,7 +48,7 @@ def render_report(report: "Report", max_failures_listed: int = 20) -> str:
     return "\n".join(lines)
 
 
-def _switches(report: "Report") -> list[str]:
+def _switches(report: Any) -> list[str]:
     switches = report.switches()
     if not switches:
         return []
@@ -61,7 +60,7 @@ def _switches(report: "Report") -> list[str]:
     return lines
 
 
-def _failures(report: "Report", limit: int) -> list[str]:
+def _failures(report: Any, limit: int) -> list[str]:
     failures = report.recorder.failures
     if not failures:
         return []
@@ -71,7 +70,7 @@ def _failures(report: "Report", limit: int) -> list[str]:
     return lines
 
 
-def _notes(report: "Report") -> list[str]:
+def _notes(report: Any) -> list[str]:
     notes = [f"elapsed {report.elapsed:.1f} s"]
     if report.settings.urls:
         notes.append(f"{report.total / report.elapsed if report.elapsed else 0:,.0f} req/s")
@@ -85,7 +84,7 @@ def _notes(report: "Report") -> list[str]:
     return notes
 
 
-def _status(report: "Report") -> str:
+def _status(report: Any) -> str:
     if report.ok:
         return "PASS"
     if report.http_ok:
@@ -107,7 +106,7 @@ def columns(header: list[str], rows: list[list[str]], align: str = "") -> list[s
     return [fmt(header), "-" * len(fmt(header)), *map(fmt, rows)]
 
 
-def _table(report: "Report") -> list[str]:
+def _table(report: Any) -> list[str]:
     classes = report.failure_classes()
     header = ["url", "requests", "ok", *classes, "p50", "p95", "p99", "max", "versions"]
     rows = [_table_row(s.url, s.counts, latency_summary(s.latencies), s.versions, classes)
@@ -117,7 +116,7 @@ def _table(report: "Report") -> list[str]:
     return [*lines[:-1], lines[1], lines[-1], "(latencies in ms, 2xx only)"]
 
 
-def _ws_table(report: "Report") -> list[str]:
+def _ws_table(report: Any) -> list[str]:
     """One row per websocket URL, then a line per URL that lost connections."""
     header = ["websocket", "held", "opened", "messages", "disconnects", "reconnect failures", "longest gap",
               "versions"]

@@ -21,7 +21,8 @@ import httpx
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-DEFAULT_VERSION_REGEX = r"\bv\d+[\w.-]*"
+from ..config import DEFAULT_VERSION_REGEX  # declared once, with the other defaults
+
 USER_AGENT = "zdd-verify/0.1"
 
 

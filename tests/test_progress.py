@@ -2,7 +2,7 @@
 
 import io
 
-from fabfile.report import Reporter
+from fabfile.progress import Reporter
 
 
 class Tty(io.StringIO):

@@ -14,9 +14,9 @@ import pytest
 from invoke import Config, Context
 
 import tasks as inv_tasks
-from fabfile import html_report, outcome, steps
-from fabfile.report import StepRecord
-from tests.fakes import A, B, SWITCH_AT, WS, deploy_host, deploy_report, deploy_result, fake_session
+from fabfile import html_page, outcome
+from fabfile.progress import StepRecord
+from tests.fakes import deploy, A, B, SWITCH_AT, WS, deploy_host, deploy_report, deploy_result, fake_session
 
 class Page(HTMLParser):
     """Every start tag with its attributes, in order, and the text."""
@@ -43,7 +43,7 @@ class Page(HTMLParser):
 def page_html() -> str:
     report = deploy_report()
     doc = outcome.document("deploy", [deploy_result(report), outcome.not_run("reminet-prod", "deploy")])
-    return html_report.render(doc)
+    return html_page.render(doc)
 
 
 def test_the_page_is_self_contained(page_html):
@@ -85,14 +85,14 @@ def test_switch_marked_at_its_time_on_every_chart(page_html):
     switches = page.all("line", **{"class": "switch"})
     assert [s["data-service"] for s in switches] == ["server, property"] * 3  # the failed tier never switched
     x = float(switches[0]["x1"])
-    left, plot = html_report.LEFT, html_report.PLOT
+    left, plot = html_page.LEFT, html_page.PLOT
     assert x == pytest.approx(left + SWITCH_AT / 12.0 * plot, abs=1.0)
 
 
 def test_switch_times_are_read_from_a_real_rollouts_steps(monkeypatch):
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", "t0ken")
     s, _ = fake_session(deploy_host(version=2))  # the replace sequence against a simulated tier.sh
-    steps.deploy(s)
+    deploy(s)
     result = outcome.HostResult("sandbox", "deploy", steps=s.report.steps)
     tiers = [r for r in s.report.steps if r.name.startswith("rollout ")]
     assert [name for name, _ in result.switches()] == ["server", "property", "identity", "profile-server"]
@@ -115,7 +115,7 @@ def test_steps_verdict_error_and_hosts(page_html):
 def test_text_is_escaped():
     r = outcome.HostResult("h", "deploy", started_at=1.0, ended_at=2.0,
                            steps=[StepRecord("pull", "failed", "<script>alert(1)</script>", 0.1, 1.0)])
-    page = html_report.render(outcome.document("deploy", [r]))
+    page = html_page.render(outcome.document("deploy", [r]))
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 

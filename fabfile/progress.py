@@ -30,7 +30,11 @@ class Reporter:
     started: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)  # wall clock, for the JSON and HTML reports
     _progress_shown: bool = False
-    proxy_loads: int = 0          # configs loaded into the proxy (each one a graceful reload)
+    proxy_loads: int = 0          # configs loaded into the proxy (each one a graceful reload): proxy_loaded()
+
+    def proxy_loaded(self) -> None:
+        """One more config loaded into the proxy: the one place that counts them."""
+        self.proxy_loads += 1
 
     def progress(self, text: str) -> None:
         """What a long wait waits for, on one rewritten line; only on a terminal (a CI log

@@ -27,15 +27,14 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import commands as cmds
-from .plan import HOOK_LABEL, HostState, ServicePlan
-from .proxy import STREAM_CLOSE_DELAY_SINCE, Routing, caddy_version
-from .runner import Conversation, Outcome, StepFailed
-from .session import Session
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: undo what carries no traffic yet, exit 130."""
+from .. import commands as cmds
+from .. import steps
+from ..config import DRAIN_MARGIN, HEALTH_MARGIN, PIN_WAIT, RESTORE_MARGIN, STOP_GRACE, SWITCH_WAIT, UNDO_WAIT
+from ..locking import Held
+from ..plan import HOOK_LABEL, HostState, ServicePlan
+from ..proxy import STREAM_CLOSE_DELAY_SINCE, Routing, caddy_version
+from ..runner import CommandResult, Conversation, StepFailed
+from ..session import Session
 
 
 @dataclass
@@ -50,17 +49,17 @@ class TierRun:
     new: dict[str, list[str]] = field(default_factory=dict)       # service -> new container ids
     new_ips: dict[str, list[str]] = field(default_factory=dict)
     switched: bool = False
-    ended: Outcome | None = None
+    ended: CommandResult | None = None
 
 
-class Rollout:
-    """One deploy's replacement of app services, tier after tier, on one host."""
+class ComposeRollout:
+    """One run's replacement of app services, tier after tier, on one host (the engines'
+    :class:`~fabfile.engines.base.Tiers`); ``plugin``: start them with docker-rollout."""
 
-    def __init__(self, s: Session, state: HostState, engine: str, plans: list[ServicePlan], run: str = "run",
-                 journal: list[str] | None = None):
-        self.s, self.r, self.host, self.state, self.engine = s, s.r, s.host, state, engine
-        self.run = run
-        self.journal = journal if journal is not None else []  # lines for the host's journal, sent once
+    def __init__(self, s: Session, state: HostState, plans: list[ServicePlan], held: Held, plugin: bool = False):
+        self.s, self.r, self.host, self.state, self.plugin = s, s.r, s.host, state, plugin
+        self.lock = held                     # the run's lock: its id, its pending journal lines (the plan)
+        held.prune = any(p.roll for p in plans)
         self.plans = {p.name: p for p in plans}
         rolling = [p for p in plans if p.roll]
         self.routing: Routing | None = None
@@ -69,18 +68,18 @@ class Rollout:
             delay = self.host.proxy.stream_close_delay if keeps_streams else ""
             self.routing = Routing(state.proxy_config, state.proxy_networks, delay)
         self.pinned = False
+        self.loaded = False                  # a config of ours went into the proxy: restore its file at the end
         self.open: list[TierRun] = []        # tiers past their switch, still draining
         self.retiring: list[str] = []        # old container ids being stopped
-        self.held: dict[str, list[str]] = {}
+        self.drain_addrs: dict[str, list[str]] = {}  # service -> upstream addresses whose drain is watched
         for p in rolling:
-            self.held[p.name] = self._held(p)
-        self.failed = False
+            self.drain_addrs[p.name] = self._drain_addrs(p)
 
     # --- the proxy side ------------------------------------------------------------------
     def _drains(self, name: str) -> bool:
         return (self.routing is not None and self.host.service(name).drain and bool(self.routing.ports(name)))
 
-    def _held(self, p: ServicePlan) -> list[str]:
+    def _drain_addrs(self, p: ServicePlan) -> list[str]:
         if not self._drains(p.name) or not p.old:
             return []
         ips = [self.routing.ip(c.networks) for c in p.old]
@@ -96,7 +95,7 @@ class Rollout:
         any_pin = False
         for p in self.plans.values():
             if p.roll and p.old and self._drains(p.name):
-                self.routing.route(p.name, [self.routing.ip(c.networks) for c in p.old], self.held[p.name])
+                self.routing.route(p.name, [self.routing.ip(c.networks) for c in p.old], self.drain_addrs[p.name])
                 any_pin = True
         return self._load_line("pin") if any_pin else "nopin"
 
@@ -108,12 +107,13 @@ class Rollout:
             ips = run.new_ips.get(name) or []
             if not ips:
                 raise StepFailed(f"{name}: its new containers share no network with {self.host.proxy.service}")
-            self.routing.route(name, ips, self.held[name])
+            self.routing.route(name, ips, self.drain_addrs[name])
         return self._load_line("switch")
 
     def _load_line(self, word: str) -> str:
         """The current routing as a line for tier.sh to load: one more proxy load."""
-        self.s.report.proxy_loads += 1
+        self.s.report.proxy_loaded()
+        self.loaded = True
         return self.routing.load_line(word)
 
     # --- one tier ------------------------------------------------------------------------
@@ -121,11 +121,11 @@ class Rollout:
         svc = self.host.service(p.name)
         hook = svc.pre_stop_hook
         target = p.target
-        if self.engine == "docker-rollout" and p.old:
+        if self.plugin and p.old:
             hook = hook or p.old[0].labels.get(HOOK_LABEL, "")
             target = len(p.old)  # docker-rollout doubles the running count
         return cmds.TierService(p.name, target, svc.health_timeout, svc.stop_timeout,
-                                tuple(c.id for c in p.old), tuple(self.held.get(p.name, [])), hook)
+                                tuple(c.id for c in p.old), tuple(self.drain_addrs.get(p.name, [])), hook)
 
     def tier(self, names: list[str]) -> None:
         """Replace the containers of these services (one tier) with zero downtime."""
@@ -133,8 +133,8 @@ class Rollout:
         if not plans:
             return
         specs = [self._spec(p) for p in plans]
-        cmd = cmds.tier(self.host, self.engine, self.state.proxy or "", specs, self.state.proxy_networks,
-                        self.state.key, self.run)
+        cmd = cmds.tier(self.host, self.plugin, self.state.proxy or "", specs, self.state.proxy_networks,
+                        self.state.key, self.lock.run)
         run = TierRun([p.name for p in plans], None, time.monotonic())  # type: ignore[arg-type]
         with self.s.report.step(f"rollout {', '.join(run.names)}") as rec:
             pin = self._pin_line()
@@ -144,14 +144,14 @@ class Rollout:
                                              "nopin": "nothing to pin", "go": "go on (no proxy routing)",
                                              "journal": "the plan, for the host's journal"})
             try:
-                while self.journal:  # the plan, written on the host before the first change
-                    run.conv.send("journal " + self.journal.pop(0))
+                for line in self.lock.take_lines():  # the plan, written on the host before the first change
+                    run.conv.send("journal " + line)
                 run.conv.send(pin)
-                self._until(run, ("pinned",), 30)
-                ceiling = max(s.health_timeout for s in specs) + 120
+                self._until(run, ("pinned",), PIN_WAIT)
+                ceiling = max(s.health_timeout for s in specs) + HEALTH_MARGIN
                 self._until(run, ("healthy",), ceiling)
                 run.conv.send(self._switch_line(run))
-                self._until(run, ("switched",), 60)
+                self._until(run, ("switched",), SWITCH_WAIT)
                 run.switched = True
             except BaseException as e:
                 self._undo(run, e)
@@ -191,7 +191,7 @@ class Rollout:
             elif word == "failed":
                 run.ended = run.conv.close()
                 raise StepFailed(f"{', '.join(run.names)}: {rest}; new containers removed, old ones serving",
-                                 failure_detail(run.lines))
+                                 tier_failure_detail(run.lines))
             elif word in words:
                 return rest
 
@@ -206,7 +206,6 @@ class Rollout:
     def _undo(self, run: TierRun, error: BaseException) -> None:
         """Before the switch: make sure the host removes the new containers, then let the
         conversation end (the host's tier.sh undoes on SIGTERM, on `abort` and on EOF)."""
-        self.failed = True
         if run.ended is not None or run.conv is None:
             return
         try:
@@ -214,7 +213,7 @@ class Rollout:
                 self.r.change(cmds.signal_process(run.pid), check=False)
             else:
                 run.conv.send("abort")
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + UNDO_WAIT
             while time.monotonic() < deadline:
                 line = run.conv.readline(1.0)
                 if line is None:
@@ -226,6 +225,27 @@ class Rollout:
             self.r.note(f"{', '.join(run.names)}: could not confirm the new containers were removed: {e}")
 
     # --- the end -------------------------------------------------------------------------
+    def unwind(self, error: BaseException) -> None:
+        """After a failure (or an interruption): report the drains of the tiers that switched,
+        and queue the proxy's restore on the host once their old containers are gone."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if not interrupted:
+            self.drain_reports()
+        if self.needs_restore() or self.retiring:
+            self.lock.handed_over = self.restore(detach=interrupted)
+
+    def done(self, wait: bool) -> None:
+        """After the last tier: the drain reports and the proxy's restore (a job on the host,
+        unless ``wait``); the proxy recreated when hosts.toml asks for it (an outage)."""
+        if not self.open and not self.retiring and not self.needs_restore():
+            self.s.report.skip(steps.proxy_step(self.s), "nothing rolled; the proxy runs its config file")
+            return
+        self.drain_reports(wait)
+        if self.needs_restore():
+            self.lock.handed_over = self.restore(detach=not wait)
+        if self.host.proxy.mode == "recreate" and any(p.roll for p in self.plans.values()):
+            recreate_proxy(self.s)  # the plan's `--force-recreate caddy`, on request: an outage
+
     def drain_reports(self, wait: bool = True) -> None:
         """One line per tier past its switch: its drain, waited for (``wait``), or only what the
         host already said; without waiting, tier.sh finishes the drain and retire on its own
@@ -245,7 +265,7 @@ class Rollout:
 
     def _drained(self, run: TierRun, wait: bool) -> str:
         """The host's ``drained`` line for a tier (up to its ``retired``), or "" if not (yet) sent."""
-        drained, deadline = "", time.monotonic() + self.host.proxy.drain_timeout + 30
+        drained, deadline = "", time.monotonic() + self.host.proxy.drain_timeout + DRAIN_MARGIN
         while time.monotonic() < deadline:
             line = run.conv.readline(1.0 if wait else 0.05)
             if line is None or line.startswith("retired") or (not line and not wait):
@@ -257,18 +277,19 @@ class Rollout:
         return drained
 
     def needs_restore(self) -> bool:
-        return self.routing is not None and (self.routing.loads > 0 or self.state.proxy_pinned)
+        return self.routing is not None and (self.loaded or self.state.proxy_pinned)
 
     def restore(self, detach: bool) -> bool:
         """Reload the proxy's file once the old containers are gone; True when a job on the
         host took the lock over to do it later."""
-        with self.s.report.step(f"reload-{self.host.proxy.service}") as rec:
-            grace = max((self.host.service(n).stop_timeout or 10) for n in self.plans) + 30
+        with self.s.report.step(steps.proxy_step(self.s)) as rec:
+            grace = max((self.host.service(n).stop_timeout or STOP_GRACE for n in self.plans), default=STOP_GRACE)
+            grace += RESTORE_MARGIN
             cmd = cmds.restore(self.host, self.state.key, self.state.proxy or "", self.retiring, detach, grace)
             res = self.r.change(cmd, check=False)
             rec.detail = (res.stdout.strip().splitlines() or [res.first_error_line()])[-1]
             if res.ok:
-                self.s.report.proxy_loads += 1
+                self.s.report.proxy_loaded()
             else:
                 rec.status = "failed"
                 self.s.notes.append(f"the proxy still routes by container address: "
@@ -276,7 +297,7 @@ class Rollout:
             return detach and res.ok
 
 
-def failure_detail(lines: list[str]) -> str:
+def tier_failure_detail(lines: list[str]) -> str:
     """The health log and last log lines the host sent for a failed tier, readable."""
     out: list[str] = []
     for line in lines:
@@ -299,3 +320,13 @@ def failure_detail(lines: list[str]) -> str:
         elif word == "detail-rollout":
             out.append(f"  docker-rollout {rest}")
     return "\n".join(out[-80:])
+
+
+def recreate_proxy(s: Session) -> None:
+    """``proxy.mode = "recreate"``: the plan's ``up --force-recreate`` of the proxy, an outage."""
+    p = s.host.proxy
+    with s.report.step(steps.proxy_step(s)) as rec:
+        s.r.note(f"proxy.mode = recreate: {p.service} is force-recreated, its ports are closed meanwhile "
+                 "(an outage; see NOTES)")
+        s.r.change(cmds.Compose(s.host).recreate(p.service), f"recreating {p.service}")
+        rec.detail = "recreated (outage while it restarted)"

@@ -1,0 +1,134 @@
+"""Engine swarm's tiers: a change (update, rollback, stack deploy) started on the manager and
+waited for there (``remote/swarm_tier.sh``) until Swarm has finished it, failing at once
+naming the service Swarm paused or rolled back. :class:`Updates` is what
+:class:`~fabfile.engines.compose_rollout.ComposeRollout` is for Compose."""
+
+from __future__ import annotations
+
+import time
+
+from .. import commands as cmds
+from .. import steps
+from ..config import SWARM_ANSWER_MARGIN, SWARM_TASK_MARGIN
+from ..locking import Held
+from ..runner import StepFailed
+from ..session import Session
+from .swarm_state import StackState, SwarmPlan
+
+def ceiling(s: Session, state: StackState, names: list[str]) -> int:
+    """Seconds a change may take: each task in turn boots, gets healthy and is monitored."""
+    return max(((s.host.service(n).health_timeout + SWARM_TASK_MARGIN) * max(state.replicas(n), 1) for n in names),
+               default=SWARM_TASK_MARGIN)
+
+
+def run(s: Session, action: str, changes: list[cmds.SwarmChange], limit: int, hashes: str = "",
+        key: str = "", lines: tuple[str, ...] = ()) -> dict[str, str]:
+    """Start ``action`` on the host (``lines`` go to the journal KEY first) and read its lines
+    until it ends: how each service finished; StepFailed naming the service Swarm paused or
+    rolled back."""
+    conv = s.r.converse(cmds.swarm_tier(s.host, action, changes, limit, hashes, key, lines))
+    names = ", ".join(c.name for c in changes) or s.host.stack_name
+    done: dict[str, str] = {}
+    said: list[str] = []
+    deadline = time.monotonic() + limit + SWARM_ANSWER_MARGIN
+    try:
+        while time.monotonic() < deadline:
+            line = conv.readline(1.0)
+            if line is None:
+                break
+            word, _, rest = line.partition(" ")
+            if word == "progress":
+                s.report.progress(rest)
+                continue
+            if line:
+                said.append(line)
+            if word == "note":
+                s.r.note(rest)
+            elif word == "done":
+                name, _, how = rest.partition(" ")
+                done[name] = how
+            elif word == "ok":
+                conv.close()
+                return done
+            elif word == "failed":
+                conv.close()
+                raise StepFailed(rest + consequence(rest), swarm_failure_detail(said))
+    except KeyboardInterrupt:
+        s.notes.append(f"interrupted: Swarm goes on with what it started ({names}): fab -H {s.name} status shows "
+                       f"it, fab -H {s.name} rollback undoes it")
+        raise
+    ended = conv.close()
+    raise StepFailed(f"{names}: the host stopped answering ({ended.first_error_line()}); Swarm goes on with it",
+                     swarm_failure_detail(said))
+
+
+def consequence(failure: str) -> str:
+    """What a failed update leaves, said after Swarm's own words."""
+    if " rollback_" in failure:
+        return "; Swarm returns it to its previous spec, its old tasks serve meanwhile"
+    if " paused" in failure:
+        return "; Swarm paused the update: fix the image and deploy again, or fab rollback"
+    return ""
+
+
+def swarm_failure_detail(lines: list[str]) -> str:
+    """The tasks Swarm reported for the service that failed, readable."""
+    out = []
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word == "detail":
+            name, _, text = rest.partition(" ")
+            out.append(f"  {name}: {text}")
+    return "\n".join(out)
+
+
+class Updates:
+    """One run's Swarm updates (or rollbacks), tier after tier (the engines'
+    :class:`~fabfile.engines.base.Tiers`). The run's pending journal lines (its plan) go to the
+    host with the first change."""
+
+    def __init__(self, s: Session, state: StackState, plans: list[SwarmPlan], held: Held,
+                 action: str = "update"):
+        self.s, self.state, self.action, self.held = s, state, action, held
+        self.plans = {p.name: p for p in plans}
+        held.prune = action == "update" and any(p.roll for p in plans)
+        held.images.clear()  # no zdd-keep tags: Swarm keeps each service's previous spec
+
+    def unwind(self, error: BaseException) -> None:
+        return None  # Swarm finishes or rolls back what it started; nothing of zdd's to undo
+
+    def done(self, wait: bool) -> None:
+        """After the last tier of a deploy: the proxy reloaded only when hosts.toml asks."""
+        if self.action != "update":
+            return
+        if self.s.host.proxy.reload_on_deploy:
+            reload_proxy(self.s)
+        else:
+            self.s.report.skip(steps.proxy_step(self.s), "not needed: Swarm takes a task out of service "
+                                                         "discovery before it stops it")
+
+    def tier(self, names: list[str]) -> None:
+        """Change the tier's services that the plan rolls, together; wait until Swarm has finished."""
+        plans = [self.plans[n] for n in names if n in self.plans and self.plans[n].roll]
+        if not plans:
+            return
+        title = "rollout" if self.action == "update" else "rollback"
+        with self.s.report.step(f"{title} {', '.join(p.name for p in plans)}") as rec:
+            done = run(self.s, self.action, [p.change() for p in plans],
+                       ceiling(self.s, self.state, [p.name for p in plans]), key=self.state.key,
+                       lines=self.held.take_lines())
+            rec.detail = ", ".join(f"{p.name} {done.get(p.name, '?')}" for p in plans)
+
+
+def reload_proxy(s: Session) -> None:
+    """A graceful reload of the proxy in its tasks on this node."""
+    p = s.host.proxy
+    with s.report.step(steps.proxy_step(s)) as rec:
+        if steps.no_proxy_step(s, rec):
+            return
+        ids = s.r.read(cmds.service_containers(s.host, p.service), f"finding the {p.service} tasks").split()
+        if not ids:
+            raise StepFailed(f"no task of {s.host.stack_name}_{p.service} runs on this node: reload it where it runs")
+        for container in ids:
+            steps.reload_in(s, container)
+        rec.detail = f"graceful reload of {p.config} in {len(ids)} task(s) on this node"

@@ -1,0 +1,160 @@
+"""The deploy lock and the run's journal entry, shared by every engine.
+
+A run that changes a host holds the project's lock (``~/.zdd/locks/KEY``, ``remote/lock.sh``)
+from its ``start`` journal line to its ``end`` line (``remote/finish.sh``, one round trip
+that also keeps images and prunes). :func:`recover` finishes or undoes the runs an
+interruption left unfinished (``remote/recover.sh``). Everything a run needs here is passed
+in: the state's ``key``, the :class:`Held` lock, and the verify verdict to journal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from . import commands as cmds
+from . import journal
+from .config import JOURNAL_TAIL, LOCK_WAIT
+from .runner import StepFailed
+from .session import Session
+
+_HOLDER = re.compile(r"^(?P<who>\S+)@(?P<host>\S+) pid (?P<pid>\d+) ")
+
+Verdict = Callable[[], "dict | None"]  # stops the verify loop (once) and returns its verdict for the journal
+
+
+def no_verdict() -> dict | None:
+    return None
+
+
+@dataclass
+class Held:
+    """This run's hold of the host's lock, and its journal entry."""
+
+    run: str
+    kind: str
+    holder: str
+    started: float = field(default_factory=time.monotonic)
+    handed_over: bool = False           # a job on the host holds the lock now (the restore)
+    lines: list[str] = field(default_factory=list)  # journal lines to write with the next command
+    images: dict[str, str] = field(default_factory=dict)  # service -> image it runs once done
+    prune: bool = False                 # something rolled: keep its images, prune the rest
+
+    def note_plan(self, event: dict) -> None:
+        """The plan goes to the journal before the first change it makes (with the first tier)."""
+        self.lines.append(journal.line(event))
+        self.images = {n: v["after"] for n, v in event["services"].items() if v.get("after")}
+
+    def take_lines(self) -> tuple[str, ...]:
+        """The journal lines not yet sent, now on their way with a command."""
+        lines, self.lines[:] = tuple(self.lines), []
+        return lines
+
+
+def _client_gone(holder: str) -> bool:
+    """A holder that is a zdd on this machine whose process is gone (provably dead)."""
+    m = _HOLDER.match(holder)
+    if not m or m.group("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(m.group("pid")), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def acquire(s: Session, state: Any, kind: str) -> Held:
+    """Take the lock of ``state.key`` for a run of ``kind``, journaling its start."""
+    held = Held(journal.new_run_id(), kind, "")
+    held.holder = (f"{journal.who()} pid {os.getpid()} {kind} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
+                   f"(run {held.run})")
+    start = (journal.line(journal.start_event(held.run, kind)),)
+    res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start, s.host.lock_stale),
+                     check=False)
+    if not res.ok:
+        holder = res.first_error_line().removeprefix("locked by: ")
+        if not _client_gone(holder):
+            raise StepFailed(f"another deploy holds the lock ({res.first_error_line()}); "
+                             f"if it is gone, run: fab -H {s.name} unlock")
+        res = s.r.change(cmds.lock(state.key, "takeover", held.holder, holder, start), check=False)
+        if not res.ok:
+            raise StepFailed(f"could not take over the lock of a zdd that is gone: {res.first_error_line()}")
+        s.notes.append(f"took over the lock of a zdd that is gone ({holder})")
+    s.notes.extend(res.stdout.strip().splitlines()[:-1])
+    return held
+
+
+@contextmanager
+def locked(s: Session, state: Any, kind: str, verdict: Verdict = no_verdict) -> Iterator[Held]:
+    """Hold the project's lock while ``kind`` runs (one at a time), journaled: ``start``
+    before anything changes, ``end`` with the result (and ``verdict()``) when it lets go."""
+    held = acquire(s, state, kind)
+    result, error = "ok", ""
+    try:
+        yield held
+    except KeyboardInterrupt:
+        result = "interrupted"
+        raise
+    except BaseException as e:
+        result, error = "failed", str(e)
+        raise
+    finally:
+        finish(s, state, held, result, error, verdict())
+
+
+def finish(s: Session, state: Any, held: Held, result: str, error: str, verify: dict | None) -> None:
+    """One command: the journal's end of this run, keep tags, prune, release the lock."""
+    steps = [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), "detail": r.detail[:200]}
+             for r in s.report.steps]
+    end = journal.end_event(held.run, result, time.monotonic() - held.started, steps, verify, error)
+    prune_now = held.prune and result == "ok" and s.host.prune
+    keep = held.images if result == "ok" and held.prune else {}  # a run that rolled nothing takes no slot
+    with s.report.step("finish") as rec:
+        res = s.r.change(cmds.finish(state.key, "" if held.handed_over else held.holder, prune_now,
+                                     s.host.keep_images, held.run if keep else "", keep,
+                                     (*held.take_lines(), journal.line(end))), check=False)
+        rec.detail = "; ".join(res.stdout.strip().splitlines()) or ("" if res.ok else res.first_error_line())
+        if not res.ok:
+            rec.status = "failed"
+            s.notes.append(f"could not release the deploy lock: fab -H {s.name} unlock")
+
+
+def unlock(s: Session, state: Any) -> None:
+    """Free the lock of ``state.key`` whoever holds it."""
+    with s.report.step("unlock") as rec:
+        line = journal.line({"run": journal.new_run_id(), "t": int(time.time()), "event": "unlock",
+                             "who": journal.who(), "was": state.lock_holder})
+        s.r.change(cmds.lock(state.key, "unlock", lines=(line,)), "releasing the lock")
+        rec.detail = f"was locked by: {state.lock_holder}" if state.lock_holder else "was free"
+
+
+def read_runs(s: Session, state: Any) -> list[journal.Run]:
+    """The runs in the project's journal (its last ``JOURNAL_TAIL`` lines)."""
+    res = s.r.probe(cmds.journal_read(state.key, JOURNAL_TAIL))
+    return journal.parse(res.stdout) if res.ok else []
+
+
+def recover(s: Session, state: Any, own: str, survey: Callable[[Session], Any]) -> Any:
+    """Finish or undo what interrupted runs (other than ``own``, the run now holding the lock)
+    left half done, from the journal lines the survey read; the state read again afterwards
+    (by ``survey``). Nothing to do: the same state, no round trip."""
+    runs = [r for r in journal.parse(state.journal) if r.end is None and r.run != own]
+    if not runs:
+        return state
+    for prev in runs:  # oldest first: a run that died while recovering leaves two
+        with s.report.step("recover") as rec:
+            tiers = [(t.pid, t.switched, t.services, t.old) for t in prev.tiers if not t.finished]
+            res = s.r.change(cmds.recover(s.host, state.key, prev.run, tiers), "recovering", check=False)
+            done = res.stdout.strip().splitlines()
+            rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) was interrupted" + (
+                "; " + "; ".join(done) if done else "; nothing was half done")
+            if not res.ok:
+                raise StepFailed(f"could not recover run {prev.run}: {res.first_error_line()}")
+    return survey(s)
