@@ -6,7 +6,7 @@ nested tables (``proxy``, ``plugin``, ``registry``, ``services.X``, ``ssh``, ``v
 merge key by key too. The whole file is validated before any host is touched: every
 problem is a :class:`ConfigError` whose message names the key.
 
-Keys (types and defaults are in the ``*Config`` dataclasses below):
+Keys (types and defaults are in the ``*Config`` dataclasses of :mod:`fabfile.config_model`):
 
 * ``dir`` – project directory on the host; ``~/`` is the remote user's home.
 * ``compose_files`` – compose files, relative to ``dir``. ``project_name``/``env_file``
@@ -60,174 +60,28 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .config_limits import (  # noqa: F401  (re-exported: the limits zdd sets itself)
+    LOCK_WAIT,
+    JOURNAL_TAIL,
+    STOP_GRACE,
+    PIN_WAIT,
+    HEALTH_MARGIN,
+    SWITCH_WAIT,
+    UNDO_WAIT,
+    DRAIN_MARGIN,
+    RESTORE_MARGIN,
+    SWARM_TASK_MARGIN,
+    SWARM_ANSWER_MARGIN,
+    DEFAULT_VERSION_REGEX,
+)
+from .config_model import (ENGINES, PROXY_MODES, ConfigError, HostConfig, Inventory, PluginConfig,  # noqa: F401
+                           ProxyConfig, RegistryConfig, ResolvedService, ServiceConfig, SshConfig, VerifyConfig)
 
-# --- limits zdd sets itself (seconds unless said): each declared here once, by name ----------
-LOCK_WAIT = 120          # a deploy waits this long for the previous deploy's restore job to free the lock
-JOURNAL_TAIL = 5000      # lines of the host's journal read (survey, history, rollback, recovery)
-STOP_GRACE = 10          # Docker's own stop timeout, for a service with no stop_timeout
-PIN_WAIT = 30            # tier.sh has loaded the pin config (a proxy load)
-HEALTH_MARGIN = 120      # beyond the tier's longest health_timeout before zdd stops waiting for the host
-SWITCH_WAIT = 60         # tier.sh has loaded the switch config
-UNDO_WAIT = 20           # tier.sh has removed the new containers after an abort
-DRAIN_MARGIN = 30        # beyond proxy.drain_timeout before zdd stops reading a tier's drain report
-RESTORE_MARGIN = 30      # beyond the longest stop grace before restore.sh gives up on the old containers
-SWARM_TASK_MARGIN = 60   # per task of a Swarm update, beyond health_timeout (boot, monitor)
-SWARM_ANSWER_MARGIN = 60  # beyond a Swarm change's ceiling before zdd stops waiting for swarm_tier.sh
-DEFAULT_VERSION_REGEX = r"\bv\d+[\w.-]*"  # finds an app's version in a response (verify.version_regex)
-
-
-class ConfigError(Exception):
-    """hosts.toml is missing, malformed or inconsistent (one line, names the key)."""
-
-
-ENGINES = ("native", "docker-rollout", "swarm")
-PROXY_MODES = ("reload", "recreate", "none")
-# Compose service names: letters, digits, '.', '_', '-' (compose-spec).
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """Per-service rollout settings (``services.NAME``); unset keys inherit the host's."""
-
-    health_timeout: int | None = None
-    pre_stop_hook: str | None = None
-    stop_timeout: int | None = None
-    drain: bool | None = None
-    stream_grace: int | None = None
-    no_healthcheck_wait: int | None = None  # a service without healthcheck: seconds running = ready
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    service: str = "caddy"
-    mode: str = "reload"
-    config: str = "/etc/caddy/Caddyfile"
-    drain: bool = True            # route around old containers before stopping them (native engine)
-    drain_timeout: int = 60       # seconds to wait for in-flight requests on old containers
-    admin: str = "localhost:2019"  # Caddy's admin address, seen from inside the proxy container
-    stream_grace: int = 5         # in-flight count flat this long while draining: the rest are streams
-    stream_close_delay: str = "5m"  # set on reverse_proxy in the configs zdd loads (Caddy >= 2.7); "" = not
-    reload_on_deploy: bool = False  # engine swarm: a graceful reload after the tiers (Swarm needs none)
-
-
-@dataclass(frozen=True)
-class PluginConfig:
-    version: str = "v0.13"
-    url: str = "https://raw.githubusercontent.com/wowu/docker-rollout/{version}/docker-rollout"
-    sha256: str = "fa0df004de84747142cb627c55210aaa914bbae76666e7b95a2ac46805d81a84"
-
-    @property
-    def resolved_url(self) -> str:
-        return self.url.format(version=self.version)
-
-
-@dataclass(frozen=True)
-class RegistryConfig:
-    server: str = ""
-    username: str = ""
-    username_env: str = ""
-    password_env: str = ""
-    keep_login: bool = False      # leave the login in ~/.docker/config.json (Swarm's --with-registry-auth)
-
-
-@dataclass(frozen=True)
-class SshConfig:
-    hostname: str = ""
-    port: int = 0
-    user: str = ""
-    identity_file: str = ""
-    known_hosts: str = ""         # host keys to verify against; "" = ~/.ssh/known_hosts
-    verify_host_key: bool = True
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    urls: tuple[str, ...] = ()
-    enabled: bool = True          # run the loop during `deploy` when urls are set
-    strict: bool = False          # a deploy that dropped requests exits non-zero
-    concurrency: int = 8
-    rate: float = 0.0             # requests/s in total; 0 = as fast as possible
-    timeout: float = 10.0
-    version_regex: str = DEFAULT_VERSION_REGEX
-    version_header: str = ""
-    max_failures: int = 0
-    retry_stale: bool = True      # retry a GET once on a closed idle keep-alive connection, as browsers do
-    ws_urls: tuple[str, ...] = ()  # ws:// or wss:// URLs whose connections must survive a deploy
-    ws_connections: int = 4       # connections held open per ws URL
-    max_ws_gap: float = 0.0       # seconds a websocket may be without a working connection; 0 = report only
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    name: str
-    dir: str = "~"
-    compose_files: tuple[str, ...] = ("docker-compose.yaml",)
-    project_name: str = ""
-    env_file: str = ""
-    engine: str = "docker-rollout"
-    stack_name: str = ""          # engine swarm: the stack the compose files are deployed as
-    rollout: tuple[tuple[str, ...], ...] = ()
-    infra: tuple[str, ...] = ()
-    health_timeout: int = 60
-    no_healthcheck_wait: int = 10
-    pull_timeout: int = 900       # seconds before a hung `docker compose pull` is killed
-    pre_stop_hook: str = ""
-    stop_timeout: int | None = None
-    prune: bool = True
-    keep_images: int = 3          # the images of the last N runs survive prune (for rollback)
-    lock_stale: int = 1800        # a deploy's lock not renewed for this long is taken over
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
-    plugin: PluginConfig = field(default_factory=PluginConfig)
-    registry: RegistryConfig | None = None
-    services: dict[str, ServiceConfig] = field(default_factory=dict)
-    ssh: SshConfig = field(default_factory=SshConfig)
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
-
-    @property
-    def app_services(self) -> list[str]:
-        return [s for tier in self.rollout for s in tier]
-
-    def service(self, name: str) -> "ResolvedService":
-        """The rollout settings of one service, host defaults filled in."""
-        o = self.services.get(name, ServiceConfig())
-        return ResolvedService(
-            name=name,
-            health_timeout=o.health_timeout if o.health_timeout is not None else self.health_timeout,
-            pre_stop_hook=o.pre_stop_hook if o.pre_stop_hook is not None else self.pre_stop_hook,
-            stop_timeout=o.stop_timeout if o.stop_timeout is not None else self.stop_timeout,
-            drain=o.drain if o.drain is not None else self.proxy.drain,
-            stream_grace=o.stream_grace if o.stream_grace is not None else self.proxy.stream_grace,
-            no_healthcheck_wait=o.no_healthcheck_wait,
-        )
-
-
-@dataclass(frozen=True)
-class ResolvedService:
-    name: str
-    health_timeout: int
-    pre_stop_hook: str
-    stop_timeout: int | None
-    drain: bool
-    stream_grace: int = 5
-    no_healthcheck_wait: int | None = None
-
-
-@dataclass(frozen=True)
-class Inventory:
-    path: str
-    hosts: dict[str, HostConfig]
-
-    def host(self, name: str) -> HostConfig:
-        try:
-            return self.hosts[name]
-        except KeyError:
-            known = ", ".join(sorted(self.hosts)) or "none"
-            raise ConfigError(f"{self.path}: unknown host {name!r} (known: {known})") from None
 
 
 # --- schema ---------------------------------------------------------------------------------
