@@ -79,7 +79,7 @@ def _hosts_table(hosts: list[dict[str, Any]]) -> str:
 
 
 def _host(h: dict[str, Any], several: bool) -> str:
-    heading = f"{h['host'] or h['title']}: <span class=\"{_result_class(h['result'])}\">{escape(h['result'])}</span>"
+    heading = f"{escape(h['host'] or h['title'])}: <span class=\"{_result_class(h['result'])}\">{escape(h['result'])}</span>"
     out = [f"<section class=\"host\" data-host=\"{escape(h['host'])}\" data-result=\"{escape(h['result'])}\">",
            f"<h2>{heading}</h2>" if several or h["host"] else ""]
     if h["result"] == "not run":

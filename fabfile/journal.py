@@ -24,7 +24,8 @@ from .plan import HostState, ServicePlan, normalize_ref
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    """``YYYYMMDD-HHMMSS-PID`` in UTC: ids sort in time order whichever time zone a client runs in."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
 
 
 def who() -> str:

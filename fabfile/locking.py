@@ -44,6 +44,7 @@ class Held:
     lines: list[str] = field(default_factory=list)  # journal lines to write with the next command
     images: dict[str, str] = field(default_factory=dict)  # service -> image it runs once done
     prune: bool = False                 # something rolled: keep its images, prune the rest
+    waited: bool = False                # the lock was waited for or taken over: the host may have changed
 
     def note_plan(self, event: dict) -> None:
         """The plan goes to the journal before the first change it makes (with the first tier)."""
@@ -87,7 +88,10 @@ def acquire(s: Session, state: Any, kind: str) -> Held:
         if not res.ok:
             raise StepFailed(f"could not take over the lock of a zdd that is gone: {res.first_error_line()}")
         s.notes.append(f"took over the lock of a zdd that is gone ({holder})")
-    s.notes.extend(res.stdout.strip().splitlines()[:-1])
+        held.waited = True
+    said = res.stdout.strip().splitlines()[:-1]
+    s.notes.extend(said)
+    held.waited = held.waited or bool(said)
     return held
 
 

@@ -26,7 +26,7 @@ def deploy(s: Session, engine: Engine, force: bool = False, wait: bool = False,
     """Pull, bring infra up, roll the app services that changed, tier after tier."""
     state = engine.validate(s)
     with locked(s, state, "deploy", verdict) as held:
-        state = engine.recover(s, state, held.run)
+        state = under_lock(s, engine, state, held)
         engine.prepare(s)
         images = engine.pull(s, state)
         state = engine.infra_up(s, state, images)
@@ -38,7 +38,7 @@ def rollout_service(s: Session, engine: Engine, name: str) -> None:
     """Replace one app service's containers, whatever the plan would say."""
     state = engine.validate(s, only=[name])
     with locked(s, state, f"rollout-service {name}") as held:
-        state = engine.recover(s, state, held.run)
+        state = under_lock(s, engine, state, held)
         roll(s, engine, state, engine.one_service(s, state, name), held, wait=True)
 
 
@@ -48,7 +48,7 @@ def rollback(s: Session, engine: Engine, to: str | None = None, wait: bool = Fal
     state = engine.validate(s)
     kind, target = engine.rollback_target(s, state, to)
     with locked(s, state, kind, verdict) as held:
-        state = engine.recover(s, state, held.run)
+        state = under_lock(s, engine, state, held)
         roll(s, engine, state, engine.rollback_release(s, state, target), held, wait)
 
 
@@ -57,8 +57,17 @@ def recover(s: Session, engine: Engine) -> None:
     the proxy if it still routes by container address, free the lock."""
     state = engine.validate(s)
     with locked(s, state, "recover") as held:
-        state = engine.recover(s, state, held.run)
+        state = under_lock(s, engine, state, held)
         engine.tiers(s, state, Release([], action="recover"), held).done(wait=True)
+
+
+def under_lock(s: Session, engine: Engine, state: object, held: Held) -> object:
+    """The host as it is once the lock is held: read again when the lock had to be waited for
+    or taken over (the run before changed the host meanwhile: its old containers are gone),
+    then what interrupted runs left half done finished or undone. Plans are made from this."""
+    if held.waited:
+        state = engine.survey(s)
+    return engine.recover(s, state, held.run)
 
 
 def roll(s: Session, engine: Engine, state: object, release: Release, held: Held, wait: bool) -> None:

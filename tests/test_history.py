@@ -117,3 +117,33 @@ def test_status_of_a_host_in_the_middle_of_an_interrupted_run():
                           f"lock: {holder}",
                           f"last run: {R1} deploy by alice@laptop: ok",
                           f"unfinished: {R2} deploy (the next deploy or `fab recover` finishes it)"]
+
+
+# --- rollback on a Compose host: the kept image under the reference the compose files name now ------
+
+def rollback_setup(server_image: str):
+    from fabfile.engines.compose import ComposeEngine
+    from tests.fakes import FakeExecutor, fake_session, image_id, journal_text, run_events, sandbox_compose_json, \
+        sandbox_survey
+    runs = journal_text(run_events("r1", images={"server": ("", image_id("server", 1))}),
+                        run_events("r2", images={"server": (image_id("server", 1), image_id("server", 2))}))
+    fake = FakeExecutor([("tail -n 5000", runs), ("docker image inspect", image_id("server", 1) + "\n")])
+    s, _ = fake_session(fake)
+    state = parse_survey(sandbox_survey(compose=sandbox_compose_json({"server": {"image": server_image}})), "caddy")
+    return ComposeEngine(s.host), s, state
+
+
+def test_rollback_tags_the_kept_image_as_the_tag_the_compose_files_name_now():
+    """A tag pinned in .env moved since (app:${TAG}): tagging the old reference would change
+    nothing; the image the service's reference names now is the one that must become the old image."""
+    engine, s, state = rollback_setup("127.0.0.1:15000/zdd-sandbox/server:v3")
+    kind, target = engine.rollback_target(s, state, None)
+    from tests.fakes import image_id
+    assert kind == "rollback to r1"
+    assert target == ("r1", {"server": ("127.0.0.1:15000/zdd-sandbox/server:v3", image_id("server", 1))})
+
+
+def test_rollback_of_a_service_pinned_by_digest_is_refused_in_one_line():
+    engine, s, state = rollback_setup("127.0.0.1:15000/zdd-sandbox/server@sha256:" + "ab" * 32)
+    with pytest.raises(BadInput, match=r"^server: the compose files name the image by digest"):
+        engine.rollback_target(s, state, None)

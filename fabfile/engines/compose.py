@@ -129,7 +129,14 @@ class ComposeEngine:
     def rollback_target(self, s: Session, state: HostState, to: str | None) -> tuple[str, Any]:
         """The images of the run before the last successful one (or ``to``), still on the host."""
         target = rollback_target(locking.read_runs(s, state), to)
-        refs = {name: v.get("ref", "") for name, v in (target.plan.get("services") or {}).items()}
+        # each service's image reference as the compose files name it NOW (a tag pinned in .env
+        # may have moved since that run): the kept image is tagged as that, so the plan rolls it
+        named = {name: str(svc.get("image", "")) for name, svc in state.services.items() if svc.get("image")}
+        refs = {name: normalize_ref(ref) for name, ref in named.items()}
+        by_digest = sorted(n for n, r in named.items() if "@" in r and n in target.images_after())
+        if by_digest:
+            raise BadInput(f"{', '.join(by_digest)}: the compose files name the image by digest, and a rollback tags "
+                           "the kept image: name it by a tag (e.g. image: app:${TAG}) to roll back")
         wanted = {name: image for name, image in target.images_after().items()
                   if name in s.host.app_services and refs.get(name)}
         present = s.r.probe(cmds.image_inspect_ids(list(wanted.values())))
