@@ -222,6 +222,9 @@ def _check_host(key: str, h: HostConfig) -> None:
         raise ConfigError(f"{key}.proxy.mode must be one of {', '.join(PROXY_MODES)}, not {h.proxy.mode!r}")
     if not h.dir:
         raise ConfigError(f"{key}.dir must not be empty")
+    if h.lock_stale <= h.pull_timeout:
+        raise ConfigError(f"{key}.lock_stale ({h.lock_stale} s) must be more than pull_timeout ({h.pull_timeout} s): "
+                          "a deploy renews its lock only once the pull is done")
     if not h.compose_files:
         raise ConfigError(f"{key}.compose_files must name at least one file")
     if h.proxy.service:

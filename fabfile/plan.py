@@ -27,6 +27,7 @@ from typing import Any
 
 HASH_LABEL = "com.docker.compose.config-hash"
 SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"  # "True" on a `docker compose run` container: never a replica
 HOOK_LABEL = "docker-rollout.pre-stop-hook"
 
 
@@ -58,7 +59,7 @@ class Container:
 class HostState:
     services: dict[str, Any]                      # docker compose config --format json: services
     hashes: dict[str, str]                        # service -> config hash it would get now
-    containers: list[Container]
+    containers: list[Container]                   # the services' replicas (no one-off `compose run` containers)
     proxy: str | None = None                      # the proxy container (short id), when running
     proxy_networks: tuple[str, ...] = ()
     proxy_config: dict | None = None              # its config file, as Caddy JSON
@@ -67,7 +68,8 @@ class HostState:
     proxy_version: str = ""
     key: str = "project"                          # the project's resolved directory: names its lock, journal
     lock_holder: str = ""                         # who holds the deploy lock now ("" = free)
-    journal: str = ""                             # the journal's lines of the last run
+    journal: str = ""                             # the journal's recent lines
+    oneoff: list[Container] = field(default_factory=list)  # `docker compose run` containers (jobs)
 
     def running(self, service: str) -> list[Container]:
         return [c for c in self.containers if c.service == service and c.running]
@@ -164,8 +166,11 @@ def parse_survey(text: str, proxy_service: str = "") -> HostState:
             if h:
                 hashes[name] = h.strip()
     raw = section_json("containers", sec.get("containers", (0, "[]")), "docker inspect")
-    containers = [_container(c) for c in raw]
-    state = HostState(services=compose.get("services") or {}, hashes=hashes, containers=containers)
+    every = [_container(c) for c in raw]
+    # a `docker compose run` job (cron, a migration) is no replica: never counted, pinned or stopped
+    containers = [c for c in every if c.labels.get(ONEOFF_LABEL) != "True"]
+    state = HostState(services=compose.get("services") or {}, hashes=hashes, containers=containers,
+                      oneoff=[c for c in every if c.labels.get(ONEOFF_LABEL) == "True"])
     read_head(sec, state)
     proxy_id = sec.get("proxy-container", (0, ""))[1].strip()[:12]
     if proxy_service and proxy_id:

@@ -55,6 +55,12 @@ def upstream_ports(config: dict, service: str) -> list[str]:
     return ports
 
 
+def upstream_hosts(config: dict) -> set[str]:
+    """The host names the config's static upstreams dial (service names, aliases, addresses)."""
+    return {parsed[0] for handler in _walk_proxies(config) for up in handler.get("upstreams") or []
+            if (parsed := _split_dial(str(up.get("dial", ""))))}
+
+
 def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
     """A copy of ``config`` in which each static upstream dialling ``service:PORT`` is
     replaced by one upstream per address in ``ips`` (same port); others are kept."""

@@ -373,3 +373,9 @@ def test_verify_settings_for_host_carry_the_websocket_keys():
     s = settings_for_host(vc)
     assert (s.urls, s.ws_urls, s.ws_connections, s.max_ws_gap) == ([], ["ws://127.0.0.1:18080/ws"], 2, None)
     assert settings_for_host(vc, ws_connections=7, max_ws_gap=1.5).ws_connections == 7
+
+
+def test_lock_stale_must_outlast_the_pull():
+    assert "h.lock_stale (900 s) must be more than pull_timeout (900 s)" in error(
+        BASE + '\n[hosts.h]\nlock_stale = 900\npull_timeout = 900\n')
+    assert host("lock_stale = 901\npull_timeout = 900").lock_stale == 901

@@ -3,6 +3,8 @@ order, and the registry token shows up nowhere."""
 
 from __future__ import annotations
 
+import json
+
 import io
 
 import pytest
@@ -13,6 +15,11 @@ from fabfile.runner import StepFailed
 from fabfile.session import Session
 from tests.fakes import (
     deploy,
+    cid,
+    container_json,
+    image_id,
+    sandbox_caddy_config,
+    sandbox_containers,
     HOSTS_TOML,
     FakeExecutor,
     fail,
@@ -220,3 +227,28 @@ def test_unreadable_proxy_config_fails_validation_before_any_change(monkeypatch)
         deploy(s)
     assert [r.name for r in s.report.steps] == ["validate"]
     assert len(fake.calls) == 1
+
+
+def test_a_service_the_proxy_reaches_through_a_network_alias_is_refused(token):
+    """Caddy dials `api:8080`, a network alias of server: zdd could neither pin nor drain it."""
+    config = sandbox_caddy_config()
+    text = json.dumps(config).replace('"server:8080"', '"api:8080"')
+    compose = sandbox_compose_json({"server": {"networks": {"default": {"aliases": ["api"]}}}})
+    fake = fake_host(compose, sandbox_survey(compose=compose, proxy_config=json.loads(text)))
+    s, out = session("sandbox", fake)
+    with pytest.raises(StepFailed, match=r"reaches server through its network alias 'api' \(default\): zdd drains "
+                                         r"only upstreams that name the service"):
+        deploy(s)
+    assert len(fake.calls) == 1 and [(r.name, r.status) for r in s.report.steps] == [("validate", "failed")]
+
+
+def test_a_one_off_compose_run_container_is_no_replica():
+    """A cron job's `docker compose run server ./task` is never counted, pinned or stopped."""
+    from fabfile.plan import make_plan, parse_survey
+    job = container_json(cid("j0b"), "server", image_id("server", 1), "172.18.0.99",
+                         labels={"com.docker.compose.oneoff": "True"})
+    state = parse_survey(sandbox_survey(sandbox_containers() + [job]), "caddy")
+    assert [c.id for c in state.oneoff] == [cid("j0b")[:12]]
+    assert cid("j0b")[:12] not in [c.id for c in state.containers]
+    (plan,) = make_plan(["server"], state, {"127.0.0.1:15000/zdd-sandbox/server:latest": image_id("server", 2)})
+    assert plan.roll and cid("j0b")[:12] not in [c.id for c in plan.old] and plan.target == 1

@@ -21,7 +21,7 @@ from ..history import journal_lines, rollback_target, short_id
 from ..locking import Held
 from ..plan import (HostState, has_healthcheck, image_table, make_plan, normalize_ref, parse_survey,
                     shared_mounts)
-from ..proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, without_stream_close_delay
+from ..proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, upstream_hosts, without_stream_close_delay
 from ..runner import BadInput
 from ..session import Session
 from .base import Release
@@ -63,6 +63,9 @@ class ComposeEngine:
                 if state.proxy_config is None:
                     raise BadInput(f"{state.proxy_config_error or 'cannot read the proxy config'}: fix "
                                    f"{h.proxy.config}, or set proxy.drain = false (a proxy that is not Caddy)")
+                aliased = alias_problems(state, h, only)
+                if aliased:
+                    raise BadInput(f"{len(aliased)} problem(s) on the host: " + "; ".join(aliased))
                 rec.detail += f"; {h.proxy.config} readable"
                 if state.proxy_version:
                     rec.detail += f" (Caddy {state.proxy_version})"
@@ -228,6 +231,24 @@ def check_compose(host_services: dict[str, Any], s: Session, only: list[str] | N
             problems.append(f"{name} sets container_name, so it cannot run twice: remove it to roll it")
         if any(p.get("published") for p in svc.get("ports") or [] if isinstance(p, dict)):
             problems.append(f"{name} publishes host ports, so it cannot run twice: use expose and the proxy")
+    return problems
+
+
+def alias_problems(state: HostState, h: Any, only: list[str] | None = None) -> list[str]:
+    """App services the proxy config reaches through a network alias: zdd pins, switches and
+    drains only upstreams that dial the service by its name, so these would be neither drained
+    nor switched (their old containers stopped with requests in flight)."""
+    dialled = upstream_hosts(state.proxy_config or {})
+    problems = []
+    for name in only if only is not None else h.app_services:
+        if not h.service(name).drain:
+            continue
+        for net, spec in ((state.services.get(name) or {}).get("networks") or {}).items():
+            for alias in (spec or {}).get("aliases") or [] if isinstance(spec, dict) else []:
+                if alias in dialled and alias != name:
+                    problems.append(f"{h.proxy.config} reaches {name} through its network alias {alias!r} "
+                                    f"({net}): zdd drains only upstreams that name the service; dial {name}:PORT, "
+                                    f"or set services.{name}.drain = false")
     return problems
 
 
