@@ -34,6 +34,7 @@ class Command:
     shown: tuple[str, ...] | None = None  # argv as a dry run prints it (a script's text by its name)
     limit: int | None = None               # seconds before the host kills it (coreutils `timeout`)
     dry_run_output: tuple[str, ...] = ()   # what a dry run pretends the host printed (placeholders)
+    deadline: int | None = None            # seconds zdd waits for its end (default COMMAND_DEADLINE)
 
     def render(self) -> str:
         """The shell text sent to the host: ``cd DIR && argv [&& next ...]``, all quoted."""
@@ -151,7 +152,8 @@ def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[st
     argv = [action, key] + ([holder] if holder or arg else []) + ([arg] if arg else [])
     if stale is not None:
         argv.append(str(stale))
-    return host_program("lock.sh", *argv, stdin=_journal_stdin(lines))
+    return dataclasses.replace(host_program("lock.sh", *argv, stdin=_journal_stdin(lines)),
+                               deadline=int(arg) + 60 if action == "acquire" and arg.isdigit() else None)
 
 
 def _journal_stdin(lines: tuple[str, ...]) -> Stdin | None:
@@ -166,8 +168,10 @@ def journal_read(key: str, last: int) -> Command:
 def finish(key: str, holder: str, prune: bool, keep: int, run: str, images: dict[str, str],
            lines: tuple[str, ...]) -> Command:
     """The end of a run: journal lines, keep tags, prune, release the lock if still held."""
-    return host_program("finish.sh", key, holder, "1" if prune else "0", str(keep), run,
-                        *(f"{svc}={image}" for svc, image in images.items() if image), stdin=_journal_stdin(lines))
+    return dataclasses.replace(
+        host_program("finish.sh", key, holder, "1" if prune else "0", str(keep), run,
+                     *(f"{svc}={image}" for svc, image in images.items() if image), stdin=_journal_stdin(lines)),
+        deadline=900 if prune else None)  # docker image prune on a big host takes a while
 
 
 def recover(host: HostConfig, key: str, run: str, tiers: list[tuple[str, bool, list[str], list[str]]]) -> Command:
@@ -175,7 +179,8 @@ def recover(host: HostConfig, key: str, run: str, tiers: list[tuple[str, bool, l
     args = [key, run, str(len(tiers))]
     for pid, switched, services, old in tiers:
         args += [pid, "1" if switched else "", ",".join(services), ",".join(old)]
-    return host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir)
+    return dataclasses.replace(host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir),
+                               deadline=host.proxy.drain_timeout + 900)  # it may wait for a tier.sh's drain
 
 
 def image_inspect_ids(images: list[str]) -> Command:
@@ -238,8 +243,9 @@ def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str
     server, username = (credentials[0], credentials[1]) if credentials else ("", "")
     keep = "1" if host.registry is not None and host.registry.keep_login else "0"
     stdin = Stdin(credentials[2], f"${credentials[3]} (secret, on stdin)", secret=True) if credentials else None
-    return host_program("pull.sh", keep, server, username, str(limit), *services, "--",
-                        *Compose(host).project_flags(), cwd=host.dir, stdin=stdin)
+    return dataclasses.replace(host_program("pull.sh", keep, server, username, str(limit), *services, "--",
+                                            *Compose(host).project_flags(), cwd=host.dir, stdin=stdin),
+                               deadline=limit + 60)
 
 
 @dataclass(frozen=True)
@@ -284,9 +290,10 @@ def tier(host: HostConfig, plugin: bool, proxy: str, services: list[TierService]
 def restore(host: HostConfig, key: str, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
     """Once ``old`` containers are gone: reload the proxy's config file (detached: a job on
     the host does it and frees the lock)."""
-    return host_program("restore.sh", "detach" if detach else "wait", key, proxy, host.proxy.config,
-                        str(timeout), *old, cwd=host.dir,
-                        dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",))
+    return dataclasses.replace(
+        host_program("restore.sh", "detach" if detach else "wait", key, proxy, host.proxy.config, str(timeout), *old,
+                     cwd=host.dir, dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",)),
+        deadline=None if detach else timeout + 60)
 
 
 def signal_process(pid: str, sig: str = "TERM") -> Command:

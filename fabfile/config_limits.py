@@ -13,3 +13,5 @@ RESTORE_MARGIN = 30      # beyond the longest stop grace before restore.sh gives
 SWARM_TASK_MARGIN = 60   # per task of a Swarm update, beyond health_timeout (boot, monitor)
 SWARM_ANSWER_MARGIN = 60  # beyond a Swarm change's ceiling before zdd stops waiting for swarm_tier.sh
 DEFAULT_VERSION_REGEX = r"\bv\d+[\w.-]*"  # finds an app's version in a response (verify.version_regex)
+COMMAND_DEADLINE = 300   # a remote command (not a tier's conversation) that has not ended by then is given up
+SSH_KEEPALIVE = 15       # seconds between SSH keepalives (a dead connection is noticed; idle NATs keep it)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from .commands import Command
+from .config_limits import COMMAND_DEADLINE
 
 
 class StepFailed(Exception):
@@ -52,7 +53,7 @@ class CommandResult:
 class Executor(Protocol):
     """Runs one shell command on the host, feeding ``stdin`` and then closing it."""
 
-    def __call__(self, command: str, stdin: str | None) -> CommandResult: ...
+    def __call__(self, command: str, stdin: str | None, deadline: float | None = None) -> CommandResult: ...
 
 
 class SshExecutor:
@@ -65,16 +66,14 @@ class SshExecutor:
     def __init__(self, cxn: Any):
         self.cxn = cxn
 
-    def __call__(self, command: str, stdin: str | None) -> CommandResult:
-        return self.start(command, stdin).wait()
-
-    def start(self, command: str, stdin: str | None) -> "Pending":
-        """Start a command on its own channel; other commands can run meanwhile."""
+    def __call__(self, command: str, stdin: str | None, deadline: float | None = None) -> CommandResult:
+        """Run a command; after ``deadline`` seconds without its end (a connection that died
+        half-open, a host that hangs) give up on it: a failed result, never a wait forever."""
         chan = self._channel(command)
         if stdin:
             chan.sendall(stdin.encode())
         chan.shutdown_write()
-        return _ChannelPending(chan)
+        return _ChannelPending(chan).wait(deadline)
 
     def converse(self, command: str) -> "Conversation":
         """Start a command whose stdin stays open: lines go both ways while it runs."""
@@ -85,14 +84,6 @@ class SshExecutor:
         chan = self.cxn.client.get_transport().open_session()
         chan.exec_command(command)
         return chan
-
-
-class Pending(Protocol):
-    """A command started in the background."""
-
-    def done(self) -> bool: ...
-
-    def wait(self) -> CommandResult: ...
 
 
 class _ChannelPending:
@@ -107,12 +98,9 @@ class _ChannelPending:
         while self.chan.recv_stderr_ready():
             self.err += self.chan.recv_stderr(65536)
 
-    def done(self) -> bool:
-        self._drain()
-        return self.chan.exit_status_ready()
-
-    def wait(self) -> CommandResult:
+    def wait(self, deadline: float | None = None) -> CommandResult:
         if self.result is None:
+            end = time.monotonic() + deadline if deadline else None
             try:
                 while True:
                     select.select([self.chan], [], [], 0.5)
@@ -120,6 +108,11 @@ class _ChannelPending:
                     if self.chan.exit_status_ready() and not self.chan.recv_ready() \
                             and not self.chan.recv_stderr_ready():
                         break
+                    if end is not None and time.monotonic() > end:
+                        self.result = CommandResult(ok=False, stdout=self.out.decode(errors="replace"),
+                                                    stderr=f"no answer from the host within {deadline:.0f} s",
+                                                    exited=-1)
+                        return self.result
                 code = self.chan.recv_exit_status()
             finally:
                 self.chan.close()
@@ -217,7 +210,8 @@ class Runner:
         self.history.append(cmd.describe())
         self.remote_commands += 1
         t0 = time.monotonic()
-        res = self.execute(cmd.render(), cmd.stdin.text if cmd.stdin is not None else None)
+        deadline = cmd.deadline or COMMAND_DEADLINE
+        res = self.execute(cmd.render(), cmd.stdin.text if cmd.stdin is not None else None, deadline)
         if os.environ.get("ZDD_TRACE"):
             print(f"[{self.host}] trace {time.monotonic() - t0:5.2f}s exit {res.exited}: {cmd.describe()[:160]}",
                   file=sys.stderr)

@@ -16,6 +16,7 @@ from fabric import Connection
 from invoke.exceptions import Exit
 
 from . import config as cfg
+from .config_limits import SSH_KEEPALIVE
 from .progress import Reporter
 from .runner import Runner, SshExecutor
 
@@ -80,6 +81,7 @@ def connection_for(c: Connection, host: cfg.HostConfig) -> Connection:
 def open_connection(cxn: Connection, name: str, host: cfg.HostConfig) -> None:
     try:
         cxn.open()
+        cxn.client.get_transport().set_keepalive(SSH_KEEPALIVE)  # a dead connection is noticed, not waited on
     except paramiko.SSHException as e:
         hint = ""
         if "known_hosts" in str(e) or "not found" in str(e):

@@ -98,7 +98,7 @@ class FakeExecutor:
         self.rules.insert(0, self.rules.pop())
         return self
 
-    def __call__(self, command: str, stdin: str | None) -> CommandResult:
+    def __call__(self, command: str, stdin: str | None, deadline: float | None = None) -> CommandResult:
         m = _SCRIPT_RE.match(stdin or "")
         call = Call(*_program(command), stdin, m.group(1) if m else "")
         self.calls.append(call)

@@ -1,0 +1,58 @@
+"""The runner's waits are bounded: a command whose end never comes (a connection that died
+half-open, a host that hangs) is given up after its deadline, never waited on forever."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fabfile import commands as cmds
+from fabfile.runner import SshExecutor
+
+
+class SilentChannel:
+    """An SSH channel whose command never ends and never prints (a half-open connection)."""
+
+    def __init__(self):
+        self.r, self.w = os.pipe()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.r
+
+    def exec_command(self, command: str) -> None: ...
+    def sendall(self, data: bytes) -> None: ...
+    def shutdown_write(self) -> None: ...
+    def recv_ready(self) -> bool: return False
+    def recv_stderr_ready(self) -> bool: return False
+    def exit_status_ready(self) -> bool: return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Cxn:
+    def __init__(self, chan):
+        self.chan = chan
+        self.client = self
+
+    def open(self) -> None: ...
+    def get_transport(self): return self
+    def open_session(self): return self.chan
+
+
+def test_a_command_that_never_ends_is_given_up_after_its_deadline():
+    chan = SilentChannel()
+    t0 = time.monotonic()
+    res = SshExecutor(Cxn(chan))("sleep infinity", None, deadline=1.0)
+    assert 1.0 <= time.monotonic() - t0 < 3.0
+    assert not res.ok and res.first_error_line() == "no answer from the host within 1 s" and chan.closed
+
+
+def test_every_command_has_a_deadline_and_the_long_ones_a_longer_one():
+    from fabfile.config import HostConfig
+    h = HostConfig(name="h")
+    assert cmds.pull(h, ["server"], None, 900).deadline == 960
+    assert cmds.lock("k", "acquire", "me", "120").deadline == 180
+    assert cmds.restore(h, "k", "cad", ["old"], detach=False, timeout=40).deadline == 100
+    assert cmds.image_prune().deadline is None  # the runner's default (COMMAND_DEADLINE) applies
