@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from . import commands as cmds
 from . import journal
 from .config import JOURNAL_TAIL, LOCK_WAIT
+from .interrupts import shielded
 from .runner import StepFailed
 from .session import Session
 
@@ -110,7 +111,8 @@ def locked(s: Session, state: Any, kind: str, verdict: Verdict = no_verdict) -> 
         result, error = "failed", str(e)
         raise
     finally:
-        finish(s, state, held, result, error, verdict())
+        with shielded("the end of the run (journal, lock release)"):
+            finish(s, state, held, result, error, verdict())
 
 
 def finish(s: Session, state: Any, held: Held, result: str, error: str, verify: dict | None) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+from .proxy import HOLD_ROUTE_ID
 from typing import Any
 
 HASH_LABEL = "com.docker.compose.config-hash"
@@ -76,9 +78,17 @@ class HostState:
 
     @property
     def proxy_pinned(self) -> bool:
-        """Does the proxy run another config than its file (pinned by an unfinished deploy)?"""
+        """Does the proxy run a config of zdd's (pinned by an unfinished deploy: it holds the
+        drained addresses in zdd's hold route) instead of its file?"""
         return (self.proxy_config is not None and self.proxy_running is not None
-                and self.proxy_running != self.proxy_config)
+                and self.proxy_running != self.proxy_config and HOLD_ROUTE_ID in json.dumps(self.proxy_running))
+
+    @property
+    def proxy_edited(self) -> bool:
+        """Does the proxy run another config than its file that is not zdd's (the file edited,
+        not reloaded)?"""
+        return (self.proxy_config is not None and self.proxy_running is not None
+                and self.proxy_running != self.proxy_config and not self.proxy_pinned)
 
 
 def sections(text: str) -> dict[str, tuple[int, str]]:

@@ -17,6 +17,7 @@ the end with the verify verdict, keeps the images, prunes and frees the lock.
 from __future__ import annotations
 
 from .engines import Engine, Release
+from .interrupts import shielded
 from .locking import Held, Verdict, locked, no_verdict
 from .session import Session
 
@@ -79,6 +80,7 @@ def roll(s: Session, engine: Engine, state: object, release: Release, held: Held
         for names in release.tiers:
             tiers.tier(names)
     except BaseException as e:
-        tiers.unwind(e)
+        with shielded("the unwind (never leaving a service without a whole set of containers)"):
+            tiers.unwind(e)
         raise
     tiers.done(wait)

@@ -9,7 +9,6 @@ failed, 130 interrupted (Ctrl-C or SIGTERM), 3 requests failed under ``--strict`
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import traceback
@@ -21,32 +20,13 @@ from invoke.exceptions import Exit
 
 from . import verify as vloop
 from .engines import Engine, engine_for
+from .interrupts import sigterm_interrupts
 from .locking import Verdict
 from .outcome import HostResult
 from .runner import BadInput, StepFailed
 from .session import Session, host_name, open_session, secret
 
 Body = Callable[[Session, Engine, Verdict], None]
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM: unwinds like Ctrl-C (undo what carries no traffic yet, exit 130)."""
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a CI runner cancelling the job, `kill`) unwinds like Ctrl-C: undo, exit 130."""
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted()
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class VerifyRun:

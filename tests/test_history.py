@@ -111,7 +111,8 @@ def test_status_of_a_quiet_host():
 
 def test_status_of_a_host_in_the_middle_of_an_interrupted_run():
     holder = f"bob@desk pid 9 deploy since 2025-01-02 10:00:00 UTC (run {R2})"
-    survey = survey_head(survey_text(started(0), running={"apps": {}}), lock=holder)  # runs another config
+    pinned = {"apps": {"http": {"servers": {"srv0": {"routes": [{"@id": "zdd-drain-hold"}]}}}}}  # zdd's config
+    survey = survey_head(survey_text(started(0), running=pinned), lock=holder)
     lines = status(survey, deploy(R1, (V1, V2)), deploy(R2, (V2, V3), result=None, who="bob@desk"))
     assert lines[-4:] == ["proxy caddy: routes pinned to container addresses by an unfinished run",
                           f"lock: {holder}",

@@ -8,7 +8,7 @@ import pytest
 
 from fabfile.plan import (HostState, SurveyError, declared_count, image_table, make_plan, normalize_ref,
                           parse_survey, plan_service)
-from fabfile.proxy import rewrite_upstreams
+from fabfile.proxy import hold_upstreams, rewrite_upstreams
 from tests.fakes import (PROXY_NETWORK, SANDBOX_APPS, cid, compose_config_json, container_json, image_id,
                          image_listing, sandbox_caddy_config, sandbox_containers)
 
@@ -90,7 +90,9 @@ def test_survey_proxy_container_networks_config_and_version():
 @pytest.mark.parametrize("running, pinned", [
     (json.dumps(CADDY_FILE), False),                                         # the file's config
     (json.dumps(CADDY_FILE, indent=4, sort_keys=True), False),               # same config, other text
-    (json.dumps(rewrite_upstreams(CADDY_FILE, "server", ["172.18.0.10"])), True),  # an unfinished deploy
+    (json.dumps(hold_upstreams(rewrite_upstreams(CADDY_FILE, "server", ["172.18.0.10"]), ["server:8080"])),
+     True),                                                                  # an unfinished deploy
+    (json.dumps(rewrite_upstreams(CADDY_FILE, "server", ["172.18.0.10"])), False),  # edited, not reloaded
 ])
 def test_proxy_pinned_when_the_running_config_is_not_the_file(running, pinned):
     assert state_of(proxy_running=running).proxy_pinned is pinned

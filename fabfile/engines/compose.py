@@ -70,6 +70,9 @@ class ComposeEngine:
                 if state.proxy_version:
                     rec.detail += f" (Caddy {state.proxy_version})"
                 streams_note(s, state)
+            if state.proxy_edited:
+                s.notes.append(f"{h.proxy.service} runs another config than {h.proxy.config} (edited, not reloaded?): "
+                               "zdd's loads are made from the file, so that edit goes live with this deploy")
             if state.proxy_pinned:
                 s.notes.append(f"{h.proxy.service} was still routing to container addresses (an unfinished "
                                "deploy): this run restores its config file")
