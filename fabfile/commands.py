@@ -34,6 +34,7 @@ class Command:
     shown: tuple[str, ...] | None = None  # argv as a dry run prints it (a script's text by its name)
     limit: int | None = None               # seconds before the host kills it (coreutils `timeout`)
     dry_run_output: tuple[str, ...] = ()   # what a dry run pretends the host printed (placeholders)
+    explain: "Command | None" = field(default=None, repr=False)  # the same in explain mode (lib.sh): changes nothing
 
     def render(self) -> str:
         """The shell text sent to the host: ``cd DIR && argv [&& next ...]``, all quoted."""
@@ -80,12 +81,28 @@ def host_script(name: str, *args: str, cwd: str | None = None) -> Command:
     return Command(("sh", "-s", "--", *args), cwd=cwd, stdin=Stdin(script(name), f"fabfile/remote/{name}"))
 
 
+def program(name: str) -> str:
+    """What runs a host program: the preamble every one shares (fabfile/remote/lib.sh), then its text."""
+    return script("lib.sh") + "\n" + script(name)
+
+
+# The host programs that can explain themselves (ZDD_EXPLAIN=1, see fabfile/remote/lib.sh): they
+# read the host, change nothing and print the commands they would run.
+EXPLAINS = frozenset({"tier.sh", "restore.sh", "finish.sh", "recover.sh", "lock.sh", "pull.sh"})
+EXPLAIN_ENV = "ZDD_EXPLAIN=1"
+
+
 def host_program(name: str, *args: str, cwd: str | None = None, stdin: Stdin | None = None,
                  dry_run_output: tuple[str, ...] = ()) -> Command:
-    """Run a shipped POSIX sh script as ``sh -c SCRIPT NAME ARGS``: nothing is installed and
-    stdin stays free (for a secret, a config, or a conversation with zdd)."""
-    return Command(("sh", "-c", script(name), name, *args), cwd=cwd, stdin=stdin,
-                   shown=("sh", "-c", f"<fabfile/remote/{name}>", name, *args), dry_run_output=dry_run_output)
+    """Run a shipped POSIX sh script, after the shared preamble, as ``sh -c 'LIB SCRIPT' NAME
+    ARGS``: nothing is installed and stdin stays free (for a secret, a config, or a conversation
+    with zdd). Its ``explain`` is the same run in explain mode; a secret on stdin is not sent to it."""
+    argv, shown = ("sh", "-c", program(name), name, *args), ("sh", "-c", f"<fabfile/remote/{name}>", name, *args)
+    explain = None
+    if name in EXPLAINS:
+        explain = Command(("env", EXPLAIN_ENV, *argv), cwd=cwd, stdin=None if stdin and stdin.secret else stdin,
+                          shown=("env", EXPLAIN_ENV, *shown))
+    return Command(argv, cwd=cwd, stdin=stdin, shown=shown, dry_run_output=dry_run_output, explain=explain)
 
 
 # --- docker compose -----------------------------------------------------------------------
@@ -273,20 +290,22 @@ class TierService:
                 ",".join(self.old), ",".join(self.held), self.hook)
 
 
-def tier(host: HostConfig, engine: str, proxy: str, services: list[TierService],
+def tier(host: HostConfig, plugin: bool, proxy: str, services: list[TierService],
          proxy_networks: tuple[str, ...] = (), key: str = "project", run: str = "run") -> Command:
-    """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
+    """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh):
+    ``plugin`` starts each running service's new containers with ``docker rollout`` (engine
+    docker-rollout), else all with ``docker compose up --scale``."""
     grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
     nocheck = max((host.service(s.name).no_healthcheck_wait or host.no_healthcheck_wait for s in services),
                   default=host.no_healthcheck_wait)
-    args = [engine, proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
+    args = ["plugin" if plugin else "compose", proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
             str(grace), key, run, str(len(services))]
     for svc in services:
         args += svc.args()
     net = proxy_networks[0] if proxy_networks else "net"
     dry = ["pid 0", "pinned"]
     for svc in services:
-        n = svc.target if engine == "native" or not svc.old else len(svc.old)
+        n = len(svc.old) if plugin and svc.old else svc.target
         dry += [f"new {svc.name} <new-{svc.name}-{i + 1}> {net}=<ip-of-new-{svc.name}-{i + 1}>" for i in range(n)]
     dry += ["healthy after 0s", "switched", "drained after 0s, 0 in flight at most", "retired"]
     return host_program("tier.sh", *args, *Compose(host).project_flags(), cwd=host.dir,

@@ -43,7 +43,7 @@ def words(c: Command) -> list[str]:
 
 def program_args(c: Command, name: str) -> tuple[str, ...]:
     """The arguments of a ``sh -c SCRIPT NAME ARGS...`` command, after checking its head."""
-    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.script(name) and c.argv[3] == name
+    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.program(name) and c.argv[3] == name
     return c.argv[4:]
 
 
@@ -66,7 +66,7 @@ def test_every_argv_value_is_one_shell_word(value):
 def test_service_name_and_hook_survive_the_builders(value):
     assert words(Compose(H()).up([value]))[-1] == value
     assert words(cmds.exec_("abc123", "sh", "-c", value)) == ["docker", "exec", "abc123", "sh", "-c", value]
-    c = cmds.tier(H(), "native", "cad", [server(name=value, hook=value)])
+    c = cmds.tier(H(), False, "cad", [server(name=value, hook=value)])
     w = words(c)
     assert w[w.index(value):w.index(value) + 7] == [value, "2", "60", "", "aaa,bbb",
                                                       "server:8080,172.18.0.5:8080,172.18.0.6:8080", value]
@@ -124,7 +124,8 @@ def test_limit_runs_the_argv_under_timeout():
 
 def test_host_program_sends_the_script_text_but_describes_it_by_name():
     c = cmds.host_program("survey.sh", "caddy", "a b", cwd="~/app")
-    text = cmds.script("survey.sh")
+    text = cmds.program("survey.sh")
+    assert text.startswith(cmds.script("lib.sh")) and text.endswith(cmds.script("survey.sh"))
     assert c.argv == ("sh", "-c", text, "survey.sh", "caddy", "a b")
     assert words(c) == ["cd", "~/app", "&&", "sh", "-c", text, "survey.sh", "caddy", "a b"]
     assert c.describe() == "cd ~/app && sh -c '<fabfile/remote/survey.sh>' survey.sh caddy 'a b'"
@@ -325,26 +326,26 @@ def test_tier_args_count_services_then_compose_flags():
     h = H(compose_files=("a.yaml", "b.yaml"), project_name="remi", env_file=".env", no_healthcheck_wait=7,
           proxy=ProxyConfig(admin="localhost:2019", drain_timeout=45))
     identity = TierService("identity", 1, 30, 20, (), (), "")
-    c = cmds.tier(h, "docker-rollout", "cad", [server(), identity], ("remilia_default",), "__app_remi", "run-1")
+    c = cmds.tier(h, True, "cad", [server(), identity], ("remilia_default",), "__app_remi", "run-1")
     assert program_args(c, "tier.sh") == (
-        "docker-rollout", "cad", "localhost:2019", "45", "7", "5", "__app_remi", "run-1", "2",
+        "plugin", "cad", "localhost:2019", "45", "7", "5", "__app_remi", "run-1", "2",
         *server().args(), *identity.args(),
         "-f", "a.yaml", "-f", "b.yaml", "-p", "remi", "--env-file", ".env")
     assert c.cwd == "~/app"
     assert c.stdin is not None and c.stdin.text == "" and not c.stdin.secret
-    assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/tier.sh>' tier.sh docker-rollout cad ")
+    assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/tier.sh>' tier.sh plugin cad ")
 
 
 def test_tier_matches_the_documented_command_line():
     h = H(compose_files=("x.yaml",), no_healthcheck_wait=0, proxy=ProxyConfig(drain_timeout=5))
-    c = cmds.tier(h, "native", "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))],
+    c = cmds.tier(h, False, "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))],
                   key="KEY", run="RUN")
     assert program_args(c, "tier.sh") == tuple(shlex.split(
-        "native PROXY localhost:2019 5 0 5 KEY RUN 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
+        "compose PROXY localhost:2019 5 0 5 KEY RUN 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
 
 
 def test_tier_dry_run_output_has_placeholders_on_the_proxy_network():
-    c = cmds.tier(H(), "native", "cad", [server(target=3), TierService("identity", 1, 30, None, (), ())],
+    c = cmds.tier(H(), False, "cad", [server(target=3), TierService("identity", 1, 30, None, (), ())],
                   ("remilia_default", "edge"))
     assert c.dry_run_output == (
         "pid 0", "pinned",
@@ -356,7 +357,7 @@ def test_tier_dry_run_output_has_placeholders_on_the_proxy_network():
 
 
 def test_tier_dry_run_output_docker_rollout_replaces_each_old_container():
-    c = cmds.tier(H(), "docker-rollout", "cad", [server(target=5), TierService("identity", 2, 30, None, (), ())])
+    c = cmds.tier(H(), True, "cad", [server(target=5), TierService("identity", 2, 30, None, (), ())])
     new = [line for line in c.dry_run_output if line.startswith("new ")]
     assert new == ["new server <new-server-1> net=<ip-of-new-server-1>",   # as many as old, not target
                    "new server <new-server-2> net=<ip-of-new-server-2>",
@@ -378,7 +379,7 @@ def test_restore_detach_or_wait(detach, mode, output):
 
 def test_builders_are_pure_values():
     h = H()
-    assert cmds.tier(h, "native", "cad", [server()]) == cmds.tier(dataclasses.replace(h), "native", "cad", [server()])
+    assert cmds.tier(h, False, "cad", [server()]) == cmds.tier(dataclasses.replace(h), False, "cad", [server()])
     assert Compose(h).up(["server"]) == Compose(dataclasses.replace(h)).up(["server"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         Compose(h).up(["server"]).argv = ()  # type: ignore[misc]

@@ -370,7 +370,7 @@ def test_restore_detached_job_takes_the_lock_over_and_releases_it(host):
 # --- tier.sh -----------------------------------------------------------------------------------
 
 def tier(host: Host, held: tuple[str, ...] = ()) -> cmds.Command:
-    return cmds.tier(host.config, "native", "cad", [TierService("server", 1, 5, None, (OLD[:12],), held)],
+    return cmds.tier(host.config, False, "cad", [TierService("server", 1, 5, None, (OLD[:12],), held)],
                      (PROXY_NETWORK,), host.key, RUN)
 
 
@@ -496,7 +496,7 @@ def test_tier_writes_its_events_and_zdds_lines_to_the_journal(host):
 
 def test_tier_with_docker_rollout_journals_every_event_under_its_run(host):
     host.set("up")  # docker rollout (the stub) started the new container
-    cmd = cmds.tier(host.config, "docker-rollout", "cad", [TierService("server", 1, 5, None, (OLD[:12],), ())],
+    cmd = cmds.tier(host.config, True, "cad", [TierService("server", 1, 5, None, (OLD[:12],), ())],
                     (PROXY_NETWORK,), host.key, RUN)
     res = host.run(cmd, stdin="nopin\ngo\n")
     assert res.returncode == 0, res.stdout + res.stderr

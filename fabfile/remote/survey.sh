@@ -1,5 +1,5 @@
 # survey.sh PROXY_SERVICE CONFIG ADMIN PROJECT COMPOSE_FLAGS...
-# survey.sh --stack STACK STATE_FILE COMPOSE_FLAGS...          (engine swarm)
+# survey.sh --stack STACK STATE_FILE COMPOSE_FLAGS...          (a Swarm stack)
 # (run on the host by zdd, in the project directory, as `sh -c SCRIPT survey.sh ARGS...`)
 #
 # Everything a deploy needs to know about the host, read once and changing nothing: the
