@@ -179,12 +179,20 @@ def image_prune() -> Command:
 
 def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = (),
          stale: int | None = None) -> Command:
-    """The project's deploy lock on the host (KEY from the survey); ``acquire`` waits up to
-    ``arg`` s for the previous deploy's restore job, ``takeover`` replaces holder ``arg``.
-    ``lines`` are appended to the project's journal with it."""
-    argv = [action, key] + ([holder] if holder or arg else []) + ([arg] if arg else [])
-    if stale is not None:
-        argv.append(str(stale))
+    """The project's deploy lock on the host (KEY from the survey): ``acquire`` waits up to
+    ``arg`` s for the previous deploy's restore job and takes over a deploy's lock not renewed
+    for ``stale`` s (required: ``HostConfig.lock_stale``), ``takeover`` replaces holder ``arg``,
+    ``unlock`` frees it. ``lines`` are appended to the project's journal with it."""
+    if action == "acquire":
+        if stale is None:
+            raise ValueError("lock acquire needs stale (the host's lock_stale)")
+        argv = [action, key, holder, arg or "0", str(stale)]
+    elif action == "takeover":
+        argv = [action, key, holder, arg]
+    elif action == "unlock":
+        argv = [action, key]
+    else:
+        raise ValueError(f"unknown lock action {action!r}")
     return host_program("lock.sh", *argv, stdin=_journal_stdin(lines))
 
 

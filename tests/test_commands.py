@@ -235,13 +235,10 @@ def test_exec_is_interactive_only_with_stdin():
 
 
 @pytest.mark.parametrize("args, argv_tail", [
-    (("__app_remi", "acquire", "me@laptop pid 7 deploy", "120"),
-     ("acquire", "__app_remi", "me@laptop pid 7 deploy", "120")),
+    (("__app_remi", "acquire", "me@laptop pid 7 deploy", "120", (), 1800),
+     ("acquire", "__app_remi", "me@laptop pid 7 deploy", "120", "1800")),
     (("__app_remi", "takeover", "me pid 8", "me pid 7"), ("takeover", "__app_remi", "me pid 8", "me pid 7")),
-    (("__app_remi", "release", "me pid 7"), ("release", "__app_remi", "me pid 7")),
-    (("__app_remi", "release"), ("release", "__app_remi")),
     (("__app_remi", "unlock"), ("unlock", "__app_remi")),
-    (("__app_remi", "show"), ("show", "__app_remi")),
 ])
 def test_lock_is_a_host_program_keyed_by_the_survey(args, argv_tail):
     c = cmds.lock(*args)
@@ -250,8 +247,15 @@ def test_lock_is_a_host_program_keyed_by_the_survey(args, argv_tail):
     assert c.describe() == shlex.join(("sh", "-c", "<fabfile/remote/lock.sh>", "lock.sh", *argv_tail))
 
 
+def test_lock_acquire_needs_stale_and_knows_only_its_actions():
+    with pytest.raises(ValueError, match="stale"):
+        cmds.lock("k", "acquire", "me", "120")
+    with pytest.raises(ValueError, match="release"):
+        cmds.lock("k", "release", "me")
+
+
 def test_lock_journal_lines_go_on_stdin():
-    c = cmds.lock("k", "acquire", "me", "120", ('{"event": "start"}', '{"x": 1}'))
+    c = cmds.lock("k", "acquire", "me", "120", ('{"event": "start"}', '{"x": 1}'), 1800)
     assert c.stdin is not None and not c.stdin.secret
     assert c.stdin.text == '{"event": "start"}\n{"x": 1}\n'
     assert c.describe().endswith("  < journal lines")

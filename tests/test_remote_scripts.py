@@ -134,7 +134,11 @@ class Host:
         return path.read_text().splitlines() if path.exists() else []
 
     def lock(self, action: str, holder: str = "", arg: int | str = "", *lines: str) -> subprocess.CompletedProcess:
-        return self.run(cmds.lock(self.key, action, holder, str(arg), lines))
+        return self.run(cmds.lock(self.key, action, holder, str(arg), lines, stale=1800 if action == "acquire" else None))
+
+    def holder(self) -> str | None:
+        """Who holds the lock (its holder line), None when it is free."""
+        return (self.lock_dir / "holder").read_text().strip() if self.lock_dir.exists() else None
 
     def journal(self) -> list[dict]:
         """The project's journal, one event per line."""
@@ -187,16 +191,23 @@ def stop(proc: subprocess.Popen) -> None:
 
 # --- lock.sh -----------------------------------------------------------------------------------
 
-def test_lock_acquire_show_release(host):
-    assert host.lock("show").stdout == "free\n"
+def test_lock_acquire_unlock(host):
+    assert host.holder() is None
     res = host.lock("acquire", "alice@laptop pid 7 deploy", 30)
     assert (res.returncode, res.stdout) == (0, "locked\n")
     assert (host.lock_dir / "holder").read_text() == "alice@laptop pid 7 deploy\n"
-    assert host.lock("show").stdout == "locked by: alice@laptop pid 7 deploy\n"
-    assert host.lock("release").stdout == "released\n"
+    assert host.lock("unlock").stdout == "released\n"
     assert not host.lock_dir.exists()
-    assert host.lock("show").stdout == "free\n"
-    assert host.lock("release").stdout == "released\n"  # releasing a free lock is fine
+    assert host.lock("unlock").stdout == "released\n"  # unlocking a free lock is fine
+
+
+@pytest.mark.parametrize("argv", [("acquire", "k", "me", "0"), ("takeover", "k", "me"), ("unlock",), ("release", "k"),
+                                  ("show", "k")])
+def test_lock_refuses_missing_arguments_and_unknown_actions(host, argv):
+    """STALE is required (its default is lock_stale in config.py); release and show are gone."""
+    res = host.run(cmds.Command(("sh", "-c", cmds.program("lock.sh"), "lock.sh", *argv)))
+    assert res.returncode == 2 and res.stdout.startswith("usage: lock.sh acquire KEY HOLDER WAIT STALE")
+    assert not (host.home / ".zdd" / "locks").exists() or not any((host.home / ".zdd" / "locks").iterdir())
 
 
 def test_lock_held_by_a_deploy_fails_at_once_naming_it(host):
@@ -251,7 +262,7 @@ def test_lock_is_acquired_once_the_job_releases_it(host):
     job = sleeper()
     try:
         host.hold_lock("restore job 1", job.pid)
-        waiting = host.start(cmds.lock(host.key, "acquire", "bob", "30", ('{"run": "b", "event": "start"}',)))
+        waiting = host.start(cmds.lock(host.key, "acquire", "bob", "30", ('{"run": "b", "event": "start"}',), 1800))
         assert eventually(lambda: (host.stub / "slept").exists())  # it is waiting
         assert waiting.poll() is None and host.journal() == []  # its start line waits for the lock
         shutil.rmtree(host.lock_dir)  # the job ends as restore.sh does: lock removed, then exit
@@ -274,7 +285,7 @@ def test_lock_acquire_writes_its_journal_line_only_once_held(host):
     res = host.lock("acquire", "bob", 0, START)
     assert (res.returncode, res.stdout) == (1, "locked by: alice\n")
     assert host.journal() == []  # refused: nothing written
-    host.lock("release", "alice")
+    host.lock("unlock")
     res = host.lock("acquire", "bob", 0, START)
     assert (res.returncode, res.stdout) == (0, "locked\n")
     assert host.journal() == [json.loads(START)]
@@ -295,16 +306,6 @@ def test_lock_takeover_refuses_when_the_lock_changed_meanwhile(host, job):
     holder = (host.lock_dir / "holder").read_text().strip()
     assert (res.returncode, res.stdout) == (1, f"locked by: {holder} (changed meanwhile)\n")
     assert holder != "bob pid 9" and host.journal() == []
-
-
-def test_lock_release_refuses_another_holder(host):
-    host.lock("acquire", "alice", 0)
-    res = host.lock("release", "bob", "", START)
-    assert (res.returncode, res.stdout) == (1, "not released: held by alice\n")
-    assert host.lock_dir.exists() and host.journal() == []
-    res = host.lock("release", "alice", "", '{"run": "a", "event": "end"}')
-    assert (res.returncode, res.stdout) == (0, "released\n")
-    assert not host.lock_dir.exists() and host.journal() == [{"run": "a", "event": "end"}]
 
 
 def test_unlock_releases_whoever_holds_it(host):
@@ -357,7 +358,7 @@ def test_restore_detached_job_takes_the_lock_over_and_releases_it(host):
         job = res.stdout.split("(job ", 1)[1].split(")", 1)[0]
         pid_file = host.lock_dir / "pid"
         assert eventually(lambda: pid_file.exists() and pid_file.read_text().strip() == job)
-        assert eventually(lambda: host.lock("show").stdout.startswith(f"locked by: restore job {job} on "))
+        assert eventually(lambda: (host.holder() or "").startswith(f"restore job {job} on "))
         assert host.lock_dir.exists()  # still waiting for the old container
     finally:
         host.set("gone")
