@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .config import HostConfig, ResolvedService
+from .config import JOURNAL_TAIL, HostConfig, ResolvedService
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def program(name: str) -> str:
 
 # The host programs that can explain themselves (ZDD_EXPLAIN=1, see fabfile/remote/lib.sh): they
 # read the host, change nothing and print the commands they would run.
-EXPLAINS = frozenset({"tier.sh", "restore.sh", "finish.sh", "recover.sh", "lock.sh", "pull.sh"})
+EXPLAINS = frozenset({"tier.sh", "restore.sh", "finish.sh", "recover.sh", "pull.sh"})
 EXPLAIN_ENV = "ZDD_EXPLAIN=1"
 
 
@@ -200,7 +200,7 @@ def _journal_stdin(lines: tuple[str, ...]) -> Stdin | None:
     return Stdin("".join(line + "\n" for line in lines), "journal lines") if lines else None
 
 
-def journal_read(key: str, last: int = 5000) -> Command:
+def journal_read(key: str, last: int = JOURNAL_TAIL) -> Command:
     """The project's journal (its last ``last`` lines)."""
     return Command(("tail", "-n", str(last), f".zdd/journal/{key}.jsonl"), cwd="~")
 
@@ -264,7 +264,7 @@ def caddy_reload(container: str, config: str, force: bool = True) -> Command:
 def survey(host: HostConfig) -> Command:
     """Read everything a deploy needs of the host at once (changes nothing)."""
     p = host.proxy
-    return host_program("survey.sh", p.service or "", p.config, p.admin, host.project_name,
+    return host_program("survey.sh", p.service or "", p.config, p.admin, host.project_name, str(JOURNAL_TAIL),
                         *Compose(host).project_flags(), cwd=host.dir)
 
 
@@ -342,7 +342,7 @@ def stack_state_file(host: HostConfig) -> str:
 
 def stack_survey(host: HostConfig) -> Command:
     """Read the node, the stack's services and the compose model at once (changes nothing)."""
-    return host_program("survey.sh", "--stack", host.stack_name, stack_state_file(host),
+    return host_program("survey.sh", "--stack", host.stack_name, stack_state_file(host), str(JOURNAL_TAIL),
                         *Compose(host).project_flags(), cwd=host.dir)
 
 

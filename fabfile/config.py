@@ -75,6 +75,8 @@ PROXY_MODES = ("reload", "recreate", "none")
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
 
 
+JOURNAL_TAIL = 5000  # lines of a project's journal read from the host (the survey, the history)
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Per-service rollout settings (``services.NAME``); unset keys inherit the host's."""

@@ -137,7 +137,7 @@ def test_survey_args():
     h = H(compose_files=("a.yaml", "b c.yaml"), project_name="remi",
           proxy=ProxyConfig(service="edge", config="/etc/caddy/caddy.json", admin="127.0.0.1:2999"))
     c = cmds.survey(h)
-    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999", "remi",
+    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999", "remi", "5000",
                                             "-f", "a.yaml", "-f", "b c.yaml", "-p", "remi")
     assert c.cwd == "~/app"
     assert program_args(cmds.survey(H(proxy=ProxyConfig(service=""))), "survey.sh")[:4] == (

@@ -148,7 +148,7 @@ def program_args(c: cmds.Command | Call, name: str) -> list[str]:
 def test_stack_survey_command():
     c = cmds.stack_survey(H)
     assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.program("survey.sh")
-    assert c.argv[3:] == ("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "-f", "a.yaml", "-f", "b.yaml")
+    assert c.argv[3:] == ("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "5000", "-f", "a.yaml", "-f", "b.yaml")
     assert c.cwd == "~/app"
 
 

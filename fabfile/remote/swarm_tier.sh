@@ -1,5 +1,5 @@
 # swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-c FILE...]
-# (run on the host by zdd in the stack's directory, as `sh -c SCRIPT swarm_tier.sh ARGS...`)
+# (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`)
 #
 # Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
 # then waits, reading every service's UpdateStatus in one `docker service inspect` twice a
@@ -36,15 +36,9 @@ while [ "$i" -le "$count" ]; do
     shift 4
     i=$((i + 1))
 done
-grace=5  # stack: a service Swarm has not started updating by then had no task to replace
+grace=5  # s; stack: a service Swarm has not started updating by then had no task to replace
 
-say() { printf '%s\n' "$*" 2>/dev/null || true; }
-last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }
-renew() {  # the deploy's lock is renewed while this waits (a holder silent for long is gone)
-    [ -n "$key" ] && [ -d "$HOME/.zdd/locks/$key" ] && touch "$HOME/.zdd/locks/$key/renewed" 2>/dev/null
-    return 0
-}
-nap() { renew; sleep 0.5 2>/dev/null || sleep 1; }
+nap_seconds=0.5  # between two reads of the services' UpdateStatus
 spec() { eval "name=\$name_$1 image=\$image_$1 ref=\$ref_$1 sets=\$sets_$1 prev=\${prev_$1-} fin=\${fin_$1-}"; full=${stack}_$name; }
 each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
 all=
@@ -87,9 +81,7 @@ rollback_one() {
         exit 1
     fi
 }
-if [ -n "$journal" ] && [ -n "$key" ]; then
-    mkdir -p "$HOME/.zdd/journal" && printf '%s\n' "$journal" >> "$HOME/.zdd/journal/$key.jsonl"
-fi
+if [ -n "$journal" ] && [ -n "$key" ]; then journal_line "$journal"; fi
 case "$action" in
     update) each update_one ;;
     rollback)
@@ -147,6 +139,7 @@ while :; do
         exit 1
     fi
     if [ $((now - t0)) != "$shown" ]; then say "progress${progress%,}, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
+    renew
     nap
 done
 if [ "$action" = stack ] && [ -n "$hashes" ]; then
