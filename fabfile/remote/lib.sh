@@ -31,11 +31,12 @@ last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }    # the last line of a c
 commas() { printf '%s' "$1" | tr ',' ' '; }                # a comma-separated argument as words
 nap() { sleep "$nap_seconds" 2>/dev/null || sleep 1; }      # BusyBox sleep may not take fractions
 
-quoted() {  # quoted WORD...: the words as a shell reads them back, on one line (a newline becomes a space)
+quoted() {  # quoted WORD...: the words as a shell reads them back, quoted as Python's shlex.join does,
+    # on one line (a newline in a word becomes a space)
     _q=
     for _w in "$@"; do
         case $_w in
-            '' | *[!A-Za-z0-9_@%+=:,./-]*) _w="'$(printf '%s' "$_w" | sed "s/'/'\\\\''/g" | tr '\n' ' ')'" ;;
+            '' | *[!A-Za-z0-9_@%+=:,./-]*) _w="'$(printf '%s' "$_w" | sed "s/'/'\"'\"'/g" | tr '\n' ' ')'" ;;
         esac
         _q="$_q${_q:+ }$_w"
     done
