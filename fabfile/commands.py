@@ -34,7 +34,7 @@ class Command:
     shown: tuple[str, ...] | None = None  # argv as a dry run prints it (a script's text by its name)
     limit: int | None = None               # seconds before the host kills it (coreutils `timeout`)
     dry_run_output: tuple[str, ...] = ()   # what a dry run pretends the host printed (placeholders)
-    explain: "Command | None" = field(default=None, repr=False)  # the same in explain mode (lib.sh): changes nothing
+    explain: Command | None = field(default=None, repr=False)  # the same in explain mode (lib.sh): changes nothing
 
     def render(self) -> str:
         """The shell text sent to the host: ``cd DIR && argv [&& next ...]``, all quoted."""

@@ -133,8 +133,8 @@ class Rollout:
         if not plans:
             return
         specs = [self._spec(p) for p in plans]
-        cmd = cmds.tier(self.host, self.engine == "docker-rollout", self.state.proxy or "", specs, self.state.proxy_networks,
-                        self.state.key, self.run)
+        cmd = cmds.tier(self.host, self.engine == "docker-rollout", self.state.proxy or "", specs,
+                        self.state.proxy_networks, self.state.key, self.run)
         run = TierRun([p.name for p in plans], None, time.monotonic())  # type: ignore[arg-type]
         with self.s.report.step(f"rollout {', '.join(run.names)}") as rec:
             pin = self._pin_line()

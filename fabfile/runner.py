@@ -216,7 +216,7 @@ class _Explaining:
     """A dry run's conversation with a host program in explain mode: its explanation lines are
     printed as they come, the rest (the protocol, with placeholders) is read by zdd as usual."""
 
-    def __init__(self, conv: "Conversation", show: Any, echo: Any):
+    def __init__(self, conv: Conversation, show: Any, echo: Any):
         self.conv, self.show, self.echo = conv, show, echo
 
     def send(self, line: str) -> None:

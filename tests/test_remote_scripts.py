@@ -8,8 +8,8 @@ import io
 import json
 import os
 import re
-import shutil
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -137,7 +137,8 @@ class Host:
         return path.read_text().splitlines() if path.exists() else []
 
     def lock(self, action: str, holder: str = "", arg: int | str = "", *lines: str) -> subprocess.CompletedProcess:
-        return self.run(cmds.lock(self.key, action, holder, str(arg), lines, stale=1800 if action == "acquire" else None))
+        stale = 1800 if action == "acquire" else None
+        return self.run(cmds.lock(self.key, action, holder, str(arg), lines, stale=stale))
 
     def holder(self) -> str | None:
         """Who holds the lock (its holder line), None when it is free."""
@@ -810,7 +811,7 @@ class LocalExecutor:
                              env=self.host.env, cwd=self.host.home, timeout=20)
         return Outcome(ok=res.returncode == 0, stdout=res.stdout, stderr=res.stderr, exited=res.returncode)
 
-    def converse(self, command: str) -> "LocalConversation":
+    def converse(self, command: str) -> LocalConversation:
         return LocalConversation(subprocess.Popen([SH, "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                   text=True, env=self.host.env, cwd=self.host.home))
 

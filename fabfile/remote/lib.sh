@@ -1,4 +1,4 @@
-# shellcheck shell=sh
+# shellcheck shell=sh disable=SC2317 # a library: no script calls every function of it
 # lib.sh: the preamble of every host program. zdd sends it in front of the script's own text
 # (commands.host_program: `sh -c 'LIB.SH SCRIPT' NAME ARGS...`), so nothing is installed on the
 # host and each script still runs as one `sh -c`. A script sets `key` (the project's lock and
@@ -16,7 +16,7 @@
 # WORDS..."), in the same words: a test can check that a dry run printed what a run then did.
 
 zdd=$HOME/.zdd
-key=${key-}
+key=${key-} run_id=${run_id-}
 explaining=${ZDD_EXPLAIN:+1}
 nap_seconds=0.2  # between two polls of a wait loop (a script may set its own)
 zdd_ifs=$IFS

@@ -45,6 +45,7 @@ if [ "$1" = --stack ]; then
     read_bg applied cat "$HOME/$state"
     ids=$(docker service ls --quiet --filter "$filter" 2>/dev/null)
     # a service removed between ls and inspect makes inspect fail but still print the others
+    # shellcheck disable=SC2086 # ids, one word each
     [ -n "$ids" ] && docker service inspect $ids >"$dir/services.out" 2>/dev/null
     wait
     for section in compose node replicas applied; do show "$section"; done
@@ -72,6 +73,7 @@ if [ -n "$pid" ]; then
     read_bg proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
     read_bg proxy-version docker exec "$pid" caddy version
 fi
+# shellcheck disable=SC2086 # ids, one word each
 [ -n "$ids" ] && docker inspect $ids >"$dir/containers.out" 2>/dev/null
 wait
 printf '=== containers 0\n'

@@ -58,7 +58,7 @@ jobs=$zdd/jobs
 [ -n "$explaining" ] || mkdir -p "$jobs"
 tag=$(date +%s)-$$
 hold=zdd-release-$tag
-switched= pids=
+switched='' pids=''
 
 each() {  # each FUNCTION...: call it once per service, with j, name, target, htime, stime, old, held set
     j=0
@@ -116,7 +116,7 @@ undo() {  # before the switch the new containers never had traffic: remove them
 on_signal() { [ -n "$switched" ] && return; undo "failed interrupted: new containers removed"; exit 3; }
 trap on_signal TERM INT
 say "pid $$"
-all_old= all_names=
+all_old='' all_names=''
 collect() { all_old="$all_old${all_old:+,}$old" all_names="$all_names${all_names:+,}$name"; }
 each collect
 journal_event tier services "$all_names" old "$all_old"
@@ -179,7 +179,7 @@ wanted() {  # how many new containers service $name gets
 ceiling=0
 top() { [ "$htime" -le "$ceiling" ] || ceiling=$htime; }
 each top
-scales= services= expected=0
+scales='' services='' expected=0
 add_scale() {
     expected=$((expected + $(wanted)))
     by_plugin && return 0
@@ -203,7 +203,7 @@ fi
 
 # every new container must exist, run and be healthy; one that is unhealthy, exits or
 # restarts fails the tier at once (the health timeout is only the ceiling)
-start=$(date +%s) announced= shown= logged_new=
+start=$(date +%s) announced='' shown='' logged_new=''
 check() {
     ids=$(new_of) n=0 ok=0
     for id in $ids; do
@@ -262,7 +262,7 @@ if [ -n "$explaining" ]; then
 else
     while :; do
         elapsed=$(( $(date +%s) - start ))
-        failed= progress= all=0 good=0
+        failed='' progress='' all=0 good=0
         each check
         if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
         if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
@@ -297,7 +297,7 @@ each add_held
 # ends: once the count of in-flight requests on the old addresses has stopped falling for
 # STREAM_GRACE seconds, what is left is taken for long-lived streams, which end when the old
 # containers stop (their clients reconnect, to the new containers).
-t0=$(date +%s) peak=0 result= shown= last=-1 falling=$t0
+t0=$(date +%s) peak=0 result='' shown='' last=-1 falling=$t0
 if [ -z "$(printf '%s' "$addrs" | tr -d ' ')" ]; then
     result="nothing to drain at the proxy"
 elif [ -n "$explaining" ]; then
@@ -310,8 +310,9 @@ while [ -z "$result" ]; do
     if ! out=$(docker exec "$proxy" wget -q -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
         result=unobservable; break
     fi
-    busy= total=0
+    busy='' total=0
     for addr in $addrs; do
+        # shellcheck disable=SC2020 # both braces become newlines: one JSON object a line
         entry=$(printf '%s\n' "$out" | tr '{}' '\n\n' | grep -F "\"$addr\"" | head -n 1)
         k=$(printf '%s\n' "$entry" | sed -n 's/.*"num_requests": *\([0-9][0-9]*\).*/\1/p')
         if [ -z "$k" ]; then result=unobservable; break 2; fi
