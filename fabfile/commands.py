@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .config import HostConfig, ResolvedService
+from .config import JOURNAL_TAIL, HostConfig, ResolvedService
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Command:
     limit: int | None = None               # seconds before the host kills it (coreutils `timeout`)
     dry_run_output: tuple[str, ...] = ()   # what a dry run pretends the host printed (placeholders)
     deadline: int | None = None            # seconds zdd waits for its end (default COMMAND_DEADLINE)
+    explain: Command | None = field(default=None, repr=False)  # the same in explain mode (lib.sh): changes nothing
 
     def render(self) -> str:
         """The shell text sent to the host: ``cd DIR && argv [&& next ...]``, all quoted."""
@@ -81,12 +82,28 @@ def host_script(name: str, *args: str, cwd: str | None = None) -> Command:
     return Command(("sh", "-s", "--", *args), cwd=cwd, stdin=Stdin(script(name), f"fabfile/remote/{name}"))
 
 
+def program(name: str) -> str:
+    """What runs a host program: the preamble every one shares (fabfile/remote/lib.sh), then its text."""
+    return script("lib.sh") + "\n" + script(name)
+
+
+# The host programs that can explain themselves (ZDD_EXPLAIN=1, see fabfile/remote/lib.sh): they
+# read the host, change nothing and print the commands they would run.
+EXPLAINS = frozenset({"tier.sh", "restore.sh", "finish.sh", "recover.sh", "pull.sh"})
+EXPLAIN_ENV = "ZDD_EXPLAIN=1"
+
+
 def host_program(name: str, *args: str, cwd: str | None = None, stdin: Stdin | None = None,
                  dry_run_output: tuple[str, ...] = ()) -> Command:
-    """Run a shipped POSIX sh script as ``sh -c SCRIPT NAME ARGS``: nothing is installed and
-    stdin stays free (for a secret, a config, or a conversation with zdd)."""
-    return Command(("sh", "-c", script(name), name, *args), cwd=cwd, stdin=stdin,
-                   shown=("sh", "-c", f"<fabfile/remote/{name}>", name, *args), dry_run_output=dry_run_output)
+    """Run a shipped POSIX sh script, after the shared preamble, as ``sh -c 'LIB SCRIPT' NAME
+    ARGS``: nothing is installed and stdin stays free (for a secret, a config, or a conversation
+    with zdd). Its ``explain`` is the same run in explain mode; a secret on stdin is not sent to it."""
+    argv, shown = ("sh", "-c", program(name), name, *args), ("sh", "-c", f"<fabfile/remote/{name}>", name, *args)
+    explain = None
+    if name in EXPLAINS:
+        explain = Command(("env", EXPLAIN_ENV, *argv), cwd=cwd, stdin=None if stdin and stdin.secret else stdin,
+                          shown=("env", EXPLAIN_ENV, *shown))
+    return Command(argv, cwd=cwd, stdin=stdin, shown=shown, dry_run_output=dry_run_output, explain=explain)
 
 
 # --- docker compose -----------------------------------------------------------------------
@@ -146,12 +163,20 @@ def image_prune() -> Command:
 
 def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = (),
          stale: int | None = None) -> Command:
-    """The project's deploy lock on the host (KEY from the survey); ``acquire`` waits up to
-    ``arg`` s for the previous deploy's restore job, ``takeover`` replaces holder ``arg``.
-    ``lines`` are appended to the project's journal with it."""
-    argv = [action, key] + ([holder] if holder or arg else []) + ([arg] if arg else [])
-    if stale is not None:
-        argv.append(str(stale))
+    """The project's deploy lock on the host (KEY from the survey): ``acquire`` waits up to
+    ``arg`` s for the previous deploy's restore job and takes over a deploy's lock not renewed
+    for ``stale`` s (required: ``HostConfig.lock_stale``), ``takeover`` replaces holder ``arg``,
+    ``unlock`` frees it. ``lines`` are appended to the project's journal with it."""
+    if action == "acquire":
+        if stale is None:
+            raise ValueError("lock acquire needs stale (the host's lock_stale)")
+        argv = [action, key, holder, arg or "0", str(stale)]
+    elif action == "takeover":
+        argv = [action, key, holder, arg]
+    elif action == "unlock":
+        argv = [action, key]
+    else:
+        raise ValueError(f"unknown lock action {action!r}")
     return dataclasses.replace(host_program("lock.sh", *argv, stdin=_journal_stdin(lines)),
                                deadline=int(arg) + 60 if action == "acquire" and arg.isdigit() else None)
 
@@ -231,7 +256,7 @@ def caddy_reload(container: str, config: str, force: bool = True) -> Command:
 def survey(host: HostConfig) -> Command:
     """Read everything a deploy needs of the host at once (changes nothing)."""
     p = host.proxy
-    return host_program("survey.sh", p.service or "", p.config, p.admin, host.project_name,
+    return host_program("survey.sh", p.service or "", p.config, p.admin, host.project_name, str(JOURNAL_TAIL),
                         *Compose(host).project_flags(), cwd=host.dir)
 
 
@@ -268,11 +293,13 @@ class TierService:
 
 def tier(host: HostConfig, plugin: bool, proxy: str, services: list[TierService],
          proxy_networks: tuple[str, ...] = (), key: str = "project", run: str = "run") -> Command:
-    """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh)."""
+    """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh):
+    ``plugin`` starts each running service's new containers with ``docker rollout`` (engine
+    docker-rollout), else all with ``docker compose up --scale``."""
     grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
     nocheck = max((host.service(s.name).no_healthcheck_wait or host.no_healthcheck_wait for s in services),
                   default=host.no_healthcheck_wait)
-    args = ["docker-rollout" if plugin else "native", proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
+    args = ["plugin" if plugin else "compose", proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
             str(grace), key, run, str(len(services))]
     for svc in services:
         args += svc.args()
@@ -309,7 +336,7 @@ def stack_state_file(host: HostConfig) -> str:
 
 def stack_survey(host: HostConfig) -> Command:
     """Read the node, the stack's services and the compose model at once (changes nothing)."""
-    return host_program("survey.sh", "--stack", host.stack_name, stack_state_file(host),
+    return host_program("survey.sh", "--stack", host.stack_name, stack_state_file(host), str(JOURNAL_TAIL),
                         *Compose(host).project_flags(), cwd=host.dir)
 
 

@@ -4,7 +4,10 @@ Steps and engines build :class:`~fabfile.commands.Command` objects and hand them
 
 * :meth:`Runner.read` – a probe that changes nothing (``ps``, ``inspect``, ``caddy adapt``);
   it runs even in a dry run, so the printed plan is the one the host would really get.
-* :meth:`Runner.change` – anything that changes the host; a dry run prints it instead.
+* :meth:`Runner.change` – anything that changes the host; a dry run prints it instead. A host
+  program that can explain itself (``Command.explain``, fabfile/remote/lib.sh) is run in explain
+  mode instead: it reads the host's real state, changes nothing, and prints the commands it
+  would run (``run``/``wait``/``load`` lines), which the dry run prints.
 
 Secrets reach the host only on stdin (``Stdin(secret=True)``) and are never printed.
 """
@@ -62,6 +65,8 @@ class SshExecutor:
     Invoke's ``in_stream`` feeds stdin a byte at a time with a 10 ms sleep between reads
     (a 1.5 KB script took 15 s), so stdin is sent here in one write, then EOF.
     """
+
+    explains = True  # a dry run runs host programs in explain mode through it (see Runner)
 
     def __init__(self, cxn: Any):
         self.cxn = cxn
@@ -197,6 +202,37 @@ class _Scripted:
         return None
 
 
+EXPLAINED = ("run", "wait", "load")  # the words of a host program's explanation (fabfile/remote/lib.sh)
+
+
+class _Explaining:
+    """A dry run's conversation with a host program in explain mode: its explanation lines are
+    printed as they come, the rest (the protocol, with placeholders) is read by zdd as usual."""
+
+    def __init__(self, conv: Conversation, show: Any, echo: Any):
+        self.conv, self.show, self.echo = conv, show, echo
+
+    def send(self, line: str) -> None:
+        self.echo(line)
+        self.conv.send(line)
+
+    def readline(self, timeout: float) -> str | None:
+        while True:
+            line = self.conv.readline(timeout)
+            if not line or line.split(" ", 1)[0] not in EXPLAINED:
+                return line
+            self.show(line)
+
+    def close(self) -> CommandResult:
+        while (line := self.conv.readline(5.0)) is not None:
+            if line.split(" ", 1)[0] in EXPLAINED:
+                self.show(line)
+        return self.conv.close()
+
+    def close_early(self) -> None:
+        self.close()  # an explanation ends by itself: read it to the end
+
+
 @dataclass
 class Runner:
     execute: Executor
@@ -235,10 +271,39 @@ class Runner:
         print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
         return CommandResult(ok=True, stdout="".join(line + "\n" for line in cmd.dry_run_output))
 
-    def change(self, cmd: Command, what: str | None = None, check: bool = True) -> CommandResult:
-        """Run a command that changes the host; in a dry run print it and pretend success."""
-        if self.dry_run:
+    def _explains(self, cmd: Command) -> bool:
+        return cmd.explain is not None and bool(getattr(self.execute, "explains", False))
+
+    def _show(self, line: str) -> None:
+        """One line of a host program's explanation, as the dry run prints it."""
+        word, _, rest = line.partition(" ")
+        if word == "run":
+            self.history.append(rest)
+        print(f"[{self.host}] would {word}: {rest}", file=self.out)
+
+    def _explain(self, cmd: Command) -> CommandResult:
+        """A dry run of a host program that explains itself: run in explain mode (it reads the
+        host and changes nothing), its explanation printed; answers the rest of what it printed
+        (or, when it printed nothing else, what its builder says the host would print)."""
+        assert cmd.explain is not None
+        print(f"[{self.host}] {cmd.argv[3]} explains (changing nothing):", file=self.out)
+        res = self._exec(cmd.explain)
+        rest = []
+        for line in res.stdout.splitlines():
+            if line.split(" ", 1)[0] in EXPLAINED:
+                self._show(line)
+            else:
+                rest.append(line)
+        if not res.ok:
+            self.note(f"could not explain {cmd.argv[3]}: {res.first_error_line()}")
             return self._would_run(cmd)
+        return CommandResult(ok=True, stdout="".join(line + "\n" for line in rest or cmd.dry_run_output))
+
+    def change(self, cmd: Command, what: str | None = None, check: bool = True) -> CommandResult:
+        """Run a command that changes the host; in a dry run print it (or its explanation by
+        the host) and pretend success."""
+        if self.dry_run:
+            return self._explain(cmd) if self._explains(cmd) else self._would_run(cmd)
         res = self._exec(cmd)
         if check and not res.ok:
             raise StepFailed(f"{what or ' '.join(cmd.argv[:3])} failed: {res.first_error_line()}",
@@ -250,10 +315,16 @@ class Runner:
         is sent). A dry run prints it and plays back ``cmd.dry_run_output``; what zdd would
         send is printed by the ``labels`` of its first word."""
         if self.dry_run:
-            self._would_run(cmd)
             def echo(line: str) -> None:
                 word = line.split(" ", 1)[0]
                 print(f"[{self.host}] would send: {(labels or {}).get(word, word)}", file=self.out)
+            if self._explains(cmd) and getattr(self.execute, "converse", None) is not None:
+                assert cmd.explain is not None
+                print(f"[{self.host}] {cmd.argv[3]} explains (changing nothing):", file=self.out)
+                self.history.append(cmd.explain.describe())
+                self.remote_commands += 1
+                return _Explaining(self.execute.converse(cmd.explain.render()), self._show, echo)  # type: ignore[attr-defined]
+            self._would_run(cmd)
             return _Scripted(cmd.dry_run_output, echo)
         self.history.append(cmd.describe())
         self.remote_commands += 1

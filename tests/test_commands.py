@@ -43,7 +43,7 @@ def words(c: Command) -> list[str]:
 
 def program_args(c: Command, name: str) -> tuple[str, ...]:
     """The arguments of a ``sh -c SCRIPT NAME ARGS...`` command, after checking its head."""
-    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.script(name) and c.argv[3] == name
+    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.program(name) and c.argv[3] == name
     return c.argv[4:]
 
 
@@ -124,7 +124,8 @@ def test_limit_runs_the_argv_under_timeout():
 
 def test_host_program_sends_the_script_text_but_describes_it_by_name():
     c = cmds.host_program("survey.sh", "caddy", "a b", cwd="~/app")
-    text = cmds.script("survey.sh")
+    text = cmds.program("survey.sh")
+    assert text.startswith(cmds.script("lib.sh")) and text.endswith(cmds.script("survey.sh"))
     assert c.argv == ("sh", "-c", text, "survey.sh", "caddy", "a b")
     assert words(c) == ["cd", "~/app", "&&", "sh", "-c", text, "survey.sh", "caddy", "a b"]
     assert c.describe() == "cd ~/app && sh -c '<fabfile/remote/survey.sh>' survey.sh caddy 'a b'"
@@ -136,7 +137,7 @@ def test_survey_args():
     h = H(compose_files=("a.yaml", "b c.yaml"), project_name="remi",
           proxy=ProxyConfig(service="edge", config="/etc/caddy/caddy.json", admin="127.0.0.1:2999"))
     c = cmds.survey(h)
-    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999", "remi",
+    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999", "remi", "5000",
                                             "-f", "a.yaml", "-f", "b c.yaml", "-p", "remi")
     assert c.cwd == "~/app"
     assert program_args(cmds.survey(H(proxy=ProxyConfig(service=""))), "survey.sh")[:4] == (
@@ -225,13 +226,10 @@ def test_exec_is_interactive_only_with_stdin():
 
 
 @pytest.mark.parametrize("args, argv_tail", [
-    (("__app_remi", "acquire", "me@laptop pid 7 deploy", "120"),
-     ("acquire", "__app_remi", "me@laptop pid 7 deploy", "120")),
+    (("__app_remi", "acquire", "me@laptop pid 7 deploy", "120", (), 1800),
+     ("acquire", "__app_remi", "me@laptop pid 7 deploy", "120", "1800")),
     (("__app_remi", "takeover", "me pid 8", "me pid 7"), ("takeover", "__app_remi", "me pid 8", "me pid 7")),
-    (("__app_remi", "release", "me pid 7"), ("release", "__app_remi", "me pid 7")),
-    (("__app_remi", "release"), ("release", "__app_remi")),
     (("__app_remi", "unlock"), ("unlock", "__app_remi")),
-    (("__app_remi", "show"), ("show", "__app_remi")),
 ])
 def test_lock_is_a_host_program_keyed_by_the_survey(args, argv_tail):
     c = cmds.lock(*args)
@@ -240,8 +238,15 @@ def test_lock_is_a_host_program_keyed_by_the_survey(args, argv_tail):
     assert c.describe() == shlex.join(("sh", "-c", "<fabfile/remote/lock.sh>", "lock.sh", *argv_tail))
 
 
+def test_lock_acquire_needs_stale_and_knows_only_its_actions():
+    with pytest.raises(ValueError, match="stale"):
+        cmds.lock("k", "acquire", "me", "120")
+    with pytest.raises(ValueError, match="release"):
+        cmds.lock("k", "release", "me")
+
+
 def test_lock_journal_lines_go_on_stdin():
-    c = cmds.lock("k", "acquire", "me", "120", ('{"event": "start"}', '{"x": 1}'))
+    c = cmds.lock("k", "acquire", "me", "120", ('{"event": "start"}', '{"x": 1}'), 1800)
     assert c.stdin is not None and not c.stdin.secret
     assert c.stdin.text == '{"event": "start"}\n{"x": 1}\n'
     assert c.describe().endswith("  < journal lines")
@@ -318,12 +323,12 @@ def test_tier_args_count_services_then_compose_flags():
     identity = TierService("identity", 1, 30, 20, (), (), "")
     c = cmds.tier(h, True, "cad", [server(), identity], ("remilia_default",), "__app_remi", "run-1")
     assert program_args(c, "tier.sh") == (
-        "docker-rollout", "cad", "localhost:2019", "45", "7", "5", "__app_remi", "run-1", "2",
+        "plugin", "cad", "localhost:2019", "45", "7", "5", "__app_remi", "run-1", "2",
         *server().args(), *identity.args(),
         "-f", "a.yaml", "-f", "b.yaml", "-p", "remi", "--env-file", ".env")
     assert c.cwd == "~/app"
     assert c.stdin is not None and c.stdin.text == "" and not c.stdin.secret
-    assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/tier.sh>' tier.sh docker-rollout cad ")
+    assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/tier.sh>' tier.sh plugin cad ")
 
 
 def test_tier_matches_the_documented_command_line():
@@ -331,7 +336,7 @@ def test_tier_matches_the_documented_command_line():
     c = cmds.tier(h, False, "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))],
                   key="KEY", run="RUN")
     assert program_args(c, "tier.sh") == tuple(shlex.split(
-        "native PROXY localhost:2019 5 0 5 KEY RUN 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
+        "compose PROXY localhost:2019 5 0 5 KEY RUN 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
 
 
 def test_tier_dry_run_output_has_placeholders_on_the_proxy_network():

@@ -100,13 +100,13 @@ def test_dry_run_plan_in_order(deployed):
          "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)"),
         "server: roll (1 → 1), new image",
         "profile-server: roll (1 → 1), new image",
-        ("would run: cd ~/remilia && sh -c '<fabfile/remote/tier.sh>' tier.sh native cad000000000", " 2 server 1 30 ",
+        ("would run: cd ~/remilia && sh -c '<fabfile/remote/tier.sh>' tier.sh compose cad000000000", " 2 server 1 30 ",
          "server:8080,172.18.0.10:8080", " property 1 30 "),
         "would send: the proxy config pinning every service that rolls to its old containers",
         "would send: the proxy config routing server, property to the new containers",
-        ("would run:", "tier.sh native cad000000000", " 1 identity 1 30 "),
+        ("would run:", "tier.sh compose cad000000000", " 1 identity 1 30 "),
         "would send: nothing to pin",
-        ("would run:", "tier.sh native cad000000000", " 1 profile-server 1 30 "),
+        ("would run:", "tier.sh compose cad000000000", " 1 profile-server 1 30 "),
         ("would run:", "sh -c '<fabfile/remote/restore.sh>' restore.sh detach project cad000000000 "
                        "/etc/caddy/Caddyfile 40 a00000000000 c00000000000 e00000000000 100000000000"),
         # the end of the run: journal, keep tags of the new images, prune; no holder to release
@@ -212,7 +212,7 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
     deploy(s)
     plan = out.getvalue()
     assert "install_plugin.sh" in plan
-    assert "tier.sh docker-rollout" in plan
+    assert "tier.sh plugin" in plan
 
 
 def test_unreadable_proxy_config_fails_validation_before_any_change(monkeypatch):

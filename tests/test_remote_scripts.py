@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,7 @@ from fabfile.commands import TierService
 from fabfile.config import HostConfig, ProxyConfig, RegistryConfig
 from fabfile.plan import parse_survey
 from fabfile.proxy import Routing
+from fabfile.runner import CommandResult, Runner
 from tests.fakes import PROXY_NETWORK, cid, dead_pid, sandbox_caddy_config
 
 SH = shutil.which("dash") or "/bin/sh"
@@ -134,7 +137,12 @@ class Host:
         return path.read_text().splitlines() if path.exists() else []
 
     def lock(self, action: str, holder: str = "", arg: int | str = "", *lines: str) -> subprocess.CompletedProcess:
-        return self.run(cmds.lock(self.key, action, holder, str(arg), lines))
+        stale = 1800 if action == "acquire" else None
+        return self.run(cmds.lock(self.key, action, holder, str(arg), lines, stale=stale))
+
+    def holder(self) -> str | None:
+        """Who holds the lock (its holder line), None when it is free."""
+        return (self.lock_dir / "holder").read_text().strip() if self.lock_dir.exists() else None
 
     def journal(self) -> list[dict]:
         """The project's journal, one event per line."""
@@ -187,16 +195,23 @@ def stop(proc: subprocess.Popen) -> None:
 
 # --- lock.sh -----------------------------------------------------------------------------------
 
-def test_lock_acquire_show_release(host):
-    assert host.lock("show").stdout == "free\n"
+def test_lock_acquire_unlock(host):
+    assert host.holder() is None
     res = host.lock("acquire", "alice@laptop pid 7 deploy", 30)
     assert (res.returncode, res.stdout) == (0, "locked\n")
     assert (host.lock_dir / "holder").read_text() == "alice@laptop pid 7 deploy\n"
-    assert host.lock("show").stdout == "locked by: alice@laptop pid 7 deploy\n"
-    assert host.lock("release").stdout == "released\n"
+    assert host.lock("unlock").stdout == "released\n"
     assert not host.lock_dir.exists()
-    assert host.lock("show").stdout == "free\n"
-    assert host.lock("release").stdout == "released\n"  # releasing a free lock is fine
+    assert host.lock("unlock").stdout == "released\n"  # unlocking a free lock is fine
+
+
+@pytest.mark.parametrize("argv", [("acquire", "k", "me", "0"), ("takeover", "k", "me"), ("unlock",), ("release", "k"),
+                                  ("show", "k")])
+def test_lock_refuses_missing_arguments_and_unknown_actions(host, argv):
+    """STALE is required (its default is lock_stale in config.py); release and show are gone."""
+    res = host.run(cmds.Command(("sh", "-c", cmds.program("lock.sh"), "lock.sh", *argv)))
+    assert res.returncode == 2 and res.stdout.startswith("usage: lock.sh acquire KEY HOLDER WAIT STALE")
+    assert not (host.home / ".zdd" / "locks").exists() or not any((host.home / ".zdd" / "locks").iterdir())
 
 
 def test_lock_held_by_a_deploy_fails_at_once_naming_it(host):
@@ -251,7 +266,7 @@ def test_lock_is_acquired_once_the_job_releases_it(host):
     job = sleeper()
     try:
         host.hold_lock("restore job 1", job.pid)
-        waiting = host.start(cmds.lock(host.key, "acquire", "bob", "30", ('{"run": "b", "event": "start"}',)))
+        waiting = host.start(cmds.lock(host.key, "acquire", "bob", "30", ('{"run": "b", "event": "start"}',), 1800))
         assert eventually(lambda: (host.stub / "slept").exists())  # it is waiting
         assert waiting.poll() is None and host.journal() == []  # its start line waits for the lock
         shutil.rmtree(host.lock_dir)  # the job ends as restore.sh does: lock removed, then exit
@@ -274,7 +289,7 @@ def test_lock_acquire_writes_its_journal_line_only_once_held(host):
     res = host.lock("acquire", "bob", 0, START)
     assert (res.returncode, res.stdout) == (1, "locked by: alice\n")
     assert host.journal() == []  # refused: nothing written
-    host.lock("release", "alice")
+    host.lock("unlock")
     res = host.lock("acquire", "bob", 0, START)
     assert (res.returncode, res.stdout) == (0, "locked\n")
     assert host.journal() == [json.loads(START)]
@@ -295,16 +310,6 @@ def test_lock_takeover_refuses_when_the_lock_changed_meanwhile(host, job):
     holder = (host.lock_dir / "holder").read_text().strip()
     assert (res.returncode, res.stdout) == (1, f"locked by: {holder} (changed meanwhile)\n")
     assert holder != "bob pid 9" and host.journal() == []
-
-
-def test_lock_release_refuses_another_holder(host):
-    host.lock("acquire", "alice", 0)
-    res = host.lock("release", "bob", "", START)
-    assert (res.returncode, res.stdout) == (1, "not released: held by alice\n")
-    assert host.lock_dir.exists() and host.journal() == []
-    res = host.lock("release", "alice", "", '{"run": "a", "event": "end"}')
-    assert (res.returncode, res.stdout) == (0, "released\n")
-    assert not host.lock_dir.exists() and host.journal() == [{"run": "a", "event": "end"}]
 
 
 def test_unlock_releases_whoever_holds_it(host):
@@ -357,7 +362,7 @@ def test_restore_detached_job_takes_the_lock_over_and_releases_it(host):
         job = res.stdout.split("(job ", 1)[1].split(")", 1)[0]
         pid_file = host.lock_dir / "pid"
         assert eventually(lambda: pid_file.exists() and pid_file.read_text().strip() == job)
-        assert eventually(lambda: host.lock("show").stdout.startswith(f"locked by: restore job {job} on "))
+        assert eventually(lambda: (host.holder() or "").startswith(f"restore job {job} on "))
         assert host.lock_dir.exists()  # still waiting for the old container
     finally:
         host.set("gone")
@@ -694,3 +699,173 @@ def test_tier_renews_the_deploys_lock_while_it_waits(host):
     res = host.run(tier(host), stdin="nopin\ngo\n")
     assert res.returncode == 0, res.stdout + res.stderr
     assert renewed.stat().st_mtime > time.time() - 60
+
+
+# --- explain mode (ZDD_EXPLAIN=1, lib.sh): what `deploy --dry-run` runs -------------------------------
+
+READS = ("compose -f x.yaml ps ", "inspect ", "image ls ", f"exec {OLD[:12]} sh -c for d in /dev/shm /tmp")
+
+
+def ran(host: Host) -> list[str]:
+    """The commands the host programs recorded as they ran them (~/.zdd/ran.log)."""
+    log = host.home / ".zdd" / "ran.log"
+    return [line.split(" ran ", 1)[1] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def same_run(commands: list[str]) -> list[str]:
+    """Commands with what only exists at run time made equal: the hold marker's time and pid."""
+    return [re.sub(r"zdd-release-\d+-\d+", "zdd-release-T-P", c) for c in commands]
+
+
+def assert_changed_nothing(host: Host) -> None:
+    assert all(c.startswith(READS) or c.startswith("            rm -f") for c in host.calls()), host.calls()
+    assert not (host.home / ".zdd").exists()  # no journal, lock, job log or ran.log
+
+
+@pytest.mark.parametrize("plugin", [False, True], ids=["compose", "plugin"])
+def test_tier_explains_what_it_would_run_and_a_real_run_runs_exactly_that(host, plugin):
+    svc = TierService("server", 1, 5, 10, (OLD[:12],), (), "sleep 1")
+    cmd = cmds.tier(host.config, plugin, "cad", [svc], (PROXY_NETWORK,), host.key, RUN)
+    assert cmd.explain is not None and cmd.explain.argv[:2] == ("env", "ZDD_EXPLAIN=1")
+    assert cmd.explain.describe().startswith("cd ~/app && env ZDD_EXPLAIN=1 sh -c '<fabfile/remote/tier.sh>' tier.sh ")
+    res = host.run(cmd.explain, stdin="journal {}\npin {}\nswitch {}\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_changed_nothing(host)
+    out = [line for line in res.stdout.splitlines()[1:] if not line.startswith("progress ")]
+    reload = "run docker exec -i cad caddy reload --config /dev/stdin --force"
+    if plugin:
+        start = ["run setsid docker rollout -f x.yaml --timeout 5 --wait 0 --pre-stop-hook 'n=0; while [ ! -e "
+                 "/dev/shm/zdd-release-T-P ] && [ ! -e /tmp/zdd-release-T-P ] && [ $n -lt 350 ]; do sleep 0.2 "
+                 "2>/dev/null || sleep 1; n=$((n+1)); done; sleep 1' server"]
+        retire = [f"run docker exec {OLD[:12]} sh -c 'true 2>/dev/null > /dev/shm/zdd-release-T-P || true > "
+                  "/tmp/zdd-release-T-P'"]
+    else:
+        start = ["run timeout -k 10 65 docker compose -f x.yaml up --detach --no-deps --no-recreate --scale server=2 "
+                 "server"]
+        retire = [f"run docker exec {OLD[:12]} sh -c 'sleep 1'", f"run docker stop --time 10 {OLD[:12]}",
+                  f"run docker rm {OLD[:12]}"]
+    assert same_run(out) == ["load pin config", reload, "pinned", *start,
+                             "wait healthy: server (1 container) up to 5 s",
+                             f"new server <new-server-1> {PROXY_NETWORK}=<ip-of-new-server-1>", "healthy after 0s",
+                             "load switch config", reload, "switched", "drained nothing to drain at the proxy",
+                             *retire, "retired"]
+    # the real run: what it records having run is what the explanation said
+    if plugin:
+        host.set("up")  # the stub `docker rollout` started the new container
+    res = host.run(cmd, stdin="journal {}\npin {}\nswitch {}\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    expected = [line[len("run "):] for line in out if line.startswith("run ")]
+    assert eventually(lambda: len(ran(host)) >= len(expected))  # the old containers retire in the background
+    assert same_run(ran(host)) == same_run(expected)
+
+
+def test_explain_mode_of_restore_finish_recover_and_pull_changes_nothing(host):
+    host.set("images", "r/server:latest sha256:aa\n")
+    res = host.run(cmds.restore(host.config, host.key, "cad", [OLD[:12]], True, 20).explain)
+    assert (res.returncode, res.stdout.splitlines()) == (0, [
+        f"wait gone: {OLD[:12]} up to 20 s",
+        "run docker exec cad caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force",
+        "restore queued (explain mode: not started): it waits for 1 old container(s) to stop, then reloads "
+        "/etc/caddy/Caddyfile and releases the lock"])
+    res = host.run(cmds.finish(host.key, "", True, 3, RUN, {"server": "sha256:aa"}, ('{"event": "end"}',)).explain)
+    repo = keep_repo(host.key)
+    assert (res.returncode, res.stdout.splitlines()) == (0, [
+        f"run docker tag sha256:aa {repo}-server:{RUN}", "kept the images of the last 3 runs",
+        "run docker image prune --force"])
+    res = host.run(cmds.recover(host.config, host.key, RUN, [(str(dead_pid()), True, ["server"], [OLD[:12]])]).explain)
+    assert (res.returncode, res.stdout.splitlines()) == (0, [
+        f"run docker stop {OLD[:12]}", f"run docker rm {OLD[:12]}",
+        f"recovered server: stopped the old containers, out of rotation since the switch: {OLD[:12]}"])
+    host.config = dataclasses.replace(host.config, registry=RegistryConfig(server="reg.test"))
+    cmd = cmds.pull(host.config, ["server"], ("reg.test", "bot", "t0k3n", "X"), limit=30)
+    assert cmd.explain is not None and cmd.explain.stdin is None  # the token is not sent to an explanation
+    res = host.run(cmd.explain)
+    assert (res.returncode, res.stdout.splitlines()) == (0, [
+        "run docker login --username bot --password-stdin reg.test", "logged in to reg.test (temporary config)",
+        "run timeout -k 10 30 docker compose -f x.yaml pull --quiet server"])
+    assert "t0k3n" not in res.stdout
+    assert_changed_nothing(host)
+    assert not (host.stub / "login").exists()
+
+
+def test_lock_and_survey_do_not_explain():
+    assert cmds.lock("k", "unlock").explain is None
+    assert cmds.survey(HostConfig(name="t", dir="~/app")).explain is None
+
+
+def test_quoted_words_read_back_as_the_same_words():
+    nasty = ["plain", "it's", 'a "b"', "$HOME", "*", "", "a=b,c:d/e.f@g%h+i-j_k"]
+    text = "\n".join([cmds.script("lib.sh"), 'quoted "$@"'])
+    out = subprocess.run([SH, "-c", text, "x", *nasty], capture_output=True, text=True, check=True).stdout
+    assert shlex.split(out) == nasty
+    assert out == shlex.join(nasty)
+
+
+class LocalExecutor:
+    """Runs zdd's commands on the fake host (as SshExecutor does over SSH), conversations too."""
+
+    explains = True
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    def __call__(self, command: str, stdin: str | None, deadline: float | None = None) -> CommandResult:
+        res = subprocess.run([SH, "-c", command], input=stdin or "", capture_output=True, text=True,
+                             env=self.host.env, cwd=self.host.home, timeout=20)
+        return CommandResult(ok=res.returncode == 0, stdout=res.stdout, stderr=res.stderr, exited=res.returncode)
+
+    def converse(self, command: str) -> LocalConversation:
+        return LocalConversation(subprocess.Popen([SH, "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                  text=True, env=self.host.env, cwd=self.host.home))
+
+
+class LocalConversation:
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def readline(self, timeout: float) -> str | None:
+        line = self.proc.stdout.readline()  # the explanation never waits: a line or the end comes at once
+        return line.rstrip("\n") if line else None
+
+    def close(self) -> CommandResult:
+        out, _ = self.proc.communicate(timeout=10)
+        return CommandResult(ok=self.proc.returncode == 0, stdout=out, exited=self.proc.returncode)
+
+    def close_early(self) -> None:
+        self.close()
+
+
+def test_dry_run_prints_the_hosts_explanation_of_a_tier_and_of_the_restore(host):
+    out = io.StringIO()
+    r = Runner(LocalExecutor(host), "t", dry_run=True, out=out)
+    cmd = cmds.tier(host.config, False, "cad", [TierService("server", 1, 5, None, (OLD[:12],), ())],
+                    (PROXY_NETWORK,), host.key, RUN)
+    conv = r.converse(cmd, {"nopin": "nothing to pin", "go": "go on"})
+    conv.send("nopin")
+    got = []
+    while (line := conv.readline(1)) is not None:
+        got.append(line)
+        if line.startswith("healthy"):
+            conv.send("go")
+    assert conv.close().ok
+    assert [line.split()[0] for line in got] == ["pid", "pinned", "new", "healthy", "switched", "drained", "retired"]
+    res = r.change(cmds.restore(host.config, host.key, "cad", [OLD[:12]], False, 20))
+    assert res.ok and res.stdout == "restored /etc/caddy/Caddyfile after 0s\n"
+    assert out.getvalue().splitlines() == [
+        "[t] tier.sh explains (changing nothing):",
+        "[t] would send: nothing to pin",
+        "[t] would run: timeout -k 10 65 docker compose -f x.yaml up --detach --no-deps --no-recreate --scale "
+        "server=2 server",
+        "[t] would wait: healthy: server (1 container) up to 5 s",
+        "[t] would send: go on",
+        f"[t] would run: docker stop {OLD[:12]}",
+        f"[t] would run: docker rm {OLD[:12]}",
+        "[t] restore.sh explains (changing nothing):",
+        f"[t] would wait: gone: {OLD[:12]} up to 20 s",
+        "[t] would run: docker exec cad caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force"]
+    assert_changed_nothing(host)
+    assert f"docker stop {OLD[:12]}" in r.history  # what the dry run would run, as a plan

@@ -93,7 +93,7 @@ def test_nothing_changed_starts_nothing_and_loads_nothing():
 def test_full_deploy_pins_once_switches_per_tier_and_restores_once():
     s, fake, out = host()
     deploy(s)
-    assert [c.command.split("tier.sh native ")[1].split()[8] for c in fake.tiers] == ["server", "identity",
+    assert [c.command.split("tier.sh compose ")[1].split()[8] for c in fake.tiers] == ["server", "identity",
                                                                                    "profile-server"]
     first, second, third = fake.tiers
     assert first.said[0].startswith("pin ") and second.said[0] == "nopin" and third.said[0] == "nopin"
@@ -244,7 +244,7 @@ def test_docker_rollout_engine_keeps_the_count_and_passes_the_label_hook():
     fake.on("plugin_version.sh", ok("docker-rollout version v0.13\n"))
     deploy(s)
     cmd = fake.tiers[0].command
-    assert "tier.sh docker-rollout " in cmd
+    assert "tier.sh plugin " in cmd
     assert " server 2 30 '' a00000000000,a10000000000 " in cmd and "'sleep 1'" in cmd
 
 

@@ -53,6 +53,6 @@ def test_every_command_has_a_deadline_and_the_long_ones_a_longer_one():
     from fabfile.config import HostConfig
     h = HostConfig(name="h")
     assert cmds.pull(h, ["server"], None, 900).deadline == 960
-    assert cmds.lock("k", "acquire", "me", "120").deadline == 180
+    assert cmds.lock("k", "acquire", "me", "120", stale=1800).deadline == 180
     assert cmds.restore(h, "k", "cad", ["old"], detach=False, timeout=40).deadline == 100
     assert cmds.image_prune().deadline is None  # the runner's default (COMMAND_DEADLINE) applies

@@ -1,7 +1,14 @@
 """Static checks of the project's shell scripts."""
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
+
+from fabfile import commands as cmds
 
 ROOT = Path(__file__).resolve().parent.parent
 # A reader that may stop before its writer is done: the writer then dies of SIGPIPE, and
@@ -39,3 +46,20 @@ def test_the_pattern_is_recognised():
     assert EARLY_EXIT.search("/bin/busybox --list | grep -qx httpd")
     assert EARLY_EXIT.search("ls | head -n 1")
     assert not EARLY_EXIT.search("ls | grep -v foo")
+
+
+def test_host_programs_as_sent_pass_shellcheck(tmp_path):
+    """Each host program as zdd sends it (lib.sh in front: commands.program), and those fed on
+    stdin as they are, without a shellcheck finding. Missing shellcheck fails in CI."""
+    if shutil.which("shellcheck") is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("shellcheck is missing (apt-get install shellcheck)")
+        pytest.skip("shellcheck is not installed")
+    alone = {"lib.sh", "install_plugin.sh", "plugin_version.sh"}
+    files = []
+    for path in sorted((ROOT / "fabfile" / "remote").glob("*.sh")):
+        sent = tmp_path / path.name
+        sent.write_text(cmds.script(path.name) if path.name in alone else cmds.program(path.name))
+        files.append(str(sent))
+    res = subprocess.run(["shellcheck", "-s", "sh", "-f", "gcc", *files], capture_output=True, text=True)
+    assert (res.returncode, res.stdout) == (0, ""), res.stdout + res.stderr

@@ -149,8 +149,8 @@ def program_args(c: cmds.Command | Call, name: str) -> list[str]:
 
 def test_stack_survey_command():
     c = cmds.stack_survey(H)
-    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.script("survey.sh")
-    assert c.argv[3:] == ("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "-f", "a.yaml", "-f", "b.yaml")
+    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.program("survey.sh")
+    assert c.argv[3:] == ("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "5000", "-f", "a.yaml", "-f", "b.yaml")
     assert c.cwd == "~/app"
 
 
@@ -363,7 +363,7 @@ def test_deploy_updates_each_tier_together_in_order():
     assert "lock.sh acquire stack_remilia-swarm" in fake.calls[1].command
     finish = shlex.split(fake.calls[-1].command)
     assert finish[finish.index("finish.sh") + 1:] == [SWARM_KEY, finish[finish.index("finish.sh") + 2], "1", "3", ""]
-    assert not fake.seen("caddy reload") and not fake.seen("restore.sh") and not fake.seen("tier.sh native")
+    assert not fake.seen("caddy reload") and not fake.seen("restore.sh") and not fake.seen("tier.sh compose")
     pulled = shlex.split(fake.calls[fake.index("pull.sh")].command)
     assert pulled[pulled.index("pull.sh") + 1:pulled.index("--")] == [
         "1", "127.0.0.1:15000", "zdd", "900", "server", "property", "identity", "profile-server", "mongodb", "redis",

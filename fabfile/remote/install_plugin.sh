@@ -3,7 +3,7 @@
 # downloaded from URL (curl or wget), or taken from LOCAL_FILE (uploaded by zdd) when given.
 # Nothing is replaced unless the new file's checksum matches.
 set -eu
-url=$1 sum=$2 version=$3 src=${4:-}
+url=$1 sum=$2 src=${4:-}  # $3, VERSION, is for the reader: `docker rollout --version` says it below
 dir=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
 mkdir -p "$dir"
 tmp=$(mktemp "$dir/.docker-rollout.XXXXXX")

@@ -1,5 +1,5 @@
 # recover.sh KEY RUN N [PID SWITCHED SERVICES OLD_IDS]xN COMPOSE_FLAGS...
-# (run on the host by zdd, in the project directory, as `sh -c SCRIPT recover.sh ARGS...`)
+# (run on the host by zdd in the project directory, after lib.sh, as `sh -c 'LIB SCRIPT' recover.sh ARGS...`)
 #
 # Finishes or undoes the tiers of an interrupted run RUN (from the project's journal), so that
 # every service is left with one whole set of containers:
@@ -8,35 +8,35 @@
 #   - a tier.sh that died before its switch: the containers it started are removed (the old
 #     ones never stopped serving); after its switch: the old ones are stopped and removed.
 # SERVICES and OLD_IDS are comma-separated. Prints one line per tier; appends to the journal.
-key=$1 run=$2 count=$3
+# Explain mode (lib.sh): what it would stop, wait for and remove, and the same lines.
+key=$1 run_id=$2 count=$3
 shift 3
+stop_wait=30    # s a tier.sh before its switch gets to undo its tier after SIGTERM
+drain_wait=180  # s a tier.sh after its switch gets to drain and retire the old containers
+tiers=  # one line per tier: PID SWITCHED SERVICES OLD_IDS ("-" for empty)
 i=1
 while [ "$i" -le "$count" ]; do
-    for k in pid switched services old; do eval "${k}_$i=\$1"; shift; done
+    tiers="$tiers$1 ${2:--} ${3:--} ${4:--}$zdd_nl"
+    shift 4
     i=$((i + 1))
 done
-flags=
-for a in "$@"; do flags="$flags '$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'"; done
-dc() { eval "docker compose $flags \"\$@\""; }
-journal=$HOME/.zdd/journal/$key.jsonl
-commas() { printf '%s' "$1" | tr ',' ' '; }
-alive() { kill -0 "$1" 2>/dev/null && tr '\000' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -q 'tier\.sh'; }
+compose_flags "$@"
+alive() { kill -0 "$1" 2>/dev/null && tr '\000' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep 'tier\.sh' >/dev/null; }
 wait_gone() {  # wait_gone PID SECONDS
+    explain wait "tier.sh $1 to end, up to $2 s"
+    [ -z "$explaining" ] || return 0
     n=0
-    while alive "$1" && [ $n -lt $(($2 * 5)) ]; do sleep 0.2 2>/dev/null || sleep 1; n=$((n + 1)); done
+    while alive "$1" && [ "$n" -lt "$(($2 * 5))" ]; do nap; n=$((n + 1)); done  # nap_seconds: 0.2
     ! alive "$1"
 }
-i=1
-while [ "$i" -le "$count" ]; do
-    eval "pid=\$pid_$i switched=\$switched_$i services=\$services_$i old=\$old_$i"
-    what=
+recover_tier() {
     if alive "$pid"; then
         if [ -z "$switched" ]; then
-            kill -TERM "$pid" 2>/dev/null
-            if wait_gone "$pid" 30; then what="stopped its tier.sh (it removed the new containers)"
-            else what="its tier.sh $pid did not stop within 30s"; fi
-        elif wait_gone "$pid" 180; then what="waited for its tier.sh to drain and retire the old containers"
-        else what="its tier.sh $pid is still draining after 180s"; fi
+            run kill -TERM "$pid" 2>/dev/null
+            if wait_gone "$pid" "$stop_wait"; then what="stopped its tier.sh (it removed the new containers)"
+            else what="its tier.sh $pid did not stop within ${stop_wait}s"; fi
+        elif wait_gone "$pid" "$drain_wait"; then what="waited for its tier.sh to drain and retire the old containers"
+        else what="its tier.sh $pid is still draining after ${drain_wait}s"; fi
     elif [ -z "$switched" ]; then
         new=
         for svc in $(commas "$services"); do
@@ -45,19 +45,34 @@ while [ "$i" -le "$count" ]; do
                 case ",$old," in *",$id,"*) ;; *) new="$new $id" ;; esac
             done
         done
-        if [ -n "$new" ]; then docker rm --force $new >/dev/null 2>&1; what="removed the new containers:$new"
-        else what="nothing was started"; fi
+        if [ -n "$new" ]; then
+            # shellcheck disable=SC2086 # container ids, one word each
+            run docker rm --force $new >/dev/null 2>&1
+            what="removed the new containers:$new"
+        else
+            what="nothing was started"
+        fi
     else
         ids=
         for id in $(commas "$old"); do docker inspect --format . "$id" >/dev/null 2>&1 && ids="$ids $id"; done
         if [ -n "$ids" ]; then
-            docker stop $ids >/dev/null 2>&1; docker rm $ids >/dev/null 2>&1
+            # shellcheck disable=SC2086 # container ids, one word each
+            { run docker stop $ids; run docker rm $ids; } >/dev/null 2>&1
             what="stopped the old containers, out of rotation since the switch:$ids"
-        else what="the old containers were already gone"; fi
+        else
+            what="the old containers were already gone"
+        fi
     fi
     echo "recovered $services: $what"
-    i=$((i + 1))
-done
-mkdir -p "$HOME/.zdd/journal"
-printf '{"run": "%s", "t": %s, "event": "end", "result": "interrupted", "recovered_by": "%s"}\n' \
-    "$run" "$(date +%s)" "$$" >> "$journal"
+}
+while read -r pid switched services old <&9; do
+    [ -n "$pid" ] || continue
+    [ "$switched" != - ] || switched=
+    [ "$services" != - ] || services=
+    [ "$old" != - ] || old=
+    recover_tier
+done 9<<TIERS
+$tiers
+TIERS
+journal_line "$(printf '{"run": "%s", "t": %s, "event": "end", "result": "interrupted", "recovered_by": "%s"}' \
+    "$run_id" "$(date +%s)" "$$")"

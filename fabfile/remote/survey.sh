@@ -1,10 +1,10 @@
-# survey.sh PROXY_SERVICE CONFIG ADMIN PROJECT COMPOSE_FLAGS...
-# survey.sh --stack STACK STATE_FILE COMPOSE_FLAGS...          (engine swarm)
-# (run on the host by zdd, in the project directory, as `sh -c SCRIPT survey.sh ARGS...`)
+# survey.sh PROXY_SERVICE CONFIG ADMIN PROJECT TAIL COMPOSE_FLAGS...
+# survey.sh --stack STACK STATE_FILE TAIL COMPOSE_FLAGS...          (a Swarm stack)
+# (run on the host by zdd, in the project directory, after lib.sh, as `sh -c 'LIB SCRIPT' survey.sh ARGS...`)
 #
 # Everything a deploy needs to know about the host, read once and changing nothing: the
 # project's key (its resolved directory and compose project: names its lock and journal),
-# the lock holder, the journal's recent lines, the compose model, the config hash each
+# the lock holder, the journal's last TAIL lines, the compose model, the config hash each
 # service would get now, every container of the project (docker inspect), and the proxy: its
 # config file as JSON, the config it runs, its version.
 # With --stack: the key (stack_STACK), lock and journal, the compose model, this node's swarm
@@ -12,19 +12,19 @@
 # what zdd last applied (~/STATE_FILE).
 # Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
 if [ "$1" = --stack ]; then
-    key=$(printf 'stack:%s' "$2" | tr -c 'A-Za-z0-9._-' '_')
+    key=$(printf 'stack:%s' "$2" | tr -c 'A-Za-z0-9._-' '_') tail_lines=$4
 else
-    key=$(printf '%s%s' "$(pwd -P)" "${4:+:$4}" | tr -c 'A-Za-z0-9._-' '_')
+    key=$(printf '%s%s' "$(pwd -P)" "${4:+:$4}" | tr -c 'A-Za-z0-9._-' '_') tail_lines=$5
 fi
-journal=$HOME/.zdd/journal/$key.jsonl
+journal=$zdd/journal/$key.jsonl
 printf '=== key 0\n%s\n' "$key"
 printf '=== lock 0\n'
-cat "$HOME/.zdd/locks/$key/holder" 2>/dev/null
+cat "$zdd/locks/$key/holder" 2>/dev/null
 printf '=== journal 0\n'
-[ -s "$journal" ] && tail -n 500 "$journal"  # the recent runs: an unfinished one is among them
+[ -s "$journal" ] && tail -n "$tail_lines" "$journal"  # the recent runs: an unfinished one is among them
 dir=$(mktemp -d 2>/dev/null || { mkdir -p "/tmp/zdd-survey-$$" && echo "/tmp/zdd-survey-$$"; })
 trap 'rm -rf "$dir"' EXIT
-run() {  # run NAME COMMAND...: in the background, its stdout (or its stderr when it failed)
+read_bg() {  # read_bg NAME COMMAND...: in the background, its stdout (or its stderr when it failed)
     name=$1; shift
     { "$@" >"$dir/$name.out" 2>"$dir/$name.err"; echo $? >"$dir/$name.rc"; } &
 }
@@ -37,14 +37,15 @@ show() {  # show NAME: print the section
 }
 if [ "$1" = --stack ]; then
     stack=$2 state=$3
-    shift 3
+    shift 4
     filter="label=com.docker.stack.namespace=$stack"
-    run compose docker compose "$@" config --format json
-    run node docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}'
-    run replicas docker service ls --filter "$filter" --format '{{.Name}} {{.Replicas}}'
-    run applied cat "$HOME/$state"
+    read_bg compose docker compose "$@" config --format json
+    read_bg node docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}'
+    read_bg replicas docker service ls --filter "$filter" --format '{{.Name}} {{.Replicas}}'
+    read_bg applied cat "$HOME/$state"
     ids=$(docker service ls --quiet --filter "$filter" 2>/dev/null)
     # a service removed between ls and inspect makes inspect fail but still print the others
+    # shellcheck disable=SC2086 # ids, one word each
     [ -n "$ids" ] && docker service inspect $ids >"$dir/services.out" 2>/dev/null
     wait
     for section in compose node replicas applied; do show "$section"; done
@@ -53,11 +54,11 @@ if [ "$1" = --stack ]; then
     exit 0
 fi
 proxy=$1 config=$2 admin=$3
-shift 4
-run compose docker compose "$@" config --format json
-run hashes docker compose "$@" config --hash '*'
-run ids docker compose "$@" ps --all --quiet
-[ -n "$proxy" ] && run pid docker compose "$@" ps --quiet --status running "$proxy"
+shift 5
+read_bg compose docker compose "$@" config --format json
+read_bg hashes docker compose "$@" config --hash '*'
+read_bg ids docker compose "$@" ps --all --quiet
+[ -n "$proxy" ] && read_bg pid docker compose "$@" ps --quiet --status running "$proxy"
 wait
 show compose
 show hashes
@@ -66,12 +67,13 @@ ids=$(cat "$dir/ids.out")
 pid=$(head -n 1 "$dir/pid.out" 2>/dev/null)
 if [ -n "$pid" ]; then
     case "$config" in
-        *.json) run proxy-config docker exec "$pid" cat "$config" ;;
-        *) run proxy-config docker exec "$pid" caddy adapt --config "$config" --adapter caddyfile ;;
+        *.json) read_bg proxy-config docker exec "$pid" cat "$config" ;;
+        *) read_bg proxy-config docker exec "$pid" caddy adapt --config "$config" --adapter caddyfile ;;
     esac
-    run proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
-    run proxy-version docker exec "$pid" caddy version
+    read_bg proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
+    read_bg proxy-version docker exec "$pid" caddy version
 fi
+# shellcheck disable=SC2086 # ids, one word each
 [ -n "$ids" ] && docker inspect $ids >"$dir/containers.out" 2>/dev/null
 wait
 printf '=== containers 0\n'

@@ -1,5 +1,5 @@
 # swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-c FILE...]
-# (run on the host by zdd in the stack's directory, as `sh -c SCRIPT swarm_tier.sh ARGS...`)
+# (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`)
 #
 # Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
 # then waits, reading every service's UpdateStatus in one `docker service inspect` twice a
@@ -30,29 +30,38 @@
 # either way: nothing here undoes anything, and zdd going away changes nothing.
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
+# each service's fields, one line each ("-" for an empty field); what is learnt of it on the way
+# (the update it had before, whether it finished) in files of its own
+tmp=$(mktemp -d) || { say "failed cannot make a temporary directory"; exit 1; }
+trap 'rm -rf "$tmp"' EXIT
+: > "$tmp/services"
 i=1
 while [ "$i" -le "$count" ]; do
-    eval "name_$i=\$1 image_$i=\$2 ref_$i=\$3 sets_$i=\$4"
+    printf '%s %s %s %s\n' "$1" "${2:--}" "${3:--}" "${4:--}" >> "$tmp/services"
     shift 4
     i=$((i + 1))
 done
-grace=5  # stack: a service Swarm has not started updating by then had no task to replace
+grace=5  # s; stack: a service Swarm has not started updating by then had no task to replace
 
-say() { printf '%s\n' "$*" 2>/dev/null || true; }
-last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }
-renew() {  # the deploy's lock is renewed while this waits (a holder silent for long is gone)
-    [ -n "$key" ] && [ -d "$HOME/.zdd/locks/$key" ] && touch "$HOME/.zdd/locks/$key/renewed" 2>/dev/null
-    return 0
+nap_seconds=0.5  # between two reads of the services' UpdateStatus
+each() {  # each FUNCTION...: call it once per service, with j, name, image, ref, sets, prev, fin, full set
+    j=0
+    while read -r name image ref sets <&9; do
+        j=$((j + 1))
+        [ "$image" != - ] || image=''
+        [ "$ref" != - ] || ref=''
+        [ "$sets" != - ] || sets=''
+        prev=$(cat "$tmp/prev.$j" 2>/dev/null) fin=$(cat "$tmp/fin.$j" 2>/dev/null) full=${stack}_$name
+        "$@"
+    done 9< "$tmp/services"
 }
-nap() { renew; sleep 0.5 2>/dev/null || sleep 1; }
-spec() { eval "name=\$name_$1 image=\$image_$1 ref=\$ref_$1 sets=\$sets_$1 prev=\${prev_$1-} fin=\${fin_$1-}"; full=${stack}_$name; }
-each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
 all=
 add() { all="$all $full"; }
 each add
 
 inspect() {  # NAME|STATE|STARTED|MESSAGE of each service that exists, one line each
     [ -n "$all" ] || return 0
+    # shellcheck disable=SC2086 # service names, one word each
     docker service inspect --format '{{.Spec.Name}}|{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.StartedAt}}|{{.UpdateStatus.Message}}{{else}}none||{{end}}' $all 2>/dev/null
 }
 field() {  # field N: the Nth |-separated field of service $full's line in $out
@@ -61,7 +70,7 @@ field() {  # field N: the Nth |-separated field of service $full's line in $out
 
 # --- what Swarm said before: a state counts only once a new update has started -------------
 out=$(inspect)
-remember() { eval "prev_$j=\$(field 3)"; }
+remember() { field 3 > "$tmp/prev.$j"; }
 each remember
 
 # --- start the change --------------------------------------------------------------------
@@ -87,9 +96,7 @@ rollback_one() {
         exit 1
     fi
 }
-if [ -n "$journal" ] && [ -n "$key" ]; then
-    mkdir -p "$HOME/.zdd/journal" && printf '%s\n' "$journal" >> "$HOME/.zdd/journal/$key.jsonl"
-fi
+if [ -n "$journal" ] && [ -n "$key" ]; then journal_line "$journal"; fi
 case "$action" in
     update) each update_one ;;
     rollback)
@@ -107,8 +114,8 @@ case "$action" in
 esac
 
 # --- wait until Swarm has finished each service ---------------------------------------------
-finished=0 shown= failed= culprit=
-finish() { eval "fin_$j=1"; finished=$((finished + 1)); say "done $name $1"; }
+finished=0 shown='' failed='' culprit=''
+finish() { echo 1 > "$tmp/fin.$j"; finished=$((finished + 1)); say "done $name $1"; }
 check() {
     [ -z "$fin" ] || return 0
     st=$(field 2) started=$(field 3) msg=$(field 4)
@@ -147,6 +154,7 @@ while :; do
         exit 1
     fi
     if [ $((now - t0)) != "$shown" ]; then say "progress${progress%,}, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
+    renew
     nap
 done
 if [ "$action" = stack ] && [ -n "$hashes" ]; then

@@ -1,6 +1,6 @@
-# tier.sh ENGINE PROXY ADMIN DRAIN_TIMEOUT NOCHECK_WAIT STREAM_GRACE KEY RUN N [SERVICE TARGET HEALTH_TIMEOUT
+# tier.sh START PROXY ADMIN DRAIN_TIMEOUT NOCHECK_WAIT STREAM_GRACE KEY RUN N [SERVICE TARGET HEALTH_TIMEOUT
 #         STOP_TIMEOUT OLD_IDS HELD_ADDRS HOOK]xN COMPOSE_FLAGS...
-# (run on the host by zdd in the project directory, as `sh -c SCRIPT tier.sh ARGS...`)
+# (run on the host by zdd in the project directory, after lib.sh, as `sh -c 'LIB SCRIPT' tier.sh ARGS...`)
 #
 # Replaces the containers of one tier of app services, all at once, talking with zdd over
 # stdin/stdout (one SSH round trip for the whole tier):
@@ -8,9 +8,10 @@
 #   zdd sends "journal LINE"...      lines for the project's journal (the plan), then
 #             "pin JSON" | "nopin"   load the proxy config that pins every service about to
 #                                    roll to its old containers (the first tier), or not
-#   we start the new containers: ENGINE native scales each service to OLD+TARGET with
-#   `compose up --no-recreate`; ENGINE docker-rollout starts one detached `docker rollout`
-#   per service whose pre-stop hook holds the old containers until we release them
+#   we start the new containers: START `compose` scales each service to OLD+TARGET with
+#   `docker compose up --no-recreate`; START `plugin` starts one detached `docker rollout` per
+#   running service, whose pre-stop hook holds the old containers until we release them (a
+#   service whose containers cannot hold the hook is started with compose)
 #   we print  "pid PID" (SIGTERM to it undoes the tier before the switch), then
 #             "new SERVICE ID NET=IP...", "progress ...", then "healthy after Ns", or
 #             "failed REASON" after "detail-* ..." lines (new containers removed, exit 1)
@@ -23,46 +24,56 @@
 # OLD_IDS and HELD_ADDRS are comma-separated; STOP_TIMEOUT and HOOK may be empty. Before the
 # switch, SIGTERM or a dropped connection undoes the tier; after it, the old containers get
 # no traffic and we finish on our own, whether zdd is still there or not.
+#
+# Explain mode (lib.sh): the same conversation, but nothing is started, loaded, waited for or
+# stopped; between the lines above come the "run", "wait" and "load" lines of what a real run
+# would do, and the "new" lines name placeholders on the networks the service's old containers
+# (or else the proxy) are on.
 trap '' PIPE HUP
-engine=$1 proxy=$2 admin=$3 drain_timeout=$4 nocheck=$5 stream_grace=$6 key=$7 run=$8 count=$9
+start_with=$1 proxy=$2 admin=$3 drain_timeout=$4 nocheck=$5 stream_grace=$6 key=$7 run_id=$8 count=$9
 shift 9
-i=1
-while [ "$i" -le "$count" ]; do
-    for k in name target htime stime old held hook; do eval "${k}_$i=\$1"; shift; done
-    i=$((i + 1))
+
+# waits that are not settings, in seconds
+margin=60        # `compose up` and a held docker-rollout hook may outlast the health (and drain) waits by this
+kill_after=10    # a `compose up` still running at its limit is sent SIGTERM, and SIGKILL this much later
+undo_grace=1     # docker-rollout gets this long to end on SIGTERM before its process group is killed
+blind_wait=10    # no in-flight counts from the proxy: the old containers stop after this (at most the drain timeout)
+hook_polls=5     # the held pre-stop hook looks for its release this many times a second
+nap_seconds=0.2  # between two polls of the new containers' health, and of the drain
+
+# each service's fields, one line each ("-" for an empty field), its hook in a file of its own;
+# what is learnt of it on the way (how it starts, its docker-rollout's pid and exit status) too
+tmp=$(mktemp -d) || { say "failed cannot make a temporary directory"; exit 1; }
+trap 'rm -rf "$tmp"' EXIT
+: > "$tmp/services"
+j=1
+while [ "$j" -le "$count" ]; do
+    printf '%s %s %s %s %s %s\n' "$1" "$2" "$3" "${4:--}" "${5:--}" "${6:--}" >> "$tmp/services"
+    printf '%s' "$7" > "$tmp/hook.$j"
+    shift 7
+    j=$((j + 1))
 done
-flags=  # the compose project flags, quoted for eval
-for a in "$@"; do flags="$flags '$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'"; done
-dc() { eval "docker compose $flags \"\$@\""; }
-jobs=$HOME/.zdd/jobs
-mkdir -p "$jobs"
+compose_flags "$@"  # the rest: the compose project's flags
+jobs=$zdd/jobs
+[ -n "$explaining" ] || mkdir -p "$jobs"
 tag=$(date +%s)-$$
 hold=zdd-release-$tag
-switched= pids=
+switched='' pids=''
 
-say() { printf '%s\n' "$*" 2>/dev/null || true; }
-# the project's journal (KEY from survey.sh): what this tier did, written before it is done,
-# so that the next run can finish or undo it whatever happens to zdd or to this script
-log_event() {  # log_event EVENT [KEY VALUE]... (and renew the lock)
-    renew
-    ev="{\"run\": \"$run\", \"t\": $(date +%s), \"event\": \"$1\", \"pid\": $$"; shift
-    while [ $# -ge 2 ]; do ev="$ev, \"$1\": \"$2\""; shift 2; done
-    append "$ev}"
+each() {  # each FUNCTION...: call it once per service, with j, name, target, htime, stime, old, held set
+    j=0
+    while read -r name target htime stime old held <&9; do
+        j=$((j + 1))
+        [ "$stime" != - ] || stime=
+        [ "$old" != - ] || old=
+        [ "$held" != - ] || held=
+        "$@"
+    done 9< "$tmp/services"
 }
-append() {  # one journal line in one write (O_APPEND): concurrent writers cannot interleave it
-    mkdir -p "$HOME/.zdd/journal" && t=$(mktemp) && printf '%s\n' "$1" > "$t" &&
-        cat "$t" >> "$HOME/.zdd/journal/$key.jsonl"
-    rm -f "$t"
-}
-spec() { for k in name target htime stime old held hook; do eval "$k=\$${k}_$1"; done; }
-each() { j=1; while [ "$j" -le "$count" ]; do spec "$j"; "$@"; j=$((j + 1)); done; }
-commas() { printf '%s' "$1" | tr ',' ' '; }
-renew() {  # the deploy's lock is renewed while this works (a holder silent for long is gone)
-    [ -d "$HOME/.zdd/locks/$key" ] && touch "$HOME/.zdd/locks/$key/renewed" 2>/dev/null
-    return 0
-}
-nap() { renew; sleep 0.2 2>/dev/null || sleep 1; }
-last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }
+put() { printf '%s\n' "$2" > "$tmp/$1.$j"; }      # put FIELD VALUE: of service $j
+get() { cat "$tmp/$1.$j" 2>/dev/null; }           # get FIELD: of service $j (empty if never put)
+hook() { cat "$tmp/hook.$j"; }                     # the user's pre-stop hook of service $j
+by_plugin() { [ "$(get how)" = plugin ]; }         # service $j is started by docker rollout
 
 new_of() {  # the containers of service $name that are not old ones
     for id in $(dc ps --all --quiet "$name" 2>/dev/null); do
@@ -71,39 +82,51 @@ new_of() {  # the containers of service $name that are not old ones
     done
 }
 
-load() {  # a JSON config on stdin of caddy in the proxy container: a graceful reload
-    out=$(printf '%s\n' "$1" | docker exec -i "$proxy" caddy reload --config /dev/stdin --force 2>&1) && return 0
+load() {  # load WHAT JSON: JSON to caddy in the proxy container, a graceful reload
+    explain load "$1 config"
+    if [ -n "$explaining" ]; then run docker exec -i "$proxy" caddy reload --config /dev/stdin --force; return; fi
+    out=$(printf '%s\n' "$2" | run docker exec -i "$proxy" caddy reload --config /dev/stdin --force 2>&1) && return 0
     say "load-error $(last "$out")"
     return 1
 }
 
-release_one() { [ "$(how)" = rollout ] || return 0; for id in $(commas "$old"); do docker exec "$id" sh -c "true 2>/dev/null > /dev/shm/$hold || true > /tmp/$hold" >/dev/null 2>&1; done; }
-remove_new() { ids=$(new_of); [ -n "$ids" ] && docker rm --force $ids >/dev/null 2>&1; }
+release_one() {  # let docker-rollout's held pre-stop hook in the old containers of $name end
+    by_plugin || return 0
+    for id in $(commas "$old"); do
+        run docker exec "$id" sh -c "true 2>/dev/null > /dev/shm/$hold || true > /tmp/$hold" >/dev/null 2>&1
+    done
+}
+remove_new() {
+    ids=$(new_of)
+    # shellcheck disable=SC2086 # container ids, one word each
+    [ -z "$ids" ] || run docker rm --force $ids >/dev/null 2>&1
+}
 
 undo() {  # before the switch the new containers never had traffic: remove them
     for pid in $pids; do kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done
     if [ -n "$pids" ]; then  # docker-rollout and its children; they must not roll on their own
-        sleep 1
+        sleep "$undo_grace"
         for pid in $pids; do kill -KILL -"$pid" 2>/dev/null; done
     fi
     each remove_new
     each release_one
-    log_event undone
+    journal_event undone
     say "$1"
 }
 on_signal() { [ -n "$switched" ] && return; undo "failed interrupted: new containers removed"; exit 3; }
 trap on_signal TERM INT
 say "pid $$"
-all_old= all_names=
-j=1; while [ "$j" -le "$count" ]; do eval "all_old=\"\$all_old\${all_old:+,}\$old_$j\" all_names=\"\$all_names\${all_names:+,}\$name_$j\""; j=$((j + 1)); done
-log_event tier services "$all_names" old "$all_old"
+all_old='' all_names=''
+collect() { all_old="$all_old${all_old:+,}$old" all_names="$all_names${all_names:+,}$name"; }
+each collect
+journal_event tier services "$all_names" old "$all_old"
 
 # --- 1. pin ------------------------------------------------------------------------------
 while IFS= read -r line && [ "${line#journal }" != "$line" ]; do  # zdd's lines for the journal first
-    append "${line#journal }"
+    journal_line "${line#journal }"
 done
 case "$line" in
-    "pin "*) load "${line#pin }" || { say "failed cannot pin the proxy to the old containers"; exit 1; } ;;
+    "pin "*) load pin "${line#pin }" || { say "failed cannot pin the proxy to the old containers"; exit 1; } ;;
     nopin) ;;
     *) say "failed no pin line from zdd"; exit 1 ;;
 esac
@@ -112,55 +135,67 @@ say "pinned"
 # --- 2. start the new containers ---------------------------------------------------------
 remove_stale() {  # compose would restart stopped containers instead of creating new ones
     ids=$(dc ps --quiet --status exited --status created --status dead "$name" 2>/dev/null)
-    [ -n "$ids" ] && docker rm --force $ids >/dev/null 2>&1
+    # shellcheck disable=SC2086 # container ids, one word each
+    [ -z "$ids" ] || run docker rm --force $ids >/dev/null 2>&1
 }
 each remove_stale
 
-choose() {  # docker-rollout replaces running services whose containers can hold its hook
-    mode=scale
-    if [ "$engine" = docker-rollout ] && [ -n "$old" ]; then
-        # a real write: `test -w` says yes to root on a read-only filesystem
-        if docker exec "${old%%,*}" sh -c 'for d in /dev/shm /tmp; do true 2>/dev/null > "$d/.zdd-probe" &&
-                rm -f "$d/.zdd-probe" && exit 0; done; exit 1' >/dev/null 2>&1; then
-            mode=rollout
-        else
-            say "note $name: docker-rollout's pre-stop hook cannot be held in its containers (no sh, or neither" \
-                "/dev/shm nor /tmp writable): its new containers are started with compose --scale instead"
-        fi
+choose() {  # START plugin: docker-rollout replaces running services whose containers can hold its hook
+    put how compose
+    [ "$start_with" = plugin ] && [ -n "$old" ] || return 0
+    # a real write (removed at once): `test -w` says yes to root on a read-only filesystem
+    # shellcheck disable=SC2016 # $d is the container's shell's
+    if docker exec "${old%%,*}" sh -c 'for d in /dev/shm /tmp; do true 2>/dev/null > "$d/.zdd-probe" &&
+            rm -f "$d/.zdd-probe" && exit 0; done; exit 1' >/dev/null 2>&1; then
+        put how plugin
+    else
+        say "note $name: docker-rollout's pre-stop hook cannot be held in its containers (no sh, or neither" \
+            "/dev/shm nor /tmp writable): its new containers are started with compose --scale instead"
     fi
-    eval "how_$j=$mode"
 }
-how() { eval "echo \"\${how_$j:-scale}\""; }
 each choose
 start_rollout() {
-    [ "$(how)" = rollout ] || return 0
-    h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (htime + drain_timeout + 60) * 5 )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"
+    by_plugin || return 0
+    h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (htime + drain_timeout + margin) * hook_polls )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"
+    hook=$(hook)
     [ -n "$hook" ] && h="$h; $hook"
     log=$jobs/rollout-$tag-$name.log
-    if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi
-    # `&` inside the eval: $! is then docker rollout itself, leader of its own session
-    eval "$detach docker rollout $flags --timeout \"\$htime\" --wait \"\$nocheck\" --pre-stop-hook \"\$h\" \
-        \"\$name\" </dev/null >\"\$log\" 2>&1 &"
+    flag_words
+    # shellcheck disable=SC2086 # one word per flag
+    set -- docker rollout $flags
+    plain_words
+    set -- "$@" --timeout "$htime" --wait "$nocheck" --pre-stop-hook "$h" "$name"
+    # in a session of its own (setsid), so that $! is docker rollout itself, leader of its process group
+    if command -v setsid >/dev/null 2>&1; then set -- setsid "$@"; fi
+    if [ -n "$explaining" ]; then run "$@"; return; fi
+    ran "$@"
+    "$@" </dev/null >"$log" 2>&1 9<&- &
     pids="$pids $!"
-    eval "pid_$j=\$!"
+    put pid $!
 }
 wanted() {  # how many new containers service $name gets
-    if [ "$(how)" = rollout ]; then commas "$old" | wc -w; else echo "$target"; fi
+    if by_plugin; then commas "$old" | wc -w; else echo "$target"; fi
 }
 ceiling=0
-top() { [ "$htime" -gt "$ceiling" ] && ceiling=$htime; }
+top() { [ "$htime" -le "$ceiling" ] || ceiling=$htime; }
 each top
-scales= services= expected=0
+scales='' services='' expected=0
 add_scale() {
     expected=$((expected + $(wanted)))
-    [ "$(how)" = scale ] || return 0
+    by_plugin && return 0
     scales="$scales --scale $name=$(( $(commas "$old" | wc -w) + target ))" services="$services $name"
 }
 each add_scale
 each start_rollout
 if [ -n "$services" ]; then
-    limit=; command -v timeout >/dev/null 2>&1 && limit="timeout -k 10 $((ceiling + 60))"
-    if ! out=$(eval "$limit docker compose $flags up --detach --no-deps --no-recreate $scales $services" 2>&1); then
+    flag_words
+    # shellcheck disable=SC2086 # one word per flag
+    set -- docker compose $flags
+    plain_words
+    # shellcheck disable=SC2086 # --scale flags and service names, one word each
+    set -- "$@" up --detach --no-deps --no-recreate $scales $services
+    if command -v timeout >/dev/null 2>&1; then set -- timeout -k "$kill_after" $((ceiling + margin)) "$@"; fi
+    if ! out=$(run "$@" 2>&1); then
         undo "failed docker compose up: $(last "$out")"
         exit 1
     fi
@@ -168,7 +203,7 @@ fi
 
 # every new container must exist, run and be healthy; one that is unhealthy, exits or
 # restarts fails the tier at once (the health timeout is only the ceiling)
-start=$(date +%s) announced= shown= logged_new=
+start=$(date +%s) announced='' shown='' logged_new=''
 check() {
     ids=$(new_of) n=0 ok=0
     for id in $ids; do
@@ -184,20 +219,21 @@ check() {
     done
     all=$((all + n)) good=$((good + ok))
     progress="$progress $name: $ok/$(wanted),"
-    [ "$(how)" = rollout ] || return 0
-    eval "pid=\$pid_$j rc=\${rc_$j:-}"
+    by_plugin || return 0
+    pid=$(get pid) rc=$(get rc)
     if [ -z "$rc" ] && ! kill -0 "$pid" 2>/dev/null; then
-        wait "$pid"; rc=$?
-        eval "rc_$j=$rc"
+        wait "$pid"
+        rc=$?
+        put rc "$rc"
     fi
     # docker-rollout gave up on its own: its verdict counts
     if [ -n "$rc" ] && [ "$rc" != 0 ]; then failed="$failed $name:docker-rollout-exited-$rc"; fi
 }
+networks() {  # the networks of container $1, as NET=IP words
+    docker inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}' "$1" 2>/dev/null
+}
 announce() {
-    for id in $(new_of); do
-        nets=$(docker inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}' "$id" 2>/dev/null)
-        say "new $name $id $nets"
-    done
+    for id in $(new_of); do say "new $name $id $(networks "$id")"; done
 }
 details() {
     for id in $(new_of); do
@@ -208,49 +244,75 @@ details() {
         tail -n 5 "$jobs/rollout-$tag-$name.log" | cut -c1-200 | while IFS= read -r l; do say "detail-rollout $name $l"; done
     fi
 }
-while :; do
-    elapsed=$(( $(date +%s) - start ))
-    failed= progress= all=0 good=0
-    each check
-    if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
-    if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
-    [ -z "$logged_new" ] && [ "$all" -gt 0 ] && { log_event new ids "$(each new_of | tr ' ' ',' | sed 's/,*$//')"; logged_new=1; }
-    if [ "$good" -ge "$expected" ] && [ -n "$announced" ]; then break; fi
-    if [ "$elapsed" -ge "$ceiling" ]; then
-        each details; undo "failed timeout after ${ceiling}s:${progress%,} healthy"; exit 1
-    fi
-    if [ "$elapsed" != "$shown" ]; then say "progress${progress%,} healthy, $elapsed s of $ceiling"; shown=$elapsed; fi
-    nap
-done
+explain_new() {  # explain mode: the wait, and placeholders for the new containers that would be announced
+    k=$(wanted) n=0
+    if [ "$k" = 1 ]; then explain wait "healthy: $name (1 container) up to $ceiling s"
+    else explain wait "healthy: $name ($k containers) up to $ceiling s"; fi
+    nets=$(networks "${old%%,*}")
+    [ -n "$old" ] || nets=$(networks "$proxy")
+    while [ "$n" -lt "$k" ]; do
+        n=$((n + 1))
+        line="new $name <new-$name-$n>"
+        for net in $nets; do line="$line ${net%%=*}=<ip-of-new-$name-$n>"; done
+        say "$line"
+    done
+}
+if [ -n "$explaining" ]; then
+    each explain_new
+else
+    while :; do
+        elapsed=$(( $(date +%s) - start ))
+        failed='' progress='' all=0 good=0
+        each check
+        if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
+        if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
+        [ -z "$logged_new" ] && [ "$all" -gt 0 ] && { journal_event new ids "$(each new_of | tr ' ' ',' | sed 's/,*$//')"; logged_new=1; }
+        if [ "$good" -ge "$expected" ] && [ -n "$announced" ]; then break; fi
+        if [ "$elapsed" -ge "$ceiling" ]; then
+            each details; undo "failed timeout after ${ceiling}s:${progress%,} healthy"; exit 1
+        fi
+        if [ "$elapsed" != "$shown" ]; then say "progress${progress%,} healthy, $elapsed s of $ceiling"; shown=$elapsed; fi
+        renew
+        nap
+    done
+fi
 say "healthy after $(( $(date +%s) - start ))s"
 
 # --- 3. switch, or undo ------------------------------------------------------------------
 IFS= read -r line || line=abort
 case "$line" in
     "switch "*)
-        if ! load "${line#switch }"; then undo "failed cannot switch the proxy: new containers removed"; exit 1; fi
-        switched=1; log_event switched
+        if ! load switch "${line#switch }"; then undo "failed cannot switch the proxy: new containers removed"; exit 1; fi
+        switched=1; journal_event switched
         say "switched" ;;
-    go) switched=1; log_event switched; say "switched" ;;  # no proxy routing for these services
+    go) switched=1; journal_event switched; say "switched" ;;  # no proxy routing for these services
     *) undo "failed aborted before the switch: new containers removed"; exit 3 ;;
 esac
 
 # --- 4. drain the old addresses at the proxy, then retire the old containers ---------------
-held=
-j=1; while [ "$j" -le "$count" ]; do eval "held=\"\$held \$(commas \"\$held_$j\")\""; j=$((j + 1)); done
+addrs=
+add_held() { addrs="$addrs $(commas "$held")"; }
+each add_held
 # An open websocket (or SSE, long poll) is a request in flight for Caddy's counters until it
 # ends: once the count of in-flight requests on the old addresses has stopped falling for
 # STREAM_GRACE seconds, what is left is taken for long-lived streams, which end when the old
 # containers stop (their clients reconnect, to the new containers).
-t0=$(date +%s) peak=0 result= shown= last=-1 falling=$t0
-[ -n "$(printf '%s' "$held" | tr -d ' ')" ] || result="nothing to drain at the proxy"
+t0=$(date +%s) peak=0 result='' shown='' last=-1 falling=$t0
+if [ -z "$(printf '%s' "$addrs" | tr -d ' ')" ]; then
+    result="nothing to drain at the proxy"
+elif [ -n "$explaining" ]; then
+    explain wait "drained:$addrs with nothing in flight at the proxy (or no fall for $stream_grace s)," \
+        "up to $drain_timeout s"
+    result="not waited for (explain mode)"
+fi
 while [ -z "$result" ]; do
     now=$(date +%s)
     if ! out=$(docker exec "$proxy" wget -q -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
         result=unobservable; break
     fi
-    busy= total=0
-    for addr in $held; do
+    busy='' total=0
+    for addr in $addrs; do
+        # shellcheck disable=SC2020 # both braces become newlines: one JSON object a line
         entry=$(printf '%s\n' "$out" | tr '{}' '\n\n' | grep -F "\"$addr\"" | head -n 1)
         k=$(printf '%s\n' "$entry" | sed -n 's/.*"num_requests": *\([0-9][0-9]*\).*/\1/p')
         if [ -z "$k" ]; then result=unobservable; break 2; fi
@@ -265,27 +327,36 @@ while [ -z "$result" ]; do
         result="after $((now - t0))s, $peak in flight at most; $total long-lived left to the stop:$busy"; break
     fi
     if [ $((now - t0)) -ge "$drain_timeout" ]; then result="timeout after ${drain_timeout}s, still in flight:$busy"; break; fi
+    renew
     nap
 done
 if [ "$result" = unobservable ]; then
-    grace=10; [ "$drain_timeout" -lt 10 ] && grace=$drain_timeout
+    grace=$blind_wait
+    [ "$drain_timeout" -lt "$grace" ] && grace=$drain_timeout
     sleep "$grace"
     result="unobservable: waited ${grace}s"
 fi
 say "drained $result"
 
+stop_old() {  # the user's hook in each old container of $name ($hook), then stop and remove them
+    # shellcheck disable=SC2086 # container ids, one word each
+    set -- $ids
+    if [ -n "$hook" ]; then for id in "$@"; do run docker exec "$id" sh -c "$hook"; done; fi
+    if [ -n "$stime" ]; then run docker stop --time "$stime" "$@"; else run docker stop "$@"; fi
+    run docker rm "$@"
+}
 retire() {
     ids=$(commas "$old")
     [ -n "$ids" ] || return 0
-    if [ "$(how)" = rollout ]; then release_one; return; fi  # docker-rollout stops them
+    if by_plugin; then release_one; return; fi  # docker-rollout stops them
+    hook=$(hook)
+    if [ -n "$explaining" ]; then stop_old; return; fi
     (
         trap '' HUP INT TERM
-        if [ -n "$hook" ]; then for id in $ids; do docker exec "$id" sh -c "$hook"; done; fi
-        if [ -n "$stime" ]; then docker stop --time "$stime" $ids; else docker stop $ids; fi
-        docker rm $ids
-    ) </dev/null >"$jobs/retire-$tag-$name.log" 2>&1 &
+        stop_old
+    ) </dev/null 9<&- >"$jobs/retire-$tag-$name.log" 2>&1 &
 }
 each retire
-log_event retired
+journal_event retired
 say "retired"
 exit 0

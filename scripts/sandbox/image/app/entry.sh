@@ -11,7 +11,7 @@ HEALTH_STATUS=200
 [ -e /app/BROKEN ] && HEALTH_STATUS=503
 export APP_VERSION HEALTH_STATUS SERVICE="${SERVICE:-app}" SLOW_SECONDS="${SLOW_SECONDS:-1.2}"
 
-CADDY= HTTPD= WS=
+CADDY='' HTTPD='' WS=''
 on_term() {
     case "${SIGTERM:-graceful}" in
         abrupt)
