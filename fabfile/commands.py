@@ -199,11 +199,13 @@ def finish(key: str, holder: str, prune: bool, keep: int, run: str, images: dict
         deadline=900 if prune else None)  # docker image prune on a big host takes a while
 
 
-def recover(host: HostConfig, key: str, run: str, tiers: list[tuple[str, bool, list[str], list[str]]]) -> Command:
-    """Finish or undo the tiers of an interrupted run: (pid, switched, services, old ids) each."""
+def recover(host: HostConfig, key: str, run: str,
+            tiers: list[tuple[str, bool, list[str], list[str], list[str], int]]) -> Command:
+    """Finish or undo the tiers of an interrupted run: (pid, switched, services, old ids, new ids
+    as journaled, its start in epoch seconds) each."""
     args = [key, run, str(len(tiers))]
-    for pid, switched, services, old in tiers:
-        args += [pid, "1" if switched else "", ",".join(services), ",".join(old)]
+    for pid, switched, services, old, new, since in tiers:
+        args += [pid, "1" if switched else "", ",".join(services), ",".join(old), ",".join(new), str(since)]
     return dataclasses.replace(host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir),
                                deadline=host.proxy.drain_timeout + 900)  # it may wait for a tier.sh's drain
 

@@ -72,6 +72,8 @@ class Tier:
     pid: str
     services: list[str]
     old: list[str]
+    t: int = 0                   # when it started (epoch seconds)
+    new: list[str] = field(default_factory=list)  # the containers it started (its `new` event)
     switched: bool = False
     undone: bool = False
     retired: bool = False
@@ -123,7 +125,12 @@ def parse(text: str) -> list[Run]:
         elif kind == "end":
             run.end = ev
         elif kind == "tier":
-            run.tiers.append(Tier(str(ev.get("pid", "")), _list(ev.get("services")), _list(ev.get("old"))))
+            run.tiers.append(Tier(str(ev.get("pid", "")), _list(ev.get("services")), _list(ev.get("old")),
+                                  int(ev.get("t") or 0)))
+        elif kind == "new":
+            for t in run.tiers:
+                if t.pid == str(ev.get("pid", "")):
+                    t.new = _list(ev.get("ids"))
         elif kind in ("switched", "undone", "retired"):
             for t in run.tiers:
                 if t.pid == str(ev.get("pid", "")):

@@ -24,7 +24,18 @@ from .interrupts import shielded
 from .runner import StepFailed
 from .session import Session
 
-_HOLDER = re.compile(r"^(?P<who>\S+)@(?P<host>\S+) pid (?P<pid>\d+) ")
+_HOLDER = re.compile(r"^(?P<who>\S+)@(?P<host>\S+) pid (?P<pid>\d+)(?:\.(?P<client>\S+))? ")
+
+
+def client_id() -> str:
+    """This machine's boot and pid namespace: two machines (or containers) with one host name
+    have different ones, so a pid is compared only where it means the same process."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()[:8]
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "unknown"
+    return f"{boot}-{ns}"
 
 Verdict = Callable[[], "dict | None"]  # stops the verify loop (once) and returns its verdict for the journal
 
@@ -59,9 +70,11 @@ class Held:
 
 
 def _client_gone(holder: str) -> bool:
-    """A holder that is a zdd on this machine whose process is gone (provably dead)."""
+    """A holder that is a zdd on this machine (same host name, boot and pid namespace) whose
+    process is gone (provably dead)."""
     m = _HOLDER.match(holder)
-    if not m or m.group("host") != socket.gethostname():
+    here = client_id()
+    if not m or m.group("host") != socket.gethostname() or here == "unknown" or m.group("client") != here:
         return False
     try:
         os.kill(int(m.group("pid")), 0)
@@ -75,11 +88,13 @@ def _client_gone(holder: str) -> bool:
 def acquire(s: Session, state: Any, kind: str) -> Held:
     """Take the lock of ``state.key`` for a run of ``kind``, journaling its start."""
     held = Held(journal.new_run_id(), kind, "")
-    held.holder = (f"{journal.who()} pid {os.getpid()} {kind} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
+    held.holder = (f"{journal.who()} pid {os.getpid()}.{client_id()} {kind} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
                    f"(run {held.run})")
     start = (journal.line(journal.start_event(held.run, kind)),)
     res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start, s.host.lock_stale),
                      check=False)
+    if not res.ok and res.exited == 3:  # the lock or its journal line cannot be written (a full disk...)
+        raise StepFailed(f"{res.first_error_line()}; nothing was changed")
     if not res.ok:
         holder = res.first_error_line().removeprefix("locked by: ")
         if not _client_gone(holder):
@@ -156,7 +171,7 @@ def recover(s: Session, state: Any, own: str, survey: Callable[[Session], Any]) 
         return state
     for prev in runs:  # oldest first: a run that died while recovering leaves two
         with s.report.step("recover") as rec:
-            tiers = [(t.pid, t.switched, t.services, t.old) for t in prev.tiers if not t.finished]
+            tiers = [(t.pid, t.switched, t.services, t.old, t.new, t.t) for t in prev.tiers if not t.finished]
             res = s.r.change(cmds.recover(s.host, state.key, prev.run, tiers), "recovering", check=False)
             done = res.stdout.strip().splitlines()
             rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) was interrupted" + (

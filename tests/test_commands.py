@@ -264,10 +264,11 @@ def test_finish_args_and_journal_stdin():
 
 def test_recover_args_per_tier_then_compose_flags():
     h = H(compose_files=("a.yaml",), project_name="remi")
-    c = cmds.recover(h, "k", "run-1", [("4242", False, ["server", "property"], ["aaa", "bbb"]),
-                                       ("4343", True, ["identity"], [])])
-    assert program_args(c, "recover.sh") == ("k", "run-1", "2", "4242", "", "server,property", "aaa,bbb",
-                                             "4343", "1", "identity", "", "-f", "a.yaml", "-p", "remi")
+    c = cmds.recover(h, "k", "run-1", [("4242", False, ["server", "property"], ["aaa", "bbb"], ["ccc"], 1700),
+                                       ("4343", True, ["identity"], [], [], 1701)])
+    assert program_args(c, "recover.sh") == ("k", "run-1", "2", "4242", "", "server,property", "aaa,bbb", "ccc",
+                                             "1700", "4343", "1", "identity", "", "", "1701", "-f", "a.yaml", "-p",
+                                             "remi")
     assert c.cwd == "~/app"
 
 

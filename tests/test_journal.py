@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from fabfile import journal
+from fabfile import journal, locking
 from fabfile.plan import image_table, make_plan, parse_survey
 from fabfile.runner import StepFailed
 from tests.fakes import (
@@ -138,7 +138,7 @@ def test_deploy_recovers_an_interrupted_run_then_surveys_again():
                                        fake.index("recover.sh"), fake.index("survey.sh", after=0))
     assert survey1 < lock < recover < survey2 < fake.index("pull.sh") < fake.index("finish.sh")
     # only the unfinished tier, as the journal left it: pid, not switched, its services and old containers
-    assert f"recover.sh project {R1} 1 4242 '' identity {OLD['identity']} -f docker-compose.yaml" in \
+    assert f"recover.sh project {R1} 1 4242 '' identity {OLD['identity']} '' 1700000002 -f docker-compose.yaml" in \
         fake.calls[recover].command
     rec = next(r for r in s.report.steps if r.name == "recover")
     assert rec.status == "ok" and rec.detail.startswith(f"run {R1} (deploy, alice@laptop) was interrupted; "
@@ -160,8 +160,9 @@ def test_a_failed_recovery_fails_the_deploy_and_releases_the_lock():
     assert f"finish.sh project '{journal.who()} pid " in finish.command  # its own holder: the lock is released
 
 
-def holder_line(host: str, pid: int) -> str:
-    return f"bob@{host} pid {pid} deploy since 2025-01-01 10:00:00 UTC (run {R1})"
+def holder_line(host: str, pid: int, client: str | None = None) -> str:
+    client = locking.client_id() if client is None else client
+    return f"bob@{host} pid {pid}.{client} deploy since 2025-01-01 10:00:00 UTC (run {R1})"
 
 
 def test_the_lock_of_a_zdd_on_this_machine_that_is_gone_is_taken_over():
@@ -177,8 +178,12 @@ def test_the_lock_of_a_zdd_on_this_machine_that_is_gone_is_taken_over():
 
 
 @pytest.mark.parametrize("holder", [holder_line("elsewhere.example", 1),
-                                    holder_line(socket.gethostname(), 1)],  # pid 1 never is gone
-                         ids=["another machine", "a live process here"])
+                                    holder_line(socket.gethostname(), 1),  # pid 1 never is gone
+                                    # a CI runner elsewhere with this machine's host name: its pid means nothing here
+                                    holder_line(socket.gethostname(), 999_999, client="0f0f0f0f-4026531836"),
+                                    holder_line(socket.gethostname(), 999_999).replace(".", " ", 1)],
+                         ids=["another machine", "a live process here", "same host name, another machine",
+                              "no machine id"])
 def test_a_lock_that_may_still_be_held_is_not_taken_over(holder):
     fake = deploy_host(None, ("lock.sh acquire", fail(1, f"locked by: {holder}\n")))
     s, out = fake_session(fake)
@@ -204,3 +209,13 @@ def test_a_deploy_that_got_the_lock_at_once_reads_the_host_once():
     s, out = fake_session(fake)
     deploy(s)
     assert len(fake.matching("survey.sh")) == 1
+
+
+def test_a_lock_that_cannot_be_taken_on_a_full_disk_stops_the_run_in_one_line():
+    fake = deploy_host(None, ("lock.sh acquire", fail(3, "cannot write the journal /home/u/.zdd/journal/k.jsonl "
+                                                        "(disk full?): the deploy lock was not taken\n")))
+    s, out = fake_session(fake)
+    with pytest.raises(StepFailed, match=r"^cannot write the journal .*the deploy lock was not taken; nothing was "
+                                         r"changed$"):
+        deploy(s)
+    assert len(fake.calls) == 2  # the survey and the lock: nothing else ran

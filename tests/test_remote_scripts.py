@@ -30,6 +30,7 @@ from tests.fakes import PROXY_NETWORK, cid, dead_pid, sandbox_caddy_config
 SH = shutil.which("dash") or "/bin/sh"
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 OLD, NEW = cid("01d"), cid("2e3")          # full ids, as `docker compose ps --quiet` prints them
+JOB = cid("j0b")                            # a one-off `docker compose run` container
 NEW_IP = "172.18.0.9"
 RUN = "20250101-120000-77"                  # the run a test's scripts write to the journal
 
@@ -39,8 +40,12 @@ RUN = "20250101-120000-77"                  # the run a test's scripts write to 
 #   images         what `docker image ls` prints
 #   state          what `inspect` says of a new container's state (default: running healthy 0)
 #   reload-fails   `caddy reload` in the proxy fails
+#   reload-slow    `caddy reload` takes a second (and writes $STUB/reloading as it starts)
 #   upstreams      what Caddy's admin API says of /reverse_proxy/upstreams
 #   up             written by `compose up`: from then on `compose ps` lists the new container too
+#   oneoff-ID      container ID is a `docker compose run` job (label com.docker.compose.oneoff=True)
+#   created-ID     when container ID was created (docker's RFC 3339; default 2099: after any tier)
+#   job            `compose ps` lists a one-off job container too
 #   loads          the configs loaded through `docker exec -i PROXY caddy reload --config /dev/stdin`
 #   login          written by `login`: its DOCKER_CONFIG, then its stdin (the token), and "plugins"
 #                  when that config has the user's cli-plugins; pull: the DOCKER_CONFIG `compose pull` had
@@ -54,12 +59,22 @@ inspect)
     case "$3" in
         *State.Status*) cat "$d/state" 2>/dev/null || echo "running healthy 0" ;;
         *Networks*) echo "{PROXY_NETWORK}={NEW_IP} " ;;
+        *oneoff*Created*)
+            if [ -e "$d/oneoff-$(printf '%s' "$4" | cut -c1-12)" ]; then o=True; else o=False; fi
+            echo "$o $(cat "$d/created-$4" 2>/dev/null || echo 2099-01-01T00:00:00.123456789Z)" ;;
+        *oneoff*)
+            f=$3; shift 3
+            for id in "$@"; do
+                short=$(printf '%s' "$id" | cut -c1-12)
+                if [ -e "$d/oneoff-$short" ]; then echo "$id True"; else echo "$id False"; fi
+            done ;;
         *) echo . ;;
     esac ;;
 exec)
     case "$*" in
         *"caddy reload"*)
             [ -e "$d/reload-fails" ] && {{ echo "Error: loading new config: bad"; exit 1; }}
+            [ -e "$d/reload-slow" ] && {{ : > "$d/reloading"; sleep 1; }}
             [ "$2" = -i ] && cat >> "$d/loads"
             exit 0 ;;
         *wget*) cat "$d/upstreams" ;;
@@ -68,7 +83,7 @@ compose)
     case "$*" in
         *" up "*) : > "$d/up" ;;
         *" ps "*--status*) ;;
-        *" ps "*) echo {OLD}; [ -e "$d/up" ] && echo {NEW} ;;
+        *" ps "*) echo {OLD}; [ -e "$d/up" ] && echo {NEW}; [ -e "$d/job" ] && echo {JOB} ;;
         *" config --format json"*) echo '{{"name": "app", "services": {{}}}}' ;;
         *" pull "*) printf '%s\\n' "${{DOCKER_CONFIG:-}}" > "$d/pull" ;;
     esac ;;
@@ -313,10 +328,23 @@ def test_lock_takeover_refuses_when_the_lock_changed_meanwhile(host, job):
 
 
 def test_unlock_releases_whoever_holds_it(host):
-    host.hold_lock("restore job 5", 5)
+    host.hold_lock("restore job 5", dead_pid())
     res = host.lock("unlock", "", "", '{"run": "u", "event": "unlock"}')
     assert (res.returncode, res.stdout) == (0, "released\n")
     assert not host.lock_dir.exists() and host.journal() == [{"run": "u", "event": "unlock"}]
+
+
+def test_unlock_leaves_a_lock_its_live_restore_job_holds(host):
+    """The restore job frees the lock once the old containers are gone: unlock must not let the
+    next deploy in while it still works."""
+    job = sleeper()
+    try:
+        host.hold_lock("restore job", job.pid)
+        res = host.lock("unlock", "", "", '{"run": "u", "event": "unlock"}')
+        assert res.returncode == 1 and res.stdout.startswith(f"not released: the restore job {job.pid} of the last")
+        assert host.lock_dir.exists() and host.journal() == []
+    finally:
+        job.kill()
 
 
 # --- restore.sh --------------------------------------------------------------------------------
@@ -650,8 +678,10 @@ def test_finish_leaves_anothers_lock_and_prunes_only_when_asked(host, holder):
 
 # --- recover.sh: finish or undo an interrupted run's tiers -------------------------------------------
 
-def recover(host: Host, *tiers: tuple[str, bool, list[str], list[str]]) -> subprocess.CompletedProcess:
-    res = host.run(cmds.recover(host.config, host.key, RUN, list(tiers)))
+def recover(host: Host, *tiers: tuple) -> subprocess.CompletedProcess:
+    """recover.sh for these tiers: (pid, switched, services, old[, new, since])."""
+    full = [(*t, [], 0) if len(t) == 4 else t for t in tiers]
+    res = host.run(cmds.recover(host.config, host.key, RUN, full))
     assert res.returncode == 0, res.stdout + res.stderr
     end = host.journal()[-1]
     assert (end["run"], end["event"], end["result"]) == (RUN, "end", "interrupted")
@@ -772,7 +802,8 @@ def test_explain_mode_of_restore_finish_recover_and_pull_changes_nothing(host):
     assert (res.returncode, res.stdout.splitlines()) == (0, [
         f"run docker tag sha256:aa {repo}-server:{RUN}", "kept the images of the last 3 runs",
         "run docker image prune --force"])
-    res = host.run(cmds.recover(host.config, host.key, RUN, [(str(dead_pid()), True, ["server"], [OLD[:12]])]).explain)
+    res = host.run(cmds.recover(host.config, host.key, RUN,
+                                [(str(dead_pid()), True, ["server"], [OLD[:12]], [], 0)]).explain)
     assert (res.returncode, res.stdout.splitlines()) == (0, [
         f"run docker stop {OLD[:12]}", f"run docker rm {OLD[:12]}",
         f"recovered server: stopped the old containers, out of rotation since the switch: {OLD[:12]}"])
@@ -869,3 +900,114 @@ def test_dry_run_prints_the_hosts_explanation_of_a_tier_and_of_the_restore(host)
         "[t] would run: docker exec cad caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile --force"]
     assert_changed_nothing(host)
     assert f"docker stop {OLD[:12]}" in r.history  # what the dry run would run, as a plan
+
+
+# --- the lock's state machine under races and a full disk -------------------------------------------
+
+def old_file(path: Path, seconds: int) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_a_stale_lock_raced_for_by_eight_takers_goes_to_exactly_one(host):
+    """Two CI runners (or laptops) retrying at once: the takeover is atomic (under KEY.takeover)."""
+    host.hold_lock("gone@elsewhere pid 1 deploy")
+    old_file(host.lock_dir / "holder", 4000)
+    procs = [host.start(cmds.lock(host.key, "acquire", f"taker {i}", "5", (f'{{"run": "t{i}"}}',), stale=1800))
+             for i in range(8)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    won = [i for i, p in enumerate(procs) if p.returncode == 0]
+    assert len(won) == 1, outs
+    assert host.holder() == f"taker {won[0]}"
+    assert [e["run"] for e in host.journal()] == [f"t{won[0]}"]
+    assert all(o.startswith("locked by: taker ") for i, o in enumerate(outs) if i not in won)
+    assert not Path(str(host.lock_dir) + ".takeover").exists()
+
+
+def test_two_takeovers_of_one_gone_holder_make_one_owner(host):
+    host.hold_lock("gone@here pid 1 deploy")
+    procs = [host.start(cmds.lock(host.key, "takeover", f"taker {i}", "gone@here pid 1 deploy", ())) for i in range(6)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert sum(p.returncode == 0 for p in procs) == 1, outs
+    assert host.holder() in {f"taker {i}" for i in range(6)}
+
+
+def test_a_lock_that_cannot_be_made_fails_at_once_naming_why(host):
+    """mkdir fails for another reason than "exists" (a full disk, no right): no spin, exit 3."""
+    (host.home / ".zdd").mkdir(exist_ok=True)
+    (host.home / ".zdd" / "locks").write_text("not a directory\n")
+    t0 = time.monotonic()
+    res = host.lock("acquire", "me", 5)
+    assert time.monotonic() - t0 < 5
+    assert res.returncode == 3 and res.stdout.startswith("cannot make ") and "locks" in res.stdout
+
+
+def test_a_lock_whose_journal_line_cannot_be_written_is_not_taken(host):
+    (host.home / ".zdd").mkdir(exist_ok=True)
+    (host.home / ".zdd" / "journal").write_text("not a directory\n")
+    res = host.lock("acquire", "me", 5, '{"run": "r", "event": "start"}')
+    assert res.returncode == 3 and res.stdout.startswith("cannot write the journal ")
+    assert "the deploy lock was not taken" in res.stdout and not host.lock_dir.exists()
+
+
+# --- what a run may remove: never a one-off job, never what serves ---------------------------------------
+
+def test_tier_takes_a_one_off_job_for_no_new_container(host):
+    """A cron job's `docker compose run` container of the service runs through the tier untouched."""
+    host.set("job")
+    host.set(f"oneoff-{JOB[:12]}")
+    res = host.run(tier(host), stdin="nopin\ngo\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"new server {NEW[:12]} " in res.stdout and JOB[:12] not in res.stdout
+    assert not any(JOB[:12] in c for c in host.calls() if c.startswith(("rm", "stop", "exec")))
+    assert [e.get("ids") for e in host.journal() if e["event"] == "new"] == [NEW[:12]]
+
+
+def test_sigterm_while_the_switch_loads_keeps_the_containers_it_switches_to(host):
+    """The switch is journaled before the load: a TERM that lands during it never undoes."""
+    host.set("reload-slow")
+    proc = subprocess.Popen(host._argv(tier(host, held=("server:8080",)), None)[0], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=host.env, cwd=host.home)
+    pid = int(proc.stdout.readline().split()[1])
+    proc.stdin.write("nopin\nswitch {}\n")
+    proc.stdin.flush()
+    deadline = time.monotonic() + 10
+    while not (host.stub / "reloading").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "switched" in out.splitlines() and "failed" not in out
+    assert not any(c.startswith("rm --force") for c in host.calls())
+    assert [e["event"] for e in host.journal()] == ["tier", "new", "switched", "retired"]
+
+
+def test_a_tier_that_cannot_write_its_journal_changes_nothing(host):
+    (host.home / ".zdd" / "journal").mkdir(parents=True, exist_ok=True)
+    (host.home / ".zdd" / "journal").rmdir()
+    (host.home / ".zdd" / "journal").write_text("a file where the journal's directory should be\n")
+    res = host.run(tier(host), stdin="nopin\ngo\n")
+    assert res.returncode == 1
+    assert res.stdout.splitlines()[-1].startswith("failed cannot write the journal ")
+    assert not any(c.startswith(("compose", "rm", "stop")) and " up " in f" {c} " for c in host.calls())
+    assert not (host.stub / "up").exists()
+
+
+def test_recover_removes_only_the_containers_the_run_journaled_as_new(host):
+    host.set("up")
+    host.set("job")
+    other = cid("0th")  # started by someone else meanwhile (listed too): not the run's
+    res = recover(host, (str(dead_pid()), False, ["server"], [OLD[:12]], [NEW[:12]], 0))
+    assert res.stdout == f"recovered server: removed the new containers: {NEW[:12]}\n"
+    assert not any((JOB[:12] in c or other[:12] in c) and c.startswith("rm") for c in host.calls())
+
+
+def test_recover_without_the_new_event_removes_what_was_created_since_the_tier_only(host):
+    """It died before it journaled its new containers: created since the tier's start, not old, no job."""
+    host.set("up")
+    host.set("job")
+    host.set(f"oneoff-{JOB[:12]}")
+    host.set(f"created-{OLD[:12]}", "2020-01-01T00:00:00.000000000Z")
+    since = int(time.time()) - 60
+    res = recover(host, (str(dead_pid()), False, ["server"], [OLD[:12]], [], since))
+    assert res.stdout == f"recovered server: removed the new containers: {NEW[:12]}\n"
+    assert not any(JOB[:12] in c and c.startswith("rm") for c in host.calls())

@@ -220,7 +220,18 @@ class ComposeRollout:
                     break
                 if line.startswith("failed") or line.startswith("aborted"):
                     self.r.note(f"{', '.join(run.names)}: {line.partition(' ')[2]}")
-            run.ended = run.conv.close()
+                    break
+                if line == "switched":  # the signal came as the switch was loaded: it stands
+                    run.switched = True
+                    self.r.note(f"{', '.join(run.names)}: switched as the interruption came: the new containers "
+                                "carry the traffic; the host drains and retires the old ones")
+                    break
+            if run.switched:
+                self.retiring += [c.id for n in run.names for c in self.plans[n].old]
+                run.conv.close_early()  # tier.sh drains and retires on its own
+                run.ended = CommandResult(ok=True)
+            else:
+                run.ended = run.conv.close()
         except Exception as e:  # the first failure is what the operator needs
             self.r.note(f"{', '.join(run.names)}: could not confirm the new containers were removed: {e}")
 

@@ -10,21 +10,45 @@
 #             printing the holder, when it is taken.
 #   takeover  replaces OLD_HOLDER (a holder zdd has shown to be gone) by HOLDER, only if
 #             OLD_HOLDER still holds it.
-#   unlock    frees it, whoever holds it.
+#   unlock    frees it, whoever holds it (not while the previous deploy's restore job is alive).
 # The lines on stdin are appended to the project's journal (~/.zdd/journal/KEY.jsonl) once the
-# lock is held (acquire, takeover) or before it is let go (unlock).
+# lock is held (acquire, takeover) or before it is let go (unlock). A lock whose journal line
+# cannot be written is not taken (exit 3, "cannot ..."), nor one whose directory cannot be made.
+# Taking over (a stale lock, a dead job's, a gone holder's) happens under a second lock,
+# KEY.takeover, and looks again once that is held: two takers never both win.
 action=$1 key=$2
 dir=$zdd/locks/$key
 holder_tries=10  # a lock just made has its holder line within this many naps (nap_seconds each)
 usage() { echo "usage: lock.sh acquire KEY HOLDER WAIT STALE | takeover KEY HOLDER OLD_HOLDER | unlock KEY"; exit 2; }
+mutex_stale=60   # s after which a takeover lock left by a taker that died is removed
 holder() { cat "$dir/holder" 2>/dev/null || echo "${1-unknown}"; }  # holder [WHEN_NONE]
+cannot() { echo "cannot $*"; exit 3; }
+age_of() { echo $(( $(date +%s) - $(date -r "$1" +%s 2>/dev/null || date +%s) )); }  # age_of FILE: seconds
+lock_age() { if [ -e "$dir/renewed" ]; then age_of "$dir/renewed"; else age_of "$dir/holder"; fi; }
+take_mutex() {  # the takeover lock: only one taker at a time (one left by a dead taker goes after a while)
+    mkdir "$dir.takeover" 2>/dev/null && return 0
+    [ "$(age_of "$dir.takeover")" -lt "$mutex_stale" ] || rm -rf "$dir.takeover"
+    return 1
+}
+drop_mutex() { rm -rf "$dir.takeover"; }
+held_as() {  # held_as HOLDER: write the holder line and the journal lines (stdin); undo and fail if not
+    if ! { printf '%s\n' "$1" > "$dir/holder" && touch "$dir/renewed"; } 2>/dev/null; then
+        rm -rf "$dir"
+        cannot "write the lock $dir (disk full?)"
+    fi
+    if ! journal_append; then
+        rm -rf "$dir"
+        cannot "write the journal $zdd/journal/$key.jsonl (disk full?): the deploy lock was not taken"
+    fi
+}
 case "$action" in
     acquire)
         [ $# = 5 ] || usage
         holder=$3 wait_max=$4 stale=$5
-        mkdir -p "$zdd/locks"
+        mkdir -p "$zdd/locks" 2>/dev/null || cannot "make $zdd/locks (disk full? not writable?)"
         t0=$(date +%s) note=
-        while ! mkdir "$dir" 2>/dev/null; do
+        while ! out=$(mkdir "$dir" 2>&1); do
+            [ -d "$dir" ] || cannot "take the lock: $(last "$out")"  # not "exists": full, read-only, no right
             job=$(cat "$dir/pid" 2>/dev/null)
             if [ -z "$job" ]; then  # held by a deploy (its holder line is written just after mkdir)
                 tries=0
@@ -36,18 +60,31 @@ case "$action" in
                 [ -n "$(cat "$dir/pid" 2>/dev/null)" ] && continue
                 # a deploy renews its lock while it works on the host (tier.sh); one silent for
                 # STALE seconds is gone (its machine, its connection): take the lock over
-                age=$(( $(date +%s) - $(date -r "$dir/renewed" +%s 2>/dev/null || date -r "$dir/holder" +%s 2>/dev/null || date +%s) ))
-                if [ "$age" -ge "$stale" ]; then
-                    note="took over the lock of $(holder ""), not renewed for ${age}s"
-                    rm -rf "$dir"
-                    continue
+                age=$(lock_age)
+                if [ "$age" -lt "$stale" ]; then
+                    echo "locked by: $(holder)"
+                    exit 1
                 fi
-                echo "locked by: $(holder)"
-                exit 1
+                was=$(holder "")
+                if take_mutex; then  # look again under the takeover lock: still the same, still stale?
+                    if [ "$(holder "")" = "$was" ] && [ ! -e "$dir/pid" ] &&
+                        [ "$(lock_age)" -ge "$stale" ]; then
+                        rm -rf "$dir"
+                        note="took over the lock of $was, not renewed for ${age}s"
+                    fi
+                    drop_mutex
+                fi
+                nap
+                continue
             fi
             if ! kill -0 "$job" 2>/dev/null; then
-                note="took over the lock from job $job, which is gone ($(holder ""))"
-                rm -rf "$dir"
+                if take_mutex; then
+                    was=$(holder "")
+                    [ "$(cat "$dir/pid" 2>/dev/null)" = "$job" ] && rm -rf "$dir" &&
+                        note="took over the lock from job $job, which is gone ($was)"
+                    drop_mutex
+                fi
+                nap
                 continue
             fi
             if [ $(( $(date +%s) - t0 )) -ge "$wait_max" ]; then
@@ -57,23 +94,36 @@ case "$action" in
             note="waited for the previous deploy's restore job $job"
             nap
         done
-        printf '%s\n' "$holder" > "$dir/holder"
-        touch "$dir/renewed"
-        journal_append
-        [ -n "$note" ] && echo "$note ($(( $(date +%s) - t0 ))s)"
+        held_as "$holder"
+        [ -z "$note" ] || echo "$note ($(( $(date +%s) - t0 ))s)"
         echo "locked" ;;
     takeover)
         [ $# = 4 ] || usage
         holder=$3 old=$4
+        n=0
+        until take_mutex; do
+            n=$((n + 1))
+            [ "$n" -lt "$holder_tries" ] || { echo "locked by: $(holder nobody) (being taken over meanwhile)"; exit 1; }
+            nap
+        done
         if [ "$(holder "")" != "$old" ] || [ -e "$dir/pid" ]; then
+            drop_mutex
             echo "locked by: $(holder nobody) (changed meanwhile)"
             exit 1
         fi
-        printf '%s\n' "$holder" > "$dir/holder"
-        journal_append
+        rm -rf "$dir"
+        mkdir "$dir" 2>/dev/null || { drop_mutex; echo "locked by: $(holder nobody) (changed meanwhile)"; exit 1; }
+        drop_mutex
+        held_as "$holder"
         echo "locked" ;;
     unlock)
         [ $# = 2 ] || usage
+        job=$(cat "$dir/pid" 2>/dev/null)
+        if [ -n "$job" ] && kill -0 "$job" 2>/dev/null; then
+            echo "not released: the restore job $job of the last deploy holds it and is alive (it frees the lock" \
+                "once the old containers are gone; stop it first to free the lock now)"
+            exit 1
+        fi
         journal_append
         rm -rf "$dir" 2>/dev/null
         if [ -e "$dir" ]; then echo "cannot remove $dir"; exit 1; fi

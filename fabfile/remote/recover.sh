@@ -1,4 +1,4 @@
-# recover.sh KEY RUN N [PID SWITCHED SERVICES OLD_IDS]xN COMPOSE_FLAGS...
+# recover.sh KEY RUN N [PID SWITCHED SERVICES OLD_IDS NEW_IDS SINCE]xN COMPOSE_FLAGS...
 # (run on the host by zdd in the project directory, after lib.sh, as `sh -c 'LIB SCRIPT' recover.sh ARGS...`)
 #
 # Finishes or undoes the tiers of an interrupted run RUN (from the project's journal), so that
@@ -7,17 +7,20 @@
 #     one still running after its switch is waited for (it drains and retires on its own);
 #   - a tier.sh that died before its switch: the containers it started are removed (the old
 #     ones never stopped serving); after its switch: the old ones are stopped and removed.
-# SERVICES and OLD_IDS are comma-separated. Prints one line per tier; appends to the journal.
+# What it may remove is what the run recorded: NEW_IDS (its `new` event); when that line is
+# missing (it died first), only containers of SERVICES created since SINCE (the tier's start,
+# epoch seconds) that are neither old nor a one-off `compose run` job.
+# SERVICES, OLD_IDS and NEW_IDS are comma-separated. Prints one line per tier; appends to the journal.
 # Explain mode (lib.sh): what it would stop, wait for and remove, and the same lines.
 key=$1 run_id=$2 count=$3
 shift 3
 stop_wait=30    # s a tier.sh before its switch gets to undo its tier after SIGTERM
 drain_wait=180  # s a tier.sh after its switch gets to drain and retire the old containers
-tiers=  # one line per tier: PID SWITCHED SERVICES OLD_IDS ("-" for empty)
+tiers=  # one line per tier: PID SWITCHED SERVICES OLD_IDS NEW_IDS SINCE ("-" for empty)
 i=1
 while [ "$i" -le "$count" ]; do
-    tiers="$tiers$1 ${2:--} ${3:--} ${4:--}$zdd_nl"
-    shift 4
+    tiers="$tiers$1 ${2:--} ${3:--} ${4:--} ${5:--} ${6:-0}$zdd_nl"
+    shift 6
     i=$((i + 1))
 done
 compose_flags "$@"
@@ -39,12 +42,21 @@ recover_tier() {
         else what="its tier.sh $pid is still draining after ${drain_wait}s"; fi
     elif [ -z "$switched" ]; then
         new=
-        for svc in $(commas "$services"); do
-            for id in $(dc ps --all --quiet "$svc" 2>/dev/null); do
-                id=$(printf '%s' "$id" | cut -c1-12)
-                case ",$old," in *",$id,"*) ;; *) new="$new $id" ;; esac
+        if [ -n "$new_ids" ]; then  # what the run journaled it started, those that are still there
+            for id in $(commas "$new_ids"); do docker inspect --format . "$id" >/dev/null 2>&1 && new="$new $id"; done
+        else  # it died before it journaled them: what was created for these services since it started
+            for svc in $(commas "$services"); do
+                for id in $(dc ps --all --quiet "$svc" 2>/dev/null); do
+                    id=$(printf '%s' "$id" | cut -c1-12)
+                    case ",$old," in *",$id,"*) continue ;; esac
+                    made=$(docker inspect --format '{{index .Config.Labels "com.docker.compose.oneoff"}} {{.Created}}' \
+                        "$id" 2>/dev/null) || continue
+                    [ "${made%% *}" != True ] || continue
+                    created=$(date -u -d "$(printf '%s' "${made#* }" | cut -c1-19 | tr T ' ')" +%s 2>/dev/null) || continue
+                    [ "$created" -ge "$since" ] && new="$new $id"
+                done
             done
-        done
+        fi
         if [ -n "$new" ]; then
             # shellcheck disable=SC2086 # container ids, one word each
             run docker rm --force $new >/dev/null 2>&1
@@ -65,11 +77,12 @@ recover_tier() {
     fi
     echo "recovered $services: $what"
 }
-while read -r pid switched services old <&9; do
+while read -r pid switched services old new_ids since <&9; do
     [ -n "$pid" ] || continue
     [ "$switched" != - ] || switched=
     [ "$services" != - ] || services=
     [ "$old" != - ] || old=
+    [ "$new_ids" != - ] || new_ids=
     recover_tier
 done 9<<TIERS
 $tiers

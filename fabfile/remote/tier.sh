@@ -40,6 +40,7 @@ undo_grace=1     # docker-rollout gets this long to end on SIGTERM before its pr
 blind_wait=10    # no in-flight counts from the proxy: the old containers stop after this (at most the drain timeout)
 hook_polls=5     # the held pre-stop hook looks for its release this many times a second
 nap_seconds=0.2  # between two polls of the new containers' health, and of the drain
+pause_max=300    # tests only: the longest a pause point (pause_at) holds the tier
 
 # each service's fields, one line each ("-" for an empty field), its hook in a file of its own;
 # what is learnt of it on the way (how it starts, its docker-rollout's pid and exit status) too
@@ -70,14 +71,27 @@ each() {  # each FUNCTION...: call it once per service, with j, name, target, ht
         "$@"
     done 9< "$tmp/services"
 }
+pause_at() {  # tests only: when ~/.zdd/test-pause names this point, wait here while that file exists
+    [ -z "$explaining" ] && [ -f "$zdd/test-pause" ] && [ "$(cat "$zdd/test-pause" 2>/dev/null)" = "$1" ] || return 0
+    printf '%s %s\n' "$$" "$1" > "$zdd/test-paused"
+    n=0
+    while [ -f "$zdd/test-pause" ] && [ "$n" -lt "$((pause_max * 5))" ]; do nap; n=$((n + 1)); done
+    rm -f "$zdd/test-paused"
+}
 put() { printf '%s\n' "$2" > "$tmp/$1.$j"; }      # put FIELD VALUE: of service $j
 get() { cat "$tmp/$1.$j" 2>/dev/null; }           # get FIELD: of service $j (empty if never put)
 hook() { cat "$tmp/hook.$j"; }                     # the user's pre-stop hook of service $j
 by_plugin() { [ "$(get how)" = plugin ]; }         # service $j is started by docker rollout
 
-new_of() {  # the containers of service $name that are not old ones
-    for id in $(dc ps --all --quiet "$name" 2>/dev/null); do
-        id=$(printf '%s' "$id" | cut -c1-12)
+replicas() {  # replicas ID...: those of the containers that are a service's replicas, short ids
+    # (a `docker compose run` job, labelled oneoff, is none: never counted, routed to or removed)
+    [ $# -gt 0 ] || return 0
+    docker inspect --format '{{.Id}} {{index .Config.Labels "com.docker.compose.oneoff"}}' "$@" 2>/dev/null |
+        while read -r id oneoff; do [ "$oneoff" = True ] || printf '%s\n' "$id" | cut -c1-12; done
+}
+new_of() {  # the containers of service $name that are not old ones (nor one-off jobs)
+    # shellcheck disable=SC2046 # container ids, one word each
+    for id in $(replicas $(dc ps --all --quiet "$name" 2>/dev/null)); do
         case ",$old," in *",$id,"*) ;; *) printf '%s ' "$id" ;; esac
     done
 }
@@ -119,11 +133,13 @@ say "pid $$"
 all_old='' all_names=''
 collect() { all_old="$all_old${all_old:+,}$old" all_names="$all_names${all_names:+,}$name"; }
 each collect
-journal_event tier services "$all_names" old "$all_old"
+journal_event tier services "$all_names" old "$all_old" ||
+    { say "failed cannot write the journal $zdd/journal/$key.jsonl: nothing was changed"; exit 1; }
 
 # --- 1. pin ------------------------------------------------------------------------------
 while IFS= read -r line && [ "${line#journal }" != "$line" ]; do  # zdd's lines for the journal first
-    journal_line "${line#journal }"
+    journal_line "${line#journal }" ||
+        { say "failed cannot write the journal $zdd/journal/$key.jsonl: nothing was changed"; exit 1; }
 done
 case "$line" in
     "pin "*) load pin "${line#pin }" || { say "failed cannot pin the proxy to the old containers"; exit 1; } ;;
@@ -134,7 +150,8 @@ say "pinned"
 
 # --- 2. start the new containers ---------------------------------------------------------
 remove_stale() {  # compose would restart stopped containers instead of creating new ones
-    ids=$(dc ps --quiet --status exited --status created --status dead "$name" 2>/dev/null)
+    # shellcheck disable=SC2046 # container ids, one word each
+    ids=$(replicas $(dc ps --quiet --status exited --status created --status dead "$name" 2>/dev/null))
     # shellcheck disable=SC2086 # container ids, one word each
     [ -z "$ids" ] || run docker rm --force $ids >/dev/null 2>&1
 }
@@ -200,6 +217,7 @@ if [ -n "$services" ]; then
         exit 1
     fi
 fi
+pause_at after-start
 
 # every new container must exist, run and be healthy; one that is unhealthy, exits or
 # restarts fails the tier at once (the health timeout is only the ceiling)
@@ -266,7 +284,11 @@ else
         each check
         if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
         if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
-        [ -z "$logged_new" ] && [ "$all" -gt 0 ] && { journal_event new ids "$(each new_of | tr ' ' ',' | sed 's/,*$//')"; logged_new=1; }
+        if [ -z "$logged_new" ] && [ "$all" -gt 0 ]; then
+            journal_event new ids "$(each new_of | tr ' ' ',' | sed 's/,*$//')" ||
+                { undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
+            logged_new=1
+        fi
         if [ "$good" -ge "$expected" ] && [ -n "$announced" ]; then break; fi
         if [ "$elapsed" -ge "$ceiling" ]; then
             each details; undo "failed timeout after ${ceiling}s:${progress%,} healthy"; exit 1
@@ -280,14 +302,23 @@ say "healthy after $(( $(date +%s) - start ))s"
 
 # --- 3. switch, or undo ------------------------------------------------------------------
 IFS= read -r line || line=abort
+# "switched" goes to the journal, and holds off SIGTERM's undo, BEFORE the proxy loads the switch:
+# a signal that arrives during the load must never remove the containers it routes to
 case "$line" in
-    "switch "*)
-        if ! load switch "${line#switch }"; then undo "failed cannot switch the proxy: new containers removed"; exit 1; fi
-        switched=1; journal_event switched
+    "switch "* | go)
+        journal_event switched ||
+            { undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
+        switched=1
+        pause_at in-switch
+        if [ "$line" != go ] && ! load switch "${line#switch }"; then
+            switched=
+            undo "failed cannot switch the proxy: new containers removed"
+            exit 1
+        fi
         say "switched" ;;
-    go) switched=1; journal_event switched; say "switched" ;;  # no proxy routing for these services
     *) undo "failed aborted before the switch: new containers removed"; exit 3 ;;
 esac
+pause_at after-switch
 
 # --- 4. drain the old addresses at the proxy, then retire the old containers ---------------
 addrs=
@@ -322,6 +353,7 @@ while [ -z "$result" ]; do
     if [ "$last" = -1 ] || [ "$total" -lt "$last" ]; then falling=$now; fi
     last=$total
     if [ $((now - t0)) != "$shown" ]; then say "progress draining:$busy, $((now - t0)) s of $drain_timeout"; shown=$((now - t0)); fi
+    pause_at in-drain
     if [ -z "$busy" ]; then result="after $((now - t0))s, $peak in flight at most"; break; fi
     if [ $((now - falling)) -ge "$stream_grace" ]; then
         result="after $((now - t0))s, $peak in flight at most; $total long-lived left to the stop:$busy"; break
@@ -356,7 +388,14 @@ retire() {
         stop_old
     ) </dev/null 9<&- >"$jobs/retire-$tag-$name.log" 2>&1 &
 }
-each retire
-journal_event retired
-say "retired"
+# "retired" goes to the journal before the old containers are stopped; without it they are left
+# running, out of rotation, for the next run to retire
+if journal_event retired; then
+    each retire
+    say "retired"
+else
+    say "note cannot write the journal $zdd/journal/$key.jsonl: the old containers are left running, out of" \
+        "rotation; the next deploy retires them"
+    say "retired"
+fi
 exit 0
