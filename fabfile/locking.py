@@ -144,7 +144,7 @@ def finish(s: Session, state: Any, held: Held, result: str, error: str, verify: 
         rec.detail = "; ".join(res.stdout.strip().splitlines()) or ("" if res.ok else res.first_error_line())
         if not res.ok:
             rec.status = "failed"
-            s.notes.append(f"could not release the deploy lock: fab -H {s.name} unlock")
+            s.notes.append(f"finish: {res.first_error_line()} (if the lock is still held: fab -H {s.name} unlock)")
 
 
 def unlock(s: Session, state: Any) -> None:

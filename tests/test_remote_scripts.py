@@ -452,7 +452,7 @@ def test_tier_pins_switches_and_drains_at_the_proxy(host):
     assert out[5] == "retired"
     assert (host.stub / "loads").read_text().splitlines() == [pin[len("pin "):], switch[len("switch "):]]
     assert host.calls().count("exec -i cad caddy reload --config /dev/stdin --force") == 2
-    assert "exec cad wget -q -O - http://localhost:2019/reverse_proxy/upstreams" in host.calls()
+    assert "exec cad wget -q -T 30 -O - http://localhost:2019/reverse_proxy/upstreams" in host.calls()
 
 
 def test_tier_drain_leaves_long_lived_streams_to_the_stop(host):
@@ -772,7 +772,7 @@ def test_tier_explains_what_it_would_run_and_a_real_run_runs_exactly_that(host, 
     else:
         start = ["run timeout -k 10 65 docker compose -f x.yaml up --detach --no-deps --no-recreate --scale server=2 "
                  "server"]
-        retire = [f"run docker exec {OLD[:12]} sh -c 'sleep 1'", f"run docker stop --time 10 {OLD[:12]}",
+        retire = [f"run timeout -k 5 5 docker exec {OLD[:12]} sh -c 'sleep 1'", f"run docker stop --time 10 {OLD[:12]}",
                   f"run docker rm {OLD[:12]}"]
     assert same_run(out) == ["load pin config", reload, "pinned", *start,
                              "wait healthy: server (1 container) up to 5 s",

@@ -617,3 +617,32 @@ def test_a_survey_that_cannot_run_fails_in_one_line():
     with pytest.raises(StepFailed, match=r"^cannot read stack remilia-swarm in ~/remilia-swarm: sh: docker: not "
                                          r"found$"):
         SwarmEngine(s.host).validate(s)
+
+
+# --- what a stack deploy or Swarm itself could take down ------------------------------------------------
+
+def model_app(order: str | None) -> dict:
+    deploy = {"endpoint_mode": "dnsrr", **({"update_config": {"order": order}} if order else {})}
+    return {"image": "x/server:latest", "healthcheck": {"test": ["CMD", "true"]}, "deploy": deploy}
+
+
+@pytest.mark.parametrize("order", [None, "stop-first"])
+def test_a_stack_deploy_that_would_update_an_app_stop_first_is_refused(order):
+    h = load(HOSTS_TOML).host(NAME)
+    state = swarm_state.StackState("active true", {"server": model_app(order)}, applied={})
+    problems, _ = swarm_state.check_stack(state, h, ["server"])
+    assert any("would update it so, stopping its tasks first (downtime): set update_config.order: start-first" in p
+               for p in problems), problems
+    assert swarm_state.check_stack(swarm_state.StackState("active true", {"server": model_app("start-first")},
+                                                          applied={}), h, ["server"])[0] == []
+
+
+def test_a_service_swarm_is_still_updating_is_refused():
+    h = load(HOSTS_TOML).host(NAME)
+    spec = model_app("start-first")
+    state = swarm_state.StackState("active true", {"server": spec},
+                                   {"server": swarm_state.StackService("server", "x@sha256:1", update_state="updating")},
+                                   applied={"server": swarm_state.spec_hash(spec)})
+    problems, _ = swarm_state.check_stack(state, h, ["server"])
+    assert problems == ["server: Swarm is still changing it (updating): wait until `docker service ps "
+                        "remilia-swarm_server` has settled"]

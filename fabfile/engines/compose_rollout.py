@@ -294,8 +294,9 @@ class ComposeRollout:
         """Reload the proxy's file once the old containers are gone; True when a job on the
         host took the lock over to do it later."""
         with self.s.report.step(steps.proxy_step(self.s)) as rec:
+            # the old containers go once drained (up to drain_timeout), then stopped (their stop grace)
             grace = max((self.host.service(n).stop_timeout or STOP_GRACE for n in self.plans), default=STOP_GRACE)
-            grace += RESTORE_MARGIN
+            grace += self.host.proxy.drain_timeout + RESTORE_MARGIN
             cmd = cmds.restore(self.host, self.state.key, self.state.proxy or "", self.retiring, detach, grace)
             res = self.r.change(cmd, check=False)
             rec.detail = (res.stdout.strip().splitlines() or [res.first_error_line()])[-1]

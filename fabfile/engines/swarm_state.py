@@ -155,6 +155,16 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
                             "a node (start-first): publish through the proxy")
         if (svc.get("deploy") or {}).get("endpoint_mode", "vip") != "dnsrr":
             vip.append(name)
+        order = ((svc.get("deploy") or {}).get("update_config") or {}).get("order", "stop-first")
+        if order != "start-first" and name in stack_changes(state):
+            # infra-up's `docker stack deploy` applies the file's settings to this service's own update
+            problems.append(f"{name}: the compose files' deploy.update_config.order is {order}, and docker stack "
+                            "deploy (infra-up) would update it so, stopping its tasks first (downtime): set "
+                            "update_config.order: start-first")
+        current = state.services.get(name)
+        if current is not None and current.update_state in ("updating", "rollback_started"):
+            problems.append(f"{name}: Swarm is still changing it ({current.update_state}): wait until "
+                            f"`docker service ps {h.stack_name}_{name}` has settled")
     notes = []
     if vip:
         notes.append(f"{', '.join(vip)} use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach "

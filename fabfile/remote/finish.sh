@@ -10,7 +10,11 @@
 # tags, removals and prune it would run, and the same lines.
 key=$1 holder=$2 prune=$3 keep=$4 run_id=$5
 shift 5
-journal_append
+journal_max=20000   # a journal longer than this many lines is cut to its last journal_keep lines
+journal_keep=10000  # (more than zdd ever reads of it: JOURNAL_TAIL)
+logs_days=14        # job logs (~/.zdd/jobs) and ran.log lines older than this many days go
+journal_ok=1
+journal_append || journal_ok=
 if [ -n "$run_id" ]; then
     repo=zdd-keep/p$(printf '%s' "$key" | cksum | cut -d' ' -f1)
     for pair in "$@"; do
@@ -33,8 +37,19 @@ fi
 if [ "$prune" = 1 ]; then
     out=$(run docker image prune --force 2>&1) && [ -n "$out" ] && printf '%s\n' "$out" | tail -n 1
 fi
+if [ -z "$explaining" ] && [ -n "$journal_ok" ]; then  # old history and logs go (no lines lost but the oldest)
+    for f in "$zdd/journal/$key.jsonl" "$zdd/ran.log"; do
+        [ "$(wc -l < "$f" 2>/dev/null || echo 0)" -gt "$journal_max" ] || continue
+        if t=$(mktemp "$f.XXXXXX") && tail -n "$journal_keep" "$f" > "$t"; then mv "$t" "$f"; else rm -f "$t"; fi
+    done
+    find "$zdd/jobs" -type f -mtime +"$logs_days" -exec rm -f {} \; 2>/dev/null
+fi
 lock=$zdd/locks/$key
 if [ -n "$holder" ] && [ "$(cat "$lock/holder" 2>/dev/null)" = "$holder" ]; then
     if [ -n "$explaining" ]; then echo "released the lock"; else rm -rf "$lock" && echo "released the lock"; fi
+fi
+if [ -z "$journal_ok" ]; then
+    echo "cannot write the journal $zdd/journal/$key.jsonl (disk full?): this run's end is not recorded"
+    exit 1
 fi
 exit 0

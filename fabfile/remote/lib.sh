@@ -26,7 +26,11 @@ zdd_nl='
 # and past a `>/dev/null` (nothing runs in the background in explain mode to inherit it)
 if [ -n "$explaining" ]; then exec 3>&1; fi
 
+read_wait=30  # a docker read (inspect, ps, exec of a probe) that has not answered by then is given up
 say() { printf '%s\n' "$*" 2>/dev/null || true; }
+bounded() {  # bounded COMMAND...: a read that may not hang: killed after read_wait (where `timeout` exists)
+    if command -v timeout >/dev/null 2>&1; then timeout -k 5 "$read_wait" "$@"; else "$@"; fi
+}
 last() { printf '%s' "$1" | tail -n 1 | cut -c1-300; }    # the last line of a command's output, short
 commas() { printf '%s' "$1" | tr ',' ' '; }                # a comma-separated argument as words
 nap() { sleep "$nap_seconds" 2>/dev/null || sleep 1; }      # BusyBox sleep may not take fractions

@@ -173,7 +173,8 @@ choose() {  # START plugin: docker-rollout replaces running services whose conta
 each choose
 start_rollout() {
     by_plugin || return 0
-    h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (htime + drain_timeout + margin) * hook_polls )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"
+    # held as long as the tier may take (its slowest service's health wait, the drain), not this service's
+    h="n=0; while [ ! -e /dev/shm/$hold ] && [ ! -e /tmp/$hold ] && [ \$n -lt $(( (ceiling + drain_timeout + margin) * hook_polls )) ]; do sleep 0.2 2>/dev/null || sleep 1; n=\$((n+1)); done"
     hook=$(hook)
     [ -n "$hook" ] && h="$h; $hook"
     log=$jobs/rollout-$tag-$name.log
@@ -226,7 +227,7 @@ check() {
     ids=$(new_of) n=0 ok=0
     for id in $ids; do
         n=$((n + 1))
-        st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$id" 2>/dev/null) || st="gone - 0"
+        st=$(bounded docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$id" 2>/dev/null) || st="gone - 0"
         status=${st%% *} rest=${st#* }
         health=${rest%% *} restarts=${rest#* }
         if [ "$status" != running ] || [ "$restarts" != 0 ] || [ "$health" = unhealthy ]; then
@@ -338,7 +339,7 @@ elif [ -n "$explaining" ]; then
 fi
 while [ -z "$result" ]; do
     now=$(date +%s)
-    if ! out=$(docker exec "$proxy" wget -q -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
+    if ! out=$(bounded docker exec "$proxy" wget -q -T "$read_wait" -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
         result=unobservable; break
     fi
     busy='' total=0
@@ -373,7 +374,11 @@ say "drained $result"
 stop_old() {  # the user's hook in each old container of $name ($hook), then stop and remove them
     # shellcheck disable=SC2086 # container ids, one word each
     set -- $ids
-    if [ -n "$hook" ]; then for id in "$@"; do run docker exec "$id" sh -c "$hook"; done; fi
+    # the user's hook may not hold the stop back for ever: it gets the drain's time at most
+    limit=
+    command -v timeout >/dev/null 2>&1 && limit="timeout -k 5 $drain_timeout"
+    # shellcheck disable=SC2086 # the limit's words
+    if [ -n "$hook" ]; then for id in "$@"; do run $limit docker exec "$id" sh -c "$hook"; done; fi
     if [ -n "$stime" ]; then run docker stop --time "$stime" "$@"; else run docker stop "$@"; fi
     run docker rm "$@"
 }
