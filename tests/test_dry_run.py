@@ -108,7 +108,7 @@ def test_dry_run_plan_in_order(deployed):
         "would send: nothing to pin",
         ("would run:", "tier.sh compose cad000000000", " 1 profile-server 1 30 "),
         ("would run:", "sh -c '<fabfile/remote/restore.sh>' restore.sh detach project cad000000000 "
-                       "/etc/caddy/Caddyfile 40 a00000000000 c00000000000 e00000000000 100000000000"),
+                       "/etc/caddy/Caddyfile 100 a00000000000 c00000000000 e00000000000 100000000000"),
         # the end of the run: journal, keep tags of the new images, prune; no holder to release
         ("would run: sh -c '<fabfile/remote/finish.sh>' finish.sh project '' 1 3 ", " server=sha256:02",
          " profile-server=sha256:02", "< journal lines"),
