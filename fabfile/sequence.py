@@ -116,7 +116,8 @@ def starting(s: Session, engine: Engine, state: Any, command: str) -> RunFacts:
     """What the hooks and markers know of a run before anything changes: the app services
     configured and the image references the compose files name (the plan narrows them)."""
     images = engine.images_named(s, state)
-    return RunFacts(s.name, command, [n for n in s.host.app_services if n in images], images)
+    return RunFacts(s.name, command, [n for n in s.host.app_services if n in images], images,
+                    started=s.report.started_at)
 
 
 @contextmanager
