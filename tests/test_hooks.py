@@ -205,3 +205,24 @@ def test_markers_with_the_receiver_down_warn_once_and_the_deploy_is_good(tmp_pat
     assert [ln for ln in out.getvalue().splitlines() if "WARN" in ln] == [
         ln for ln in out.getvalue().splitlines() if ln.startswith("[sandbox] WARN notify")]
     assert len([ln for ln in out.getvalue().splitlines() if "WARN" in ln]) == 1
+
+
+def test_a_swarm_rollback_runs_pre_and_post_rollback(tmp_path):
+    from fabfile import sequence
+    from fabfile.engines import SwarmEngine
+    from tests.fakes import image_id, service_json, stack_services, stack_survey_text
+    from tests.test_swarm import fake_manager, session as swarm_session
+    for name in ("pre-rollback", "post-rollback", "pre-deploy", "post-deploy"):
+        hook(tmp_path, name, "true")
+    services = stack_services(version=2, previous=1)
+    services[2] = service_json("identity", image_id("identity", 1))  # never updated: no previous spec
+    fake = fake_manager(stack_survey_text(services), log=[])
+    s, _ = swarm_session(fake)
+    s.host = dataclasses.replace(s.host, hooks=HooksConfig(dir=str(tmp_path)))
+    sequence.rollback(s, SwarmEngine(s.host))
+    pre, post = recorded(tmp_path, "pre-rollback"), recorded(tmp_path, "post-rollback")
+    assert pre["ZDD_COMMAND"] == post["ZDD_COMMAND"] == "rollback" and pre["ZDD_RUN"] == post["ZDD_RUN"]
+    assert pre["ZDD_IMAGES"].startswith("server=127.0.0.1:15000/zdd-sandbox/server:latest")
+    assert "identity" not in post["ZDD_SERVICES"].split() and post["ZDD_RESULT"] == "ok"
+    assert post["ZDD_IMAGE_IDS"].startswith("server=" + image_id("server", 1))
+    assert not (tmp_path / "pre-deploy.env").exists() and not (tmp_path / "post-deploy.env").exists()
