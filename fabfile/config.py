@@ -53,6 +53,23 @@ Keys (types and defaults are in the ``*Config`` dataclasses of :mod:`fabfile.con
   ``max_failures``, ``retry_stale`` (false: a request on a kept-alive connection that the
   server closed counts as failed), ``max_ws_gap`` (seconds a websocket may go without a
   working connection before the run fails; 0 = only report), ``enabled``, ``strict``.
+* ``hooks`` – executables of the team's own, run where fab runs (never on the host) by
+  ``deploy`` and ``rollback`` (see fabfile/hooks.py for the names and their ``ZDD_*``
+  variables): ``dir`` (default ``.zdd/hooks``, relative to the hosts file's directory; a
+  missing directory or file is no hook) and ``timeout`` (seconds, default 300: a hook still
+  running then is killed and counts as failed). A pre-hook that fails stops the run before
+  anything changes; a post-hook's failure is only reported. ``fab deploy --skip-hooks`` runs none.
+* ``notify`` – release markers sent where fab runs once a ``deploy`` or ``rollback`` is over
+  (see fabfile/notify.py for the payloads): ``grafana_url`` + ``grafana_token_env`` (an
+  annotation spanning the run), ``sentry_org`` + ``sentry_project`` (a string or a list) +
+  ``sentry_token_env`` (+ ``sentry_url``, default https://sentry.io; a release named after the
+  new images and a deploy to ``environment``, default the host's name), ``webhook_url`` or
+  ``webhook_url_env`` (a chat message ``{"text": ...}``; Slack and Mattermost take it,
+  Discord at its webhook URL + ``/slack``), ``report_url`` (a link in that message; ``{run}``
+  and ``{host}`` are filled in; in GitHub Actions the job's page by default) and ``timeout``
+  (seconds per request, default 5). Tokens are read from the environment (or ``.env``) only,
+  by the variable names given here, and travel only in the Authorization header; a notifier
+  that is down or slow costs one warning line, never the run.
 """
 
 from __future__ import annotations
@@ -60,7 +77,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +95,9 @@ from .config_limits import (  # noqa: F401  (re-exported: the limits zdd sets it
     SWARM_ANSWER_MARGIN,
     DEFAULT_VERSION_REGEX,
 )
-from .config_model import (ENGINES, PROXY_MODES, ConfigError, HostConfig, Inventory, PluginConfig,  # noqa: F401
-                           ProxyConfig, RegistryConfig, ResolvedService, ServiceConfig, SshConfig, VerifyConfig)
+from .config_model import (ENGINES, PROXY_MODES, ConfigError, HooksConfig, HostConfig, Inventory,  # noqa: F401
+                           NotifyConfig, PluginConfig, ProxyConfig, RegistryConfig, ResolvedService, ServiceConfig,
+                           SshConfig, VerifyConfig)
 
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
 
@@ -87,7 +105,7 @@ _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
 # --- schema ---------------------------------------------------------------------------------
 
 _NESTED = {"proxy": ProxyConfig, "plugin": PluginConfig, "registry": RegistryConfig,
-           "ssh": SshConfig, "verify": VerifyConfig}
+           "ssh": SshConfig, "verify": VerifyConfig, "hooks": HooksConfig, "notify": NotifyConfig}
 
 
 def _check_scalar(key: str, value: Any, expected: str) -> Any:
@@ -190,7 +208,10 @@ def _build_host(name: str, raw: dict[str, Any], own_services: Any = None) -> Hos
     nested: dict[str, Any] = {}
     for nk, cls in _NESTED.items():
         if nk in raw:
-            nested[nk] = cls(**_table(f"{key}.{nk}", raw[nk], cls))
+            table = raw[nk]
+            if nk == "notify" and isinstance(table, dict) and isinstance(table.get("sentry_project"), str):
+                table = {**table, "sentry_project": [table["sentry_project"]]}  # one project or a list
+            nested[nk] = cls(**_table(f"{key}.{nk}", table, cls))
     services = {}
     raw_services = raw.get("services", {})
     if not isinstance(raw_services, dict):
@@ -263,6 +284,42 @@ def _check_host(key: str, h: HostConfig) -> None:
     for u in h.verify.ws_urls:
         if not re.match(r"^wss?://[^/?#]+", u):
             raise ConfigError(f"{key}.verify.ws_urls: {u!r} is not a ws:// or wss:// URL")
+    _check_notify(f"{key}.notify", h)
+    if h.hooks.timeout <= 0:
+        raise ConfigError(f"{key}.hooks.timeout must be more than 0 seconds")
+    if not h.hooks.dir:
+        raise ConfigError(f"{key}.hooks.dir must not be empty (default .zdd/hooks)")
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_notify(key: str, h: HostConfig) -> None:
+    n = h.notify
+    for name in ("grafana_url", "sentry_url", "webhook_url"):
+        value = getattr(n, name)
+        if value and not re.match(r"^https?://[^/?#]+", value):
+            raise ConfigError(f"{key}.{name}: {value!r} is not an http(s) URL")
+    for name in ("grafana_token_env", "sentry_token_env", "webhook_url_env"):
+        value = getattr(n, name)
+        if value and not _ENV_NAME.match(value):
+            raise ConfigError(f"{key}.{name} must name an environment variable (the token never goes in this file), "
+                              f"not {value!r}")
+    if n.grafana_url and not n.grafana_token_env:
+        raise ConfigError(f"{key}.grafana_token_env must name the variable holding Grafana's token")
+    if n.sentry_org:
+        if not n.sentry_project:
+            raise ConfigError(f"{key}.sentry_project must name the Sentry project(s) of the release")
+        if not n.sentry_token_env:
+            raise ConfigError(f"{key}.sentry_token_env must name the variable holding Sentry's auth token")
+        if not n.sentry_url:
+            raise ConfigError(f"{key}.sentry_url must not be empty (default https://sentry.io)")
+    elif n.sentry_project or n.sentry_token_env:
+        raise ConfigError(f"{key}.sentry_org must be set for a Sentry release (sentry_project, sentry_token_env)")
+    if n.webhook_url and n.webhook_url_env:
+        raise ConfigError(f"{key}: webhook_url and webhook_url_env both set; keep one")
+    if n.timeout <= 0:
+        raise ConfigError(f"{key}.timeout must be more than 0 seconds")
 
 
 def _check_swarm(key: str, h: HostConfig) -> None:
@@ -303,10 +360,17 @@ def parse(text: str, path: str = "hosts.toml") -> Inventory:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: hosts.{name} must be a table")
         try:
-            hosts[name] = _build_host(name, _merge(defaults, raw), own_services=raw.get("services", {}))
+            host = _build_host(name, _merge(defaults, raw), own_services=raw.get("services", {}))
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+        hosts[name] = replace(host, hooks=replace(host.hooks, dir=_beside(path, host.hooks.dir)))
     return Inventory(path=path, hosts=hosts)
+
+
+def _beside(path: str, d: str) -> str:
+    """``d`` relative to the hosts file's directory (``~`` expanded), as an absolute path."""
+    p = Path(os.path.expanduser(d))
+    return str(p if p.is_absolute() else Path(os.path.expanduser(path)).resolve().parent / p)
 
 
 def load(path: str | os.PathLike[str]) -> Inventory:

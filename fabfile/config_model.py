@@ -88,6 +88,31 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class HooksConfig:
+    dir: str = ".zdd/hooks"       # executables pre-deploy, post-deploy...; relative to the hosts file
+    timeout: float = 300.0        # seconds before a hook is killed (a pre-hook that times out stops the run)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    grafana_url: str = ""         # POST /api/annotations
+    grafana_token_env: str = ""   # the variable holding Grafana's token (sent as a Bearer token)
+    sentry_url: str = "https://sentry.io"
+    sentry_org: str = ""          # set: a Sentry release and deploy per run that rolled something
+    sentry_project: tuple[str, ...] = ()  # a string or a list in hosts.toml
+    sentry_token_env: str = ""
+    webhook_url: str = ""         # chat: POST {"text": ...} (Slack, Mattermost; Discord: .../slack)
+    webhook_url_env: str = ""     # or the variable holding it (a Slack webhook URL is a secret)
+    environment: str = ""         # Sentry's environment; "" = the host's name
+    report_url: str = ""          # a link for the chat message; {run} and {host} are filled in
+    timeout: float = 5.0          # seconds per request; a notifier never fails a run
+
+    @property
+    def any(self) -> bool:
+        return bool(self.grafana_url or self.sentry_org or self.webhook_url or self.webhook_url_env)
+
+
+@dataclass(frozen=True)
 class HostConfig:
     name: str
     dir: str = "~"
@@ -112,6 +137,8 @@ class HostConfig:
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     ssh: SshConfig = field(default_factory=SshConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def app_services(self) -> list[str]:

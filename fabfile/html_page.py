@@ -27,7 +27,7 @@ CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1000px;color:#1a202c}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px;border-top:1px solid #e2e8f0;padding-top:14px}
 h3{font-size:14px;margin:14px 0 4px;font-weight:600;word-break:break-all}
-.ok,.pass{color:#276749}.failed,.fail,.interrupted{color:#c53030}.skipped,.notrun,.muted{color:#718096}
+.ok,.pass{color:#276749}.failed,.fail,.interrupted{color:#c53030}.warned{color:#b7791f}.skipped,.notrun,.muted{color:#718096}
 .verdict{padding:8px 12px;border-radius:6px;background:#f0fff4;border:1px solid #9ae6b4}
 .verdict.fail{background:#fff5f5;border-color:#feb2b2}.error{font-weight:600}
 table{border-collapse:collapse;width:100%;margin:8px 0}th,td{text-align:left;padding:3px 8px;border-bottom:1px solid #edf2f7;vertical-align:top}

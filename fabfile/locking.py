@@ -85,10 +85,12 @@ def _client_gone(holder: str) -> bool:
     return False
 
 
-def acquire(s: Session, state: Any, kind: str) -> Held:
-    """Take the lock of ``state.key`` for a run of ``kind``, journaling its start."""
-    held = Held(journal.new_run_id(), kind, "")
-    held.holder = (f"{journal.who()} pid {os.getpid()}.{client_id()} {kind} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
+def acquire(s: Session, state: Any, kind: str, run: str | None = None) -> Held:
+    """Take the lock of ``state.key`` for a run of ``kind`` (id ``run``, default a new one),
+    journaling its start."""
+    held = Held(run or journal.new_run_id(), kind, "")
+    held.holder = (f"{journal.who()} pid {os.getpid()}.{client_id()} {kind} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
                    f"(run {held.run})")
     start = (journal.line(journal.start_event(held.run, kind)),)
     res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start, s.host.lock_stale),
@@ -112,10 +114,11 @@ def acquire(s: Session, state: Any, kind: str) -> Held:
 
 
 @contextmanager
-def locked(s: Session, state: Any, kind: str, verdict: Verdict = no_verdict) -> Iterator[Held]:
+def locked(s: Session, state: Any, kind: str, verdict: Verdict = no_verdict,
+           run: str | None = None) -> Iterator[Held]:
     """Hold the project's lock while ``kind`` runs (one at a time), journaled: ``start``
     before anything changes, ``end`` with the result (and ``verdict()``) when it lets go."""
-    held = acquire(s, state, kind)
+    held = acquire(s, state, kind, run)
     result, error = "ok", ""
     try:
         yield held

@@ -13,7 +13,7 @@ and each HOST::
     {"host": "reminet-staging", "title": "deploy",
      "result": "ok" | "failed" | "interrupted" | "not run", "dry_run": false,
      "started_at": ISO, "ended_at": ISO, "duration_s": 31.0,
-     "steps": [{"name", "status" (ok|failed|skipped), "seconds", "detail", "started_at", "ended_at"}],
+     "steps": [{"name", "status" (ok|failed|skipped|warned), "seconds", "detail", "started_at", "ended_at"}],
      "switches": [{"service", "at": ISO}],  # when the proxy was switched to each service's new containers
      "notes": [str], "cost": {"remote_commands", "proxy_loads"},
      "verdict": str, "verify_ok": bool, "requests": int, "failed_requests": int,
@@ -23,8 +23,8 @@ and each HOST::
 
 Keys that do not apply are null (``verify``, ``verdict``... when no loop ran; everything but
 ``host``, ``title`` and ``result`` for a host that was not run). Times are ISO 8601 in UTC.
-Secrets (the values of the variables named by ``registry.password_env``) are replaced by
-``***`` wherever they would appear.
+Secrets (the values of the variables named by ``registry.password_env`` and the ``notify``
+tokens and webhook variable) are replaced by ``***`` wherever they would appear.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Iterator, TextIO
 @dataclass
 class StepRecord:
     name: str
-    status: str = "running"   # ok | failed | skipped
+    status: str = "running"   # ok | failed | skipped | warned (went wrong, the run did not: a post-hook, a marker)
     detail: str = ""
     seconds: float = 0.0
     started_at: float = field(default_factory=time.time)  # wall clock (epoch seconds)
@@ -50,7 +50,7 @@ class Reporter:
         if self._progress_shown:
             print("\r\x1b[2K", end="", file=self.out)
             self._progress_shown = False
-        mark = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip"}[rec.status]
+        mark = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip", "warned": "WARN"}[rec.status]
         detail = f"  {rec.detail}" if rec.detail else ""
         print(f"[{self.host}] {mark} {rec.name:<28} {rec.seconds:6.1f}s{detail}", file=self.out, flush=True)
 

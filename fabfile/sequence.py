@@ -4,7 +4,8 @@ steps that differ; this module holds the lock, journals the plan and runs the ti
 
 deploy::
 
-    validate → lock → recover → prepare → pull → infra-up → plan → each tier → done → finish
+    validate → pre-deploy → lock → recover → prepare → pull → infra-up → plan
+             → each tier (pre-tier, the tier, post-tier) → done → finish → markers → post-deploy
 
 A tier (:meth:`~fabfile.engines.base.Tiers.tier`) starts the tier's new containers, waits
 until they are healthy and switches the traffic to them; before the switch a failure removes
@@ -12,27 +13,41 @@ them (the old ones never stopped serving), after it the new ones carry the traff
 never removed. ``done`` drains and retires the old ones and restores the proxy (on the host,
 after fab returns, unless ``wait``). ``finish`` (in :func:`~fabfile.locking.locked`) journals
 the end with the verify verdict, keeps the images, prunes and frees the lock.
+
+``deploy`` and ``rollback`` run the team's hooks (:mod:`fabfile.hooks`: a pre-hook that fails
+stops the run before the lock, so before any change) and, once the lock is freed, send the
+release markers (:mod:`fabfile.notify`) and run the post-hook with the result, whatever it was.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from . import hooks as team_hooks
+from . import notify
 from .engines import Engine, Release
 from .interrupts import shielded
 from .locking import Held, Verdict, locked, no_verdict
+from .release import RunFacts
 from .session import Session
 
 
 def deploy(s: Session, engine: Engine, force: bool = False, wait: bool = False,
-           verdict: Verdict = no_verdict) -> None:
+           verdict: Verdict = no_verdict, hooks: bool = True) -> None:
     """Pull, bring infra up, roll the app services that changed, tier after tier."""
     state = engine.validate(s)
-    with locked(s, state, "deploy", verdict) as held:
-        state = under_lock(s, engine, state, held)
-        engine.prepare(s)
-        images = engine.pull(s, state)
-        state = engine.infra_up(s, state, images)
-        plans = engine.plan(s, state, images, s.host.app_services, force)
-        roll(s, engine, state, Release(plans, images, [list(t) for t in s.host.rollout]), held, wait)
+    facts = starting(s, engine, state, "deploy")
+    team_hooks.before(s, "pre-deploy", facts, hooks)
+    with marked(s, facts, "post-deploy", hooks, verdict):
+        with locked(s, state, "deploy", verdict, facts.run) as held:
+            state = under_lock(s, engine, state, held)
+            engine.prepare(s)
+            images = engine.pull(s, state)
+            state = engine.infra_up(s, state, images)
+            plans = engine.plan(s, state, images, s.host.app_services, force)
+            roll(s, engine, state, Release(plans, images, [list(t) for t in s.host.rollout]), held, wait,
+                 facts, hooks)
 
 
 def rollout_service(s: Session, engine: Engine, name: str) -> None:
@@ -44,13 +59,16 @@ def rollout_service(s: Session, engine: Engine, name: str) -> None:
 
 
 def rollback(s: Session, engine: Engine, to: str | None = None, wait: bool = False,
-             verdict: Verdict = no_verdict) -> None:
+             verdict: Verdict = no_verdict, hooks: bool = True) -> None:
     """Go back to an earlier run's images (or Swarm's previous specs), with zero downtime."""
     state = engine.validate(s)
     kind, target = engine.rollback_target(s, state, to)
-    with locked(s, state, kind, verdict) as held:
-        state = under_lock(s, engine, state, held)
-        roll(s, engine, state, engine.rollback_release(s, state, target), held, wait)
+    facts = starting(s, engine, state, "rollback")
+    team_hooks.before(s, "pre-rollback", facts, hooks)
+    with marked(s, facts, "post-rollback", hooks, verdict):
+        with locked(s, state, kind, verdict, facts.run) as held:
+            state = under_lock(s, engine, state, held)
+            roll(s, engine, state, engine.rollback_release(s, state, target), held, wait, facts, hooks)
 
 
 def recover(s: Session, engine: Engine) -> None:
@@ -71,16 +89,57 @@ def under_lock(s: Session, engine: Engine, state: object, held: Held) -> object:
     return engine.recover(s, state, held.run)
 
 
-def roll(s: Session, engine: Engine, state: object, release: Release, held: Held, wait: bool) -> None:
-    """The plan to the journal (sent with the first change), then each tier in order; on a
-    failure or an interruption the engine unwinds (never removing what carries traffic)."""
-    held.note_plan(engine.plan_event(held.run, state, release))
+def roll(s: Session, engine: Engine, state: object, release: Release, held: Held, wait: bool,
+         facts: RunFacts | None = None, hooks: bool = True) -> None:
+    """The plan to the journal (sent with the first change), then each tier in order (with
+    the pre-tier and post-tier hooks of a tier that rolls something); on a failure or an
+    interruption the engine unwinds (never removing what carries traffic)."""
+    event = engine.plan_event(held.run, state, release)
+    held.note_plan(event)
+    if facts is not None:
+        facts.plan(event)
     tiers = engine.tiers(s, state, release, held)
     try:
-        for names in release.tiers:
+        for i, names in enumerate(release.tiers, 1):
+            rolls = facts is not None and any(n in facts.services for n in names)
+            if rolls:
+                team_hooks.before(s, "pre-tier", facts, hooks, (i, names))
             tiers.tier(names)
+            if rolls:
+                team_hooks.after(s, "post-tier", facts, hooks, (i, names))
     except BaseException as e:
         with shielded("the unwind (never leaving a service without a whole set of containers)"):
             tiers.unwind(e)
         raise
     tiers.done(wait)
+
+
+def starting(s: Session, engine: Engine, state: Any, command: str) -> RunFacts:
+    """What the hooks and markers know of a run before anything changes: the app services
+    configured and the image references the compose files name (the plan narrows them)."""
+    images = engine.images_named(s, state)
+    return RunFacts(s.name, command, [n for n in s.host.app_services if n in images], images,
+                    started=s.report.started_at)
+
+
+@contextmanager
+def marked(s: Session, facts: RunFacts, post_hook: str, hooks: bool, verdict: Verdict) -> Iterator[None]:
+    """Once the body is over (the lock freed), whatever its result: the release markers,
+    then the post-hook. Neither changes the result."""
+    try:
+        yield
+    except BaseException as e:
+        _over(s, facts, e, post_hook, hooks, verdict)
+        raise
+    _over(s, facts, None, post_hook, hooks, verdict)
+
+
+def _over(s: Session, facts: RunFacts, error: BaseException | None, post_hook: str, hooks: bool,
+          verdict: Verdict) -> None:
+    facts.over(error)
+    facts.verdict = ((verdict() or {}).get("verdict") or "") if not s.r.dry_run else ""
+    try:
+        notify.mark(s, facts)
+    except Exception as e:  # a bug in a marker must not turn the run's result
+        s.report.record("notify", "warned", f"internal error: {type(e).__name__}: {e}")
+    team_hooks.after(s, post_hook, facts, hooks)

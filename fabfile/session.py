@@ -33,6 +33,15 @@ def secret(name: str) -> str | None:
     return None
 
 
+def secrets(host: cfg.HostConfig) -> tuple[str, ...]:
+    """Every secret value this host's settings name, to keep out of any output: the registry
+    token, the notify tokens, a chat webhook URL read from the environment."""
+    n = host.notify
+    names = (host.registry.password_env if host.registry is not None else "", n.grafana_token_env,
+             n.sentry_token_env, n.webhook_url_env)
+    return tuple(v for v in (secret(name) for name in names if name) if v)
+
+
 def host_name(c: Any) -> str:
     name = getattr(c, "original_host", None) or getattr(c, "host", None)
     if not name:

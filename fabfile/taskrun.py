@@ -24,7 +24,7 @@ from .interrupts import sigterm_interrupts
 from .locking import Verdict
 from .outcome import HostResult
 from .runner import BadInput, StepFailed
-from .session import Session, host_name, open_session, secret
+from .session import Session, host_name, open_session, secrets
 
 Body = Callable[[Session, Engine, Verdict], None]
 
@@ -169,7 +169,5 @@ def _print_summary(s: Session, title: str, result: HostResult, summary: bool) ->
 
 
 def _secrets(s: Session) -> tuple[str, ...]:
-    """What must not appear in a report: the registry token."""
-    reg = s.host.registry
-    token = secret(reg.password_env) if reg is not None and reg.password_env else None
-    return (token,) if token else ()
+    """What must not appear in a report: the registry token, the notify tokens."""
+    return secrets(s.host)

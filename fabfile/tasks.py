@@ -20,6 +20,7 @@ from .taskrun import has_targets, run_on_host, run_steps, verifying
 from .session import host_name, load_host
 
 DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) and change nothing"
+SKIP_HOOKS_HELP = "run none of the hooks in hooks.dir (pre-deploy, post-deploy...): for incidents"
 
 
 @task(help={"dry_run": DRY_RUN_HELP,
@@ -29,13 +30,16 @@ DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) a
             "wait": "wait until the old containers are gone and the proxy routes by name again "
                     "(default: only while verifying; otherwise a job on the host finishes that)",
             "json": "write the whole summary (every host, step, note, the verify report) to this JSON file",
-            "report": "write a self-contained HTML page (charts per URL, steps, verdict) to this file"})
-def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False, json=None, report=None):
+            "report": "write a self-contained HTML page (charts per URL, steps, verdict) to this file",
+            "skip_hooks": SKIP_HOOKS_HELP})
+def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False, json=None, report=None,
+           skip_hooks=False):
     """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune.
 
     With several hosts (-H a,b) one after the other, stopping at the first failure."""
     def body(s, engine, verdict):
-        sequence.deploy(s, engine, force=force, wait=wait or verifying(s.host, verify), verdict=verdict)
+        sequence.deploy(s, engine, force=force, wait=wait or verifying(s.host, verify), verdict=verdict,
+                        hooks=not skip_hooks)
     result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
     run = hosts_run.record(result)
     if run is not None:
@@ -128,12 +132,13 @@ def recover(c, dry_run=False):
 
 @task(help={"to": "the run to go back to (an id from `fab history`; default: the successful run before "
                   "the last)", "dry_run": DRY_RUN_HELP, "wait": "wait until the old containers are gone",
-            "verify": "hit the host's verify URLs meanwhile (default on)"})
-def rollback(c, to=None, dry_run=False, wait=False, verify=True):
+            "verify": "hit the host's verify URLs meanwhile (default on)", "skip_hooks": SKIP_HOOKS_HELP})
+def rollback(c, to=None, dry_run=False, wait=False, verify=True, skip_hooks=False):
     """Deploy the images of an earlier successful run again, with zero downtime (engine swarm:
     every app service back to Swarm's previous spec)."""
     def body(s, engine, verdict):
-        sequence.rollback(s, engine, to, wait=wait or verifying(s.host, verify), verdict=verdict)
+        sequence.rollback(s, engine, to, wait=wait or verifying(s.host, verify), verdict=verdict,
+                          hooks=not skip_hooks)
     run_steps(c, "rollback", body, dry_run, verify=verify)
 
 

@@ -20,12 +20,13 @@ LAYERS = [
     ("running a task", ["fabfile/taskrun.py", "fabfile/hosts_run.py", "fabfile/html_page.py", "fabfile/summary.py"]),
     ("the deploy sequence", ["fabfile/sequence.py"]),
     ("engines", ["fabfile/engines/*.py"]),
-    ("shared steps, lock and journal", ["fabfile/steps.py", "fabfile/locking.py", "fabfile/history.py"]),
+    ("shared steps, lock and journal", ["fabfile/steps.py", "fabfile/locking.py", "fabfile/history.py",
+                                        "fabfile/hooks.py", "fabfile/notify.py"]),
     ("host session", ["fabfile/session.py"]),
     ("runner and what a run reports", ["fabfile/runner.py", "fabfile/progress.py", "fabfile/outcome.py",
                                        "fabfile/interrupts.py"]),
     ("command builders and host data", ["fabfile/commands.py", "fabfile/plan.py", "fabfile/proxy.py",
-                                        "fabfile/journal.py"]),
+                                        "fabfile/journal.py", "fabfile/release.py"]),
     ("config and the verify loop", ["fabfile/config.py", "fabfile/config_*.py", "fabfile/verify/*.py"]),
 ]
 ENGINE_NAMES = ("native", "docker-rollout", "swarm")

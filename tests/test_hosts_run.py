@@ -43,7 +43,7 @@ class Hosts:
         return Session(name, HOSTS.host(name), Runner(FakeExecutor(), name, dry_run=dry_run),
                        Reporter(name), cxn=c)
 
-    def deploy(self, s: Session, engine, force=False, wait=False, verdict=None) -> None:
+    def deploy(self, s: Session, engine, force=False, wait=False, verdict=None, hooks=True) -> None:
         self.deployed.append(s.name)
         with s.report.step("validate") as rec:
             rec.detail = "7 services in the compose project"

@@ -563,7 +563,7 @@ def test_every_task_runs_the_engine_that_hosts_toml_names(monkeypatch):
     """Tasks never ask which engine runs: each gets the host's engine from engine_for and
     calls the sequence or the engine's own step with it."""
     called = []
-    monkeypatch.setattr(sequence, "rollback", lambda s, engine, to, wait, verdict: called.append(
+    monkeypatch.setattr(sequence, "rollback", lambda s, engine, to, wait, verdict, hooks=True: called.append(
         ("rollback", engine.name, to)))
     monkeypatch.setattr(sequence, "recover", lambda s, engine: called.append(("recover", engine.name)))
 

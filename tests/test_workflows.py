@@ -122,7 +122,12 @@ def test_the_deploy_as_the_issue_has_it(path):
     assert ctx.as_kwargs["strict"] and ctx.as_kwargs["json"] == "deploy.json"
     deploy_step = next(s for s in steps(path) if "fab -H" in s.get("run", ""))
     assert deploy_step["env"] == {"GH_PACKAGES_TOKEN": "${{ secrets.GH_PACKAGES_TOKEN }}",
-                                  "GH_ACTOR": "${{ github.actor }}"}
+                                  "GH_ACTOR": "${{ github.actor }}",
+                                  # the release markers' tokens (hosts.toml's notify.*_env), as secrets
+                                  "GRAFANA_TOKEN": "${{ secrets.GRAFANA_TOKEN }}",
+                                  "SENTRY_AUTH_TOKEN": "${{ secrets.SENTRY_AUTH_TOKEN }}",
+                                  "CHAT_WEBHOOK_URL": "${{ secrets.CHAT_WEBHOOK_URL }}"}
+    assert "${{" not in deploy_step["run"]  # secrets reach fab through env, never inline
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)

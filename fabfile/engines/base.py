@@ -63,6 +63,10 @@ class Engine(Protocol):
     def infra_up(self, s: Session, state: Any = None, images: dict[str, str] | None = None) -> Any:
         """Bring the infra services up (in a deploy, only what changed); the state afterwards."""
 
+    def images_named(self, s: Session, state: Any) -> dict[str, str]:
+        """Each app service's image reference as the compose files name it now (for the hooks
+        that run before the plan)."""
+
     def plan(self, s: Session, state: Any, images: dict[str, str], names: list[str], force: bool) -> list[Any]:
         """Roll or skip each of ``names``, with the reason (the plan step)."""
 

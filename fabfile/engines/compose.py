@@ -116,6 +116,9 @@ class ComposeEngine:
         return state
 
     # --- what rolls, and rolling it ------------------------------------------------------
+    def images_named(self, s: Session, state: HostState) -> dict[str, str]:
+        return {n: str(state.services[n].get("image") or "") for n in s.host.app_services if n in state.services}
+
     def plan(self, s: Session, state: HostState, images: dict[str, str], names: list[str], force: bool) -> list:
         return steps.planned(s, lambda: make_plan(names, state, images, force))
 

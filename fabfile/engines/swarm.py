@@ -137,6 +137,9 @@ class SwarmEngine:
         return state
 
     # --- what rolls, and rolling it ------------------------------------------------------
+    def images_named(self, s: Session, state: StackState) -> dict[str, str]:
+        return {n: str(state.model[n].get("image") or "") for n in s.host.app_services if n in state.model}
+
     def plan(self, s: Session, state: StackState, digests: dict[str, str], names: list[str], force: bool) -> list:
         plans = steps.planned(s, lambda: make_plan(names, state, digests, force))
         settings: dict[str, list[str]] = {}
