@@ -14,9 +14,9 @@ from invoke.exceptions import Exit
 
 from fabfile import config as cfg
 from fabfile import html_page, outcome
-from fabfile.config import DEFAULT_VERSION_REGEX
 from fabfile import summary as run_summary
 from fabfile import verify as vloop
+from fabfile.config import DEFAULT_VERSION_REGEX
 
 
 @task(
@@ -34,17 +34,32 @@ from fabfile import verify as vloop
         "version_regex": f"regex finding the version in a body or websocket reply (default {DEFAULT_VERSION_REGEX})",
         "version_header": "read the version from this response header instead (HTTP)",
         "retry": "retry a GET once when the server closed an idle keep-alive connection without answering, "
-                 "as browsers do (default on; --no-retry counts it as a failure, like a client that never "
-                 "retries)",
+        "as browsers do (default on; --no-retry counts it as a failure, like a client that never "
+        "retries)",
         "ws_connections": "connections held open per ws URL (default 4, or the host's)",
         "max_ws_gap": "fail when a websocket probe went longer than this many seconds without a working "
-                      "connection (default: only report)",
+        "connection (default: only report)",
         "report": "write a self-contained HTML page (a chart per URL, the verdict) to this file",
     },
 )
-def verify(c, url=None, ws=None, host=None, concurrency=None, rate=None, duration=None, timeout=None,
-           max_failures=None, json=None, version_regex=None, version_header=None, retry=True,
-           ws_connections=None, max_ws_gap=None, report=None):
+def verify(
+    c,
+    url=None,
+    ws=None,
+    host=None,
+    concurrency=None,
+    rate=None,
+    duration=None,
+    timeout=None,
+    max_failures=None,
+    json=None,
+    version_regex=None,
+    version_header=None,
+    retry=True,
+    ws_connections=None,
+    max_ws_gap=None,
+    report=None,
+):
     """Hit URLs and hold websockets in a loop, report every failure; exit 0 only if none failed."""
     try:
         overrides = {
@@ -105,8 +120,10 @@ def sandbox(c):
     c.run("scripts/sandbox.sh up", pty=False)
 
 
-@task(help={"service": "only these apps (repeatable; default all four)", "broken": "its healthcheck never passes"},
-      iterable=["service"])
+@task(
+    help={"service": "only these apps (repeatable; default all four)", "broken": "its healthcheck never passes"},
+    iterable=["service"],
+)
 def publish(c, service=None, broken=False):
     """Publish a new version of the sandbox's app images under :latest."""
     args = (["--broken"] if broken else []) + list(service or [])

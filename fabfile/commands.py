@@ -9,104 +9,13 @@ as a dry run or asserted in a unit test without SSH.
 from __future__ import annotations
 
 import dataclasses
-import shlex
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 
-from .config import JOURNAL_TAIL, HostConfig, ResolvedService
-
-
-@dataclass(frozen=True)
-class Stdin:
-    """What a command reads on stdin. ``secret`` input is never printed or logged."""
-
-    text: str = field(repr=False)   # a secret must not leak through repr() into logs or test diffs
-    label: str = ""                 # what a dry run shows instead of the text
-    secret: bool = False
-
-
-@dataclass(frozen=True)
-class Command:
-    argv: tuple[str, ...]
-    cwd: str | None = None
-    stdin: Stdin | None = None
-    then: tuple["Command", ...] = field(default=())  # run after this one, only if it succeeded
-    shown: tuple[str, ...] | None = None  # argv as a dry run prints it (a script's text by its name)
-    limit: int | None = None               # seconds before the host kills it (coreutils `timeout`)
-    dry_run_output: tuple[str, ...] = ()   # what a dry run pretends the host printed (placeholders)
-    deadline: int | None = None            # seconds zdd waits for its end (default COMMAND_DEADLINE)
-    explain: Command | None = field(default=None, repr=False)  # the same in explain mode (lib.sh): changes nothing
-
-    def render(self) -> str:
-        """The shell text sent to the host: ``cd DIR && argv [&& next ...]``, all quoted."""
-        return self._join(self.argv, [c.render() for c in self.then])
-
-    def _join(self, argv: tuple[str, ...], rest: list[str]) -> str:
-        parts = []
-        if self.cwd:
-            parts.append("cd " + quote_path(self.cwd))
-        if self.limit:
-            argv = ("timeout", "--kill-after=10", str(self.limit), *argv)
-        parts.append(shlex.join(argv))
-        return " && ".join(parts + rest)
-
-    def describe(self) -> str:
-        """The command as a dry run prints it: stdin shown by its label, secrets masked,
-        a shipped script by its name."""
-        text = self._join(self.shown or self.argv, [c.describe() for c in self.then])
-        if self.stdin is not None:
-            text += f"  < {self.stdin.label}"
-        return text
-
-    def and_then(self, *more: "Command") -> "Command":
-        return dataclasses.replace(self, then=self.then + more)
-
-
-def quote_path(path: str) -> str:
-    """Quote a remote path, keeping a leading ``~`` or ``~/`` expandable by the shell."""
-    if path == "~":
-        return "~"
-    if path.startswith("~/"):
-        rest = path[2:]
-        return "~/" + shlex.quote(rest) if rest else "~/"
-    return shlex.quote(path)
-
-
-def script(name: str) -> str:
-    """The text of a host-side helper script shipped in fabfile/remote/."""
-    return resources.files("fabfile").joinpath("remote", name).read_text()
-
-
-def host_script(name: str, *args: str, cwd: str | None = None) -> Command:
-    """Run a shipped POSIX sh script on the host (fed on stdin, so nothing is installed)."""
-    return Command(("sh", "-s", "--", *args), cwd=cwd, stdin=Stdin(script(name), f"fabfile/remote/{name}"))
-
-
-def program(name: str) -> str:
-    """What runs a host program: the preamble every one shares (fabfile/remote/lib.sh), then its text."""
-    return script("lib.sh") + "\n" + script(name)
-
-
-# The host programs that can explain themselves (ZDD_EXPLAIN=1, see fabfile/remote/lib.sh): they
-# read the host, change nothing and print the commands they would run.
-EXPLAINS = frozenset({"tier.sh", "restore.sh", "finish.sh", "recover.sh", "pull.sh"})
-EXPLAIN_ENV = "ZDD_EXPLAIN=1"
-
-
-def host_program(name: str, *args: str, cwd: str | None = None, stdin: Stdin | None = None,
-                 dry_run_output: tuple[str, ...] = ()) -> Command:
-    """Run a shipped POSIX sh script, after the shared preamble, as ``sh -c 'LIB SCRIPT' NAME
-    ARGS``: nothing is installed and stdin stays free (for a secret, a config, or a conversation
-    with zdd). Its ``explain`` is the same run in explain mode; a secret on stdin is not sent to it."""
-    argv, shown = ("sh", "-c", program(name), name, *args), ("sh", "-c", f"<fabfile/remote/{name}>", name, *args)
-    explain = None
-    if name in EXPLAINS:
-        explain = Command(("env", EXPLAIN_ENV, *argv), cwd=cwd, stdin=None if stdin and stdin.secret else stdin,
-                          shown=("env", EXPLAIN_ENV, *shown))
-    return Command(argv, cwd=cwd, stdin=stdin, shown=shown, dry_run_output=dry_run_output, explain=explain)
-
+from .command import Command, Stdin, host_program, host_script, quote_path  # noqa: F401  (used by callers too)
+from .config import JOURNAL_TAIL, HostConfig
 
 # --- docker compose -----------------------------------------------------------------------
+
 
 class Compose:
     """``docker compose`` commands for one host's project."""
@@ -161,8 +70,9 @@ def image_prune() -> Command:
     return Command(("docker", "image", "prune", "--force"))
 
 
-def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = (),
-         stale: int | None = None) -> Command:
+def lock(
+    key: str, action: str, holder: str = "", arg: str = "", lines: tuple[str, ...] = (), stale: int | None = None
+) -> Command:
     """The project's deploy lock on the host (KEY from the survey): ``acquire`` waits up to
     ``arg`` s for the previous deploy's restore job and takes over a deploy's lock not renewed
     for ``stale`` s (required: ``HostConfig.lock_stale``), ``takeover`` replaces holder ``arg``,
@@ -177,8 +87,10 @@ def lock(key: str, action: str, holder: str = "", arg: str = "", lines: tuple[st
         argv = [action, key]
     else:
         raise ValueError(f"unknown lock action {action!r}")
-    return dataclasses.replace(host_program("lock.sh", *argv, stdin=_journal_stdin(lines)),
-                               deadline=int(arg) + 60 if action == "acquire" and arg.isdigit() else None)
+    return dataclasses.replace(
+        host_program("lock.sh", *argv, stdin=_journal_stdin(lines)),
+        deadline=int(arg) + 60 if action == "acquire" and arg.isdigit() else None,
+    )
 
 
 def _journal_stdin(lines: tuple[str, ...]) -> Stdin | None:
@@ -190,24 +102,37 @@ def journal_read(key: str, last: int) -> Command:
     return Command(("tail", "-n", str(last), f".zdd/journal/{key}.jsonl"), cwd="~")
 
 
-def finish(key: str, holder: str, prune: bool, keep: int, run: str, images: dict[str, str],
-           lines: tuple[str, ...]) -> Command:
+def finish(
+    key: str, holder: str, prune: bool, keep: int, run: str, images: dict[str, str], lines: tuple[str, ...]
+) -> Command:
     """The end of a run: journal lines, keep tags, prune, release the lock if still held."""
     return dataclasses.replace(
-        host_program("finish.sh", key, holder, "1" if prune else "0", str(keep), run,
-                     *(f"{svc}={image}" for svc, image in images.items() if image), stdin=_journal_stdin(lines)),
-        deadline=900 if prune else None)  # docker image prune on a big host takes a while
+        host_program(
+            "finish.sh",
+            key,
+            holder,
+            "1" if prune else "0",
+            str(keep),
+            run,
+            *(f"{svc}={image}" for svc, image in images.items() if image),
+            stdin=_journal_stdin(lines),
+        ),
+        deadline=900 if prune else None,
+    )  # docker image prune on a big host takes a while
 
 
-def recover(host: HostConfig, key: str, run: str,
-            tiers: list[tuple[str, bool, list[str], list[str], list[str], int]]) -> Command:
+def recover(
+    host: HostConfig, key: str, run: str, tiers: list[tuple[str, bool, list[str], list[str], list[str], int]]
+) -> Command:
     """Finish or undo the tiers of an interrupted run: (pid, switched, services, old ids, new ids
     as journaled, its start in epoch seconds) each."""
     args = [key, run, str(len(tiers))]
     for pid, switched, services, old, new, since in tiers:
         args += [pid, "1" if switched else "", ",".join(services), ",".join(old), ",".join(new), str(since)]
-    return dataclasses.replace(host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir),
-                               deadline=host.proxy.drain_timeout + 900)  # it may wait for a tier.sh's drain
+    return dataclasses.replace(
+        host_program("recover.sh", *args, *Compose(host).project_flags(), cwd=host.dir),
+        deadline=host.proxy.drain_timeout + 900,
+    )  # it may wait for a tier.sh's drain
 
 
 def image_inspect_ids(images: list[str]) -> Command:
@@ -255,24 +180,44 @@ def caddy_reload(container: str, config: str, force: bool = True) -> Command:
 
 # --- one deploy's host-side programs (fabfile/remote/*.sh, run with `sh -c`) --------------
 
+
 def survey(host: HostConfig) -> Command:
     """Read everything a deploy needs of the host at once (changes nothing)."""
     p = host.proxy
-    return host_program("survey.sh", p.service or "", p.config, p.admin, host.project_name, str(JOURNAL_TAIL),
-                        *Compose(host).project_flags(), cwd=host.dir)
+    return host_program(
+        "survey.sh",
+        p.service or "",
+        p.config,
+        p.admin,
+        host.project_name,
+        str(JOURNAL_TAIL),
+        *Compose(host).project_flags(),
+        cwd=host.dir,
+    )
 
 
-def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None,
-         limit: int) -> Command:
+def pull(host: HostConfig, services: list[str], credentials: tuple[str, str, str, str] | None, limit: int) -> Command:
     """Log in (to a temporary Docker config unless ``registry.keep_login``), pull, list the
     images: one round trip. ``credentials`` is (server, username, token, token_env); the token
     goes on stdin only."""
     server, username = (credentials[0], credentials[1]) if credentials else ("", "")
     keep = "1" if host.registry is not None and host.registry.keep_login else "0"
     stdin = Stdin(credentials[2], f"${credentials[3]} (secret, on stdin)", secret=True) if credentials else None
-    return dataclasses.replace(host_program("pull.sh", keep, server, username, str(limit), *services, "--",
-                                            *Compose(host).project_flags(), cwd=host.dir, stdin=stdin),
-                               deadline=limit + 60)
+    return dataclasses.replace(
+        host_program(
+            "pull.sh",
+            keep,
+            server,
+            username,
+            str(limit),
+            *services,
+            "--",
+            *Compose(host).project_flags(),
+            cwd=host.dir,
+            stdin=stdin,
+        ),
+        deadline=limit + 60,
+    )
 
 
 @dataclass(frozen=True)
@@ -280,29 +225,53 @@ class TierService:
     """One service of a tier as tier.sh takes it."""
 
     name: str
-    target: int              # new containers to start
+    target: int  # new containers to start
     health_timeout: int
     stop_timeout: int | None
-    old: tuple[str, ...]     # short ids of the running containers it replaces
-    held: tuple[str, ...]    # proxy upstream addresses to watch drain (name:port, ip:port)
-    hook: str = ""           # the user's pre-stop hook, run in each old container before it stops
+    old: tuple[str, ...]  # short ids of the running containers it replaces
+    held: tuple[str, ...]  # proxy upstream addresses to watch drain (name:port, ip:port)
+    hook: str = ""  # the user's pre-stop hook, run in each old container before it stops
 
     def args(self) -> tuple[str, ...]:
-        return (self.name, str(self.target), str(self.health_timeout),
-                "" if self.stop_timeout is None else str(self.stop_timeout),
-                ",".join(self.old), ",".join(self.held), self.hook)
+        return (
+            self.name,
+            str(self.target),
+            str(self.health_timeout),
+            "" if self.stop_timeout is None else str(self.stop_timeout),
+            ",".join(self.old),
+            ",".join(self.held),
+            self.hook,
+        )
 
 
-def tier(host: HostConfig, plugin: bool, proxy: str, services: list[TierService],
-         proxy_networks: tuple[str, ...] = (), key: str = "project", run: str = "run") -> Command:
+def tier(
+    host: HostConfig,
+    plugin: bool,
+    proxy: str,
+    services: list[TierService],
+    proxy_networks: tuple[str, ...] = (),
+    key: str = "project",
+    run: str = "run",
+) -> Command:
     """Replace a tier's containers in one conversation with zdd (see fabfile/remote/tier.sh):
     ``plugin`` starts each running service's new containers with ``docker rollout`` (engine
     docker-rollout), else all with ``docker compose up --scale``."""
     grace = max((host.service(s.name).stream_grace for s in services), default=host.proxy.stream_grace)
-    nocheck = max((host.service(s.name).no_healthcheck_wait or host.no_healthcheck_wait for s in services),
-                  default=host.no_healthcheck_wait)
-    args = ["plugin" if plugin else "compose", proxy, host.proxy.admin, str(host.proxy.drain_timeout), str(nocheck),
-            str(grace), key, run, str(len(services))]
+    nocheck = max(
+        (host.service(s.name).no_healthcheck_wait or host.no_healthcheck_wait for s in services),
+        default=host.no_healthcheck_wait,
+    )
+    args = [
+        "plugin" if plugin else "compose",
+        proxy,
+        host.proxy.admin,
+        str(host.proxy.drain_timeout),
+        str(nocheck),
+        str(grace),
+        key,
+        run,
+        str(len(services)),
+    ]
     for svc in services:
         args += svc.args()
     net = proxy_networks[0] if proxy_networks else "net"
@@ -311,87 +280,34 @@ def tier(host: HostConfig, plugin: bool, proxy: str, services: list[TierService]
         n = len(svc.old) if plugin and svc.old else svc.target
         dry += [f"new {svc.name} <new-{svc.name}-{i + 1}> {net}=<ip-of-new-{svc.name}-{i + 1}>" for i in range(n)]
     dry += ["healthy after 0s", "switched", "drained after 0s, 0 in flight at most", "retired"]
-    return host_program("tier.sh", *args, *Compose(host).project_flags(), cwd=host.dir,
-                        stdin=Stdin("", "a conversation with zdd: pin/switch configs"),
-                        dry_run_output=tuple(dry))
+    return host_program(
+        "tier.sh",
+        *args,
+        *Compose(host).project_flags(),
+        cwd=host.dir,
+        stdin=Stdin("", "a conversation with zdd: pin/switch configs"),
+        dry_run_output=tuple(dry),
+    )
 
 
 def restore(host: HostConfig, key: str, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
     """Once ``old`` containers are gone: reload the proxy's config file (detached: a job on
     the host does it and frees the lock)."""
     return dataclasses.replace(
-        host_program("restore.sh", "detach" if detach else "wait", key, proxy, host.proxy.config, str(timeout), *old,
-                     cwd=host.dir, dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",)),
-        deadline=None if detach else timeout + 60)
+        host_program(
+            "restore.sh",
+            "detach" if detach else "wait",
+            key,
+            proxy,
+            host.proxy.config,
+            str(timeout),
+            *old,
+            cwd=host.dir,
+            dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",),
+        ),
+        deadline=None if detach else timeout + 60,
+    )
 
 
 def signal_process(pid: str, sig: str = "TERM") -> Command:
     return Command(("kill", f"-{sig}", pid))
-
-
-# --- engine swarm: a stack on a Swarm manager ---------------------------------------------
-
-def stack_state_file(host: HostConfig) -> str:
-    """Where the host keeps what zdd last applied of the stack's compose files (relative to ~)."""
-    return f".zdd/stacks/{host.stack_name}.json"
-
-
-def stack_survey(host: HostConfig) -> Command:
-    """Read the node, the stack's services and the compose model at once (changes nothing)."""
-    return host_program("survey.sh", "--stack", host.stack_name, stack_state_file(host), str(JOURNAL_TAIL),
-                        *Compose(host).project_flags(), cwd=host.dir)
-
-
-def image_digests() -> Command:
-    """The registry digest of each image on the host by repo:tag (``digest REF DIGEST`` lines,
-    told apart from an image listing): what a pull resolved."""
-    return Command(("docker", "image", "ls", "--digests", "--format", "digest {{.Repository}}:{{.Tag}} {{.Digest}}"))
-
-
-@dataclass(frozen=True)
-class SwarmChange:
-    """One service of a swarm_tier.sh run (see there)."""
-
-    name: str                   # the compose service; Swarm's is STACK_NAME
-    image: str = ""             # update: REF@DIGEST to run
-    ref: str = ""               # update: the compose file's reference, kept as com.docker.stack.image
-    sets: tuple[str, ...] = ()  # update: settings zdd sets (order, failure, rollback-order)
-
-    def args(self) -> tuple[str, ...]:
-        return (self.name, self.image, self.ref, ",".join(self.sets))
-
-
-SWARM_DONE = {"update": "completed", "rollback": "rollback_completed", "stack": "running 1/1"}
-
-
-def swarm_tier(host: HostConfig, action: str, changes: list[SwarmChange], ceiling: int, hashes: str = "",
-               key: str = "", journal: tuple[str, ...] = ()) -> Command:
-    """Start ``action`` (update, rollback, stack) for these services and wait on the host until
-    Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
-    the journal KEY before the change."""
-    args = [action, host.stack_name, str(ceiling), stack_state_file(host), hashes, key, "\n".join(journal),
-            str(len(changes))]
-    for change in changes:
-        args += change.args()
-    if action == "stack":
-        for f in host.compose_files:
-            args += ["-c", f]
-    started = [host.stack_name] if action == "stack" else [c.name for c in changes]
-    dry = [f"started {n}" for n in started] + [f"done {c.name} {SWARM_DONE[action]}" for c in changes]
-    return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
-
-
-def stack_tasks(host: HostConfig) -> Command:
-    """The stack's tasks (every node) and, on this node, their containers' health."""
-    stack = host.stack_name
-    tasks = Command(("docker", "stack", "ps", stack, "--filter", "desired-state=running", "--format",
-                     "table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Image}}\t{{.Error}}"))
-    health = Command(("docker", "ps", "--filter", f"label=com.docker.stack.namespace={stack}", "--format",
-                      "table {{.Names}}\t{{.Status}}"))
-    return tasks.and_then(health)
-
-
-def service_containers(host: HostConfig, service: str) -> Command:
-    """The running containers of a stack service on this node."""
-    return Command(("docker", "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name="
-                                                          f"{host.stack_name}_{service}"))

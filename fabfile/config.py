@@ -6,70 +6,8 @@ nested tables (``proxy``, ``plugin``, ``registry``, ``services.X``, ``ssh``, ``v
 merge key by key too. The whole file is validated before any host is touched: every
 problem is a :class:`ConfigError` whose message names the key.
 
-Keys (types and defaults are in the ``*Config`` dataclasses of :mod:`fabfile.config_model`):
-
-* ``dir`` – project directory on the host; ``~/`` is the remote user's home.
-* ``compose_files`` – compose files, relative to ``dir``. ``project_name``/``env_file``
-  become ``-p``/``--env-file`` when not empty.
-* ``engine`` – ``"native"`` (built in), ``"docker-rollout"`` (the CLI plugin) or ``"swarm"``
-  (the host is a Docker Swarm manager and the compose files are a stack's: Swarm replaces
-  the tasks, zdd plans, orders the tiers and waits; see fabfile/engines/swarm.py).
-* ``stack_name`` – engine swarm only, and required there: the stack (``docker stack deploy
-  ... STACK``) whose services are ``STACK_SERVICE``. ``env_file`` is not read by ``docker
-  stack deploy``, so it must stay empty with engine swarm.
-* ``rollout`` – app services in dependency tiers, rolled one tier after the other.
-* ``infra`` – services that are only ever ``up -d``.
-* ``health_timeout``, ``pre_stop_hook``, ``stop_timeout`` – rollout settings, overridable
-  per service in ``[defaults.services.NAME]``/``[hosts.X.services.NAME]``. An app service
-  without a healthcheck is refused unless its ``services.NAME.no_healthcheck_wait`` says how
-  many seconds of running count as ready.
-* ``prune`` – run ``docker image prune -f`` at the end of a deploy that rolled something.
-* ``keep_images`` – the images of the last N runs are tagged ``zdd-keep/...`` so that
-  ``prune`` keeps them and ``rollback`` finds them after ``:latest`` moved (default 3).
-* ``lock_stale`` – seconds after which a deploy's lock that was not renewed is taken over
-  (its holder's machine or connection is gone; tier.sh renews it while it works); keep it
-  above ``pull_timeout`` (default 1800).
-* ``pull_timeout`` – seconds before a hung pull is killed on the host (the lock is freed).
-* ``proxy`` – the reverse proxy (Caddy) service, how to refresh it and whether to drain
-  old containers at the proxy before stopping them. ``stream_grace`` (seconds; per service
-  too): while draining, once the count of requests in flight to the old containers has stopped
-  falling for this long, the rest are taken for long-lived streams (websockets, SSE), which end
-  when the old containers stop. ``stream_close_delay`` (a Caddy duration, "" for none) is set on
-  every ``reverse_proxy`` of the configs zdd loads when Caddy is 2.7 or newer, so its reloads
-  keep websockets open. ``reload_on_deploy`` (engine swarm): reload the proxy gracefully
-  after the tiers; Swarm itself needs no proxy step, so only set it for a proxy config that
-  changes with your deploys. ``mode = "recreate"`` is not available with engine swarm.
-* ``plugin`` – the docker-rollout version, download URL and sha256.
-* ``registry`` – ``docker login`` before pulling; the password is read from the
-  environment variable named by ``password_env`` (or ``.env``), never from this file. The
-  login goes to a temporary Docker config removed after the pull, unless ``keep_login``.
-  Engine swarm requires ``keep_login = true`` (its ``--with-registry-auth`` passes the login
-  of ``~/.docker/config.json`` to the nodes that pull for their tasks).
-* ``ssh`` – optional connection details for hosts without an ssh-config entry.
-* ``verify`` – what the loop that proves a deploy dropped nothing hits: ``urls`` (http(s),
-  requested in a loop) and ``ws_urls`` (ws:// or wss://; ``ws_connections`` connections
-  are held open to each for the whole deploy, and every disconnect is reported), and how:
-  ``concurrency``, ``rate``, ``timeout``, ``version_regex``/``version_header``,
-  ``max_failures``, ``retry_stale`` (false: a request on a kept-alive connection that the
-  server closed counts as failed), ``max_ws_gap`` (seconds a websocket may go without a
-  working connection before the run fails; 0 = only report), ``enabled``, ``strict``.
-* ``hooks`` – executables of the team's own, run where fab runs (never on the host) by
-  ``deploy`` and ``rollback`` (see fabfile/hooks.py for the names and their ``ZDD_*``
-  variables): ``dir`` (default ``.zdd/hooks``, relative to the hosts file's directory; a
-  missing directory or file is no hook) and ``timeout`` (seconds, default 300: a hook still
-  running then is killed and counts as failed). A pre-hook that fails stops the run before
-  anything changes; a post-hook's failure is only reported. ``fab deploy --skip-hooks`` runs none.
-* ``notify`` – release markers sent where fab runs once a ``deploy`` or ``rollback`` is over
-  (see fabfile/notify.py for the payloads): ``grafana_url`` + ``grafana_token_env`` (an
-  annotation spanning the run), ``sentry_org`` + ``sentry_project`` (a string or a list) +
-  ``sentry_token_env`` (+ ``sentry_url``, default https://sentry.io; a release named after the
-  new images and a deploy to ``environment``, default the host's name), ``webhook_url`` or
-  ``webhook_url_env`` (a chat message ``{"text": ...}``; Slack and Mattermost take it,
-  Discord at its webhook URL + ``/slack``), ``report_url`` (a link in that message; ``{run}``
-  and ``{host}`` are filled in; in GitHub Actions the job's page by default) and ``timeout``
-  (seconds per request, default 5). Tokens are read from the environment (or ``.env``) only,
-  by the variable names given here, and travel only in the Authorization header; a notifier
-  that is down or slow costs one warning line, never the run.
+Every key is documented in :mod:`fabfile.config_model`, beside the dataclass field that
+holds it; the limits zdd sets itself are in :mod:`fabfile.config_limits`.
 """
 
 from __future__ import annotations
@@ -82,30 +20,50 @@ from pathlib import Path
 from typing import Any
 
 from .config_limits import (  # noqa: F401  (re-exported: the limits zdd sets itself)
-    LOCK_WAIT,
-    JOURNAL_TAIL,
-    STOP_GRACE,
-    PIN_WAIT,
+    DEFAULT_VERSION_REGEX,
+    DRAIN_MARGIN,
     HEALTH_MARGIN,
+    JOURNAL_TAIL,
+    LOCK_WAIT,
+    PIN_WAIT,
+    RESTORE_MARGIN,
+    STOP_GRACE,
+    SWARM_ANSWER_MARGIN,
+    SWARM_TASK_MARGIN,
     SWITCH_WAIT,
     UNDO_WAIT,
-    DRAIN_MARGIN,
-    RESTORE_MARGIN,
-    SWARM_TASK_MARGIN,
-    SWARM_ANSWER_MARGIN,
-    DEFAULT_VERSION_REGEX,
 )
-from .config_model import (ENGINES, PROXY_MODES, ConfigError, HooksConfig, HostConfig, Inventory,  # noqa: F401
-                           NotifyConfig, PluginConfig, ProxyConfig, RegistryConfig, ResolvedService, ServiceConfig,
-                           SshConfig, VerifyConfig)
+from .config_model import (  # noqa: F401
+    ENGINES,
+    PROXY_MODES,
+    ConfigError,
+    HooksConfig,
+    HostConfig,
+    Inventory,
+    NotifyConfig,
+    PluginConfig,
+    ProxyConfig,
+    RegistryConfig,
+    ResolvedService,
+    ServiceConfig,
+    SshConfig,
+    VerifyConfig,
+)
 
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
 
 
 # --- schema ---------------------------------------------------------------------------------
 
-_NESTED = {"proxy": ProxyConfig, "plugin": PluginConfig, "registry": RegistryConfig,
-           "ssh": SshConfig, "verify": VerifyConfig, "hooks": HooksConfig, "notify": NotifyConfig}
+_NESTED = {
+    "proxy": ProxyConfig,
+    "plugin": PluginConfig,
+    "registry": RegistryConfig,
+    "ssh": SshConfig,
+    "verify": VerifyConfig,
+    "hooks": HooksConfig,
+    "notify": NotifyConfig,
+}
 
 
 def _check_scalar(key: str, value: Any, expected: str) -> Any:
@@ -235,17 +193,21 @@ def _check_host(key: str, h: HostConfig) -> None:
         raise ConfigError(f"{key}.engine must be one of {', '.join(ENGINES)}, not {h.engine!r}")
     if h.engine == "swarm":
         _check_swarm(key, h)
-    if h.proxy.stream_close_delay and not re.fullmatch(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+",
-                                                        h.proxy.stream_close_delay):
-        raise ConfigError(f"{key}.proxy.stream_close_delay must be a duration like \"5m\" or \"\", "
-                          f"not {h.proxy.stream_close_delay!r}")
+    if h.proxy.stream_close_delay and not re.fullmatch(
+        r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+", h.proxy.stream_close_delay
+    ):
+        raise ConfigError(
+            f'{key}.proxy.stream_close_delay must be a duration like "5m" or "", not {h.proxy.stream_close_delay!r}'
+        )
     if h.proxy.mode not in PROXY_MODES:
         raise ConfigError(f"{key}.proxy.mode must be one of {', '.join(PROXY_MODES)}, not {h.proxy.mode!r}")
     if not h.dir:
         raise ConfigError(f"{key}.dir must not be empty")
     if h.lock_stale <= h.pull_timeout:
-        raise ConfigError(f"{key}.lock_stale ({h.lock_stale} s) must be more than pull_timeout ({h.pull_timeout} s): "
-                          "a deploy renews its lock only once the pull is done")
+        raise ConfigError(
+            f"{key}.lock_stale ({h.lock_stale} s) must be more than pull_timeout ({h.pull_timeout} s): "
+            "a deploy renews its lock only once the pull is done"
+        )
     if not h.compose_files:
         raise ConfigError(f"{key}.compose_files must name at least one file")
     if h.proxy.service:
@@ -303,8 +265,9 @@ def _check_notify(key: str, h: HostConfig) -> None:
     for name in ("grafana_token_env", "sentry_token_env", "webhook_url_env"):
         value = getattr(n, name)
         if value and not _ENV_NAME.match(value):
-            raise ConfigError(f"{key}.{name} must name an environment variable (the token never goes in this file), "
-                              f"not {value!r}")
+            raise ConfigError(
+                f"{key}.{name} must name an environment variable (the token never goes in this file), not {value!r}"
+            )
     if n.grafana_url and not n.grafana_token_env:
         raise ConfigError(f"{key}.grafana_token_env must name the variable holding Grafana's token")
     if n.sentry_org:
@@ -324,16 +287,18 @@ def _check_notify(key: str, h: HostConfig) -> None:
 
 def _check_swarm(key: str, h: HostConfig) -> None:
     if not h.stack_name:
-        raise ConfigError(f"{key}.stack_name must name the stack when engine is \"swarm\"")
+        raise ConfigError(f'{key}.stack_name must name the stack when engine is "swarm"')
     if not _SERVICE_RE.match(h.stack_name):
         raise ConfigError(f"{key}.stack_name: {h.stack_name!r} is not a valid stack name")
     if h.env_file:
         raise ConfigError(f"{key}.env_file: docker stack deploy reads no env file; export the variables instead")
     if h.proxy.mode == "recreate":
-        raise ConfigError(f"{key}.proxy.mode \"recreate\" is not available with engine swarm (use reload or none)")
+        raise ConfigError(f'{key}.proxy.mode "recreate" is not available with engine swarm (use reload or none)')
     if h.registry is not None and not h.registry.keep_login:
-        raise ConfigError(f"{key}.registry.keep_login must be true with engine swarm: --with-registry-auth hands "
-                          "Swarm the login of ~/.docker/config.json, so the pull's login must stay there")
+        raise ConfigError(
+            f"{key}.registry.keep_login must be true with engine swarm: --with-registry-auth hands "
+            "Swarm the login of ~/.docker/config.json, so the pull's login must stay there"
+        )
 
 
 def parse(text: str, path: str = "hosts.toml") -> Inventory:

@@ -26,13 +26,25 @@ def history_lines(runs: list[journal.Run], n: int) -> list[str]:
     rows = [("run", "when", "who", "what", "result", "time", "failed", "changes")]
     for r in runs[-n:]:
         end = r.end or {}
-        changes = ", ".join(f"{name} {short_id((v.get('before') or ['?'])[0])} → {short_id(v.get('after', ''))}"
-                            for name, v in (r.plan.get("services") or {}).items() if v.get("roll"))
+        changes = ", ".join(
+            f"{name} {short_id((v.get('before') or ['?'])[0])} → {short_id(v.get('after', ''))}"
+            for name, v in (r.plan.get("services") or {}).items()
+            if v.get("roll")
+        )
         verify = end.get("verify") or {}
-        failed = (f"{verify.get('failures', 0)}/{verify.get('failures_without_retry', 0)}" if verify else "-")
-        rows.append((r.run, _when(r.start.get("t")), r.start.get("who", "?"), r.kind,
-                     end.get("result", "unfinished"), f"{end['seconds']:.0f}s" if "seconds" in end else "-",
-                     failed, changes or "-"))
+        failed = f"{verify.get('failures', 0)}/{verify.get('failures_without_retry', 0)}" if verify else "-"
+        rows.append(
+            (
+                r.run,
+                _when(r.start.get("t")),
+                r.start.get("who", "?"),
+                r.kind,
+                end.get("result", "unfinished"),
+                f"{end['seconds']:.0f}s" if "seconds" in end else "-",
+                failed,
+                changes or "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
 

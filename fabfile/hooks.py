@@ -35,7 +35,7 @@ from .runner import BadInput, StepFailed
 from .session import Session, secrets
 
 NAMES = ("pre-deploy", "post-deploy", "pre-rollback", "post-rollback", "pre-tier", "post-tier")
-KILL_GRACE = 3.0   # seconds between SIGTERM and SIGKILL of a hook past its timeout
+KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a hook past its timeout
 
 
 def path_of(s: Session, name: str) -> Path | None:
@@ -44,8 +44,9 @@ def path_of(s: Session, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def before(s: Session, name: str, facts: RunFacts, enabled: bool = True,
-           tier: tuple[int, list[str]] | None = None) -> None:
+def before(
+    s: Session, name: str, facts: RunFacts, enabled: bool = True, tier: tuple[int, list[str]] | None = None
+) -> None:
     """Run a pre-hook; StepFailed (the run stops) when it fails or times out."""
     ran = _hook(s, name, facts, enabled, tier)
     if ran is None:
@@ -56,8 +57,9 @@ def before(s: Session, name: str, facts: RunFacts, enabled: bool = True,
         raise StepFailed(f"hook {name} failed ({why})" + (f": {last}" if last else ""))
 
 
-def after(s: Session, name: str, facts: RunFacts, enabled: bool = True,
-          tier: tuple[int, list[str]] | None = None) -> None:
+def after(
+    s: Session, name: str, facts: RunFacts, enabled: bool = True, tier: tuple[int, list[str]] | None = None
+) -> None:
     """Run a post-hook; a failure is reported (a ``warned`` step), never raised."""
     try:
         _hook(s, name, facts, enabled, tier, post=True)
@@ -65,8 +67,9 @@ def after(s: Session, name: str, facts: RunFacts, enabled: bool = True,
         s.report.record(f"hook {name}", "warned", str(e))
 
 
-def _hook(s: Session, name: str, facts: RunFacts, enabled: bool, tier: tuple[int, list[str]] | None,
-          post: bool = False) -> tuple[int | None, str] | None:
+def _hook(
+    s: Session, name: str, facts: RunFacts, enabled: bool, tier: tuple[int, list[str]] | None, post: bool = False
+) -> tuple[int | None, str] | None:
     """Run one hook as a step: (exit code or None when it timed out, its last output line);
     None when there is no such hook, hooks are skipped, or a dry run."""
     path = path_of(s, name)
@@ -84,8 +87,12 @@ def _hook(s: Session, name: str, facts: RunFacts, enabled: bool, tier: tuple[int
         return None
     hidden = set(secrets(s.host))
     t0 = time.monotonic()
-    code, last = run(path, env, s.host.hooks.timeout, lambda line: print(
-        f"[{s.name}] {name}: {redact(line, hidden)}", file=s.r.out, flush=True))
+    code, last = run(
+        path,
+        env,
+        s.host.hooks.timeout,
+        lambda line: print(f"[{s.name}] {name}: {redact(line, hidden)}", file=s.r.out, flush=True),
+    )
     last = redact(last, hidden)[:200]
     why = "ok" if code == 0 else f"timed out after {s.host.hooks.timeout:g}s" if code is None else f"exit {code}"
     status = "ok" if code == 0 else "warned" if post else "failed"
@@ -98,8 +105,14 @@ def run(path: Path, env: dict[str, str], timeout: float, say) -> tuple[int | Non
     (stdout and stderr) to ``say`` as it comes; (exit code, last non-empty line). Past
     ``timeout`` it is stopped (its whole process group: SIGTERM, then SIGKILL) and the code is
     None. An interruption (Ctrl-C, SIGTERM of fab) stops it too, and goes on."""
-    proc = subprocess.Popen([str(path)], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(path)],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     last = [""]
 
     def pump() -> None:

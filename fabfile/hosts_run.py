@@ -27,6 +27,7 @@ def cli_hosts() -> list[str]:
     """The hosts given to the running ``fab`` with ``-H``, in order; [] when there is none
     (the task was called some other way)."""
     from fabric.main import program
+
     try:
         value = program.core[0].args.hosts.value
     except (AttributeError, IndexError, KeyError, TypeError):
@@ -52,7 +53,7 @@ class HostsRun:
 
     def everyone(self) -> list[HostResult]:
         """Each host's result in ``-H`` order; hosts after a failure as "not run"."""
-        return self.results + [not_run(h, self.title) for h in self.hosts[len(self.results):]]
+        return self.results + [not_run(h, self.title) for h in self.hosts[len(self.results) :]]
 
 
 _current: HostsRun | None = None

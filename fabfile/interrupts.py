@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -25,8 +26,10 @@ class Interrupted(KeyboardInterrupt):
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises :class:`Interrupted` in the main thread while the block runs."""
+
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted()
+
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
@@ -48,6 +51,7 @@ def shielded(what: str) -> Iterator[list[int]]:
         if not got:
             print(f"\n(interrupt received: finishing {what} first)", file=sys.stderr, flush=True)
         got.append(signum)
+
     try:
         previous = {sig: signal.signal(sig, hold) for sig in SIGNALS}
     except ValueError:  # not the main thread: nothing to hold back

@@ -38,8 +38,15 @@ def line(event: dict[str, Any]) -> str:
 
 def start_event(run: str, kind: str) -> dict:
     """``start``: who, from where, what kind of run (written as the lock is taken)."""
-    return {"run": run, "t": int(time.time()), "event": "start", "kind": kind, "who": who(),
-            "from": socket.gethostname(), "pid": os.getpid()}
+    return {
+        "run": run,
+        "t": int(time.time()),
+        "event": "start",
+        "kind": kind,
+        "who": who(),
+        "from": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 def plan_event(run: str, state: HostState, plans: list[ServicePlan], images: dict[str, str]) -> dict:
@@ -51,15 +58,28 @@ def plan_event(run: str, state: HostState, plans: list[ServicePlan], images: dic
         ref = normalize_ref(str(svc.get("image", ""))) if svc.get("image") else ""
         before = sorted({c.image for c in p.old})
         now = before[0] if len(before) == 1 else ""
-        services[p.name] = {"roll": p.roll, "reason": p.reason, "ref": ref, "before": before,
-                            "after": (images.get(ref) or now) if p.roll else now, "old": [c.id for c in p.old]}
+        services[p.name] = {
+            "roll": p.roll,
+            "reason": p.reason,
+            "ref": ref,
+            "before": before,
+            "after": (images.get(ref) or now) if p.roll else now,
+            "old": [c.id for c in p.old],
+        }
     return {"run": run, "t": int(time.time()), "event": "plan", "services": services}
 
 
-def end_event(run: str, result: str, seconds: float, steps: list[dict], verify: dict | None = None,
-              error: str = "") -> dict:
-    event = {"run": run, "t": int(time.time()), "event": "end", "result": result, "seconds": round(seconds, 1),
-             "steps": steps}
+def end_event(
+    run: str, result: str, seconds: float, steps: list[dict], verify: dict | None = None, error: str = ""
+) -> dict:
+    event = {
+        "run": run,
+        "t": int(time.time()),
+        "event": "end",
+        "result": result,
+        "seconds": round(seconds, 1),
+        "steps": steps,
+    }
     if verify:
         event["verify"] = verify
     if error:
@@ -72,7 +92,7 @@ class Tier:
     pid: str
     services: list[str]
     old: list[str]
-    t: int = 0                   # when it started (epoch seconds)
+    t: int = 0  # when it started (epoch seconds)
     new: list[str] = field(default_factory=list)  # the containers it started (its `new` event)
     switched: bool = False
     undone: bool = False
@@ -125,8 +145,9 @@ def parse(text: str) -> list[Run]:
         elif kind == "end":
             run.end = ev
         elif kind == "tier":
-            run.tiers.append(Tier(str(ev.get("pid", "")), _list(ev.get("services")), _list(ev.get("old")),
-                                  int(ev.get("t") or 0)))
+            run.tiers.append(
+                Tier(str(ev.get("pid", "")), _list(ev.get("services")), _list(ev.get("old")), int(ev.get("t") or 0))
+            )
         elif kind == "new":
             for t in run.tiers:
                 if t.pid == str(ev.get("pid", "")):

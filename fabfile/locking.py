@@ -13,9 +13,10 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import commands as cmds
 from . import journal
@@ -37,6 +38,7 @@ def client_id() -> str:
         return "unknown"
     return f"{boot}-{ns}"
 
+
 Verdict = Callable[[], "dict | None"]  # stops the verify loop (once) and returns its verdict for the journal
 
 
@@ -52,11 +54,11 @@ class Held:
     kind: str
     holder: str
     started: float = field(default_factory=time.monotonic)
-    handed_over: bool = False           # a job on the host holds the lock now (the restore)
+    handed_over: bool = False  # a job on the host holds the lock now (the restore)
     lines: list[str] = field(default_factory=list)  # journal lines to write with the next command
     images: dict[str, str] = field(default_factory=dict)  # service -> image it runs once done
-    prune: bool = False                 # something rolled: keep its images, prune the rest
-    waited: bool = False                # the lock was waited for or taken over: the host may have changed
+    prune: bool = False  # something rolled: keep its images, prune the rest
+    waited: bool = False  # the lock was waited for or taken over: the host may have changed
 
     def note_plan(self, event: dict) -> None:
         """The plan goes to the journal before the first change it makes (with the first tier)."""
@@ -89,19 +91,23 @@ def acquire(s: Session, state: Any, kind: str, run: str | None = None) -> Held:
     """Take the lock of ``state.key`` for a run of ``kind`` (id ``run``, default a new one),
     journaling its start."""
     held = Held(run or journal.new_run_id(), kind, "")
-    held.holder = (f"{journal.who()} pid {os.getpid()}.{client_id()} {kind} since "
-                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
-                   f"(run {held.run})")
+    held.holder = (
+        f"{journal.who()} pid {os.getpid()}.{client_id()} {kind} since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} "
+        f"(run {held.run})"
+    )
     start = (journal.line(journal.start_event(held.run, kind)),)
-    res = s.r.change(cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start, s.host.lock_stale),
-                     check=False)
+    res = s.r.change(
+        cmds.lock(state.key, "acquire", held.holder, str(LOCK_WAIT), start, s.host.lock_stale), check=False
+    )
     if not res.ok and res.exited == 3:  # the lock or its journal line cannot be written (a full disk...)
         raise StepFailed(f"{res.first_error_line()}; nothing was changed")
     if not res.ok:
         holder = res.first_error_line().removeprefix("locked by: ")
         if not _client_gone(holder):
-            raise StepFailed(f"another deploy holds the lock ({res.first_error_line()}); "
-                             f"if it is gone, run: fab -H {s.name} unlock")
+            raise StepFailed(
+                f"another deploy holds the lock ({res.first_error_line()}); if it is gone, run: fab -H {s.name} unlock"
+            )
         res = s.r.change(cmds.lock(state.key, "takeover", held.holder, holder, start), check=False)
         if not res.ok:
             raise StepFailed(f"could not take over the lock of a zdd that is gone: {res.first_error_line()}")
@@ -114,8 +120,7 @@ def acquire(s: Session, state: Any, kind: str, run: str | None = None) -> Held:
 
 
 @contextmanager
-def locked(s: Session, state: Any, kind: str, verdict: Verdict = no_verdict,
-           run: str | None = None) -> Iterator[Held]:
+def locked(s: Session, state: Any, kind: str, verdict: Verdict = no_verdict, run: str | None = None) -> Iterator[Held]:
     """Hold the project's lock while ``kind`` runs (one at a time), journaled: ``start``
     before anything changes, ``end`` with the result (and ``verdict()``) when it lets go."""
     held = acquire(s, state, kind, run)
@@ -135,15 +140,26 @@ def locked(s: Session, state: Any, kind: str, verdict: Verdict = no_verdict,
 
 def finish(s: Session, state: Any, held: Held, result: str, error: str, verify: dict | None) -> None:
     """One command: the journal's end of this run, keep tags, prune, release the lock."""
-    steps = [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), "detail": r.detail[:200]}
-             for r in s.report.steps]
+    steps = [
+        {"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), "detail": r.detail[:200]}
+        for r in s.report.steps
+    ]
     end = journal.end_event(held.run, result, time.monotonic() - held.started, steps, verify, error)
     prune_now = held.prune and result == "ok" and s.host.prune
     keep = held.images if result == "ok" and held.prune else {}  # a run that rolled nothing takes no slot
     with s.report.step("finish") as rec:
-        res = s.r.change(cmds.finish(state.key, "" if held.handed_over else held.holder, prune_now,
-                                     s.host.keep_images, held.run if keep else "", keep,
-                                     (*held.take_lines(), journal.line(end))), check=False)
+        res = s.r.change(
+            cmds.finish(
+                state.key,
+                "" if held.handed_over else held.holder,
+                prune_now,
+                s.host.keep_images,
+                held.run if keep else "",
+                keep,
+                (*held.take_lines(), journal.line(end)),
+            ),
+            check=False,
+        )
         rec.detail = "; ".join(res.stdout.strip().splitlines()) or ("" if res.ok else res.first_error_line())
         if not res.ok:
             rec.status = "failed"
@@ -153,8 +169,15 @@ def finish(s: Session, state: Any, held: Held, result: str, error: str, verify: 
 def unlock(s: Session, state: Any) -> None:
     """Free the lock of ``state.key`` whoever holds it."""
     with s.report.step("unlock") as rec:
-        line = journal.line({"run": journal.new_run_id(), "t": int(time.time()), "event": "unlock",
-                             "who": journal.who(), "was": state.lock_holder})
+        line = journal.line(
+            {
+                "run": journal.new_run_id(),
+                "t": int(time.time()),
+                "event": "unlock",
+                "who": journal.who(),
+                "was": state.lock_holder,
+            }
+        )
         s.r.change(cmds.lock(state.key, "unlock", lines=(line,)), "releasing the lock")
         rec.detail = f"was locked by: {state.lock_holder}" if state.lock_holder else "was free"
 
@@ -178,7 +201,8 @@ def recover(s: Session, state: Any, own: str, survey: Callable[[Session], Any]) 
             res = s.r.change(cmds.recover(s.host, state.key, prev.run, tiers), "recovering", check=False)
             done = res.stdout.strip().splitlines()
             rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) was interrupted" + (
-                "; " + "; ".join(done) if done else "; nothing was half done")
+                "; " + "; ".join(done) if done else "; nothing was half done"
+            )
             if not res.ok:
                 raise StepFailed(f"could not recover run {prev.run}: {res.first_error_line()}")
     return survey(s)

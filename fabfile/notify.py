@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -46,11 +47,11 @@ from .session import Session, secret, secrets
 class Message:
     """One request of one notifier."""
 
-    notifier: str                 # grafana | sentry | chat
-    url: str                      # "" when it is read from url_env
+    notifier: str  # grafana | sentry | chat
+    url: str  # "" when it is read from url_env
     body: dict[str, Any] = field(default_factory=dict)
-    token_env: str = ""           # sent as "Authorization: Bearer $token_env"
-    url_env: str = ""             # the variable holding the URL (a chat webhook that is a secret)
+    token_env: str = ""  # sent as "Authorization: Bearer $token_env"
+    url_env: str = ""  # the variable holding the URL (a chat webhook that is a secret)
 
     def describe(self) -> str:
         where = self.url or f"${self.url_env}"
@@ -88,8 +89,12 @@ def annotation(f: RunFacts, n: NotifyConfig) -> Message:
         tags.append(f.command)
     if f.result != "ok":
         tags.append(f.result)
-    body = {"time": int(f.started * 1000), "timeEnd": int((f.ended or f.started) * 1000), "tags": tags,
-            "text": "\n".join([headline(f), *details(f)])}
+    body = {
+        "time": int(f.started * 1000),
+        "timeEnd": int((f.ended or f.started) * 1000),
+        "tags": tags,
+        "text": "\n".join([headline(f), *details(f)]),
+    }
     return Message("grafana", n.grafana_url.rstrip("/") + "/api/annotations", body, n.grafana_token_env)
 
 
@@ -101,13 +106,19 @@ def sentry(f: RunFacts, n: NotifyConfig, link: str = "") -> list[Message]:
     base = f"{n.sentry_url.rstrip('/')}/api/0/organizations/{quote(n.sentry_org, safe='')}/releases/"
     projects = list(n.sentry_project)
     end = iso(f.ended or f.started)
-    deploy: dict[str, Any] = {"environment": n.environment or f.host, "name": f"{f.command} {f.run}",
-                              "projects": projects, "dateStarted": iso(f.started), "dateFinished": end}
+    deploy: dict[str, Any] = {
+        "environment": n.environment or f.host,
+        "name": f"{f.command} {f.run}",
+        "projects": projects,
+        "dateStarted": iso(f.started),
+        "dateFinished": end,
+    }
     if link:
         deploy["url"] = link
-    return [Message("sentry", base, {"version": version, "projects": projects, "dateReleased": end},
-                    n.sentry_token_env),
-            Message("sentry", f"{base}{quote(version, safe='')}/deploys/", deploy, n.sentry_token_env)]
+    return [
+        Message("sentry", base, {"version": version, "projects": projects, "dateReleased": end}, n.sentry_token_env),
+        Message("sentry", f"{base}{quote(version, safe='')}/deploys/", deploy, n.sentry_token_env),
+    ]
 
 
 def chat(f: RunFacts, n: NotifyConfig, link: str = "") -> Message:
@@ -143,11 +154,13 @@ def messages(f: RunFacts, n: NotifyConfig, environ: dict[str, str] | None = None
 Post = Callable[[str, dict[str, str], dict[str, Any]], int]  # (url, headers, body) -> HTTP status
 
 
-def send(msgs: list[Message], lookup: Callable[[str], str | None], timeout: float,
-         post: Post | None = None) -> list[str]:
+def send(
+    msgs: list[Message], lookup: Callable[[str], str | None], timeout: float, post: Post | None = None
+) -> list[str]:
     """Send the messages, each notifier beside the others (a notifier's own requests in order,
     stopping at its first failure); what failed, one short phrase per notifier."""
     if post is None:
+
         def post(url: str, headers: dict[str, str], body: dict[str, Any]) -> int:
             return httpx.post(url, json=body, headers=headers, timeout=timeout).status_code
 
@@ -197,8 +210,12 @@ def mark(s: Session, f: RunFacts) -> None:
     sent = [x for x in dict.fromkeys(m.notifier for m in msgs) if not any(y.startswith(x + ":") for y in failed)]
     said = ", ".join(_said(x, f, n) for x in sent)
     if failed:
-        s.report.record("notify", "warned", "not sent: " + "; ".join(failed) + (f" (sent: {said})" if said else ""),
-                        time.monotonic() - t0)
+        s.report.record(
+            "notify",
+            "warned",
+            "not sent: " + "; ".join(failed) + (f" (sent: {said})" if said else ""),
+            time.monotonic() - t0,
+        )
     else:
         s.report.record("notify", "ok", said or "nothing to send", time.monotonic() - t0)
 

@@ -38,7 +38,7 @@ from .progress import StepRecord
 from .verify.render import iso
 
 SCHEMA = 1
-ROLLOUT_STEP = "rollout "   # engines name a tier's step "rollout a, b"; it ends at the switch
+ROLLOUT_STEP = "rollout "  # engines name a tier's step "rollout a, b"; it ends at the switch
 REDACTED = "***"
 
 
@@ -48,23 +48,23 @@ class HostResult:
 
     host: str
     title: str
-    result: str = "ok"                # ok | failed | interrupted | not run
-    started_at: float | None = None   # wall clock (epoch seconds)
+    result: str = "ok"  # ok | failed | interrupted | not run
+    started_at: float | None = None  # wall clock (epoch seconds)
     ended_at: float | None = None
     steps: list[StepRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cost: dict[str, int] | None = None
-    verify: Any = None                # a verify.Report, when the loop ran
-    error: str | None = None          # one line, without the "[host] " prefix
+    verify: Any = None  # a verify.Report, when the loop ran
+    error: str | None = None  # one line, without the "[host] " prefix
     exit_code: int = 0
     dry_run: bool = False
-    secrets: tuple[str, ...] = ()     # values that must not appear in any output
+    secrets: tuple[str, ...] = ()  # values that must not appear in any output
 
     @property
     def ok(self) -> bool:
         return self.result == "ok"
 
-    def fail(self, error: str, code: int, result: str = "failed") -> "HostResult":
+    def fail(self, error: str, code: int, result: str = "failed") -> HostResult:
         self.result, self.error, self.exit_code = result, error, code
         return self
 
@@ -76,9 +76,12 @@ class HostResult:
     def switches(self) -> list[tuple[str, float]]:
         """(service, wall time) of each switch of the proxy to new containers: a tier's
         rollout step ends once the host has confirmed its switch."""
-        return [(name, rec.ended_at) for rec in self.steps
-                if rec.name.startswith(ROLLOUT_STEP) and rec.status == "ok"
-                for name in rec.name[len(ROLLOUT_STEP):].split(", ")]
+        return [
+            (name, rec.ended_at)
+            for rec in self.steps
+            if rec.name.startswith(ROLLOUT_STEP) and rec.status == "ok"
+            for name in rec.name[len(ROLLOUT_STEP) :].split(", ")
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         if self.result == "not run":
@@ -92,8 +95,17 @@ class HostResult:
             "started_at": _iso(self.started_at),
             "ended_at": _iso(self.ended_at),
             "duration_s": _seconds(self.started_at, self.ended_at),
-            "steps": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3), "detail": r.detail,
-                       "started_at": iso(r.started_at), "ended_at": iso(r.ended_at)} for r in self.steps],
+            "steps": [
+                {
+                    "name": r.name,
+                    "status": r.status,
+                    "seconds": round(r.seconds, 3),
+                    "detail": r.detail,
+                    "started_at": iso(r.started_at),
+                    "ended_at": iso(r.ended_at),
+                }
+                for r in self.steps
+            ],
             "switches": [{"service": name, "at": iso(at)} for name, at in self.switches()],
             "notes": list(self.notes),
             "cost": self.cost,
@@ -107,8 +119,23 @@ class HostResult:
         }
 
 
-_HOST_KEYS = ("dry_run", "started_at", "ended_at", "duration_s", "steps", "switches", "notes", "cost",
-              "verdict", "verify_ok", "requests", "failed_requests", "verify", "error", "exit_code")
+_HOST_KEYS = (
+    "dry_run",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "steps",
+    "switches",
+    "notes",
+    "cost",
+    "verdict",
+    "verify_ok",
+    "requests",
+    "failed_requests",
+    "verify",
+    "error",
+    "exit_code",
+)
 
 
 def not_run(host: str, title: str) -> HostResult:
@@ -175,6 +202,7 @@ def _seconds(start: float | None, end: float | None) -> float | None:
 
 def verify_result(report: Any, host: str = "") -> HostResult:
     """A verify loop run on its own (``inv verify``), as a host's result."""
-    r = HostResult(host, "verify", started_at=report.started_wall, ended_at=report.started_wall + report.elapsed,
-                   verify=report)
+    r = HostResult(
+        host, "verify", started_at=report.started_wall, ended_at=report.started_wall + report.elapsed, verify=report
+    )
     return r if report.ok else r.fail(f"verify: {report.verdict()}", 1)

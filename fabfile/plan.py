@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from .proxy import HOLD_ROUTE_ID
-from typing import Any
 
 HASH_LABEL = "com.docker.compose.config-hash"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -39,18 +39,18 @@ class SurveyError(Exception):
 
 @dataclass(frozen=True)
 class Container:
-    id: str                          # short (12 hex digits)
+    id: str  # short (12 hex digits)
     service: str
-    state: str                       # running, exited, restarting, ...
-    health: str                      # healthy, unhealthy, starting, none
-    image: str                       # image ID (sha256:...)
+    state: str  # running, exited, restarting, ...
+    health: str  # healthy, unhealthy, starting, none
+    image: str  # image ID (sha256:...)
     config_hash: str
-    networks: dict[str, str]         # network name -> IP address
+    networks: dict[str, str]  # network name -> IP address
     labels: dict[str, str] = field(default_factory=dict)
     name: str = ""
     mounts: tuple[str, ...] = ()
-    started_at: float = 0.0           # epoch seconds (State.StartedAt)
-    healthcheck: bool = False         # the container has a healthcheck (compose's or its image's)
+    started_at: float = 0.0  # epoch seconds (State.StartedAt)
+    healthcheck: bool = False  # the container has a healthcheck (compose's or its image's)
 
     @property
     def running(self) -> bool:
@@ -59,18 +59,18 @@ class Container:
 
 @dataclass
 class HostState:
-    services: dict[str, Any]                      # docker compose config --format json: services
-    hashes: dict[str, str]                        # service -> config hash it would get now
-    containers: list[Container]                   # the services' replicas (no one-off `compose run` containers)
-    proxy: str | None = None                      # the proxy container (short id), when running
+    services: dict[str, Any]  # docker compose config --format json: services
+    hashes: dict[str, str]  # service -> config hash it would get now
+    containers: list[Container]  # the services' replicas (no one-off `compose run` containers)
+    proxy: str | None = None  # the proxy container (short id), when running
     proxy_networks: tuple[str, ...] = ()
-    proxy_config: dict | None = None              # its config file, as Caddy JSON
+    proxy_config: dict | None = None  # its config file, as Caddy JSON
     proxy_config_error: str = ""
-    proxy_running: dict | None = None             # the config it runs now (admin API)
+    proxy_running: dict | None = None  # the config it runs now (admin API)
     proxy_version: str = ""
-    key: str = "project"                          # the project's resolved directory: names its lock, journal
-    lock_holder: str = ""                         # who holds the deploy lock now ("" = free)
-    journal: str = ""                             # the journal's recent lines
+    key: str = "project"  # the project's resolved directory: names its lock, journal
+    lock_holder: str = ""  # who holds the deploy lock now ("" = free)
+    journal: str = ""  # the journal's recent lines
     oneoff: list[Container] = field(default_factory=list)  # `docker compose run` containers (jobs)
 
     def running(self, service: str) -> list[Container]:
@@ -80,15 +80,23 @@ class HostState:
     def proxy_pinned(self) -> bool:
         """Does the proxy run a config of zdd's (pinned by an unfinished deploy: it holds the
         drained addresses in zdd's hold route) instead of its file?"""
-        return (self.proxy_config is not None and self.proxy_running is not None
-                and self.proxy_running != self.proxy_config and HOLD_ROUTE_ID in json.dumps(self.proxy_running))
+        return (
+            self.proxy_config is not None
+            and self.proxy_running is not None
+            and self.proxy_running != self.proxy_config
+            and HOLD_ROUTE_ID in json.dumps(self.proxy_running)
+        )
 
     @property
     def proxy_edited(self) -> bool:
         """Does the proxy run another config than its file that is not zdd's (the file edited,
         not reloaded)?"""
-        return (self.proxy_config is not None and self.proxy_running is not None
-                and self.proxy_running != self.proxy_config and not self.proxy_pinned)
+        return (
+            self.proxy_config is not None
+            and self.proxy_running is not None
+            and self.proxy_running != self.proxy_config
+            and not self.proxy_pinned
+        )
 
 
 def sections(text: str) -> dict[str, tuple[int, str]]:
@@ -126,7 +134,7 @@ def _container(raw: dict) -> Container:
     cfg = raw.get("Config") or {}
     labels = cfg.get("Labels") or {}
     state = raw.get("State") or {}
-    nets = ((raw.get("NetworkSettings") or {}).get("Networks") or {})
+    nets = (raw.get("NetworkSettings") or {}).get("Networks") or {}
     mounts = tuple(m.get("Name") or m.get("Source") or "" for m in raw.get("Mounts") or [] if m.get("RW", True))
     return Container(
         id=str(raw.get("Id", ""))[:12],
@@ -140,8 +148,8 @@ def _container(raw: dict) -> Container:
         name=str(raw.get("Name", "")).lstrip("/"),
         mounts=mounts,
         started_at=_epoch(state.get("StartedAt", "")),
-        healthcheck=bool((cfg.get("Healthcheck") or {}).get("Test")) and
-        (cfg.get("Healthcheck") or {}).get("Test") != ["NONE"],
+        healthcheck=bool((cfg.get("Healthcheck") or {}).get("Test"))
+        and (cfg.get("Healthcheck") or {}).get("Test") != ["NONE"],
     )
 
 
@@ -149,6 +157,7 @@ def _epoch(stamp: str) -> float:
     """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds; 0 when unknown."""
     import calendar
     import time as _time
+
     try:
         head = stamp.split(".")[0].rstrip("Z")
         return float(calendar.timegm(_time.strptime(head, "%Y-%m-%dT%H:%M:%S")))
@@ -179,8 +188,12 @@ def parse_survey(text: str, proxy_service: str = "") -> HostState:
     every = [_container(c) for c in raw]
     # a `docker compose run` job (cron, a migration) is no replica: never counted, pinned or stopped
     containers = [c for c in every if c.labels.get(ONEOFF_LABEL) != "True"]
-    state = HostState(services=compose.get("services") or {}, hashes=hashes, containers=containers,
-                      oneoff=[c for c in every if c.labels.get(ONEOFF_LABEL) == "True"])
+    state = HostState(
+        services=compose.get("services") or {},
+        hashes=hashes,
+        containers=containers,
+        oneoff=[c for c in every if c.labels.get(ONEOFF_LABEL) == "True"],
+    )
     read_head(sec, state)
     proxy_id = sec.get("proxy-container", (0, ""))[1].strip()[:12]
     if proxy_service and proxy_id:
@@ -201,6 +214,7 @@ def parse_survey(text: str, proxy_service: str = "") -> HostState:
 
 
 # --- the plan ---------------------------------------------------------------------------------
+
 
 def declared_count(service: dict[str, Any]) -> int | None:
     """``deploy.replicas`` or ``scale`` from the compose model, when the file sets one."""
@@ -223,10 +237,10 @@ def normalize_ref(ref: str) -> str:
         name += ":latest"
     for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     if name.startswith("library/"):
-        name = name[len("library/"):]
+        name = name[len("library/") :]
     return name
 
 
@@ -246,7 +260,7 @@ class ServicePlan:
     roll: bool
     reason: str
     old: tuple[Container, ...] = ()
-    target: int = 1                 # containers it has once rolled
+    target: int = 1  # containers it has once rolled
 
     def line(self) -> str:
         what = "roll" if self.roll else "skip"

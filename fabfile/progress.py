@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, TextIO
+from typing import TextIO
 
 
 @dataclass
 class StepRecord:
     name: str
-    status: str = "running"   # ok | failed | skipped | warned (went wrong, the run did not: a post-hook, a marker)
+    status: str = "running"  # ok | failed | skipped | warned (went wrong, the run did not: a post-hook, a marker)
     detail: str = ""
     seconds: float = 0.0
     started_at: float = field(default_factory=time.time)  # wall clock (epoch seconds)
@@ -30,7 +31,7 @@ class Reporter:
     started: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)  # wall clock, for the JSON and HTML reports
     _progress_shown: bool = False
-    proxy_loads: int = 0          # configs loaded into the proxy (each one a graceful reload): proxy_loaded()
+    proxy_loads: int = 0  # configs loaded into the proxy (each one a graceful reload): proxy_loaded()
 
     def proxy_loaded(self) -> None:
         """One more config loaded into the proxy: the one place that counts them."""

@@ -57,8 +57,12 @@ def upstream_ports(config: dict, service: str) -> list[str]:
 
 def upstream_hosts(config: dict) -> set[str]:
     """The host names the config's static upstreams dial (service names, aliases, addresses)."""
-    return {parsed[0] for handler in _walk_proxies(config) for up in handler.get("upstreams") or []
-            if (parsed := _split_dial(str(up.get("dial", ""))))}
+    return {
+        parsed[0]
+        for handler in _walk_proxies(config)
+        for up in handler.get("upstreams") or []
+        if (parsed := _split_dial(str(up.get("dial", ""))))
+    }
 
 
 def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
@@ -128,15 +132,17 @@ def hold_upstreams(config: dict, addresses: list[str]) -> dict:
     old addresses in an unmatchable route keeps their counters visible while they drain.
     """
     new = copy.deepcopy(config)
-    servers = (((new.get("apps") or {}).get("http") or {}).get("servers") or {})
+    servers = ((new.get("apps") or {}).get("http") or {}).get("servers") or {}
     if not servers or not addresses:
         return new
     first = servers[sorted(servers)[0]]
-    first.setdefault("routes", []).append({
-        "@id": HOLD_ROUTE_ID,
-        "match": [{"expression": "false"}],
-        "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in addresses]}],
-    })
+    first.setdefault("routes", []).append(
+        {
+            "@id": HOLD_ROUTE_ID,
+            "match": [{"expression": "false"}],
+            "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in addresses]}],
+        }
+    )
     return new
 
 
@@ -156,8 +162,8 @@ class Routing:
     def __init__(self, base: dict, networks: tuple[str, ...], stream_close_delay: str = ""):
         self.base = with_stream_close_delay(base, stream_close_delay) if stream_close_delay else base
         self.networks = networks
-        self.routes: dict[str, list[str]] = {}   # service -> addresses it is routed to
-        self.held: list[str] = []                 # addresses whose counters must stay visible
+        self.routes: dict[str, list[str]] = {}  # service -> addresses it is routed to
+        self.held: list[str] = []  # addresses whose counters must stay visible
 
     def ports(self, service: str) -> list[str]:
         return upstream_ports(self.base, service)

@@ -31,8 +31,23 @@ from dataclasses import dataclass, field
 from .journal import new_run_id, who
 
 RESULTS = ("ok", "failed", "aborted", "rolled-back")
-MOVING_TAGS = frozenset({"latest", "main", "master", "stable", "edge", "nightly", "dev", "develop", "head",
-                         "staging", "production", "prod", "current"})
+MOVING_TAGS = frozenset(
+    {
+        "latest",
+        "main",
+        "master",
+        "stable",
+        "edge",
+        "nightly",
+        "dev",
+        "develop",
+        "head",
+        "staging",
+        "production",
+        "prod",
+        "current",
+    }
+)
 MAX_RELEASE = 200
 
 
@@ -97,18 +112,18 @@ class RunFacts:
     """One run of ``deploy`` or ``rollback``, as the hooks and markers see it."""
 
     host: str
-    command: str                              # deploy | rollback
-    services: list[str]                       # configured until the plan; then those that roll
-    images: dict[str, str]                    # service -> image reference (as the compose files name it)
+    command: str  # deploy | rollback
+    services: list[str]  # configured until the plan; then those that roll
+    images: dict[str, str]  # service -> image reference (as the compose files name it)
     run: str = field(default_factory=new_run_id)
     performer: str = field(default_factory=performer)
     started: float = field(default_factory=time.time)  # wall clock
     ids: dict[str, str] = field(default_factory=dict)  # once planned: service -> image ID/digest it runs
     planned: bool = False
-    result: str = ""                          # once over: one of RESULTS
+    result: str = ""  # once over: one of RESULTS
     ended: float | None = None
-    error: str = ""                           # the one-line failure, when there was one
-    verdict: str = ""                         # the verify loop's verdict, when it ran
+    error: str = ""  # the one-line failure, when there was one
+    verdict: str = ""  # the verify loop's verdict, when it ran
 
     def plan(self, event: dict) -> None:
         """Learn from the journal's ``plan`` event which services roll and what they run after."""
@@ -142,9 +157,14 @@ class RunFacts:
     def env(self, tier: tuple[int, list[str]] | None = None) -> dict[str, str]:
         """The ``ZDD_*`` variables a hook gets (README "Hooks")."""
         services = self.services if tier is None else [n for n in tier[1] if n in self.services]
-        env = {"ZDD_HOST": self.host, "ZDD_RUN": self.run, "ZDD_PERFORMER": self.performer,
-               "ZDD_COMMAND": self.command, "ZDD_SERVICES": " ".join(services),
-               "ZDD_IMAGES": " ".join(f"{n}={self.images[n]}" for n in services if self.images.get(n))}
+        env = {
+            "ZDD_HOST": self.host,
+            "ZDD_RUN": self.run,
+            "ZDD_PERFORMER": self.performer,
+            "ZDD_COMMAND": self.command,
+            "ZDD_SERVICES": " ".join(services),
+            "ZDD_IMAGES": " ".join(f"{n}={self.images[n]}" for n in services if self.images.get(n)),
+        }
         if self.planned:
             env["ZDD_IMAGE_IDS"] = " ".join(f"{n}={self.ids[n]}" for n in services if self.ids.get(n))
             env["ZDD_RELEASE"] = self.release

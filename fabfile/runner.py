@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from .commands import Command
+from .command import Command
 from .config_limits import COMMAND_DEADLINE
 
 
@@ -80,7 +80,7 @@ class SshExecutor:
         chan.shutdown_write()
         return _ChannelPending(chan).wait(deadline)
 
-    def converse(self, command: str) -> "Conversation":
+    def converse(self, command: str) -> Conversation:
         """Start a command whose stdin stays open: lines go both ways while it runs."""
         return _ChannelConversation(self._channel(command))
 
@@ -110,19 +110,29 @@ class _ChannelPending:
                 while True:
                     select.select([self.chan], [], [], 0.5)
                     self._drain()
-                    if self.chan.exit_status_ready() and not self.chan.recv_ready() \
-                            and not self.chan.recv_stderr_ready():
+                    if (
+                        self.chan.exit_status_ready()
+                        and not self.chan.recv_ready()
+                        and not self.chan.recv_stderr_ready()
+                    ):
                         break
                     if end is not None and time.monotonic() > end:
-                        self.result = CommandResult(ok=False, stdout=self.out.decode(errors="replace"),
-                                                    stderr=f"no answer from the host within {deadline:.0f} s",
-                                                    exited=-1)
+                        self.result = CommandResult(
+                            ok=False,
+                            stdout=self.out.decode(errors="replace"),
+                            stderr=f"no answer from the host within {deadline:.0f} s",
+                            exited=-1,
+                        )
                         return self.result
                 code = self.chan.recv_exit_status()
             finally:
                 self.chan.close()
-            self.result = CommandResult(ok=code == 0, stdout=self.out.decode(errors="replace"),
-                                  stderr=self.err.decode(errors="replace"), exited=code)
+            self.result = CommandResult(
+                ok=code == 0,
+                stdout=self.out.decode(errors="replace"),
+                stderr=self.err.decode(errors="replace"),
+                exited=code,
+            )
         return self.result
 
 
@@ -155,7 +165,7 @@ class _ChannelConversation(_ChannelPending):
             self._drain()
             nl = self.out.find(b"\n", self.pos)
             if nl >= 0:
-                line = self.out[self.pos:nl].decode(errors="replace")
+                line = self.out[self.pos : nl].decode(errors="replace")
                 self.pos = nl + 1
                 return line
             if self.chan.exit_status_ready() and not self.chan.recv_ready():
@@ -240,7 +250,7 @@ class Runner:
     dry_run: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     history: list[str] = field(default_factory=list)  # every command, as described (masked)
-    remote_commands: int = 0                          # commands really sent to the host
+    remote_commands: int = 0  # commands really sent to the host
 
     def _exec(self, cmd: Command) -> CommandResult:
         self.history.append(cmd.describe())
@@ -249,8 +259,10 @@ class Runner:
         deadline = cmd.deadline or COMMAND_DEADLINE
         res = self.execute(cmd.render(), cmd.stdin.text if cmd.stdin is not None else None, deadline)
         if os.environ.get("ZDD_TRACE"):
-            print(f"[{self.host}] trace {time.monotonic() - t0:5.2f}s exit {res.exited}: {cmd.describe()[:160]}",
-                  file=sys.stderr)
+            print(
+                f"[{self.host}] trace {time.monotonic() - t0:5.2f}s exit {res.exited}: {cmd.describe()[:160]}",
+                file=sys.stderr,
+            )
         return res
 
     def read(self, cmd: Command, what: str | None = None) -> str:
@@ -306,8 +318,9 @@ class Runner:
             return self._explain(cmd) if self._explains(cmd) else self._would_run(cmd)
         res = self._exec(cmd)
         if check and not res.ok:
-            raise StepFailed(f"{what or ' '.join(cmd.argv[:3])} failed: {res.first_error_line()}",
-                             (res.stdout + res.stderr).strip())
+            raise StepFailed(
+                f"{what or ' '.join(cmd.argv[:3])} failed: {res.first_error_line()}", (res.stdout + res.stderr).strip()
+            )
         return res
 
     def converse(self, cmd: Command, labels: dict[str, str] | None = None) -> Conversation:
@@ -315,9 +328,11 @@ class Runner:
         is sent). A dry run prints it and plays back ``cmd.dry_run_output``; what zdd would
         send is printed by the ``labels`` of its first word."""
         if self.dry_run:
+
             def echo(line: str) -> None:
                 word = line.split(" ", 1)[0]
                 print(f"[{self.host}] would send: {(labels or {}).get(word, word)}", file=self.out)
+
             if self._explains(cmd) and getattr(self.execute, "converse", None) is not None:
                 assert cmd.explain is not None
                 print(f"[{self.host}] {cmd.argv[3]} explains (changing nothing):", file=self.out)

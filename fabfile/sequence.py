@@ -21,8 +21,9 @@ release markers (:mod:`fabfile.notify`) and run the post-hook with the result, w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from . import hooks as team_hooks
 from . import notify
@@ -33,8 +34,14 @@ from .release import RunFacts
 from .session import Session
 
 
-def deploy(s: Session, engine: Engine, force: bool = False, wait: bool = False,
-           verdict: Verdict = no_verdict, hooks: bool = True) -> None:
+def deploy(
+    s: Session,
+    engine: Engine,
+    force: bool = False,
+    wait: bool = False,
+    verdict: Verdict = no_verdict,
+    hooks: bool = True,
+) -> None:
     """Pull, bring infra up, roll the app services that changed, tier after tier."""
     state = engine.validate(s)
     facts = starting(s, engine, state, "deploy")
@@ -46,8 +53,7 @@ def deploy(s: Session, engine: Engine, force: bool = False, wait: bool = False,
             images = engine.pull(s, state)
             state = engine.infra_up(s, state, images)
             plans = engine.plan(s, state, images, s.host.app_services, force)
-            roll(s, engine, state, Release(plans, images, [list(t) for t in s.host.rollout]), held, wait,
-                 facts, hooks)
+            roll(s, engine, state, Release(plans, images, [list(t) for t in s.host.rollout]), held, wait, facts, hooks)
 
 
 def rollout_service(s: Session, engine: Engine, name: str) -> None:
@@ -58,8 +64,14 @@ def rollout_service(s: Session, engine: Engine, name: str) -> None:
         roll(s, engine, state, engine.one_service(s, state, name), held, wait=True)
 
 
-def rollback(s: Session, engine: Engine, to: str | None = None, wait: bool = False,
-             verdict: Verdict = no_verdict, hooks: bool = True) -> None:
+def rollback(
+    s: Session,
+    engine: Engine,
+    to: str | None = None,
+    wait: bool = False,
+    verdict: Verdict = no_verdict,
+    hooks: bool = True,
+) -> None:
     """Go back to an earlier run's images (or Swarm's previous specs), with zero downtime."""
     state = engine.validate(s)
     kind, target = engine.rollback_target(s, state, to)
@@ -89,8 +101,16 @@ def under_lock(s: Session, engine: Engine, state: object, held: Held) -> object:
     return engine.recover(s, state, held.run)
 
 
-def roll(s: Session, engine: Engine, state: object, release: Release, held: Held, wait: bool,
-         facts: RunFacts | None = None, hooks: bool = True) -> None:
+def roll(
+    s: Session,
+    engine: Engine,
+    state: object,
+    release: Release,
+    held: Held,
+    wait: bool,
+    facts: RunFacts | None = None,
+    hooks: bool = True,
+) -> None:
     """The plan to the journal (sent with the first change), then each tier in order (with
     the pre-tier and post-tier hooks of a tier that rolls something); on a failure or an
     interruption the engine unwinds (never removing what carries traffic)."""
@@ -118,8 +138,9 @@ def starting(s: Session, engine: Engine, state: Any, command: str) -> RunFacts:
     """What the hooks and markers know of a run before anything changes: the app services
     configured and the image references the compose files name (the plan narrows them)."""
     images = engine.images_named(s, state)
-    return RunFacts(s.name, command, [n for n in s.host.app_services if n in images], images,
-                    started=s.report.started_at)
+    return RunFacts(
+        s.name, command, [n for n in s.host.app_services if n in images], images, started=s.report.started_at
+    )
 
 
 @contextmanager
@@ -134,8 +155,9 @@ def marked(s: Session, facts: RunFacts, post_hook: str, hooks: bool, verdict: Ve
     _over(s, facts, None, post_hook, hooks, verdict)
 
 
-def _over(s: Session, facts: RunFacts, error: BaseException | None, post_hook: str, hooks: bool,
-          verdict: Verdict) -> None:
+def _over(
+    s: Session, facts: RunFacts, error: BaseException | None, post_hook: str, hooks: bool, verdict: Verdict
+) -> None:
     facts.over(error)
     facts.verdict = ((verdict() or {}).get("verdict") or "") if not s.r.dry_run else ""
     try:

@@ -37,8 +37,12 @@ def secrets(host: cfg.HostConfig) -> tuple[str, ...]:
     """Every secret value this host's settings name, to keep out of any output: the registry
     token, the notify tokens, a chat webhook URL read from the environment."""
     n = host.notify
-    names = (host.registry.password_env if host.registry is not None else "", n.grafana_token_env,
-             n.sentry_token_env, n.webhook_url_env)
+    names = (
+        host.registry.password_env if host.registry is not None else "",
+        n.grafana_token_env,
+        n.sentry_token_env,
+        n.webhook_url_env,
+    )
     return tuple(v for v in (secret(name) for name in names if name) if v)
 
 
@@ -71,8 +75,11 @@ def connection_for(c: Connection, host: cfg.HostConfig) -> Connection:
         if s.user:
             kwargs["user"] = s.user
         if s.identity_file:
-            kwargs["connect_kwargs"] = {"key_filename": [os.path.expanduser(s.identity_file)],
-                                        "look_for_keys": False, "allow_agent": False}
+            kwargs["connect_kwargs"] = {
+                "key_filename": [os.path.expanduser(s.identity_file)],
+                "look_for_keys": False,
+                "allow_agent": False,
+            }
         cxn = Connection(**kwargs)
     else:
         cxn = c

@@ -7,7 +7,8 @@ build their steps from these; nothing here knows which engine runs.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paramiko
 
@@ -68,7 +69,8 @@ def planned(s: Session, decide: Callable[[], list]) -> list:
         plans = decide()
         rolling = [p for p in plans if p.roll]
         rec.detail = f"roll {len(rolling)} of {len(plans)}" + (
-            f" in {sum(1 for t in s.host.rollout if any(p.name in t for p in rolling))} tier(s)" if rolling else "")
+            f" in {sum(1 for t in s.host.rollout if any(p.name in t for p in rolling))} tier(s)" if rolling else ""
+        )
     for p in plans:
         print(f"[{s.name}]   {p.line()}", file=s.r.out)
     return plans
@@ -124,8 +126,10 @@ def install_plugin(s: Session, source: str | None = None) -> None:
                 try:
                     s.cxn.put(source, upload)
                 except (paramiko.SSHException, OSError) as e:
-                    raise BadInput(f"--source: cannot upload {source} over SFTP ({e or type(e).__name__}): "
-                                   "the host offers no SFTP; copy the file there and install it by hand") from None
+                    raise BadInput(
+                        f"--source: cannot upload {source} over SFTP ({e or type(e).__name__}): "
+                        "the host offers no SFTP; copy the file there and install it by hand"
+                    ) from None
         try:
             res = s.r.change(cmds.install_plugin(p.resolved_url, p.sha256, p.version, upload), check=False)
         finally:

@@ -29,8 +29,10 @@ HOSTS_HEADER, HOSTS_ALIGN = ["host", "result", "time", "failed requests", "error
 
 def host_rows(doc: dict[str, Any]) -> list[list[str]]:
     """Per host: name, result, duration, failed requests (of all), the one-line error."""
-    return [[h["host"] or "-", h["result"], _time(h.get("duration_s")), _failed_requests(h), h.get("error") or ""]
-            for h in doc["hosts"]]
+    return [
+        [h["host"] or "-", h["result"], _time(h.get("duration_s")), _failed_requests(h), h.get("error") or ""]
+        for h in doc["hosts"]
+    ]
 
 
 def text(doc: dict[str, Any]) -> str:
@@ -46,33 +48,49 @@ def _cell(value: Any) -> str:
 def _md_table(header: list[str], rows: list[list[Any]], align: str) -> list[str]:
     """A Markdown table; ``align`` has one letter per column: l or r."""
     rule = ["---:" if a == "r" else "---" for a in align]
-    return [f"| {' | '.join(header)} |", f"| {' | '.join(rule)} |",
-            *(f"| {' | '.join(_cell(c) for c in row)} |" for row in rows)]
+    return [
+        f"| {' | '.join(header)} |",
+        f"| {' | '.join(rule)} |",
+        *(f"| {' | '.join(_cell(c) for c in row)} |" for row in rows),
+    ]
 
 
 def markdown(doc: dict[str, Any]) -> str:
     """The run for a CI job summary: one table across hosts, then each host's verify verdict,
     failure, notes and steps (folded)."""
-    lines = [f"### {_headline(doc)}", "",
-             *_md_table(HOSTS_HEADER, host_rows(doc), HOSTS_ALIGN)]
+    lines = [f"### {_headline(doc)}", "", *_md_table(HOSTS_HEADER, host_rows(doc), HOSTS_ALIGN)]
     for h in doc["hosts"]:
         if h["result"] == "not run":
             continue
-        lines += ["", f"#### {_cell(h['host'] or h['title'])}: {h['result']}"
-                      f"{' (dry run)' if h.get('dry_run') else ''} in {_time(h['duration_s'])}", ""]
+        lines += [
+            "",
+            f"#### {_cell(h['host'] or h['title'])}: {h['result']}"
+            f"{' (dry run)' if h.get('dry_run') else ''} in {_time(h['duration_s'])}",
+            "",
+        ]
         if h.get("verdict"):
             lines.append(f"**verify: {'PASS' if h['verify_ok'] else 'FAIL'}** {_cell(h['verdict'])}  ")
         if h.get("error"):
             lines.append(f"**error:** {_cell(h['error'])}  ")
         if h.get("switches"):
-            lines.append("switched to the new containers (UTC): " + ", ".join(
-                f"{_cell(s['service'])} {s['at'][11:19]}" for s in h["switches"]) + "  ")
+            lines.append(
+                "switched to the new containers (UTC): "
+                + ", ".join(f"{_cell(s['service'])} {s['at'][11:19]}" for s in h["switches"])
+                + "  "
+            )
         lines += [f"{_cell(n)}  " for n in h.get("notes") or []]
         if h.get("cost"):
-            lines.append(f"cost: {h['cost']['remote_commands']} remote commands, "
-                         f"{h['cost']['proxy_loads']} proxy loads  ")
+            lines.append(
+                f"cost: {h['cost']['remote_commands']} remote commands, {h['cost']['proxy_loads']} proxy loads  "
+            )
         if h.get("steps"):
             rows = [[s["name"], s["status"], _time(s["seconds"]), s["detail"]] for s in h["steps"]]
-            lines += ["", f"<details><summary>{len(rows)} steps</summary>", "",
-                      *_md_table(["step", "result", "time", "detail"], rows, "llrl"), "", "</details>"]
+            lines += [
+                "",
+                f"<details><summary>{len(rows)} steps</summary>",
+                "",
+                *_md_table(["step", "result", "time", "detail"], rows, "llrl"),
+                "",
+                "</details>",
+            ]
     return "\n".join(lines) + "\n"

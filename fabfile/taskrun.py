@@ -12,8 +12,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import paramiko
 from invoke.exceptions import Exit
@@ -46,8 +47,16 @@ class VerifyRun:
             except Exception as e:
                 print(f"[{self.name}]   verify loop failed: {e}", file=sys.stdout)
         r = self.report
-        return None if r is None else {"verdict": r.verdict(), "total": r.total, "failures": r.failures,
-                                       "failures_without_retry": r.failures_without_retry}
+        return (
+            None
+            if r is None
+            else {
+                "verdict": r.verdict(),
+                "total": r.total,
+                "failures": r.failures,
+                "failures_without_retry": r.failures_without_retry,
+            }
+        )
 
 
 @contextmanager
@@ -75,8 +84,15 @@ def has_targets(vc: Any) -> bool:
     return bool(vc.urls or vc.ws_urls)
 
 
-def run_steps(c: Any, title: str, body: Body, dry_run: bool = False, summary: bool = True, verify: bool = False,
-              strict: bool | None = None) -> HostResult:
+def run_steps(
+    c: Any,
+    title: str,
+    body: Body,
+    dry_run: bool = False,
+    summary: bool = True,
+    verify: bool = False,
+    strict: bool | None = None,
+) -> HostResult:
     """Run ``body`` on the host (see :func:`run_on_host`); expected failures exit non-zero."""
     result = run_on_host(c, title, body, dry_run, summary, verify, strict)
     if not result.ok:
@@ -84,8 +100,15 @@ def run_steps(c: Any, title: str, body: Body, dry_run: bool = False, summary: bo
     return result
 
 
-def run_on_host(c: Any, title: str, body: Body, dry_run: bool = False, summary: bool = True,
-                verify: bool = False, strict: bool | None = None) -> HostResult:
+def run_on_host(
+    c: Any,
+    title: str,
+    body: Body,
+    dry_run: bool = False,
+    summary: bool = True,
+    verify: bool = False,
+    strict: bool | None = None,
+) -> HostResult:
     """Open a session, run ``body(session, engine, verdict)``, print the summary; return what
     happened (an expected failure is a failed result with its one-line error, never an
     exception). With ``verify`` the verify loop runs meanwhile and its verdict ends the
@@ -97,10 +120,18 @@ def run_on_host(c: Any, title: str, body: Body, dry_run: bool = False, summary: 
     except Exit as e:  # config error, cannot connect: nothing was touched
         now = time.time()
         return HostResult(name, title, started_at=now, ended_at=now).fail(
-            str(e.message).removeprefix(f"[{name}] "), e.code)
+            str(e.message).removeprefix(f"[{name}] "), e.code
+        )
     engine = engine_for(s.host)
-    result = HostResult(name, title, started_at=s.report.started_at, steps=s.report.steps, notes=s.notes,
-                        dry_run=dry_run, secrets=_secrets(s))
+    result = HostResult(
+        name,
+        title,
+        started_at=s.report.started_at,
+        steps=s.report.steps,
+        notes=s.notes,
+        dry_run=dry_run,
+        secrets=_secrets(s),
+    )
     settings = None
     if verifying(s.host, verify) and not dry_run:
         try:
@@ -122,8 +153,10 @@ def run_on_host(c: Any, title: str, body: Body, dry_run: bool = False, summary: 
         if e.detail:
             print("\n".join(f"[{s.name}]   {ln}" for ln in e.detail.splitlines()), file=sys.stdout)
     except (paramiko.SSHException, OSError) as e:  # the connection broke mid-way
-        failure = StepFailed(f"lost the ssh connection: {e} (if a rollout was under way, check the proxy: "
-                             f"`fab -H {s.name} reload-caddy` routes by service name again)")
+        failure = StepFailed(
+            f"lost the ssh connection: {e} (if a rollout was under way, check the proxy: "
+            f"`fab -H {s.name} reload-caddy` routes by service name again)"
+        )
     except Exception as e:  # a bug: still one line (ZDD_TRACE=1 shows where)
         if os.environ.get("ZDD_TRACE"):
             traceback.print_exc()
@@ -151,8 +184,9 @@ def _print_summary(s: Session, title: str, result: HostResult, summary: bool) ->
     report = result.verify
     extra = list(s.notes)
     if result.cost:
-        extra.append(f"cost: {result.cost['remote_commands']} remote commands, {result.cost['proxy_loads']} "
-                     "proxy loads")
+        extra.append(
+            f"cost: {result.cost['remote_commands']} remote commands, {result.cost['proxy_loads']} proxy loads"
+        )
     if report is not None:
         if not report.ok:
             print(report.render(), file=sys.stdout)

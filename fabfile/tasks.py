@@ -13,33 +13,42 @@ from . import hosts_run, html_page, outcome, sequence, steps
 from . import summary as run_summary
 from . import verify as vloop
 from .history import history_lines
-from .locking import read_runs, unlock as unlock_step
+from .locking import read_runs
+from .locking import unlock as unlock_step
 from .outcome import HostResult
 from .runner import BadInput
-from .taskrun import has_targets, run_on_host, run_steps, verifying
 from .session import host_name, load_host
+from .taskrun import has_targets, run_on_host, run_steps, verifying
 
 DRY_RUN_HELP = "print the commands this would run on the host (secrets masked) and change nothing"
 SKIP_HOOKS_HELP = "run none of the hooks in hooks.dir (pre-deploy, post-deploy...): for incidents"
 
 
-@task(help={"dry_run": DRY_RUN_HELP,
-            "verify": "hit the host's verify URLs during the deploy and report (default on; --no-verify)",
-            "strict": "exit non-zero when the verification saw any failed request (also verify.strict)",
-            "force": "roll every app service, changed or not",
-            "wait": "wait until the old containers are gone and the proxy routes by name again "
-                    "(default: only while verifying; otherwise a job on the host finishes that)",
-            "json": "write the whole summary (every host, step, note, the verify report) to this JSON file",
-            "report": "write a self-contained HTML page (charts per URL, steps, verdict) to this file",
-            "skip_hooks": SKIP_HOOKS_HELP})
-def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False, json=None, report=None,
-           skip_hooks=False):
+@task(
+    help={
+        "dry_run": DRY_RUN_HELP,
+        "verify": "hit the host's verify URLs during the deploy and report (default on; --no-verify)",
+        "strict": "exit non-zero when the verification saw any failed request (also verify.strict)",
+        "force": "roll every app service, changed or not",
+        "wait": "wait until the old containers are gone and the proxy routes by name again "
+        "(default: only while verifying; otherwise a job on the host finishes that)",
+        "json": "write the whole summary (every host, step, note, the verify report) to this JSON file",
+        "report": "write a self-contained HTML page (charts per URL, steps, verdict) to this file",
+        "skip_hooks": SKIP_HOOKS_HELP,
+    }
+)
+def deploy(
+    c, dry_run=False, verify=True, strict=False, force=False, wait=False, json=None, report=None, skip_hooks=False
+):
     """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune.
 
     With several hosts (-H a,b) one after the other, stopping at the first failure."""
+
     def body(s, engine, verdict):
-        sequence.deploy(s, engine, force=force, wait=wait or verifying(s.host, verify), verdict=verdict,
-                        hooks=not skip_hooks)
+        sequence.deploy(
+            s, engine, force=force, wait=wait or verifying(s.host, verify), verdict=verdict, hooks=not skip_hooks
+        )
+
     result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
     run = hosts_run.record(result)
     if run is not None:
@@ -48,8 +57,9 @@ def deploy(c, dry_run=False, verify=True, strict=False, force=False, wait=False,
         raise Exit(result.message, code=result.exit_code)
 
 
-def finish_run(title: str, results: list[HostResult], json_path: str | None, html_path: str | None,
-           across: bool = False) -> None:
+def finish_run(
+    title: str, results: list[HostResult], json_path: str | None, html_path: str | None, across: bool = False
+) -> None:
     """The end of a run: the summary across hosts (when there were several) and the files."""
     doc = outcome.document(title, results)
     if across:
@@ -67,9 +77,13 @@ def finish_run(title: str, results: list[HostResult], json_path: str | None, htm
                 raise Exit(message, code=2) from None
 
 
-@task(help={"duration": "seconds to run (default 30; 0 = until Ctrl-C)",
-            "json": "write the full report, every failure included, to this file",
-            "max_failures": "failures allowed before exiting non-zero (default: verify.max_failures)"})
+@task(
+    help={
+        "duration": "seconds to run (default 30; 0 = until Ctrl-C)",
+        "json": "write the full report, every failure included, to this file",
+        "max_failures": "failures allowed before exiting non-zero (default: verify.max_failures)",
+    }
+)
 def verify_zero_downtime(c, duration=30.0, json=None, max_failures=None):
     """Hit this host's verify URLs (and hold its ws URLs) from here and report every failure."""
     name = host_name(c)
@@ -77,8 +91,11 @@ def verify_zero_downtime(c, duration=30.0, json=None, max_failures=None):
     if not has_targets(host.verify):
         raise Exit(f"[{name}] no verify.urls or verify.ws_urls in hosts.toml for this host", code=2)
     try:
-        settings = vloop.settings_for_host(host.verify, duration=float(duration) or None,
-                                           max_failures=None if max_failures is None else int(max_failures))
+        settings = vloop.settings_for_host(
+            host.verify,
+            duration=float(duration) or None,
+            max_failures=None if max_failures is None else int(max_failures),
+        )
         report = vloop.run_and_print(settings, json)
     except ValueError as e:
         raise Exit(f"[{name}] verify: {e}", code=2) from None
@@ -88,8 +105,12 @@ def verify_zero_downtime(c, duration=30.0, json=None, max_failures=None):
         raise Exit(f"[{name}] verify: {report.verdict()}", code=1)
 
 
-@task(help={"source": "upload this local copy over SFTP instead of downloading (hosts without internet)",
-            "dry_run": DRY_RUN_HELP})
+@task(
+    help={
+        "source": "upload this local copy over SFTP instead of downloading (hosts without internet)",
+        "dry_run": DRY_RUN_HELP,
+    }
+)
 def install_plugin(c, source=None, dry_run=False):
     """Install the pinned docker-rollout CLI plugin (checksum verified); no-op when present."""
     run_steps(c, "install-plugin", lambda s, engine, _: steps.install_plugin(s, source), dry_run, summary=False)
@@ -110,11 +131,14 @@ def infra_up(c, dry_run=False):
 @task(help={"service": "the app service to roll", "dry_run": DRY_RUN_HELP})
 def rollout_service(c, service, dry_run=False):
     """Replace one app service's containers: new beside old, healthy, drain, remove old."""
+
     def body(s, engine, _):
         if service not in s.host.app_services:
-            raise BadInput(f"{service!r} is not an app service of {s.name} "
-                           f"(rollout: {', '.join(s.host.app_services) or 'none'})")
+            raise BadInput(
+                f"{service!r} is not an app service of {s.name} (rollout: {', '.join(s.host.app_services) or 'none'})"
+            )
         sequence.rollout_service(s, engine, service)
+
     run_steps(c, f"rollout-service {service}", body, dry_run, summary=False)
 
 
@@ -130,26 +154,35 @@ def recover(c, dry_run=False):
     run_steps(c, "recover", lambda s, engine, _: sequence.recover(s, engine), dry_run)
 
 
-@task(help={"to": "the run to go back to (an id from `fab history`; default: the successful run before "
-                  "the last)", "dry_run": DRY_RUN_HELP, "wait": "wait until the old containers are gone",
-            "verify": "hit the host's verify URLs meanwhile (default on)", "skip_hooks": SKIP_HOOKS_HELP})
+@task(
+    help={
+        "to": "the run to go back to (an id from `fab history`; default: the successful run before the last)",
+        "dry_run": DRY_RUN_HELP,
+        "wait": "wait until the old containers are gone",
+        "verify": "hit the host's verify URLs meanwhile (default on)",
+        "skip_hooks": SKIP_HOOKS_HELP,
+    }
+)
 def rollback(c, to=None, dry_run=False, wait=False, verify=True, skip_hooks=False):
     """Deploy the images of an earlier successful run again, with zero downtime (engine swarm:
     every app service back to Swarm's previous spec)."""
+
     def body(s, engine, verdict):
-        sequence.rollback(s, engine, to, wait=wait or verifying(s.host, verify), verdict=verdict,
-                          hooks=not skip_hooks)
+        sequence.rollback(s, engine, to, wait=wait or verifying(s.host, verify), verdict=verdict, hooks=not skip_hooks)
+
     run_steps(c, "rollback", body, dry_run, verify=verify)
 
 
 @task(help={"n": "how many runs (default 10)"})
 def history_(c, n=10):
     """Past runs from the host's journal: when, who, what changed, result, failed requests."""
+
     def body(s, engine, _):
         runs = read_runs(s, engine.survey(s))
         print(f"[{s.name}] {len(runs)} run(s) in the journal (failed: retrying client / never retrying)")
         for line in history_lines(runs, int(n)):
             print(f"  {line}")
+
     run_steps(c, "history", body, summary=False)
 
 
@@ -157,9 +190,11 @@ def history_(c, n=10):
 def status(c):
     """What runs now: containers, images, health, proxy routing, the lock, the last run
     (engine swarm: the stack's services and tasks, the lock, the last run)."""
+
     def body(s, engine, _):
         for line in engine.status(s):
             print(f"[{s.name}]   {line}", file=s.r.out)
+
     run_steps(c, "status", body, summary=False)
 
 

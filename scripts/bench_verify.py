@@ -72,11 +72,17 @@ def start_caddy(caddy: str, workdir: Path, port: int) -> subprocess.Popen:
     """Write the Caddyfile and start caddy with XDG/HOME pointed into ``workdir``."""
     config = workdir / "Caddyfile"
     config.write_text(CADDYFILE.format(port=port))
-    env = dict(os.environ, HOME=str(workdir),
-               XDG_DATA_HOME=str(workdir / "data"), XDG_CONFIG_HOME=str(workdir / "config"))
+    env = dict(
+        os.environ, HOME=str(workdir), XDG_DATA_HOME=str(workdir / "data"), XDG_CONFIG_HOME=str(workdir / "config")
+    )
     log = open(workdir / "caddy.log", "wb")
-    return subprocess.Popen([caddy, "run", "--config", str(config), "--adapter", "caddyfile"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    return subprocess.Popen(
+        [caddy, "run", "--config", str(config), "--adapter", "caddyfile"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=workdir,
+    )
 
 
 def stop_caddy(proc: subprocess.Popen) -> None:
@@ -112,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 log = (workdir / "caddy.log").read_text(errors="replace")[-2000:]
                 print(f"error: caddy did not come up on 127.0.0.1:{port}\n{log}", file=sys.stderr)
                 return 2
-            settings = VerifySettings(urls=[f"http://127.0.0.1:{port}/"],
-                                      concurrency=args.concurrency, duration=args.duration)
+            settings = VerifySettings(
+                urls=[f"http://127.0.0.1:{port}/"], concurrency=args.concurrency, duration=args.duration
+            )
             report = run(settings)
         finally:
             stop_caddy(proc)
@@ -124,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p99 = report.latency["p99"]
     rate = report.total / report.elapsed if report.elapsed else 0.0
     versions = ", ".join(report.versions()) or "none"
-    print(f"sustained: {rate:,.0f} req/s over {report.elapsed:.1f} s, failures {report.failures:,}, "
-          f"p99 {'n/a' if p99 is None else f'{p99:.1f}'} ms  (concurrency {args.concurrency}, versions {versions})")
+    print(
+        f"sustained: {rate:,.0f} req/s over {report.elapsed:.1f} s, failures {report.failures:,}, "
+        f"p99 {'n/a' if p99 is None else f'{p99:.1f}'} ms  (concurrency {args.concurrency}, versions {versions})"
+    )
     return 0 if report.failures == 0 else 1
 
 

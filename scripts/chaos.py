@@ -39,11 +39,19 @@ def main() -> int:
             rows.append(o)
             print(f"chaos: {name}: {'ok' if o.ok else 'NOT OK'} {o.notes}", file=sys.stderr, flush=True)
     head = ("scenario", "failed/requests", "containers per app", "job", "lock", "exits", "converge", "ok")
-    table = [head] + [(o.scenario, f"{o.failed}/{o.requests:,}",
-                       " ".join(str(n) for n in o.containers.values()) or "-",
-                       {None: "-", True: "running", False: "KILLED"}[o.job_running],
-                       "free" if o.lock_free else "HELD", ",".join(str(x) for x in o.exits),
-                       f"{o.converge_s:.1f}s", "yes" if o.ok else "NO") for o in rows]
+    table = [head] + [
+        (
+            o.scenario,
+            f"{o.failed}/{o.requests:,}",
+            " ".join(str(n) for n in o.containers.values()) or "-",
+            {None: "-", True: "running", False: "KILLED"}[o.job_running],
+            "free" if o.lock_free else "HELD",
+            ",".join(str(x) for x in o.exits),
+            f"{o.converge_s:.1f}s",
+            "yes" if o.ok else "NO",
+        )
+        for o in rows
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for row in table[1:]:

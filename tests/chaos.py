@@ -16,9 +16,9 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tests import sandbox as sb
 
@@ -33,24 +33,31 @@ HOWS = ("SIGTERM", "SIGKILL", "Ctrl-C", "ssh-drop")
 class Outcome:
     scenario: str
     exits: list[int | None] = field(default_factory=list)  # the disturbed run(s), then the converging deploy
-    failed: int = -1                 # failed requests (retrying client) over the whole scenario
+    failed: int = -1  # failed requests (retrying client) over the whole scenario
     requests: int = 0
     containers: dict[str, int] = field(default_factory=dict)
     versions_ok: bool = False
     job_running: bool | None = None  # only for the scenario with a job
     jobs: list[str] = field(default_factory=list)
     lock_free: bool = False
-    converge_s: float = 0.0          # the converging deploy's time
+    converge_s: float = 0.0  # the converging deploy's time
     notes: list[str] = field(default_factory=list)
     cleanup: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return (self.failed == 0 and self.versions_ok and self.lock_free and self.job_running is not False
-                and all(n == 1 for n in self.containers.values()) and self.exits[-1] == 0)
+        return (
+            self.failed == 0
+            and self.versions_ok
+            and self.lock_free
+            and self.job_running is not False
+            and all(n == 1 for n in self.containers.values())
+            and self.exits[-1] == 0
+        )
 
 
 # --- the host side ------------------------------------------------------------------------------
+
 
 def as_user(shell: str) -> subprocess.CompletedProcess:
     return subprocess.run(["su", "-s", "/bin/sh", "zddsbx", "-c", shell], capture_output=True, text=True, timeout=120)
@@ -101,12 +108,14 @@ def running(cid: str) -> bool:
 
 # --- the client side ----------------------------------------------------------------------------
 
+
 def start_deploy(*args: str, unshare: bool = False) -> subprocess.Popen:
     argv = [str(sb.BIN / "fab"), "-H", "sandbox", "deploy", "--no-verify", *args]
     if unshare:  # another pid namespace: a client on "another machine" with this host name
         argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
-    return subprocess.Popen(argv, cwd=sb.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        argv, cwd=sb.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def interrupt(proc: subprocess.Popen, how: str) -> None:
@@ -155,6 +164,7 @@ def check(o: Outcome, version: str) -> None:
 
 # --- the scenarios ------------------------------------------------------------------------------
 
+
 def under_load(name: str, tmp: Path, body: Callable[[Outcome], str | None], publish: bool = True) -> Outcome:
     """Publish new images, run ``body`` under the verify loop, converge, check."""
     sb.stack_settle()
@@ -196,6 +206,7 @@ def interrupted_at(point: str, how: str) -> Callable[[Outcome], None]:
         o.exits.append(rc)
         if "Traceback" in out:
             o.notes.append("traceback")
+
     return body
 
 
@@ -219,8 +230,10 @@ def with_job(o: Outcome) -> None:
 
 def full_disk(o: Outcome) -> None:
     uid = as_user("id -u").stdout.strip()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=128k,nr_inodes=64,uid={uid},gid={uid},mode=0755",
-                    "zdd-full", str(ZDD)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=128k,nr_inodes=64,uid={uid},gid={uid},mode=0755", "zdd-full", str(ZDD)],
+        check=True,
+    )
     try:
         subprocess.run(["dd", "if=/dev/zero", f"of={ZDD}/fill", "bs=4k"], capture_output=True)
         t0 = time.monotonic()
@@ -268,12 +281,15 @@ def scenarios(tmp: Path) -> list[tuple[str, Callable[[], Outcome]]]:
         ("a compose run job through a deploy", lambda: under_load("a compose run job through a deploy", tmp, with_job)),
         ("~/.zdd on a full filesystem", lambda: under_load("~/.zdd on a full filesystem", tmp, full_disk)),
         ("dockerd hangs 20 s after start", lambda: under_load("dockerd hangs 20 s after start", tmp, docker_hangs)),
-        ("two clients, one host name, one instant", lambda: under_load("two clients, one host name, one instant",
-                                                                      tmp, lock_race)),
+        (
+            "two clients, one host name, one instant",
+            lambda: under_load("two clients, one host name, one instant", tmp, lock_race),
+        ),
     ]
     for point in POINTS:
         for how in HOWS:
             name = f"{how} at {point}"
-            out.append((name, lambda name=name, point=point, how=how: under_load(name, tmp,
-                                                                                  interrupted_at(point, how))))
+            out.append(
+                (name, lambda name=name, point=point, how=how: under_load(name, tmp, interrupted_at(point, how)))
+            )
     return out

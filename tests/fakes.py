@@ -11,14 +11,15 @@ import re
 import shlex
 import subprocess
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from fabfile import journal as zdd_journal
 from fabfile import sequence
-from fabfile.engines import engine_for
 from fabfile.config import load
+from fabfile.engines import engine_for
 from fabfile.outcome import HostResult
 from fabfile.progress import Reporter, StepRecord
 from fabfile.runner import CommandResult, Runner
@@ -50,7 +51,6 @@ def _program(command: str) -> tuple[str]:
     return (command,)
 
 
-
 @dataclass
 class Call:
     command: str
@@ -62,7 +62,9 @@ class Call:
         return f"{self.command} {self.script}".strip()
 
 
-Response = Any  # CommandResult | str | list[CommandResult | str] | Callable[[Call, "FakeExecutor"], CommandResult | str]
+Response = (
+    Any  # CommandResult | str | list[CommandResult | str] | Callable[[Call, "FakeExecutor"], CommandResult | str]
+)
 
 
 class FakeExecutor:
@@ -79,20 +81,20 @@ class FakeExecutor:
     def __init__(self, rules: Iterable[tuple[Any, Response]] = ()):
         self.rules: list[tuple[tuple[str, ...], Response]] = []
         self.calls: list[Call] = []
-        self.tiers: list[Any] = []   # FakeConversation of each tier.sh started
+        self.tiers: list[Any] = []  # FakeConversation of each tier.sh started
         self.tier_script: Callable | None = None
         self.reporters: list[tuple[tuple[str, ...], Callable[[str], list[str]]]] = []
         for pattern, response in rules:
             self.on(pattern, response)
 
-    def on(self, pattern: str | tuple[str, ...], response: Response) -> "FakeExecutor":
+    def on(self, pattern: str | tuple[str, ...], response: Response) -> FakeExecutor:
         pats = (pattern,) if isinstance(pattern, str) else tuple(pattern)
         if isinstance(response, list):
             response = list(response)
         self.rules.append((pats, response))
         return self
 
-    def first(self, pattern: str | tuple[str, ...], response: Response) -> "FakeExecutor":
+    def first(self, pattern: str | tuple[str, ...], response: Response) -> FakeExecutor:
         """Add a rule that takes precedence over the existing ones."""
         self.on(pattern, response)
         self.rules.insert(0, self.rules.pop())
@@ -107,7 +109,7 @@ class FakeExecutor:
                 return self._answer(response, call)
         raise AssertionError(f"unexpected command sent to the host: {command!r}")
 
-    def on_report(self, pattern: str | tuple[str, ...], answer: Callable[[str], list[str]]) -> "FakeExecutor":
+    def on_report(self, pattern: str | tuple[str, ...], answer: Callable[[str], list[str]]) -> FakeExecutor:
         """A host program that reads nothing and reports (swarm_tier.sh): ``answer(command)``
         is every line it prints before it ends."""
         self.reporters.append(((pattern,) if isinstance(pattern, str) else tuple(pattern), answer))
@@ -120,7 +122,9 @@ class FakeExecutor:
         for pats, answer in self.reporters:
             if all(p in command for p in pats):
                 self.calls.append(Call(command, None, pats[0]))
-                conv = FakeConversation(command, lambda sent: answer(command) if not sent else [], ends=True)
+                conv = FakeConversation(
+                    command, lambda sent, answer=answer: answer(command) if not sent else [], ends=True
+                )
                 self.tiers.append(conv)
                 return conv
         self.calls.append(Call(command, None, "tier.sh" if "tier.sh" in command else ""))
@@ -163,14 +167,17 @@ class FakeExecutor:
         for i in self.matching(*pats):
             if i > after:
                 return i
-        raise AssertionError(f"no call matching {pats} after #{after}:\n" + "\n".join(
-            f"  #{i} {c.subject}" for i, c in enumerate(self.calls)))
+        raise AssertionError(
+            f"no call matching {pats} after #{after}:\n"
+            + "\n".join(f"  #{i} {c.subject}" for i, c in enumerate(self.calls))
+        )
 
     def seen(self, *pats: str) -> bool:
         return bool(self.matching(*pats))
 
 
 # --- realistic host data ---------------------------------------------------------------------
+
 
 def cid(tag: str) -> str:
     """A full 64-hex container id whose 12-char short form starts with ``tag`` (hex)."""
@@ -185,13 +192,15 @@ def reverse_proxy_route(path: str, *dials: str) -> dict:
     """One ``handle_path PATH/* { reverse_proxy DIALS }`` block as ``caddy adapt`` prints it."""
     return {
         "match": [{"path": [f"{path}/*"]}],
-        "handle": [{
-            "handler": "subroute",
-            "routes": [
-                {"handle": [{"handler": "rewrite", "strip_path_prefix": path}]},
-                {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": d} for d in dials]}]},
-            ],
-        }],
+        "handle": [
+            {
+                "handler": "subroute",
+                "routes": [
+                    {"handle": [{"handler": "rewrite", "strip_path_prefix": path}]},
+                    {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": d} for d in dials]}]},
+                ],
+            }
+        ],
     }
 
 
@@ -199,19 +208,47 @@ def caddy_config(*routes: dict) -> dict:
     """A whole adapted Caddyfile (``:80 { ... }``) with the given routes and a fallback."""
     return {
         "admin": {"listen": "localhost:2019"},
-        "apps": {"http": {"servers": {"srv0": {
-            "listen": [":80"],
-            "routes": [{
-                "handle": [{
-                    "handler": "subroute",
-                    "routes": [*routes, {"handle": [{"handler": "subroute", "routes": [
-                        {"handle": [{"handler": "static_response", "body": "zdd sandbox", "status_code": 200}]},
-                    ]}]}],
-                }],
-                "terminal": True,
-            }],
-            "automatic_https": {"disable": True},
-        }}}},
+        "apps": {
+            "http": {
+                "servers": {
+                    "srv0": {
+                        "listen": [":80"],
+                        "routes": [
+                            {
+                                "handle": [
+                                    {
+                                        "handler": "subroute",
+                                        "routes": [
+                                            *routes,
+                                            {
+                                                "handle": [
+                                                    {
+                                                        "handler": "subroute",
+                                                        "routes": [
+                                                            {
+                                                                "handle": [
+                                                                    {
+                                                                        "handler": "static_response",
+                                                                        "body": "zdd sandbox",
+                                                                        "status_code": 200,
+                                                                    }
+                                                                ]
+                                                            },
+                                                        ],
+                                                    }
+                                                ]
+                                            },
+                                        ],
+                                    }
+                                ],
+                                "terminal": True,
+                            }
+                        ],
+                        "automatic_https": {"disable": True},
+                    }
+                }
+            }
+        },
     }
 
 
@@ -233,19 +270,26 @@ def networks_json(*names: str, ip: str = "172.18.0.2") -> str:
 
 def inspect_json(containers: dict[str, dict[str, str]]) -> str:
     """``docker inspect`` of containers: full id → {network: ip}."""
-    return json.dumps([
-        {"Id": full, "Name": f"/c-{full[:6]}",
-         "NetworkSettings": {"Networks": {n: {"IPAddress": ip} for n, ip in nets.items()}}}
-        for full, nets in containers.items()
-    ])
+    return json.dumps(
+        [
+            {
+                "Id": full,
+                "Name": f"/c-{full[:6]}",
+                "NetworkSettings": {"Networks": {n: {"IPAddress": ip} for n, ip in nets.items()}},
+            }
+            for full, nets in containers.items()
+        ]
+    )
 
 
 def inspect_responder(containers: dict[str, dict[str, str]]) -> Callable[[Call, FakeExecutor], str]:
     """Answer ``docker inspect ID...`` with the named containers (short or full ids)."""
+
     def answer(call: Call, fake: FakeExecutor) -> str:
         args = call.command.split()[2:]
         wanted = {full: nets for full, nets in containers.items() if any(full.startswith(a) for a in args)}
         return inspect_json(wanted)
+
     return answer
 
 
@@ -253,14 +297,13 @@ def compose_config_json(patch: dict[str, dict] | None = None) -> str:
     """``docker compose config --format json`` of the sandbox stack; ``patch`` adds keys to
     (or, with a None value, removes) services."""
     app = {"expose": ["8080"], "restart": "unless-stopped"}
-    svc: dict[str, dict] = {
-        s: {**app, "image": f"127.0.0.1:15000/zdd-sandbox/{s}:latest"} for s in SANDBOX_APPS
-    }
+    svc: dict[str, dict] = {s: {**app, "image": f"127.0.0.1:15000/zdd-sandbox/{s}:latest"} for s in SANDBOX_APPS}
     svc["mongodb"] = {"image": "127.0.0.1:15000/zdd-sandbox/base:latest"}
     svc["redis"] = {"image": "127.0.0.1:15000/zdd-sandbox/base:latest"}
-    svc["caddy"] = {"image": "127.0.0.1:15000/zdd-sandbox/base:latest",
-                    "ports": [{"mode": "ingress", "host_ip": "127.0.0.1", "target": 80,
-                               "published": "18080", "protocol": "tcp"}]}
+    svc["caddy"] = {
+        "image": "127.0.0.1:15000/zdd-sandbox/base:latest",
+        "ports": [{"mode": "ingress", "host_ip": "127.0.0.1", "target": 80, "published": "18080", "protocol": "tcp"}],
+    }
     return json.dumps({"name": "remilia", "services": patched(svc, patch)})
 
 
@@ -275,6 +318,7 @@ def patched(services: dict[str, dict], patch: dict[str, dict] | None) -> dict[st
 
 
 # --- tier.sh, simulated ---------------------------------------------------------------------
+
 
 class FakeConversation:
     """tier.sh's side of the conversation, simulated: ``script(sent)`` returns the lines the
@@ -317,11 +361,18 @@ class FakeConversation:
         return fail(1, failed[-1]) if failed else ok()
 
 
-def tier_host(new: dict[str, list[str]], *, health: str = "ok", ip: str = "172.18.0.9",
-              network: str = "remilia_default", drained: str = "after 1s, 2 in flight at most",
-              log: list | None = None) -> Callable[[list[str]], list[str] | None]:
+def tier_host(
+    new: dict[str, list[str]],
+    *,
+    health: str = "ok",
+    ip: str = "172.18.0.9",
+    network: str = "remilia_default",
+    drained: str = "after 1s, 2 in flight at most",
+    log: list | None = None,
+) -> Callable[[list[str]], list[str] | None]:
     """A tier.sh that starts ``new`` (service -> new ids) and answers as the real one does;
     ``health`` "ok", "unhealthy" or "silent" (never answers: a hang)."""
+
     def script(sent: list[str]) -> list[str] | None:
         if log is not None:
             log.append(list(sent))
@@ -336,30 +387,56 @@ def tier_host(new: dict[str, list[str]], *, health: str = "ok", ip: str = "172.1
                 return ["failed no pin line from zdd"]
             out = ["pinned"] + [f"new {svc} {cid} {network}={ip}" for svc, ids in new.items() for cid in ids]
             if health == "unhealthy":
-                detail = json.dumps({"Status": "unhealthy", "FailingStreak": 3,
-                                     "Log": [{"ExitCode": 1, "Output": "wget: server returned error: 503"}]})
-                return out + [f"detail-health /remilia-x-2 {detail}", "detail-log abc panic: boom",
-                              "failed not healthy: server:abc=running/unhealthy"]
+                detail = json.dumps(
+                    {
+                        "Status": "unhealthy",
+                        "FailingStreak": 3,
+                        "Log": [{"ExitCode": 1, "Output": "wget: server returned error: 503"}],
+                    }
+                )
+                return out + [
+                    f"detail-health /remilia-x-2 {detail}",
+                    "detail-log abc panic: boom",
+                    "failed not healthy: server:abc=running/unhealthy",
+                ]
             if health == "silent":
                 return out + ["progress server 0/1, 5 s of 60"]
             return out + ["progress server 0/1, 1 s of 60", "healthy after 3s"]
         if last.startswith("switch ") or last == "go":
             return ["switched", f"drained {drained}", "retired"]
         return ["failed aborted before the switch: new containers removed"]
+
     return script
 
 
 # --- survey.sh, simulated ---------------------------------------------------------------------
 
-def container_json(cid_: str, service: str, image: str, ip: str, *, state: str = "running",
-                   health: str = "healthy", config_hash: str = "", network: str = PROXY_NETWORK,
-                   labels: dict | None = None) -> dict:
+
+def container_json(
+    cid_: str,
+    service: str,
+    image: str,
+    ip: str,
+    *,
+    state: str = "running",
+    health: str = "healthy",
+    config_hash: str = "",
+    network: str = PROXY_NETWORK,
+    labels: dict | None = None,
+) -> dict:
     """One container as ``docker inspect`` prints it (the fields zdd reads)."""
     return {
-        "Id": cid_, "Name": f"/remilia-{service}-1", "Image": image,
+        "Id": cid_,
+        "Name": f"/remilia-{service}-1",
+        "Image": image,
         "State": {"Status": state, **({"Health": {"Status": health}} if health != "none" else {})},
-        "Config": {"Labels": {"com.docker.compose.service": service,
-                              "com.docker.compose.config-hash": config_hash or f"hash-{service}", **(labels or {})}},
+        "Config": {
+            "Labels": {
+                "com.docker.compose.service": service,
+                "com.docker.compose.config-hash": config_hash or f"hash-{service}",
+                **(labels or {}),
+            }
+        },
         "NetworkSettings": {"Networks": {network: {"IPAddress": ip}}},
         "Mounts": [],
     }
@@ -369,22 +446,33 @@ def image_id(service: str, version: int = 1) -> str:
     return "sha256:" + f"{version:02d}{zlib.crc32(service.encode()):010d}".ljust(64, "0")
 
 
-def survey_text(containers: list[dict], *, compose: str | None = None, hashes: dict[str, str] | None = None,
-                proxy: str | None = "cad", proxy_config: dict | None = None, running: dict | None = None,
-                version: str = "v2.11.7") -> str:
+def survey_text(
+    containers: list[dict],
+    *,
+    compose: str | None = None,
+    hashes: dict[str, str] | None = None,
+    proxy: str | None = "cad",
+    proxy_config: dict | None = None,
+    running: dict | None = None,
+    version: str = "v2.11.7",
+) -> str:
     """What survey.sh prints for the sandbox stack: sections ``=== NAME RC``."""
     compose = compose or compose_config_json()
     services = json.loads(compose)["services"]
     hashes = hashes if hashes is not None else {s: f"hash-{s}" for s in services}
     config = proxy_config if proxy_config is not None else sandbox_caddy_config()
-    parts = [f"=== compose 0\n{compose}",
-             "=== hashes 0\n" + "".join(f"{s} {h}\n" for s, h in hashes.items()),
-             f"=== containers 0\n{json.dumps(containers)}"]
+    parts = [
+        f"=== compose 0\n{compose}",
+        "=== hashes 0\n" + "".join(f"{s} {h}\n" for s, h in hashes.items()),
+        f"=== containers 0\n{json.dumps(containers)}",
+    ]
     if proxy:
-        parts += [f"=== proxy-container 0\n{cid(proxy)}",
-                  f"=== proxy-config 0\n{json.dumps(config)}",
-                  f"=== proxy-running 0\n{json.dumps(running if running is not None else config)}",
-                  f"=== proxy-version 0\n{version} h1:abc="]
+        parts += [
+            f"=== proxy-container 0\n{cid(proxy)}",
+            f"=== proxy-config 0\n{json.dumps(config)}",
+            f"=== proxy-running 0\n{json.dumps(running if running is not None else config)}",
+            f"=== proxy-version 0\n{version} h1:abc=",
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -402,14 +490,16 @@ def sandbox_containers(version: int = 1, extra: dict[str, int] | None = None) ->
 
 def image_listing(version: int = 1) -> str:
     """``docker image ls`` after a pull of ``version`` of every sandbox app."""
-    return "".join(f"127.0.0.1:15000/zdd-sandbox/{s}:latest {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
-        f"127.0.0.1:15000/zdd-sandbox/base:latest {image_id('base')}\n"
+    return (
+        "".join(f"127.0.0.1:15000/zdd-sandbox/{s}:latest {image_id(s, version)}\n" for s in SANDBOX_APPS)
+        + f"127.0.0.1:15000/zdd-sandbox/base:latest {image_id('base')}\n"
+    )
 
 
 # --- a deploy's verify report ----------------------------------------------------------------
 
 A, B, WS = "http://svc.test/server/fast", "http://svc.test/property/slow", "ws://svc.test/beetle"
-SWITCH_AT = 5.2   # s after the loop started: the proxy switched server and property to v2
+SWITCH_AT = 5.2  # s after the loop started: the proxy switched server and property to v2
 
 
 def deploy_report() -> Report:
@@ -439,18 +529,27 @@ def deploy_result(report: Report) -> HostResult:
     """reminet-staging's deploy around ``report``: its first tier switched at SWITCH_AT, its
     second failed."""
     t0 = report.started_wall
-    step = [("validate", "ok", 0.3, "7 services in the compose project", -1.0),
-            ("pull", "ok", 0.7, "new image for server, property", -0.7),
-            ("rollout server, property", "ok", 4.9, "server 1 → 1, property 1 → 1; healthy and switched",
-             SWITCH_AT - 4.9),
-            ("rollout identity", "failed", 2.0, "", 6.0)]
+    step = [
+        ("validate", "ok", 0.3, "7 services in the compose project", -1.0),
+        ("pull", "ok", 0.7, "new image for server, property", -0.7),
+        ("rollout server, property", "ok", 4.9, "server 1 → 1, property 1 → 1; healthy and switched", SWITCH_AT - 4.9),
+        ("rollout identity", "failed", 2.0, "", 6.0),
+    ]
     steps = [StepRecord(name, status, detail, seconds, t0 + start) for name, status, seconds, detail, start in step]
-    return HostResult("reminet-staging", "deploy", started_at=t0 - 1.0, ended_at=t0 + 12.0, steps=steps,
-                      notes=["a note"], cost={"remote_commands": 9, "proxy_loads": 3},
-                      verify=report).fail("deploy failed: identity: not healthy", 1)
+    return HostResult(
+        "reminet-staging",
+        "deploy",
+        started_at=t0 - 1.0,
+        ended_at=t0 + 12.0,
+        steps=steps,
+        notes=["a note"],
+        cost={"remote_commands": 9, "proxy_loads": 3},
+        verify=report,
+    ).fail("deploy failed: identity: not healthy", 1)
 
 
 # --- the host's journal and survey.sh's first sections, simulated ------------------------------------
+
 
 def survey_head(survey: str, *, key: str = "project", lock: str = "", journal: Iterable[dict] = ()) -> str:
     """``survey`` (see :func:`survey_text`) with the sections survey.sh prints first: the
@@ -459,29 +558,59 @@ def survey_head(survey: str, *, key: str = "project", lock: str = "", journal: I
     return head + "".join(zdd_journal.line(e) + "\n" for e in journal) + survey
 
 
-def run_events(run: str, *, kind: str = "deploy", who: str = "alice@laptop", t: int = 1_700_000_000,
-               images: dict[str, tuple[str, str]] | None = None,
-               tiers: Iterable[tuple[int, list[str], list[str], tuple[str, ...]]] = (),
-               result: str | None = "ok", seconds: float = 12.0, verify: dict | None = None) -> list[dict]:
+def run_events(
+    run: str,
+    *,
+    kind: str = "deploy",
+    who: str = "alice@laptop",
+    t: int = 1_700_000_000,
+    images: dict[str, tuple[str, str]] | None = None,
+    tiers: Iterable[tuple[int, list[str], list[str], tuple[str, ...]]] = (),
+    result: str | None = "ok",
+    seconds: float = 12.0,
+    verify: dict | None = None,
+) -> list[dict]:
     """One run's journal as zdd and tier.sh write it: ``start``; ``plan`` when ``images`` (service
     -> (image before, image after); it rolls when they differ); per tier (pid, services, old ids,
     the events it got to: "new", "switched", "retired", "undone") ``tier`` and those; ``end``
     with ``result`` (None: the run never ended)."""
-    events: list[dict] = [{"run": run, "t": t, "event": "start", "kind": kind, "who": who, "from": "laptop",
-                           "pid": 7}]
+    events: list[dict] = [{"run": run, "t": t, "event": "start", "kind": kind, "who": who, "from": "laptop", "pid": 7}]
     if images is not None:
-        events.append({"run": run, "t": t + 1, "event": "plan", "services": {
-            name: {"roll": before != after, "reason": "new image" if before != after else "unchanged",
-                   "ref": f"registry.test/{name}:latest", "before": [before] if before else [], "after": after,
-                   "old": []}
-            for name, (before, after) in images.items()}})
+        events.append(
+            {
+                "run": run,
+                "t": t + 1,
+                "event": "plan",
+                "services": {
+                    name: {
+                        "roll": before != after,
+                        "reason": "new image" if before != after else "unchanged",
+                        "ref": f"registry.test/{name}:latest",
+                        "before": [before] if before else [],
+                        "after": after,
+                        "old": [],
+                    }
+                    for name, (before, after) in images.items()
+                },
+            }
+        )
     for pid, services, old, done in tiers:
-        events.append({"run": run, "t": t + 2, "event": "tier", "pid": pid, "services": ",".join(services),
-                       "old": ",".join(old)})
+        events.append(
+            {"run": run, "t": t + 2, "event": "tier", "pid": pid, "services": ",".join(services), "old": ",".join(old)}
+        )
         events += [{"run": run, "t": t + 3, "event": ev, "pid": pid} for ev in done]
     if result is not None:
-        events.append({"run": run, "t": t + int(seconds), "event": "end", "result": result, "seconds": seconds,
-                       "steps": [], **({"verify": verify} if verify else {})})
+        events.append(
+            {
+                "run": run,
+                "t": t + int(seconds),
+                "event": "end",
+                "result": result,
+                "seconds": seconds,
+                "steps": [],
+                **({"verify": verify} if verify else {}),
+            }
+        )
     return events
 
 
@@ -504,8 +633,12 @@ def fake_session(fake: FakeExecutor, name: str = "sandbox", dry_run: bool = Fals
 # --- the sandbox stack as it is (healthchecks), and a host for a whole deploy --------------------------
 
 # scripts/sandbox/stack/docker-compose.yaml: every app service has this healthcheck
-SANDBOX_HEALTHCHECK = {"test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"],
-                       "interval": "1s", "timeout": "1s", "retries": 3}
+SANDBOX_HEALTHCHECK = {
+    "test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"],
+    "interval": "1s",
+    "timeout": "1s",
+    "retries": 3,
+}
 
 
 def sandbox_compose_json(patch: dict[str, dict | None] | None = None) -> str:
@@ -520,27 +653,36 @@ def sandbox_compose_json(patch: dict[str, dict | None] | None = None) -> str:
 def sandbox_survey(containers: list[dict] | None = None, **kw: Any) -> str:
     """:func:`survey_text` of the sandbox stack with its healthchecks (``containers``: those of
     :func:`sandbox_containers` by default)."""
-    return survey_text(sandbox_containers() if containers is None else containers,
-                       compose=kw.pop("compose", None) or sandbox_compose_json(), **kw)
+    return survey_text(
+        sandbox_containers() if containers is None else containers,
+        compose=kw.pop("compose", None) or sandbox_compose_json(),
+        **kw,
+    )
 
 
 SANDBOX_NEW = {s: [cid(f"b{i + 1}")[:12]] for i, s in enumerate(SANDBOX_APPS)}  # each app's new container
 
 
-def deploy_host(survey: str | list[str] | None = None, *first: tuple[str, Response], version: int = 1,
-                tier: Callable[[list[str]], list[str] | None] | None = None) -> FakeExecutor:
+def deploy_host(
+    survey: str | list[str] | None = None,
+    *first: tuple[str, Response],
+    version: int = 1,
+    tier: Callable[[list[str]], list[str] | None] | None = None,
+) -> FakeExecutor:
     """A sandbox host for a whole deploy: ``survey`` (:func:`sandbox_survey` by default; a list
     is answered in turn), a lock that is free, ``version`` of the app images after the pull,
     tier.sh as :func:`tier_host` starting :data:`SANDBOX_NEW`, a queued restore, finish.sh;
     ``first``: rules that come before those."""
-    fake = FakeExecutor([
-        *first,
-        ("survey.sh", sandbox_survey() if survey is None else survey),
-        ("lock.sh", ok("locked\n")),
-        ("pull.sh", ok("logged in to 127.0.0.1:15000 (temporary config)\n" + image_listing(version))),
-        ("restore.sh", ok("restore queued (job 99)\n")),
-        ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
-    ])
+    fake = FakeExecutor(
+        [
+            *first,
+            ("survey.sh", sandbox_survey() if survey is None else survey),
+            ("lock.sh", ok("locked\n")),
+            ("pull.sh", ok("logged in to 127.0.0.1:15000 (temporary config)\n" + image_listing(version))),
+            ("restore.sh", ok("restore queued (job 99)\n")),
+            ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
+        ]
+    )
     fake.on("kill -TERM", fake.interrupt)
     fake.tier_script = tier or tier_host(SANDBOX_NEW)
     return fake
@@ -563,36 +705,59 @@ SWARM_REF = "127.0.0.1:15000/zdd-sandbox/{}:latest"
 def swarm_compose_json(patch: dict[str, dict] | None = None) -> str:
     """``docker compose config --format json`` of scripts/sandbox/stack/docker-compose.swarm.yaml;
     ``patch`` adds keys to (or, with None, removes) services."""
-    deploy = {"endpoint_mode": "dnsrr", "update_config": {"order": "start-first", "failure_action": "rollback",
-                                                          "monitor": "2s"},
-              "rollback_config": {"order": "start-first"}}
-    check = {"test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"], "interval": "1s",
-             "timeout": "1s", "retries": 3}
-    svc: dict[str, dict] = {s: {"image": SWARM_REF.format(s), "deploy": deploy, "healthcheck": check,
-                                "environment": {"SERVICE": s}} for s in SANDBOX_APPS}
+    deploy = {
+        "endpoint_mode": "dnsrr",
+        "update_config": {"order": "start-first", "failure_action": "rollback", "monitor": "2s"},
+        "rollback_config": {"order": "start-first"},
+    }
+    check = {
+        "test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"],
+        "interval": "1s",
+        "timeout": "1s",
+        "retries": 3,
+    }
+    svc: dict[str, dict] = {
+        s: {"image": SWARM_REF.format(s), "deploy": deploy, "healthcheck": check, "environment": {"SERVICE": s}}
+        for s in SANDBOX_APPS
+    }
     for infra in ("mongodb", "redis"):
         svc[infra] = {"image": SWARM_REF.format("base"), "deploy": {"endpoint_mode": "dnsrr"}}
-    svc["caddy"] = {"image": SWARM_REF.format("base"),
-                    "ports": [{"mode": "host", "target": 80, "published": "18090", "protocol": "tcp"}]}
+    svc["caddy"] = {
+        "image": SWARM_REF.format("base"),
+        "ports": [{"mode": "host", "target": 80, "published": "18090", "protocol": "tcp"}],
+    }
     return json.dumps({"name": "remilia-swarm", "services": patched(svc, patch)})
 
 
-def service_json(name: str, digest: str, *, ref: str | None = None, replicas: int | None = 1,
-                 order: str = "start-first", failure: str = "rollback", rollback_order: str = "start-first",
-                 previous: str | None = None, update_state: str = "", started: str = "2026-11-27 10:00:00 +0000 UTC",
-                 stack: str = STACK) -> dict:
+def service_json(
+    name: str,
+    digest: str,
+    *,
+    ref: str | None = None,
+    replicas: int | None = 1,
+    order: str = "start-first",
+    failure: str = "rollback",
+    rollback_order: str = "start-first",
+    previous: str | None = None,
+    update_state: str = "",
+    started: str = "2026-11-27 10:00:00 +0000 UTC",
+    stack: str = STACK,
+) -> dict:
     """One service as ``docker service inspect`` prints it (the fields zdd reads); ``previous``:
     the digest its previous spec ran."""
     ref = ref if ref is not None else SWARM_REF.format("base" if name in ("mongodb", "redis", "caddy") else name)
 
     def spec(d: str) -> dict:
-        return {"Name": f"{stack}_{name}",
-                "Labels": {"com.docker.stack.namespace": stack, "com.docker.stack.image": ref},
-                "TaskTemplate": {"ContainerSpec": {"Image": f"{ref}@{d}"}, "ForceUpdate": 0},
-                "Mode": {"Replicated": {"Replicas": replicas}} if replicas is not None else {"Global": {}},
-                "UpdateConfig": {"Parallelism": 1, "Order": order, "FailureAction": failure},
-                "RollbackConfig": {"Parallelism": 1, "Order": rollback_order},
-                "EndpointSpec": {"Mode": "dnsrr"}}
+        return {
+            "Name": f"{stack}_{name}",
+            "Labels": {"com.docker.stack.namespace": stack, "com.docker.stack.image": ref},
+            "TaskTemplate": {"ContainerSpec": {"Image": f"{ref}@{d}"}, "ForceUpdate": 0},
+            "Mode": {"Replicated": {"Replicas": replicas}} if replicas is not None else {"Global": {}},
+            "UpdateConfig": {"Parallelism": 1, "Order": order, "FailureAction": failure},
+            "RollbackConfig": {"Parallelism": 1, "Order": rollback_order},
+            "EndpointSpec": {"Mode": "dnsrr"},
+        }
+
     raw: dict = {"ID": f"id-{name}", "Spec": spec(digest)}
     if previous is not None:
         raw["PreviousSpec"] = spec(previous)
@@ -609,47 +774,67 @@ def stack_services(version: int = 1, previous: int | None = None, only: tuple[st
         if only is not None and name not in only:
             continue
         app = name in SANDBOX_APPS
-        out.append(service_json(name, image_id(name if app else "base", version if app else 1),
-                                previous=image_id(name, previous) if app and previous is not None else None))
+        out.append(
+            service_json(
+                name,
+                image_id(name if app else "base", version if app else 1),
+                previous=image_id(name, previous) if app and previous is not None else None,
+            )
+        )
     return out
 
 
 def swarm_applied(compose: str | None = None) -> dict[str, str]:
     """What zdd recorded after applying these compose files (every service's spec hash)."""
     from fabfile.engines.swarm_state import spec_hash
+
     return {n: spec_hash(s) for n, s in json.loads(compose or swarm_compose_json())["services"].items()}
 
 
-def stack_survey_text(services: list[dict], *, compose: str | None = None, node: str = "active true",
-                      applied: dict | None | str = "same", running: dict[str, str] | None = None,
-                      lock: str = "", journal: Iterable[dict] = ()) -> str:
+def stack_survey_text(
+    services: list[dict],
+    *,
+    compose: str | None = None,
+    node: str = "active true",
+    applied: dict | None | str = "same",
+    running: dict[str, str] | None = None,
+    lock: str = "",
+    journal: Iterable[dict] = (),
+) -> str:
     """What survey.sh --stack prints; ``applied``: "same" (what these compose files hash to), a
     dict, or None (no record); ``lock`` and ``journal`` as in :func:`survey_head`."""
     compose = compose or swarm_compose_json()
     record = swarm_applied(compose) if applied == "same" else applied
     running = running or {}
-    replicas = "".join(f"{s['Spec']['Name']} {running.get(s['Spec']['Name'].split('_', 1)[1], '1/1')}\n"
-                       for s in services)
+    replicas = "".join(
+        f"{s['Spec']['Name']} {running.get(s['Spec']['Name'].split('_', 1)[1], '1/1')}\n" for s in services
+    )
     node_rc = 0 if node else 1
-    parts = [f"=== compose 0\n{compose}", f"=== node {node_rc}\n{node or 'Cannot connect to the Docker daemon'}",
-             f"=== replicas 0\n{replicas}",
-             f"=== applied 0\n{json.dumps(record)}" if record is not None else
-             "=== applied 1\ncat: /home/x/.zdd/stacks/remilia-swarm.json: No such file or directory",
-             f"=== services 0\n{json.dumps(services)}"]
+    parts = [
+        f"=== compose 0\n{compose}",
+        f"=== node {node_rc}\n{node or 'Cannot connect to the Docker daemon'}",
+        f"=== replicas 0\n{replicas}",
+        f"=== applied 0\n{json.dumps(record)}"
+        if record is not None
+        else "=== applied 1\ncat: /home/x/.zdd/stacks/remilia-swarm.json: No such file or directory",
+        f"=== services 0\n{json.dumps(services)}",
+    ]
     return survey_head("\n".join(parts) + "\n", key=SWARM_KEY, lock=lock, journal=journal)
 
 
 def swarm_tier_args(command: str) -> tuple[str, list[str]]:
     """(action, services) of a rendered swarm_tier.sh command."""
     import shlex
+
     words = shlex.split(command.split(" && ", 1)[-1])
-    args = words[words.index("swarm_tier.sh") + 1:]
+    args = words[words.index("swarm_tier.sh") + 1 :]
     count = int(args[7])
     return args[0], [args[8 + 4 * i] for i in range(count)]
 
 
 def swarm_reports(failures: dict[str, str] | None = None, log: list | None = None) -> Callable[[str], list[str]]:
     """A swarm_tier.sh that finishes every service, or fails at ``failures`` (service -> state)."""
+
     def answer(command: str) -> list[str]:
         action, names = swarm_tier_args(command)
         if log is not None:
@@ -657,11 +842,15 @@ def swarm_reports(failures: dict[str, str] | None = None, log: list | None = Non
         out = [f"started {n}" for n in names] + [f"progress {names[0] if names else '-'}: updating, 1 s of 90"]
         for name in names:
             if name in (failures or {}):
-                return out + [f"detail {name} {name}.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)",
-                              f"failed {name}: {failures[name]} (update rolled back due to failure)"]
-            out.append(f"done {name} " + {"update": "completed", "rollback": "rollback_completed"}.get(action,
-                                                                                                   "running 1/1"))
+                return out + [
+                    f"detail {name} {name}.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)",
+                    f"failed {name}: {failures[name]} (update rolled back due to failure)",
+                ]
+            out.append(
+                f"done {name} " + {"update": "completed", "rollback": "rollback_completed"}.get(action, "running 1/1")
+            )
         return out + ["ok after 3s"]
+
     return answer
 
 

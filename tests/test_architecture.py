@@ -20,13 +20,27 @@ LAYERS = [
     ("running a task", ["fabfile/taskrun.py", "fabfile/hosts_run.py", "fabfile/html_page.py", "fabfile/summary.py"]),
     ("the deploy sequence", ["fabfile/sequence.py"]),
     ("engines", ["fabfile/engines/*.py"]),
-    ("shared steps, lock and journal", ["fabfile/steps.py", "fabfile/locking.py", "fabfile/history.py",
-                                        "fabfile/hooks.py", "fabfile/notify.py"]),
+    (
+        "shared steps, lock and journal",
+        ["fabfile/steps.py", "fabfile/locking.py", "fabfile/history.py", "fabfile/hooks.py", "fabfile/notify.py"],
+    ),
     ("host session", ["fabfile/session.py"]),
-    ("runner and what a run reports", ["fabfile/runner.py", "fabfile/progress.py", "fabfile/outcome.py",
-                                       "fabfile/interrupts.py"]),
-    ("command builders and host data", ["fabfile/commands.py", "fabfile/plan.py", "fabfile/proxy.py",
-                                        "fabfile/journal.py", "fabfile/release.py"]),
+    (
+        "runner and what a run reports",
+        ["fabfile/runner.py", "fabfile/progress.py", "fabfile/outcome.py", "fabfile/interrupts.py"],
+    ),
+    (
+        "command builders and host data",
+        [
+            "fabfile/command.py",
+            "fabfile/commands.py",
+            "fabfile/commands_swarm.py",
+            "fabfile/plan.py",
+            "fabfile/proxy.py",
+            "fabfile/journal.py",
+            "fabfile/release.py",
+        ],
+    ),
     ("config and the verify loop", ["fabfile/config.py", "fabfile/config_*.py", "fabfile/verify/*.py"]),
 ]
 ENGINE_NAMES = ("native", "docker-rollout", "swarm")
@@ -55,7 +69,7 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             # `from X import Y`: the module X.Y when there is one, else X (Y is a name in it)
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
@@ -93,8 +107,9 @@ def test_imports_never_go_up_the_layers():
     for name, deps in graph().items():
         for dep in deps:
             if dep in mods and layer_of(mods[dep]) < layer_of(mods[name]):
-                up.append(f"{name} ({LAYERS[layer_of(mods[name])][0]}) imports {dep} "
-                          f"({LAYERS[layer_of(mods[dep])][0]})")
+                up.append(
+                    f"{name} ({LAYERS[layer_of(mods[name])][0]}) imports {dep} ({LAYERS[layer_of(mods[dep])][0]})"
+                )
     assert not up, "imports that go up the layers:\n" + "\n".join(sorted(up))
 
 
@@ -107,7 +122,7 @@ def find_cycle(g: dict[str, set[str]]) -> list[str]:
         stack.append(n)
         for d in sorted(g.get(n, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state:
                 found = visit(d)
                 if found:
@@ -134,8 +149,12 @@ def test_the_cycle_check_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
-NAME_TEST = re.compile(r"""(==|!=|\bin\b)\s*[(\[{]?\s*["'](%s)["']|["'](%s)["']\s*(==|!=)|\.engine\s*(==|!=|\bin\b)"""
-                       % ("|".join(ENGINE_NAMES), "|".join(ENGINE_NAMES)))
+NAMES = "|".join(ENGINE_NAMES)
+NAME_TEST = re.compile(
+    r"""(==|!=|\bin\b)\s*[(\[{]?\s*["'](NAMES)["']|["'](NAMES)["']\s*(==|!=)|\.engine\s*(==|!=|\bin\b)""".replace(
+        "NAMES", NAMES
+    )
+)
 
 
 def test_only_engines_and_config_ask_which_engine_runs():
@@ -155,8 +174,7 @@ def test_the_engine_name_check_finds_what_it_looks_for(line):
     assert NAME_TEST.search(line) or re.search(r"\bengine\.name\b|\bhost\.engine\b", line)
 
 
-SCRIPT_NAME_TEST = re.compile(r"\$\{?engine\b|=\s*[\"']?(%s)[\"']?\s*\]|\b(%s)\)" % ("|".join(ENGINE_NAMES),
-                                                                                      "|".join(ENGINE_NAMES)))
+SCRIPT_NAME_TEST = re.compile(r"\$\{?engine\b|=\s*[\"']?(NAMES)[\"']?\s*\]|\b(NAMES)\)".replace("NAMES", NAMES))
 
 
 def test_no_host_script_branches_on_an_engine_name():
@@ -168,7 +186,9 @@ def test_no_host_script_branches_on_an_engine_name():
     assert not found, "host scripts that branch on an engine name:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("line", ['if [ "$engine" = docker-rollout ]; then', '[ "$x" = "swarm" ] && y', "native) go ;;"])
+@pytest.mark.parametrize(
+    "line", ['if [ "$engine" = docker-rollout ]; then', '[ "$x" = "swarm" ] && y', "native) go ;;"]
+)
 def test_the_script_check_finds_what_it_looks_for(line):
     assert SCRIPT_NAME_TEST.search(line)
 

@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 
+from fabfile import command as command_mod
 from fabfile import commands as cmds
 from fabfile.commands import Command, Compose, Stdin, TierService, quote_path
 from fabfile.config import HostConfig, ProxyConfig, RegistryConfig
@@ -31,8 +32,7 @@ LISTING = ("docker", "image", "ls", "--no-trunc", "--format", "{{.Repository}}:{
 
 
 def H(**kw) -> HostConfig:
-    base = dict(name="t", dir="~/app", compose_files=("docker-compose.yaml",),
-                rollout=(("server",),), engine="native")
+    base = dict(name="t", dir="~/app", compose_files=("docker-compose.yaml",), rollout=(("server",),), engine="native")
     base.update(kw)
     return HostConfig(**base)
 
@@ -43,18 +43,26 @@ def words(c: Command) -> list[str]:
 
 def program_args(c: Command, name: str) -> tuple[str, ...]:
     """The arguments of a ``sh -c SCRIPT NAME ARGS...`` command, after checking its head."""
-    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.program(name) and c.argv[3] == name
+    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == command_mod.program(name) and c.argv[3] == name
     return c.argv[4:]
 
 
 def server(**kw) -> TierService:
-    base = dict(name="server", target=2, health_timeout=60, stop_timeout=None, old=("aaa", "bbb"),
-                held=("server:8080", "172.18.0.5:8080", "172.18.0.6:8080"), hook="")
+    base = dict(
+        name="server",
+        target=2,
+        health_timeout=60,
+        stop_timeout=None,
+        old=("aaa", "bbb"),
+        held=("server:8080", "172.18.0.5:8080", "172.18.0.6:8080"),
+        hook="",
+    )
     base.update(kw)
     return TierService(**base)
 
 
 # --- Command.render / quoting ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("value", NASTY)
 def test_every_argv_value_is_one_shell_word(value):
@@ -68,8 +76,15 @@ def test_service_name_and_hook_survive_the_builders(value):
     assert words(cmds.exec_("abc123", "sh", "-c", value)) == ["docker", "exec", "abc123", "sh", "-c", value]
     c = cmds.tier(H(), False, "cad", [server(name=value, hook=value)])
     w = words(c)
-    assert w[w.index(value):w.index(value) + 7] == [value, "2", "60", "", "aaa,bbb",
-                                                      "server:8080,172.18.0.5:8080,172.18.0.6:8080", value]
+    assert w[w.index(value) : w.index(value) + 7] == [
+        value,
+        "2",
+        "60",
+        "",
+        "aaa,bbb",
+        "server:8080,172.18.0.5:8080,172.18.0.6:8080",
+        value,
+    ]
 
 
 def test_render_without_cwd_is_just_the_argv():
@@ -84,15 +99,18 @@ def test_cd_keeps_tilde_expandable_and_quotes_the_rest():
     assert shlex.split(text) == ["cd", "~/my app/$x", "&&", "ls"]
 
 
-@pytest.mark.parametrize("path, rendered", [
-    ("~", "~"),
-    ("~/", "~/"),
-    ("~/remilia/staging", "~/remilia/staging"),
-    ("/srv/a b", "'/srv/a b'"),
-    ("~root/x", "'~root/x'"),          # only the caller's own ~/ is expanded
-    ("relative dir", "'relative dir'"),
-    ("~/it's", "~/'it'\"'\"'s'"),
-])
+@pytest.mark.parametrize(
+    "path, rendered",
+    [
+        ("~", "~"),
+        ("~/", "~/"),
+        ("~/remilia/staging", "~/remilia/staging"),
+        ("/srv/a b", "'/srv/a b'"),
+        ("~root/x", "'~root/x'"),  # only the caller's own ~/ is expanded
+        ("relative dir", "'relative dir'"),
+        ("~/it's", "~/'it'\"'\"'s'"),
+    ],
+)
 def test_quote_path(path, rendered):
     assert quote_path(path) == rendered
 
@@ -122,10 +140,11 @@ def test_limit_runs_the_argv_under_timeout():
 
 # --- host programs: `sh -c SCRIPT NAME ARGS` ------------------------------------------------------
 
+
 def test_host_program_sends_the_script_text_but_describes_it_by_name():
     c = cmds.host_program("survey.sh", "caddy", "a b", cwd="~/app")
-    text = cmds.program("survey.sh")
-    assert text.startswith(cmds.script("lib.sh")) and text.endswith(cmds.script("survey.sh"))
+    text = command_mod.program("survey.sh")
+    assert text.startswith(command_mod.script("lib.sh")) and text.endswith(command_mod.script("survey.sh"))
     assert c.argv == ("sh", "-c", text, "survey.sh", "caddy", "a b")
     assert words(c) == ["cd", "~/app", "&&", "sh", "-c", text, "survey.sh", "caddy", "a b"]
     assert c.describe() == "cd ~/app && sh -c '<fabfile/remote/survey.sh>' survey.sh caddy 'a b'"
@@ -134,25 +153,54 @@ def test_host_program_sends_the_script_text_but_describes_it_by_name():
 
 
 def test_survey_args():
-    h = H(compose_files=("a.yaml", "b c.yaml"), project_name="remi",
-          proxy=ProxyConfig(service="edge", config="/etc/caddy/caddy.json", admin="127.0.0.1:2999"))
+    h = H(
+        compose_files=("a.yaml", "b c.yaml"),
+        project_name="remi",
+        proxy=ProxyConfig(service="edge", config="/etc/caddy/caddy.json", admin="127.0.0.1:2999"),
+    )
     c = cmds.survey(h)
-    assert program_args(c, "survey.sh") == ("edge", "/etc/caddy/caddy.json", "127.0.0.1:2999", "remi", "5000",
-                                            "-f", "a.yaml", "-f", "b c.yaml", "-p", "remi")
+    assert program_args(c, "survey.sh") == (
+        "edge",
+        "/etc/caddy/caddy.json",
+        "127.0.0.1:2999",
+        "remi",
+        "5000",
+        "-f",
+        "a.yaml",
+        "-f",
+        "b c.yaml",
+        "-p",
+        "remi",
+    )
     assert c.cwd == "~/app"
     assert program_args(cmds.survey(H(proxy=ProxyConfig(service=""))), "survey.sh")[:4] == (
-        "", "/etc/caddy/Caddyfile", "localhost:2019", "")  # no project name: the key is the directory alone
+        "",
+        "/etc/caddy/Caddyfile",
+        "localhost:2019",
+        "",
+    )  # no project name: the key is the directory alone
 
 
 # --- docker compose ----------------------------------------------------------------------------
 
+
 def test_compose_base_with_files_project_and_env_file():
-    h = H(compose_files=("docker-compose.yaml", "infra/staging/docker-compose.override.yaml"),
-          project_name="remilia", env_file=".env.staging")
+    h = H(
+        compose_files=("docker-compose.yaml", "infra/staging/docker-compose.override.yaml"),
+        project_name="remilia",
+        env_file=".env.staging",
+    )
     assert Compose(h).base() == (
-        "docker", "compose",
-        "-f", "docker-compose.yaml", "-f", "infra/staging/docker-compose.override.yaml",
-        "-p", "remilia", "--env-file", ".env.staging",
+        "docker",
+        "compose",
+        "-f",
+        "docker-compose.yaml",
+        "-f",
+        "infra/staging/docker-compose.override.yaml",
+        "-p",
+        "remilia",
+        "--env-file",
+        ".env.staging",
     )
 
 
@@ -164,14 +212,20 @@ def test_compose_commands_run_in_the_host_dir():
     h = H(dir="~/remilia/staging", compose_files=("a.yaml", "b c.yaml"))
     c = Compose(h).up(["server", "redis"])
     assert c.cwd == "~/remilia/staging"
-    assert c.render() == "cd ~/remilia/staging && docker compose -f a.yaml -f 'b c.yaml' up --detach --no-deps server redis"
+    assert (
+        c.render()
+        == "cd ~/remilia/staging && docker compose -f a.yaml -f 'b c.yaml' up --detach --no-deps server redis"
+    )
 
 
-@pytest.mark.parametrize("method, args, tail", [
-    ("up", (["mongodb", "redis"],), ("up", "--detach", "--no-deps", "mongodb", "redis")),
-    ("ids", ("server",), ("ps", "--quiet", "--status", "running", "server")),
-    ("recreate", ("caddy",), ("up", "--detach", "--no-deps", "--force-recreate", "caddy")),
-])
+@pytest.mark.parametrize(
+    "method, args, tail",
+    [
+        ("up", (["mongodb", "redis"],), ("up", "--detach", "--no-deps", "mongodb", "redis")),
+        ("ids", ("server",), ("ps", "--quiet", "--status", "running", "server")),
+        ("recreate", ("caddy",), ("up", "--detach", "--no-deps", "--force-recreate", "caddy")),
+    ],
+)
 def test_compose_builder_argv(method, args, tail):
     h = H(compose_files=("a.yaml", "b.yaml"), project_name="p")
     c = getattr(Compose(h), method)(*args)
@@ -186,17 +240,34 @@ def test_ids_all_states():
 
 # --- login and pull: the secret never shows ---------------------------------------------------
 
+
 @pytest.mark.parametrize("keep_login, keep", [(False, "0"), (True, "1")])
 def test_pull_with_credentials_logs_in_pulls_and_lists_in_one_command(keep_login, keep):
-    h = H(compose_files=("a.yaml",), project_name="remi",
-          registry=RegistryConfig(server="ghcr.io", password_env="GH_PACKAGES_TOKEN", keep_login=keep_login))
+    h = H(
+        compose_files=("a.yaml",),
+        project_name="remi",
+        registry=RegistryConfig(server="ghcr.io", password_env="GH_PACKAGES_TOKEN", keep_login=keep_login),
+    )
     c = cmds.pull(h, ["server", "redis"], ("ghcr.io", "bot", TOKEN, "GH_PACKAGES_TOKEN"), limit=300)
-    assert program_args(c, "pull.sh") == (keep, "ghcr.io", "bot", "300", "server", "redis", "--",
-                                          "-f", "a.yaml", "-p", "remi")
+    assert program_args(c, "pull.sh") == (
+        keep,
+        "ghcr.io",
+        "bot",
+        "300",
+        "server",
+        "redis",
+        "--",
+        "-f",
+        "a.yaml",
+        "-p",
+        "remi",
+    )
     assert c.cwd == "~/app"
     assert c.stdin is not None and c.stdin.text == TOKEN and c.stdin.secret
-    assert c.describe() == (f"cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh {keep} ghcr.io bot 300 server "
-                            "redis -- -f a.yaml -p remi  < $GH_PACKAGES_TOKEN (secret, on stdin)")
+    assert c.describe() == (
+        f"cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh {keep} ghcr.io bot 300 server "
+        "redis -- -f a.yaml -p remi  < $GH_PACKAGES_TOKEN (secret, on stdin)"
+    )
     assert "s3cr3t" not in c.render() + c.describe() + repr(c)
 
 
@@ -204,11 +275,14 @@ def test_pull_without_credentials():
     c = cmds.pull(H(), ["server"], None, 900)
     assert program_args(c, "pull.sh") == ("0", "", "", "900", "server", "--", "-f", "docker-compose.yaml")
     assert c.stdin is None
-    assert c.describe() == "cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 '' '' 900 server -- " \
-                           "-f docker-compose.yaml"
+    assert (
+        c.describe() == "cd ~/app && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 '' '' 900 server -- "
+        "-f docker-compose.yaml"
+    )
 
 
 # --- plain docker and helpers ---------------------------------------------------------------------
+
 
 def test_image_listing_prune_remove_and_signal():
     assert cmds.image_ids().argv == LISTING
@@ -225,12 +299,17 @@ def test_exec_is_interactive_only_with_stdin():
     assert c.argv == ("docker", "exec", "--interactive", "c", "cat")
 
 
-@pytest.mark.parametrize("args, argv_tail", [
-    (("__app_remi", "acquire", "me@laptop pid 7 deploy", "120", (), 1800),
-     ("acquire", "__app_remi", "me@laptop pid 7 deploy", "120", "1800")),
-    (("__app_remi", "takeover", "me pid 8", "me pid 7"), ("takeover", "__app_remi", "me pid 8", "me pid 7")),
-    (("__app_remi", "unlock"), ("unlock", "__app_remi")),
-])
+@pytest.mark.parametrize(
+    "args, argv_tail",
+    [
+        (
+            ("__app_remi", "acquire", "me@laptop pid 7 deploy", "120", (), 1800),
+            ("acquire", "__app_remi", "me@laptop pid 7 deploy", "120", "1800"),
+        ),
+        (("__app_remi", "takeover", "me pid 8", "me pid 7"), ("takeover", "__app_remi", "me pid 8", "me pid 7")),
+        (("__app_remi", "unlock"), ("unlock", "__app_remi")),
+    ],
+)
 def test_lock_is_a_host_program_keyed_by_the_survey(args, argv_tail):
     c = cmds.lock(*args)
     assert program_args(c, "lock.sh") == argv_tail
@@ -254,8 +333,9 @@ def test_lock_journal_lines_go_on_stdin():
 
 
 def test_finish_args_and_journal_stdin():
-    c = cmds.finish("k", "me pid 7", True, 3, "20250101-000000-7", {"server": "sha256:aa", "redis": ""},
-                    ('{"event": "end"}',))
+    c = cmds.finish(
+        "k", "me pid 7", True, 3, "20250101-000000-7", {"server": "sha256:aa", "redis": ""}, ('{"event": "end"}',)
+    )
     assert program_args(c, "finish.sh") == ("k", "me pid 7", "1", "3", "20250101-000000-7", "server=sha256:aa")
     assert c.stdin is not None and c.stdin.text == '{"event": "end"}\n'
     c = cmds.finish("k", "", False, 5, "", {}, ())
@@ -264,11 +344,36 @@ def test_finish_args_and_journal_stdin():
 
 def test_recover_args_per_tier_then_compose_flags():
     h = H(compose_files=("a.yaml",), project_name="remi")
-    c = cmds.recover(h, "k", "run-1", [("4242", False, ["server", "property"], ["aaa", "bbb"], ["ccc"], 1700),
-                                       ("4343", True, ["identity"], [], [], 1701)])
-    assert program_args(c, "recover.sh") == ("k", "run-1", "2", "4242", "", "server,property", "aaa,bbb", "ccc",
-                                             "1700", "4343", "1", "identity", "", "", "1701", "-f", "a.yaml", "-p",
-                                             "remi")
+    c = cmds.recover(
+        h,
+        "k",
+        "run-1",
+        [
+            ("4242", False, ["server", "property"], ["aaa", "bbb"], ["ccc"], 1700),
+            ("4343", True, ["identity"], [], [], 1701),
+        ],
+    )
+    assert program_args(c, "recover.sh") == (
+        "k",
+        "run-1",
+        "2",
+        "4242",
+        "",
+        "server,property",
+        "aaa,bbb",
+        "ccc",
+        "1700",
+        "4343",
+        "1",
+        "identity",
+        "",
+        "",
+        "1701",
+        "-f",
+        "a.yaml",
+        "-p",
+        "remi",
+    )
     assert c.cwd == "~/app"
 
 
@@ -278,13 +383,24 @@ def test_journal_read_and_tag():
     assert cmds.tag("sha256:aa", "x/server:latest").argv == ("docker", "tag", "sha256:aa", "x/server:latest")
 
 
-@pytest.mark.parametrize("builder, args, script, argv_tail", [
-    (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13"), "install_plugin.sh",
-     ("https://x/y", "ab" * 32, "v0.13")),
-    (cmds.install_plugin, ("https://x/y", "ab" * 32, "v0.13", "/tmp/up"), "install_plugin.sh",
-     ("https://x/y", "ab" * 32, "v0.13", "/tmp/up")),
-    (cmds.plugin_version_ok, ("v0.13", "ab" * 32), "plugin_version.sh", ("v0.13", "ab" * 32)),
-])
+@pytest.mark.parametrize(
+    "builder, args, script, argv_tail",
+    [
+        (
+            cmds.install_plugin,
+            ("https://x/y", "ab" * 32, "v0.13"),
+            "install_plugin.sh",
+            ("https://x/y", "ab" * 32, "v0.13"),
+        ),
+        (
+            cmds.install_plugin,
+            ("https://x/y", "ab" * 32, "v0.13", "/tmp/up"),
+            "install_plugin.sh",
+            ("https://x/y", "ab" * 32, "v0.13", "/tmp/up"),
+        ),
+        (cmds.plugin_version_ok, ("v0.13", "ab" * 32), "plugin_version.sh", ("v0.13", "ab" * 32)),
+    ],
+)
 def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     c = builder(*args)
     assert c.argv == ("sh", "-s", "--") + argv_tail
@@ -295,14 +411,21 @@ def test_host_scripts_are_fed_on_stdin(builder, args, script, argv_tail):
     assert c.describe().endswith(f"< fabfile/remote/{script}")
 
 
-@pytest.mark.parametrize("config, validate, reload", [
-    ("/etc/caddy/Caddyfile",
-     ("caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"),
-     ("caddy", "reload", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile", "--force")),
-    ("/etc/caddy/caddy.json",
-     ("caddy", "validate", "--config", "/etc/caddy/caddy.json"),
-     ("caddy", "reload", "--config", "/etc/caddy/caddy.json", "--force")),
-])
+@pytest.mark.parametrize(
+    "config, validate, reload",
+    [
+        (
+            "/etc/caddy/Caddyfile",
+            ("caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"),
+            ("caddy", "reload", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile", "--force"),
+        ),
+        (
+            "/etc/caddy/caddy.json",
+            ("caddy", "validate", "--config", "/etc/caddy/caddy.json"),
+            ("caddy", "reload", "--config", "/etc/caddy/caddy.json", "--force"),
+        ),
+    ],
+)
 def test_caddy_commands(config, validate, reload):
     assert cmds.caddy_validate("cad", config).argv == ("docker", "exec", "cad") + validate
     assert cmds.caddy_reload("cad", config).argv == ("docker", "exec", "cad") + reload
@@ -311,22 +434,51 @@ def test_caddy_commands(config, validate, reload):
 
 # --- tier.sh and restore.sh --------------------------------------------------------------------
 
+
 def test_tier_service_args_in_tier_sh_order():
-    assert server().args() == ("server", "2", "60", "", "aaa,bbb", "server:8080,172.18.0.5:8080,172.18.0.6:8080",
-                               "")
+    assert server().args() == ("server", "2", "60", "", "aaa,bbb", "server:8080,172.18.0.5:8080,172.18.0.6:8080", "")
     assert server(stop_timeout=15, old=(), held=(), hook="sleep 5").args() == (
-        "server", "2", "60", "15", "", "", "sleep 5")
+        "server",
+        "2",
+        "60",
+        "15",
+        "",
+        "",
+        "sleep 5",
+    )
 
 
 def test_tier_args_count_services_then_compose_flags():
-    h = H(compose_files=("a.yaml", "b.yaml"), project_name="remi", env_file=".env", no_healthcheck_wait=7,
-          proxy=ProxyConfig(admin="localhost:2019", drain_timeout=45))
+    h = H(
+        compose_files=("a.yaml", "b.yaml"),
+        project_name="remi",
+        env_file=".env",
+        no_healthcheck_wait=7,
+        proxy=ProxyConfig(admin="localhost:2019", drain_timeout=45),
+    )
     identity = TierService("identity", 1, 30, 20, (), (), "")
     c = cmds.tier(h, True, "cad", [server(), identity], ("remilia_default",), "__app_remi", "run-1")
     assert program_args(c, "tier.sh") == (
-        "plugin", "cad", "localhost:2019", "45", "7", "5", "__app_remi", "run-1", "2",
-        *server().args(), *identity.args(),
-        "-f", "a.yaml", "-f", "b.yaml", "-p", "remi", "--env-file", ".env")
+        "plugin",
+        "cad",
+        "localhost:2019",
+        "45",
+        "7",
+        "5",
+        "__app_remi",
+        "run-1",
+        "2",
+        *server().args(),
+        *identity.args(),
+        "-f",
+        "a.yaml",
+        "-f",
+        "b.yaml",
+        "-p",
+        "remi",
+        "--env-file",
+        ".env",
+    )
     assert c.cwd == "~/app"
     assert c.stdin is not None and c.stdin.text == "" and not c.stdin.secret
     assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/tier.sh>' tier.sh plugin cad ")
@@ -334,37 +486,50 @@ def test_tier_args_count_services_then_compose_flags():
 
 def test_tier_matches_the_documented_command_line():
     h = H(compose_files=("x.yaml",), no_healthcheck_wait=0, proxy=ProxyConfig(drain_timeout=5))
-    c = cmds.tier(h, False, "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))],
-                  key="KEY", run="RUN")
-    assert program_args(c, "tier.sh") == tuple(shlex.split(
-        "compose PROXY localhost:2019 5 0 5 KEY RUN 1 server 1 5 '' abc server:8080 '' -f x.yaml"))
+    c = cmds.tier(
+        h, False, "PROXY", [TierService("server", 1, 5, None, ("abc",), ("server:8080",))], key="KEY", run="RUN"
+    )
+    assert program_args(c, "tier.sh") == tuple(
+        shlex.split("compose PROXY localhost:2019 5 0 5 KEY RUN 1 server 1 5 '' abc server:8080 '' -f x.yaml")
+    )
 
 
 def test_tier_dry_run_output_has_placeholders_on_the_proxy_network():
-    c = cmds.tier(H(), False, "cad", [server(target=3), TierService("identity", 1, 30, None, (), ())],
-                  ("remilia_default", "edge"))
+    c = cmds.tier(
+        H(), False, "cad", [server(target=3), TierService("identity", 1, 30, None, (), ())], ("remilia_default", "edge")
+    )
     assert c.dry_run_output == (
-        "pid 0", "pinned",
+        "pid 0",
+        "pinned",
         "new server <new-server-1> remilia_default=<ip-of-new-server-1>",
         "new server <new-server-2> remilia_default=<ip-of-new-server-2>",
         "new server <new-server-3> remilia_default=<ip-of-new-server-3>",
         "new identity <new-identity-1> remilia_default=<ip-of-new-identity-1>",
-        "healthy after 0s", "switched", "drained after 0s, 0 in flight at most", "retired")
+        "healthy after 0s",
+        "switched",
+        "drained after 0s, 0 in flight at most",
+        "retired",
+    )
 
 
 def test_tier_dry_run_output_docker_rollout_replaces_each_old_container():
     c = cmds.tier(H(), True, "cad", [server(target=5), TierService("identity", 2, 30, None, (), ())])
     new = [line for line in c.dry_run_output if line.startswith("new ")]
-    assert new == ["new server <new-server-1> net=<ip-of-new-server-1>",   # as many as old, not target
-                   "new server <new-server-2> net=<ip-of-new-server-2>",
-                   "new identity <new-identity-1> net=<ip-of-new-identity-1>",  # not running: target
-                   "new identity <new-identity-2> net=<ip-of-new-identity-2>"]
+    assert new == [
+        "new server <new-server-1> net=<ip-of-new-server-1>",  # as many as old, not target
+        "new server <new-server-2> net=<ip-of-new-server-2>",
+        "new identity <new-identity-1> net=<ip-of-new-identity-1>",  # not running: target
+        "new identity <new-identity-2> net=<ip-of-new-identity-2>",
+    ]
 
 
-@pytest.mark.parametrize("detach, mode, output", [
-    (True, "detach", ("restore queued",)),
-    (False, "wait", ("restored /etc/caddy/Caddyfile",)),
-])
+@pytest.mark.parametrize(
+    "detach, mode, output",
+    [
+        (True, "detach", ("restore queued",)),
+        (False, "wait", ("restored /etc/caddy/Caddyfile",)),
+    ],
+)
 def test_restore_detach_or_wait(detach, mode, output):
     h = H(project_name="remi")
     c = cmds.restore(h, "__app_remi", "cad", ["aaa", "bbb"], detach, 40)

@@ -41,6 +41,7 @@ def error(text: str) -> str:
 
 # --- the shipped hosts.toml ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def inv():
     return load(HOSTS_TOML)
@@ -66,8 +67,11 @@ def test_staging_values(inv):
     assert h.app_services == ["server", "property", "identity", "profile-server"]
     assert h.engine == "docker-rollout"
     assert h.registry is not None
-    assert (h.registry.server, h.registry.username_env, h.registry.password_env) == \
-        ("ghcr.io", "GH_ACTOR", "GH_PACKAGES_TOKEN")
+    assert (h.registry.server, h.registry.username_env, h.registry.password_env) == (
+        "ghcr.io",
+        "GH_ACTOR",
+        "GH_PACKAGES_TOKEN",
+    )
 
 
 def test_prod_values(inv):
@@ -83,13 +87,17 @@ def test_prod_values(inv):
 def test_sandbox_values(inv):
     h = inv.host("sandbox")
     assert h.dir == "~/remilia"
-    assert h.compose_files == ("docker-compose.yaml",)      # from [defaults]
-    assert h.infra == ("mongodb", "redis")                   # from [defaults]
+    assert h.compose_files == ("docker-compose.yaml",)  # from [defaults]
+    assert h.infra == ("mongodb", "redis")  # from [defaults]
     assert h.engine == "native"
     assert h.health_timeout == 30
     r = h.registry
-    assert (r.server, r.username, r.username_env, r.password_env) == \
-        ("127.0.0.1:15000", "zdd", "", "ZDD_SANDBOX_REGISTRY_PASSWORD")
+    assert (r.server, r.username, r.username_env, r.password_env) == (
+        "127.0.0.1:15000",
+        "zdd",
+        "",
+        "ZDD_SANDBOX_REGISTRY_PASSWORD",
+    )
     assert h.ssh.hostname == "127.0.0.1" and h.ssh.port == 22022 and h.ssh.user == "zddsbx"
     assert h.verify.urls and all(u.startswith("http://127.0.0.1:18080/") for u in h.verify.urls)
 
@@ -125,7 +133,9 @@ def test_shipped_file_values_match_the_raw_toml(inv, raw):
 
 # --- merging -------------------------------------------------------------------------------------
 
-MERGE_BASE = BASE + """
+MERGE_BASE = (
+    BASE
+    + """
 [defaults.proxy]
 service = "edge"
 mode = "reload"
@@ -140,6 +150,7 @@ password_env = "GH_TOKEN"
 [defaults.services.server]
 health_timeout = 120
 """
+)
 
 
 def test_host_overrides_a_scalar_and_keeps_the_rest():
@@ -153,7 +164,7 @@ def test_host_overrides_a_scalar_and_keeps_the_rest():
 def test_nested_table_merges_key_by_key():
     h = host('[hosts.h.proxy]\nmode = "none"', base=MERGE_BASE)
     assert h.proxy.mode == "none"
-    assert h.proxy.service == "edge"          # kept from defaults
+    assert h.proxy.service == "edge"  # kept from defaults
     assert h.proxy.config == "/srv/Caddyfile"
     assert h.proxy.drain_timeout == 15
     assert h.proxy.admin == ProxyConfig().admin  # dataclass default
@@ -161,8 +172,11 @@ def test_nested_table_merges_key_by_key():
 
 def test_registry_merges_key_by_key():
     h = host('[hosts.h.registry]\npassword_env = "OTHER_TOKEN"', base=MERGE_BASE)
-    assert (h.registry.server, h.registry.username_env, h.registry.password_env) == \
-        ("ghcr.io", "GH_ACTOR", "OTHER_TOKEN")
+    assert (h.registry.server, h.registry.username_env, h.registry.password_env) == (
+        "ghcr.io",
+        "GH_ACTOR",
+        "OTHER_TOKEN",
+    )
 
 
 def test_lists_are_replaced_not_appended():
@@ -193,6 +207,7 @@ def test_host_without_registry_has_none():
 
 # --- HostConfig.service ------------------------------------------------------------------------
 
+
 def test_service_resolves_overrides_over_host_defaults():
     h = host("""
 health_timeout = 40
@@ -213,8 +228,10 @@ stop_timeout = 30
 
 
 def test_service_zero_override_is_not_treated_as_unset():
-    h = host("health_timeout = 40\n[hosts.h.services.server]\nhealth_timeout = 0\npre_stop_hook = \"\"",
-             base=BASE.replace("[defaults]", '[defaults]\npre_stop_hook = "x"'))
+    h = host(
+        'health_timeout = 40\n[hosts.h.services.server]\nhealth_timeout = 0\npre_stop_hook = ""',
+        base=BASE.replace("[defaults]", '[defaults]\npre_stop_hook = "x"'),
+    )
     s = h.service("server")
     assert s.health_timeout == 0
     assert s.pre_stop_hook == ""
@@ -222,55 +239,59 @@ def test_service_zero_override_is_not_treated_as_unset():
 
 # --- validation errors -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, needles", [
-    # unknown keys
-    ('colour = "red"', ["hosts.h.colour", "unknown key"]),
-    ('[hosts.h.proxy]\nmoed = "reload"', ["hosts.h.proxy.moed", "unknown key"]),
-    ('[hosts.h.plugin]\nchecksum = "x"', ["hosts.h.plugin.checksum", "unknown key"]),
-    ('[hosts.h.services.server]\ntimeout = 3', ["hosts.h.services.server.timeout", "unknown key"]),
-    ('name = "x"', ["hosts.h.name", "unknown key"]),
-    # wrong types
-    ('health_timeout = "60"', ["hosts.h.health_timeout", "must be an integer"]),
-    ('health_timeout = true', ["hosts.h.health_timeout", "must be an integer"]),
-    ('health_timeout = 1.5', ["hosts.h.health_timeout", "must be an integer"]),
-    ('health_timeout = -1', ["hosts.h.health_timeout", "negative"]),
-    ('[hosts.h.proxy]\ndrain_timeout = true', ["hosts.h.proxy.drain_timeout", "must be an integer"]),
-    ('[hosts.h.services.server]\nhealth_timeout = "9"', ["hosts.h.services.server.health_timeout", "integer"]),
-    ('compose_files = 3', ["hosts.h.compose_files", "list of strings"]),
-    ('compose_files = "docker-compose.yaml"', ["hosts.h.compose_files", "list of strings"]),
-    ('compose_files = []', ["hosts.h.compose_files", "at least one"]),
-    ('infra = 3', ["hosts.h.infra", "list"]),
-    ('rollout = 3', ["hosts.h.rollout", "list"]),
-    ('prune = 1', ["hosts.h.prune", "true or false"]),
-    ('dir = 5', ["hosts.h.dir", "must be a string"]),
-    ('dir = ""', ["hosts.h.dir", "empty"]),
-    ('proxy = "caddy"', ["hosts.h.proxy", "table"]),
-    ('[hosts.h.ssh]\nport = "22"', ["hosts.h.ssh.port", "integer"]),
-    ('[hosts.h.verify]\nrate = true', ["hosts.h.verify.rate", "number"]),
-    # consistency
-    ('infra = ["redis", "server"]', ["hosts.h", "'server'", "both rollout and infra"]),
-    ('rollout = [["server"], []]', ["hosts.h.rollout[1]", "empty tier"]),
-    ('rollout = [["server"], ["property", "server"]]', ["hosts.h.rollout", "'server'", "twice"]),
-    ('infra = ["redis", "redis"]', ["hosts.h.infra", "twice"]),
-    ('rollout = [["bad name"]]', ["hosts.h.rollout[0]", "'bad name'"]),
-    ('engine = "kubectl"', ["hosts.h.engine", "native", "docker-rollout", "'kubectl'"]),
-    ('[hosts.h.proxy]\nmode = "restart"', ["hosts.h.proxy.mode", "reload", "'restart'"]),
-    ('[hosts.h.proxy]\nservice = "server"', ["hosts.h.proxy.service", "rollout"]),
-    ('[hosts.h.registry]\nserver = "ghcr.io"\nusername = "u"', ["hosts.h.registry.password_env"]),
-    ('[hosts.h.registry]\nusername = "u"\npassword_env = "T"', ["hosts.h.registry.server"]),
-    ('[hosts.h.registry]\nserver = "ghcr.io"\npassword_env = "T"', ["hosts.h.registry", "username"]),
-    ('[hosts.h.services.mongodb]\nhealth_timeout = 5', ["hosts.h.services.mongodb", "not a service in rollout"]),
-    ('[hosts.h.plugin]\nsha256 = "abc"', ["hosts.h.plugin.sha256", "64"]),
-    ('[hosts.h.plugin]\nsha256 = "' + "A" * 64 + '"', ["hosts.h.plugin.sha256"]),
-    ('[hosts.h.verify]\nurls = ["ftp://x"]', ["hosts.h.verify.urls", "ftp://x"]),
-    ('[hosts.h.verify]\nconcurrency = 0', ["hosts.h.verify.concurrency"]),
-    ('[hosts.h.verify]\nws_urls = ["http://x/ws"]', ["hosts.h.verify.ws_urls", "'http://x/ws'", "ws://"]),
-    ('[hosts.h.verify]\nws_urls = ["ws://"]', ["hosts.h.verify.ws_urls", "'ws://'"]),
-    ('[hosts.h.verify]\nws_urls = "ws://x/ws"', ["hosts.h.verify.ws_urls", "list of strings"]),
-    ('[hosts.h.verify]\nws_connections = 0', ["hosts.h.verify.ws_connections", "at least 1"]),
-    ('[hosts.h.verify]\nws_connections = 2.5', ["hosts.h.verify.ws_connections", "integer"]),
-    ('[hosts.h.verify]\nmax_ws_gap = -1', ["hosts.h.verify.max_ws_gap", "negative"]),
-])
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        # unknown keys
+        ('colour = "red"', ["hosts.h.colour", "unknown key"]),
+        ('[hosts.h.proxy]\nmoed = "reload"', ["hosts.h.proxy.moed", "unknown key"]),
+        ('[hosts.h.plugin]\nchecksum = "x"', ["hosts.h.plugin.checksum", "unknown key"]),
+        ("[hosts.h.services.server]\ntimeout = 3", ["hosts.h.services.server.timeout", "unknown key"]),
+        ('name = "x"', ["hosts.h.name", "unknown key"]),
+        # wrong types
+        ('health_timeout = "60"', ["hosts.h.health_timeout", "must be an integer"]),
+        ("health_timeout = true", ["hosts.h.health_timeout", "must be an integer"]),
+        ("health_timeout = 1.5", ["hosts.h.health_timeout", "must be an integer"]),
+        ("health_timeout = -1", ["hosts.h.health_timeout", "negative"]),
+        ("[hosts.h.proxy]\ndrain_timeout = true", ["hosts.h.proxy.drain_timeout", "must be an integer"]),
+        ('[hosts.h.services.server]\nhealth_timeout = "9"', ["hosts.h.services.server.health_timeout", "integer"]),
+        ("compose_files = 3", ["hosts.h.compose_files", "list of strings"]),
+        ('compose_files = "docker-compose.yaml"', ["hosts.h.compose_files", "list of strings"]),
+        ("compose_files = []", ["hosts.h.compose_files", "at least one"]),
+        ("infra = 3", ["hosts.h.infra", "list"]),
+        ("rollout = 3", ["hosts.h.rollout", "list"]),
+        ("prune = 1", ["hosts.h.prune", "true or false"]),
+        ("dir = 5", ["hosts.h.dir", "must be a string"]),
+        ('dir = ""', ["hosts.h.dir", "empty"]),
+        ('proxy = "caddy"', ["hosts.h.proxy", "table"]),
+        ('[hosts.h.ssh]\nport = "22"', ["hosts.h.ssh.port", "integer"]),
+        ("[hosts.h.verify]\nrate = true", ["hosts.h.verify.rate", "number"]),
+        # consistency
+        ('infra = ["redis", "server"]', ["hosts.h", "'server'", "both rollout and infra"]),
+        ('rollout = [["server"], []]', ["hosts.h.rollout[1]", "empty tier"]),
+        ('rollout = [["server"], ["property", "server"]]', ["hosts.h.rollout", "'server'", "twice"]),
+        ('infra = ["redis", "redis"]', ["hosts.h.infra", "twice"]),
+        ('rollout = [["bad name"]]', ["hosts.h.rollout[0]", "'bad name'"]),
+        ('engine = "kubectl"', ["hosts.h.engine", "native", "docker-rollout", "'kubectl'"]),
+        ('[hosts.h.proxy]\nmode = "restart"', ["hosts.h.proxy.mode", "reload", "'restart'"]),
+        ('[hosts.h.proxy]\nservice = "server"', ["hosts.h.proxy.service", "rollout"]),
+        ('[hosts.h.registry]\nserver = "ghcr.io"\nusername = "u"', ["hosts.h.registry.password_env"]),
+        ('[hosts.h.registry]\nusername = "u"\npassword_env = "T"', ["hosts.h.registry.server"]),
+        ('[hosts.h.registry]\nserver = "ghcr.io"\npassword_env = "T"', ["hosts.h.registry", "username"]),
+        ("[hosts.h.services.mongodb]\nhealth_timeout = 5", ["hosts.h.services.mongodb", "not a service in rollout"]),
+        ('[hosts.h.plugin]\nsha256 = "abc"', ["hosts.h.plugin.sha256", "64"]),
+        ('[hosts.h.plugin]\nsha256 = "' + "A" * 64 + '"', ["hosts.h.plugin.sha256"]),
+        ('[hosts.h.verify]\nurls = ["ftp://x"]', ["hosts.h.verify.urls", "ftp://x"]),
+        ("[hosts.h.verify]\nconcurrency = 0", ["hosts.h.verify.concurrency"]),
+        ('[hosts.h.verify]\nws_urls = ["http://x/ws"]', ["hosts.h.verify.ws_urls", "'http://x/ws'", "ws://"]),
+        ('[hosts.h.verify]\nws_urls = ["ws://"]', ["hosts.h.verify.ws_urls", "'ws://'"]),
+        ('[hosts.h.verify]\nws_urls = "ws://x/ws"', ["hosts.h.verify.ws_urls", "list of strings"]),
+        ("[hosts.h.verify]\nws_connections = 0", ["hosts.h.verify.ws_connections", "at least 1"]),
+        ("[hosts.h.verify]\nws_connections = 2.5", ["hosts.h.verify.ws_connections", "integer"]),
+        ("[hosts.h.verify]\nmax_ws_gap = -1", ["hosts.h.verify.max_ws_gap", "negative"]),
+    ],
+)
 def test_validation_error_names_the_key(extra, needles):
     msg = error(BASE + "\n[hosts.h]\n" + extra + "\n")
     assert msg.startswith("hosts.toml: "), msg
@@ -290,12 +311,12 @@ def test_error_in_defaults_nested_table_names_defaults():
 
 
 def test_unknown_top_level_key():
-    msg = error('host = {}\n' + BASE)
+    msg = error("host = {}\n" + BASE)
     assert "unknown top-level key 'host'" in msg
 
 
 def test_host_table_must_be_a_table():
-    assert "hosts.h must be a table" in error(BASE + '\n[hosts]\nh = 3\n')
+    assert "hosts.h must be a table" in error(BASE + "\n[hosts]\nh = 3\n")
 
 
 def test_unknown_key_lists_the_known_ones():
@@ -307,13 +328,14 @@ def test_valid_sha256_accepted_and_empty_only_without_the_plugin():
     assert host('[hosts.h.plugin]\nsha256 = "' + "0f" * 32 + '"').plugin.sha256 == "0f" * 32
     assert host('engine = "native"\n[hosts.h.plugin]\nsha256 = ""').plugin.sha256 == ""
     assert "hosts.h.plugin.sha256 must be 64 lowercase hex digits" in error(
-        BASE + '\n[hosts.h]\n[hosts.h.plugin]\nsha256 = ""')
+        BASE + '\n[hosts.h]\n[hosts.h.plugin]\nsha256 = ""'
+    )
 
 
 def test_proxy_in_infra_port_range_and_verify_timeout_are_checked():
     assert "hosts.h.infra lists the proxy 'caddy'" in error(BASE + '\n[hosts.h]\ninfra = ["redis", "caddy"]')
-    assert "hosts.h.ssh.port must be a TCP port" in error(BASE + '\n[hosts.h]\n[hosts.h.ssh]\nport = 99999')
-    assert "hosts.h.verify.timeout must be more than 0" in error(BASE + '\n[hosts.h]\n[hosts.h.verify]\ntimeout = 0')
+    assert "hosts.h.ssh.port must be a TCP port" in error(BASE + "\n[hosts.h]\n[hosts.h.ssh]\nport = 99999")
+    assert "hosts.h.verify.timeout must be more than 0" in error(BASE + "\n[hosts.h]\n[hosts.h.verify]\ntimeout = 0")
     assert "is not an http(s) URL" in error(BASE + '\n[hosts.h]\n[hosts.h.verify]\nurls = ["http://"]')
 
 
@@ -360,7 +382,7 @@ def test_load_reads_a_file(tmp_path):
 
 
 def test_verify_websocket_keys_are_typed_and_inherited():
-    defaults = BASE + '[defaults.verify]\nws_connections = 6\nmax_ws_gap = 2\n'
+    defaults = BASE + "[defaults.verify]\nws_connections = 6\nmax_ws_gap = 2\n"
     h = host('[hosts.h.verify]\nws_urls = ["ws://127.0.0.1:18080/ws", "wss://example.test/live"]', base=defaults)
     assert h.verify.ws_urls == ("ws://127.0.0.1:18080/ws", "wss://example.test/live")
     assert (h.verify.ws_connections, h.verify.max_ws_gap) == (6, 2.0)
@@ -377,5 +399,6 @@ def test_verify_settings_for_host_carry_the_websocket_keys():
 
 def test_lock_stale_must_outlast_the_pull():
     assert "h.lock_stale (900 s) must be more than pull_timeout (900 s)" in error(
-        BASE + '\n[hosts.h]\nlock_stale = 900\npull_timeout = 900\n')
+        BASE + "\n[hosts.h]\nlock_stale = 900\npull_timeout = 900\n"
+    )
     assert host("lock_stale = 901\npull_timeout = 900").lock_stale == 901

@@ -3,9 +3,8 @@ order, and the registry token shows up nowhere."""
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
 
 import pytest
 
@@ -14,18 +13,18 @@ from fabfile.config import load
 from fabfile.runner import StepFailed
 from fabfile.session import Session
 from tests.fakes import (
-    deploy,
-    cid,
-    container_json,
-    image_id,
-    sandbox_caddy_config,
-    sandbox_containers,
     HOSTS_TOML,
     FakeExecutor,
+    cid,
+    container_json,
+    deploy,
     fail,
     fake_session,
+    image_id,
     image_listing,
+    sandbox_caddy_config,
     sandbox_compose_json,
+    sandbox_containers,
     sandbox_survey,
 )
 
@@ -33,15 +32,30 @@ TOKEN = "s3cr3t-token"
 
 # What a dry run may send to the host: probes that change nothing.
 READ_ONLY = ("survey.sh", "docker image ls", "plugin_version.sh")
-MUTATING = ("lock.sh", "docker login", " pull ", "pull.sh", "up --detach", "tier.sh", "restore.sh", "caddy reload",
-            "image prune", "install_plugin.sh", "finish.sh", "recover.sh", "docker tag")
+MUTATING = (
+    "lock.sh",
+    "docker login",
+    " pull ",
+    "pull.sh",
+    "up --detach",
+    "tier.sh",
+    "restore.sh",
+    "caddy reload",
+    "image prune",
+    "install_plugin.sh",
+    "finish.sh",
+    "recover.sh",
+    "docker tag",
+)
 
 
 def fake_host(compose_json: str | None = None, survey: str | None = None, version: int = 2) -> FakeExecutor:
-    return FakeExecutor([
-        ("survey.sh", survey or sandbox_survey(compose=compose_json)),
-        ("docker image ls", image_listing(version)),
-    ])
+    return FakeExecutor(
+        [
+            ("survey.sh", survey or sandbox_survey(compose=compose_json)),
+            ("docker image ls", image_listing(version)),
+        ]
+    )
 
 
 def session(name: str, fake: FakeExecutor) -> tuple[Session, io.StringIO]:
@@ -59,8 +73,9 @@ def in_order(lines: list[str], needles: list) -> list[int]:
                 at = i
                 break
         else:
-            raise AssertionError(f"{parts} not found after line {at}:\n" + "\n".join(
-                f"  {i:3} {ln}" for i, ln in enumerate(lines)))
+            raise AssertionError(
+                f"{parts} not found after line {at}:\n" + "\n".join(f"  {i:3} {ln}" for i, ln in enumerate(lines))
+            )
     return found
 
 
@@ -93,25 +108,42 @@ def test_dry_run_plan_in_order(deployed):
     s, out, fake = deployed
     lines = out.splitlines()
     needles: list = [
-        ("would run: sh -c '<fabfile/remote/lock.sh>' lock.sh acquire project ", " deploy since ", " 120",
-         "< journal lines"),
-        ("would run: cd ~/remilia && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 127.0.0.1:15000 zdd 900 "
-         "server property identity profile-server mongodb redis caddy -- -f docker-compose.yaml",
-         "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)"),
+        (
+            "would run: sh -c '<fabfile/remote/lock.sh>' lock.sh acquire project ",
+            " deploy since ",
+            " 120",
+            "< journal lines",
+        ),
+        (
+            "would run: cd ~/remilia && sh -c '<fabfile/remote/pull.sh>' pull.sh 0 127.0.0.1:15000 zdd 900 "
+            "server property identity profile-server mongodb redis caddy -- -f docker-compose.yaml",
+            "< $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)",
+        ),
         "server: roll (1 → 1), new image",
         "profile-server: roll (1 → 1), new image",
-        ("would run: cd ~/remilia && sh -c '<fabfile/remote/tier.sh>' tier.sh compose cad000000000", " 2 server 1 30 ",
-         "server:8080,172.18.0.10:8080", " property 1 30 "),
+        (
+            "would run: cd ~/remilia && sh -c '<fabfile/remote/tier.sh>' tier.sh compose cad000000000",
+            " 2 server 1 30 ",
+            "server:8080,172.18.0.10:8080",
+            " property 1 30 ",
+        ),
         "would send: the proxy config pinning every service that rolls to its old containers",
         "would send: the proxy config routing server, property to the new containers",
         ("would run:", "tier.sh compose cad000000000", " 1 identity 1 30 "),
         "would send: nothing to pin",
         ("would run:", "tier.sh compose cad000000000", " 1 profile-server 1 30 "),
-        ("would run:", "sh -c '<fabfile/remote/restore.sh>' restore.sh detach project cad000000000 "
-                       "/etc/caddy/Caddyfile 100 a00000000000 c00000000000 e00000000000 100000000000"),
+        (
+            "would run:",
+            "sh -c '<fabfile/remote/restore.sh>' restore.sh detach project cad000000000 "
+            "/etc/caddy/Caddyfile 100 a00000000000 c00000000000 e00000000000 100000000000",
+        ),
         # the end of the run: journal, keep tags of the new images, prune; no holder to release
-        ("would run: sh -c '<fabfile/remote/finish.sh>' finish.sh project '' 1 3 ", " server=sha256:02",
-         " profile-server=sha256:02", "< journal lines"),
+        (
+            "would run: sh -c '<fabfile/remote/finish.sh>' finish.sh project '' 1 3 ",
+            " server=sha256:02",
+            " profile-server=sha256:02",
+            "< journal lines",
+        ),
     ]
     in_order(lines, needles)
     # the restore job on the host takes the lock over and releases it: the deploy does not
@@ -123,10 +155,18 @@ def test_dry_run_plan_in_order(deployed):
 def test_dry_run_report_steps(deployed):
     s, out, fake = deployed
     assert [(r.name, r.status) for r in s.report.steps] == [
-        ("validate", "ok"), ("pull", "ok"), ("infra-up", "skipped"), ("plan", "ok"),
-        ("rollout server, property", "ok"), ("rollout identity", "ok"), ("rollout profile-server", "ok"),
-        ("drain server, property", "ok"), ("drain identity", "ok"), ("drain profile-server", "ok"),
-        ("reload-caddy", "ok"), ("finish", "ok"),
+        ("validate", "ok"),
+        ("pull", "ok"),
+        ("infra-up", "skipped"),
+        ("plan", "ok"),
+        ("rollout server, property", "ok"),
+        ("rollout identity", "ok"),
+        ("rollout profile-server", "ok"),
+        ("drain server, property", "ok"),
+        ("drain identity", "ok"),
+        ("drain profile-server", "ok"),
+        ("reload-caddy", "ok"),
+        ("finish", "ok"),
     ]
     assert s.report.steps[3].detail == "roll 4 of 4 in 3 tier(s)"
 
@@ -171,16 +211,24 @@ def test_registry_token_missing_fails_before_pulling(monkeypatch, tmp_path):
     assert s.report.steps[-1].name == "validate" and s.report.steps[-1].status == "failed"
 
 
-@pytest.mark.parametrize("patch, problem", [
-    ({"server": {"container_name": "remilia-server"}}, "server sets container_name"),
-    ({"property": {"ports": [{"mode": "ingress", "target": 8080, "published": "8080", "protocol": "tcp"}]}},
-     "property publishes host ports"),
-    ({"identity": None}, "service 'identity' is not in the compose project"),
-    ({"redis": None}, "service 'redis' is not in the compose project"),
-    ({"identity": {"healthcheck": {"disable": True}}}, "identity has no healthcheck, so nothing says when a new "
-                                                       "container is ready: add one, or set "
-                                                       "services.identity.no_healthcheck_wait"),
-])
+@pytest.mark.parametrize(
+    "patch, problem",
+    [
+        ({"server": {"container_name": "remilia-server"}}, "server sets container_name"),
+        (
+            {"property": {"ports": [{"mode": "ingress", "target": 8080, "published": "8080", "protocol": "tcp"}]}},
+            "property publishes host ports",
+        ),
+        ({"identity": None}, "service 'identity' is not in the compose project"),
+        ({"redis": None}, "service 'redis' is not in the compose project"),
+        (
+            {"identity": {"healthcheck": {"disable": True}}},
+            "identity has no healthcheck, so nothing says when a new "
+            "container is ready: add one, or set "
+            "services.identity.no_healthcheck_wait",
+        ),
+    ],
+)
 def test_validation_failure_stops_before_anything_else(token, patch, problem):
     fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
@@ -193,8 +241,10 @@ def test_validation_failure_stops_before_anything_else(token, patch, problem):
 
 
 def test_unpublished_ports_and_infra_container_name_are_fine(token):
-    patch = {"server": {"ports": [{"mode": "ingress", "target": 8080, "protocol": "tcp"}]},
-             "redis": {"container_name": "redis"}}
+    patch = {
+        "server": {"ports": [{"mode": "ingress", "target": 8080, "protocol": "tcp"}]},
+        "redis": {"container_name": "redis"},
+    }
     fake = fake_host(sandbox_compose_json(patch))
     s, out = session("sandbox", fake)
     deploy(s)
@@ -218,12 +268,16 @@ def test_dry_run_with_docker_rollout_not_yet_installed_shows_the_whole_plan(monk
 def test_unreadable_proxy_config_fails_validation_before_any_change(monkeypatch):
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", TOKEN)
     text = sandbox_survey().replace(
-        "=== proxy-config 0\n", "=== proxy-config 1\nError: adapting config using caddyfile: Caddyfile:3: "
-                                "unknown directive\n=== ignored 0\n")
+        "=== proxy-config 0\n",
+        "=== proxy-config 1\nError: adapting config using caddyfile: Caddyfile:3: unknown directive\n=== ignored 0\n",
+    )
     fake = fake_host(survey=text)
     s, out = session("sandbox", fake)
-    with pytest.raises(StepFailed, match=r"reading the proxy config failed: Error: adapting .*unknown directive.*"
-                                         r"proxy.drain = false"):
+    with pytest.raises(
+        StepFailed,
+        match=r"reading the proxy config failed: Error: adapting .*unknown directive.*"
+        r"proxy.drain = false",
+    ):
         deploy(s)
     assert [r.name for r in s.report.steps] == ["validate"]
     assert len(fake.calls) == 1
@@ -236,8 +290,11 @@ def test_a_service_the_proxy_reaches_through_a_network_alias_is_refused(token):
     compose = sandbox_compose_json({"server": {"networks": {"default": {"aliases": ["api"]}}}})
     fake = fake_host(compose, sandbox_survey(compose=compose, proxy_config=json.loads(text)))
     s, out = session("sandbox", fake)
-    with pytest.raises(StepFailed, match=r"reaches server through its network alias 'api' \(default\): zdd drains "
-                                         r"only upstreams that name the service"):
+    with pytest.raises(
+        StepFailed,
+        match=r"reaches server through its network alias 'api' \(default\): zdd drains "
+        r"only upstreams that name the service",
+    ):
         deploy(s)
     assert len(fake.calls) == 1 and [(r.name, r.status) for r in s.report.steps] == [("validate", "failed")]
 
@@ -245,8 +302,10 @@ def test_a_service_the_proxy_reaches_through_a_network_alias_is_refused(token):
 def test_a_one_off_compose_run_container_is_no_replica():
     """A cron job's `docker compose run server ./task` is never counted, pinned or stopped."""
     from fabfile.plan import make_plan, parse_survey
-    job = container_json(cid("j0b"), "server", image_id("server", 1), "172.18.0.99",
-                         labels={"com.docker.compose.oneoff": "True"})
+
+    job = container_json(
+        cid("j0b"), "server", image_id("server", 1), "172.18.0.99", labels={"com.docker.compose.oneoff": "True"}
+    )
     state = parse_survey(sandbox_survey(sandbox_containers() + [job]), "caddy")
     assert [c.id for c in state.oneoff] == [cid("j0b")[:12]]
     assert cid("j0b")[:12] not in [c.id for c in state.containers]

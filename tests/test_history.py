@@ -37,11 +37,17 @@ def deploy(run: str, server: tuple[str, str], result: str | None = "ok", **kw) -
 
 # --- history ---------------------------------------------------------------------------------------
 
+
 def test_history_is_a_table_of_the_last_runs():
-    lines = history_lines(runs(deploy("20241231-000000-0", (V1, V1)),
-                               deploy(R1, (V1, V2), verify={"failures": 3, "failures_without_retry": 5}),
-                               deploy(R2, (V2, V3), result="failed", seconds=4.4),
-                               run_events(R3, kind="recover", result=None)), 3)
+    lines = history_lines(
+        runs(
+            deploy("20241231-000000-0", (V1, V1)),
+            deploy(R1, (V1, V2), verify={"failures": 3, "failures_without_retry": 5}),
+            deploy(R2, (V2, V3), result="failed", seconds=4.4),
+            run_events(R3, kind="recover", result=None),
+        ),
+        3,
+    )
     header, *rows = lines
     assert header.split() == ["run", "when", "who", "what", "result", "time", "failed", "changes"]
     assert len(rows) == 3 and rows[0].startswith(R1)  # the last 3 runs, oldest first
@@ -71,20 +77,24 @@ def test_rollback_to_a_run_by_its_id_or_a_prefix():
     assert rollback_target(runs(*HISTORY), "20250102").run == R2
 
 
-@pytest.mark.parametrize("history, to, message", [
-    ((deploy(R1, (V1, V2)),), None, "no earlier successful deploy"),
-    ((deploy(R1, (V1, V2), result="failed"), deploy(R2, (V1, V2))), None, "no earlier successful deploy"),
-    ((deploy(R1, (V1, V2), result=None), deploy(R2, (V1, V2))), None, "no earlier successful deploy"),
-    ((), None, "no earlier successful deploy"),
-    (HISTORY, R3, f"no successful run '{R3}' in the journal"),  # it failed
-    (HISTORY, "2030", "no successful run '2030' in the journal"),
-])
+@pytest.mark.parametrize(
+    "history, to, message",
+    [
+        ((deploy(R1, (V1, V2)),), None, "no earlier successful deploy"),
+        ((deploy(R1, (V1, V2), result="failed"), deploy(R2, (V1, V2))), None, "no earlier successful deploy"),
+        ((deploy(R1, (V1, V2), result=None), deploy(R2, (V1, V2))), None, "no earlier successful deploy"),
+        ((), None, "no earlier successful deploy"),
+        (HISTORY, R3, f"no successful run '{R3}' in the journal"),  # it failed
+        (HISTORY, "2030", "no successful run '2030' in the journal"),
+    ],
+)
 def test_no_run_to_roll_back_to_is_bad_input(history, to, message):
     with pytest.raises(BadInput, match=message):
         rollback_target(runs(*history), to)
 
 
 # --- status --------------------------------------------------------------------------------------
+
 
 def status(survey: str, *history: list[dict]) -> list[str]:
     s, _ = fake_session(FakeExecutor())
@@ -105,8 +115,11 @@ def test_status_of_a_quiet_host():
     assert 90 <= int(lines[0].rsplit(" ", 1)[1].rstrip("s")) <= 95
     assert "property: c00000000000 running healthy image 012347900126 up ?" in lines  # StartedAt unknown
     assert "identity: no container" in lines
-    assert lines[-3:] == ["proxy caddy: routes by service name (its config file)", "lock: free",
-                          f"last run: {R1} deploy by alice@laptop: ok"]
+    assert lines[-3:] == [
+        "proxy caddy: routes by service name (its config file)",
+        "lock: free",
+        f"last run: {R1} deploy by alice@laptop: ok",
+    ]
 
 
 def test_status_of_a_host_in_the_middle_of_an_interrupted_run():
@@ -114,20 +127,33 @@ def test_status_of_a_host_in_the_middle_of_an_interrupted_run():
     pinned = {"apps": {"http": {"servers": {"srv0": {"routes": [{"@id": "zdd-drain-hold"}]}}}}}  # zdd's config
     survey = survey_head(survey_text(started(0), running=pinned), lock=holder)
     lines = status(survey, deploy(R1, (V1, V2)), deploy(R2, (V2, V3), result=None, who="bob@desk"))
-    assert lines[-4:] == ["proxy caddy: routes pinned to container addresses by an unfinished run",
-                          f"lock: {holder}",
-                          f"last run: {R1} deploy by alice@laptop: ok",
-                          f"unfinished: {R2} deploy (the next deploy or `fab recover` finishes it)"]
+    assert lines[-4:] == [
+        "proxy caddy: routes pinned to container addresses by an unfinished run",
+        f"lock: {holder}",
+        f"last run: {R1} deploy by alice@laptop: ok",
+        f"unfinished: {R2} deploy (the next deploy or `fab recover` finishes it)",
+    ]
 
 
 # --- rollback on a Compose host: the kept image under the reference the compose files name now ------
 
+
 def rollback_setup(server_image: str):
     from fabfile.engines.compose import ComposeEngine
-    from tests.fakes import FakeExecutor, fake_session, image_id, journal_text, run_events, sandbox_compose_json, \
-        sandbox_survey
-    runs = journal_text(run_events("r1", images={"server": ("", image_id("server", 1))}),
-                        run_events("r2", images={"server": (image_id("server", 1), image_id("server", 2))}))
+    from tests.fakes import (
+        FakeExecutor,
+        fake_session,
+        image_id,
+        journal_text,
+        run_events,
+        sandbox_compose_json,
+        sandbox_survey,
+    )
+
+    runs = journal_text(
+        run_events("r1", images={"server": ("", image_id("server", 1))}),
+        run_events("r2", images={"server": (image_id("server", 1), image_id("server", 2))}),
+    )
     fake = FakeExecutor([("tail -n 5000", runs), ("docker image inspect", image_id("server", 1) + "\n")])
     s, _ = fake_session(fake)
     state = parse_survey(sandbox_survey(compose=sandbox_compose_json({"server": {"image": server_image}})), "caddy")
@@ -140,6 +166,7 @@ def test_rollback_tags_the_kept_image_as_the_tag_the_compose_files_name_now():
     engine, s, state = rollback_setup("127.0.0.1:15000/zdd-sandbox/server:v3")
     kind, target = engine.rollback_target(s, state, None)
     from tests.fakes import image_id
+
     assert kind == "rollback to r1"
     assert target == ("r1", {"server": ("127.0.0.1:15000/zdd-sandbox/server:v3", image_id("server", 1))})
 

@@ -43,8 +43,9 @@ def recorded(d: Path, name: str) -> dict[str, str]:
 
 def session(fake, hooks_dir: Path, notify: NotifyConfig | None = None, dry_run: bool = False, timeout: float = 30):
     s, out = fake_session(fake, dry_run=dry_run)
-    s.host = dataclasses.replace(s.host, hooks=HooksConfig(dir=str(hooks_dir), timeout=timeout),
-                                 notify=notify or NotifyConfig())
+    s.host = dataclasses.replace(
+        s.host, hooks=HooksConfig(dir=str(hooks_dir), timeout=timeout), notify=notify or NotifyConfig()
+    )
     return s, out
 
 
@@ -59,8 +60,9 @@ def test_pre_and_post_deploy_run_with_the_runs_facts(tmp_path):
     run = json.loads(fake.calls[fake.index("lock.sh")].stdin.splitlines()[0])["run"]
     assert pre["ZDD_HOST"] == "sandbox" and pre["ZDD_RUN"] == run and pre["ZDD_COMMAND"] == "deploy"
     assert pre["ZDD_PERFORMER"] and pre["ZDD_SERVICES"] == "server property identity profile-server"
-    assert pre["ZDD_IMAGES"].split() == [f"{n}=127.0.0.1:15000/zdd-sandbox/{n}:latest"
-                                         for n in ("server", "property", "identity", "profile-server")]
+    assert pre["ZDD_IMAGES"].split() == [
+        f"{n}=127.0.0.1:15000/zdd-sandbox/{n}:latest" for n in ("server", "property", "identity", "profile-server")
+    ]
     assert "ZDD_RESULT" not in pre
     assert post["ZDD_RUN"] == run and post["ZDD_RESULT"] == "ok" and post["ZDD_RUNTIME"].isdigit()
     assert post["ZDD_SERVICES"] == "server property identity profile-server"
@@ -70,10 +72,16 @@ def test_pre_and_post_deploy_run_with_the_runs_facts(tmp_path):
     names = [r.name for r in s.report.steps]
     assert names.index("hook pre-deploy") < names.index("pull")
     assert names.index("finish") < names.index("hook post-deploy")
-    assert names.index("hook pre-tier (server, property)") < names.index("rollout server, property") < \
-        names.index("hook post-tier (server, property)") < names.index("rollout identity")
-    assert recorded(tmp_path, "post-tier")["ZDD_TIER"] == "3" and \
-        recorded(tmp_path, "post-tier")["ZDD_SERVICES"] == "profile-server"
+    assert (
+        names.index("hook pre-tier (server, property)")
+        < names.index("rollout server, property")
+        < names.index("hook post-tier (server, property)")
+        < names.index("rollout identity")
+    )
+    assert (
+        recorded(tmp_path, "post-tier")["ZDD_TIER"] == "3"
+        and recorded(tmp_path, "post-tier")["ZDD_SERVICES"] == "profile-server"
+    )
 
 
 def test_a_failing_pre_deploy_stops_before_the_lock_and_names_the_hook(tmp_path):
@@ -172,9 +180,15 @@ def test_a_dry_run_lists_the_hooks_and_markers_and_runs_none(tmp_path):
 def test_markers_are_sent_once_the_deploy_is_over_and_tokens_stay_secret(tmp_path, monkeypatch):
     hook(tmp_path, "post-deploy", "echo my token is $GRAFANA_TOKEN")
     with Receiver() as rx:
-        notify = NotifyConfig(grafana_url=rx.url, grafana_token_env="GRAFANA_TOKEN", sentry_url=rx.url,
-                              sentry_org="remilia", sentry_project=("server",), sentry_token_env="SENTRY_AUTH_TOKEN",
-                              webhook_url=rx.url + "/chat")
+        notify = NotifyConfig(
+            grafana_url=rx.url,
+            grafana_token_env="GRAFANA_TOKEN",
+            sentry_url=rx.url,
+            sentry_org="remilia",
+            sentry_project=("server",),
+            sentry_token_env="SENTRY_AUTH_TOKEN",
+            webhook_url=rx.url + "/chat",
+        )
         fake = deploy_host(version=2)
         s, out = session(fake, tmp_path, notify)
         deploy(s)
@@ -203,7 +217,8 @@ def test_markers_with_the_receiver_down_warn_once_and_the_deploy_is_good(tmp_pat
     (rec,) = [r for r in s.report.steps if r.name == "notify"]
     assert rec.status == "warned" and rec.detail.startswith("not sent: grafana: ") and "; chat: " in rec.detail
     assert [ln for ln in out.getvalue().splitlines() if "WARN" in ln] == [
-        ln for ln in out.getvalue().splitlines() if ln.startswith("[sandbox] WARN notify")]
+        ln for ln in out.getvalue().splitlines() if ln.startswith("[sandbox] WARN notify")
+    ]
     assert len([ln for ln in out.getvalue().splitlines() if "WARN" in ln]) == 1
 
 
@@ -211,7 +226,9 @@ def test_a_swarm_rollback_runs_pre_and_post_rollback(tmp_path):
     from fabfile import sequence
     from fabfile.engines import SwarmEngine
     from tests.fakes import image_id, service_json, stack_services, stack_survey_text
-    from tests.test_swarm import fake_manager, session as swarm_session
+    from tests.test_swarm import fake_manager
+    from tests.test_swarm import session as swarm_session
+
     for name in ("pre-rollback", "post-rollback", "pre-deploy", "post-deploy"):
         hook(tmp_path, name, "true")
     services = stack_services(version=2, previous=1)

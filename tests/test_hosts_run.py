@@ -13,7 +13,6 @@ from fabric.main import program
 from invoke.exceptions import Exit
 
 from fabfile import hosts_run, sequence, taskrun
-from fabfile import tasks as fab_tasks
 from fabfile.config import load
 from fabfile.outcome import HostResult
 from fabfile.progress import Reporter
@@ -40,8 +39,7 @@ class Hosts:
         self.opened.append(name)
         if name in self.unreachable:
             raise Exit(f"[{name}] cannot connect over ssh: [Errno 111] Connection refused", code=1)
-        return Session(name, HOSTS.host(name), Runner(FakeExecutor(), name, dry_run=dry_run),
-                       Reporter(name), cxn=c)
+        return Session(name, HOSTS.host(name), Runner(FakeExecutor(), name, dry_run=dry_run), Reporter(name), cxn=c)
 
     def deploy(self, s: Session, engine, force=False, wait=False, verdict=None, hooks=True) -> None:
         self.deployed.append(s.name)
@@ -61,6 +59,7 @@ def hosts(monkeypatch):
         monkeypatch.setattr(taskrun, "open_session", h.open_session)
         monkeypatch.setattr(sequence, "deploy", h.deploy)
         return h
+
     monkeypatch.setenv("GH_PACKAGES_TOKEN", TOKEN)
     monkeypatch.setenv("GH_ACTOR", "remilia-ci")
     monkeypatch.setattr(hosts_run, "_current", None)
@@ -87,7 +86,7 @@ def test_two_hosts_one_after_the_other_then_one_summary(hosts, capsys, tmp_path)
     # each host's own step lines and summary, then the one across hosts, once, at the very end
     assert out.index("[reminet-staging] deploy: ok") < out.index("[reminet-prod] ok   validate")
     assert out.count("deploy on 2 hosts") == 1
-    tail = out[out.index("deploy on 2 hosts: ok"):].splitlines()
+    tail = out[out.index("deploy on 2 hosts: ok") :].splitlines()
     assert tail[0].startswith("deploy on 2 hosts: ok in ")
     assert [ln.split()[:2] for ln in tail[3:]] == [["reminet-staging", "ok"], ["reminet-prod", "ok"]]
     doc = json.loads((tmp_path / "d.json").read_text())
@@ -96,22 +95,33 @@ def test_two_hosts_one_after_the_other_then_one_summary(hosts, capsys, tmp_path)
 
 def test_the_first_failure_stops_the_run_and_later_hosts_are_untouched(hosts, capsys, tmp_path):
     h = hosts(fail={"reminet-staging": "pull failed: denied: permission_denied"})
-    code = fab("-H", "reminet-staging,reminet-prod", "deploy", "--json", str(tmp_path / "d.json"),
-               "--report", str(tmp_path / "d.html"))
+    code = fab(
+        "-H",
+        "reminet-staging,reminet-prod",
+        "deploy",
+        "--json",
+        str(tmp_path / "d.json"),
+        "--report",
+        str(tmp_path / "d.html"),
+    )
     out, err = capsys.readouterr()
     assert code == 1
-    assert h.opened == h.deployed == ["reminet-staging"]   # reminet-prod: no connection, no step
+    assert h.opened == h.deployed == ["reminet-staging"]  # reminet-prod: no connection, no step
     assert "[reminet-prod]" not in out
     assert out.count("deploy on 2 hosts: FAILED") == 1
-    rows = {ln.split()[0]: ln for ln in out[out.index("deploy on 2 hosts"):].splitlines()[3:]}
+    rows = {ln.split()[0]: ln for ln in out[out.index("deploy on 2 hosts") :].splitlines()[3:]}
     assert rows["reminet-staging"].split()[1] == "failed"
     assert rows["reminet-staging"].endswith("deploy failed: pull failed: denied: permission_denied")
     assert rows["reminet-prod"].split()[1:] == ["not", "run"]
     assert err.strip() == "[reminet-staging] deploy failed: pull failed: denied: permission_denied"
     doc = json.loads((tmp_path / "d.json").read_text())
     assert (doc["result"], [x["result"] for x in doc["hosts"]]) == ("failed", ["failed", "not run"])
-    assert doc["hosts"][1] == {"host": "reminet-prod", "title": "deploy", "result": "not run",
-                               **dict.fromkeys(doc["hosts"][0].keys() - {"host", "title", "result"})}
+    assert doc["hosts"][1] == {
+        "host": "reminet-prod",
+        "title": "deploy",
+        "result": "not run",
+        **dict.fromkeys(doc["hosts"][0].keys() - {"host", "title", "result"}),
+    }
     assert 'data-host="reminet-prod" data-result="not run"' in (tmp_path / "d.html").read_text()
 
 
@@ -121,9 +131,10 @@ def test_a_later_host_that_fails_ends_the_run_there(hosts, capsys):
     out, err = capsys.readouterr()
     assert h.opened == ["reminet-staging", "reminet-prod"] and h.deployed == ["reminet-staging"]
     assert out.count("deploy on 3 hosts: FAILED") == 1
-    rows = {ln.split()[0]: ln for ln in out[out.index("deploy on 3 hosts"):].splitlines()[3:]}
+    rows = {ln.split()[0]: ln for ln in out[out.index("deploy on 3 hosts") :].splitlines()[3:]}
     assert rows["reminet-prod"].split()[1] == "failed" and rows["reminet-prod"].endswith(
-        "cannot connect over ssh: [Errno 111] Connection refused")
+        "cannot connect over ssh: [Errno 111] Connection refused"
+    )
     assert rows["sandbox"].split()[1:] == ["not", "run"]
     assert err.strip() == "[reminet-prod] cannot connect over ssh: [Errno 111] Connection refused"
 
@@ -146,8 +157,10 @@ def test_one_host_prints_no_summary_across_hosts(hosts, capsys, tmp_path):
 
 def test_the_json_never_holds_the_registry_token(hosts, capsys, tmp_path):
     hosts(fail={"reminet-staging": f"pull failed: login with {TOKEN} refused"})
-    assert fab("-H", "reminet-staging", "deploy", "--json", str(tmp_path / "d.json"),
-               "--report", str(tmp_path / "d.html")) == 1
+    assert (
+        fab("-H", "reminet-staging", "deploy", "--json", str(tmp_path / "d.json"), "--report", str(tmp_path / "d.html"))
+        == 1
+    )
     for name in ("d.json", "d.html"):
         text = (tmp_path / name).read_text()
         assert TOKEN not in text and "pull failed: login with *** refused" in text
@@ -161,6 +174,7 @@ def test_a_json_file_that_cannot_be_written_is_one_line(hosts, capsys, tmp_path)
 
 
 # --- the run registry on its own -------------------------------------------------------------
+
 
 def result(host: str, ok: bool = True) -> HostResult:
     r = HostResult(host, "deploy")
@@ -183,8 +197,13 @@ def test_record_without_a_host_list_is_a_run_of_one(monkeypatch):
 
 
 def test_aliases_as_fabric_keeps_them():
-    assert [hosts_run.alias(h) for h in ("web", "deploy@web", "deploy@web:2222", "[::1]", "fe80::1")] == \
-        ["web", "web", "web", "::1", "fe80::1"]
+    assert [hosts_run.alias(h) for h in ("web", "deploy@web", "deploy@web:2222", "[::1]", "fe80::1")] == [
+        "web",
+        "web",
+        "web",
+        "::1",
+        "fe80::1",
+    ]
 
 
 class FakeLoop:
@@ -193,7 +212,7 @@ class FakeLoop:
     def __init__(self, settings, **kw):
         self.settings = settings
 
-    def start(self) -> "FakeLoop":
+    def start(self) -> FakeLoop:
         return self
 
     def stop(self):
@@ -202,6 +221,7 @@ class FakeLoop:
 
 def test_the_json_shape_with_a_verify_loop(hosts, capsys, tmp_path, monkeypatch):
     from fabfile import verify as vloop
+
     monkeypatch.setattr(vloop, "BackgroundLoop", FakeLoop)
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", TOKEN)
     hosts()
@@ -209,9 +229,26 @@ def test_the_json_shape_with_a_verify_loop(hosts, capsys, tmp_path, monkeypatch)
     doc = json.loads((tmp_path / "d.json").read_text())
     assert set(doc) == {"zdd_report", "title", "result", "started_at", "ended_at", "duration_s", "hosts"}
     (h,) = doc["hosts"]
-    assert set(h) == {"host", "title", "result", "dry_run", "started_at", "ended_at", "duration_s", "steps",
-                      "switches", "notes", "cost", "verdict", "verify_ok", "requests", "failed_requests",
-                      "verify", "error", "exit_code"}
+    assert set(h) == {
+        "host",
+        "title",
+        "result",
+        "dry_run",
+        "started_at",
+        "ended_at",
+        "duration_s",
+        "steps",
+        "switches",
+        "notes",
+        "cost",
+        "verdict",
+        "verify_ok",
+        "requests",
+        "failed_requests",
+        "verify",
+        "error",
+        "exit_code",
+    }
     assert (h["host"], h["result"], h["exit_code"]) == ("sandbox", "failed", 3)
     assert h["error"] == "deploy: 3 request(s) failed during the deploy (strict)"
     assert (h["requests"], h["failed_requests"], h["verify_ok"]) == (480, 3, False)

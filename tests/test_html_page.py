@@ -16,7 +16,8 @@ from invoke import Config, Context
 import tasks as inv_tasks
 from fabfile import html_page, outcome
 from fabfile.progress import StepRecord
-from tests.fakes import deploy, A, B, SWITCH_AT, WS, deploy_host, deploy_report, deploy_result, fake_session
+from tests.fakes import SWITCH_AT, WS, A, B, deploy, deploy_host, deploy_report, deploy_result, fake_session
+
 
 class Page(HTMLParser):
     """Every start tag with its attributes, in order, and the text."""
@@ -34,9 +35,15 @@ class Page(HTMLParser):
         self.text.append(data)
 
     def all(self, tag: str, **match: str) -> list[dict[str, str]]:
-        return [a for t, a in self.tags if t == tag and all(match[k] in a.get(k.replace("_", "-"), "").split()
-                                                           if k == "class" else a.get(k.replace("_", "-")) == v
-                                                           for k, v in match.items())]
+        return [
+            a
+            for t, a in self.tags
+            if t == tag
+            and all(
+                match[k] in a.get(k.replace("_", "-"), "").split() if k == "class" else a.get(k.replace("_", "-")) == v
+                for k, v in match.items()
+            )
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +68,23 @@ def test_one_chart_per_url_with_a_bar_per_second(page_html):
     svgs = page_html.split("<svg")[1:]
     assert len(svgs) == 3
     a_chart = Page("<svg" + svgs[0])
-    assert len(a_chart.all("rect", **{"class": "req"})) == 12          # one bar per second, 12 s
+    assert len(a_chart.all("rect", **{"class": "req"})) == 12  # one bar per second, 12 s
     fails = a_chart.all("rect", **{"class": "fail"})
-    assert len(fails) == 1 and float(fails[0]["height"]) >= 3            # second 5, never too thin to see
+    assert len(fails) == 1 and float(fails[0]["height"]) >= 3  # second 5, never too thin to see
     assert not Page("<svg" + svgs[1]).all("rect", **{"class": "fail"})
     ws_chart = Page("<svg" + svgs[2])
-    assert len(ws_chart.all("line", **{"class": "disconnect"})) == 1 and len(ws_chart.all("rect", **{"class": "gap"})) == 1
+    assert (
+        len(ws_chart.all("line", **{"class": "disconnect"})) == 1 and len(ws_chart.all("rect", **{"class": "gap"})) == 1
+    )
 
 
 def test_version_bands_one_colour_per_version(page_html):
     page = Page(page_html)
     bands = page.all("rect", **{"class": "band"})
-    assert [b["data-version"] for b in bands] == ["v1", "v2"] * 3      # per chart, in order of first sighting
+    assert [b["data-version"] for b in bands] == ["v1", "v2"] * 3  # per chart, in order of first sighting
     colours = {b["data-version"]: b["fill"] for b in bands}
     assert len(set(colours.values())) == 2
-    assert all(b["fill"] == colours[b["data-version"]] for b in bands)   # the same colour on every chart
+    assert all(b["fill"] == colours[b["data-version"]] for b in bands)  # the same colour on every chart
     v1, v2 = bands[0], bands[1]
     assert float(v1["x"]) < float(v2["x"]) < float(v1["x"]) + float(v1["width"]) + 20  # v2 starts where v1 ends
 
@@ -108,13 +117,20 @@ def test_steps_verdict_error_and_hosts(page_html):
     assert "3 of 480 requests failed (status 502: 3)" in text
     assert "deploy failed: identity: not healthy" in text and "cost: 9 remote commands, 3 proxy loads" in text
     assert [(s["data-host"], s["data-result"]) for s in page.all("section")] == [
-        ("reminet-staging", "failed"), ("reminet-prod", "not run")]
-    assert "<table class=\"hosts\">" in page_html                       # several hosts: one table across them
+        ("reminet-staging", "failed"),
+        ("reminet-prod", "not run"),
+    ]
+    assert '<table class="hosts">' in page_html  # several hosts: one table across them
 
 
 def test_text_is_escaped():
-    r = outcome.HostResult("h", "deploy", started_at=1.0, ended_at=2.0,
-                           steps=[StepRecord("pull", "failed", "<script>alert(1)</script>", 0.1, 1.0)])
+    r = outcome.HostResult(
+        "h",
+        "deploy",
+        started_at=1.0,
+        ended_at=2.0,
+        steps=[StepRecord("pull", "failed", "<script>alert(1)</script>", 0.1, 1.0)],
+    )
     page = html_page.render(outcome.document("deploy", [r]))
     assert "<script>" not in page and "&lt;script&gt;" in page
 
@@ -142,10 +158,10 @@ def png_pixels(data: bytes) -> bytes:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat = 8, b""
     while pos < len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
         if kind == b"IDAT":
-            idat += data[pos + 8:pos + 8 + length]
+            idat += data[pos + 8 : pos + 8 + length]
         pos += 12 + length
     return zlib.decompress(idat)
 
@@ -154,13 +170,25 @@ def png_pixels(data: bytes) -> bytes:
 def test_chromium_renders_the_page(page_html, tmp_path):
     page, shot = tmp_path / "deploy.html", tmp_path / "deploy.png"
     page.write_text(page_html, encoding="utf-8")
-    res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                          f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-                          "--window-size=1200,900", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,900",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists(), res.stderr[-2000:]
     data = shot.read_bytes()
-    assert len(data) > 20_000                        # a blank 1200x900 page is a few KB
-    assert len(set(png_pixels(data))) > 50           # text, bars and colours, not one flat colour
-    keep = Path("/tmp/zdd-report-screenshot.png")    # to look at by hand
+    assert len(data) > 20_000  # a blank 1200x900 page is a few KB
+    assert len(set(png_pixels(data))) > 50  # text, bars and colours, not one flat colour
+    keep = Path("/tmp/zdd-report-screenshot.png")  # to look at by hand
     shutil.copyfile(shot, keep)

@@ -6,19 +6,42 @@ import json
 
 import pytest
 
-from fabfile.plan import (HostState, SurveyError, declared_count, image_table, make_plan, normalize_ref,
-                          parse_survey, plan_service)
+from fabfile.plan import (
+    HostState,
+    SurveyError,
+    declared_count,
+    image_table,
+    make_plan,
+    normalize_ref,
+    parse_survey,
+    plan_service,
+)
 from fabfile.proxy import hold_upstreams, rewrite_upstreams
-from tests.fakes import (PROXY_NETWORK, SANDBOX_APPS, cid, compose_config_json, container_json, image_id,
-                         image_listing, sandbox_caddy_config, sandbox_containers)
+from tests.fakes import (
+    PROXY_NETWORK,
+    SANDBOX_APPS,
+    cid,
+    compose_config_json,
+    container_json,
+    image_id,
+    image_listing,
+    sandbox_caddy_config,
+    sandbox_containers,
+)
 
 CADDY_FILE = sandbox_caddy_config()
 
 
-def survey(ctrs: list[dict] | None = None, *, patch: dict | None = None, drop: tuple[str, ...] = (),
-           **sections: str | tuple[int, str]) -> str:
+def survey(
+    ctrs: list[dict] | None = None,
+    *,
+    patch: dict | None = None,
+    drop: tuple[str, ...] = (),
+    **sections: str | tuple[int, str],
+) -> str:
     """What survey.sh prints for the sandbox stack: ``=== NAME RC`` lines, each followed by
-    the section's content (``ctrs``: the containers, docker inspect'ed). A keyword (``_`` for ``-``) replaces a section by its text, or by
+    the section's content (``ctrs``: the containers, docker inspect'ed). A keyword (``_`` for ``-``)
+    replaces a section by its text, or by
     ``(rc, text)`` for a command that failed; ``drop`` leaves sections out; ``patch`` goes to
     :func:`compose_config_json`."""
     compose = compose_config_json(patch)
@@ -50,12 +73,14 @@ def short(image: str) -> str:
 
 # --- parse_survey ------------------------------------------------------------------------------
 
+
 def test_survey_sections_are_parsed():
     server = container_json(cid("a1"), "server", image_id("server"), "172.18.0.10", config_hash="h1")
-    server["Mounts"] = [{"Type": "volume", "Name": "uploads", "Source": "/var/lib/docker/volumes/uploads/_data",
-                         "RW": True},
-                        {"Type": "bind", "Source": "/srv/app/config", "RW": False},
-                        {"Type": "bind", "Source": "/srv/app/logs", "RW": True}]
+    server["Mounts"] = [
+        {"Type": "volume", "Name": "uploads", "Source": "/var/lib/docker/volumes/uploads/_data", "RW": True},
+        {"Type": "bind", "Source": "/srv/app/config", "RW": False},
+        {"Type": "bind", "Source": "/srv/app/logs", "RW": True},
+    ]
     server["NetworkSettings"]["Networks"]["backend"] = {"IPAddress": "172.20.0.10"}
     db = container_json(cid("b2"), "mongodb", image_id("base"), "", state="exited", health="none")
     state = state_of([server, db], hashes="server h1\nmongodb h2\n")
@@ -65,13 +90,22 @@ def test_survey_sections_are_parsed():
     assert state.hashes == {"server": "h1", "mongodb": "h2"}
     c = state.containers[0]
     assert (c.id, c.service, c.state, c.health, c.image, c.config_hash, c.name) == (
-        cid("a1")[:12], "server", "running", "healthy", image_id("server"), "h1", "remilia-server-1")
+        cid("a1")[:12],
+        "server",
+        "running",
+        "healthy",
+        image_id("server"),
+        "h1",
+        "remilia-server-1",
+    )
     assert c.networks == {PROXY_NETWORK: "172.18.0.10", "backend": "172.20.0.10"}
     assert c.labels["com.docker.compose.service"] == "server"
     assert c.mounts == ("uploads", "/srv/app/logs")  # read-only mounts left out
     assert c.running
     assert (state.containers[1].state, state.containers[1].health) == ("exited", "none")
-    assert [x.id for x in state.running("mongodb")] == [] and len([x for x in state.containers if x.service == "mongodb"]) == 1
+    assert [x.id for x in state.running("mongodb")] == [] and len(
+        [x for x in state.containers if x.service == "mongodb"]
+    ) == 1
     assert state.running("server") == [c]
 
 
@@ -87,31 +121,47 @@ def test_survey_proxy_container_networks_config_and_version():
     assert state.proxy_version == "v2.6.2"
 
 
-@pytest.mark.parametrize("running, pinned", [
-    (json.dumps(CADDY_FILE), False),                                         # the file's config
-    (json.dumps(CADDY_FILE, indent=4, sort_keys=True), False),               # same config, other text
-    (json.dumps(hold_upstreams(rewrite_upstreams(CADDY_FILE, "server", ["172.18.0.10"]), ["server:8080"])),
-     True),                                                                  # an unfinished deploy
-    (json.dumps(rewrite_upstreams(CADDY_FILE, "server", ["172.18.0.10"])), False),  # edited, not reloaded
-])
+@pytest.mark.parametrize(
+    "running, pinned",
+    [
+        (json.dumps(CADDY_FILE), False),  # the file's config
+        (json.dumps(CADDY_FILE, indent=4, sort_keys=True), False),  # same config, other text
+        (
+            json.dumps(hold_upstreams(rewrite_upstreams(CADDY_FILE, "server", ["172.18.0.10"]), ["server:8080"])),
+            True,
+        ),  # an unfinished deploy
+        (json.dumps(rewrite_upstreams(CADDY_FILE, "server", ["172.18.0.10"])), False),  # edited, not reloaded
+    ],
+)
 def test_proxy_pinned_when_the_running_config_is_not_the_file(running, pinned):
     assert state_of(proxy_running=running).proxy_pinned is pinned
 
 
 def test_proxy_running_unknown_without_wget():
-    state = state_of(proxy_running=(126, 'OCI runtime exec failed: exec failed: unable to start container process: '
-                                         'exec: "wget": executable file not found in $PATH: unknown'))
+    state = state_of(
+        proxy_running=(
+            126,
+            "OCI runtime exec failed: exec failed: unable to start container process: "
+            'exec: "wget": executable file not found in $PATH: unknown',
+        )
+    )
     assert state.proxy_running is None
     assert state.proxy_config == CADDY_FILE
     assert state.proxy_pinned is False
 
 
 def test_proxy_config_unreadable_is_kept_as_an_error():
-    state = state_of(proxy_config=(1, "Error: adapting config using caddyfile: /etc/caddy/Caddyfile:3: "
-                                      "unrecognized directive: reverse_prxy"))
+    state = state_of(
+        proxy_config=(
+            1,
+            "Error: adapting config using caddyfile: /etc/caddy/Caddyfile:3: unrecognized directive: reverse_prxy",
+        )
+    )
     assert state.proxy_config is None
-    assert state.proxy_config_error == ("reading the proxy config failed: Error: adapting config using caddyfile: "
-                                        "/etc/caddy/Caddyfile:3: unrecognized directive: reverse_prxy")
+    assert state.proxy_config_error == (
+        "reading the proxy config failed: Error: adapting config using caddyfile: "
+        "/etc/caddy/Caddyfile:3: unrecognized directive: reverse_prxy"
+    )
     assert state.proxy_pinned is False
 
 
@@ -129,13 +179,18 @@ def test_missing_optional_sections():
     assert state.proxy_networks == ()  # the proxy container was not in the (missing) list
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"compose": (15, "WARN[0000] some warning\nno configuration file provided: not found")},
-     "docker compose config failed: no configuration file provided: not found"),
-    ({"compose": (1, "")}, "docker compose config failed: exit status 1"),
-    ({"compose": "not json"}, "docker compose config did not print JSON: 'not json'"),
-    ({"containers": (1, "Error: No such object: 0123")}, "docker inspect failed: Error: No such object: 0123"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        (
+            {"compose": (15, "WARN[0000] some warning\nno configuration file provided: not found")},
+            "docker compose config failed: no configuration file provided: not found",
+        ),
+        ({"compose": (1, "")}, "docker compose config failed: exit status 1"),
+        ({"compose": "not json"}, "docker compose config did not print JSON: 'not json'"),
+        ({"containers": (1, "Error: No such object: 0123")}, "docker inspect failed: Error: No such object: 0123"),
+    ],
+)
 def test_survey_errors_name_the_part(sections, message):
     with pytest.raises(SurveyError) as e:
         state_of(**sections)
@@ -148,6 +203,7 @@ def test_survey_without_compose_section():
 
 
 # --- the plan ----------------------------------------------------------------------------------
+
 
 def plan(state: HostState, version: int = 1, name: str = "server", force: bool = False):
     return plan_service(name, state, image_table(image_listing(version)), force)
@@ -176,10 +232,13 @@ def test_image_change_is_named_before_a_config_change():
     assert p.reason.startswith("new image ")
 
 
-@pytest.mark.parametrize("patch, extra, reason, target", [
-    ({"deploy": {"replicas": 3}}, 0, "1 running, 3 declared", 3),
-    ({"scale": 1}, 1, "2 running, 1 declared", 1),
-])
+@pytest.mark.parametrize(
+    "patch, extra, reason, target",
+    [
+        ({"deploy": {"replicas": 3}}, 0, "1 running, 3 declared", 3),
+        ({"scale": 1}, 1, "2 running, 1 declared", 1),
+    ],
+)
 def test_declared_count_change_rolls(patch, extra, reason, target):
     p = plan(state_of(sandbox_containers(extra={"server": extra}), patch={"server": patch}))
     assert (p.roll, p.reason, p.target, len(p.old)) == (True, reason, target, 1 + extra)
@@ -226,43 +285,51 @@ def test_make_plan_keeps_the_order():
     assert all(p.reason == "forced" for p in make_plan(names, state, {}, force=True))
 
 
-@pytest.mark.parametrize("service, count", [
-    ({"deploy": {"replicas": 2}}, 2),
-    ({"scale": 3}, 3),
-    ({"scale": "4"}, 4),
-    ({"deploy": {"replicas": 0}}, 0),
-    ({"deploy": {"replicas": None}, "scale": 5}, 5),
-    ({"deploy": {"resources": {}}}, None),
-    ({"deploy": None}, None),
-    ({"deploy": {"replicas": True}}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "service, count",
+    [
+        ({"deploy": {"replicas": 2}}, 2),
+        ({"scale": 3}, 3),
+        ({"scale": "4"}, 4),
+        ({"deploy": {"replicas": 0}}, 0),
+        ({"deploy": {"replicas": None}, "scale": 5}, 5),
+        ({"deploy": {"resources": {}}}, None),
+        ({"deploy": None}, None),
+        ({"deploy": {"replicas": True}}, None),
+        ({}, None),
+    ],
+)
 def test_declared_count(service, count):
     assert declared_count(service) == count
 
 
 # --- image references --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ref, listed", [
-    ("nginx", "nginx:latest"),
-    ("nginx:1.25", "nginx:1.25"),
-    ("library/redis:7", "redis:7"),
-    ("docker.io/library/nginx:1.25", "nginx:1.25"),
-    ("index.docker.io/library/nginx", "nginx:latest"),
-    ("docker.io/bitnami/redis", "bitnami/redis:latest"),
-    ("127.0.0.1:15000/zdd-sandbox/server", "127.0.0.1:15000/zdd-sandbox/server:latest"),
-    ("127.0.0.1:15000/zdd-sandbox/server:latest", "127.0.0.1:15000/zdd-sandbox/server:latest"),
-    ("ghcr.io/remilia/app:v1.2@sha256:" + "0" * 64, "ghcr.io/remilia/app:v1.2"),
-])
+
+@pytest.mark.parametrize(
+    "ref, listed",
+    [
+        ("nginx", "nginx:latest"),
+        ("nginx:1.25", "nginx:1.25"),
+        ("library/redis:7", "redis:7"),
+        ("docker.io/library/nginx:1.25", "nginx:1.25"),
+        ("index.docker.io/library/nginx", "nginx:latest"),
+        ("docker.io/bitnami/redis", "bitnami/redis:latest"),
+        ("127.0.0.1:15000/zdd-sandbox/server", "127.0.0.1:15000/zdd-sandbox/server:latest"),
+        ("127.0.0.1:15000/zdd-sandbox/server:latest", "127.0.0.1:15000/zdd-sandbox/server:latest"),
+        ("ghcr.io/remilia/app:v1.2@sha256:" + "0" * 64, "ghcr.io/remilia/app:v1.2"),
+    ],
+)
 def test_normalize_ref(ref, listed):
     assert normalize_ref(ref) == listed
 
 
 def test_image_table():
     a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
-    text = f"nginx:latest {a}\n\n127.0.0.1:15000/zdd-sandbox/server:latest {b}\n<none>:<none> {b}\nbroken line\n" \
-           "redis:7 cafe1234\n"
-    assert image_table(text) == {"nginx:latest": a, "127.0.0.1:15000/zdd-sandbox/server:latest": b,
-                                 "<none>:<none>": b}
+    text = (
+        f"nginx:latest {a}\n\n127.0.0.1:15000/zdd-sandbox/server:latest {b}\n<none>:<none> {b}\nbroken line\n"
+        "redis:7 cafe1234\n"
+    )
+    assert image_table(text) == {"nginx:latest": a, "127.0.0.1:15000/zdd-sandbox/server:latest": b, "<none>:<none>": b}
     assert image_table(image_listing(2))["127.0.0.1:15000/zdd-sandbox/server:latest"] == image_id("server", 2)
     assert image_table("") == {}

@@ -24,6 +24,7 @@ def dials(config: dict) -> list[list[str]]:
         elif isinstance(node, list):
             for v in node:
                 walk(v)
+
     walk(config)
     return out
 
@@ -60,6 +61,7 @@ ADAPTED_HANDLE_PATH = json.loads("""
 
 # --- upstream_ports -------------------------------------------------------------------------------
 
+
 def test_upstream_ports_in_nested_subroute():
     assert upstream_ports(ADAPTED_HANDLE_PATH, "server") == ["8080"]
 
@@ -73,7 +75,7 @@ def test_upstream_ports_sandbox_config():
 def test_upstream_ports_not_proxied_service():
     cfg = sandbox_caddy_config()
     assert upstream_ports(cfg, "mongodb") == []
-    assert upstream_ports(cfg, "serv") == []          # no prefix match
+    assert upstream_ports(cfg, "serv") == []  # no prefix match
     assert upstream_ports(cfg, "profile") == []
     assert upstream_ports({}, "server") == []
 
@@ -103,6 +105,7 @@ def test_upstream_ports_network_prefixed_dial():
 
 
 # --- rewrite_upstreams -------------------------------------------------------------------------
+
 
 def test_rewrite_nested_subroute():
     new = rewrite_upstreams(ADAPTED_HANDLE_PATH, "server", ["172.18.0.7"])
@@ -158,8 +161,9 @@ def test_rewrite_does_not_mutate_the_input():
 
 
 def test_rewrite_keeps_other_upstream_keys():
-    cfg = caddy_config({"handle": [{"handler": "reverse_proxy",
-                                    "upstreams": [{"dial": "server:8080", "max_requests": 5}]}]})
+    cfg = caddy_config(
+        {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "server:8080", "max_requests": 5}]}]}
+    )
     new = rewrite_upstreams(cfg, "server", ["10.0.0.9", "10.0.0.10"])
     ups = _handlers(new)[0]["handle"][0]["upstreams"]
     assert ups == [{"dial": "10.0.0.9:8080", "max_requests": 5}, {"dial": "10.0.0.10:8080", "max_requests": 5}]
@@ -191,9 +195,8 @@ def test_rewrite_twice_back_to_new_ips():
     assert rewrite_upstreams(pinned, "server", ["10.0.0.2"]) == pinned
 
 
-
-
 # --- hold_upstreams ----------------------------------------------------------------------------
+
 
 def _hold_route(cfg: dict) -> dict | None:
     routes = cfg["apps"]["http"]["servers"]["srv0"]["routes"]
@@ -234,6 +237,7 @@ def test_hold_without_addresses_or_servers_changes_nothing():
 
 # --- Routing -----------------------------------------------------------------------------------
 
+
 def routing() -> Routing:
     return Routing(sandbox_caddy_config(), (PROXY_NETWORK, "edge"))
 
@@ -242,25 +246,33 @@ def test_routing_ports_and_held_addresses():
     r = routing()
     assert r.ports("server") == ["8080"]
     assert r.held_for("server", ["172.18.0.10", "172.18.0.11"]) == [
-        "server:8080", "172.18.0.10:8080", "172.18.0.11:8080"]
+        "server:8080",
+        "172.18.0.10:8080",
+        "172.18.0.11:8080",
+    ]
     assert r.held_for("mongodb", ["172.18.0.20"]) == []  # not proxied: nothing to hold
-    multi = Routing(caddy_config(reverse_proxy_route("/a", "server:8080"), reverse_proxy_route("/m", "server:9090")),
-                    (PROXY_NETWORK,))
-    assert multi.held_for("server", ["10.0.0.5"]) == ["server:8080", "server:9090", "10.0.0.5:8080",
-                                                      "10.0.0.5:9090"]
+    multi = Routing(
+        caddy_config(reverse_proxy_route("/a", "server:8080"), reverse_proxy_route("/m", "server:9090")),
+        (PROXY_NETWORK,),
+    )
+    assert multi.held_for("server", ["10.0.0.5"]) == ["server:8080", "server:9090", "10.0.0.5:8080", "10.0.0.5:9090"]
 
 
 def test_routing_config_rewrites_only_routed_services_and_holds_the_old_addresses():
     r = routing()
     assert r.config() == r.base  # nothing routed yet
     held = r.held_for("server", ["172.18.0.10"])
-    r.route("server", ["172.18.0.10"], held)                  # pin
+    r.route("server", ["172.18.0.10"], held)  # pin
     r.route("identity", ["172.18.0.14"], r.held_for("identity", ["172.18.0.14"]))
-    r.route("server", ["172.18.0.30", "172.18.0.31"], held)   # switch: the same hold, once
+    r.route("server", ["172.18.0.30", "172.18.0.31"], held)  # switch: the same hold, once
     cfg = r.config()
-    assert dials(cfg) == [["172.18.0.30:8080", "172.18.0.31:8080"], ["property:8080"], ["172.18.0.14:8080"],
-                          ["profile-server:8080"],
-                          ["server:8080", "172.18.0.10:8080", "identity:8080", "172.18.0.14:8080"]]
+    assert dials(cfg) == [
+        ["172.18.0.30:8080", "172.18.0.31:8080"],
+        ["property:8080"],
+        ["172.18.0.14:8080"],
+        ["profile-server:8080"],
+        ["server:8080", "172.18.0.10:8080", "identity:8080", "172.18.0.14:8080"],
+    ]
     assert _hold_route(cfg)["match"] == [{"expression": "false"}]
     assert r.base == sandbox_caddy_config()  # the file's config is kept for the next load
 
@@ -287,8 +299,10 @@ def test_routing_ip_picks_the_network_shared_with_the_proxy():
 
 # --- streams (websockets) across reloads --------------------------------------------------------
 
+
 def test_caddy_version_parses_what_caddy_version_prints():
     from fabfile.proxy import caddy_version
+
     assert caddy_version("v2.11.7 h1:yj0Y4fYZGPkSvibBJ1sTWE33xC0fxztVyXEW5iIdUT4=") == (2, 11, 7)
     assert caddy_version("2.6.2") == (2, 6, 2)
     assert caddy_version("") == () and caddy_version("devel") == ()
@@ -296,11 +310,13 @@ def test_caddy_version_parses_what_caddy_version_prints():
 
 def _proxies(config):
     from fabfile.proxy import _walk_proxies
+
     return list(_walk_proxies(config))
 
 
 def test_stream_close_delay_is_added_where_missing_and_kept_where_set():
     from fabfile.proxy import with_stream_close_delay, without_stream_close_delay
+
     config = sandbox_caddy_config()
     assert without_stream_close_delay(config, ["server", "identity", "nope"]) == ["server", "identity"]
     _proxies(config)[0]["stream_close_delay"] = "1h"
@@ -312,6 +328,7 @@ def test_stream_close_delay_is_added_where_missing_and_kept_where_set():
 
 def test_routing_sets_the_delay_on_every_config_it_loads():
     from fabfile.proxy import Routing
+
     r = Routing(sandbox_caddy_config(), ("remilia_default",), "5m")
     r.route("server", ["10.0.0.5"], ["server:8080"])
     loaded = json.loads(r.load_line("pin").split(" ", 1)[1])

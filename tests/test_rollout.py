@@ -12,17 +12,16 @@ from pathlib import Path
 import pytest
 
 from fabfile import sequence
-from fabfile.engines import engine_for
 from fabfile.config import load
+from fabfile.engines import engine_for
 from fabfile.progress import Reporter
 from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import (
-    deploy,
     FakeConversation,
     FakeExecutor,
     cid,
-    container_json,
+    deploy,
     image_id,
     image_listing,
     ok,
@@ -33,8 +32,12 @@ from tests.fakes import (
 )
 
 HOSTS_TOML = Path(__file__).resolve().parent.parent / "hosts.toml"
-NEW = {"server": [cid("b1")[:12]], "property": [cid("b2")[:12]], "identity": [cid("b3")[:12]],
-       "profile-server": [cid("b4")[:12]]}
+NEW = {
+    "server": [cid("b1")[:12]],
+    "property": [cid("b2")[:12]],
+    "identity": [cid("b3")[:12]],
+    "profile-server": [cid("b4")[:12]],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -42,15 +45,23 @@ def token(monkeypatch):
     monkeypatch.setenv("ZDD_SANDBOX_REGISTRY_PASSWORD", "t0ken")
 
 
-def host(version: int = 2, containers=None, survey: str | None = None, tier=None, host_name: str = "sandbox",
-         restore: str = "restore queued (job 99)"):
-    fake = FakeExecutor([
-        ("survey.sh", survey or sandbox_survey(containers or sandbox_containers())),
-        ("lock.sh", ok("locked\n")),
-        ("pull.sh", image_listing(version)),
-        ("restore.sh", ok(restore + "\n")),
-        ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
-    ])
+def host(
+    version: int = 2,
+    containers=None,
+    survey: str | None = None,
+    tier=None,
+    host_name: str = "sandbox",
+    restore: str = "restore queued (job 99)",
+):
+    fake = FakeExecutor(
+        [
+            ("survey.sh", survey or sandbox_survey(containers or sandbox_containers())),
+            ("lock.sh", ok("locked\n")),
+            ("pull.sh", image_listing(version)),
+            ("restore.sh", ok(restore + "\n")),
+            ("finish.sh", ok("kept the images of the last 3 runs\nreleased the lock\n")),
+        ]
+    )
     fake.on("kill -TERM", fake.interrupt)
     fake.tier_script = tier or tier_host(NEW)
     out = io.StringIO()
@@ -93,8 +104,11 @@ def test_nothing_changed_starts_nothing_and_loads_nothing():
 def test_full_deploy_pins_once_switches_per_tier_and_restores_once():
     s, fake, out = host()
     deploy(s)
-    assert [c.command.split("tier.sh compose ")[1].split()[8] for c in fake.tiers] == ["server", "identity",
-                                                                                   "profile-server"]
+    assert [c.command.split("tier.sh compose ")[1].split()[8] for c in fake.tiers] == [
+        "server",
+        "identity",
+        "profile-server",
+    ]
     first, second, third = fake.tiers
     assert first.said[0].startswith("pin ") and second.said[0] == "nopin" and third.said[0] == "nopin"
     pin = upstreams(sent_config(first, "pin"))
@@ -155,8 +169,10 @@ def test_unhealthy_tier_fails_with_health_detail_and_leaves_later_tiers_alone():
     s, fake, out = host(tier=tier_host(NEW, health="unhealthy"))
     with pytest.raises(StepFailed) as e:
         deploy(s)
-    assert "server, property: not healthy: server:abc=running/unhealthy; new containers removed, old ones serving" \
+    assert (
+        "server, property: not healthy: server:abc=running/unhealthy; new containers removed, old ones serving"
         in str(e.value)
+    )
     assert "check exit 1: wget: server returned error: 503" in e.value.detail
     assert "panic: boom" in e.value.detail
     assert len(fake.tiers) == 1 and len(fake.tiers[0].said) == 1  # never switched
@@ -186,6 +202,7 @@ def interrupt_tier(monkeypatch, n: int) -> None:
         if len(self.tiers) == n:
             conv.__class__ = Interrupting
         return conv
+
     monkeypatch.setattr(FakeExecutor, "converse", converse)
 
 
@@ -277,11 +294,13 @@ def test_older_caddy_gets_no_stream_close_delay_and_a_note():
     assert "stream_close_delay" not in json.dumps(sent_config(fake.tiers[0], "pin"))
     assert [n for n in s.notes if "older than 2.7" in n] == [
         "Caddy 2.6.2 is older than 2.7: every proxy reload of this deploy closes proxied websockets "
-        "(no stream_close_delay)"]
+        "(no stream_close_delay)"
+    ]
 
 
 def test_validate_names_services_whose_caddyfile_lacks_stream_close_delay():
     s, fake, out = host(version=1)
     deploy(s)
-    assert any("no stream_close_delay on reverse_proxy for server, property, identity, profile-server" in n
-               for n in s.notes)
+    assert any(
+        "no stream_close_delay on reverse_proxy for server, property, identity, profile-server" in n for n in s.notes
+    )

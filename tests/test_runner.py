@@ -23,9 +23,14 @@ class SilentChannel:
     def exec_command(self, command: str) -> None: ...
     def sendall(self, data: bytes) -> None: ...
     def shutdown_write(self) -> None: ...
-    def recv_ready(self) -> bool: return False
-    def recv_stderr_ready(self) -> bool: return False
-    def exit_status_ready(self) -> bool: return False
+    def recv_ready(self) -> bool:
+        return False
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def exit_status_ready(self) -> bool:
+        return False
 
     def close(self) -> None:
         self.closed = True
@@ -37,8 +42,11 @@ class Cxn:
         self.client = self
 
     def open(self) -> None: ...
-    def get_transport(self): return self
-    def open_session(self): return self.chan
+    def get_transport(self):
+        return self
+
+    def open_session(self):
+        return self.chan
 
 
 def test_a_command_that_never_ends_is_given_up_after_its_deadline():
@@ -51,6 +59,7 @@ def test_a_command_that_never_ends_is_given_up_after_its_deadline():
 
 def test_every_command_has_a_deadline_and_the_long_ones_a_longer_one():
     from fabfile.config import HostConfig
+
     h = HostConfig(name="h")
     assert cmds.pull(h, ["server"], None, 900).deadline == 960
     assert cmds.lock("k", "acquire", "me", "120", stale=1800).deadline == 180

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fabfile import commands as cmds
+from fabfile import command as command_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 # A reader that may stop before its writer is done: the writer then dies of SIGPIPE, and
@@ -59,7 +59,7 @@ def test_host_programs_as_sent_pass_shellcheck(tmp_path):
     files = []
     for path in sorted((ROOT / "fabfile" / "remote").glob("*.sh")):
         sent = tmp_path / path.name
-        sent.write_text(cmds.script(path.name) if path.name in alone else cmds.program(path.name))
+        sent.write_text(command_mod.script(path.name) if path.name in alone else command_mod.program(path.name))
         files.append(str(sent))
     res = subprocess.run(["shellcheck", "-s", "sh", "-f", "gcc", *files], capture_output=True, text=True)
     assert (res.returncode, res.stdout) == (0, ""), res.stdout + res.stderr

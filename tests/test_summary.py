@@ -44,19 +44,27 @@ def test_markdown_table_across_hosts_then_each_host(report_file, capsys):
 
 
 def test_cells_cannot_break_the_table(tmp_path, capsys):
-    r = outcome.HostResult("h", "deploy", started_at=1.0, ended_at=2.0,
-                           steps=[StepRecord("pull", "failed", "a | b\nc <img src=x>", 0.1, 1.0)])
+    r = outcome.HostResult(
+        "h",
+        "deploy",
+        started_at=1.0,
+        ended_at=2.0,
+        steps=[StepRecord("pull", "failed", "a | b\nc <img src=x>", 0.1, 1.0)],
+    )
     path = tmp_path / "d.json"
     outcome.write_json(path, outcome.document("deploy", [r]))
     summary(path)
     assert "| pull | failed | 0.1s | a \\| b c &lt;img src=x> |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "summary: cannot read "),
-    ("not json", "is not JSON"),
-    ('{"verdict": "0 of 10 requests failed"}', "is not a zdd report (deploy --json)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "summary: cannot read "),
+        ("not json", "is not JSON"),
+        ('{"verdict": "0 of 10 requests failed"}', "is not a zdd report (deploy --json)"),
+    ],
+)
 def test_a_file_that_is_not_a_report_is_one_line(tmp_path, content, message):
     path = tmp_path / "d.json"
     if content is not None:

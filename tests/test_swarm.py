@@ -4,8 +4,8 @@ whose swarm_tier.sh is simulated (dry runs too)."""
 
 from __future__ import annotations
 
-import io
 import dataclasses
+import io
 import json
 import re
 import shlex
@@ -13,22 +13,23 @@ from types import SimpleNamespace
 
 import pytest
 
+from fabfile import command as command_mod
 from fabfile import commands as cmds
+from fabfile import commands_swarm as swarm_cmds
 from fabfile import history, sequence, tasks
-from fabfile.engines import swarm_state
 from fabfile.config import ConfigError, HostConfig, load, parse
-from fabfile.engines import SwarmEngine, engine_for
+from fabfile.engines import SwarmEngine, engine_for, swarm_state
 from fabfile.progress import Reporter
 from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
 from tests.fakes import (
-    deploy,
     SANDBOX_APPS,
     STACK,
     SWARM_KEY,
     SWARM_REF,
     Call,
     FakeExecutor,
+    deploy,
     fail,
     image_id,
     image_listing,
@@ -54,10 +55,12 @@ def token(monkeypatch):
 
 
 def digests(version: int = 2) -> str:
-    """``docker image ls --digests`` (cmds.image_digests) after a pull of ``version`` of every app."""
-    return "".join(f"digest {SWARM_REF.format(s)} {image_id(s, version)}\n" for s in SANDBOX_APPS) + \
-        f"digest {SWARM_REF.format('base')} {image_id('base')}\n" + \
-        "digest 127.0.0.1:15000/zdd-sandbox/server:<none> <none>\n"
+    """``docker image ls --digests`` (swarm_cmds.image_digests) after a pull of ``version`` of every app."""
+    return (
+        "".join(f"digest {SWARM_REF.format(s)} {image_id(s, version)}\n" for s in SANDBOX_APPS)
+        + f"digest {SWARM_REF.format('base')} {image_id('base')}\n"
+        + "digest 127.0.0.1:15000/zdd-sandbox/server:<none> <none>\n"
+    )
 
 
 def finished(call, fake) -> str:
@@ -66,16 +69,19 @@ def finished(call, fake) -> str:
     return ("Total reclaimed space: 0B\n" if prune else "") + "released the lock\n"
 
 
-def fake_manager(survey: str | list[str] | None = None, version: int = 2, failures: dict | None = None,
-                 log: list | None = None) -> FakeExecutor:
-    fake = FakeExecutor([
-        ("survey.sh", survey if survey is not None else stack_survey_text(stack_services())),
-        ("lock.sh", ok("locked\n")),
-        # pull.sh lists the image IDs (of the sandbox's Compose images here: not read), then the digests
-        ("pull.sh", "logged in to 127.0.0.1:15000\n" + image_listing(version) + digests(version)),
-        ("docker image ls --digests", digests(version)),
-        ("finish.sh", finished),
-    ])
+def fake_manager(
+    survey: str | list[str] | None = None, version: int = 2, failures: dict | None = None, log: list | None = None
+) -> FakeExecutor:
+    fake = FakeExecutor(
+        [
+            ("survey.sh", survey if survey is not None else stack_survey_text(stack_services())),
+            ("lock.sh", ok("locked\n")),
+            # pull.sh lists the image IDs (of the sandbox's Compose images here: not read), then the digests
+            ("pull.sh", "logged in to 127.0.0.1:15000\n" + image_listing(version) + digests(version)),
+            ("docker image ls --digests", digests(version)),
+            ("finish.sh", finished),
+        ]
+    )
     fake.on_report("swarm_tier.sh", swarm_reports(failures, log))
     return fake
 
@@ -113,17 +119,24 @@ def test_the_sandbox_swarm_host():
     assert isinstance(engine_for(h), SwarmEngine)
 
 
-@pytest.mark.parametrize("extra, message", [
-    ('engine = "swarm"', 'hosts.h.stack_name must name the stack when engine is "swarm"'),
-    ('engine = "swarm"\nstack_name = "a b"', "hosts.h.stack_name: 'a b' is not a valid stack name"),
-    ('engine = "swarm"\nstack_name = "s"\nenv_file = ".env"', "hosts.h.env_file: docker stack deploy reads no env"),
-    ('engine = "swarm"\nstack_name = "s"\n[hosts.h.proxy]\nmode = "recreate"',
-     'hosts.h.proxy.mode "recreate" is not available with engine swarm'),
-    ('engine = "kubernetes"', "engine must be one of native, docker-rollout, swarm"),
-    ('engine = "swarm"\nstack_name = "s"\n[hosts.h.registry]\nserver = "r"\npassword_env = "T"',
-     "hosts.h.registry.keep_login must be true with engine swarm: --with-registry-auth hands Swarm the login of "
-     "~/.docker/config.json"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('engine = "swarm"', 'hosts.h.stack_name must name the stack when engine is "swarm"'),
+        ('engine = "swarm"\nstack_name = "a b"', "hosts.h.stack_name: 'a b' is not a valid stack name"),
+        ('engine = "swarm"\nstack_name = "s"\nenv_file = ".env"', "hosts.h.env_file: docker stack deploy reads no env"),
+        (
+            'engine = "swarm"\nstack_name = "s"\n[hosts.h.proxy]\nmode = "recreate"',
+            'hosts.h.proxy.mode "recreate" is not available with engine swarm',
+        ),
+        ('engine = "kubernetes"', "engine must be one of native, docker-rollout, swarm"),
+        (
+            'engine = "swarm"\nstack_name = "s"\n[hosts.h.registry]\nserver = "r"\npassword_env = "T"',
+            "hosts.h.registry.keep_login must be true with engine swarm: --with-registry-auth hands Swarm the login of "
+            "~/.docker/config.json",
+        ),
+    ],
+)
 def test_swarm_settings_are_checked(extra, message):
     with pytest.raises(ConfigError) as e:
         parse(SWARM_BASE + "\n[hosts.h]\n" + extra + "\n")
@@ -137,48 +150,94 @@ def test_a_swarm_host_needs_no_plugin_checksum():
 
 # --- builders ------------------------------------------------------------------------------------
 
-H = HostConfig(name="t", dir="~/app", compose_files=("a.yaml", "b.yaml"), engine="swarm", stack_name="st",
-               rollout=(("server",),))
+H = HostConfig(
+    name="t", dir="~/app", compose_files=("a.yaml", "b.yaml"), engine="swarm", stack_name="st", rollout=(("server",),)
+)
 
 
 def program_args(c: cmds.Command | Call, name: str) -> list[str]:
     """The arguments of host program ``name`` in a command (or a call the fake host got)."""
     words = shlex.split(c.command if isinstance(c, Call) else c.render())
-    return words[words.index(name) + 1:]
+    return words[words.index(name) + 1 :]
 
 
 def test_stack_survey_command():
-    c = cmds.stack_survey(H)
-    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == cmds.program("survey.sh")
+    c = swarm_cmds.stack_survey(H)
+    assert c.argv[:2] == ("sh", "-c") and c.argv[2] == command_mod.program("survey.sh")
     assert c.argv[3:] == ("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "5000", "-f", "a.yaml", "-f", "b.yaml")
     assert c.cwd == "~/app"
 
 
 def test_swarm_tier_update_command_and_dry_run_lines():
-    changes = [cmds.SwarmChange("server", "r/server:1@sha256:abc", "r/server:1", ("order", "failure")),
-               cmds.SwarmChange("property", "r/property:1@sha256:def", "r/property:1")]
-    c = cmds.swarm_tier(H, "update", changes, 90)
+    changes = [
+        swarm_cmds.SwarmChange("server", "r/server:1@sha256:abc", "r/server:1", ("order", "failure")),
+        swarm_cmds.SwarmChange("property", "r/property:1@sha256:def", "r/property:1"),
+    ]
+    c = swarm_cmds.swarm_tier(H, "update", changes, 90)
     assert program_args(c, "swarm_tier.sh") == [
-        "update", "st", "90", ".zdd/stacks/st.json", "", "", "", "2",
-        "server", "r/server:1@sha256:abc", "r/server:1", "order,failure",
-        "property", "r/property:1@sha256:def", "r/property:1", ""]
+        "update",
+        "st",
+        "90",
+        ".zdd/stacks/st.json",
+        "",
+        "",
+        "",
+        "2",
+        "server",
+        "r/server:1@sha256:abc",
+        "r/server:1",
+        "order,failure",
+        "property",
+        "r/property:1@sha256:def",
+        "r/property:1",
+        "",
+    ]
     assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/swarm_tier.sh>' swarm_tier.sh update st 90")
-    assert c.dry_run_output == ("started server", "started property", "done server completed",
-                                "done property completed", "ok after 0s")
+    assert c.dry_run_output == (
+        "started server",
+        "started property",
+        "done server completed",
+        "done property completed",
+        "ok after 0s",
+    )
 
 
 def test_swarm_tier_stack_command_passes_the_compose_files_and_what_it_applies():
-    c = cmds.swarm_tier(H, "stack", [cmds.SwarmChange("redis")], 60, '{"redis": "h1"}')
-    assert program_args(c, "swarm_tier.sh") == ["stack", "st", "60", ".zdd/stacks/st.json", '{"redis": "h1"}', "", "",
-                                                "1", "redis", "", "", "", "-c", "a.yaml", "-c", "b.yaml"]
+    c = swarm_cmds.swarm_tier(H, "stack", [swarm_cmds.SwarmChange("redis")], 60, '{"redis": "h1"}')
+    assert program_args(c, "swarm_tier.sh") == [
+        "stack",
+        "st",
+        "60",
+        ".zdd/stacks/st.json",
+        '{"redis": "h1"}',
+        "",
+        "",
+        "1",
+        "redis",
+        "",
+        "",
+        "",
+        "-c",
+        "a.yaml",
+        "-c",
+        "b.yaml",
+    ]
     assert c.dry_run_output[0] == "started st"
-    c = cmds.swarm_tier(H, "rollback", [cmds.SwarmChange("redis")], 60, key="stack_st", journal=("{}", "{}"))
+    c = swarm_cmds.swarm_tier(
+        H, "rollback", [swarm_cmds.SwarmChange("redis")], 60, key="stack_st", journal=("{}", "{}")
+    )
     assert program_args(c, "swarm_tier.sh")[4:8] == ["", "stack_st", "{}\n{}", "1"]
 
 
 def test_digests_listing_and_the_key_of_a_stack():
-    assert cmds.image_digests().argv == ("docker", "image", "ls", "--digests", "--format",
-                                         "digest {{.Repository}}:{{.Tag}} {{.Digest}}")
+    assert swarm_cmds.image_digests().argv == (
+        "docker",
+        "image",
+        "ls",
+        "--digests",
+        "--format",
+        "digest {{.Repository}}:{{.Tag}} {{.Digest}}",
+    )
     listing = image_listing(1) + digests(2)  # what pull.sh and the digests listing print together
     table = swarm_state.digest_table(listing)
     assert table[SWARM_REF.format("server")] == image_id("server", 2) and len(table) == len(SANDBOX_APPS) + 1
@@ -187,24 +246,41 @@ def test_digests_listing_and_the_key_of_a_stack():
 
 
 def test_status_and_proxy_task_commands():
-    assert shlex.split(cmds.stack_tasks(H).render())[:4] == ["docker", "stack", "ps", "st"]
-    assert "label=com.docker.stack.namespace=st" in cmds.stack_tasks(H).render()
-    assert cmds.service_containers(H, "caddy").argv == ("docker", "ps", "--quiet", "--filter",
-                                                       "label=com.docker.swarm.service.name=st_caddy")
+    assert shlex.split(swarm_cmds.stack_tasks(H).render())[:4] == ["docker", "stack", "ps", "st"]
+    assert "label=com.docker.stack.namespace=st" in swarm_cmds.stack_tasks(H).render()
+    assert swarm_cmds.service_containers(H, "caddy").argv == (
+        "docker",
+        "ps",
+        "--quiet",
+        "--filter",
+        "label=com.docker.swarm.service.name=st_caddy",
+    )
 
 
 # --- reading the manager -------------------------------------------------------------------------
 
+
 def test_survey_is_parsed():
-    raw = [service_json("server", image_id("server", 3), previous=image_id("server", 2), update_state="completed"),
-           service_json("node-exporter", image_id("base"), replicas=None, order="stop-first", failure="pause",
-                        rollback_order="stop-first")]
+    raw = [
+        service_json("server", image_id("server", 3), previous=image_id("server", 2), update_state="completed"),
+        service_json(
+            "node-exporter",
+            image_id("base"),
+            replicas=None,
+            order="stop-first",
+            failure="pause",
+            rollback_order="stop-first",
+        ),
+    ]
     state = swarm_state.parse_survey(stack_survey_text(raw, running={"server": "2/3"}, applied={"server": "h"}), STACK)
     assert state.node == "active true" and state.applied == {"server": "h"}
     server = state.services["server"]
     assert server.image == f"{SWARM_REF.format('server')}@{image_id('server', 3)}"
-    assert (server.digest, server.stack_ref, server.running) == (image_id("server", 3), SWARM_REF.format("server"),
-                                                                 "2/3")
+    assert (server.digest, server.stack_ref, server.running) == (
+        image_id("server", 3),
+        SWARM_REF.format("server"),
+        "2/3",
+    )
     assert server.can_roll_back and server.previous_image.endswith(image_id("server", 2))
     assert server.update_state == "completed" and server.unset() == ()
     exporter = state.services["node-exporter"]
@@ -229,11 +305,15 @@ def test_spec_hash_ignores_the_image_only():
 
 # --- validation ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("node, message", [
-    ("inactive false", "this host is not in swarm mode (node state inactive)"),
-    ("active false", "this node is a Swarm worker"),
-    ("", "cannot read this node's swarm state: Cannot connect to the Docker daemon"),
-])
+
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        ("inactive false", "this host is not in swarm mode (node state inactive)"),
+        ("active false", "this node is a Swarm worker"),
+        ("", "cannot read this node's swarm state: Cannot connect to the Docker daemon"),
+    ],
+)
 def test_only_a_manager_will_do(node, message):
     fake = fake_manager(stack_survey_text(stack_services(), node=node))
     s, out = session(fake)
@@ -242,14 +322,19 @@ def test_only_a_manager_will_do(node, message):
     assert len(fake.calls) == 1 and steps_of(s) == [("validate", "failed")]
 
 
-@pytest.mark.parametrize("patch, problem", [
-    ({"server": {"healthcheck": None}}, "server has no healthcheck in the compose files"),
-    ({"property": {"healthcheck": {"disable": True}}}, "property has no healthcheck"),
-    ({"identity": {"healthcheck": {"test": ["NONE"]}}}, "identity has no healthcheck"),
-    ({"server": {"ports": [{"mode": "host", "target": 8080, "published": "8080"}]}},
-     "server publishes port 8080 in host mode, so it cannot run twice on a node"),
-    ({"redis": None}, "service 'redis' is not in the compose files"),
-])
+@pytest.mark.parametrize(
+    "patch, problem",
+    [
+        ({"server": {"healthcheck": None}}, "server has no healthcheck in the compose files"),
+        ({"property": {"healthcheck": {"disable": True}}}, "property has no healthcheck"),
+        ({"identity": {"healthcheck": {"test": ["NONE"]}}}, "identity has no healthcheck"),
+        (
+            {"server": {"ports": [{"mode": "host", "target": 8080, "published": "8080"}]}},
+            "server publishes port 8080 in host mode, so it cannot run twice on a node",
+        ),
+        ({"redis": None}, "service 'redis' is not in the compose files"),
+    ],
+)
 def test_validation_problems_stop_before_anything_changes(patch, problem):
     compose = swarm_compose_json(patch)
     fake = fake_manager(stack_survey_text(stack_services(), compose=compose))
@@ -262,13 +347,15 @@ def test_validation_problems_stop_before_anything_changes(patch, problem):
 
 def test_ingress_ports_and_vip_pass_with_a_note():
     vip = {"endpoint_mode": "vip", "update_config": {"order": "start-first"}}
-    compose = swarm_compose_json({"server": {"deploy": vip, "ports": [{"mode": "ingress", "target": 8080,
-                                                                        "published": "8080"}]}})
+    compose = swarm_compose_json(
+        {"server": {"deploy": vip, "ports": [{"mode": "ingress", "target": 8080, "published": "8080"}]}}
+    )
     s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose)), dry_run=True)
     state = SwarmEngine(s.host).validate(s)
     assert state.services and s.notes == [
         "server use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach their tasks through the "
-        "service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"]
+        "service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"
+    ]
 
 
 def test_a_missing_token_fails_validation(monkeypatch, tmp_path):
@@ -280,6 +367,7 @@ def test_a_missing_token_fails_validation(monkeypatch, tmp_path):
 
 
 # --- the plan ------------------------------------------------------------------------------------
+
 
 def state_of(services=None, **kw) -> swarm_state.StackState:
     return swarm_state.parse_survey(stack_survey_text(stack_services() if services is None else services, **kw), STACK)
@@ -293,7 +381,7 @@ def test_a_new_digest_rolls_to_ref_at_digest():
     p = swarm_state.plan_service("server", state_of(), table(2))
     assert p.roll and p.reason == f"new digest {image_id('server', 1)[7:19]} → {image_id('server', 2)[7:19]}"
     assert p.image == f"{SWARM_REF.format('server')}@{image_id('server', 2)}" and p.ref == SWARM_REF.format("server")
-    assert p.change() == cmds.SwarmChange("server", p.image, p.ref, ())
+    assert p.change() == swarm_cmds.SwarmChange("server", p.image, p.ref, ())
 
 
 def test_same_digest_skips_and_force_rolls():
@@ -328,12 +416,20 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
     services[0] = service_json("server", image_id("server", 1), order="stop-first", failure="pause")
     s, out = session(fake_manager(stack_survey_text(services)))
     deploy(s)
-    assert shlex.split(s.r.history[3])[-8:] == ["server", f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
-                                                 SWARM_REF.format("server"), "order,failure", "property",
-                                                 f"{SWARM_REF.format('property')}@{image_id('property', 2)}",
-                                                 SWARM_REF.format("property"), ""]
-    assert "server: no deploy.update_config.order: start-first in the running spec: zdd sets it for its update " \
-           "(a later docker stack deploy resets it: put it in the compose file)" in s.notes
+    assert shlex.split(s.r.history[3])[-8:] == [
+        "server",
+        f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
+        SWARM_REF.format("server"),
+        "order,failure",
+        "property",
+        f"{SWARM_REF.format('property')}@{image_id('property', 2)}",
+        SWARM_REF.format("property"),
+        "",
+    ]
+    assert (
+        "server: no deploy.update_config.order: start-first in the running spec: zdd sets it for its update "
+        "(a later docker stack deploy resets it: put it in the compose file)" in s.notes
+    )
     assert any(n.startswith("server: no deploy.update_config.failure_action: rollback") for n in s.notes)
 
 
@@ -344,32 +440,54 @@ def test_tasks_not_all_running_are_said():
 
 # --- a deploy ------------------------------------------------------------------------------------
 
+
 def test_deploy_updates_each_tier_together_in_order():
     log: list = []
     fake = fake_manager(log=log)
     s, out = session(fake)
     deploy(s)
     assert log == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
-    assert steps_of(s) == [("validate", "ok"), ("pull", "ok"), ("infra-up", "skipped"), ("plan", "ok"),
-                           ("rollout server, property", "ok"), ("rollout identity", "ok"),
-                           ("rollout profile-server", "ok"), ("reload-caddy", "skipped"), ("finish", "ok")]
+    assert steps_of(s) == [
+        ("validate", "ok"),
+        ("pull", "ok"),
+        ("infra-up", "skipped"),
+        ("plan", "ok"),
+        ("rollout server, property", "ok"),
+        ("rollout identity", "ok"),
+        ("rollout profile-server", "ok"),
+        ("reload-caddy", "skipped"),
+        ("finish", "ok"),
+    ]
     assert s.report.steps[4].detail == "server completed, property completed"
     assert s.report.steps[7].detail.startswith("not needed: Swarm takes a task out of service discovery")
-    assert s.report.steps[1].detail == "logged in to 127.0.0.1:15000; new digest for server, property, identity, " \
-                                       "profile-server"
+    assert (
+        s.report.steps[1].detail == "logged in to 127.0.0.1:15000; new digest for server, property, identity, "
+        "profile-server"
+    )
     assert s.report.steps[8].detail == "Total reclaimed space: 0B; released the lock"
     # survey, lock, pull, three tiers, finish (journal, prune, unlock); nothing at the proxy
     assert s.r.remote_commands == 7 and s.report.proxy_loads == 0
     assert "lock.sh acquire stack_remilia-swarm" in fake.calls[1].command
     finish = shlex.split(fake.calls[-1].command)
-    assert finish[finish.index("finish.sh") + 1:] == [SWARM_KEY, finish[finish.index("finish.sh") + 2], "1", "3", ""]
+    assert finish[finish.index("finish.sh") + 1 :] == [SWARM_KEY, finish[finish.index("finish.sh") + 2], "1", "3", ""]
     assert not fake.seen("caddy reload") and not fake.seen("restore.sh") and not fake.seen("tier.sh compose")
     pulled = shlex.split(fake.calls[fake.index("pull.sh")].command)
-    assert pulled[pulled.index("pull.sh") + 1:pulled.index("--")] == [
-        "1", "127.0.0.1:15000", "zdd", "900", "server", "property", "identity", "profile-server", "mongodb", "redis",
-        "caddy"]  # keep_login: the login stays for --with-registry-auth
+    assert pulled[pulled.index("pull.sh") + 1 : pulled.index("--")] == [
+        "1",
+        "127.0.0.1:15000",
+        "zdd",
+        "900",
+        "server",
+        "property",
+        "identity",
+        "profile-server",
+        "mongodb",
+        "redis",
+        "caddy",
+    ]  # keep_login: the login stays for --with-registry-auth
     assert fake.calls[fake.index("pull.sh")].command.endswith(
-        "&& docker image ls --digests --format 'digest {{.Repository}}:{{.Tag}} {{.Digest}}'")
+        "&& docker image ls --digests --format 'digest {{.Repository}}:{{.Tag}} {{.Digest}}'"
+    )
 
 
 def test_the_plan_goes_to_the_journal_with_the_first_change():
@@ -382,9 +500,13 @@ def test_the_plan_goes_to_the_journal_with_the_first_change():
     run = plan["run"]
     assert plan["event"] == "plan"
     assert plan["services"]["server"] == {
-        "roll": True, "reason": f"new digest {image_id('server', 1)[7:19]} → {image_id('server', 2)[7:19]}",
-        "ref": SWARM_REF.format("server"), "before": [image_id("server", 1)], "after": image_id("server", 2),
-        "old": []}
+        "roll": True,
+        "reason": f"new digest {image_id('server', 1)[7:19]} → {image_id('server', 2)[7:19]}",
+        "ref": SWARM_REF.format("server"),
+        "before": [image_id("server", 1)],
+        "after": image_id("server", 2),
+        "old": [],
+    }
     start = json.loads(fake.calls[1].stdin.strip())
     assert (start["run"], start["event"], start["kind"]) == (run, "start", "deploy")
     end = json.loads(fake.calls[-1].stdin.strip())
@@ -410,8 +532,10 @@ def test_a_failed_update_names_the_service_and_stops_the_tiers():
     s, out = session(fake)
     with pytest.raises(StepFailed) as e:
         deploy(s)
-    assert str(e.value) == "property: rollback_started (update rolled back due to failure); Swarm returns it to " \
-                           "its previous spec, its old tasks serve meanwhile"
+    assert (
+        str(e.value) == "property: rollback_started (update rolled back due to failure); Swarm returns it to "
+        "its previous spec, its old tasks serve meanwhile"
+    )
     assert "property: property.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)" in e.value.detail
     assert tier_runs(fake) == [("update", ["server", "property"])]
     assert steps_of(s)[-2:] == [("rollout server, property", "failed"), ("finish", "ok")]
@@ -422,8 +546,11 @@ def test_a_failed_update_names_the_service_and_stops_the_tiers():
 
 def test_a_paused_update_says_what_to_do():
     s, out = session(fake_manager(failures={"server": "paused"}))
-    with pytest.raises(StepFailed, match=r"^server: paused .*; Swarm paused the update: fix the image and deploy "
-                                         r"again, or fab rollback$"):
+    with pytest.raises(
+        StepFailed,
+        match=r"^server: paused .*; Swarm paused the update: fix the image and deploy "
+        r"again, or fab rollback$",
+    ):
         deploy(s)
 
 
@@ -462,12 +589,15 @@ def test_no_record_applies_the_stack_once_and_missing_services_are_created():
     assert log[0][0] == "stack" and set(log[0][1]) == {*SANDBOX_APPS, "mongodb", "redis", "caddy"}
     assert s.report.steps[2].detail == (
         "docker stack deploy: applied once (no record of what zdd applied before): server, property, identity, "
-        "profile-server, caddy; created: mongodb, redis")
+        "profile-server, caddy; created: mongodb, redis"
+    )
 
 
 def test_infra_with_a_new_digest_is_updated_in_infra_up():
-    services = [service_json("redis", image_id("base", 0)) if s["Spec"]["Name"].endswith("_redis") else s
-                for s in stack_services()]
+    services = [
+        service_json("redis", image_id("base", 0)) if s["Spec"]["Name"].endswith("_redis") else s
+        for s in stack_services()
+    ]
     log: list = []
     fake = fake_manager(stack_survey_text(services), version=1, log=log)
     s, out = session(fake)
@@ -478,6 +608,7 @@ def test_infra_with_a_new_digest_is_updated_in_infra_up():
 
 def test_reload_on_deploy_reloads_the_proxy_tasks_on_this_node(monkeypatch):
     import dataclasses
+
     h = load(HOSTS_TOML).host(NAME)
     h = dataclasses.replace(h, proxy=dataclasses.replace(h.proxy, reload_on_deploy=True))
     fake = fake_manager()
@@ -496,9 +627,13 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
     assert [c.subject.split(" ")[0] for c in fake.calls] == ["cd", "docker"]  # survey, images and digests listing
     assert fake.seen("survey.sh") and fake.seen("docker image ls --digests")
     text = out.getvalue()
-    order = ["lock.sh acquire stack_remilia-swarm", "pull.sh 1 127.0.0.1:15000 zdd",
-             "server: roll, new digest", *["swarm_tier.sh update remilia-swarm 90"] * 3,
-             f"finish.sh {SWARM_KEY}"]
+    order = [
+        "lock.sh acquire stack_remilia-swarm",
+        "pull.sh 1 127.0.0.1:15000 zdd",
+        "server: roll, new digest",
+        *["swarm_tier.sh update remilia-swarm 90"] * 3,
+        f"finish.sh {SWARM_KEY}",
+    ]
     at = -1
     for needle in order:
         at = text.index(needle, at + 1)
@@ -529,10 +664,12 @@ def test_rollout_service_updates_one_service_forced():
 
 # --- rollback and status -------------------------------------------------------------------------
 
+
 def test_rollback_goes_back_tier_by_tier_in_reverse_order():
     services = stack_services(version=2, previous=1)
-    services[1] = service_json("property", image_id("property", 2), previous=image_id("property", 1),
-                               update_state="rollback_completed")
+    services[1] = service_json(
+        "property", image_id("property", 2), previous=image_id("property", 1), update_state="rollback_completed"
+    )
     services[2] = service_json("identity", image_id("identity", 1))  # never updated
     log: list = []
     fake = fake_manager(stack_survey_text(services), log=log)
@@ -543,8 +680,13 @@ def test_rollback_goes_back_tier_by_tier_in_reverse_order():
     assert f"server: roll back, {image_id('server', 2)[7:19]} → {image_id('server', 1)[7:19]}" in text
     assert "property: skip, its last update was rolled back already (rollback_completed)" in text
     assert "identity: skip, no previous spec (never updated)" in text
-    assert steps_of(s) == [("validate", "ok"), ("plan", "ok"), ("rollback profile-server", "ok"),
-                           ("rollback server", "ok"), ("finish", "ok")]
+    assert steps_of(s) == [
+        ("validate", "ok"),
+        ("plan", "ok"),
+        ("rollback profile-server", "ok"),
+        ("rollback server", "ok"),
+        ("finish", "ok"),
+    ]
     assert s.report.steps[3].detail == "server rollback_completed"
     plan = json.loads(program_args(fake.calls[2], "swarm_tier.sh")[6])
     assert plan["services"]["server"]["after"] == image_id("server", 1) and not plan["services"]["identity"]["roll"]
@@ -563,18 +705,25 @@ def test_every_task_runs_the_engine_that_hosts_toml_names(monkeypatch):
     """Tasks never ask which engine runs: each gets the host's engine from engine_for and
     calls the sequence or the engine's own step with it."""
     called = []
-    monkeypatch.setattr(sequence, "rollback", lambda s, engine, to, wait, verdict, hooks=True: called.append(
-        ("rollback", engine.name, to)))
+    monkeypatch.setattr(
+        sequence,
+        "rollback",
+        lambda s, engine, to, wait, verdict, hooks=True: called.append(("rollback", engine.name, to)),
+    )
     monkeypatch.setattr(sequence, "recover", lambda s, engine: called.append(("recover", engine.name)))
 
     def run_steps(c, title, body, *args, **kw):
         h = load(HOSTS_TOML).host(c)
         engine = engine_for(h)
         monkeypatch.setattr(engine, "status", lambda s: called.append(("status", engine.name)) or [])
-        monkeypatch.setattr(engine, "survey", lambda s: called.append(("survey", engine.name)) or
-                            SimpleNamespace(key="k", lock_holder=""))
+        monkeypatch.setattr(
+            engine,
+            "survey",
+            lambda s: called.append(("survey", engine.name)) or SimpleNamespace(key="k", lock_holder=""),
+        )
         s = SimpleNamespace(host=h, name=c, r=SimpleNamespace(out=io.StringIO()))
         body(s, engine, lambda: None)
+
     monkeypatch.setattr(tasks, "run_steps", run_steps)
     monkeypatch.setattr(tasks, "read_runs", lambda s, state: [])
     monkeypatch.setattr(tasks, "unlock_step", lambda s, state: called.append(("unlock", state.key)))
@@ -584,10 +733,20 @@ def test_every_task_runs_the_engine_that_hosts_toml_names(monkeypatch):
         tasks.history_.body(host)
         tasks.recover.body(host)
         tasks.unlock.body(host)
-    assert called == [("rollback", "swarm", "r1"), ("status", "swarm"), ("survey", "swarm"), ("recover", "swarm"),
-                      ("survey", "swarm"), ("unlock", "k"),
-                      ("rollback", "native", "r1"), ("status", "native"), ("survey", "native"),
-                      ("recover", "native"), ("survey", "native"), ("unlock", "k")]
+    assert called == [
+        ("rollback", "swarm", "r1"),
+        ("status", "swarm"),
+        ("survey", "swarm"),
+        ("recover", "swarm"),
+        ("survey", "swarm"),
+        ("unlock", "k"),
+        ("rollback", "native", "r1"),
+        ("status", "native"),
+        ("survey", "native"),
+        ("recover", "native"),
+        ("survey", "native"),
+        ("unlock", "k"),
+    ]
 
 
 def status(s: Session) -> None:
@@ -604,22 +763,35 @@ def test_status_shows_services_tasks_the_lock_and_the_last_run():
     status(s)
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["[sandbox-swarm]", "service", "tasks", "digest", "last", "update", "image"]
-    assert lines[1].split() == ["[sandbox-swarm]", "caddy", "1/1", image_id("base")[7:19], "-",
-                                SWARM_REF.format("base")]
+    assert lines[1].split() == [
+        "[sandbox-swarm]",
+        "caddy",
+        "1/1",
+        image_id("base")[7:19],
+        "-",
+        SWARM_REF.format("base"),
+    ]
     assert any(ln.split()[1:3] == ["server", "0/1"] for ln in lines)
-    assert lines[-4:] == ["[sandbox-swarm]   remilia-swarm_server.1  vm  Running 3 minutes ago", "[sandbox-swarm]   ",
-                          "[sandbox-swarm]   lock: free",
-                          "[sandbox-swarm]   last run: 20261128-010000-7 deploy by alice@laptop: ok"]
+    assert lines[-4:] == [
+        "[sandbox-swarm]   remilia-swarm_server.1  vm  Running 3 minutes ago",
+        "[sandbox-swarm]   ",
+        "[sandbox-swarm]   lock: free",
+        "[sandbox-swarm]   last run: 20261128-010000-7 deploy by alice@laptop: ok",
+    ]
 
 
 def test_a_survey_that_cannot_run_fails_in_one_line():
     s, out = session(fake_manager(fail(127, stderr="sh: docker: not found")))
-    with pytest.raises(StepFailed, match=r"^cannot read stack remilia-swarm in ~/remilia-swarm: sh: docker: not "
-                                         r"found$"):
+    with pytest.raises(
+        StepFailed,
+        match=r"^cannot read stack remilia-swarm in ~/remilia-swarm: sh: docker: not "
+        r"found$",
+    ):
         SwarmEngine(s.host).validate(s)
 
 
 # --- what a stack deploy or Swarm itself could take down ------------------------------------------------
+
 
 def model_app(order: str | None) -> dict:
     deploy = {"endpoint_mode": "dnsrr", **({"update_config": {"order": order}} if order else {})}
@@ -631,18 +803,28 @@ def test_a_stack_deploy_that_would_update_an_app_stop_first_is_refused(order):
     h = load(HOSTS_TOML).host(NAME)
     state = swarm_state.StackState("active true", {"server": model_app(order)}, applied={})
     problems, _ = swarm_state.check_stack(state, h, ["server"])
-    assert any("would update it so, stopping its tasks first (downtime): set update_config.order: start-first" in p
-               for p in problems), problems
-    assert swarm_state.check_stack(swarm_state.StackState("active true", {"server": model_app("start-first")},
-                                                          applied={}), h, ["server"])[0] == []
+    assert any(
+        "would update it so, stopping its tasks first (downtime): set update_config.order: start-first" in p
+        for p in problems
+    ), problems
+    assert (
+        swarm_state.check_stack(
+            swarm_state.StackState("active true", {"server": model_app("start-first")}, applied={}), h, ["server"]
+        )[0]
+        == []
+    )
 
 
 def test_a_service_swarm_is_still_updating_is_refused():
     h = load(HOSTS_TOML).host(NAME)
     spec = model_app("start-first")
-    state = swarm_state.StackState("active true", {"server": spec},
-                                   {"server": swarm_state.StackService("server", "x@sha256:1", update_state="updating")},
-                                   applied={"server": swarm_state.spec_hash(spec)})
+    state = swarm_state.StackState(
+        "active true",
+        {"server": spec},
+        {"server": swarm_state.StackService("server", "x@sha256:1", update_state="updating")},
+        applied={"server": swarm_state.spec_hash(spec)},
+    )
     problems, _ = swarm_state.check_stack(state, h, ["server"])
-    assert problems == ["server: Swarm is still changing it (updating): wait until `docker service ps "
-                        "remilia-swarm_server` has settled"]
+    assert problems == [
+        "server: Swarm is still changing it (updating): wait until `docker service ps remilia-swarm_server` has settled"
+    ]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fabfile import commands as cmds
-from fabfile.commands import SwarmChange
+from fabfile import commands_swarm as swarm_cmds
+from fabfile.commands_swarm import SwarmChange
 from fabfile.config import HostConfig
 from tests.test_remote_scripts import Host
 
@@ -66,20 +66,33 @@ class Manager(Host):
     def __init__(self, tmp_path: Path):
         super().__init__(tmp_path)
         (tmp_path / "bin" / "docker").write_text(SWARM_DOCKER)
-        self.config = HostConfig(name="t", dir="~/app", compose_files=("x.yaml",), engine="swarm",
-                                 stack_name=STACK, rollout=(("server", "property"),))
+        self.config = HostConfig(
+            name="t",
+            dir="~/app",
+            compose_files=("x.yaml",),
+            engine="swarm",
+            stack_name=STACK,
+            rollout=(("server", "property"),),
+        )
         self.state = self.home / ".zdd" / "stacks" / f"{STACK}.json"
 
     def service(self, name: str, *states: str) -> None:
         self.set(f"svc-{STACK}_{name}", "".join(s + "\n" for s in states))
 
     def tier(self, action: str, *names: str, ceiling: int = 20, hashes: str = "") -> tuple[int, list[str], float]:
-        changes = [SwarmChange(n, f"r/{n}:1@sha256:new", f"r/{n}:1", ("order", "rollback-order") if n == "server"
-                               else ()) if action == "update" else SwarmChange(n) for n in names]
+        changes = [
+            SwarmChange(n, f"r/{n}:1@sha256:new", f"r/{n}:1", ("order", "rollback-order") if n == "server" else ())
+            if action == "update"
+            else SwarmChange(n)
+            for n in names
+        ]
         t0 = time.monotonic()
-        res = self.run(cmds.swarm_tier(self.config, action, changes, ceiling, hashes), timeout=60)
-        return res.returncode, [ln for ln in res.stdout.splitlines() if not ln.startswith("progress ")], \
-            time.monotonic() - t0
+        res = self.run(swarm_cmds.swarm_tier(self.config, action, changes, ceiling, hashes), timeout=60)
+        return (
+            res.returncode,
+            [ln for ln in res.stdout.splitlines() if not ln.startswith("progress ")],
+            time.monotonic() - t0,
+        )
 
 
 @pytest.fixture
@@ -100,11 +113,15 @@ def test_update_starts_every_service_then_waits_for_each(manager):
     assert out[2:4] == ["done server completed", "done property completed"]
     assert out[-1].startswith("ok after ")
     calls = manager.calls()
-    assert ("service update --detach --quiet --with-registry-auth --force --image r/server:1@sha256:new "
-            "--update-order start-first --rollback-order start-first --label-add com.docker.stack.image=r/server:1 "
-            "st_server") in calls
-    assert ("service update --detach --quiet --with-registry-auth --force --image r/property:1@sha256:new "
-            "--label-add com.docker.stack.image=r/property:1 st_property") in calls
+    assert (
+        "service update --detach --quiet --with-registry-auth --force --image r/server:1@sha256:new "
+        "--update-order start-first --rollback-order start-first --label-add com.docker.stack.image=r/server:1 "
+        "st_server"
+    ) in calls
+    assert (
+        "service update --detach --quiet --with-registry-auth --force --image r/property:1@sha256:new "
+        "--label-add com.docker.stack.image=r/property:1 st_property"
+    ) in calls
     # one inspect of both services per poll (the first one reads what Swarm said before)
     assert sum(c.startswith("service inspect --format") and c.endswith("st_server st_property") for c in calls) >= 4
 
@@ -119,15 +136,20 @@ def test_an_old_verdict_does_not_count(manager):
 
 @pytest.mark.parametrize("verdict", ["rollback_started", "rollback_completed", "paused", "rollback_paused"])
 def test_update_fails_at_once_naming_the_service(manager, verdict):
-    manager.service("server", OLD, f"updating|{NEW}|", f"{verdict}|{NEW}|update rolled back due to failure or "
-                                                       "early termination of task abc")
+    manager.service(
+        "server",
+        OLD,
+        f"updating|{NEW}|",
+        f"{verdict}|{NEW}|update rolled back due to failure or early termination of task abc",
+    )
     manager.service("property", "none||", f"updating|{NEW}|")
     rc, out, took = manager.tier("update", "server", "property")
     assert rc == 1
     assert out[-1] == f"failed server: {verdict} (update rolled back due to failure or early termination of task abc)"
     assert out[-2] == "detail server st_server.1 r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)"
-    assert "service ps --no-trunc --format {{.Name}} {{.Image}} {{.CurrentState}} {{.Error}} st_server" \
-        in manager.calls()
+    assert (
+        "service ps --no-trunc --format {{.Name}} {{.Image}} {{.CurrentState}} {{.Error}} st_server" in manager.calls()
+    )
     assert took < 5
 
 
@@ -153,8 +175,12 @@ def test_update_gives_up_at_the_ceiling(manager):
 def test_rollback_waits_for_rollback_completed_and_forgets_what_was_applied(manager):
     manager.state.parent.mkdir(parents=True)
     manager.state.write_text('{"server": "h"}\n')
-    manager.service("server", OLD, f"rollback_started|{NEW}|manually requested rollback",
-                    f"rollback_completed|{NEW}|rollback completed")
+    manager.service(
+        "server",
+        OLD,
+        f"rollback_started|{NEW}|manually requested rollback",
+        f"rollback_completed|{NEW}|rollback completed",
+    )
     rc, out, took = manager.tier("rollback", "server")
     assert rc == 0, out
     assert out[:2] == ["started server", "done server rollback_completed"]
@@ -176,8 +202,9 @@ def test_stack_deploys_then_waits_and_records_what_it_applied(manager):
     manager.set("replicas", f"{STACK}_server 1/1\n{STACK}_redis 0/1\n")
     hashes = '{"redis": "h2", "server": "h1"}'
     t0 = time.monotonic()
-    proc = manager.start(cmds.swarm_tier(manager.config, "stack", [SwarmChange("server"), SwarmChange("redis")], 30,
-                                         hashes))
+    proc = manager.start(
+        swarm_cmds.swarm_tier(manager.config, "stack", [SwarmChange("server"), SwarmChange("redis")], 30, hashes)
+    )
     time.sleep(6.5)
     manager.set("replicas", f"{STACK}_server 1/1\n{STACK}_redis 1/1 (max 1 per node)\n")
     out, _ = proc.communicate(timeout=20)
@@ -195,8 +222,10 @@ def test_a_failed_stack_deploy_records_nothing(manager):
     manager.set("deploy-fails")
     rc, out, took = manager.tier("stack", "server", hashes='{"server": "h"}')
     assert rc == 1
-    assert out == ["detail st failed to update service st_server: bad spec",
-                   "failed st: docker stack deploy: failed to update service st_server: bad spec"]
+    assert out == [
+        "detail st failed to update service st_server: bad spec",
+        "failed st: docker stack deploy: failed to update service st_server: bad spec",
+    ]
     assert not manager.state.exists()
 
 
@@ -204,11 +233,19 @@ def test_survey_of_a_stack(manager):
     manager.set("compose", '{"services": {"server": {"image": "r/server:1"}}}')
     manager.set("replicas", "st_server 1/1\n")
     manager.set("inspect", '[{"Spec": {"Name": "st_server"}}]')
-    res = manager.run(cmds.stack_survey(manager.config))
+    res = manager.run(swarm_cmds.stack_survey(manager.config))
     assert res.returncode == 0, res.stderr
     sections = [ln for ln in res.stdout.splitlines() if ln.startswith("=== ")]
-    assert sections == ["=== key 0", "=== lock 0", "=== journal 0", "=== compose 0", "=== node 0",
-                        "=== replicas 0", "=== applied 1", "=== services 0"]
+    assert sections == [
+        "=== key 0",
+        "=== lock 0",
+        "=== journal 0",
+        "=== compose 0",
+        "=== node 0",
+        "=== replicas 0",
+        "=== applied 1",
+        "=== services 0",
+    ]
     assert res.stdout.startswith("=== key 0\nstack_st\n=== lock 0\n=== journal 0\n")
     assert "active true" in res.stdout and '[{"Spec": {"Name": "st_server"}}]' in res.stdout
     calls = manager.calls()
@@ -221,18 +258,21 @@ def test_survey_of_a_stack(manager):
     (manager.home / ".zdd" / "locks" / "stack_st" / "holder").write_text("alice@laptop pid 1 deploy\n")
     (manager.home / ".zdd" / "journal").mkdir(parents=True)
     (manager.home / ".zdd" / "journal" / "stack_st.jsonl").write_text('{"run": "r1", "event": "start"}\n')
-    again = manager.run(cmds.stack_survey(manager.config)).stdout
+    again = manager.run(swarm_cmds.stack_survey(manager.config)).stdout
     assert '=== applied 0\n{"server": "h"}' in again
-    assert again.startswith('=== key 0\nstack_st\n=== lock 0\nalice@laptop pid 1 deploy\n'
-                            '=== journal 0\n{"run": "r1", "event": "start"}\n=== compose 0\n')
+    assert again.startswith(
+        "=== key 0\nstack_st\n=== lock 0\nalice@laptop pid 1 deploy\n"
+        '=== journal 0\n{"run": "r1", "event": "start"}\n=== compose 0\n'
+    )
 
 
 def test_journal_lines_are_written_before_the_change(manager):
     manager.service("server", OLD, f"completed|{NEW}|update completed")
     change = SwarmChange("server", "r/server:1@sha256:new", "r/server:1")
     plan = ('{"run": "r1", "event": "plan"}', '{"run": "r1", "event": "x"}')
-    res = manager.run(cmds.swarm_tier(manager.config, "update", [change], 20, key="stack_st", journal=plan),
-                      timeout=60)
+    res = manager.run(
+        swarm_cmds.swarm_tier(manager.config, "update", [change], 20, key="stack_st", journal=plan), timeout=60
+    )
     assert res.returncode == 0, res.stdout
     journal = manager.home / ".zdd" / "journal" / "stack_st.jsonl"
     assert journal.read_text() == "".join(line + "\n" for line in plan)
@@ -244,7 +284,11 @@ def test_the_lock_is_renewed_while_swarm_tier_waits(manager):
     (lock / "renewed").touch()
     os.utime(lock / "renewed", (1, 1))
     manager.service("server", OLD, "none||", f"updating|{NEW}|", f"completed|{NEW}|update completed")
-    res = manager.run(cmds.swarm_tier(manager.config, "update", [SwarmChange("server", "r/server:1@sha256:new")], 20,
-                                      key="stack_st"), timeout=60)
+    res = manager.run(
+        swarm_cmds.swarm_tier(
+            manager.config, "update", [SwarmChange("server", "r/server:1@sha256:new")], 20, key="stack_st"
+        ),
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout
     assert (lock / "renewed").stat().st_mtime > time.time() - 60

@@ -20,7 +20,6 @@ from invoke import Config, Context
 from invoke.exceptions import Exit
 
 import tasks as inv_tasks
-
 from fabfile.verify import (
     CONNECT_ERROR,
     OK,
@@ -58,27 +57,31 @@ def finished_report(recorder: Recorder, elapsed: float, **kw) -> Report:
 
 # -- settings ----------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"urls": []}, "no urls"),
-    ({"urls": "http://x/"}, "not a single string"),
-    ({"urls": ["ftp://x/"]}, "invalid url"),
-    ({"urls": ["/relative"]}, "invalid url"),
-    ({"concurrency": 0}, "concurrency"),
-    ({"rate": 0}, "rate"),
-    ({"rate": -5.0}, "rate"),
-    ({"duration": 0}, "duration"),
-    ({"timeout": 0}, "timeout"),
-    ({"max_failures": -1}, "max_failures"),
-    ({"version_regex": "v(\\d+"}, "invalid version_regex"),
-    ({"urls": [], "ws_urls": []}, "no urls"),
-    ({"ws_urls": "ws://x/"}, "not a single string"),
-    ({"ws_urls": ["http://x/"]}, "invalid ws url"),
-    ({"ws_urls": ["ws://"]}, "invalid ws url"),
-    ({"ws_connections": 0}, "ws_connections"),
-    ({"ws_connections": True}, "ws_connections"),
-    ({"ws_interval": 0}, "ws_interval"),
-    ({"max_ws_gap": 0}, "max_ws_gap"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"urls": []}, "no urls"),
+        ({"urls": "http://x/"}, "not a single string"),
+        ({"urls": ["ftp://x/"]}, "invalid url"),
+        ({"urls": ["/relative"]}, "invalid url"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"rate": 0}, "rate"),
+        ({"rate": -5.0}, "rate"),
+        ({"duration": 0}, "duration"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_failures": -1}, "max_failures"),
+        ({"version_regex": "v(\\d+"}, "invalid version_regex"),
+        ({"urls": [], "ws_urls": []}, "no urls"),
+        ({"ws_urls": "ws://x/"}, "not a single string"),
+        ({"ws_urls": ["http://x/"]}, "invalid ws url"),
+        ({"ws_urls": ["ws://"]}, "invalid ws url"),
+        ({"ws_connections": 0}, "ws_connections"),
+        ({"ws_connections": True}, "ws_connections"),
+        ({"ws_interval": 0}, "ws_interval"),
+        ({"max_ws_gap": 0}, "max_ws_gap"),
+    ],
+)
 def test_settings_validation(kwargs, message):
     kwargs = {"urls": [f"{BASE}/"], **kwargs}
     with pytest.raises(ValueError) as info:
@@ -100,6 +103,7 @@ def test_settings_defaults_are_valid():
 
 
 # -- classification ----------------------------------------------------------
+
 
 def test_classify_pure():
     assert classify_status(200) == OK and classify_status(204) == OK
@@ -135,11 +139,17 @@ def test_counts_by_class_through_the_loop():
     urls = [f"{BASE}/{p}" for p in paths]
     report = run(settings(urls, rate=400, duration=0.25), transport=httpx.MockTransport(behaviour_handler))
     per_url = {u["url"]: u for u in report.to_dict()["urls"]}
-    expected = {"ok": OK, "bad": "status 502", "redirect": "status 302",
-                "refused": CONNECT_ERROR, "reset": READ_ERROR, "slow": TIMEOUT}
+    expected = {
+        "ok": OK,
+        "bad": "status 502",
+        "redirect": "status 302",
+        "refused": CONNECT_ERROR,
+        "reset": READ_ERROR,
+        "slow": TIMEOUT,
+    }
     for path, kind in expected.items():
         entry = per_url[f"{BASE}/{path}"]
-        assert entry["requests"] >= 10, entry          # round-robin: every URL got traffic
+        assert entry["requests"] >= 10, entry  # round-robin: every URL got traffic
         assert entry["counts"] == {kind: entry["requests"]}
     assert report.counts[OK] == per_url[f"{BASE}/ok"]["requests"]
     assert report.failures == report.total - report.counts[OK] == len(report.failure_list)
@@ -152,8 +162,9 @@ def test_counts_by_class_through_the_loop():
 
 def test_round_robin_spreads_evenly():
     urls = [f"{BASE}/ok?n={i}" for i in range(3)]
-    report = run(settings(urls, concurrency=3, rate=300, duration=0.3),
-                 transport=httpx.MockTransport(behaviour_handler))
+    report = run(
+        settings(urls, concurrency=3, rate=300, duration=0.3), transport=httpx.MockTransport(behaviour_handler)
+    )
     counts = [s.total for s in report.recorder.urls.values()]
     assert min(counts) > 0 and max(counts) - min(counts) <= 3, counts
 
@@ -174,14 +185,16 @@ def test_reads_only_the_first_64_kib():
         body = b"v7 " + filler if request.url.path == "/early" else filler + b" v9"
         return httpx.Response(200, content=body)
 
-    report = run(settings([f"{BASE}/early", f"{BASE}/late"], rate=100, duration=0.2),
-                 transport=httpx.MockTransport(big))
+    report = run(
+        settings([f"{BASE}/early", f"{BASE}/late"], rate=100, duration=0.2), transport=httpx.MockTransport(big)
+    )
     assert list(report.recorder.urls[f"{BASE}/early"].versions) == ["v7"]
     assert report.recorder.urls[f"{BASE}/late"].versions == {}
     assert report.failures == 0
 
 
 # -- percentiles ---------------------------------------------------------------
+
 
 def test_percentile_nearest_rank():
     values = list(range(1, 101))
@@ -203,10 +216,10 @@ def test_latency_summary_sorts_and_reports():
 
 # -- timeline ------------------------------------------------------------------
 
+
 def test_timeline_buckets_by_second():
     rows = build_timeline([0.1, 0.9, 1.0, 1.5, 3.99], failure_times=[1.5, 3.99], elapsed=5.2)
-    assert [(r.start, r.requests, r.failures) for r in rows] == [
-        (0, 2, 0), (1, 2, 1), (2, 0, 0), (3, 1, 1), (4, 0, 0)]
+    assert [(r.start, r.requests, r.failures) for r in rows] == [(0, 2, 0), (1, 2, 1), (2, 0, 0), (3, 1, 1), (4, 0, 0)]
     lines = render_timeline(rows)
     assert lines[0].split() == ["0s", "req", "2", "fail", "0"]
     assert [("<-- FAIL" in line) for line in lines] == [False, True, False, True, False]
@@ -221,13 +234,14 @@ def test_timeline_collapse_keeps_every_failure_second():
     assert all(not r.collapsed for r in out if r.failures)
     assert out[0].start == 0 and out[-1].end == 199
     starts = [r.start for r in out]
-    assert {48, 49, 52, 53, 138, 139, 141, 142} <= set(starts)           # context rows kept
+    assert {48, 49, 52, 53, 138, 139, 141, 142} <= set(starts)  # context rows kept
     text = "\n".join(render_timeline(out))
     assert "1s-47s" in text and "(47 s without failures)" in text
-    assert collapse_timeline(rows[:60]) == rows[:60]                       # short: unchanged
+    assert collapse_timeline(rows[:60]) == rows[:60]  # short: unchanged
 
 
 # -- versions --------------------------------------------------------------------
+
 
 def test_versions_first_and_last_seen():
     rec = Recorder([f"{BASE}/a", f"{BASE}/b"])
@@ -235,7 +249,7 @@ def test_versions_first_and_last_seen():
         rec.record(f"{BASE}/a", t, 0.01, OK, version="v1")
     for t in (11.9, 13.0, 30.0):
         rec.record(f"{BASE}/a", t, 0.01, OK, version="v2")
-    rec.record(f"{BASE}/a", 20.0, 0.01, "status 502", version="v3")   # non-2xx: ignored
+    rec.record(f"{BASE}/a", 20.0, 0.01, "status 502", version="v3")  # non-2xx: ignored
     rec.record(f"{BASE}/b", 1.0, 0.01, OK, version="v2")
     report = finished_report(rec, 31.0, max_failures=1)
     switches = report.switches()
@@ -253,11 +267,13 @@ def test_version_from_regex_group_and_header():
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text="build=2024.1 v1", headers={"x-app-version": " v42 "})
 
-    grouped = run(settings(version_regex=r"build=(\S+)", rate=100, duration=0.1),
-                  transport=httpx.MockTransport(handler))
+    grouped = run(
+        settings(version_regex=r"build=(\S+)", rate=100, duration=0.1), transport=httpx.MockTransport(handler)
+    )
     assert list(grouped.versions()) == ["2024.1"]
-    header = run(settings(version_header="X-App-Version", rate=100, duration=0.1),
-                 transport=httpx.MockTransport(handler))
+    header = run(
+        settings(version_header="X-App-Version", rate=100, duration=0.1), transport=httpx.MockTransport(handler)
+    )
     assert list(header.versions()) == ["v42"]
 
 
@@ -274,6 +290,7 @@ def test_version_switch_seen_through_the_loop():
 
 
 # -- verdict, ok, JSON -------------------------------------------------------------
+
 
 def test_verdict_without_failures():
     rec = Recorder([f"{BASE}/"])
@@ -296,7 +313,8 @@ def test_verdict_with_failures_and_max_failures():
     strict = finished_report(rec, 20.0)
     assert strict.verdict() == (
         "7 of 4,312 requests failed (status 502: 5, connect error: 2), 7 if never retried, p99 38 ms; "
-        f"failing URLs: {a} (5), {b} (2); failing seconds: 12-13s, 15s")
+        f"failing URLs: {a} (5), {b} (2); failing seconds: 12-13s, 15s"
+    )
     assert (strict.ok, strict.exit_code, strict.failures) == (False, 1, 7)
     failing_rows = {r.start: r.failures for r in strict.timeline() if r.failures}
     assert failing_rows == {12: 3, 13: 3, 15: 1}
@@ -307,8 +325,10 @@ def test_verdict_with_failures_and_max_failures():
 
 
 def test_json_contains_everything(tmp_path):
-    report = run(settings([f"{BASE}/ok", f"{BASE}/refused"], rate=200, duration=0.3),
-                 transport=httpx.MockTransport(behaviour_handler))
+    report = run(
+        settings([f"{BASE}/ok", f"{BASE}/refused"], rate=200, duration=0.3),
+        transport=httpx.MockTransport(behaviour_handler),
+    )
     path = report.write_json(tmp_path / "verify.json")
     data = json.loads(path.read_text())
     assert data["total"] == report.total > 0
@@ -330,6 +350,7 @@ def test_json_contains_everything(tmp_path):
 
 # -- rate limiting, stopping -----------------------------------------------------------
 
+
 def test_token_schedule_has_no_drift_and_caps_catch_up():
     sched = TokenSchedule(rate=10, start=100.0, max_lag=1.0)
     dues = [sched.reserve(now=100.0) for _ in range(5)]
@@ -341,8 +362,7 @@ def test_token_schedule_has_no_drift_and_caps_catch_up():
 
 
 def test_rate_is_honoured():
-    report = run(settings(concurrency=8, rate=50, duration=1.0),
-                 transport=httpx.MockTransport(behaviour_handler))
+    report = run(settings(concurrency=8, rate=50, duration=1.0), transport=httpx.MockTransport(behaviour_handler))
     assert 40 <= report.total <= 60, report.total
 
 
@@ -407,8 +427,9 @@ def test_background_loop_can_let_in_flight_requests_finish():
         await asyncio.sleep(0.5)
         return httpx.Response(200, text="app v2")
 
-    loop = BackgroundLoop(settings(concurrency=4, timeout=5), transport=httpx.MockTransport(slow),
-                          finish_in_flight=True).start()
+    loop = BackgroundLoop(
+        settings(concurrency=4, timeout=5), transport=httpx.MockTransport(slow), finish_in_flight=True
+    ).start()
     time.sleep(0.2)
     began = time.monotonic()
     report = loop.stop()
@@ -425,12 +446,15 @@ def _stale_once_handler():
         if calls["n"] == 2:  # the server closed the kept-alive connection as this request went out
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
         return httpx.Response(200, text="app v1")
+
     return handler
 
 
 def test_stale_keep_alive_close_is_retried_once_and_reported():
-    report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.3, rate=20),
-                 transport=httpx.MockTransport(_stale_once_handler()))
+    report = run(
+        settings([f"{BASE}/ok"], concurrency=1, duration=0.3, rate=20),
+        transport=httpx.MockTransport(_stale_once_handler()),
+    )
     assert report.failures == 0 and report.ok
     assert len(report.recorder.stale_retries) == 1
     data = report.to_dict()
@@ -441,8 +465,10 @@ def test_stale_keep_alive_close_is_retried_once_and_reported():
 
 
 def test_stale_keep_alive_close_counts_as_failure_without_retry():
-    report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.3, rate=20, retry_stale=False),
-                 transport=httpx.MockTransport(_stale_once_handler()))
+    report = run(
+        settings([f"{BASE}/ok"], concurrency=1, duration=0.3, rate=20, retry_stale=False),
+        transport=httpx.MockTransport(_stale_once_handler()),
+    )
     assert report.failures == 1 and not report.ok
     assert report.recorder.failures[0].kind == "read error"
     assert report.recorder.stale_retries == []
@@ -454,12 +480,12 @@ def test_first_request_on_a_new_connection_is_not_retried():
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
-    report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.2, rate=20),
-                 transport=httpx.MockTransport(handler))
+    report = run(settings([f"{BASE}/ok"], concurrency=1, duration=0.2, rate=20), transport=httpx.MockTransport(handler))
     assert report.failures == report.total > 0 and report.recorder.stale_retries == []
 
 
 # -- packaging ---------------------------------------------------------------------------
+
 
 def test_pyproject_lists_every_fabfile_package_and_ships_the_host_scripts():
     root = Path(__file__).resolve().parent.parent
@@ -470,6 +496,7 @@ def test_pyproject_lists_every_fabfile_package_and_ships_the_host_scripts():
 
 
 # -- inv verify: flags to settings ----------------------------------------------------------
+
 
 @pytest.fixture
 def captured(monkeypatch):
@@ -500,21 +527,31 @@ def test_inv_verify_ws_alone_and_no_retry(captured):
 
 def test_inv_verify_host_brings_its_ws_urls_and_flags_replace_a_list(captured, tmp_path):
     hosts = tmp_path / "hosts.toml"
-    hosts.write_text('[hosts.h.verify]\nurls = ["http://svc.test/"]\nws_urls = ["ws://svc.test/ws"]\n'
-                     'ws_connections = 3\n')
+    hosts.write_text(
+        '[hosts.h.verify]\nurls = ["http://svc.test/"]\nws_urls = ["ws://svc.test/ws"]\nws_connections = 3\n'
+    )
     inv_verify(hosts, host="h")
     assert (captured[-1].urls, captured[-1].ws_urls, captured[-1].ws_connections) == (
-        ["http://svc.test/"], ["ws://svc.test/ws"], 3)
+        ["http://svc.test/"],
+        ["ws://svc.test/ws"],
+        3,
+    )
     inv_verify(hosts, host="h", ws=["ws://other.test/"], ws_connections="1")
     assert (captured[-1].urls, captured[-1].ws_urls, captured[-1].ws_connections) == (
-        ["http://svc.test/"], ["ws://other.test/"], 1)
+        ["http://svc.test/"],
+        ["ws://other.test/"],
+        1,
+    )
 
 
-@pytest.mark.parametrize("flags, message", [
-    ({}, "give --url or --ws"),
-    ({"ws": ["http://svc.test/"]}, "verify: invalid ws url 'http://svc.test/'"),
-    ({"ws": ["ws://svc.test/"], "ws_connections": "0"}, "verify: ws_connections must be"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({}, "give --url or --ws"),
+        ({"ws": ["http://svc.test/"]}, "verify: invalid ws url 'http://svc.test/'"),
+        ({"ws": ["ws://svc.test/"], "ws_connections": "0"}, "verify: ws_connections must be"),
+    ],
+)
 def test_inv_verify_mistakes_are_one_line_exits(captured, flags, message):
     with pytest.raises(Exit) as info:
         inv_verify(**flags)

@@ -11,7 +11,8 @@ import asyncio
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -31,8 +32,8 @@ class EchoServer:
         self.silent = silent
         self.mute_first_after = mute_first_after
         self.port = 0
-        self.replies: list[int] = []              # replies sent, per connection in accept order
-        self.live: dict[ServerConnection, int] = {}   # open connection -> its index in replies
+        self.replies: list[int] = []  # replies sent, per connection in accept order
+        self.live: dict[ServerConnection, int] = {}  # open connection -> its index in replies
         self._server: Server | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -48,32 +49,38 @@ class EchoServer:
     def call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(5)
 
-    def start(self) -> "EchoServer":
+    def start(self) -> EchoServer:
         self._thread.start()
         self.listen()
         return self
 
     def listen(self) -> None:
         """Listen (again, on the same port once one was chosen)."""
+
         async def go() -> None:
             self._server = await serve(self._handler, "127.0.0.1", self.port)
             self.port = self._server.sockets[0].getsockname()[1]
+
         self.call(go())
 
     def stop_listening(self) -> None:
         """Close the listening socket and every connection (close code 1001)."""
+
         async def go() -> None:
             assert self._server is not None
             self._server.close()
             await self._server.wait_closed()
+
         self.call(go())
 
     def close_all(self, code: int = 1001) -> int:
         """Close every live connection from the server's side; returns how many."""
+
         async def go() -> int:
             live = list(self.live)
             await asyncio.gather(*(ws.close(code, "going away") for ws in live))
             return len(live)
+
         return self.call(go())
 
     def shutdown(self) -> None:
@@ -122,19 +129,20 @@ def free_port() -> int:
 
 # -- through a real server -----------------------------------------------------------
 
+
 def test_server_side_closes_are_counted_exactly_and_both_versions_seen(server):
     loop = BackgroundLoop(VerifySettings(ws_urls=[server.url], ws_connections=3, **FAST)).start()
     try:
         wait_until(lambda: server.live_answering() == 3)
-        assert server.close_all(1001) == 3                       # round 1, still v1
+        assert server.close_all(1001) == 3  # round 1, still v1
         wait_until(lambda: server.accepted == 6 and min(server.replies[3:]) >= 2)
         server.version = "v2"
-        assert server.close_all(1001) == 3                       # round 2: reconnects get v2
+        assert server.close_all(1001) == 3  # round 2: reconnects get v2
         wait_until(lambda: server.accepted == 9 and min(server.replies[6:]) >= 2)
     finally:
         report = loop.stop()
     stats = report.ws.urls[server.url]
-    assert len(stats.disconnects) == 6                           # our own close at stop is not one
+    assert len(stats.disconnects) == 6  # our own close at stop is not one
     assert stats.close_codes() == {1001: 6}
     assert (stats.opened, stats.reconnect_failures, stats.connections) == (9, 0, 3)
     assert len(stats.gaps) == 6 and all(g.recovered for g in stats.gaps)
@@ -143,15 +151,14 @@ def test_server_side_closes_are_counted_exactly_and_both_versions_seen(server):
     v1, v2 = stats.versions["v1"], stats.versions["v2"]
     assert v1.first < v2.first and v1.count >= 6 and v2.count >= 3
     assert report.ok and report.ws_ok and report.exit_code == 0
-    assert report.verdict().startswith("websockets: 3 held, 6 disconnects (close 1001: 6), "
-                                       "longest gap 0.")
+    assert report.verdict().startswith("websockets: 3 held, 6 disconnects (close 1001: 6), longest gap 0.")
     entry = report.to_dict()["websockets"][0]
     assert (entry["disconnects"], entry["close_codes"], entry["opened"]) == (6, {"1001": 6}, 9)
     assert [v["version"] for v in entry["versions"]] == ["v1", "v2"]
     assert all(d["code"] == 1001 and "going away" in d["reason"] for d in entry["disconnect_list"])
     text = report.render()
     assert server.url in text and "close 1001: 6; disconnects at" in text
-    assert f"{server.url}: v1 first" in text                     # the version switch is listed
+    assert f"{server.url}: v1 first" in text  # the version switch is listed
     assert text.splitlines()[-1].startswith("PASS: websockets: 3 held, 6 disconnects")
 
 
@@ -161,7 +168,7 @@ def test_a_refusing_server_shows_as_a_gap_of_that_length(server):
     try:
         wait_until(lambda: server.live_answering() == 2)
         began = time.monotonic()
-        server.stop_listening()                                   # closes both with 1001, then refuses
+        server.stop_listening()  # closes both with 1001, then refuses
         time.sleep(1.0)
         server.listen()
         outage = time.monotonic() - began
@@ -172,9 +179,9 @@ def test_a_refusing_server_shows_as_a_gap_of_that_length(server):
     assert len(stats.disconnects) == 2 and stats.close_codes() == {1001: 2}
     assert len(stats.gaps) == 2 and all(g.recovered for g in stats.gaps)
     assert outage - 0.3 <= stats.longest_gap <= outage + 1.0, (outage, stats.longest_gap)
-    assert stats.reconnect_failures >= 4                          # retried every 0.1 s while refused
+    assert stats.reconnect_failures >= 4  # retried every 0.1 s while refused
     assert any("Refused" in reason for reason in stats.connect_failures), stats.connect_failures
-    assert not report.ws_ok and not report.ok                     # max_ws_gap 0.4 s exceeded
+    assert not report.ws_ok and not report.ok  # max_ws_gap 0.4 s exceeded
     assert "(max allowed 0.4 s)" in report.verdict()
     assert report.to_dict()["websockets"][0]["longest_gap_s"] == round(stats.longest_gap, 3)
 
@@ -185,7 +192,7 @@ def test_a_connection_never_closed_reports_no_disconnect(server):
     assert (len(stats.disconnects), stats.opened, stats.reconnect_failures) == (0, 2, 0)
     assert stats.gaps == [] and stats.longest_gap == 0.0
     assert stats.messages >= 6 and list(stats.versions) == ["v1"]
-    assert report.ok and report.total == 0                        # no HTTP urls: nothing to fail there
+    assert report.ok and report.total == 0  # no HTTP urls: nothing to fail there
     assert report.verdict() == "websockets: 2 held, 0 disconnects, longest gap 0.00 s"
     assert "Timeline" not in report.render()
 
@@ -193,14 +200,13 @@ def test_a_connection_never_closed_reports_no_disconnect(server):
 def test_a_server_that_never_answers_is_not_a_pass():
     silent = EchoServer(silent=True).start()
     try:
-        report = run(VerifySettings(ws_urls=[silent.url], ws_connections=1, ws_interval=0.1,
-                                    timeout=0.2, duration=0.8))
+        report = run(VerifySettings(ws_urls=[silent.url], ws_connections=1, ws_interval=0.1, timeout=0.2, duration=0.8))
     finally:
         silent.shutdown()
     stats = report.ws.urls[silent.url]
     assert stats.messages == 0 and len(stats.disconnects) >= 2
     assert all(d.code is None and d.reason == "no reply within 0.2 s" for d in stats.disconnects)
-    assert stats.gaps == []                                       # it never worked, so no gap
+    assert stats.gaps == []  # it never worked, so no gap
     assert not report.ws_ok and not report.ok
     assert report.verdict().endswith(f"; never answered: {silent.url}")
     assert report.render().splitlines()[-1].startswith("FAIL (websockets): ")
@@ -209,8 +215,9 @@ def test_a_server_that_never_answers_is_not_a_pass():
 def test_a_working_connection_that_stops_answering_breaks_and_is_replaced():
     muted = EchoServer(mute_first_after=3).start()
     try:
-        loop = BackgroundLoop(VerifySettings(ws_urls=[muted.url], ws_connections=1, ws_interval=0.1,
-                                             timeout=0.3)).start()
+        loop = BackgroundLoop(
+            VerifySettings(ws_urls=[muted.url], ws_connections=1, ws_interval=0.1, timeout=0.3)
+        ).start()
         try:
             wait_until(lambda: muted.accepted == 2 and muted.replies[1] >= 2)
         finally:
@@ -221,7 +228,7 @@ def test_a_working_connection_that_stops_answering_breaks_and_is_replaced():
     assert [(d.code, d.reason) for d in stats.disconnects] == [(None, "no reply within 0.3 s")]
     [gap] = stats.gaps
     assert gap.recovered and gap.start == pytest.approx(stats.disconnects[0].t)
-    assert 0.25 <= gap.seconds <= 2.0, gap                        # dated from the unanswered message
+    assert 0.25 <= gap.seconds <= 2.0, gap  # dated from the unanswered message
     assert stats.opened == 2 and report.ws_ok
 
 
@@ -237,8 +244,12 @@ def test_http_and_websockets_in_one_run(server):
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text="app v7")
 
-    report = run(VerifySettings(urls=["http://svc.test/"], ws_urls=[server.url], ws_connections=1,
-                                rate=50, duration=0.5, **FAST), transport=httpx.MockTransport(handler))
+    report = run(
+        VerifySettings(
+            urls=["http://svc.test/"], ws_urls=[server.url], ws_connections=1, rate=50, duration=0.5, **FAST
+        ),
+        transport=httpx.MockTransport(handler),
+    )
     assert report.total >= 10 and report.failures == 0 and report.ws.urls[server.url].messages >= 3
     verdict = report.verdict()
     assert verdict.startswith(f"0 of {report.total:,} requests failed, 0 if never retried, p99 ")
@@ -250,6 +261,7 @@ def test_http_and_websockets_in_one_run(server):
 
 
 # -- the recording rules, without a server ------------------------------------------------
+
 
 def test_gap_runs_from_a_working_connection_breaking_until_an_answer():
     stats = WsUrlStats("ws://x/", connections=2)

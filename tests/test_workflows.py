@@ -68,8 +68,13 @@ def parse(argv: list[str]) -> list:
 
 
 def all_commands() -> list[tuple[str, list[str]]]:
-    return [(path.name, argv) for path in WORKFLOWS for step in steps(path) if "run" in step
-            for argv in command_lines(step["run"])]
+    return [
+        (path.name, argv)
+        for path in WORKFLOWS
+        for step in steps(path)
+        if "run" in step
+        for argv in command_lines(step["run"])
+    ]
 
 
 def test_both_workflows_exist():
@@ -79,8 +84,12 @@ def test_both_workflows_exist():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_valid_against_githubs_workflow_schema(path):
     assert CHECK_JSONSCHEMA.exists(), "check-jsonschema is in the test extra: scripts/bootstrap.sh installs it"
-    res = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -94,22 +103,26 @@ def test_every_fab_and_inv_command_names_real_tasks_and_flags():
             pytest.fail(f"{name}: {shlex.join(argv)}: {e}")
 
 
-@pytest.mark.parametrize("argv", [
-    "fab -H h deploy --jsn deploy.json",   # a misspelt flag
-    "fab -H h deploi",                     # an unknown task
-    "fab -H h deploy --strict extra",      # a stray word
-    "inv summary",                         # its file is missing
-    "inv sumary deploy.json",
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "fab -H h deploy --jsn deploy.json",  # a misspelt flag
+        "fab -H h deploi",  # an unknown task
+        "fab -H h deploy --strict extra",  # a stray word
+        "inv summary",  # its file is missing
+        "inv sumary deploy.json",
+    ],
+)
 def test_the_check_catches_wrong_command_lines(argv):
     with pytest.raises(ParseError):
         parse(shlex.split(argv))
 
 
 def test_command_lines_are_cut_at_redirections_and_operators():
-    assert command_lines("inv summary deploy.json >> \"$GITHUB_STEP_SUMMARY\"") == [["inv", "summary", "deploy.json"]]
-    assert command_lines("echo hi && fab -H a \\\n  deploy --strict || true") == [["fab", "-H", "a", "deploy",
-                                                                                    "--strict"]]
+    assert command_lines('inv summary deploy.json >> "$GITHUB_STEP_SUMMARY"') == [["inv", "summary", "deploy.json"]]
+    assert command_lines("echo hi && fab -H a \\\n  deploy --strict || true") == [
+        ["fab", "-H", "a", "deploy", "--strict"]
+    ]
     assert command_lines("pip install fabric  # fab later") == []
 
 
@@ -121,12 +134,14 @@ def test_the_deploy_as_the_issue_has_it(path):
     (ctx,) = [c for c in parse(deploys[0]) if c.name == "deploy"]
     assert ctx.as_kwargs["strict"] and ctx.as_kwargs["json"] == "deploy.json"
     deploy_step = next(s for s in steps(path) if "fab -H" in s.get("run", ""))
-    assert deploy_step["env"] == {"GH_PACKAGES_TOKEN": "${{ secrets.GH_PACKAGES_TOKEN }}",
-                                  "GH_ACTOR": "${{ github.actor }}",
-                                  # the release markers' tokens (hosts.toml's notify.*_env), as secrets
-                                  "GRAFANA_TOKEN": "${{ secrets.GRAFANA_TOKEN }}",
-                                  "SENTRY_AUTH_TOKEN": "${{ secrets.SENTRY_AUTH_TOKEN }}",
-                                  "CHAT_WEBHOOK_URL": "${{ secrets.CHAT_WEBHOOK_URL }}"}
+    assert deploy_step["env"] == {
+        "GH_PACKAGES_TOKEN": "${{ secrets.GH_PACKAGES_TOKEN }}",
+        "GH_ACTOR": "${{ github.actor }}",
+        # the release markers' tokens (hosts.toml's notify.*_env), as secrets
+        "GRAFANA_TOKEN": "${{ secrets.GRAFANA_TOKEN }}",
+        "SENTRY_AUTH_TOKEN": "${{ secrets.SENTRY_AUTH_TOKEN }}",
+        "CHAT_WEBHOOK_URL": "${{ secrets.CHAT_WEBHOOK_URL }}",
+    }
     assert "${{" not in deploy_step["run"]  # secrets reach fab through env, never inline
 
 

@@ -46,7 +46,7 @@ class Tiers(Protocol):
 
 class Engine(Protocol):
     name: str
-    interrupted: str   # what an interruption leaves behind, for the run's one-line error
+    interrupted: str  # what an interruption leaves behind, for the run's one-line error
 
     def survey(self, s: Session) -> Any:
         """One read of the host; the state has ``key``, ``lock_holder`` and ``journal``."""

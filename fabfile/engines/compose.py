@@ -19,8 +19,7 @@ from .. import commands as cmds
 from .. import journal, locking, steps
 from ..history import journal_lines, rollback_target, short_id
 from ..locking import Held
-from ..plan import (HostState, has_healthcheck, image_table, make_plan, normalize_ref, parse_survey,
-                    shared_mounts)
+from ..plan import HostState, has_healthcheck, image_table, make_plan, normalize_ref, parse_survey, shared_mounts
 from ..proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, upstream_hosts, without_stream_close_delay
 from ..runner import BadInput
 from ..session import Session
@@ -30,7 +29,7 @@ from .compose_rollout import ComposeRollout, recreate_proxy
 
 class ComposeEngine:
     name = "native"
-    plugin = False   # the new containers start with compose --scale, not docker-rollout
+    plugin = False  # the new containers start with compose --scale, not docker-rollout
     interrupted = "interrupted: what carried no traffic yet was removed; the proxy restore finishes on the host"
 
     def __init__(self, host: Any):
@@ -39,8 +38,9 @@ class ComposeEngine:
     # --- reading the host ----------------------------------------------------------------
     def survey(self, s: Session) -> HostState:
         """One read of the host: compose model, config hashes, containers, the proxy."""
-        return steps.read_survey(s, cmds.survey(s.host), lambda text: parse_survey(text, s.host.proxy.service),
-                                 "the host's compose project")
+        return steps.read_survey(
+            s, cmds.survey(s.host), lambda text: parse_survey(text, s.host.proxy.service), "the host's compose project"
+        )
 
     def validate(self, s: Session, only: list[str] | None = None) -> HostState:
         """Check the host's compose project and the proxy config the rollout will rewrite
@@ -49,20 +49,25 @@ class ComposeEngine:
         with s.report.step("validate") as rec:
             state = self.survey(s)
             problems = check_compose(state.services, s, only)
-            problems += preflight(state, s, [n for n in (h.app_services if only is None else only)
-                                             if n in h.app_services])
+            problems += preflight(
+                state, s, [n for n in (h.app_services if only is None else only) if n in h.app_services]
+            )
             if only is None:
                 steps.registry_credentials(s)  # a missing token fails here, before anything changes
             if problems:
                 raise BadInput(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
             rec.detail = f"{len(state.services)} services in the compose project"
             if h.proxy.service and h.proxy.drain and h.app_services and not state.proxy and only is None:
-                raise BadInput(f"the proxy {h.proxy.service} is not running, so old containers cannot be drained: "
-                               f"start it (docker compose up -d {h.proxy.service}), or set proxy.drain = false")
+                raise BadInput(
+                    f"the proxy {h.proxy.service} is not running, so old containers cannot be drained: "
+                    f"start it (docker compose up -d {h.proxy.service}), or set proxy.drain = false"
+                )
             if h.proxy.service and h.proxy.drain and h.app_services and state.proxy:
                 if state.proxy_config is None:
-                    raise BadInput(f"{state.proxy_config_error or 'cannot read the proxy config'}: fix "
-                                   f"{h.proxy.config}, or set proxy.drain = false (a proxy that is not Caddy)")
+                    raise BadInput(
+                        f"{state.proxy_config_error or 'cannot read the proxy config'}: fix "
+                        f"{h.proxy.config}, or set proxy.drain = false (a proxy that is not Caddy)"
+                    )
                 aliased = alias_problems(state, h, only)
                 if aliased:
                     raise BadInput(f"{len(aliased)} problem(s) on the host: " + "; ".join(aliased))
@@ -71,11 +76,15 @@ class ComposeEngine:
                     rec.detail += f" (Caddy {state.proxy_version})"
                 streams_note(s, state)
             if state.proxy_edited:
-                s.notes.append(f"{h.proxy.service} runs another config than {h.proxy.config} (edited, not reloaded?): "
-                               "zdd's loads are made from the file, so that edit goes live with this deploy")
+                s.notes.append(
+                    f"{h.proxy.service} runs another config than {h.proxy.config} (edited, not reloaded?): "
+                    "zdd's loads are made from the file, so that edit goes live with this deploy"
+                )
             if state.proxy_pinned:
-                s.notes.append(f"{h.proxy.service} was still routing to container addresses (an unfinished "
-                               "deploy): this run restores its config file")
+                s.notes.append(
+                    f"{h.proxy.service} was still routing to container addresses (an unfinished "
+                    "deploy): this run restores its config file"
+                )
         return state
 
     # --- getting ready -------------------------------------------------------------------
@@ -90,12 +99,19 @@ class ComposeEngine:
         with s.report.step("pull") as rec:
             listing, logged = steps.fetch_images(s, names)
             images = image_table(listing)
-            changed = [n for n in names if images.get(normalize_ref(str(state.services[n].get("image", "")))) not in
-                       (None, *{c.image for c in state.running(n)}) or len({c.image for c in state.running(n)}) > 1]
+            changed = [
+                n
+                for n in names
+                if images.get(normalize_ref(str(state.services[n].get("image", ""))))
+                not in (None, *{c.image for c in state.running(n)})
+                or len({c.image for c in state.running(n)}) > 1
+            ]
             rec.detail = logged + (f"new image for {', '.join(changed)}" if changed else "no new images")
         if h.proxy.service in changed and h.proxy.mode == "reload":
-            s.notes.append(f"{h.proxy.service} has a new image: a reload does not switch to it; "
-                           "recreate it when an outage is acceptable (proxy.mode = recreate)")
+            s.notes.append(
+                f"{h.proxy.service} has a new image: a reload does not switch to it; "
+                "recreate it when an outage is acceptable (proxy.mode = recreate)"
+            )
         return images
 
     def infra_up(self, s: Session, state: HostState | None = None, images: dict[str, str] | None = None) -> Any:
@@ -144,16 +160,23 @@ class ComposeEngine:
         refs = {name: normalize_ref(ref) for name, ref in named.items()}
         by_digest = sorted(n for n, r in named.items() if "@" in r and n in target.images_after())
         if by_digest:
-            raise BadInput(f"{', '.join(by_digest)}: the compose files name the image by digest, and a rollback tags "
-                           "the kept image: name it by a tag (e.g. image: app:${TAG}) to roll back")
-        wanted = {name: image for name, image in target.images_after().items()
-                  if name in s.host.app_services and refs.get(name)}
+            raise BadInput(
+                f"{', '.join(by_digest)}: the compose files name the image by digest, and a rollback tags "
+                "the kept image: name it by a tag (e.g. image: app:${TAG}) to roll back"
+            )
+        wanted = {
+            name: image
+            for name, image in target.images_after().items()
+            if name in s.host.app_services and refs.get(name)
+        }
         present = s.r.probe(cmds.image_inspect_ids(list(wanted.values())))
         have = set(present.stdout.split())
         gone = [f"{n} ({short_id(i)})" for n, i in wanted.items() if i not in have]
         if gone:
-            raise BadInput(f"the images of run {target.run} are gone for {', '.join(gone)}: "
-                           f"prune keeps those of the last {s.host.keep_images} runs (keep_images)")
+            raise BadInput(
+                f"the images of run {target.run} are gone for {', '.join(gone)}: "
+                f"prune keeps those of the last {s.host.keep_images} runs (keep_images)"
+            )
         return f"rollback to {target.run}", (target.run, {n: (refs[n], i) for n, i in wanted.items()})
 
     def rollback_release(self, s: Session, state: HostState, target: Any) -> Release:
@@ -204,6 +227,7 @@ class DockerRolloutEngine(ComposeEngine):
 
 # --- validation ------------------------------------------------------------------------------
 
+
 def preflight(state: HostState, s: Session, names: list[str]) -> list[str]:
     """Problems of app services that would make the overlap unsafe (the seed's checks);
     shared writable mounts are a note, not a problem."""
@@ -212,12 +236,16 @@ def preflight(state: HostState, s: Session, names: list[str]) -> list[str]:
         if name not in state.services:
             continue
         if not has_healthcheck(name, state) and s.host.service(name).no_healthcheck_wait is None:
-            problems.append(f"{name} has no healthcheck, so nothing says when a new container is ready: add one, "
-                            f"or set services.{name}.no_healthcheck_wait (seconds of running that count as ready)")
+            problems.append(
+                f"{name} has no healthcheck, so nothing says when a new container is ready: add one, "
+                f"or set services.{name}.no_healthcheck_wait (seconds of running that count as ready)"
+            )
         mounts = shared_mounts(name, state)
         if mounts:
-            s.notes.append(f"{name}: old and new containers share {', '.join(mounts)} while both run "
-                           "(a database file there, e.g. SQLite, sees two writers)")
+            s.notes.append(
+                f"{name}: old and new containers share {', '.join(mounts)} while both run "
+                "(a database file there, e.g. SQLite, sees two writers)"
+            )
     return problems
 
 
@@ -229,7 +257,7 @@ def check_compose(host_services: dict[str, Any], s: Session, only: list[str] | N
     for name in wanted:
         if name not in host_services:
             problems.append(f"service {name!r} is not in the compose project on the host")
-    for name in (only if only is not None else h.app_services):
+    for name in only if only is not None else h.app_services:
         svc = host_services.get(name)
         if name not in h.app_services or not svc:
             continue
@@ -252,9 +280,11 @@ def alias_problems(state: HostState, h: Any, only: list[str] | None = None) -> l
         for net, spec in ((state.services.get(name) or {}).get("networks") or {}).items():
             for alias in (spec or {}).get("aliases") or [] if isinstance(spec, dict) else []:
                 if alias in dialled and alias != name:
-                    problems.append(f"{h.proxy.config} reaches {name} through its network alias {alias!r} "
-                                    f"({net}): zdd drains only upstreams that name the service; dial {name}:PORT, "
-                                    f"or set services.{name}.drain = false")
+                    problems.append(
+                        f"{h.proxy.config} reaches {name} through its network alias {alias!r} "
+                        f"({net}): zdd drains only upstreams that name the service; dial {name}:PORT, "
+                        f"or set services.{name}.drain = false"
+                    )
     return problems
 
 
@@ -262,13 +292,17 @@ def streams_note(s: Session, state: HostState) -> None:
     """Say once what proxy reloads will do to websockets (NOTES 9)."""
     version = caddy_version(state.proxy_version)
     if version and version < STREAM_CLOSE_DELAY_SINCE:
-        s.notes.append(f"Caddy {state.proxy_version} is older than 2.7: every proxy reload of this deploy closes "
-                       "proxied websockets (no stream_close_delay)")
+        s.notes.append(
+            f"Caddy {state.proxy_version} is older than 2.7: every proxy reload of this deploy closes "
+            "proxied websockets (no stream_close_delay)"
+        )
         return
     missing = without_stream_close_delay(state.proxy_config or {}, s.host.app_services)
     if missing:
-        s.notes.append(f"{s.host.proxy.config} has no stream_close_delay on reverse_proxy for {', '.join(missing)}: "
-                       "the final reload (restore) closes their websockets; zdd's own loads keep them")
+        s.notes.append(
+            f"{s.host.proxy.config} has no stream_close_delay on reverse_proxy for {', '.join(missing)}: "
+            "the final reload (restore) closes their websockets; zdd's own loads keep them"
+        )
 
 
 def status_lines(s: Session, state: HostState, runs: list[journal.Run]) -> list[str]:
@@ -284,7 +318,10 @@ def status_lines(s: Session, state: HostState, runs: list[journal.Run]) -> list[
             age = f"{int(now - c.started_at)}s" if c.started_at else "?"
             lines.append(f"{name}: {c.id} {c.state} {c.health} image {short_id(c.image)} up {age}")
     if state.proxy:
-        routing = ("pinned to container addresses by an unfinished run" if state.proxy_pinned
-                   else "by service name (its config file)")
+        routing = (
+            "pinned to container addresses by an unfinished run"
+            if state.proxy_pinned
+            else "by service name (its config file)"
+        )
         lines.append(f"proxy {s.host.proxy.service}: routes {routing}")
     return lines + journal_lines(state, runs)

@@ -46,7 +46,7 @@ class TierRun:
     started: float
     pid: str = ""
     lines: list[str] = field(default_factory=list)
-    new: dict[str, list[str]] = field(default_factory=dict)       # service -> new container ids
+    new: dict[str, list[str]] = field(default_factory=dict)  # service -> new container ids
     new_ips: dict[str, list[str]] = field(default_factory=dict)
     switched: bool = False
     ended: CommandResult | None = None
@@ -58,7 +58,7 @@ class ComposeRollout:
 
     def __init__(self, s: Session, state: HostState, plans: list[ServicePlan], held: Held, plugin: bool = False):
         self.s, self.r, self.host, self.state, self.plugin = s, s.r, s.host, state, plugin
-        self.lock = held                     # the run's lock: its id, its pending journal lines (the plan)
+        self.lock = held  # the run's lock: its id, its pending journal lines (the plan)
         held.prune = any(p.roll for p in plans)
         self.plans = {p.name: p for p in plans}
         rolling = [p for p in plans if p.roll]
@@ -68,16 +68,16 @@ class ComposeRollout:
             delay = self.host.proxy.stream_close_delay if keeps_streams else ""
             self.routing = Routing(state.proxy_config, state.proxy_networks, delay)
         self.pinned = False
-        self.loaded = False                  # a config of ours went into the proxy: restore its file at the end
-        self.open: list[TierRun] = []        # tiers past their switch, still draining
-        self.retiring: list[str] = []        # old container ids being stopped
+        self.loaded = False  # a config of ours went into the proxy: restore its file at the end
+        self.open: list[TierRun] = []  # tiers past their switch, still draining
+        self.retiring: list[str] = []  # old container ids being stopped
         self.drain_addrs: dict[str, list[str]] = {}  # service -> upstream addresses whose drain is watched
         for p in rolling:
             self.drain_addrs[p.name] = self._drain_addrs(p)
 
     # --- the proxy side ------------------------------------------------------------------
     def _drains(self, name: str) -> bool:
-        return (self.routing is not None and self.host.service(name).drain and bool(self.routing.ports(name)))
+        return self.routing is not None and self.host.service(name).drain and bool(self.routing.ports(name))
 
     def _drain_addrs(self, p: ServicePlan) -> list[str]:
         if not self._drains(p.name) or not p.old:
@@ -124,8 +124,15 @@ class ComposeRollout:
         if self.plugin and p.old:
             hook = hook or p.old[0].labels.get(HOOK_LABEL, "")
             target = len(p.old)  # docker-rollout doubles the running count
-        return cmds.TierService(p.name, target, svc.health_timeout, svc.stop_timeout,
-                                tuple(c.id for c in p.old), tuple(self.drain_addrs.get(p.name, [])), hook)
+        return cmds.TierService(
+            p.name,
+            target,
+            svc.health_timeout,
+            svc.stop_timeout,
+            tuple(c.id for c in p.old),
+            tuple(self.drain_addrs.get(p.name, [])),
+            hook,
+        )
 
     def tier(self, names: list[str]) -> None:
         """Replace the containers of these services (one tier) with zero downtime."""
@@ -133,16 +140,28 @@ class ComposeRollout:
         if not plans:
             return
         specs = [self._spec(p) for p in plans]
-        cmd = cmds.tier(self.host, self.plugin, self.state.proxy or "", specs, self.state.proxy_networks,
-                        self.state.key, self.lock.run)
+        cmd = cmds.tier(
+            self.host,
+            self.plugin,
+            self.state.proxy or "",
+            specs,
+            self.state.proxy_networks,
+            self.state.key,
+            self.lock.run,
+        )
         run = TierRun([p.name for p in plans], None, time.monotonic())  # type: ignore[arg-type]
         with self.s.report.step(f"rollout {', '.join(run.names)}") as rec:
             pin = self._pin_line()
-            run.conv = self.r.converse(cmd, {"pin": "the proxy config pinning every service that rolls to its "
-                                                    "old containers", "switch": "the proxy config routing "
-                                                    f"{', '.join(run.names)} to the new containers",
-                                             "nopin": "nothing to pin", "go": "go on (no proxy routing)",
-                                             "journal": "the plan, for the host's journal"})
+            run.conv = self.r.converse(
+                cmd,
+                {
+                    "pin": "the proxy config pinning every service that rolls to its old containers",
+                    "switch": f"the proxy config routing {', '.join(run.names)} to the new containers",
+                    "nopin": "nothing to pin",
+                    "go": "go on (no proxy routing)",
+                    "journal": "the plan, for the host's journal",
+                },
+            )
             try:
                 for line in self.lock.take_lines():  # the plan, written on the host before the first change
                     run.conv.send("journal " + line)
@@ -168,13 +187,17 @@ class ComposeRollout:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StepFailed(f"{', '.join(run.names)}: no answer from the host within {timeout:.0f} s "
-                                 f"(waiting for {words[0]})")
+                raise StepFailed(
+                    f"{', '.join(run.names)}: no answer from the host within {timeout:.0f} s (waiting for {words[0]})"
+                )
             line = run.conv.readline(min(left, 1.0))
             if line is None:
                 run.ended = run.conv.close()
-                raise StepFailed(f"{', '.join(run.names)}: the host-side rollout ended unexpectedly "
-                                 f"({run.ended.first_error_line()})", "\n".join(run.lines))
+                raise StepFailed(
+                    f"{', '.join(run.names)}: the host-side rollout ended unexpectedly "
+                    f"({run.ended.first_error_line()})",
+                    "\n".join(run.lines),
+                )
             if not line:
                 continue
             word, _, rest = line.partition(" ")
@@ -190,8 +213,10 @@ class ComposeRollout:
                 self._new(run, rest)
             elif word == "failed":
                 run.ended = run.conv.close()
-                raise StepFailed(f"{', '.join(run.names)}: {rest}; new containers removed, old ones serving",
-                                 tier_failure_detail(run.lines))
+                raise StepFailed(
+                    f"{', '.join(run.names)}: {rest}; new containers removed, old ones serving",
+                    tier_failure_detail(run.lines),
+                )
             elif word in words:
                 return rest
 
@@ -223,8 +248,10 @@ class ComposeRollout:
                     break
                 if line == "switched":  # the signal came as the switch was loaded: it stands
                     run.switched = True
-                    self.r.note(f"{', '.join(run.names)}: switched as the interruption came: the new containers "
-                                "carry the traffic; the host drains and retires the old ones")
+                    self.r.note(
+                        f"{', '.join(run.names)}: switched as the interruption came: the new containers "
+                        "carry the traffic; the host drains and retires the old ones"
+                    )
                     break
             if run.switched:
                 self.retiring += [c.id for n in run.names for c in self.plans[n].old]
@@ -266,12 +293,19 @@ class ComposeRollout:
             drained = self._drained(run, wait)
             if wait:
                 run.ended = run.conv.close()
-                self.s.report.record(f"drain {', '.join(run.names)}", "ok" if drained else "failed",
-                                     drained or "no answer (the host finishes it on its own)", time.monotonic() - t0)
+                self.s.report.record(
+                    f"drain {', '.join(run.names)}",
+                    "ok" if drained else "failed",
+                    drained or "no answer (the host finishes it on its own)",
+                    time.monotonic() - t0,
+                )
             else:
                 run.conv.close_early()
-                self.s.report.record(f"drain {', '.join(run.names)}", "ok", drained or "left to the host (it stops "
-                                     "the old containers once nothing is in flight to them)")
+                self.s.report.record(
+                    f"drain {', '.join(run.names)}",
+                    "ok",
+                    drained or "left to the host (it stops the old containers once nothing is in flight to them)",
+                )
         self.open = []
 
     def _drained(self, run: TierRun, wait: bool) -> str:
@@ -282,9 +316,9 @@ class ComposeRollout:
             if line is None or line.startswith("retired") or (not line and not wait):
                 break
             if line.startswith("progress "):
-                self.s.report.progress(f"{', '.join(run.names)} {line[len('progress '):]}")
+                self.s.report.progress(f"{', '.join(run.names)} {line[len('progress ') :]}")
             elif line.startswith("drained "):
-                drained = line[len("drained "):]
+                drained = line[len("drained ") :]
         return drained
 
     def needs_restore(self) -> bool:
@@ -304,8 +338,10 @@ class ComposeRollout:
                 self.s.report.proxy_loaded()
             else:
                 rec.status = "failed"
-                self.s.notes.append(f"the proxy still routes by container address: "
-                                    f"fab -H {self.s.name} reload-caddy once the old containers are gone")
+                self.s.notes.append(
+                    f"the proxy still routes by container address: "
+                    f"fab -H {self.s.name} reload-caddy once the old containers are gone"
+                )
             return detach and res.ok
 
 
@@ -338,7 +374,9 @@ def recreate_proxy(s: Session) -> None:
     """``proxy.mode = "recreate"``: the plan's ``up --force-recreate`` of the proxy, an outage."""
     p = s.host.proxy
     with s.report.step(steps.proxy_step(s)) as rec:
-        s.r.note(f"proxy.mode = recreate: {p.service} is force-recreated, its ports are closed meanwhile "
-                 "(an outage; see NOTES)")
+        s.r.note(
+            f"proxy.mode = recreate: {p.service} is force-recreated, its ports are closed meanwhile "
+            "(an outage; see NOTES)"
+        )
         s.r.change(cmds.Compose(s.host).recreate(p.service), f"recreating {p.service}")
         rec.detail = "recreated (outage while it restarted)"

@@ -41,7 +41,7 @@ import json
 import time
 from typing import Any
 
-from .. import commands as cmds
+from .. import commands_swarm as swarm_cmds
 from .. import locking, steps
 from ..history import journal_lines
 from ..locking import Held
@@ -49,8 +49,19 @@ from ..plan import image_table, short_image
 from ..runner import BadInput
 from ..session import Session
 from .base import Release
-from .swarm_state import (SETTINGS, StackState, check_node, check_stack, digest_table, make_plan, parse_survey,
-                          rollback_plan, spec_hash, stack_changes, wanted_digest)
+from .swarm_state import (
+    SETTINGS,
+    StackState,
+    check_node,
+    check_stack,
+    digest_table,
+    make_plan,
+    parse_survey,
+    rollback_plan,
+    spec_hash,
+    stack_changes,
+    wanted_digest,
+)
 from .swarm_tier import Updates, ceiling, reload_proxy, run
 
 
@@ -64,8 +75,12 @@ class SwarmEngine:
     # --- reading the host ----------------------------------------------------------------
     def survey(self, s: Session) -> StackState:
         """One read of the manager: compose model, node, the stack's services, what zdd applied."""
-        return steps.read_survey(s, cmds.stack_survey(s.host), lambda text: parse_survey(text, s.host.stack_name),
-                                 f"stack {s.host.stack_name}")
+        return steps.read_survey(
+            s,
+            swarm_cmds.stack_survey(s.host),
+            lambda text: parse_survey(text, s.host.stack_name),
+            f"stack {s.host.stack_name}",
+        )
 
     def validate(self, s: Session, only: list[str] | None = None) -> StackState:
         """The node is a manager, the compose files fit hosts.toml; nothing changes before this passes."""
@@ -81,8 +96,9 @@ class SwarmEngine:
                     problems.append(f"{name} is not deployed in stack {h.stack_name}: run infra-up (or deploy) first")
             if problems:
                 raise BadInput(f"{len(problems)} problem(s) on the host: " + "; ".join(problems))
-            rec.detail = (f"Swarm manager; stack {h.stack_name}: {len(state.services)} of {len(state.model)} "
-                          "services deployed")
+            rec.detail = (
+                f"Swarm manager; stack {h.stack_name}: {len(state.services)} of {len(state.model)} services deployed"
+            )
             s.notes.extend(notes)
         return state
 
@@ -94,19 +110,26 @@ class SwarmEngine:
         """Log in, pull every configured service on this node and read the digests (ref -> digest)."""
         names = [n for n in steps.configured_services(s.host) if n in state.model]
         with s.report.step("pull") as rec:
-            listing, logged = steps.fetch_images(s, names, (cmds.image_digests(),))
+            listing, logged = steps.fetch_images(s, names, (swarm_cmds.image_digests(),))
             digests = digest_table(listing)
-            changed = [n for n in names if n in state.services and wanted_digest(
-                str(state.model[n].get("image", "")), digests) not in (None, state.services[n].digest)]
+            changed = [
+                n
+                for n in names
+                if n in state.services
+                and wanted_digest(str(state.model[n].get("image", "")), digests) not in (None, state.services[n].digest)
+            ]
             rec.detail = logged + (f"new digest for {', '.join(changed)}" if changed else "no new digests")
         proxy = s.host.proxy.service
         if proxy in changed:
-            s.notes.append(f"{proxy} has a new image: zdd does not update the proxy (its port is published on the "
-                           "node); docker service update --image it when a short outage is acceptable")
+            s.notes.append(
+                f"{proxy} has a new image: zdd does not update the proxy (its port is published on the "
+                "node); docker service update --image it when a short outage is acceptable"
+            )
         return digests
 
-    def infra_up(self, s: Session, state: StackState | None = None,
-                 digests: dict[str, str] | None = None) -> StackState:
+    def infra_up(
+        self, s: Session, state: StackState | None = None, digests: dict[str, str] | None = None
+    ) -> StackState:
         """``docker stack deploy`` when a service is missing or the compose files changed since zdd
         applied them; then the infra services whose tag names a new digest. The state afterwards."""
         h = s.host
@@ -114,12 +137,12 @@ class SwarmEngine:
             if state is None or digests is None:  # the task alone: compare with the images on this node
                 state = self.survey(s)
                 check_node(state)
-                digests = image_table(s.r.read(cmds.image_digests(), "listing the images"))
+                digests = image_table(s.r.read(swarm_cmds.image_digests(), "listing the images"))
             said = []
             changes = stack_changes(state)
             if changes:
                 hashes = json.dumps({n: spec_hash(svc) for n, svc in state.model.items()}, sort_keys=True)
-                run(s, "stack", [cmds.SwarmChange(n) for n in changes], ceiling(s, state, list(changes)), hashes)
+                run(s, "stack", [swarm_cmds.SwarmChange(n) for n in changes], ceiling(s, state, list(changes)), hashes)
                 whys: dict[str, list[str]] = {}
                 for name, why in changes.items():
                     whys.setdefault(why, []).append(name)
@@ -147,8 +170,10 @@ class SwarmEngine:
             for key in p.sets if p.roll else ():
                 settings.setdefault(key, []).append(p.name)
         for key, names_ in settings.items():
-            s.notes.append(f"{', '.join(names_)}: no deploy.{SETTINGS[key]} in the running spec: zdd sets it for its "
-                           "update (a later docker stack deploy resets it: put it in the compose file)")
+            s.notes.append(
+                f"{', '.join(names_)}: no deploy.{SETTINGS[key]} in the running spec: zdd sets it for its "
+                "update (a later docker stack deploy resets it: put it in the compose file)"
+            )
         return plans
 
     def plan_event(self, run_id: str, state: StackState, release: Release) -> dict:
@@ -158,8 +183,14 @@ class SwarmEngine:
             svc = state.services.get(p.name)
             before = [svc.digest] if svc and svc.digest else []
             after = p.image.partition("@")[2] if p.roll else (before or [""])[0]
-            services[p.name] = {"roll": p.roll, "reason": p.reason, "ref": p.ref or (svc.stack_ref if svc else ""),
-                                "before": before, "after": after, "old": []}
+            services[p.name] = {
+                "roll": p.roll,
+                "reason": p.reason,
+                "ref": p.ref or (svc.stack_ref if svc else ""),
+                "before": before,
+                "after": after,
+                "old": [],
+            }
         return {"run": run_id, "t": int(time.time()), "event": "plan", "services": services}
 
     def tiers(self, s: Session, state: StackState, release: Release, held: Held) -> Updates:
@@ -167,7 +198,7 @@ class SwarmEngine:
 
     def one_service(self, s: Session, state: StackState, name: str) -> Release:
         """The service updated to the digest its tag names on this node (always)."""
-        digests = digest_table(s.r.read(cmds.image_digests(), "listing the images"))
+        digests = digest_table(s.r.read(swarm_cmds.image_digests(), "listing the images"))
         return Release(make_plan([name], state, digests, force=True), digests, [[name]])
 
     def recover(self, s: Session, state: StackState, own: str) -> StackState:
@@ -193,10 +224,11 @@ class SwarmEngine:
         state = self.survey(s)
         check_node(state)
         rows = [("service", "tasks", "digest", "last update", "image")]
-        rows += [(n, v.running or "?", short_image(v.digest), v.update_state or "-", v.image.partition("@")[0])
-                 for n, v in sorted(state.services.items())]
+        rows += [
+            (n, v.running or "?", short_image(v.digest), v.update_state or "-", v.image.partition("@")[0])
+            for n, v in sorted(state.services.items())
+        ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
-        tasks = s.r.read(cmds.stack_tasks(s.host), "docker stack ps").rstrip()
+        tasks = s.r.read(swarm_cmds.stack_tasks(s.host), "docker stack ps").rstrip()
         return lines + ["", *tasks.splitlines(), "", *journal_lines(state, locking.read_runs(s, state))]
-

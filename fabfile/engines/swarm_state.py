@@ -10,34 +10,38 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import commands as cmds
+from .. import commands_swarm as swarm_cmds
 from ..plan import declared_count, image_table, normalize_ref, read_head, section_json, sections, short_image
 from ..runner import BadInput
 from ..steps import configured_services
 
-STACK_IMAGE = "com.docker.stack.image"   # the compose file's image reference, kept by docker stack deploy
+STACK_IMAGE = "com.docker.stack.image"  # the compose file's image reference, kept by docker stack deploy
 # what zdd needs of each app service's update settings, by the name swarm_tier.sh takes
-SETTINGS = {"order": "update_config.order: start-first", "failure": "update_config.failure_action: rollback",
-            "rollback-order": "rollback_config.order: start-first"}
+SETTINGS = {
+    "order": "update_config.order: start-first",
+    "failure": "update_config.failure_action: rollback",
+    "rollback-order": "rollback_config.order: start-first",
+}
 
 
 # --- what runs now ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class StackService:
     """One service of the stack, as ``docker service inspect`` describes it."""
 
-    name: str                     # the compose name (Swarm's is STACK_NAME)
-    image: str                    # what its spec runs: REF@DIGEST after docker stack deploy
-    stack_ref: str = ""           # the compose reference it was deployed from (com.docker.stack.image)
-    replicas: int | None = 1      # None: global
-    running: str = ""             # running/desired tasks, as docker service ls shows them
-    update_state: str = ""        # UpdateStatus.State of its last update ("" if none)
+    name: str  # the compose name (Swarm's is STACK_NAME)
+    image: str  # what its spec runs: REF@DIGEST after docker stack deploy
+    stack_ref: str = ""  # the compose reference it was deployed from (com.docker.stack.image)
+    replicas: int | None = 1  # None: global
+    running: str = ""  # running/desired tasks, as docker service ls shows them
+    update_state: str = ""  # UpdateStatus.State of its last update ("" if none)
     update_order: str = "stop-first"
     failure_action: str = "pause"
     rollback_order: str = "stop-first"
-    previous_image: str = ""      # what its previous spec ran ("" without one)
-    can_roll_back: bool = False   # the previous spec runs other tasks than this one
+    previous_image: str = ""  # what its previous spec ran ("" without one)
+    can_roll_back: bool = False  # the previous spec runs other tasks than this one
 
     @property
     def digest(self) -> str:
@@ -45,21 +49,27 @@ class StackService:
 
     def unset(self) -> tuple[str, ...]:
         """The update settings zdd must set for its updates (keys of SETTINGS)."""
-        return tuple(k for k, ok in (("order", self.update_order == "start-first"),
-                                     ("failure", self.failure_action == "rollback"),
-                                     ("rollback-order", self.rollback_order == "start-first")) if not ok)
+        return tuple(
+            k
+            for k, ok in (
+                ("order", self.update_order == "start-first"),
+                ("failure", self.failure_action == "rollback"),
+                ("rollback-order", self.rollback_order == "start-first"),
+            )
+            if not ok
+        )
 
 
 @dataclass
 class StackState:
-    node: str                                  # "LocalNodeState ControlAvailable", e.g. "active true"
-    model: dict[str, Any]                      # docker compose config: services
+    node: str  # "LocalNodeState ControlAvailable", e.g. "active true"
+    model: dict[str, Any]  # docker compose config: services
     services: dict[str, StackService] = field(default_factory=dict)
-    applied: dict[str, str] | None = None      # service -> spec_hash zdd last applied; None: no record
+    applied: dict[str, str] | None = None  # service -> spec_hash zdd last applied; None: no record
     node_error: str = ""
-    key: str = "stack"                         # stack_STACK: names the lock and the journal (survey.sh)
-    lock_holder: str = ""                      # who holds the deploy lock now ("" = free)
-    journal: str = ""                          # the journal's recent lines
+    key: str = "stack"  # stack_STACK: names the lock and the journal (survey.sh)
+    lock_holder: str = ""  # who holds the deploy lock now ("" = free)
+    journal: str = ""  # the journal's recent lines
 
     def replicas(self, name: str) -> int:
         """How many tasks of a service an update replaces, one after the other."""
@@ -110,9 +120,12 @@ def parse_survey(text: str, stack: str) -> StackState:
         name, _, count = line.strip().partition(" ")
         running[name] = count.split(" ")[0]
     raw = section_json("services", sec.get("services", (0, "[]")), "docker service inspect")
-    state = StackState(node.strip() if rc == 0 else "", model.get("services") or {},
-                       {s.name: s for s in (_service(r, stack, running) for r in raw)},
-                       node_error="" if rc == 0 else (node.strip().splitlines() or ["docker info failed"])[-1])
+    state = StackState(
+        node.strip() if rc == 0 else "",
+        model.get("services") or {},
+        {s.name: s for s in (_service(r, stack, running) for r in raw)},
+        node_error="" if rc == 0 else (node.strip().splitlines() or ["docker info failed"])[-1],
+    )
     read_head(sec, state)
     rc, applied = sec.get("applied", (1, ""))
     if rc == 0:
@@ -146,29 +159,42 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
             continue
         check = svc.get("healthcheck") or {}
         if check.get("disable") or not check.get("test") or check["test"][0] == "NONE":
-            problems.append(f"{name} has no healthcheck in the compose files, so Swarm takes a new task as ready "
-                            "once it runs (an image's own HEALTHCHECK is not seen here: repeat it in the file)")
-        host_ports = [str(p.get("published")) for p in svc.get("ports") or []
-                      if isinstance(p, dict) and p.get("mode") == "host" and p.get("published")]
+            problems.append(
+                f"{name} has no healthcheck in the compose files, so Swarm takes a new task as ready "
+                "once it runs (an image's own HEALTHCHECK is not seen here: repeat it in the file)"
+            )
+        host_ports = [
+            str(p.get("published"))
+            for p in svc.get("ports") or []
+            if isinstance(p, dict) and p.get("mode") == "host" and p.get("published")
+        ]
         if host_ports:
-            problems.append(f"{name} publishes port {', '.join(host_ports)} in host mode, so it cannot run twice on "
-                            "a node (start-first): publish through the proxy")
+            problems.append(
+                f"{name} publishes port {', '.join(host_ports)} in host mode, so it cannot run twice on "
+                "a node (start-first): publish through the proxy"
+            )
         if (svc.get("deploy") or {}).get("endpoint_mode", "vip") != "dnsrr":
             vip.append(name)
         order = ((svc.get("deploy") or {}).get("update_config") or {}).get("order", "stop-first")
         if order != "start-first" and name in stack_changes(state):
             # infra-up's `docker stack deploy` applies the file's settings to this service's own update
-            problems.append(f"{name}: the compose files' deploy.update_config.order is {order}, and docker stack "
-                            "deploy (infra-up) would update it so, stopping its tasks first (downtime): set "
-                            "update_config.order: start-first")
+            problems.append(
+                f"{name}: the compose files' deploy.update_config.order is {order}, and docker stack "
+                "deploy (infra-up) would update it so, stopping its tasks first (downtime): set "
+                "update_config.order: start-first"
+            )
         current = state.services.get(name)
         if current is not None and current.update_state in ("updating", "rollback_started"):
-            problems.append(f"{name}: Swarm is still changing it ({current.update_state}): wait until "
-                            f"`docker service ps {h.stack_name}_{name}` has settled")
+            problems.append(
+                f"{name}: Swarm is still changing it ({current.update_state}): wait until "
+                f"`docker service ps {h.stack_name}_{name}` has settled"
+            )
     notes = []
     if vip:
-        notes.append(f"{', '.join(vip)} use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach "
-                     "their tasks through the service's virtual IP; endpoint_mode: dnsrr resolves to the tasks")
+        notes.append(
+            f"{', '.join(vip)} use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach "
+            "their tasks through the service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"
+        )
     return problems, notes
 
 
@@ -179,7 +205,7 @@ def wanted_digest(ref: str, digests: dict[str, str]) -> str | None:
 
 
 def digest_table(text: str) -> dict[str, str]:
-    """The ``digest REF DIGEST`` lines of a listing (:func:`cmds.image_digests`) as ref -> digest."""
+    """The ``digest REF DIGEST`` lines of a listing (:func:`swarm_cmds.image_digests`) as ref -> digest."""
     return image_table("\n".join(ln.removeprefix("digest ") for ln in text.splitlines() if ln.startswith("digest ")))
 
 
@@ -188,16 +214,16 @@ class SwarmPlan:
     name: str
     roll: bool
     reason: str
-    image: str = ""                   # REF@DIGEST it is updated to
-    ref: str = ""                     # the compose file's reference
-    sets: tuple[str, ...] = ()        # settings zdd sets for the update (keys of SETTINGS)
+    image: str = ""  # REF@DIGEST it is updated to
+    ref: str = ""  # the compose file's reference
+    sets: tuple[str, ...] = ()  # settings zdd sets for the update (keys of SETTINGS)
     verb: str = "roll"
 
     def line(self) -> str:
         return f"{self.name}: {self.verb if self.roll else 'skip'}, {self.reason}"
 
-    def change(self) -> cmds.SwarmChange:
-        return cmds.SwarmChange(self.name, self.image, self.ref, self.sets)
+    def change(self) -> swarm_cmds.SwarmChange:
+        return swarm_cmds.SwarmChange(self.name, self.image, self.ref, self.sets)
 
 
 def plan_service(name: str, state: StackState, digests: dict[str, str], force: bool = False) -> SwarmPlan:
@@ -213,6 +239,7 @@ def plan_service(name: str, state: StackState, digests: dict[str, str], force: b
 
     def roll(reason: str) -> SwarmPlan:
         return SwarmPlan(name, True, reason + tasks, image, ref, svc.unset())
+
     if force:
         return roll("forced")
     if want != svc.digest:
@@ -236,8 +263,7 @@ def rollback_plan(state: StackState, names: list[str]) -> list[SwarmPlan]:
             plans.append(SwarmPlan(name, False, why))
             continue
         back = short_image(svc.previous_image.partition("@")[2] or svc.previous_image)
-        plans.append(SwarmPlan(name, True, f"{short_image(svc.digest)} → {back}", svc.previous_image,
-                               verb="roll back"))
+        plans.append(SwarmPlan(name, True, f"{short_image(svc.digest)} → {back}", svc.previous_image, verb="roll back"))
     return plans
 
 

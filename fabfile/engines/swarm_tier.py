@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from .. import commands as cmds
+from .. import commands_swarm as swarm_cmds
 from .. import steps
 from ..config import SWARM_ANSWER_MARGIN, SWARM_TASK_MARGIN
 from ..locking import Held
@@ -15,18 +15,28 @@ from ..runner import StepFailed
 from ..session import Session
 from .swarm_state import StackState, SwarmPlan
 
+
 def ceiling(s: Session, state: StackState, names: list[str]) -> int:
     """Seconds a change may take: each task in turn boots, gets healthy and is monitored."""
-    return max(((s.host.service(n).health_timeout + SWARM_TASK_MARGIN) * max(state.replicas(n), 1) for n in names),
-               default=SWARM_TASK_MARGIN)
+    return max(
+        ((s.host.service(n).health_timeout + SWARM_TASK_MARGIN) * max(state.replicas(n), 1) for n in names),
+        default=SWARM_TASK_MARGIN,
+    )
 
 
-def run(s: Session, action: str, changes: list[cmds.SwarmChange], limit: int, hashes: str = "",
-        key: str = "", lines: tuple[str, ...] = ()) -> dict[str, str]:
+def run(
+    s: Session,
+    action: str,
+    changes: list[swarm_cmds.SwarmChange],
+    limit: int,
+    hashes: str = "",
+    key: str = "",
+    lines: tuple[str, ...] = (),
+) -> dict[str, str]:
     """Start ``action`` on the host (``lines`` go to the journal KEY first) and read its lines
     until it ends: how each service finished; StepFailed naming the service Swarm paused or
     rolled back."""
-    conv = s.r.converse(cmds.swarm_tier(s.host, action, changes, limit, hashes, key, lines))
+    conv = s.r.converse(swarm_cmds.swarm_tier(s.host, action, changes, limit, hashes, key, lines))
     names = ", ".join(c.name for c in changes) or s.host.stack_name
     done: dict[str, str] = {}
     said: list[str] = []
@@ -54,12 +64,16 @@ def run(s: Session, action: str, changes: list[cmds.SwarmChange], limit: int, ha
                 conv.close()
                 raise StepFailed(rest + consequence(rest), swarm_failure_detail(said))
     except KeyboardInterrupt:
-        s.notes.append(f"interrupted: Swarm goes on with what it started ({names}): fab -H {s.name} status shows "
-                       f"it, fab -H {s.name} rollback undoes it")
+        s.notes.append(
+            f"interrupted: Swarm goes on with what it started ({names}): fab -H {s.name} status shows "
+            f"it, fab -H {s.name} rollback undoes it"
+        )
         raise
     ended = conv.close()
-    raise StepFailed(f"{names}: the host stopped answering ({ended.first_error_line()}); Swarm goes on with it",
-                     swarm_failure_detail(said))
+    raise StepFailed(
+        f"{names}: the host stopped answering ({ended.first_error_line()}); Swarm goes on with it",
+        swarm_failure_detail(said),
+    )
 
 
 def consequence(failure: str) -> str:
@@ -87,8 +101,7 @@ class Updates:
     :class:`~fabfile.engines.base.Tiers`). The run's pending journal lines (its plan) go to the
     host with the first change."""
 
-    def __init__(self, s: Session, state: StackState, plans: list[SwarmPlan], held: Held,
-                 action: str = "update"):
+    def __init__(self, s: Session, state: StackState, plans: list[SwarmPlan], held: Held, action: str = "update"):
         self.s, self.state, self.action, self.held = s, state, action, held
         self.plans = {p.name: p for p in plans}
         held.prune = action == "update" and any(p.roll for p in plans)
@@ -104,8 +117,9 @@ class Updates:
         if self.s.host.proxy.reload_on_deploy:
             reload_proxy(self.s)
         else:
-            self.s.report.skip(steps.proxy_step(self.s), "not needed: Swarm takes a task out of service "
-                                                         "discovery before it stops it")
+            self.s.report.skip(
+                steps.proxy_step(self.s), "not needed: Swarm takes a task out of service discovery before it stops it"
+            )
 
     def tier(self, names: list[str]) -> None:
         """Change the tier's services that the plan rolls, together; wait until Swarm has finished."""
@@ -114,9 +128,14 @@ class Updates:
             return
         title = "rollout" if self.action == "update" else "rollback"
         with self.s.report.step(f"{title} {', '.join(p.name for p in plans)}") as rec:
-            done = run(self.s, self.action, [p.change() for p in plans],
-                       ceiling(self.s, self.state, [p.name for p in plans]), key=self.state.key,
-                       lines=self.held.take_lines())
+            done = run(
+                self.s,
+                self.action,
+                [p.change() for p in plans],
+                ceiling(self.s, self.state, [p.name for p in plans]),
+                key=self.state.key,
+                lines=self.held.take_lines(),
+            )
             rec.detail = ", ".join(f"{p.name} {done.get(p.name, '?')}" for p in plans)
 
 
@@ -126,7 +145,7 @@ def reload_proxy(s: Session) -> None:
     with s.report.step(steps.proxy_step(s)) as rec:
         if steps.no_proxy_step(s, rec):
             return
-        ids = s.r.read(cmds.service_containers(s.host, p.service), f"finding the {p.service} tasks").split()
+        ids = s.r.read(swarm_cmds.service_containers(s.host, p.service), f"finding the {p.service} tasks").split()
         if not ids:
             raise StepFailed(f"no task of {s.host.stack_name}_{p.service} runs on this node: reload it where it runs")
         for container in ids:

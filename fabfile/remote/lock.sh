@@ -46,9 +46,15 @@ case "$action" in
         [ $# = 5 ] || usage
         holder=$3 wait_max=$4 stale=$5
         mkdir -p "$zdd/locks" 2>/dev/null || cannot "make $zdd/locks (disk full? not writable?)"
-        t0=$(date +%s) note=
+        t0=$(date +%s) note='' misses=0
         while ! out=$(mkdir "$dir" 2>&1); do
-            [ -d "$dir" ] || cannot "take the lock: $(last "$out")"  # not "exists": full, read-only, no right
+            if [ ! -d "$dir" ]; then  # not "exists" (or a taker just removed it): full, read-only, no right?
+                misses=$((misses + 1))
+                [ "$misses" -lt "$holder_tries" ] || cannot "take the lock: $(last "$out")"
+                nap
+                continue
+            fi
+            misses=0
             job=$(cat "$dir/pid" 2>/dev/null)
             if [ -z "$job" ]; then  # held by a deploy (its holder line is written just after mkdir)
                 tries=0

@@ -9,10 +9,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
-TIMELINE_MAX_ROWS = 60          # longer timelines get failure-free runs collapsed
+TIMELINE_MAX_ROWS = 60  # longer timelines get failure-free runs collapsed
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float | None:

@@ -34,8 +34,8 @@ CONNECT_ERROR = "connect error"
 READ_ERROR = "read error"
 TIMEOUT = "timeout"
 
-BODY_LIMIT = 64 * 1024          # bytes of each body that are read and searched
-MAX_SCHEDULE_LAG = 1.0          # seconds of backlog the rate schedule may catch up
+BODY_LIMIT = 64 * 1024  # bytes of each body that are read and searched
+MAX_SCHEDULE_LAG = 1.0  # seconds of backlog the rate schedule may catch up
 
 
 def classify_status(status: int) -> str:
@@ -116,9 +116,15 @@ def make_clients(settings: VerifySettings, transport: httpx.AsyncBaseTransport |
     verify = httpx.create_ssl_context() if transport is None else True
     headers = {"User-Agent": USER_AGENT, **settings.headers}
     return [
-        httpx.AsyncClient(transport=transport, limits=limits, verify=verify,
-                          timeout=httpx.Timeout(settings.timeout), follow_redirects=False,
-                          trust_env=False, headers=headers)
+        httpx.AsyncClient(
+            transport=transport,
+            limits=limits,
+            verify=verify,
+            timeout=httpx.Timeout(settings.timeout),
+            follow_redirects=False,
+            trust_env=False,
+            headers=headers,
+        )
         for _ in range(settings.concurrency)
     ]
 
@@ -151,8 +157,9 @@ def _is_stale_connection(exc: BaseException) -> bool:
     return isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc)
 
 
-async def _fetch(ctx: HttpContext, client: httpx.AsyncClient, url: str,
-                 reused: bool = False, t: float = 0.0) -> tuple[str, str, str | None]:
+async def _fetch(
+    ctx: HttpContext, client: httpx.AsyncClient, url: str, reused: bool = False, t: float = 0.0
+) -> tuple[str, str, str | None]:
     """One GET; returns (class, reason, version). Cancellation propagates.
 
     ``reused``: the worker's client holds a kept-alive connection from an earlier request,

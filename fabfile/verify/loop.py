@@ -23,11 +23,12 @@ from .report import Report
 from .settings import VerifySettings
 from .ws_stats import WsRecorder
 
-POLL_INTERVAL = 0.05            # how often the loop checks its stop conditions
+POLL_INTERVAL = 0.05  # how often the loop checks its stop conditions
 
 
-async def _wait_for_stop(deadline: float | None, tasks: list[asyncio.Task[None]],
-                         stop_event: threading.Event | None) -> None:
+async def _wait_for_stop(
+    deadline: float | None, tasks: list[asyncio.Task[None]], stop_event: threading.Event | None
+) -> None:
     """Return when the stop event is set, the duration is over, all tasks
     finished, or one of them crashed."""
     while True:
@@ -57,15 +58,21 @@ def _raise_crash(tasks: list[asyncio.Task[None]]) -> None:
             raise task.exception()
 
 
-async def _run_async(settings: VerifySettings, recorder: Recorder, ws_recorder: WsRecorder,
-                     stop_event: threading.Event | None,
-                     transport: httpx.AsyncBaseTransport | None,
-                     finish_in_flight: bool = False) -> None:
+async def _run_async(
+    settings: VerifySettings,
+    recorder: Recorder,
+    ws_recorder: WsRecorder,
+    stop_event: threading.Event | None,
+    transport: httpx.AsyncBaseTransport | None,
+    finish_in_flight: bool = False,
+) -> None:
     """Run the workers and probes until stopped. In-flight requests are then cancelled and
     not counted; with ``finish_in_flight`` they first get up to ``timeout`` s to finish."""
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(c)
-                   for c in (http.make_clients(settings, transport) if settings.urls else [])]
+        clients = [
+            await stack.enter_async_context(c)
+            for c in (http.make_clients(settings, transport) if settings.urls else [])
+        ]
         recorder.restart_clock()
         ctx = http.HttpContext(settings, recorder)
         workers = [asyncio.create_task(http.worker(ctx, c)) for c in clients]
@@ -81,8 +88,13 @@ async def _run_async(settings: VerifySettings, recorder: Recorder, ws_recorder: 
         _raise_crash(tasks)
 
 
-def run(settings: VerifySettings, stop_event: threading.Event | None = None, *,
-        transport: httpx.AsyncBaseTransport | None = None, finish_in_flight: bool = False) -> Report:
+def run(
+    settings: VerifySettings,
+    stop_event: threading.Event | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    finish_in_flight: bool = False,
+) -> Report:
     """Run the loop in the foreground until ``settings.duration`` or ``stop_event``.
 
     Ctrl-C (KeyboardInterrupt) stops the loop and still returns the report of
@@ -110,8 +122,13 @@ class BackgroundLoop:
     >>> report = loop.stop()
     """
 
-    def __init__(self, settings: VerifySettings, *, transport: httpx.AsyncBaseTransport | None = None,
-                 finish_in_flight: bool = False) -> None:
+    def __init__(
+        self,
+        settings: VerifySettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        finish_in_flight: bool = False,
+    ) -> None:
         """``finish_in_flight``: at stop, send nothing new and let requests in flight finish
         (up to ``timeout``), so every request sent during a deploy gets its verdict."""
         self.settings = settings
@@ -126,7 +143,7 @@ class BackgroundLoop:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "BackgroundLoop":
+    def start(self) -> BackgroundLoop:
         """Start the loop thread; returns self."""
         if self._thread is not None:
             raise RuntimeError("BackgroundLoop already started")
@@ -154,7 +171,7 @@ class BackgroundLoop:
         assert self._report is not None
         return self._report
 
-    def __enter__(self) -> "BackgroundLoop":
+    def __enter__(self) -> BackgroundLoop:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .versions import VersionSeen, note_version
 
@@ -38,7 +38,7 @@ class UrlStats:
     def __init__(self, url: str) -> None:
         self.url = url
         self.counts: Counter[str] = Counter()
-        self.latencies = array("d")            # ms, successful requests only
+        self.latencies = array("d")  # ms, successful requests only
         self.versions: dict[str, VersionSeen] = {}
         self.requests_per_second: Counter[int] = Counter()
         self.failures_per_second: Counter[int] = Counter()

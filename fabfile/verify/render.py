@@ -7,8 +7,9 @@ other way round).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from .figures import latency_summary, render_timeline, second_ranges
 from .recorder import OK
@@ -17,7 +18,7 @@ from .versions import VersionSeen, by_first_seen
 
 def iso(wall: float) -> str:
     """A wall-clock time as ISO 8601 in UTC, to the millisecond."""
-    return datetime.fromtimestamp(wall, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def fmt_ms(value: float | None) -> str:
@@ -54,8 +55,10 @@ def _switches(report: Any) -> list[str]:
         return []
     lines = ["", "Version switches (first/last seen, s since start):"]
     for url, versions in switches.items():
-        parts = [f"{name} first {seen.first:.1f} s, last {seen.last:.1f} s ({seen.count:,})"
-                 for name, seen in versions.items()]
+        parts = [
+            f"{name} first {seen.first:.1f} s, last {seen.last:.1f} s ({seen.count:,})"
+            for name, seen in versions.items()
+        ]
         lines.append(f"  {url}: " + "; ".join(parts))
     return lines
 
@@ -77,8 +80,10 @@ def _notes(report: Any) -> list[str]:
     if report.cancelled_in_flight:
         notes.append(f"{report.cancelled_in_flight} in-flight request(s) cancelled at stop, not counted")
     if report.recorder.stale_retries:
-        notes.append(f"{len(report.recorder.stale_retries)} GET(s) retried once after the server closed an idle "
-                     "keep-alive connection, as browsers do (retry_stale)")
+        notes.append(
+            f"{len(report.recorder.stale_retries)} GET(s) retried once after the server closed an idle "
+            "keep-alive connection, as browsers do (retry_stale)"
+        )
     if report.interrupted:
         notes.append("interrupted")
     return notes
@@ -109,8 +114,10 @@ def columns(header: list[str], rows: list[list[str]], align: str = "") -> list[s
 def _table(report: Any) -> list[str]:
     classes = report.failure_classes()
     header = ["url", "requests", "ok", *classes, "p50", "p95", "p99", "max", "versions"]
-    rows = [_table_row(s.url, s.counts, latency_summary(s.latencies), s.versions, classes)
-            for s in report.recorder.urls.values()]
+    rows = [
+        _table_row(s.url, s.counts, latency_summary(s.latencies), s.versions, classes)
+        for s in report.recorder.urls.values()
+    ]
     total = _table_row("TOTAL", report.counts, report.latency, report.versions(), classes)
     lines = columns(header, [*rows, total])
     return [*lines[:-1], lines[1], lines[-1], "(latencies in ms, 2xx only)"]
@@ -118,11 +125,20 @@ def _table(report: Any) -> list[str]:
 
 def _ws_table(report: Any) -> list[str]:
     """One row per websocket URL, then a line per URL that lost connections."""
-    header = ["websocket", "held", "opened", "messages", "disconnects", "reconnect failures", "longest gap",
-              "versions"]
-    rows = [[s.url, f"{s.connections:,}", f"{s.opened:,}", f"{s.messages:,}", f"{len(s.disconnects):,}",
-             f"{s.reconnect_failures:,}", f"{s.longest_gap:.2f} s", _versions_text(s.versions)]
-            for s in report.ws.urls.values()]
+    header = ["websocket", "held", "opened", "messages", "disconnects", "reconnect failures", "longest gap", "versions"]
+    rows = [
+        [
+            s.url,
+            f"{s.connections:,}",
+            f"{s.opened:,}",
+            f"{s.messages:,}",
+            f"{len(s.disconnects):,}",
+            f"{s.reconnect_failures:,}",
+            f"{s.longest_gap:.2f} s",
+            _versions_text(s.versions),
+        ]
+        for s in report.ws.urls.values()
+    ]
     lines = columns(header, rows)
     for s in report.ws.urls.values():
         if s.disconnects:
@@ -132,17 +148,32 @@ def _ws_table(report: Any) -> list[str]:
         if open_gaps:
             lines.append(f"  {s.url}: {open_gaps} connection(s) still broken at stop")
     interval = report.settings.ws_interval
-    lines.append(f"(a message every {interval:g} s per connection; gap: from a working connection "
-                 "breaking until a new one answered)")
+    lines.append(
+        f"(a message every {interval:g} s per connection; gap: from a working connection "
+        "breaking until a new one answered)"
+    )
     return lines
 
 
-def _table_row(name: str, counts: Mapping[str, int], lat: Mapping[str, Any],
-               versions: Mapping[str, VersionSeen], classes: list[str]) -> list[str]:
+def _table_row(
+    name: str,
+    counts: Mapping[str, int],
+    lat: Mapping[str, Any],
+    versions: Mapping[str, VersionSeen],
+    classes: list[str],
+) -> list[str]:
     total = sum(counts.values())
-    return [name, f"{total:,}", f"{counts.get(OK, 0):,}", *(f"{counts.get(c, 0):,}" for c in classes),
-            fmt_ms(lat["p50"]), fmt_ms(lat["p95"]), fmt_ms(lat["p99"]), fmt_ms(lat["max"]),
-            _versions_text(versions)]
+    return [
+        name,
+        f"{total:,}",
+        f"{counts.get(OK, 0):,}",
+        *(f"{counts.get(c, 0):,}" for c in classes),
+        fmt_ms(lat["p50"]),
+        fmt_ms(lat["p95"]),
+        fmt_ms(lat["p99"]),
+        fmt_ms(lat["max"]),
+        _versions_text(versions),
+    ]
 
 
 def _versions_text(versions: Mapping[str, VersionSeen]) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import render
 from .figures import TimelineRow, collapse_timeline, latency_summary, second_ranges, timeline_from_buckets
@@ -22,8 +23,9 @@ from .ws_stats import WsRecorder, WsUrlStats
 class Report:
     """Results of one verification run (built once the loop has stopped)."""
 
-    def __init__(self, settings: VerifySettings, recorder: Recorder, *, ws: WsRecorder | None = None,
-                 interrupted: bool = False) -> None:
+    def __init__(
+        self, settings: VerifySettings, recorder: Recorder, *, ws: WsRecorder | None = None, interrupted: bool = False
+    ) -> None:
         self.settings = settings
         self.recorder = recorder
         self.ws = ws if ws is not None else WsRecorder(settings.ws_urls, settings.ws_connections)
@@ -41,8 +43,7 @@ class Report:
         self.http_ok = not settings.urls or (self.total > 0 and self.failures <= settings.max_failures)
         self.ws_ok = self.ws.ok(settings.max_ws_gap)
         self.ok = self.http_ok and self.ws_ok
-        self.latency = latency_summary(itertools.chain.from_iterable(
-            s.latencies for s in recorder.urls.values()))
+        self.latency = latency_summary(itertools.chain.from_iterable(s.latencies for s in recorder.urls.values()))
 
     # -- derived data ------------------------------------------------------
 
@@ -68,8 +69,7 @@ class Report:
         return [k for k, _ in self.failure_counts()]
 
     def timeline(self, collapse: bool = False) -> list[TimelineRow]:
-        rows = timeline_from_buckets(
-            self.recorder.requests_per_second, self.recorder.failures_per_second, self.elapsed)
+        rows = timeline_from_buckets(self.recorder.requests_per_second, self.recorder.failures_per_second, self.elapsed)
         return collapse_timeline(rows) if collapse else rows
 
     def versions(self) -> dict[str, VersionSeen]:
@@ -98,8 +98,9 @@ class Report:
         head = f"{self.failures:,} of {self.total:,} requests failed"
         if self.failures:
             head += " (" + ", ".join(f"{k}: {n:,}" for k, n in self.failure_counts()) + ")"
-        retry = f"{self.failures_without_retry:,} if never retried" if self.settings.retry_stale \
-            else "client never retries"
+        retry = (
+            f"{self.failures_without_retry:,} if never retried" if self.settings.retry_stale else "client never retries"
+        )
         text = f"{head}, {retry}, p99 {p99_text}"
         if not self.failures:
             return text
@@ -139,20 +140,24 @@ class Report:
 
 # -- the JSON form ------------------------------------------------------------
 
+
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
 def version_dicts(started_wall: float, versions: Mapping[str, VersionSeen]) -> list[dict[str, Any]]:
     """Each version's count and first/last seen, in seconds since start and as ISO times."""
-    return [{
-        "version": name,
-        "count": seen.count,
-        "first_s": _round(seen.first),
-        "last_s": _round(seen.last),
-        "first_at": render.iso(started_wall + seen.first),
-        "last_at": render.iso(started_wall + seen.last),
-    } for name, seen in versions.items()]
+    return [
+        {
+            "version": name,
+            "count": seen.count,
+            "first_s": _round(seen.first),
+            "last_s": _round(seen.last),
+            "first_at": render.iso(started_wall + seen.first),
+            "last_at": render.iso(started_wall + seen.last),
+        }
+        for name, seen in versions.items()
+    ]
 
 
 def _url_dict(report: Report, stats: UrlStats) -> dict[str, Any]:
@@ -164,8 +169,9 @@ def _url_dict(report: Report, stats: UrlStats) -> dict[str, Any]:
         "counts": dict(stats.counts),
         "latency_ms": {k: _round(v) for k, v in latency_summary(stats.latencies).items()},
         "versions": version_dicts(report.started_wall, by_first_seen(stats.versions)),
-        "timeline": _timeline_dicts(timeline_from_buckets(
-            stats.requests_per_second, stats.failures_per_second, report.elapsed)),
+        "timeline": _timeline_dicts(
+            timeline_from_buckets(stats.requests_per_second, stats.failures_per_second, report.elapsed)
+        ),
     }
 
 
@@ -227,9 +233,19 @@ def _ws_dict(report: Report, stats: WsUrlStats) -> dict[str, Any]:
         "reconnect_failures": stats.reconnect_failures,
         "reconnect_failure_reasons": dict(stats.connect_failures),
         "longest_gap_s": _round(stats.longest_gap),
-        "gaps": [{"probe": g.probe, "start_s": _round(g.start), "end_s": _round(g.end),
-                  "seconds": _round(g.seconds), "recovered": g.recovered} for g in stats.gaps],
-        "disconnect_list": [{"t": _round(d.t), "time": render.iso(wall + d.t), "probe": d.probe,
-                             "code": d.code, "reason": d.reason} for d in stats.disconnects],
+        "gaps": [
+            {
+                "probe": g.probe,
+                "start_s": _round(g.start),
+                "end_s": _round(g.end),
+                "seconds": _round(g.seconds),
+                "recovered": g.recovered,
+            }
+            for g in stats.gaps
+        ],
+        "disconnect_list": [
+            {"t": _round(d.t), "time": render.iso(wall + d.t), "probe": d.probe, "code": d.code, "reason": d.reason}
+            for d in stats.disconnects
+        ],
         "versions": version_dicts(wall, by_first_seen(stats.versions)),
     }

@@ -13,9 +13,10 @@ hosts.toml (``config.VerifyConfig``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 from websockets.exceptions import InvalidURI
@@ -44,8 +45,8 @@ class VerifySettings:
     # ``stale_retries``; False counts each such request as a failure instead.
     retry_stale: bool = True
     ws_urls: list[str] = field(default_factory=list)
-    ws_connections: int = 4         # connections held per ws URL
-    ws_interval: float = 1.0        # seconds between messages on each connection
+    ws_connections: int = 4  # connections held per ws URL
+    ws_interval: float = 1.0  # seconds between messages on each connection
     max_ws_gap: float | None = None  # longest time a probe may go without a working connection
 
     def __post_init__(self) -> None:
@@ -69,8 +70,7 @@ class VerifySettings:
         self._check_ws()
 
     def _check_ws(self) -> None:
-        if isinstance(self.ws_connections, bool) or not isinstance(self.ws_connections, int) \
-                or self.ws_connections < 1:
+        if isinstance(self.ws_connections, bool) or not isinstance(self.ws_connections, int) or self.ws_connections < 1:
             raise ValueError(f"ws_connections must be an integer >= 1, got {self.ws_connections!r}")
         if not self.ws_interval > 0:
             raise ValueError(f"ws_interval must be > 0 s, got {self.ws_interval!r}")

@@ -8,8 +8,8 @@ taken when the request or message was sent.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 
 @dataclass(slots=True)
@@ -31,8 +31,9 @@ def extract_version(pattern: re.Pattern[str] | None, text: str) -> str | None:
     return match.group(1) if pattern.groups else match.group(0)
 
 
-def note_version(versions: dict[str, VersionSeen], name: str, t: float, count: int = 1,
-                 last: float | None = None) -> None:
+def note_version(
+    versions: dict[str, VersionSeen], name: str, t: float, count: int = 1, last: float | None = None
+) -> None:
     """Count ``count`` sightings of ``name`` seen from ``t`` to ``last`` (default ``t``)."""
     last = t if last is None else last
     seen = versions.get(name)

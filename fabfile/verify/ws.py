@@ -32,8 +32,8 @@ from .settings import USER_AGENT, VerifySettings, compile_regex
 from .versions import extract_version
 from .ws_stats import WsRecorder, WsUrlStats
 
-RECONNECT_DELAY = 0.1           # seconds between failed connection attempts
-CLOSE_TIMEOUT = 1.0             # seconds to wait for the server's close frame
+RECONNECT_DELAY = 0.1  # seconds between failed connection attempts
+CLOSE_TIMEOUT = 1.0  # seconds to wait for the server's close frame
 
 
 class _Probe:
@@ -44,10 +44,9 @@ class _Probe:
         self.stats = stats
         self.index = index
         self.start = start
-        self.pattern: re.Pattern[str] | None = (
-            compile_regex(settings.version_regex) if settings.version_regex else None)
+        self.pattern: re.Pattern[str] | None = compile_regex(settings.version_regex) if settings.version_regex else None
         self.counter = itertools.count()
-        self.working = False    # the current connection has answered a message
+        self.working = False  # the current connection has answered a message
         self.unanswered_since = 0.0  # when the message awaiting a reply was sent (s since start)
 
     def _now(self) -> float:
@@ -64,8 +63,14 @@ class _Probe:
 
         Returns whether the connection had worked (then the probe reconnects at once)."""
         try:
-            ws = await connect(self.stats.url, open_timeout=self.settings.timeout, close_timeout=CLOSE_TIMEOUT,
-                               ping_interval=None, proxy=None, user_agent_header=USER_AGENT)
+            ws = await connect(
+                self.stats.url,
+                open_timeout=self.settings.timeout,
+                close_timeout=CLOSE_TIMEOUT,
+                ping_interval=None,
+                proxy=None,
+                user_agent_header=USER_AGENT,
+            )
         except Exception as exc:  # refused, handshake rejected, timed out: all measured
             self.stats.connect_failed(describe_exception(exc))
             return False
@@ -113,5 +118,8 @@ async def _idle(ws: ClientConnection, until: float) -> None:
 
 def start_probes(settings: VerifySettings, recorder: WsRecorder, start: float) -> list[asyncio.Task[None]]:
     """Start ``ws_connections`` probes per ws URL; they run until cancelled."""
-    return [asyncio.create_task(_Probe(settings, stats, i, start).run(), name=f"ws-probe {stats.url} #{i}")
-            for stats in recorder.urls.values() for i in range(stats.connections)]
+    return [
+        asyncio.create_task(_Probe(settings, stats, i, start).run(), name=f"ws-probe {stats.url} #{i}")
+        for stats in recorder.urls.values()
+        for i in range(stats.connections)
+    ]

@@ -17,8 +17,8 @@ The versions seen are read from replies and dated by when the message was sent.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .versions import VersionSeen, note_version
 
@@ -54,8 +54,8 @@ class WsUrlStats:
         self.url = url
         self.connections = connections
         self.opened = 0
-        self.messages = 0                       # round trips: a message sent and a reply received
-        self.connect_failures: Counter[str] = Counter()   # reason -> failed attempts
+        self.messages = 0  # round trips: a message sent and a reply received
+        self.connect_failures: Counter[str] = Counter()  # reason -> failed attempts
         self.disconnects: list[Disconnect] = []
         self.gaps: list[Gap] = []
         self.versions: dict[str, VersionSeen] = {}

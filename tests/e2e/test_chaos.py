@@ -24,8 +24,10 @@ def test_a_compose_run_job_runs_through_a_deploy_untouched(settled, tmp_path):
     assert_converged(o)
 
 
-@pytest.mark.parametrize("point, how", [("in-switch", "SIGTERM"), ("after-start", "SIGKILL"),
-                                        ("in-drain", "ssh-drop"), ("after-switch", "Ctrl-C")])
+@pytest.mark.parametrize(
+    "point, how",
+    [("in-switch", "SIGTERM"), ("after-start", "SIGKILL"), ("in-drain", "ssh-drop"), ("after-switch", "Ctrl-C")],
+)
 def test_an_interruption_at_a_point_of_the_tier_never_removes_what_serves(settled, tmp_path, point, how):
     o = chaos.under_load(f"{how} at {point}", tmp_path, chaos.interrupted_at(point, how))
     assert "never reached" not in " ".join(o.notes)

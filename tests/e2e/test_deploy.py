@@ -7,8 +7,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from tests import sandbox as sb
 
 URLS_ARGS = ["--host", "sandbox"]
@@ -67,10 +65,19 @@ def test_deploy_rolls_every_app_with_zero_failed_requests(settled, tmp_path):
     assert "Version switches (first/last seen" in out
 
     # the deploy's own verification ends its summary; its steps, one line each
-    assert re.search(r"verify: 0 of [\d,]+ requests failed, [\d,]+ if never retried, p99 \d+ ms", res.stdout), \
+    assert re.search(r"verify: 0 of [\d,]+ requests failed, [\d,]+ if never retried, p99 \d+ ms", res.stdout), (
         res.stdout
-    for step in ("validate", "pull", "plan", "rollout server, property", "rollout identity",
-                 "rollout profile-server", "reload-caddy", "finish"):
+    )
+    for step in (
+        "validate",
+        "pull",
+        "plan",
+        "rollout server, property",
+        "rollout identity",
+        "rollout profile-server",
+        "reload-caddy",
+        "finish",
+    ):
         assert re.search(rf"\[sandbox\] ok   {re.escape(step)}\s+[\d.]+s", res.stdout), step
     assert re.search(r"\[sandbox\] skip infra-up\s+[\d.]+s  unchanged: mongodb, redis", res.stdout)
     assert re.search(r"\[sandbox\] ok   finish .*kept the images of the last 3 runs; Total reclaimed space", res.stdout)
@@ -79,8 +86,7 @@ def test_deploy_rolls_every_app_with_zero_failed_requests(settled, tmp_path):
     commands, loads = _cost(res.stdout)
     assert loads == 3 + 2 and commands <= 10, res.stdout
     # the drain really watched Caddy's counters (slow requests were in flight at the switch)
-    drained = re.findall(r"\[sandbox\] ok   drain [\w, -]+?\s+[\d.]+s  after \d+s, (\d+) in flight at most",
-                         res.stdout)
+    drained = re.findall(r"\[sandbox\] ok   drain [\w, -]+?\s+[\d.]+s  after \d+s, (\d+) in flight at most", res.stdout)
     assert len(drained) == 3 and sum(map(int, drained)) > 0, res.stdout
     # a client that does not retry a closed keep-alive connection loses at most one request a reload
     assert report["stale_retries"] <= loads
@@ -131,8 +137,14 @@ def test_broken_image_fails_fast_and_old_containers_keep_serving(settled, tmp_pa
 def test_ctrl_c_after_a_switch_drops_nothing_and_the_next_deploy_converges(settled, tmp_path):
     version = sb.publish()
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
-    proc = subprocess.Popen([str(sb.BIN / "fab"), "-H", "sandbox", "deploy", "--no-verify"], cwd=sb.ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(sb.BIN / "fab"), "-H", "sandbox", "deploy", "--no-verify"],
+        cwd=sb.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -184,7 +196,9 @@ def test_rollout_service_starts_a_stopped_service(settled):
 
 
 def test_replica_count_is_preserved(settled):
-    sb.as_host_user("docker compose up -d --no-deps --no-recreate --scale profile-server=2 --wait profile-server >/dev/null 2>&1")
+    sb.as_host_user(
+        "docker compose up -d --no-deps --no-recreate --scale profile-server=2 --wait profile-server >/dev/null 2>&1"
+    )
     old = {c.id for c in sb.containers("profile-server")}
     assert len(old) == 2
     res = sb.fab("rollout-service", "profile-server")
@@ -192,7 +206,9 @@ def test_replica_count_is_preserved(settled):
     new = sb.containers("profile-server")
     assert len(new) == 2 and not {c.id for c in new} & old
     assert "profile-server 2 → 2" in res.stdout
-    sb.as_host_user("docker compose up -d --no-deps --no-recreate --scale profile-server=1 profile-server >/dev/null 2>&1")
+    sb.as_host_user(
+        "docker compose up -d --no-deps --no-recreate --scale profile-server=1 profile-server >/dev/null 2>&1"
+    )
 
 
 def test_each_step_runs_alone(sandbox):
@@ -206,8 +222,9 @@ def test_a_held_lock_blocks_a_second_deploy_until_unlocked(sandbox):
     key = "_var_lib_zdd-sandbox_home_remilia"  # the project's resolved directory
     lock = sb.STATE / "home" / ".zdd" / "locks" / key
     assert not lock.exists()
-    sb.as_host_user(f"mkdir -p ~/.zdd/locks/{key} && echo 'alice@laptop pid 1 deploy since yesterday' "
-                    f"> ~/.zdd/locks/{key}/holder")
+    sb.as_host_user(
+        f"mkdir -p ~/.zdd/locks/{key} && echo 'alice@laptop pid 1 deploy since yesterday' > ~/.zdd/locks/{key}/holder"
+    )
     try:
         ids = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
         res = sb.fab("deploy", "--no-verify")

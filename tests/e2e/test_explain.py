@@ -41,8 +41,10 @@ def test_dry_run_prints_exactly_what_the_deploy_then_runs(settled):
     assert any(" up --detach --no-deps --no-recreate --scale " in c or " rollout " in c for c in explained), dry.stdout
     assert any(c.startswith("docker stop ") for c in explained), dry.stdout
     assert any("caddy reload --config /etc/caddy/Caddyfile" in c for c in explained), dry.stdout
-    assert any(re.search(r"\] would wait: healthy: \S+ \(\d+ containers?\) up to \d+ s$", line)
-               for line in dry.stdout.splitlines()), dry.stdout
+    assert any(
+        re.search(r"\] would wait: healthy: \S+ \(\d+ containers?\) up to \d+ s$", line)
+        for line in dry.stdout.splitlines()
+    ), dry.stdout
 
     before = len(_ran_log())
     res = sb.fab("deploy", *FLAGS)

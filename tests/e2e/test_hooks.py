@@ -47,8 +47,12 @@ environment = "sandbox-e2e"
 timeout = 2
 """
     path = sb.hosts_file(tmp_path, extra=extra)
-    return {"FABRIC_HOSTS_FILE": str(path), "GRAFANA_TOKEN": GRAFANA, "SENTRY_AUTH_TOKEN": SENTRY,
-            "ZDD_SANDBOX_REGISTRY_PASSWORD": registry_token()}
+    return {
+        "FABRIC_HOSTS_FILE": str(path),
+        "GRAFANA_TOKEN": GRAFANA,
+        "SENTRY_AUTH_TOKEN": SENTRY,
+        "ZDD_SANDBOX_REGISTRY_PASSWORD": registry_token(),
+    }
 
 
 def facts(tmp_path: Path, name: str) -> dict[str, str]:
@@ -63,8 +67,9 @@ def test_a_deploy_runs_the_hooks_and_sends_every_marker(settled, tmp_path):
     version = sb.publish("server", "identity")
     with Receiver() as rx:
         env = setup(tmp_path, rx.url)
-        res = sb.fab("deploy", "--no-verify", "--json", str(tmp_path / "d.json"), "--report", str(tmp_path / "d.html"),
-                     env=env)
+        res = sb.fab(
+            "deploy", "--no-verify", "--json", str(tmp_path / "d.json"), "--report", str(tmp_path / "d.html"), env=env
+        )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     pre, post = facts(tmp_path, "pre-deploy"), facts(tmp_path, "post-deploy")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 
 import pytest
 from dotenv import dotenv_values
 
 from tests import sandbox as sb
-from tests.test_workflows import command_lines, steps as workflow_steps
+from tests.test_workflows import command_lines
+from tests.test_workflows import steps as workflow_steps
 
 SECOND = sb.STATE / "home" / "remilia2"
 WORKFLOW = sb.ROOT / "examples" / "github-actions" / "deploy-staging.yaml"
@@ -27,18 +27,22 @@ def second_project():
     (SECOND / "docker-compose.yaml").write_text(compose)
     (SECOND / "caddy" / "Caddyfile").write_text((sb.STACK / "caddy" / "Caddyfile").read_text())
     subprocess.run(["chown", "-R", "zddsbx", str(SECOND)], check=True)
-    up = subprocess.run(["su", "-s", "/bin/sh", "zddsbx", "-c",
-                         "cd ~/remilia2 && docker compose up -d --wait --wait-timeout 90"], capture_output=True, text=True)
+    up = subprocess.run(
+        ["su", "-s", "/bin/sh", "zddsbx", "-c", "cd ~/remilia2 && docker compose up -d --wait --wait-timeout 90"],
+        capture_output=True,
+        text=True,
+    )
     assert up.returncode == 0, up.stderr
     yield
-    subprocess.run(["su", "-s", "/bin/sh", "zddsbx", "-c", "cd ~/remilia2 && docker compose down -v -t 2"],
-                   capture_output=True)
+    subprocess.run(
+        ["su", "-s", "/bin/sh", "zddsbx", "-c", "cd ~/remilia2 && docker compose down -v -t 2"], capture_output=True
+    )
     subprocess.run(["rm", "-rf", str(SECOND)])
 
 
 def _two_hosts(tmp_path):
     text = (sb.ROOT / "hosts.toml").read_text()
-    block = text[text.index("[hosts.sandbox]"):]
+    block = text[text.index("[hosts.sandbox]") :]
     second = block.replace("[hosts.sandbox", "[hosts.sandbox2").replace('dir = "~/remilia"', 'dir = "~/remilia2"')
     second = re.sub(r"(?s)\[hosts\.sandbox2\.verify\].*", "[hosts.sandbox2.verify]\nenabled = false\n", second)
     path = tmp_path / "hosts.toml"
@@ -55,8 +59,19 @@ def test_several_hosts_stop_at_the_first_failure_with_one_summary(settled, secon
     sb.publish("--broken", "server")
     first_host_before, second_host_before = _ids("remilia2"), _ids("remilia")
     try:
-        res = sb.run([str(sb.BIN / "fab"), "-H", "sandbox2,sandbox", "deploy", "--no-verify",
-                      "--json", str(tmp_path / "deploy.json")], env=env, timeout=600)
+        res = sb.run(
+            [
+                str(sb.BIN / "fab"),
+                "-H",
+                "sandbox2,sandbox",
+                "deploy",
+                "--no-verify",
+                "--json",
+                str(tmp_path / "deploy.json"),
+            ],
+            env=env,
+            timeout=600,
+        )
         assert res.returncode != 0, res.stdout
         assert "Traceback" not in res.stdout + res.stderr
         # the second host was not touched: same containers, and zdd never connected to it
@@ -65,7 +80,7 @@ def test_several_hosts_stop_at_the_first_failure_with_one_summary(settled, secon
         # the first host failed and kept its old containers serving
         assert _ids("remilia2") == first_host_before
         # one summary across hosts, at the end, naming both
-        tail = res.stdout[res.stdout.rindex("sandbox2"):]
+        tail = res.stdout[res.stdout.rindex("sandbox2") :]
         assert re.search(r"sandbox\s+not run", tail), res.stdout
         doc = json.loads((tmp_path / "deploy.json").read_text())
         assert [(h["host"], h["result"]) for h in doc["hosts"]] == [("sandbox2", "failed"), ("sandbox", "not run")]
@@ -83,13 +98,20 @@ def test_the_workflow_deploy_command_line_runs_against_the_sandbox(settled, tmp_
     # as in the workflow, the token comes from the environment (the job's secrets), not .env
     token = dotenv_values(sb.ROOT / ".env")["ZDD_SANDBOX_REGISTRY_PASSWORD"]
     env = {**os.environ, "FABRIC_HOSTS_FILE": str(sb.ROOT / "hosts.toml"), "ZDD_SANDBOX_REGISTRY_PASSWORD": token}
-    res = subprocess.run([str(sb.BIN / "fab"), "-r", str(sb.ROOT), "-H", "sandbox", *deploy[3:]], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run(
+        [str(sb.BIN / "fab"), "-r", str(sb.ROOT), "-H", "sandbox", *deploy[3:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads((tmp_path / "deploy.json").read_text())
     assert doc["result"] == "ok" and doc["hosts"][0]["failed_requests"] == 0, doc["hosts"][0]
     assert "<svg" in (tmp_path / "deploy.html").read_text()
-    md = subprocess.run([str(sb.BIN / "inv"), "-r", str(sb.ROOT), *summary[1:]], cwd=tmp_path,
-                        capture_output=True, text=True)
+    md = subprocess.run(
+        [str(sb.BIN / "inv"), "-r", str(sb.ROOT), *summary[1:]], cwd=tmp_path, capture_output=True, text=True
+    )
     assert md.returncode == 0, md.stderr
     assert "sandbox" in md.stdout and "0 of" in md.stdout, md.stdout

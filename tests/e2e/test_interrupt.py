@@ -17,8 +17,14 @@ LOCKS = sb.STATE / "home" / ".zdd" / "locks"
 
 
 def _start_deploy() -> subprocess.Popen:
-    return subprocess.Popen([str(sb.BIN / "fab"), "-H", "sandbox", "deploy", "--no-verify"], cwd=sb.ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [str(sb.BIN / "fab"), "-H", "sandbox", "deploy", "--no-verify"],
+        cwd=sb.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _until(proc: subprocess.Popen, needle: str, timeout: float = 60) -> list[str]:

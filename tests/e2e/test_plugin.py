@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -48,12 +47,16 @@ def no_plugin():
 
 
 def plugin_hosts(tmp_path, url, sha):
-    return sb.hosts_file(tmp_path, engine="docker-rollout", extra=f"""
+    return sb.hosts_file(
+        tmp_path,
+        engine="docker-rollout",
+        extra=f"""
 [hosts.sandbox.plugin]
 version = "v0.13"
 url = "{url}"
 sha256 = "{sha}"
-""")
+""",
+    )
 
 
 def test_install_plugin_verifies_checksum_and_is_idempotent(sandbox, served, no_plugin, tmp_path):
@@ -106,8 +109,11 @@ def test_deploy_refuses_docker_rollout_engine_without_plugin(sandbox, no_plugin,
 REAL = os.environ.get("ZDD_DOCKER_ROLLOUT", "")
 
 
-@pytest.mark.skipif(not REAL, reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
-                                     "to exercise the docker-rollout engine for real")
+@pytest.mark.skipif(
+    not REAL,
+    reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
+    "to exercise the docker-rollout engine for real",
+)
 def test_deploy_with_real_docker_rollout(settled, no_plugin, tmp_path):
     hosts = sb.hosts_file(tmp_path, engine="docker-rollout")
     env = {"FABRIC_HOSTS_FILE": str(hosts)}
@@ -133,8 +139,11 @@ def test_deploy_with_real_docker_rollout(settled, no_plugin, tmp_path):
     assert rc == 0 and report["failures"] == 0, out
 
 
-@pytest.mark.skipif(not REAL, reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
-                                     "to exercise the docker-rollout engine for real")
+@pytest.mark.skipif(
+    not REAL,
+    reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
+    "to exercise the docker-rollout engine for real",
+)
 def test_real_docker_rollout_broken_image_keeps_old_containers_serving(settled, no_plugin, tmp_path):
     env = {"FABRIC_HOSTS_FILE": str(sb.hosts_file(tmp_path, engine="docker-rollout"))}
     assert sb.fab("install-plugin", "--source", REAL, env=env).returncode == 0
@@ -156,8 +165,11 @@ def test_real_docker_rollout_broken_image_keeps_old_containers_serving(settled, 
         sb.fab("pull", env=env)
 
 
-@pytest.mark.skipif(not REAL, reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
-                                     "to exercise the docker-rollout engine for real")
+@pytest.mark.skipif(
+    not REAL,
+    reason="set ZDD_DOCKER_ROLLOUT to the path of a docker-rollout v0.13 script "
+    "to exercise the docker-rollout engine for real",
+)
 def test_real_docker_rollout_holds_its_hook_without_a_writable_tmp(settled, no_plugin, tmp_path):
     """A read-only image (busybox sh, no writable /tmp) is still rolled by docker-rollout: the
     hold lives in /dev/shm. Without /dev/shm either (ipc: none), zdd says so in one line and
@@ -166,11 +178,17 @@ def test_real_docker_rollout_holds_its_hook_without_a_writable_tmp(settled, no_p
     override.write_text(
         "services:\n"
         "  identity: {read_only: true, tmpfs: [/data, /config]}\n"
-        "  profile-server: {read_only: true, ipc: none, tmpfs: [/data, /config]}\n")
+        "  profile-server: {read_only: true, ipc: none, tmpfs: [/data, /config]}\n"
+    )
     subprocess.run(["chown", "zddsbx", str(override)], check=True)
     hosts = sb.hosts_file(tmp_path, engine="docker-rollout")
-    hosts.write_text(hosts.read_text().replace(
-        '[hosts.sandbox]\n', '[hosts.sandbox]\ncompose_files = ["docker-compose.yaml", "readonly.override.yaml"]\n', 1))
+    hosts.write_text(
+        hosts.read_text().replace(
+            "[hosts.sandbox]\n",
+            '[hosts.sandbox]\ncompose_files = ["docker-compose.yaml", "readonly.override.yaml"]\n',
+            1,
+        )
+    )
     env = {"FABRIC_HOSTS_FILE": str(hosts)}
     assert sb.fab("install-plugin", "--source", REAL, env=env).returncode == 0
     jobs = sb.STATE / "home" / ".zdd" / "jobs"
@@ -186,8 +204,11 @@ def test_real_docker_rollout_holds_its_hook_without_a_writable_tmp(settled, no_p
         logs = {p.stem.split("-", 3)[3]: p.read_text() for p in set(jobs.glob("rollout-*.log")) - before}
         assert "==> Stopping and removing old containers" in logs.get("identity", ""), logs
         assert "profile-server" not in logs
-        assert re.search(r"profile-server: docker-rollout's pre-stop hook cannot be held in its containers "
-                         r"\(no sh, or neither /dev/shm nor /tmp writable\)", res.stdout), res.stdout
+        assert re.search(
+            r"profile-server: docker-rollout's pre-stop hook cannot be held in its containers "
+            r"\(no sh, or neither /dev/shm nor /tmp writable\)",
+            res.stdout,
+        ), res.stdout
         for svc in ("identity", "profile-server"):
             [c] = sb.containers(svc, all_states=True)
             assert c.health == "healthy"

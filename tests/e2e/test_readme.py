@@ -57,20 +57,33 @@ def test_demo(settled):
 @pytest.mark.parametrize("line", [c for c in readme_commands() if c.startswith(".venv/bin/fab") and c not in SWARM])
 def test_fab_commands_against_the_sandbox(settled, line):
     sb.publish("profile-server")
-    res = subprocess.run(line.replace("reminet-staging", "sandbox"), shell=True, cwd=sb.ROOT, capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        line.replace("reminet-staging", "sandbox"), shell=True, cwd=sb.ROOT, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_install_in_a_fresh_checkout(tmp_path):
     files = subprocess.run(["git", "ls-files", "-z"], cwd=sb.ROOT, capture_output=True, text=True, check=True).stdout
-    archive = subprocess.run(["tar", "-C", str(sb.ROOT), "--null", "-T", "-", "-cf", "-"], input=files.encode(),
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["tar", "-C", str(sb.ROOT), "--null", "-T", "-", "-cf", "-"],
+        input=files.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
     subprocess.run(["tar", "-C", str(tmp_path), "-xf", "-"], input=archive, check=True)
     [line] = [c for c in readme_commands() if "pip install" in c]
-    res = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    res = subprocess.run(
+        line,
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    listed = subprocess.run([str(tmp_path / ".venv" / "bin" / "fab"), "--list"], cwd=tmp_path, capture_output=True,
-                            text=True)
+    listed = subprocess.run(
+        [str(tmp_path / ".venv" / "bin" / "fab"), "--list"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert listed.returncode == 0 and "deploy" in listed.stdout, listed.stderr

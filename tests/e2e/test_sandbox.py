@@ -5,7 +5,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from fabfile import config as cfg
 from fabfile.session import connection_for
@@ -55,8 +54,11 @@ def test_fab_cli_reaches_the_host(sandbox):
 
 
 def test_unknown_host_key_is_refused(sandbox, tmp_path):
-    hosts = (sb.ROOT / "hosts.toml").read_text().replace(
-        'known_hosts = "/var/lib/zdd-sandbox/client/known_hosts"', f'known_hosts = "{tmp_path}/empty"')
+    hosts = (
+        (sb.ROOT / "hosts.toml")
+        .read_text()
+        .replace('known_hosts = "/var/lib/zdd-sandbox/client/known_hosts"', f'known_hosts = "{tmp_path}/empty"')
+    )
     (tmp_path / "empty").write_text("")
     (tmp_path / "hosts.toml").write_text(hosts)
     res = sb.fab("pull", "--dry-run", env={"FABRIC_HOSTS_FILE": str(tmp_path / "hosts.toml")})

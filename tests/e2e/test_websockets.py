@@ -16,8 +16,11 @@ WS = sb.HTTP.replace("http://", "ws://")
 
 
 def caddy_load(config: dict) -> None:
-    res = sb.run(["docker", "exec", "-i", "remilia-caddy-1", "caddy", "reload", "--config", "/dev/stdin",
-                  "--force"], check=False, input_text=json.dumps(config))
+    res = sb.run(
+        ["docker", "exec", "-i", "remilia-caddy-1", "caddy", "reload", "--config", "/dev/stdin", "--force"],
+        check=False,
+        input_text=json.dumps(config),
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -71,14 +74,23 @@ def test_a_reload_keeps_websockets_open_only_with_stream_close_delay(settled):
 
 def _proxies(config: dict):
     from fabfile.proxy import _walk_proxies
+
     return list(_walk_proxies(config))
 
 
 def test_deploy_moves_each_websocket_of_a_rolled_service_once_and_leaves_the_others_alone(settled, tmp_path):
     version = sb.publish("server", "identity")  # tiers 1 and 3 of 3 roll; property, profile-server do not
     ws_args = [a for svc in sb.APPS for a in ("--ws", f"{WS}/{svc}/ws")]
-    probe = sb.Verify("--host", "sandbox", "--concurrency", "8", *ws_args, "--ws-connections", "20",
-                      json_path=tmp_path / "verify.json")
+    probe = sb.Verify(
+        "--host",
+        "sandbox",
+        "--concurrency",
+        "8",
+        *ws_args,
+        "--ws-connections",
+        "20",
+        json_path=tmp_path / "verify.json",
+    )
     res = sb.fab("deploy", "--no-verify", "--wait")
     rc, out, report = probe.stop(settle=3)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -96,9 +108,9 @@ def test_deploy_moves_each_websocket_of_a_rolled_service_once_and_leaves_the_oth
         if svc in ("server", "identity"):
             assert w["disconnects"] > 0, (svc, w)
             assert max(per_probe.values()) == 1, (svc, per_probe)  # each at most once
-            assert w["longest_gap_s"] <= 1.0, (svc, w["gaps"])   # back within a second...
+            assert w["longest_gap_s"] <= 1.0, (svc, w["gaps"])  # back within a second...
             seen = {v["version"]: v for v in w["versions"]}
-            assert version in seen, (svc, seen)                  # ...on the new version
+            assert version in seen, (svc, seen)  # ...on the new version
             assert all(g["recovered"] for g in w["gaps"])
         else:
             assert w["disconnects"] == 0, (svc, w["disconnect_list"])  # never cut by a reload

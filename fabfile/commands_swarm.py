@@ -1,0 +1,117 @@
+"""Command builders of engine swarm: reading a stack on a Swarm manager, changing it and waiting
+for Swarm's verdict on the host (``remote/swarm_tier.sh``). Pure, like :mod:`fabfile.commands`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .command import Command, host_program
+from .commands import Compose
+from .config import JOURNAL_TAIL, HostConfig
+
+
+def stack_state_file(host: HostConfig) -> str:
+    """Where the host keeps what zdd last applied of the stack's compose files (relative to ~)."""
+    return f".zdd/stacks/{host.stack_name}.json"
+
+
+def stack_survey(host: HostConfig) -> Command:
+    """Read the node, the stack's services and the compose model at once (changes nothing)."""
+    return host_program(
+        "survey.sh",
+        "--stack",
+        host.stack_name,
+        stack_state_file(host),
+        str(JOURNAL_TAIL),
+        *Compose(host).project_flags(),
+        cwd=host.dir,
+    )
+
+
+def image_digests() -> Command:
+    """The registry digest of each image on the host by repo:tag (``digest REF DIGEST`` lines,
+    told apart from an image listing): what a pull resolved."""
+    return Command(("docker", "image", "ls", "--digests", "--format", "digest {{.Repository}}:{{.Tag}} {{.Digest}}"))
+
+
+@dataclass(frozen=True)
+class SwarmChange:
+    """One service of a swarm_tier.sh run (see there)."""
+
+    name: str  # the compose service; Swarm's is STACK_NAME
+    image: str = ""  # update: REF@DIGEST to run
+    ref: str = ""  # update: the compose file's reference, kept as com.docker.stack.image
+    sets: tuple[str, ...] = ()  # update: settings zdd sets (order, failure, rollback-order)
+
+    def args(self) -> tuple[str, ...]:
+        return (self.name, self.image, self.ref, ",".join(self.sets))
+
+
+SWARM_DONE = {"update": "completed", "rollback": "rollback_completed", "stack": "running 1/1"}
+
+
+def swarm_tier(
+    host: HostConfig,
+    action: str,
+    changes: list[SwarmChange],
+    ceiling: int,
+    hashes: str = "",
+    key: str = "",
+    journal: tuple[str, ...] = (),
+) -> Command:
+    """Start ``action`` (update, rollback, stack) for these services and wait on the host until
+    Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
+    the journal KEY before the change."""
+    args = [
+        action,
+        host.stack_name,
+        str(ceiling),
+        stack_state_file(host),
+        hashes,
+        key,
+        "\n".join(journal),
+        str(len(changes)),
+    ]
+    for change in changes:
+        args += change.args()
+    if action == "stack":
+        for f in host.compose_files:
+            args += ["-c", f]
+    started = [host.stack_name] if action == "stack" else [c.name for c in changes]
+    dry = [f"started {n}" for n in started] + [f"done {c.name} {SWARM_DONE[action]}" for c in changes]
+    return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
+
+
+def stack_tasks(host: HostConfig) -> Command:
+    """The stack's tasks (every node) and, on this node, their containers' health."""
+    stack = host.stack_name
+    tasks = Command(
+        (
+            "docker",
+            "stack",
+            "ps",
+            stack,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Image}}\t{{.Error}}",
+        )
+    )
+    health = Command(
+        (
+            "docker",
+            "ps",
+            "--filter",
+            f"label=com.docker.stack.namespace={stack}",
+            "--format",
+            "table {{.Names}}\t{{.Status}}",
+        )
+    )
+    return tasks.and_then(health)
+
+
+def service_containers(host: HostConfig, service: str) -> Command:
+    """The running containers of a stack service on this node."""
+    return Command(
+        ("docker", "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={host.stack_name}_{service}")
+    )
