@@ -21,6 +21,12 @@ HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_HTTP_PORT', '18080')}"
 SWARM_HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_SWARM_HTTP_PORT', '18090')}"
 SWARM_STACK = "remilia-swarm"  # scripts/sandbox.sh swarm-up; hosts.toml's sandbox-swarm
 SSH_PORT = int(os.environ.get("ZDD_SANDBOX_SSH_PORT", "22022"))
+# The swarm stack's own Docker engine (a second dockerd, started by swarm-up) and the ssh port
+# whose sessions get it as DOCKER_HOST
+SWARM_ENGINE = STATE / "swarm"
+SWARM_DOCKER_HOST = f"unix://{SWARM_ENGINE}/docker.sock"
+SWARM_SSH_PORT = int(os.environ.get("ZDD_SANDBOX_SWARM_SSH_PORT", "22023"))
+SWARM_BRIDGES = ("zddsw0", "zddsw-gw")
 REGISTRY_PORT = int(os.environ.get("ZDD_SANDBOX_REGISTRY_PORT", "15000"))
 APPS = ["server", "property", "identity", "profile-server"]
 BIN = ROOT / ".venv" / "bin"
@@ -76,8 +82,15 @@ def as_host_user(shell: str, check: bool = True) -> subprocess.CompletedProcess:
     return res
 
 
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=120).stdout
+def docker(*args: str, host: str | None = None) -> str:
+    """The docker CLI against the Compose sandbox's engine, or the one at ``host``."""
+    argv = ["docker", *(["-H", host] if host else []), *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+def swarm_docker(*args: str) -> str:
+    """The docker CLI against the swarm stack's engine."""
+    return docker(*args, host=SWARM_DOCKER_HOST)
 
 
 @dataclass
@@ -107,9 +120,9 @@ def containers(service: str, all_states: bool = False) -> list[Container]:
     return out
 
 
-def image_version(image: str) -> str:
+def image_version(image: str, host: str | None = None) -> str:
     """The version a sandbox image carries (its org.opencontainers.image.version label)."""
-    labels = json.loads(docker("image", "inspect", image))[0].get("Config", {}).get("Labels") or {}
+    labels = json.loads(docker("image", "inspect", image, host=host))[0].get("Config", {}).get("Labels") or {}
     return labels.get("org.opencontainers.image.version", "?")
 
 
@@ -121,19 +134,19 @@ def get(path: str, timeout: float = 10, base: str = HTTP) -> httpx.Response:
 
 def swarm_service(service: str) -> dict:
     """``docker service inspect`` of one service of the sandbox's stack."""
-    return json.loads(docker("service", "inspect", f"{SWARM_STACK}_{service}"))[0]
+    return json.loads(swarm_docker("service", "inspect", f"{SWARM_STACK}_{service}"))[0]
 
 
 def swarm_versions(service: str) -> set[str]:
     """The versions the images of a stack service's running tasks carry (this node has them all)."""
-    out = docker("service", "ps", "--no-trunc", "--filter", "desired-state=running", "--format", "{{.Image}}",
-                 f"{SWARM_STACK}_{service}")
+    out = swarm_docker("service", "ps", "--no-trunc", "--filter", "desired-state=running", "--format", "{{.Image}}",
+                       f"{SWARM_STACK}_{service}")
     versions = set()
     for ref in out.split():
         name, _, digest = ref.partition("@")
         last = name.rsplit("/", 1)[-1]
         repo = name.rsplit(":", 1)[0] if ":" in last else name
-        versions.add(image_version(f"{repo}@{digest}" if digest else ref))
+        versions.add(image_version(f"{repo}@{digest}" if digest else ref, host=SWARM_DOCKER_HOST))
     return versions
 
 
@@ -148,6 +161,31 @@ def swarm_serves(timeout: float = 90) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError(f"the {SWARM_STACK} apps do not answer on {SWARM_HTTP}")
+
+
+def swarm_engine_info() -> dict:
+    """``docker info`` of the swarm stack's engine."""
+    return json.loads(swarm_docker("info", "--format", "{{json .}}"))
+
+
+def swarm_leftovers() -> list[str]:
+    """What of the swarm engine is on this machine: nothing once swarm-down (or down) ran."""
+    engine = str(SWARM_ENGINE)
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    left = [f"process {ln.strip()}" for ln in out.splitlines()
+            if f"{engine}/" in ln or ("docker-proxy" in ln and "-container-ip 10.213." in ln)]
+    left += [f"path {p}" for p in (SWARM_ENGINE, SWARM_ENGINE / "docker.sock", SWARM_ENGINE / "data") if p.exists()]
+    left += [f"bridge {b}" for b in SWARM_BRIDGES if Path("/sys/class/net", b).exists()]
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if point == engine or point.startswith(f"{engine}/"):
+            left.append(f"mount {point}")
+    cgroups = Path("/sys/fs/cgroup")
+    left += [f"cgroup {d}" for d in (*cgroups.glob("zdd-sandbox-swarm"), *cgroups.glob("*/zdd-sandbox-swarm"))]
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    left += [f"iptables {r}" for r in rules.splitlines() if any(w in r for w in ("10.213.", "10.214.", "zddsw"))]
+    left += [f"port {port}" for port in (int(SWARM_HTTP.rsplit(":", 1)[1]), 12377) if port_open(port)]
+    return left
 
 
 def stack_settle(timeout: float = 90) -> None:

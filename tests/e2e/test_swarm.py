@@ -3,15 +3,14 @@ moves every app to the new image with nothing dropped, tier after tier; a broken
 back by Swarm and fails the deploy naming the service; `fab rollback` returns to the previous
 images under load; a deploy with nothing to do changes nothing.
 
-Besides ZDD_E2E=1 these need ZDD_SWARM_E2E=1 and the swarm stack up (they are not part of
-scripts/test.sh, which never enters swarm mode):
+The stack runs on a Docker engine of its own (a second dockerd in swarm mode, which zdd reaches
+through the sandbox's sshd on port 22023): scripts/test.sh runs swarm-up after up, so these run
+with every ZDD_E2E=1 run. By hand:
 
     scripts/sandbox.sh up && scripts/sandbox.sh swarm-up
-    ZDD_E2E=1 ZDD_SWARM_E2E=1 .venv/bin/pytest tests/e2e/test_swarm.py
-    scripts/sandbox.sh swarm-down
+    ZDD_E2E=1 .venv/bin/pytest tests/e2e/test_swarm.py
 """
 
-import os
 import re
 import subprocess
 import time
@@ -20,9 +19,6 @@ from datetime import datetime
 import pytest
 
 from tests import sandbox as sb
-
-pytestmark = pytest.mark.skipif(os.environ.get("ZDD_SWARM_E2E") != "1",
-                                reason="Swarm end-to-end: set ZDD_SWARM_E2E=1 after scripts/sandbox.sh swarm-up")
 
 HOST = "sandbox-swarm"
 URLS_ARGS = ["--host", HOST]
@@ -37,7 +33,7 @@ def swarm_stack(sandbox):
     try:
         sb.swarm_serves(timeout=10)
     except AssertionError as e:
-        pytest.fail(f"{e}: run scripts/sandbox.sh swarm-up as root first")
+        pytest.fail(f"{e}: run scripts/sandbox.sh swarm-up as root first (scripts/test.sh does)")
     return sb
 
 
