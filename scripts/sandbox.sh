@@ -16,6 +16,7 @@
 # Runs as root on a Debian 12 machine. Everything it creates lives in $ZDD_SANDBOX_DIR
 # (default /var/lib/zdd-sandbox) or is recorded there, so `down` can remove exactly that:
 # a Docker engine, compose plugin, sshd or ~/.ssh / ~/.docker that was there before is left alone.
+# (The swarm engine's bridges zddsw0/zddsw-gw and cgroup zdd-sandbox-swarm are named as its own.)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -306,7 +307,7 @@ next_version() {
 }
 
 publish() {  # publish [--broken] [--version V] [SERVICE...]
-    local broken= version=
+    local broken='' version=''
     while [ $# -gt 0 ]; do
         case "$1" in
             --broken) broken=1; shift ;;
@@ -438,8 +439,8 @@ swarm_sweep() {
         sleep 0.1
     done
     swarm_cgroups | while read -r d; do find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; done
-    for p in $(swarm_mounts); do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done
-    for p in $(swarm_shim_sockets); do rm -f "$p"; done
+    swarm_mounts | while read -r p; do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done
+    swarm_shim_sockets | while read -r p; do rm -f "$p"; done
     for d in "$SWARM_GWBRIDGE" "$SWARM_BRIDGE"; do
         [ -e "/sys/class/net/$d" ] || continue
         for p in $(ip -o link show master "$d" | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$p" 2>/dev/null || true; done
@@ -474,6 +475,7 @@ start_swarm_engine() {
   "data-root": "$SWARM_ENGINE/data",
   "exec-root": "$SWARM_ENGINE/exec",
   "pidfile": "$SWARM_ENGINE/dockerd.pid",
+  "deprecated-key-path": "$SWARM_ENGINE/key.json",
   "hosts": ["$SWARM_DOCKER_HOST"],
   "group": "docker",
   "bridge": "$SWARM_BRIDGE",
@@ -550,9 +552,6 @@ swarm_up() {
     log "swarm ready: stack $SWARM_STACK, Caddy http://127.0.0.1:$SWARM_HTTP_PORT/, ssh port $SWARM_SSH_PORT (fab -H sandbox-swarm ...)"
 }
 
-swarm_gone() { [ -z "$(sdocker ps -aq)" ] \
-    && [ -z "$(sdocker network ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ]; }
-
 swarm_down() {
     require_root
     local pid stopped=''
@@ -560,12 +559,12 @@ swarm_down() {
         stopped=1
         log "removing the stack $SWARM_STACK and stopping the swarm engine"
         sdocker stack rm "$SWARM_STACK" >/dev/null 2>&1 || true
-        # It all goes: no stop grace for the tasks (identity ignores SIGTERM)
+        # All of it goes: no stop grace for the tasks (identity ignores SIGTERM), no wait for
+        # Swarm to remove the networks
         local ids; mapfile -t ids < <(sdocker ps -aq)
         [ ${#ids[@]} = 0 ] || sdocker rm -f "${ids[@]}" >/dev/null 2>&1 || true
-        for _ in $(seq 100); do swarm_gone && break; sleep 0.2; done
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 150); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
+        for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done   # then the sweep kills it
     fi
     if [ -n "$(swarm_leftovers)" ]; then
         [ -n "$stopped" ] || log "removing what the swarm engine left (it did not answer)"
@@ -612,7 +611,7 @@ status() {
 remove_engine_data() {
     # A dockerd that was killed (not stopped) can leave overlay and netns mounts behind.
     local m
-    for m in $(awk '$5 ~ "^(/var/lib/docker|/run/docker)(/|$)" {print $5}' /proc/self/mountinfo | sort -r); do
+    awk '$5 ~ "^(/var/lib/docker|/run/docker)(/|$)" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
     rm -rf /var/lib/docker /run/docker 2>/dev/null || log "warning: could not remove all of /var/lib/docker"
@@ -622,20 +621,23 @@ down() {
     require_root
     [ -d "$STATE" ] || { log "nothing to remove"; return 0; }
     [ -e "$STATE/$SENTINEL" ] || die "$STATE is not a zdd sandbox (no $SENTINEL): not touching it"
-    swarm_down   # the second engine and all it left: never the first engine's business
+    swarm_down   # first the swarm stack's own engine, and all it left
     if docker info >/dev/null 2>&1; then
         if [ -f "$STACK_DIR/docker-compose.yaml" ]; then
             (cd "$STACK_DIR" && DOCKER_CONFIG=$CI_DOCKER_CONFIG docker compose down -v --remove-orphans -t 2 >/dev/null 2>&1) || true
         fi
         local ids
-        ids=$(docker ps -aq --filter label=com.docker.compose.project=remilia --filter "label=com.docker.compose.project.working_dir=$STACK_DIR")
-        [ -n "$ids" ] && docker rm -f $ids >/dev/null
-        ids=$(docker images -q --filter "reference=$HOST_REGISTRY/zdd-sandbox/*" ; docker images -q --filter "reference=$CI_REGISTRY/zdd-sandbox/*"; docker images -q --filter label=zdd-sandbox=1; docker images -q --filter "reference=zdd-sandbox/*")
-        [ -n "$ids" ] && docker rmi -f $(echo "$ids" | sort -u) >/dev/null 2>&1 || true
+        mapfile -t ids < <(docker ps -aq --filter label=com.docker.compose.project=remilia \
+            --filter "label=com.docker.compose.project.working_dir=$STACK_DIR")
+        if [ ${#ids[@]} -gt 0 ]; then docker rm -f "${ids[@]}" >/dev/null; fi
+        mapfile -t ids < <({ docker images -q --filter "reference=$HOST_REGISTRY/zdd-sandbox/*"
+            docker images -q --filter "reference=$CI_REGISTRY/zdd-sandbox/*"; docker images -q --filter label=zdd-sandbox=1
+            docker images -q --filter "reference=zdd-sandbox/*"; } | sort -u)
+        if [ ${#ids[@]} -gt 0 ]; then docker rmi -f "${ids[@]}" >/dev/null 2>&1 || true; fi
     fi
     local pidf
     for pidf in "$STATE/registry/registry.pid" "$STATE/ssh/sshd.pid"; do
-        pid_alive "$pidf" && kill "$(cat "$pidf")" || true
+        if pid_alive "$pidf"; then kill "$(cat "$pidf")" || true; fi
     done
     if created user; then pkill -u "$SBX_USER" 2>/dev/null || true; userdel "$SBX_USER" 2>/dev/null || true; fi
     if created compose-plugin; then rm -f /usr/local/lib/docker/cli-plugins/docker-compose; fi
@@ -665,5 +667,5 @@ case "${1:-}" in
     swarm-up) swarm_up ;;
     swarm-down) swarm_down ;;
     down) down ;;
-    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
