@@ -163,6 +163,20 @@ def swarm_serves(timeout: float = 90) -> None:
     raise AssertionError(f"the {SWARM_STACK} apps do not answer on {SWARM_HTTP}")
 
 
+def processes() -> list[tuple[int, str]]:
+    """Every process's pid and whole command line (``ps`` may cut it to the terminal's width)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                args = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if args:
+                out.append((int(d.name), args))
+    return out
+
+
 def swarm_engine_info() -> dict:
     """``docker info`` of the swarm stack's engine."""
     return json.loads(swarm_docker("info", "--format", "{{json .}}"))
@@ -171,9 +185,8 @@ def swarm_engine_info() -> dict:
 def swarm_leftovers() -> list[str]:
     """What of the swarm engine is on this machine: nothing once swarm-down (or down) ran."""
     engine = str(SWARM_ENGINE)
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    left = [f"process {ln.strip()}" for ln in out.splitlines()
-            if f"{engine}/" in ln or ("docker-proxy" in ln and "-container-ip 10.213." in ln)]
+    left = [f"process {pid} {args}" for pid, args in processes()
+            if f"{engine}/" in args or ("docker-proxy" in args and "-container-ip 10.213." in args)]
     left += [f"path {p}" for p in (SWARM_ENGINE, SWARM_ENGINE / "docker.sock", SWARM_ENGINE / "data") if p.exists()]
     left += [f"bridge {b}" for b in SWARM_BRIDGES if Path("/sys/class/net", b).exists()]
     for line in Path("/proc/self/mountinfo").read_text().splitlines():

@@ -1,6 +1,8 @@
-"""`scripts/sandbox.sh up` twice changes nothing; `down` removes only what it created.
+"""`scripts/sandbox.sh up` twice changes nothing; `down` removes only what it created, the
+swarm stack's own engine included.
 
-Runs last (see conftest): it takes the sandbox down and brings it back up.
+Runs last (see conftest): it takes the sandbox down and brings it back up (and the swarm stack,
+if it was up).
 """
 
 import pwd
@@ -31,21 +33,22 @@ def test_setup_again_changes_nothing(sandbox):
 
 
 def _processes_using(path: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if path in ln and "ps -eo" not in ln]
+    return [f"{pid} {args}" for pid, args in sb.processes() if path in args]
 
 
 @pytest.mark.teardown
 def test_down_removes_only_what_it_created_and_up_restores(sandbox):
     engine_ours = (sb.STATE / "created" / "dockerd").exists()
+    swarm_was_up = (sb.SWARM_ENGINE / "docker.sock").exists()
     res = sb.run([SCRIPT, "down"], timeout=300)
     assert res.returncode == 0, res.stderr
     try:
         assert not sb.STATE.exists()
-        assert _processes_using(str(sb.STATE)) == []  # sshd, registry, dockerd (logs/pids lived there)
+        assert _processes_using(str(sb.STATE)) == []  # sshd, registry, dockerds (logs/pids lived there)
+        assert sb.swarm_leftovers() == []  # the swarm engine's processes, mounts, bridges, cgroups
         with pytest.raises(KeyError):
             pwd.getpwnam("zddsbx")
-        for port in (sb.SSH_PORT, sb.REGISTRY_PORT, int(sb.HTTP.rsplit(":", 1)[1])):
+        for port in (sb.SSH_PORT, sb.SWARM_SSH_PORT, sb.REGISTRY_PORT, int(sb.HTTP.rsplit(":", 1)[1])):
             assert not sb.port_open(port), port
         if engine_ours:
             assert subprocess.run(["docker", "info"], capture_output=True).returncode != 0
@@ -58,6 +61,10 @@ def test_down_removes_only_what_it_created_and_up_restores(sandbox):
         assert not env.exists() or "ZDD_SANDBOX_REGISTRY_PASSWORD" not in env.read_text()
     finally:
         res = sb.run([SCRIPT, "up"], timeout=900)
+        if res.returncode == 0 and swarm_was_up:
+            res = sb.run([SCRIPT, "swarm-up"], timeout=600)
     assert res.returncode == 0, res.stderr
     assert sb.not_ready_reason() is None
     assert sb.get("/server/fast").status_code == 200
+    if swarm_was_up:
+        sb.swarm_serves()
