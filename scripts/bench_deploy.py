@@ -84,7 +84,7 @@ def hosts_file(one_tier: bool) -> dict:
 
 
 def swarm_up() -> bool:
-    out = sh("docker", "stack", "ls", "--format", "{{.Name}}").stdout.split()
+    out = sh("docker", "-H", f"unix://{STATE}/swarm/docker.sock", "stack", "ls", "--format", "{{.Name}}").stdout.split()
     return "remilia-swarm" in out
 
 
