@@ -412,6 +412,19 @@ swarm_shim_sockets() {  # containerd's shim sockets of its containers: /run/cont
     done
 }
 
+swarm_vxlans() {  # VXLAN devices on its data-path port still in this namespace (one being set up
+    # when dockerd was killed is left here, and its VNI then blocks the next engine's network)
+    ip -d -o link show type vxlan 2>/dev/null | awk -v port="dstport $SWARM_DATA_PATH_PORT " \
+        'index($0, port) {sub(/@.*/, "", $2); sub(/:$/, "", $2); print $2}'
+}
+
+swarm_vxlan_port_held() {  # a VXLAN device of it still lives (its UDP socket is in this namespace,
+    # wherever the device is): the kernel frees a killed engine's network namespaces a little
+    # later, and a new engine's VXLAN with the same VNI and port would fail until then
+    awk -v port="$(printf ':%04X' "$SWARM_DATA_PATH_PORT")" \
+        'FNR > 1 && substr($2, length($2) - 4) == port {held = 1} END {exit !held}' /proc/net/udp /proc/net/udp6 2>/dev/null
+}
+
 swarm_leftovers() {  # what a second engine left on this machine; empty when nothing
     local what
     what=$(swarm_pids | tr '\n' ' ')
@@ -423,6 +436,9 @@ swarm_leftovers() {  # what a second engine left on this machine; empty when not
     for what in "$SWARM_BRIDGE" "$SWARM_GWBRIDGE"; do
         [ ! -e "/sys/class/net/$what" ] || echo "bridge $what"
     done
+    what=$(swarm_vxlans | tr '\n' ' ')
+    [ -z "$what" ] || echo "vxlan $what"
+    ! swarm_vxlan_port_held || echo "udp port $SWARM_DATA_PATH_PORT"
     [ ! -e "$SWARM_ENGINE" ] || echo "$SWARM_ENGINE"
 }
 
@@ -446,6 +462,8 @@ swarm_sweep() {
         for p in $(ip -o link show master "$d" | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$p" 2>/dev/null || true; done
         ip link del "$d" 2>/dev/null || true
     done
+    swarm_vxlans | while read -r d; do ip link del "$d" 2>/dev/null || true; done
+    for _ in $(seq 150); do swarm_vxlan_port_held || break; sleep 0.2; done
     [ -z "$(swarm_mounts)" ] || die "mounts under $SWARM_ENGINE remain: $(swarm_mounts | tr '\n' ' ')"
     rm -rf --one-file-system "$SWARM_ENGINE"
     local left; left=$(swarm_leftovers | tr '\n' ';')
@@ -548,7 +566,14 @@ swarm_up() {
             || die "docker stack deploy $SWARM_STACK failed: $out"
         cp "$SWARM_DIR/docker-compose.yaml" "$SWARM_ENGINE/deployed.yaml"
     fi
-    wait_for 180 "the $SWARM_STACK apps through Caddy on port $SWARM_HTTP_PORT" swarm_serves
+    local deadline=$((SECONDS + 180))
+    until swarm_serves; do
+        if [ $SECONDS -ge $deadline ]; then
+            sdocker stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' 2>&1 | head -n 10 >&2
+            die "timed out after 180s waiting for the $SWARM_STACK apps through Caddy on port $SWARM_HTTP_PORT"
+        fi
+        sleep 0.2
+    done
     log "swarm ready: stack $SWARM_STACK, Caddy http://127.0.0.1:$SWARM_HTTP_PORT/, ssh port $SWARM_SSH_PORT (fab -H sandbox-swarm ...)"
 }
 

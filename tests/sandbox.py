@@ -189,6 +189,11 @@ def swarm_leftovers() -> list[str]:
             if f"{engine}/" in args or ("docker-proxy" in args and "-container-ip 10.213." in args)]
     left += [f"path {p}" for p in (SWARM_ENGINE, SWARM_ENGINE / "docker.sock", SWARM_ENGINE / "data") if p.exists()]
     left += [f"bridge {b}" for b in SWARM_BRIDGES if Path("/sys/class/net", b).exists()]
+    vxlans = subprocess.run(["ip", "-d", "-o", "link", "show", "type", "vxlan"], capture_output=True, text=True).stdout
+    left += [f"vxlan {ln.split()[1].rstrip(':')}" for ln in vxlans.splitlines() if "dstport 14789 " in ln]  # its data-path port
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        lines = Path(table).read_text().splitlines()[1:] if Path(table).exists() else []
+        left += [f"udp port 14789 ({table})" for ln in lines if ln.split()[1].endswith(":39C5")]  # its VXLAN socket
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4]
         if point == engine or point.startswith(f"{engine}/"):
