@@ -36,7 +36,7 @@ def _snapshot() -> tuple:
 def no_sftp_sshd(tmp_path_factory):
     """A second sshd for the sandbox user without the SFTP subsystem."""
     d = tmp_path_factory.mktemp("nosftp")
-    conf = (sb.STATE / "ssh" / "sshd_config").read_text()
+    conf = (sb.STATE / "ssh" / "sshd_config").read_text().split("\nMatch ")[0]  # not the swarm port's block
     conf = "\n".join(ln for ln in conf.splitlines() if not ln.startswith(("Subsystem", "Port", "PidFile")))
     (d / "sshd_config").write_text(conf + f"\nPort 22029\nPidFile {d}/sshd.pid\n")
     subprocess.run(["/usr/sbin/sshd", "-f", str(d / "sshd_config")], check=True)

@@ -4,11 +4,8 @@ back by Swarm and fails the deploy naming the service; `fab rollback` returns to
 images under load; a deploy with nothing to do changes nothing.
 
 The stack runs on a Docker engine of its own (a second dockerd in swarm mode, which zdd reaches
-through the sandbox's sshd on port 22023): scripts/test.sh runs swarm-up after up, so these run
-with every ZDD_E2E=1 run. By hand:
-
-    scripts/sandbox.sh up && scripts/sandbox.sh swarm-up
-    ZDD_E2E=1 .venv/bin/pytest tests/e2e/test_swarm.py
+through the sandbox's sshd on port 22023). These run with every ZDD_E2E=1 run (scripts/test.sh):
+the swarm_sandbox fixture runs scripts/sandbox.sh swarm-up when the stack does not answer.
 """
 
 import re
@@ -20,6 +17,8 @@ import pytest
 
 from tests import sandbox as sb
 
+pytestmark = pytest.mark.swarm
+
 HOST = "sandbox-swarm"
 URLS_ARGS = ["--host", HOST]
 
@@ -28,17 +27,8 @@ def fab(*args: str) -> subprocess.CompletedProcess:
     return sb.fab(*args, host=HOST)
 
 
-@pytest.fixture(scope="module")
-def swarm_stack(sandbox):
-    try:
-        sb.swarm_serves(timeout=10)
-    except AssertionError as e:
-        pytest.fail(f"{e}: run scripts/sandbox.sh swarm-up as root first (scripts/test.sh does)")
-    return sb
-
-
 @pytest.fixture
-def settled(swarm_stack):
+def settled(swarm_sandbox):
     """Every app on what the registry has now, one task each, answering."""
     res = fab("deploy", "--no-verify")
     assert res.returncode == 0, res.stdout + res.stderr

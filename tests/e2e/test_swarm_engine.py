@@ -17,22 +17,13 @@ from fabfile import config as cfg
 from fabfile.session import connection_for
 from tests import sandbox as sb
 
+pytestmark = pytest.mark.swarm
+
 SCRIPT = str(sb.ROOT / "scripts" / "sandbox.sh")
 
 
 def sandbox_script(*args: str):
     return sb.run([SCRIPT, *args], timeout=600)
-
-
-@pytest.fixture
-def swarm(sandbox):
-    """The swarm stack up before and after the test (swarm-up is idempotent)."""
-    res = sandbox_script("swarm-up")
-    assert res.returncode == 0, res.stderr
-    yield sb
-    res = sandbox_script("swarm-up")
-    assert res.returncode == 0, res.stderr
-    sb.swarm_serves()
 
 
 def first_engine_swarm_state() -> str:
@@ -59,7 +50,7 @@ def remote(host_name: str, command: str) -> str:
         cxn.close()
 
 
-def test_the_swarm_stack_runs_on_an_engine_of_its_own(swarm):
+def test_the_swarm_stack_runs_on_an_engine_of_its_own(swarm_sandbox):
     assert first_engine_swarm_state() == "inactive"
     assert sb.docker("ps", "-aq", "--filter", "label=com.docker.stack.namespace").split() == []
     info = sb.swarm_engine_info()
@@ -69,11 +60,10 @@ def test_the_swarm_stack_runs_on_an_engine_of_its_own(swarm):
     assert sb.SWARM_STACK in sb.swarm_docker("stack", "ls", "--format", "{{.Name}}").split()
     # no iptables rule of its own: its one published port goes through its userland proxy
     assert [r for r in sb.swarm_leftovers() if r.startswith("iptables ")] == []
-    sb.swarm_serves()
     compose_sandbox_answers()
 
 
-def test_ssh_sessions_on_the_swarm_port_reach_the_swarm_engine(swarm):
+def test_ssh_sessions_on_the_swarm_port_reach_the_swarm_engine(swarm_sandbox):
     first_root = sb.docker("info", "--format", "{{.DockerRootDir}}").strip()
     swarm_root = str(sb.SWARM_ENGINE / "data")
     # every way zdd runs docker there: plain, in `sh -c`, with a temporary DOCKER_CONFIG, compose
@@ -88,7 +78,7 @@ def test_ssh_sessions_on_the_swarm_port_reach_the_swarm_engine(swarm):
     assert out.splitlines() == ["[]", f"{first_root} inactive"], out
 
 
-def test_swarm_up_again_changes_nothing(swarm):
+def test_swarm_up_again_changes_nothing(swarm_sandbox):
     tasks = sorted(sb.swarm_docker("ps", "-aq", "--no-trunc").split())
     services = sb.swarm_docker("service", "ls", "--format", "{{.ID}} {{.Image}}")
     compose = sorted(sb.docker("ps", "-aq", "--no-trunc").split())
@@ -101,18 +91,6 @@ def test_swarm_up_again_changes_nothing(swarm):
     assert sorted(sb.docker("ps", "-aq", "--no-trunc").split()) == compose
 
 
-def test_swarm_down_removes_the_engine_and_all_it_left(swarm):
-    assert sb.swarm_leftovers()  # the check sees a running engine
-    res = sandbox_script("swarm-down")
-    assert res.returncode == 0, res.stderr
-    assert sb.swarm_leftovers() == []
-    assert not (sb.STATE / "home" / "remilia-swarm").exists()
-    assert first_engine_swarm_state() == "inactive"
-    compose_sandbox_answers()
-    again = sandbox_script("swarm-down")  # idempotent: nothing left to do, nothing said
-    assert again.returncode == 0 and again.stderr == "", again.stderr
-
-
 def kill_swarm_dockerd() -> None:
     """SIGKILL the swarm engine's dockerd, as the end of a session does: its containerd goes with
     it, its shims and containers live on."""
@@ -121,21 +99,39 @@ def kill_swarm_dockerd() -> None:
     deadline = time.monotonic() + 10
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def test_a_killed_swarm_engine_is_cleaned_up_by_swarm_up_and_by_swarm_down(swarm):
-    kill_swarm_dockerd()
-    res = sandbox_script("swarm-up")  # starts afresh on what the killed one left
-    assert res.returncode == 0, res.stderr
-    assert "removing what an earlier swarm engine left" in res.stderr
-    sb.swarm_serves()
-
-    kill_swarm_dockerd()
     left = sb.swarm_leftovers()
     assert any(r.startswith("process ") for r in left), left
-    res = sandbox_script("swarm-down")
+
+
+def test_swarm_down_leaves_nothing_of_the_engine_also_after_a_sigkill(swarm_sandbox):
+    assert sb.swarm_leftovers()  # the check sees a running engine
+    try:
+        res = sandbox_script("swarm-down")
+        assert res.returncode == 0, res.stderr
+        assert sb.swarm_leftovers() == []
+        assert not (sb.STATE / "home" / "remilia-swarm").exists()
+        assert first_engine_swarm_state() == "inactive"
+        compose_sandbox_answers()
+        again = sandbox_script("swarm-down")  # idempotent: nothing left to do, nothing said
+        assert again.returncode == 0 and again.stderr == "", again.stderr
+
+        # a killed engine (shims, containers, mounts, bridges left): swarm-up starts afresh
+        res = sandbox_script("swarm-up")
+        assert res.returncode == 0, res.stderr
+        kill_swarm_dockerd()
+        res = sandbox_script("swarm-up")
+        assert res.returncode == 0, res.stderr
+        assert "removing what an earlier swarm engine left" in res.stderr
+        sb.swarm_serves()
+        # and swarm-down removes all of it
+        kill_swarm_dockerd()
+        res = sandbox_script("swarm-down")
+        assert res.returncode == 0, res.stderr
+        assert "removing what the swarm engine left (it did not answer)" in res.stderr
+        assert sb.swarm_leftovers() == []
+        assert first_engine_swarm_state() == "inactive"
+        compose_sandbox_answers()
+    finally:
+        res = sandbox_script("swarm-up")
     assert res.returncode == 0, res.stderr
-    assert "removing what the swarm engine left (it did not answer)" in res.stderr
-    assert sb.swarm_leftovers() == []
-    assert first_engine_swarm_state() == "inactive"
-    compose_sandbox_answers()
+    sb.swarm_serves()

@@ -1,8 +1,7 @@
 """`scripts/sandbox.sh up` twice changes nothing; `down` removes only what it created, the
 swarm stack's own engine included.
 
-Runs last (see conftest): it takes the sandbox down and brings it back up (and the swarm stack,
-if it was up).
+Runs last (see conftest): it takes the sandbox down (the swarm stack too) and brings it back up.
 """
 
 import pwd
@@ -39,7 +38,6 @@ def _processes_using(path: str) -> list[str]:
 @pytest.mark.teardown
 def test_down_removes_only_what_it_created_and_up_restores(sandbox):
     engine_ours = (sb.STATE / "created" / "dockerd").exists()
-    swarm_was_up = (sb.SWARM_ENGINE / "docker.sock").exists()
     res = sb.run([SCRIPT, "down"], timeout=300)
     assert res.returncode == 0, res.stderr
     try:
@@ -61,10 +59,6 @@ def test_down_removes_only_what_it_created_and_up_restores(sandbox):
         assert not env.exists() or "ZDD_SANDBOX_REGISTRY_PASSWORD" not in env.read_text()
     finally:
         res = sb.run([SCRIPT, "up"], timeout=900)
-        if res.returncode == 0 and swarm_was_up:
-            res = sb.run([SCRIPT, "swarm-up"], timeout=600)
     assert res.returncode == 0, res.stderr
     assert sb.not_ready_reason() is None
     assert sb.get("/server/fast").status_code == 200
-    if swarm_was_up:
-        sb.swarm_serves()
