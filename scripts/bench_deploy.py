@@ -75,8 +75,11 @@ def settle(timeout: float = 120) -> float:
 def hosts_file(one_tier: bool) -> dict:
     text = (ROOT / "hosts.toml").read_text()
     if one_tier:
-        text = text.replace('[hosts.sandbox]\n', '[hosts.sandbox]\nrollout = [["server", "property", '
-                            '"identity", "profile-server"]]\n', 1)
+        text = text.replace(
+            "[hosts.sandbox]\n",
+            '[hosts.sandbox]\nrollout = [["server", "property", "identity", "profile-server"]]\n',
+            1,
+        )
     f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     f.write(text)
     f.close()
@@ -84,12 +87,13 @@ def hosts_file(one_tier: bool) -> dict:
 
 
 def swarm_up() -> bool:
-    out = sh("docker", "stack", "ls", "--format", "{{.Name}}").stdout.split()
+    out = sh("docker", "-H", f"unix://{STATE}/swarm/docker.sock", "stack", "ls", "--format", "{{.Name}}").stdout.split()
     return "remilia-swarm" in out
 
 
-def measure(name: str, argv: list[str], publish: bool = True, env: dict | None = None,
-            host_name: str = "sandbox") -> Row:
+def measure(
+    name: str, argv: list[str], publish: bool = True, env: dict | None = None, host_name: str = "sandbox"
+) -> Row:
     settle()
     if publish:
         sh(SANDBOX, "publish")
@@ -104,8 +108,17 @@ def measure(name: str, argv: list[str], publish: bool = True, env: dict | None =
     report = loop.stop()
     m = re.search(r"cost: (\d+) remote commands, (\d+) proxy loads", res.stdout)
     status = "ok" if res.returncode == 0 else f"exit {res.returncode}: {(res.stderr or res.stdout).strip()[-120:]}"
-    return Row(name, wall, settled, report.failures_without_retry, report.failures, report.total,
-               m.group(2) if m else "-", m.group(1) if m else "-", status)
+    return Row(
+        name,
+        wall,
+        settled,
+        report.failures_without_retry,
+        report.failures,
+        report.total,
+        m.group(2) if m else "-",
+        m.group(1) if m else "-",
+        status,
+    )
 
 
 def rollout_loop(recreate_caddy: bool) -> list[str]:
@@ -129,10 +142,14 @@ def main() -> int:
         ("docker-rollout loop", rollout_loop(False), True, None, True),
         ("zdd native, 3 tiers", [FAB, "-H", "sandbox", "deploy", "--no-verify"], True, hosts_file(False), False),
         ("zdd native, 1 tier of 4", [FAB, "-H", "sandbox", "deploy", "--no-verify"], True, hosts_file(True), False),
-        ("zdd native, nothing changed", [FAB, "-H", "sandbox", "deploy", "--no-verify"], False, hosts_file(False),
-         False),
-        ("zdd swarm engine, 3 tiers (stack)", [FAB, "-H", "sandbox-swarm", "deploy", "--no-verify"], True, None,
-         False),
+        (
+            "zdd native, nothing changed",
+            [FAB, "-H", "sandbox", "deploy", "--no-verify"],
+            False,
+            hosts_file(False),
+            False,
+        ),
+        ("zdd swarm engine, 3 tiers (stack)", [FAB, "-H", "sandbox-swarm", "deploy", "--no-verify"], True, None, False),
     ]
     rows: list[Row] = []
     for name, argv, publish, env, needs_plugin in rows_spec:
@@ -150,13 +167,17 @@ def main() -> int:
         print(f"  measured {r.name}: {r.wall:.1f} s, {r.failed_retry} failed ({r.status})", flush=True)
     base = next((r.wall for r in rows if r.name == "docker-rollout loop"), None)
     print()
-    print(f"| strategy | wall | ratio to docker-rollout loop | until settled | failed, never retrying | "
-          f"failed, retrying once | requests | proxy loads | remote commands |")
+    print(
+        "| strategy | wall | ratio to docker-rollout loop | until settled | failed, never retrying | "
+        "failed, retrying once | requests | proxy loads | remote commands |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r.wall / base:.2f}×" if base else "-"
-        print(f"| {r.name} | {r.wall:.1f} s | {ratio} | {r.settled:.1f} s | {r.failed_no_retry} | {r.failed_retry} | "
-              f"{r.total:,} | {r.loads} | {r.commands} |")
+        print(
+            f"| {r.name} | {r.wall:.1f} s | {ratio} | {r.settled:.1f} s | {r.failed_no_retry} | {r.failed_retry} | "
+            f"{r.total:,} | {r.loads} | {r.commands} |"
+        )
     bad = [r for r in rows if r.status != "ok" and "today" not in r.name]
     for r in bad:
         print(f"{r.name}: {r.status}")

@@ -8,14 +8,15 @@
 #   scripts/sandbox.sh naive-redeploy     today's deploy: compose up -d --pull always --force-recreate
 #   scripts/sandbox.sh status             what is running
 #   scripts/sandbox.sh swarm-up           (after up) the same apps as a Swarm stack, remilia-swarm,
-#                                         Caddy on port 18090; enters swarm mode if the engine is not
-#   scripts/sandbox.sh swarm-down         remove that stack; leave swarm mode if swarm-up entered it
-#                                         (and restart the Compose stack's containers: see NOTES)
-#   scripts/sandbox.sh down               remove only what the sandbox created
+#                                         Caddy on 127.0.0.1:18090, on a second dockerd of its own
+#                                         in swarm mode (ssh on port 22023 reaches it); idempotent
+#   scripts/sandbox.sh swarm-down         remove that stack and that second dockerd, with all it left
+#   scripts/sandbox.sh down               remove only what the sandbox created (swarm-down first)
 #
 # Runs as root on a Debian 12 machine. Everything it creates lives in $ZDD_SANDBOX_DIR
 # (default /var/lib/zdd-sandbox) or is recorded there, so `down` can remove exactly that:
 # a Docker engine, compose plugin, sshd or ~/.ssh / ~/.docker that was there before is left alone.
+# (The swarm engine's bridges zddsw0/zddsw-gw and cgroup zdd-sandbox-swarm are named as its own.)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +25,7 @@ SSH_PORT=${ZDD_SANDBOX_SSH_PORT:-22022}
 REGISTRY_PORT=${ZDD_SANDBOX_REGISTRY_PORT:-15000}
 HTTP_PORT=${ZDD_SANDBOX_HTTP_PORT:-18080}
 SWARM_HTTP_PORT=${ZDD_SANDBOX_SWARM_HTTP_PORT:-18090}
+SWARM_SSH_PORT=${ZDD_SANDBOX_SWARM_SSH_PORT:-22023}   # the same sshd: its sessions get the swarm engine
 SWARM_STACK=remilia-swarm
 SBX_USER=zddsbx
 COMPOSE_VERSION=2.40.3
@@ -37,6 +39,19 @@ CI_REGISTRY=localhost:$REGISTRY_PORT
 STACK_DIR=$STATE/home/remilia
 SWARM_DIR=$STATE/home/remilia-swarm
 CI_DOCKER_CONFIG=$STATE/ci-docker   # the pusher's credentials; never root's ~/.docker
+# The Swarm stack runs on a second dockerd (swarm-up), never on the Compose sandbox's engine:
+# all of it lives in $SWARM_ENGINE, on address pools, bridges, a cgroup and a containerd
+# namespace of its own.
+SWARM_ENGINE=$STATE/swarm
+SWARM_DOCKER_HOST=unix://$SWARM_ENGINE/docker.sock
+SWARM_NET=${ZDD_SANDBOX_SWARM_NET:-10.213}                  # its local networks, $SWARM_NET.0.0/16
+SWARM_OVERLAY_NET=${ZDD_SANDBOX_SWARM_OVERLAY_NET:-10.214}  # its overlay networks
+SWARM_PORT=${ZDD_SANDBOX_SWARM_PORT:-12377}                 # its swarm manager, on 127.0.0.1
+SWARM_DATA_PATH_PORT=${ZDD_SANDBOX_SWARM_DATA_PATH_PORT:-14789}  # its VXLAN port
+SWARM_BRIDGE=zddsw0        # its default bridge (`--bridge none` would delete the host's docker0)
+SWARM_GWBRIDGE=zddsw-gw    # its docker_gwbridge (host-mode ports); the first engine may have one
+SWARM_CGROUP=zdd-sandbox-swarm
+SWARM_CONTAINERD_NS=zdd-swarm
 export DOCKER_CLI_HINTS=false
 
 log() { printf 'sandbox: %s\n' "$*" >&2; }
@@ -80,6 +95,7 @@ install_packages() {
     command -v iptables >/dev/null || want+=(iptables)
     command -v curl >/dev/null || want+=(curl)
     command -v chromium >/dev/null || want+=(chromium fonts-liberation)  # the HTML report, opened by a test
+    command -v shellcheck >/dev/null || want+=(shellcheck)  # scripts/lint.sh, which scripts/test.sh runs
     python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want+=(python3-venv)
     [ ${#want[@]} = 0 ] && return 0
@@ -211,9 +227,13 @@ start_sshd() {
     [ -s "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/ssh_host_ed25519_key"
     [ -s "$client/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C zdd-sandbox -f "$client/id_ed25519"
     cp "$client/id_ed25519.pub" "$dir/authorized_keys"; chmod 644 "$dir/authorized_keys"
-    printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1-2 "$dir/ssh_host_ed25519_key.pub")" > "$client/known_hosts"
-    cat > "$dir/sshd_config" <<EOF
+    local key port; key=$(cut -d' ' -f1-2 "$dir/ssh_host_ed25519_key.pub")
+    for port in "$SSH_PORT" "$SWARM_SSH_PORT"; do printf '[127.0.0.1]:%s %s\n' "$port" "$key"; done > "$client/known_hosts"
+    # Sessions on the second port work with the swarm engine of swarm-up (its own dockerd): the
+    # docker CLI of every command run there, zdd's scripts included, reads DOCKER_HOST.
+    cat > "$dir/sshd_config.new" <<EOF
 Port $SSH_PORT
+Port $SWARM_SSH_PORT
 ListenAddress 127.0.0.1
 HostKey $dir/ssh_host_ed25519_key
 PidFile $dir/sshd.pid
@@ -225,14 +245,29 @@ UsePAM no
 PermitRootLogin no
 X11Forwarding no
 Subsystem sftp internal-sftp
+Match LocalPort $SWARM_SSH_PORT
+    SetEnv DOCKER_HOST=$SWARM_DOCKER_HOST
 EOF
+    /usr/sbin/sshd -t -f "$dir/sshd_config.new" || die "sshd rejects $dir/sshd_config.new"
+    if cmp -s "$dir/sshd_config.new" "$dir/sshd_config"; then
+        rm -f "$dir/sshd_config.new"
+    else
+        mv "$dir/sshd_config.new" "$dir/sshd_config"
+        if pid_alive "$dir/sshd.pid"; then
+            log "reloading sshd (its config changed)"
+            kill -HUP "$(cat "$dir/sshd.pid")"   # it re-executes itself (same pid); open sessions stay
+            wait_for 10 "sshd to reload" pid_alive "$dir/sshd.pid"
+        fi
+    fi
     if ! pid_alive "$dir/sshd.pid"; then
-        log "starting sshd on 127.0.0.1:$SSH_PORT"
+        log "starting sshd on 127.0.0.1:$SSH_PORT and :$SWARM_SSH_PORT"
         /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
     fi
-    wait_for 20 "sshd" ssh -i "$client/id_ed25519" -p "$SSH_PORT" -o BatchMode=yes \
-        -o UserKnownHostsFile="$client/known_hosts" -o StrictHostKeyChecking=yes \
-        "$SBX_USER@127.0.0.1" true
+    for port in "$SSH_PORT" "$SWARM_SSH_PORT"; do
+        wait_for 20 "sshd on port $port" ssh -i "$client/id_ed25519" -p "$port" -o BatchMode=yes \
+            -o UserKnownHostsFile="$client/known_hosts" -o StrictHostKeyChecking=yes \
+            "$SBX_USER@127.0.0.1" true
+    done
 }
 
 # --- images -----------------------------------------------------------------------------
@@ -273,7 +308,7 @@ next_version() {
 }
 
 publish() {  # publish [--broken] [--version V] [SERVICE...]
-    local broken= version=
+    local broken='' version=''
     while [ $# -gt 0 ]; do
         case "$1" in
             --broken) broken=1; shift ;;
@@ -326,8 +361,178 @@ start_stack() {
         "exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT && printf 'GET /server/ HTTP/1.0\r\n\r\n' >&3 && grep -q 'server v' <&3"
 }
 
-# --- the same apps as a Swarm stack (swarm-up / swarm-down; never part of `up`) -----------
-swarm_node() { docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}' 2>/dev/null || true; }
+# --- the same apps as a Swarm stack, on a Docker engine of their own (swarm-up / swarm-down) --
+# Leaving swarm mode breaks the name resolution of an engine's running Compose containers
+# (NOTES), so the Compose sandbox's engine never enters it: swarm-up starts a second dockerd
+# with its own config file, data-root, exec-root (netns, containerd), socket, pidfile, cgroup
+# parent, containerd namespace, bridges and address pools, and no iptables rules (its one
+# host-mode port goes through docker-proxy, on 127.0.0.1), and makes it a one-node swarm on
+# 127.0.0.1. swarm-down stops it and removes all of that, also after a SIGKILL.
+sdocker() { docker -H "$SWARM_DOCKER_HOST" "$@"; }
+as_swarm_user() { as_user "DOCKER_HOST=$SWARM_DOCKER_HOST; export DOCKER_HOST; $1"; }
+
+swarm_engine_pid() {  # the second dockerd's pid, if it runs (its pidfile, checked against its argv)
+    local pid cmd
+    pid=$(cat "$SWARM_ENGINE/dockerd.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
+    cmd=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline") || return 1
+    [[ "$cmd" == "dockerd --config-file $SWARM_ENGINE/daemon.json "* ]] || return 1
+    echo "$pid"
+}
+
+swarm_pids() {  # what runs for the second engine: dockerd, its containerd, shims, docker-proxy
+    local p cmd argv
+    for p in /proc/[0-9]*; do
+        mapfile -d '' -t argv 2>/dev/null < "$p/cmdline" || continue
+        cmd="${argv[*]}"
+        case "$cmd" in
+            dockerd\ --config-file\ "$SWARM_ENGINE/"* | containerd\ *"$SWARM_ENGINE/"* \
+                | */containerd-shim*"$SWARM_ENGINE/"* | */docker-proxy\ *"-container-ip $SWARM_NET."*)
+                echo "${p#/proc/}" ;;
+        esac
+    done
+}
+
+swarm_cgroups() {  # the cgroup directories of its containers (one per v1 hierarchy, or v2's)
+    local d
+    for d in /sys/fs/cgroup/"$SWARM_CGROUP" /sys/fs/cgroup/*/"$SWARM_CGROUP"; do
+        [ -d "$d" ] && echo "$d"
+    done
+    return 0
+}
+
+swarm_mounts() {  # mounts under $SWARM_ENGINE (netns, overlay, the data-root), deepest first
+    awk -v dir="$SWARM_ENGINE" '$5 == dir || index($5, dir "/") == 1 {print $5}' /proc/self/mountinfo | sort -r
+}
+
+swarm_shim_sockets() {  # containerd's shim sockets of its containers: /run/containerd/s/sha256(address/ns/id)
+    local dir
+    for dir in "$SWARM_ENGINE"/data/containers/*/; do
+        [ -d "$dir" ] || continue
+        printf '/run/containerd/s/%s\n' "$(printf '%s' "$SWARM_ENGINE/exec/containerd/containerd.sock/$SWARM_CONTAINERD_NS/$(basename "$dir")" \
+            | sha256sum | cut -d' ' -f1)"
+    done
+}
+
+swarm_vxlans() {  # VXLAN devices on its data-path port still in this namespace (one being set up
+    # when dockerd was killed is left here, and its VNI then blocks the next engine's network)
+    ip -d -o link show type vxlan 2>/dev/null | awk -v port="dstport $SWARM_DATA_PATH_PORT " \
+        'index($0, port) {sub(/@.*/, "", $2); sub(/:$/, "", $2); print $2}'
+}
+
+swarm_vxlan_port_held() {  # a VXLAN device of it still lives (its UDP socket is in this namespace,
+    # wherever the device is): the kernel frees a killed engine's network namespaces a little
+    # later, and a new engine's VXLAN with the same VNI and port would fail until then
+    awk -v port="$(printf ':%04X' "$SWARM_DATA_PATH_PORT")" \
+        'FNR > 1 && substr($2, length($2) - 4) == port {held = 1} END {exit !held}' /proc/net/udp /proc/net/udp6 2>/dev/null
+}
+
+swarm_leftovers() {  # what a second engine left on this machine; empty when nothing
+    local what
+    what=$(swarm_pids | tr '\n' ' ')
+    [ -z "$what" ] || echo "processes $what"
+    what=$(swarm_mounts | wc -l)
+    [ "$what" = 0 ] || echo "$what mounts"
+    what=$(swarm_cgroups)
+    [ -z "$what" ] || echo "cgroups"
+    for what in "$SWARM_BRIDGE" "$SWARM_GWBRIDGE"; do
+        [ ! -e "/sys/class/net/$what" ] || echo "bridge $what"
+    done
+    what=$(swarm_vxlans | tr '\n' ' ')
+    [ -z "$what" ] || echo "vxlan $what"
+    ! swarm_vxlan_port_held || echo "udp port $SWARM_DATA_PATH_PORT"
+    [ ! -e "$SWARM_ENGINE" ] || echo "$SWARM_ENGINE"
+}
+
+# Remove whatever a second engine left, running or killed: its processes and its containers'
+# (by cgroup), mounts, shim sockets, bridges (their veths go with the netns), its directory.
+swarm_sweep() {
+    local pids p d
+    mapfile -t pids < <(swarm_pids)
+    [ ${#pids[@]} = 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 50); do   # its containers' processes (a killed shim leaves them running)
+        mapfile -t pids < <(swarm_cgroups | while read -r d; do find "$d" -name cgroup.procs -exec cat {} +; done)
+        [ ${#pids[@]} = 0 ] && break
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+        sleep 0.1
+    done
+    swarm_cgroups | while read -r d; do find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; done
+    swarm_mounts | while read -r p; do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done
+    swarm_shim_sockets | while read -r p; do rm -f "$p"; done
+    for d in "$SWARM_GWBRIDGE" "$SWARM_BRIDGE"; do
+        [ -e "/sys/class/net/$d" ] || continue
+        for p in $(ip -o link show master "$d" | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$p" 2>/dev/null || true; done
+        ip link del "$d" 2>/dev/null || true
+    done
+    swarm_vxlans | while read -r d; do ip link del "$d" 2>/dev/null || true; done
+    for _ in $(seq 150); do swarm_vxlan_port_held || break; sleep 0.2; done
+    [ -z "$(swarm_mounts)" ] || die "mounts under $SWARM_ENGINE remain: $(swarm_mounts | tr '\n' ' ')"
+    rm -rf --one-file-system "$SWARM_ENGINE"
+    local left; left=$(swarm_leftovers | tr '\n' ';')
+    [ -z "$left" ] || die "the swarm engine left: $left"
+}
+
+swarm_nets_free() {  # no route here overlaps the second engine's address pools
+    local net routes
+    for net in "$SWARM_NET.0.0/16" "$SWARM_OVERLAY_NET.0.0/16"; do
+        routes=$({ ip -4 route show root "$net"; ip -4 route show match "$net"; } | awk '$1 != "default" {print $1}' | sort -u)
+        [ -z "$routes" ] || die "the swarm engine's pool $net overlaps routes here ($(echo "$routes" | tr '\n' ' ')): set ZDD_SANDBOX_SWARM_NET / ZDD_SANDBOX_SWARM_OVERLAY_NET"
+    done
+}
+
+start_swarm_engine() {
+    if ! swarm_engine_pid >/dev/null || ! sdocker info >/dev/null 2>&1; then
+        [ -z "$(swarm_leftovers)" ] || { log "removing what an earlier swarm engine left"; swarm_sweep; }
+        swarm_nets_free
+        log "starting a second dockerd for swarm mode ($SWARM_DOCKER_HOST)"
+        mkdir -p "$SWARM_ENGINE"
+        ip link add "$SWARM_BRIDGE" type bridge   # dockerd takes its address as the default network's
+        ip addr add "$SWARM_NET.0.1/24" dev "$SWARM_BRIDGE"
+        ip link set "$SWARM_BRIDGE" up
+        # Its own config file: the one in /etc/docker (the first engine's, or a user's) is not read.
+        cat > "$SWARM_ENGINE/daemon.json" <<EOF
+{
+  "data-root": "$SWARM_ENGINE/data",
+  "exec-root": "$SWARM_ENGINE/exec",
+  "pidfile": "$SWARM_ENGINE/dockerd.pid",
+  "deprecated-key-path": "$SWARM_ENGINE/key.json",
+  "hosts": ["$SWARM_DOCKER_HOST"],
+  "group": "docker",
+  "bridge": "$SWARM_BRIDGE",
+  "default-address-pools": [{"base": "$SWARM_NET.0.0/16", "size": 24}],
+  "iptables": false,
+  "ip-forward": false,
+  "ip-masq": false,
+  "ip": "127.0.0.1",
+  "exec-opts": ["native.cgroupdriver=cgroupfs"],
+  "cgroup-parent": "/$SWARM_CGROUP",
+  "containerd-namespace": "$SWARM_CONTAINERD_NS",
+  "containerd-plugins-namespace": "$SWARM_CONTAINERD_NS-plugins",
+  "insecure-registries": ["$HOST_REGISTRY"]
+}
+EOF
+        setsid nohup dockerd --config-file "$SWARM_ENGINE/daemon.json" </dev/null >"$SWARM_ENGINE/dockerd.log" 2>&1 &
+        local pid=$!
+        for _ in $(seq 300); do
+            sdocker info >/dev/null 2>&1 && break
+            [ -d "/proc/$pid" ] || die "the swarm engine exited: $(tail -n 1 "$SWARM_ENGINE/dockerd.log")"
+            sleep 0.2
+        done
+        sdocker info >/dev/null 2>&1 || die "the swarm engine did not answer within 60s (see $SWARM_ENGINE/dockerd.log)"
+    fi
+    if ! sdocker network inspect docker_gwbridge >/dev/null 2>&1; then
+        sdocker network create --driver bridge --scope local --subnet "$SWARM_NET.1.0/24" \
+            --opt "com.docker.network.bridge.name=$SWARM_GWBRIDGE" \
+            --opt com.docker.network.bridge.enable_icc=false \
+            --opt com.docker.network.bridge.enable_ip_masquerade=false \
+            --opt com.docker.network.bridge.host_binding_ipv4=127.0.0.1 docker_gwbridge >/dev/null
+    fi
+    if [ "$(sdocker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+        log "swarm init on the swarm engine (manager on 127.0.0.1:$SWARM_PORT)"
+        sdocker swarm init --advertise-addr "127.0.0.1:$SWARM_PORT" --listen-addr "127.0.0.1:$SWARM_PORT" \
+            --data-path-port "$SWARM_DATA_PATH_PORT" --default-addr-pool "$SWARM_OVERLAY_NET.0.0/16" \
+            --default-addr-pool-mask-length 24 >/dev/null || die "docker swarm init failed"
+    fi
+}
 
 write_swarm_stack() {
     mkdir -p "$SWARM_DIR/caddy"
@@ -347,62 +552,54 @@ swarm_serves() {  # every app answers through the stack's Caddy (no pipe into gr
 
 swarm_up() {
     require_root
-    [ -e "$STATE/$SENTINEL" ] && [ -s "$STATE/client/id_ed25519" ] || die "no sandbox in $STATE: run scripts/sandbox.sh up first"
-    docker info >/dev/null 2>&1 || die "the Docker engine does not answer: run scripts/sandbox.sh up first"
-    case "$(swarm_node)" in
-        "active true") created swarm || log "this engine is a Swarm manager already (left as it is)" ;;
-        "active false") die "this engine is a Swarm worker: the sandbox stack needs a manager" ;;
-        *)
-            log "entering swarm mode: docker swarm init --advertise-addr 127.0.0.1"
-            docker swarm init --advertise-addr 127.0.0.1 >/dev/null || die "docker swarm init failed"
-            mark swarm ;;
-    esac
+    { [ -e "$STATE/$SENTINEL" ] && [ -s "$STATE/client/id_ed25519" ]; } || die "no sandbox in $STATE: run scripts/sandbox.sh up first"
+    pid_alive "$STATE/registry/registry.pid" || die "the sandbox's registry does not run: run scripts/sandbox.sh up first"
+    start_sshd   # sessions on $SWARM_SSH_PORT get DOCKER_HOST (an older sandbox's sshd is reloaded)
+    start_swarm_engine
     write_swarm_stack
-    as_user "docker login -u zdd --password-stdin $HOST_REGISTRY >/dev/null 2>&1" < "$STATE/registry/password"
-    # Idempotent: a stack deploy of unchanged files changes no task.
-    as_user "cd ~/remilia-swarm && docker stack deploy --with-registry-auth -c docker-compose.yaml $SWARM_STACK" \
-        >/dev/null || die "docker stack deploy $SWARM_STACK failed"
-    wait_for 180 "the $SWARM_STACK apps through Caddy on port $SWARM_HTTP_PORT" swarm_serves
-    log "swarm ready: stack $SWARM_STACK, Caddy http://127.0.0.1:$SWARM_HTTP_PORT/ (fab -H sandbox-swarm ...)"
+    as_swarm_user "docker login -u zdd --password-stdin $HOST_REGISTRY >/dev/null 2>&1" < "$STATE/registry/password"
+    # Idempotent: deployed only when missing or its file changed (zdd's deploys update it since).
+    if ! cmp -s "$SWARM_DIR/docker-compose.yaml" "$SWARM_ENGINE/deployed.yaml" \
+        || [ -z "$(sdocker service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ]; then
+        log "deploying the stack $SWARM_STACK"
+        local out
+        out=$(as_swarm_user "cd ~/remilia-swarm && docker stack deploy --with-registry-auth -c docker-compose.yaml $SWARM_STACK" 2>&1) \
+            || die "docker stack deploy $SWARM_STACK failed: $out"
+        cp "$SWARM_DIR/docker-compose.yaml" "$SWARM_ENGINE/deployed.yaml"
+    fi
+    local deadline=$((SECONDS + 180))
+    until swarm_serves; do
+        if [ $SECONDS -ge $deadline ]; then
+            local tasks  # read whole, then cut (no early-exiting reader under pipefail: issue 11)
+            tasks=$(sdocker stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' 2>&1)
+            printf '%s\n' "$tasks" | sed -n 1,10p >&2
+            die "timed out after 180s waiting for the $SWARM_STACK apps through Caddy on port $SWARM_HTTP_PORT"
+        fi
+        sleep 0.2
+    done
+    log "swarm ready: stack $SWARM_STACK, Caddy http://127.0.0.1:$SWARM_HTTP_PORT/, ssh port $SWARM_SSH_PORT (fab -H sandbox-swarm ...)"
 }
 
-swarm_gone() { [ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ] \
-    && [ -z "$(docker network ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ]; }
-
-swarm_down() {  # swarm_down [restart]: with restart, the Compose stack is restarted after leaving swarm mode
+swarm_down() {
     require_root
-    if docker info >/dev/null 2>&1 && [ "$(swarm_node)" = "active true" ]; then
-        if [ -n "$(docker service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ]; then
-            log "removing the stack $SWARM_STACK"
-            docker stack rm "$SWARM_STACK" >/dev/null
-        fi
-        wait_for 60 "the $SWARM_STACK tasks and network to go" swarm_gone
+    local pid stopped=''
+    if pid=$(swarm_engine_pid) && sdocker info >/dev/null 2>&1; then
+        stopped=1
+        log "removing the stack $SWARM_STACK and stopping the swarm engine"
+        sdocker stack rm "$SWARM_STACK" >/dev/null 2>&1 || true
+        # All of it goes: no stop grace for the tasks (identity ignores SIGTERM), no wait for
+        # Swarm to remove the networks
+        local ids; mapfile -t ids < <(sdocker ps -aq)
+        [ ${#ids[@]} = 0 ] || sdocker rm -f "${ids[@]}" >/dev/null 2>&1 || true
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done   # then the sweep kills it
     fi
-    rm -rf "$SWARM_DIR" "$STATE/home/.zdd/stacks/$SWARM_STACK.json" "$STATE/home/.zdd/locks/stack_$SWARM_STACK"
-    created swarm || return 0
-    rm -f "$STATE/created/swarm"
-    if ! docker info >/dev/null 2>&1; then
-        log "warning: the Docker engine does not answer: it may still be in swarm mode"
-        return 0
+    if [ -n "$(swarm_leftovers)" ]; then
+        [ -n "$stopped" ] || log "removing what the swarm engine left (it did not answer)"
+        swarm_sweep
     fi
-    case "$(swarm_node)" in
-        active*)
-            log "leaving swarm mode (swarm-up entered it)"
-            docker swarm leave --force >/dev/null || die "docker swarm leave --force failed" ;;
-    esac
-    [ "${1:-}" = restart ] || return 0
-    # NOTES: after `swarm leave` the embedded DNS of containers that were running answers
-    # NXDOMAIN for service names until they are restarted.
-    if [ -f "$STACK_DIR/docker-compose.yaml" ]; then
-        log "restarting the Compose sandbox's containers (leaving swarm mode broke their name resolution)"
-        as_user "cd ~/remilia && docker compose restart" >/dev/null 2>&1 || die "docker compose restart failed"
-        as_user "cd ~/remilia && docker compose up -d --no-recreate --wait --wait-timeout 120" >/dev/null 2>&1 \
-            || die "the Compose sandbox did not come back healthy"
-    fi
-    local others
-    others=$(docker ps --filter status=running --format '{{.Names}} {{.Label "com.docker.compose.project"}}' \
-        | awk '$2 != "remilia" {print $1}' | tr '\n' ' ')
-    [ -z "$others" ] || log "warning: other containers ran while swarm mode was left; restart them if they use service names: $others"
+    rm -rf "$SWARM_DIR" "$STATE/home/.zdd/stacks/$SWARM_STACK.json" "$STATE/home/.zdd/locks/stack_$SWARM_STACK" \
+        "$STATE/home/.zdd/journal/stack_$SWARM_STACK.jsonl"
 }
 
 SENTINEL=.zdd-sandbox   # marks $STATE as ours: `down` deletes nothing else
@@ -434,15 +631,15 @@ naive_redeploy() {
 
 status() {
     as_user "cd ~/remilia && docker compose ps --format 'table {{.Service}}\t{{.Name}}\t{{.Image}}\t{{.Status}}'"
-    if [ -d "$SWARM_DIR" ]; then
-        as_user "docker stack services $SWARM_STACK --format 'table {{.Name}}\t{{.Replicas}}\t{{.Image}}'"
+    if [ -d "$SWARM_DIR" ] && sdocker info >/dev/null 2>&1; then
+        as_swarm_user "docker stack services $SWARM_STACK --format 'table {{.Name}}\t{{.Replicas}}\t{{.Image}}'"
     fi
 }
 
 remove_engine_data() {
     # A dockerd that was killed (not stopped) can leave overlay and netns mounts behind.
     local m
-    for m in $(awk '$5 ~ "^(/var/lib/docker|/run/docker)(/|$)" {print $5}' /proc/self/mountinfo | sort -r); do
+    awk '$5 ~ "^(/var/lib/docker|/run/docker)(/|$)" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
     rm -rf /var/lib/docker /run/docker 2>/dev/null || log "warning: could not remove all of /var/lib/docker"
@@ -452,20 +649,23 @@ down() {
     require_root
     [ -d "$STATE" ] || { log "nothing to remove"; return 0; }
     [ -e "$STATE/$SENTINEL" ] || die "$STATE is not a zdd sandbox (no $SENTINEL): not touching it"
-    if [ -d "$SWARM_DIR" ] || created swarm; then swarm_down; fi   # the Compose stack goes too: no restart
+    swarm_down   # first the swarm stack's own engine, and all it left
     if docker info >/dev/null 2>&1; then
         if [ -f "$STACK_DIR/docker-compose.yaml" ]; then
             (cd "$STACK_DIR" && DOCKER_CONFIG=$CI_DOCKER_CONFIG docker compose down -v --remove-orphans -t 2 >/dev/null 2>&1) || true
         fi
         local ids
-        ids=$(docker ps -aq --filter label=com.docker.compose.project=remilia --filter "label=com.docker.compose.project.working_dir=$STACK_DIR")
-        [ -n "$ids" ] && docker rm -f $ids >/dev/null
-        ids=$(docker images -q --filter "reference=$HOST_REGISTRY/zdd-sandbox/*" ; docker images -q --filter "reference=$CI_REGISTRY/zdd-sandbox/*"; docker images -q --filter label=zdd-sandbox=1; docker images -q --filter "reference=zdd-sandbox/*")
-        [ -n "$ids" ] && docker rmi -f $(echo "$ids" | sort -u) >/dev/null 2>&1 || true
+        mapfile -t ids < <(docker ps -aq --filter label=com.docker.compose.project=remilia \
+            --filter "label=com.docker.compose.project.working_dir=$STACK_DIR")
+        if [ ${#ids[@]} -gt 0 ]; then docker rm -f "${ids[@]}" >/dev/null; fi
+        mapfile -t ids < <({ docker images -q --filter "reference=$HOST_REGISTRY/zdd-sandbox/*"
+            docker images -q --filter "reference=$CI_REGISTRY/zdd-sandbox/*"; docker images -q --filter label=zdd-sandbox=1
+            docker images -q --filter "reference=zdd-sandbox/*"; } | sort -u)
+        if [ ${#ids[@]} -gt 0 ]; then docker rmi -f "${ids[@]}" >/dev/null 2>&1 || true; fi
     fi
     local pidf
     for pidf in "$STATE/registry/registry.pid" "$STATE/ssh/sshd.pid"; do
-        pid_alive "$pidf" && kill "$(cat "$pidf")" || true
+        if pid_alive "$pidf"; then kill "$(cat "$pidf")" || true; fi
     done
     if created user; then pkill -u "$SBX_USER" 2>/dev/null || true; userdel "$SBX_USER" 2>/dev/null || true; fi
     if created compose-plugin; then rm -f /usr/local/lib/docker/cli-plugins/docker-compose; fi
@@ -493,7 +693,7 @@ case "${1:-}" in
     naive-redeploy) naive_redeploy ;;
     status) status ;;
     swarm-up) swarm_up ;;
-    swarm-down) swarm_down restart ;;
+    swarm-down) swarm_down ;;
     down) down ;;
-    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

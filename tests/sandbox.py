@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +21,12 @@ HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_HTTP_PORT', '18080')}"
 SWARM_HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_SWARM_HTTP_PORT', '18090')}"
 SWARM_STACK = "remilia-swarm"  # scripts/sandbox.sh swarm-up; hosts.toml's sandbox-swarm
 SSH_PORT = int(os.environ.get("ZDD_SANDBOX_SSH_PORT", "22022"))
+# The swarm stack's own Docker engine (a second dockerd, started by swarm-up) and the ssh port
+# whose sessions get it as DOCKER_HOST
+SWARM_ENGINE = STATE / "swarm"
+SWARM_DOCKER_HOST = f"unix://{SWARM_ENGINE}/docker.sock"
+SWARM_SSH_PORT = int(os.environ.get("ZDD_SANDBOX_SWARM_SSH_PORT", "22023"))
+SWARM_BRIDGES = ("zddsw0", "zddsw-gw")
 REGISTRY_PORT = int(os.environ.get("ZDD_SANDBOX_REGISTRY_PORT", "15000"))
 APPS = ["server", "property", "identity", "profile-server"]
 BIN = ROOT / ".venv" / "bin"
@@ -46,18 +52,21 @@ def not_ready_reason() -> str | None:
     return None
 
 
-def run(argv: list[str], timeout: float = 300, env: dict | None = None, check: bool = False,
-        input_text: str | None = None) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], timeout: float = 300, env: dict | None = None, check: bool = False, input_text: str | None = None
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
-    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
-                         input=input_text)
+    res = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env, input=input_text
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"{argv} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
 
 
-def fab(*args: str, env: dict | None = None, timeout: float = 300,
-        host: str = "sandbox") -> subprocess.CompletedProcess:
+def fab(
+    *args: str, env: dict | None = None, timeout: float = 300, host: str = "sandbox"
+) -> subprocess.CompletedProcess:
     return run([str(BIN / "fab"), "-H", host, *args], timeout=timeout, env=env)
 
 
@@ -69,15 +78,23 @@ def publish(*args: str) -> str:
 
 def as_host_user(shell: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a shell command on the sandbox "host" as its ssh user, in the stack's directory."""
-    res = subprocess.run(["su", "-s", "/bin/sh", "zddsbx", "-c", f"cd ~/remilia && {shell}"],
-                         capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        ["su", "-s", "/bin/sh", "zddsbx", "-c", f"cd ~/remilia && {shell}"], capture_output=True, text=True, timeout=180
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"{shell} failed:\n{res.stdout}\n{res.stderr}")
     return res
 
 
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=120).stdout
+def docker(*args: str, host: str | None = None) -> str:
+    """The docker CLI against the Compose sandbox's engine, or the one at ``host``."""
+    argv = ["docker", *(["-H", host] if host else []), *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+def swarm_docker(*args: str) -> str:
+    """The docker CLI against the swarm stack's engine."""
+    return docker(*args, host=SWARM_DOCKER_HOST)
 
 
 @dataclass
@@ -92,8 +109,14 @@ class Container:
 
 def containers(service: str, all_states: bool = False) -> list[Container]:
     """The stack's containers of one service, with the version their image carries."""
-    argv = ["ps", "-q", "--filter", "label=com.docker.compose.project=remilia",
-            "--filter", f"label=com.docker.compose.service={service}"]
+    argv = [
+        "ps",
+        "-q",
+        "--filter",
+        "label=com.docker.compose.project=remilia",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+    ]
     if all_states:
         argv.insert(1, "-a")
     ids = docker(*argv).split()
@@ -102,14 +125,17 @@ def containers(service: str, all_states: bool = False) -> list[Container]:
     out = []
     for c in json.loads(docker("inspect", *ids)):
         health = (c["State"].get("Health") or {}).get("Status", "none")
-        out.append(Container(c["Id"][:12], c["Name"].lstrip("/"), service, image_version(c["Image"]),
-                             c["State"]["Status"], health))
+        out.append(
+            Container(
+                c["Id"][:12], c["Name"].lstrip("/"), service, image_version(c["Image"]), c["State"]["Status"], health
+            )
+        )
     return out
 
 
-def image_version(image: str) -> str:
+def image_version(image: str, host: str | None = None) -> str:
     """The version a sandbox image carries (its org.opencontainers.image.version label)."""
-    labels = json.loads(docker("image", "inspect", image))[0].get("Config", {}).get("Labels") or {}
+    labels = json.loads(docker("image", "inspect", image, host=host))[0].get("Config", {}).get("Labels") or {}
     return labels.get("org.opencontainers.image.version", "?")
 
 
@@ -119,21 +145,30 @@ def get(path: str, timeout: float = 10, base: str = HTTP) -> httpx.Response:
 
 # --- the Swarm stack (scripts/sandbox.sh swarm-up) ---------------------------------------------
 
+
 def swarm_service(service: str) -> dict:
     """``docker service inspect`` of one service of the sandbox's stack."""
-    return json.loads(docker("service", "inspect", f"{SWARM_STACK}_{service}"))[0]
+    return json.loads(swarm_docker("service", "inspect", f"{SWARM_STACK}_{service}"))[0]
 
 
 def swarm_versions(service: str) -> set[str]:
     """The versions the images of a stack service's running tasks carry (this node has them all)."""
-    out = docker("service", "ps", "--no-trunc", "--filter", "desired-state=running", "--format", "{{.Image}}",
-                 f"{SWARM_STACK}_{service}")
+    out = swarm_docker(
+        "service",
+        "ps",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Image}}",
+        f"{SWARM_STACK}_{service}",
+    )
     versions = set()
     for ref in out.split():
         name, _, digest = ref.partition("@")
         last = name.rsplit("/", 1)[-1]
         repo = name.rsplit(":", 1)[0] if ":" in last else name
-        versions.add(image_version(f"{repo}@{digest}" if digest else ref))
+        versions.add(image_version(f"{repo}@{digest}" if digest else ref, host=SWARM_DOCKER_HOST))
     return versions
 
 
@@ -150,6 +185,54 @@ def swarm_serves(timeout: float = 90) -> None:
     raise AssertionError(f"the {SWARM_STACK} apps do not answer on {SWARM_HTTP}")
 
 
+def processes() -> list[tuple[int, str]]:
+    """Every process's pid and whole command line (``ps`` may cut it to the terminal's width)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                args = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if args:
+                out.append((int(d.name), args))
+    return out
+
+
+def swarm_engine_info() -> dict:
+    """``docker info`` of the swarm stack's engine."""
+    return json.loads(swarm_docker("info", "--format", "{{json .}}"))
+
+
+def swarm_leftovers() -> list[str]:
+    """What of the swarm engine is on this machine: nothing once swarm-down (or down) ran."""
+    engine = str(SWARM_ENGINE)
+    left = [
+        f"process {pid} {args}"
+        for pid, args in processes()
+        if f"{engine}/" in args or ("docker-proxy" in args and "-container-ip 10.213." in args)
+    ]
+    left += [f"path {p}" for p in (SWARM_ENGINE, SWARM_ENGINE / "docker.sock", SWARM_ENGINE / "data") if p.exists()]
+    left += [f"bridge {b}" for b in SWARM_BRIDGES if Path("/sys/class/net", b).exists()]
+    vxlans = subprocess.run(["ip", "-d", "-o", "link", "show", "type", "vxlan"], capture_output=True, text=True).stdout
+    left += [
+        f"vxlan {ln.split()[1].rstrip(':')}" for ln in vxlans.splitlines() if "dstport 14789 " in ln
+    ]  # its data-path port
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        lines = Path(table).read_text().splitlines()[1:] if Path(table).exists() else []
+        left += [f"udp port 14789 ({table})" for ln in lines if ln.split()[1].endswith(":39C5")]  # its VXLAN socket
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if point == engine or point.startswith(f"{engine}/"):
+            left.append(f"mount {point}")
+    cgroups = Path("/sys/fs/cgroup")
+    left += [f"cgroup {d}" for d in (*cgroups.glob("zdd-sandbox-swarm"), *cgroups.glob("*/zdd-sandbox-swarm"))]
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    left += [f"iptables {r}" for r in rules.splitlines() if any(w in r for w in ("10.213.", "10.214.", "zddsw"))]
+    left += [f"port {port}" for port in (int(SWARM_HTTP.rsplit(":", 1)[1]), 12377) if port_open(port)]
+    return left
+
+
 def stack_settle(timeout: float = 90) -> None:
     """Bring the stack back to one healthy container per app (after a test disturbed it)."""
     as_host_user("docker compose up -d --wait --wait-timeout 90 >/dev/null 2>&1", check=False)
@@ -164,14 +247,19 @@ def stack_settle(timeout: float = 90) -> None:
 class Verify:
     """``inv verify`` as a separate process, stopped with Ctrl-C (SIGINT) like a person would."""
 
-    live: set["Verify"] = set()  # probes not stopped yet (a failed test's are killed after it)
+    live: set[Verify] = set()  # probes not stopped yet (a failed test's are killed after it)
 
     def __init__(self, *args: str, json_path: Path):
         self.json_path = json_path
         Verify.live.add(self)
-        self.proc = subprocess.Popen([str(BIN / "inv"), "verify", *args, "--json", str(json_path)],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "inv"), "verify", *args, "--json", str(json_path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
     def stop(self, settle: float = 2.0) -> tuple[int, str, dict]:
         Verify.live.discard(self)
@@ -182,7 +270,7 @@ class Verify:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
-            raise AssertionError(f"inv verify did not stop on SIGINT:\n{out}")
+            raise AssertionError(f"inv verify did not stop on SIGINT:\n{out}") from None
         data = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
         return self.proc.returncode, out, data
 

@@ -113,7 +113,9 @@ def test_the_sandbox_swarm_host():
     h = load(HOSTS_TOML).host(NAME)
     assert (h.engine, h.stack_name, h.dir) == ("swarm", "remilia-swarm", "~/remilia-swarm")
     sandbox = load(HOSTS_TOML).host("sandbox")
-    assert h.ssh == sandbox.ssh and h.registry == dataclasses.replace(sandbox.registry, keep_login=True)
+    # the same sshd and user; its swarm port gives sessions the swarm stack's own engine
+    assert h.ssh == dataclasses.replace(sandbox.ssh, port=22023) and sandbox.ssh.port == 22022
+    assert h.registry == dataclasses.replace(sandbox.registry, keep_login=True)
     assert all(u.startswith("http://127.0.0.1:18090/") for u in h.verify.urls) and len(h.verify.urls) == 8
     assert h.proxy.reload_on_deploy is False
     assert isinstance(engine_for(h), SwarmEngine)

@@ -21,8 +21,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
             if not enabled:
                 item.add_marker(skip)
-    # The teardown test takes the sandbox down and up again: run it after everything else.
-    items.sort(key=lambda item: item.get_closest_marker("teardown") is not None)
+    # The teardown test takes the sandbox down and up again: run it after everything else. The
+    # Swarm tests run just before it: the swarm stack (its own Docker engine, whose healthchecks
+    # load the machine) is started for them, so the other tests run as without it.
+    items.sort(
+        key=lambda item: (item.get_closest_marker("teardown") is not None, item.get_closest_marker("swarm") is not None)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +46,20 @@ def sandbox():
                     pytest.fail("another e2e run holds the sandbox lock")
                 time.sleep(1)
         yield sb
+
+
+@pytest.fixture(scope="session")
+def swarm_sandbox(sandbox):
+    """The sandbox's swarm stack, on its own Docker engine: started (scripts/sandbox.sh swarm-up)
+    unless it answers already; left up (`down`, in the teardown test, removes it)."""
+    try:
+        sb.swarm_serves(timeout=3)
+    except AssertionError:
+        res = sb.run([str(sb.ROOT / "scripts" / "sandbox.sh"), "swarm-up"], timeout=600)
+        if res.returncode != 0:
+            pytest.fail(f"scripts/sandbox.sh swarm-up failed:\n{res.stderr}")
+        sb.swarm_serves()
+    return sb
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ def test_the_readme_commands_are_these():
     ]
 
 
-# README's Docker Swarm block needs swarm mode, which scripts/test.sh never enters:
-# tests/e2e/test_swarm.py runs these (ZDD_SWARM_E2E=1)
+# README's Docker Swarm block: tests/e2e/test_swarm.py and test_swarm_engine.py run these
+# (scripts/test.sh runs swarm-up)
 SWARM = [
     "scripts/sandbox.sh swarm-up",
     "scripts/sandbox.sh publish",

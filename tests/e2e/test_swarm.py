@@ -3,15 +3,11 @@ moves every app to the new image with nothing dropped, tier after tier; a broken
 back by Swarm and fails the deploy naming the service; `fab rollback` returns to the previous
 images under load; a deploy with nothing to do changes nothing.
 
-Besides ZDD_E2E=1 these need ZDD_SWARM_E2E=1 and the swarm stack up (they are not part of
-scripts/test.sh, which never enters swarm mode):
-
-    scripts/sandbox.sh up && scripts/sandbox.sh swarm-up
-    ZDD_E2E=1 ZDD_SWARM_E2E=1 .venv/bin/pytest tests/e2e/test_swarm.py
-    scripts/sandbox.sh swarm-down
+The stack runs on a Docker engine of its own (a second dockerd in swarm mode, which zdd reaches
+through the sandbox's sshd on port 22023). These run with every ZDD_E2E=1 run (scripts/test.sh):
+the swarm_sandbox fixture runs scripts/sandbox.sh swarm-up when the stack does not answer.
 """
 
-import os
 import re
 import subprocess
 import time
@@ -21,8 +17,7 @@ import pytest
 
 from tests import sandbox as sb
 
-pytestmark = pytest.mark.skipif(os.environ.get("ZDD_SWARM_E2E") != "1",
-                                reason="Swarm end-to-end: set ZDD_SWARM_E2E=1 after scripts/sandbox.sh swarm-up")
+pytestmark = pytest.mark.swarm
 
 HOST = "sandbox-swarm"
 URLS_ARGS = ["--host", HOST]
@@ -32,17 +27,8 @@ def fab(*args: str) -> subprocess.CompletedProcess:
     return sb.fab(*args, host=HOST)
 
 
-@pytest.fixture(scope="module")
-def swarm_stack(sandbox):
-    try:
-        sb.swarm_serves(timeout=10)
-    except AssertionError as e:
-        pytest.fail(f"{e}: run scripts/sandbox.sh swarm-up as root first")
-    return sb
-
-
 @pytest.fixture
-def settled(swarm_stack):
+def settled(swarm_sandbox):
     """Every app on what the registry has now, one task each, answering."""
     res = fab("deploy", "--no-verify")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -69,7 +55,9 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
     version = sb.publish()
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
     res = fab("deploy", "--strict")
-    rc, out, report = probe.stop(settle=12)  # an old task that ignores SIGTERM serves its pooled connections until it dies
+    rc, out, report = probe.stop(
+        settle=12
+    )  # an old task that ignores SIGTERM serves its pooled connections until it dies
     assert res.returncode == 0, res.stdout + res.stderr
 
     for svc in sb.APPS:
@@ -89,8 +77,15 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
         fast = next(u for u in report["urls"] if u["url"].endswith(f"/{svc}/fast"))
         assert version in {v["version"] for v in fast["versions"]}, (svc, fast["versions"])
 
-    for step in ("validate", "pull", "plan", "rollout server, property", "rollout identity",
-                 "rollout profile-server", "finish"):
+    for step in (
+        "validate",
+        "pull",
+        "plan",
+        "rollout server, property",
+        "rollout identity",
+        "rollout profile-server",
+        "finish",
+    ):
         assert re.search(rf"\[{HOST}\] ok   {re.escape(step)}\s+[\d.]+s", res.stdout), step
     assert "new digest for server, property, identity, profile-server" in res.stdout
     assert re.search(rf"\[{HOST}\] skip reload-caddy\s+[\d.]+s  not needed", res.stdout), res.stdout
@@ -119,7 +114,9 @@ def test_broken_image_is_rolled_back_by_swarm_and_fails_the_deploy(settled, tmp_
     deadline = time.monotonic() + 60  # the load goes on while Swarm finishes its rollback
     while update_status("server").get("State") != "rollback_completed" and time.monotonic() < deadline:
         time.sleep(0.5)
-    rc, out, report = probe.stop(settle=12)  # an old task that ignores SIGTERM serves its pooled connections until it dies
+    rc, out, report = probe.stop(
+        settle=12
+    )  # an old task that ignores SIGTERM serves its pooled connections until it dies
     try:
         assert res.returncode == 1, res.stdout + res.stderr
         assert "Traceback" not in res.stderr
@@ -147,7 +144,9 @@ def test_rollback_returns_to_the_previous_images_under_load(settled, tmp_path):
 
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
     res = fab("rollback")
-    rc, out, report = probe.stop(settle=12)  # an old task that ignores SIGTERM serves its pooled connections until it dies
+    rc, out, report = probe.stop(
+        settle=12
+    )  # an old task that ignores SIGTERM serves its pooled connections until it dies
     assert res.returncode == 0, res.stdout + res.stderr
     for svc in sb.APPS:
         assert sb.swarm_versions(svc) == before[svc], svc
@@ -175,15 +174,18 @@ def test_status_shows_the_stack(settled):
     while True:
         res = fab("status")
         assert res.returncode == 0, res.stdout + res.stderr
-        if all(re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+1/1\s", res.stdout) for svc in sb.APPS) \
-                or time.monotonic() > deadline:
+        if (
+            all(re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+1/1\s", res.stdout) for svc in sb.APPS)
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(1)
     for svc in (*sb.APPS, "caddy", "redis"):
         assert re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+1/1\s+[0-9a-f]{{12}}", res.stdout), (svc, res.stdout)
     assert f"{sb.SWARM_STACK}_server.1" in res.stdout
-    assert f"[{HOST}]   lock: free" in res.stdout and re.search(rf"\[{HOST}\]   last run: \S+ deploy by \S+: ok",
-                                                                res.stdout), res.stdout
+    assert f"[{HOST}]   lock: free" in res.stdout and re.search(
+        rf"\[{HOST}\]   last run: \S+ deploy by \S+: ok", res.stdout
+    ), res.stdout
 
 
 def test_history_reads_the_stacks_journal_and_rollback_to_a_run_is_refused(settled):
