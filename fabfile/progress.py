@@ -7,7 +7,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+
+def emit(*args: Any, **kw: Any) -> None:
+    """``print``, but a closed output (the reader gone: a broken pipe) never stops a run half-way,
+    an unwind least of all."""
+    try:
+        print(*args, **kw)
+    except (OSError, ValueError):
+        pass
 
 
 @dataclass
@@ -44,16 +53,16 @@ class Reporter:
         if not (isatty and isatty()):
             return
         line = f"[{self.host}] ... {text}"[:150]
-        print(f"\r\x1b[2K{line}", end="", file=self.out, flush=True)
+        emit(f"\r\x1b[2K{line}", end="", file=self.out, flush=True)
         self._progress_shown = True
 
     def _line(self, rec: StepRecord) -> None:
         if self._progress_shown:
-            print("\r\x1b[2K", end="", file=self.out)
+            emit("\r\x1b[2K", end="", file=self.out)
             self._progress_shown = False
         mark = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip", "warned": "WARN"}[rec.status]
         detail = f"  {rec.detail}" if rec.detail else ""
-        print(f"[{self.host}] {mark} {rec.name:<28} {rec.seconds:6.1f}s{detail}", file=self.out, flush=True)
+        emit(f"[{self.host}] {mark} {rec.name:<28} {rec.seconds:6.1f}s{detail}", file=self.out, flush=True)
 
     @contextmanager
     def step(self, name: str) -> Iterator[StepRecord]:
@@ -84,11 +93,11 @@ class Reporter:
     def summary(self, title: str, extra: list[str] | None = None) -> None:
         total = time.monotonic() - self.started
         failed = [s for s in self.steps if s.status == "failed"]
-        print(f"\n[{self.host}] {title}: {'FAILED' if failed else 'ok'} in {total:.1f}s", file=self.out)
+        emit(f"\n[{self.host}] {title}: {'FAILED' if failed else 'ok'} in {total:.1f}s", file=self.out)
         width = max((len(s.name) for s in self.steps), default=4)
-        print(f"  {'step':<{width}}  {'result':<7} {'time':>7}  detail", file=self.out)
+        emit(f"  {'step':<{width}}  {'result':<7} {'time':>7}  detail", file=self.out)
         for s in self.steps:
-            print(f"  {s.name:<{width}}  {s.status:<7} {s.seconds:6.1f}s  {s.detail}", file=self.out)
+            emit(f"  {s.name:<{width}}  {s.status:<7} {s.seconds:6.1f}s  {s.detail}", file=self.out)
         for line in extra or []:
-            print(f"  {line}", file=self.out)
+            emit(f"  {line}", file=self.out)
         self.out.flush()

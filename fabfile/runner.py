@@ -23,6 +23,7 @@ from typing import Any, Protocol, TextIO
 
 from .command import Command
 from .config_limits import COMMAND_DEADLINE
+from .progress import emit
 
 
 class StepFailed(Exception):
@@ -259,7 +260,7 @@ class Runner:
         deadline = cmd.deadline or COMMAND_DEADLINE
         res = self.execute(cmd.render(), cmd.stdin.text if cmd.stdin is not None else None, deadline)
         if os.environ.get("ZDD_TRACE"):
-            print(
+            emit(
                 f"[{self.host}] trace {time.monotonic() - t0:5.2f}s exit {res.exited}: {cmd.describe()[:160]}",
                 file=sys.stderr,
             )
@@ -280,7 +281,7 @@ class Runner:
         """A dry run's stand-in for a change: printed (secrets masked), counted as succeeded,
         answering what its builder says the host would print."""
         self.history.append(cmd.describe())
-        print(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
+        emit(f"[{self.host}] would run: {cmd.describe()}", file=self.out)
         return CommandResult(ok=True, stdout="".join(line + "\n" for line in cmd.dry_run_output))
 
     def _explains(self, cmd: Command) -> bool:
@@ -291,14 +292,14 @@ class Runner:
         word, _, rest = line.partition(" ")
         if word == "run":
             self.history.append(rest)
-        print(f"[{self.host}] would {word}: {rest}", file=self.out)
+        emit(f"[{self.host}] would {word}: {rest}", file=self.out)
 
     def _explain(self, cmd: Command) -> CommandResult:
         """A dry run of a host program that explains itself: run in explain mode (it reads the
         host and changes nothing), its explanation printed; answers the rest of what it printed
         (or, when it printed nothing else, what its builder says the host would print)."""
         assert cmd.explain is not None
-        print(f"[{self.host}] {cmd.argv[3]} explains (changing nothing):", file=self.out)
+        emit(f"[{self.host}] {cmd.argv[3]} explains (changing nothing):", file=self.out)
         res = self._exec(cmd.explain)
         rest = []
         for line in res.stdout.splitlines():
@@ -331,11 +332,11 @@ class Runner:
 
             def echo(line: str) -> None:
                 word = line.split(" ", 1)[0]
-                print(f"[{self.host}] would send: {(labels or {}).get(word, word)}", file=self.out)
+                emit(f"[{self.host}] would send: {(labels or {}).get(word, word)}", file=self.out)
 
             if self._explains(cmd) and getattr(self.execute, "converse", None) is not None:
                 assert cmd.explain is not None
-                print(f"[{self.host}] {cmd.argv[3]} explains (changing nothing):", file=self.out)
+                emit(f"[{self.host}] {cmd.argv[3]} explains (changing nothing):", file=self.out)
                 self.history.append(cmd.explain.describe())
                 self.remote_commands += 1
                 return _Explaining(self.execute.converse(cmd.explain.render()), self._show, echo)  # type: ignore[attr-defined]
@@ -349,4 +350,4 @@ class Runner:
         return opener(cmd.render())
 
     def note(self, text: str) -> None:
-        print(f"[{self.host}]   {text}", file=self.out)
+        emit(f"[{self.host}]   {text}", file=self.out)
