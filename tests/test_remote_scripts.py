@@ -483,7 +483,7 @@ def test_tier_pins_switches_and_drains_at_the_proxy(host):
     assert out[5] == "retired"
     assert (host.stub / "loads").read_text().splitlines() == [pin[len("pin ") :], switch[len("switch ") :]]
     assert host.calls().count("exec -i cad caddy reload --config /dev/stdin --force") == 2
-    assert "exec cad wget -q -T 30 -O - http://localhost:2019/reverse_proxy/upstreams" in host.calls()
+    assert "exec cad wget -q -O - http://localhost:2019/reverse_proxy/upstreams" in host.calls()
 
 
 def test_tier_drain_leaves_long_lived_streams_to_the_stop(host):

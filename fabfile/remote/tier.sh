@@ -339,7 +339,7 @@ elif [ -n "$explaining" ]; then
 fi
 while [ -z "$result" ]; do
     now=$(date +%s)
-    if ! out=$(bounded docker exec "$proxy" wget -q -T "$read_wait" -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
+    if ! out=$(bounded docker exec "$proxy" wget -q -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
         result=unobservable; break
     fi
     busy='' total=0
