@@ -52,6 +52,8 @@ def test_two_clients_with_one_host_name_at_one_instant_one_proceeds(settled, tmp
 
 
 def test_two_deploys_back_to_back(settled, tmp_path):
+    """The second starts as the first returns (CI merged twice): it waits for the first's restore
+    job, reads the host again, plans with nothing of the first's draining containers."""
     o = chaos.under_load("back to back", tmp_path, chaos.back_to_back)
     assert o.exits[:2] == [0, 0], o.notes
     assert_converged(o)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from dotenv import dotenv_values
 
@@ -68,7 +69,14 @@ def test_a_deploy_runs_the_hooks_and_sends_every_marker(settled, tmp_path):
     with Receiver() as rx:
         env = setup(tmp_path, rx.url)
         res = sb.fab(
-            "deploy", "--no-verify", "--json", str(tmp_path / "d.json"), "--report", str(tmp_path / "d.html"), env=env
+            "deploy",
+            "--no-verify",
+            "--wait",
+            "--json",
+            str(tmp_path / "d.json"),
+            "--report",
+            str(tmp_path / "d.html"),
+            env=env,
         )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -89,7 +97,7 @@ def test_a_deploy_runs_the_hooks_and_sends_every_marker(settled, tmp_path):
     release = post["ZDD_RELEASE"]
     assert rel.authorization == f"Bearer {SENTRY}"
     assert rel.body["version"] == release and rel.body["projects"] == ["server", "identity"]
-    (dep,) = rx.to(f"/api/0/organizations/remilia/releases/{release}/deploys/")
+    (dep,) = rx.to(f"/api/0/organizations/remilia/releases/{quote(release, safe='')}/deploys/")
     assert dep.body["environment"] == "sandbox-e2e" and dep.authorization == f"Bearer {SENTRY}"
     (chat,) = rx.to("/chat")
     assert chat.body["text"].startswith("[sandbox] deploy: ok in ") and "server, identity" in chat.body["text"]

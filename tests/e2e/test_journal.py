@@ -39,7 +39,10 @@ def test_status_matches_docker_compose_ps(settled):
     ps = sb.as_host_user("docker compose ps -a --format '{{.ID}} {{.Service}} {{.State}}'").stdout.split("\n")
     for line in filter(None, ps):
         cid, svc, state = line.split()
-        assert re.search(rf"^\s+{re.escape(svc)}: {cid[:12]} {state} ", res.stdout, re.M), (line, res.stdout)
+        assert re.search(rf"^(\[sandbox\])?\s+{re.escape(svc)}: {cid[:12]} {state} ", res.stdout, re.M), (
+            line,
+            res.stdout,
+        )
     assert "proxy caddy: routes by service name" in res.stdout
     assert "lock: free" in res.stdout
     assert re.search(r"last run: \S+ .+ by \S+: ok", res.stdout), res.stdout  # kind: "deploy", "rollback to RUN"
