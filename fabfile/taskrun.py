@@ -84,17 +84,9 @@ def has_targets(vc: Any) -> bool:
     return bool(vc.urls or vc.ws_urls)
 
 
-def run_steps(
-    c: Any,
-    title: str,
-    body: Body,
-    dry_run: bool = False,
-    summary: bool = True,
-    verify: bool = False,
-    strict: bool | None = None,
-) -> HostResult:
-    """Run ``body`` on the host (see :func:`run_on_host`); expected failures exit non-zero."""
-    result = run_on_host(c, title, body, dry_run, summary, verify, strict)
+def run_steps(c: Any, title: str, body: Body, *args: Any, **kw: Any) -> HostResult:
+    """Run ``body`` on the host (:func:`run_on_host`, same arguments); expected failures exit non-zero."""
+    result = run_on_host(c, title, body, *args, **kw)
     if not result.ok:
         raise Exit(result.message, code=result.exit_code)
     return result
