@@ -14,4 +14,5 @@ SWARM_TASK_MARGIN = 60  # per task of a Swarm update, beyond health_timeout (boo
 SWARM_ANSWER_MARGIN = 60  # beyond a Swarm change's ceiling before zdd stops waiting for swarm_tier.sh
 DEFAULT_VERSION_REGEX = r"\bv\d+[\w.-]*"  # finds an app's version in a response (verify.version_regex)
 COMMAND_DEADLINE = 300  # a remote command (not a tier's conversation) that has not ended by then is given up
+OUTPUT_GRACE = 5  # sshd sends a command's exit status before the rest of its output: wait this long for EOF
 SSH_KEEPALIVE = 15  # seconds between SSH keepalives (a dead connection is noticed; idle NATs keep it)

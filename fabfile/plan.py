@@ -126,8 +126,9 @@ def section_json(section: str, rc_text: tuple[int, str] | None, what: str) -> An
         raise SurveyError(f"{what} failed: {last[-1][:300] if last else f'exit status {rc}'}")
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
-        raise SurveyError(f"{what} did not print JSON: {text[:80]!r}") from None
+    except json.JSONDecodeError as e:
+        near = text[max(0, e.pos - 60) : e.pos + 60]
+        raise SurveyError(f"{what} did not print JSON ({e.msg}, line {e.lineno} column {e.colno}): {near!r}") from None
 
 
 def _container(raw: dict) -> Container:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from .command import Command
-from .config_limits import COMMAND_DEADLINE
+from .config_limits import COMMAND_DEADLINE, OUTPUT_GRACE
 from .progress import emit
 
 
@@ -97,6 +97,20 @@ class _ChannelPending:
         self.chan = chan
         self.out, self.err = bytearray(), bytearray()
         self.result: CommandResult | None = None
+        self._exited_at: float | None = None
+
+    def _ended(self) -> bool:
+        """All of the command's output is in. sshd sends the exit status as the command exits,
+        while the rest of its output may still be in the pipe (a large `docker inspect` arrived
+        cut): the end is EOF after the exit status, or, when a child the command left behind
+        holds its output open, OUTPUT_GRACE seconds of nothing after the exit status."""
+        if self.chan.recv_ready() or self.chan.recv_stderr_ready() or not self.chan.exit_status_ready():
+            return False
+        if getattr(self.chan, "eof_received", False):
+            return True
+        if self._exited_at is None:
+            self._exited_at = time.monotonic()
+        return time.monotonic() - self._exited_at >= OUTPUT_GRACE
 
     def _drain(self) -> None:
         while self.chan.recv_ready():
@@ -111,11 +125,7 @@ class _ChannelPending:
                 while True:
                     select.select([self.chan], [], [], 0.5)
                     self._drain()
-                    if (
-                        self.chan.exit_status_ready()
-                        and not self.chan.recv_ready()
-                        and not self.chan.recv_stderr_ready()
-                    ):
+                    if self._ended():
                         break
                     if end is not None and time.monotonic() > end:
                         self.result = CommandResult(
@@ -169,7 +179,7 @@ class _ChannelConversation(_ChannelPending):
                 line = self.out[self.pos : nl].decode(errors="replace")
                 self.pos = nl + 1
                 return line
-            if self.chan.exit_status_ready() and not self.chan.recv_ready():
+            if self._ended():
                 return None
             left = deadline - time.monotonic()
             if left <= 0:

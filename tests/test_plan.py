@@ -187,7 +187,10 @@ def test_missing_optional_sections():
             "docker compose config failed: no configuration file provided: not found",
         ),
         ({"compose": (1, "")}, "docker compose config failed: exit status 1"),
-        ({"compose": "not json"}, "docker compose config did not print JSON: 'not json'"),
+        (
+            {"compose": "not json"},
+            "docker compose config did not print JSON (Expecting value, line 1 column 1): 'not json'",
+        ),
         ({"containers": (1, "Error: No such object: 0123")}, "docker inspect failed: Error: No such object: 0123"),
     ],
 )

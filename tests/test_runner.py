@@ -65,3 +65,55 @@ def test_every_command_has_a_deadline_and_the_long_ones_a_longer_one():
     assert cmds.lock("k", "acquire", "me", "120", stale=1800).deadline == 180
     assert cmds.restore(h, "k", "cad", ["old"], detach=False, timeout=40).deadline == 100
     assert cmds.image_prune().deadline is None  # the runner's default (COMMAND_DEADLINE) applies
+
+
+class LateOutputChannel(SilentChannel):
+    """sshd's order for a command whose output outlives it: the exit status first, the rest of
+    the output a moment later, then EOF."""
+
+    def __init__(self, late: bytes, after: float, eof: bool = True):
+        super().__init__()
+        self.t0, self.late, self.after, self.eof = time.monotonic(), late, after, eof
+        self.eof_received = False
+
+    def _due(self) -> bool:
+        return bool(self.late) and time.monotonic() - self.t0 >= self.after
+
+    def recv_ready(self) -> bool:
+        return self._due()
+
+    def recv(self, n: int) -> bytes:
+        out, self.late = self.late, b""
+        self.eof_received = self.eof
+        return out
+
+    def exit_status_ready(self) -> bool:
+        return True
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+
+def test_output_that_arrives_after_the_exit_status_is_read_to_its_end():
+    chan = LateOutputChannel(b'[{"Id": "abc"}]\n', after=0.8)
+    res = SshExecutor(Cxn(chan))("docker inspect abc", None, deadline=10)
+    assert res.ok and res.stdout == '[{"Id": "abc"}]\n'
+
+
+def test_without_eof_the_output_is_waited_for_a_bounded_grace_after_the_exit_status():
+    from fabfile.config_limits import OUTPUT_GRACE
+
+    chan = LateOutputChannel(b"late\n", after=0.8, eof=False)
+    t0 = time.monotonic()
+    res = SshExecutor(Cxn(chan))("leaves a child holding its output", None, deadline=30)
+    assert res.ok and res.stdout == "late\n"
+    assert OUTPUT_GRACE <= time.monotonic() - t0 < OUTPUT_GRACE + 3
+
+
+def test_a_conversation_reads_lines_that_arrive_after_the_exit_status():
+    chan = LateOutputChannel(b"switched\ndone\n", after=0.8)
+    conv = SshExecutor(Cxn(chan)).converse("tier.sh")
+    lines = []
+    while (line := conv.readline(5)) is not None:
+        lines.append(line)
+    assert lines == ["switched", "done"]
