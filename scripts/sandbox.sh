@@ -587,12 +587,12 @@ swarm_down() {
         stopped=1
         log "removing the stack $SWARM_STACK and stopping the swarm engine"
         sdocker stack rm "$SWARM_STACK" >/dev/null 2>&1 || true
-        # All of it goes: no stop grace for the tasks (identity ignores SIGTERM), no wait for
-        # Swarm to remove the networks
+        # All of it goes with the engine's data: no stop grace for the tasks (identity ignores
+        # SIGTERM), no wait for Swarm to remove the networks or for dockerd to leave the swarm
         local ids; mapfile -t ids < <(sdocker ps -aq)
         [ ${#ids[@]} = 0 ] || sdocker rm -f "${ids[@]}" >/dev/null 2>&1 || true
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done   # then the sweep kills it
+        for _ in $(seq 10); do [ -d "/proc/$pid" ] || break; sleep 0.2; done   # then the sweep kills it
     fi
     if [ -n "$(swarm_leftovers)" ]; then
         [ -n "$stopped" ] || log "removing what the swarm engine left (it did not answer)"

@@ -708,7 +708,7 @@ def swarm_compose_json(patch: dict[str, dict] | None = None) -> str:
     deploy = {
         "endpoint_mode": "dnsrr",
         "update_config": {"order": "start-first", "failure_action": "rollback", "monitor": "2s"},
-        "rollback_config": {"order": "start-first"},
+        "rollback_config": {"order": "start-first", "monitor": "2s"},
     }
     check = {
         "test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"],
