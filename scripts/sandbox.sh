@@ -568,7 +568,7 @@ swarm_up() {
         cp "$SWARM_DIR/docker-compose.yaml" "$SWARM_ENGINE/deployed.yaml"
     fi
     local deadline=$((SECONDS + 180))
-    until swarm_serves; do
+    until swarm_serves 2>/dev/null; do
         if [ $SECONDS -ge $deadline ]; then
             local tasks  # read whole, then cut (no early-exiting reader under pipefail: issue 11)
             tasks=$(sdocker stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' 2>&1)
