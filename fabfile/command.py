@@ -81,9 +81,14 @@ def host_script(name: str, *args: str, cwd: str | None = None) -> Command:
     return Command(("sh", "-s", "--", *args), cwd=cwd, stdin=Stdin(script(name), f"fabfile/remote/{name}"))
 
 
+# Parts a host program is sent with, between lib.sh and its own text.
+PARTS = {"tier.sh": ("proxy.sh",)}
+
+
 def program(name: str) -> str:
-    """What runs a host program: the preamble every one shares (fabfile/remote/lib.sh), then its text."""
-    return script("lib.sh") + "\n" + script(name)
+    """What runs a host program: the preamble every one shares (fabfile/remote/lib.sh), the
+    parts it uses (PARTS), then its text."""
+    return "\n".join(script(part) for part in ("lib.sh", *PARTS.get(name, ()), name))
 
 
 # The host programs that can explain themselves (ZDD_EXPLAIN=1, see fabfile/remote/lib.sh): they

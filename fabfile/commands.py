@@ -9,6 +9,7 @@ as a dry run or asserted in a unit test without SSH.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from .command import Command, Stdin, host_program, host_script, quote_path  # noqa: F401  (used by callers too)
@@ -311,3 +312,28 @@ def restore(host: HostConfig, key: str, proxy: str, old: list[str], detach: bool
 
 def signal_process(pid: str, sig: str = "TERM") -> Command:
     return Command(("kill", f"-{sig}", pid))
+
+
+def tier_failure_detail(lines: list[str]) -> str:
+    """The health log and last log lines the host sent for a failed tier, readable."""
+    out: list[str] = []
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word == "detail-health":
+            name, _, health = rest.partition(" ")
+            out.append(f"--- {name.lstrip('/')}")
+            try:
+                h = json.loads(health) if health and health != "null" else None
+            except json.JSONDecodeError:
+                h = None
+            if h:
+                out.append(f"health: {h.get('Status')}, failing streak {h.get('FailingStreak')}")
+                for entry in (h.get("Log") or [])[-3:]:
+                    text = (entry.get("Output") or "").strip().replace("\n", " ")[:200]
+                    out.append(f"  check exit {entry.get('ExitCode')}: {text}")
+            out.append("last log lines:")
+        elif word == "detail-log":
+            out.append(f"  {rest.partition(' ')[2]}")
+        elif word == "detail-rollout":
+            out.append(f"  docker-rollout {rest}")
+    return "\n".join(out[-80:])

@@ -36,6 +36,7 @@ from .config_limits import (  # noqa: F401  (re-exported: the limits zdd sets it
 from .config_model import (  # noqa: F401
     ENGINES,
     PROXY_MODES,
+    CanaryConfig,
     ConfigError,
     HooksConfig,
     HostConfig,
@@ -63,6 +64,7 @@ _NESTED = {
     "verify": VerifyConfig,
     "hooks": HooksConfig,
     "notify": NotifyConfig,
+    "canary": CanaryConfig,
 }
 
 
@@ -92,6 +94,10 @@ def _check_scalar(key: str, value: Any, expected: str) -> Any:
         if value < 0:
             raise ConfigError(f"{key} must not be negative ({value})")
         return float(value)
+    if base == "tuple[int, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of integers")
+        return tuple(value)
     if base == "tuple[str, ...]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings")
@@ -247,6 +253,7 @@ def _check_host(key: str, h: HostConfig) -> None:
         if not re.match(r"^wss?://[^/?#]+", u):
             raise ConfigError(f"{key}.verify.ws_urls: {u!r} is not a ws:// or wss:// URL")
     _check_notify(f"{key}.notify", h)
+    check_canary(f"{key}.canary", h.canary)
     if h.hooks.timeout <= 0:
         raise ConfigError(f"{key}.hooks.timeout must be more than 0 seconds")
     if not h.hooks.dir:
@@ -285,6 +292,20 @@ def _check_notify(key: str, h: HostConfig) -> None:
         raise ConfigError(f"{key}.timeout must be more than 0 seconds")
 
 
+def check_canary(key: str, c: CanaryConfig) -> None:
+    """The canary settings (also those of ``deploy --canary``): steps strictly rising, 1-99 %."""
+    if any(not 0 < p < 100 for p in c.steps):
+        raise ConfigError(f"{key}.steps must be percentages between 1 and 99 (100 is the switch), not {list(c.steps)}")
+    if list(c.steps) != sorted(set(c.steps)):
+        raise ConfigError(f"{key}.steps must rise, each step more than the one before, not {list(c.steps)}")
+    if c.step_seconds < 1:
+        raise ConfigError(f"{key}.step_seconds must be at least 1")
+    if c.max_error_rate > 1:
+        raise ConfigError(f"{key}.max_error_rate is a share of the answers (0.01 = 1 %), not {c.max_error_rate}")
+    if 0 < c.max_latency_ratio <= 1:
+        raise ConfigError(f"{key}.max_latency_ratio must be more than 1 (or 0 for off), not {c.max_latency_ratio}")
+
+
 def _check_swarm(key: str, h: HostConfig) -> None:
     if not h.stack_name:
         raise ConfigError(f'{key}.stack_name must name the stack when engine is "swarm"')
@@ -294,6 +315,8 @@ def _check_swarm(key: str, h: HostConfig) -> None:
         raise ConfigError(f"{key}.env_file: docker stack deploy reads no env file; export the variables instead")
     if h.proxy.mode == "recreate":
         raise ConfigError(f'{key}.proxy.mode "recreate" is not available with engine swarm (use reload or none)')
+    if h.canary.steps:
+        raise ConfigError(f"{key}.canary.steps: canary steps are not available with engine swarm (Swarm routes)")
     if h.registry is not None and not h.registry.keep_login:
         raise ConfigError(
             f"{key}.registry.keep_login must be true with engine swarm: --with-registry-auth hands "

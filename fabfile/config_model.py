@@ -65,6 +65,16 @@ Keys (types and defaults in the dataclasses below):
   (seconds per request, default 5). Tokens are read from the environment (or ``.env``) only,
   by the variable names given here, and travel only in the Authorization header; a notifier
   that is down or slow costs one warning line, never the run.
+* ``canary`` – a guarded release (see fabfile/canary.py): once a tier's new containers are
+  healthy, the proxy sends them ``steps`` (percentages, one step after another; ``[]`` = switch
+  at once) of each rolling service's requests, the old containers the rest, each step for at
+  least ``step_seconds``. The new containers' responses, as the proxy logged them per upstream,
+  are judged every second: once they answered ``min_requests``, a share of 5xx (and proxy
+  errors) over ``max_error_rate``, or (``max_latency_ratio`` > 0) a p95 latency over that many
+  times the old containers', sends the tier back to its old containers and removes the new
+  ones. A step whose new containers never answer ``min_requests`` within 3 × ``step_seconds``
+  passes with a note (a quiet service is not a failure). Needs Caddy 2.8 or newer and
+  ``proxy.drain``. ``fab deploy --canary 10,50`` / ``--no-canary`` override the steps for a run.
 """
 
 from __future__ import annotations
@@ -181,6 +191,15 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    steps: tuple[int, ...] = ()  # % of a rolling service's requests to its new containers, step by step
+    step_seconds: int = 30  # each step lasts at least this long
+    min_requests: int = 20  # the new containers' answers before a step is judged
+    max_error_rate: float = 0.01  # share of 5xx among the new containers' answers that aborts
+    max_latency_ratio: float = 0.0  # new p95 / old p95 that aborts; 0 = off
+
+
+@dataclass(frozen=True)
 class HostConfig:
     name: str
     dir: str = "~"
@@ -207,6 +226,7 @@ class HostConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
 
     @property
     def app_services(self) -> list[str]:

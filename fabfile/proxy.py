@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from typing import Any
 
 
-def _split_dial(dial: str) -> tuple[str, str] | None:
+def split_dial(dial: str) -> tuple[str, str] | None:
     host, sep, port = dial.rpartition(":")
     if not sep or not port.isdigit():
         return None
@@ -32,24 +33,24 @@ def _split_dial(dial: str) -> tuple[str, str] | None:
     return host, port
 
 
-def _walk_proxies(node: Any):
+def walk_proxies(node: Any):
     """Every reverse_proxy handler (a dict) anywhere in a Caddy JSON config."""
     if isinstance(node, dict):
         if node.get("handler") == "reverse_proxy":
             yield node
         for v in node.values():
-            yield from _walk_proxies(v)
+            yield from walk_proxies(v)
     elif isinstance(node, list):
         for v in node:
-            yield from _walk_proxies(v)
+            yield from walk_proxies(v)
 
 
 def upstream_ports(config: dict, service: str) -> list[str]:
     """The ports at which the config's static upstreams dial ``service`` by name."""
     ports: list[str] = []
-    for handler in _walk_proxies(config):
+    for handler in walk_proxies(config):
         for up in handler.get("upstreams") or []:
-            parsed = _split_dial(str(up.get("dial", "")))
+            parsed = split_dial(str(up.get("dial", "")))
             if parsed and parsed[0] == service and parsed[1] not in ports:
                 ports.append(parsed[1])
     return ports
@@ -59,9 +60,9 @@ def upstream_hosts(config: dict) -> set[str]:
     """The host names the config's static upstreams dial (service names, aliases, addresses)."""
     return {
         parsed[0]
-        for handler in _walk_proxies(config)
+        for handler in walk_proxies(config)
         for up in handler.get("upstreams") or []
-        if (parsed := _split_dial(str(up.get("dial", ""))))
+        if (parsed := split_dial(str(up.get("dial", ""))))
     }
 
 
@@ -71,13 +72,13 @@ def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
     if not ips:
         raise ValueError("no addresses to route to")
     new = copy.deepcopy(config)
-    for handler in _walk_proxies(new):
+    for handler in walk_proxies(new):
         ups = handler.get("upstreams")
         if not ups:
             continue
         out = []
         for up in ups:
-            parsed = _split_dial(str(up.get("dial", "")))
+            parsed = split_dial(str(up.get("dial", "")))
             if parsed and parsed[0] == service:
                 for ip in ips:
                     entry = dict(up)
@@ -87,6 +88,100 @@ def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
                 out.append(up)
         handler["upstreams"] = out
     return new
+
+
+CANARY_SINCE = (2, 8)  # weighted_round_robin (2.7) and the log_append handler (2.8)
+UPSTREAM_FIELD = "zdd_upstream"  # the access-log field naming the upstream that answered
+LOGGER = "zdd_canary"
+
+
+def weights(n_old: int, n_new: int, percent: int) -> tuple[int, int]:
+    """Each old and each new upstream's weight, so that the new ones together get ``percent``
+    % of the requests (smallest integers)."""
+    w_old, w_new = (100 - percent) * n_new, percent * n_old
+    g = math.gcd(w_old, w_new) or 1
+    return w_old // g, w_new // g
+
+
+def mixed(config: dict, service: str) -> bool:
+    """Whether a ``reverse_proxy`` that dials ``service`` by name dials something else too
+    (its weights could not be the service's alone: no canary for it)."""
+    for handler in walk_proxies(config):
+        hosts = [(split_dial(str(u.get("dial", ""))) or ("", ""))[0] for u in handler.get("upstreams") or []]
+        if service in hosts and any(h != service for h in hosts):
+            return True
+    return False
+
+
+def rewrite_weighted(config: dict, service: str, old_ips: list[str], new_ips: list[str], percent: int) -> dict:
+    """A copy of ``config`` whose ``reverse_proxy`` handlers that dial ``service:PORT`` dial its
+    old and new addresses instead (same port), weighted so the new get ``percent`` %."""
+    if not old_ips or not new_ips:
+        raise ValueError("a weighted upstream list needs old and new addresses")
+    w_old, w_new = weights(len(old_ips), len(new_ips), percent)
+    new = copy.deepcopy(config)
+    for handler in walk_proxies(new):
+        ups = handler.get("upstreams") or []
+        ports = [p[1] for u in ups if (p := split_dial(str(u.get("dial", "")))) and p[0] == service]
+        if not ports:
+            continue
+        out, ws = [], []
+        for port in ports:
+            for ip, w in [(ip, w_old) for ip in old_ips] + [(ip, w_new) for ip in new_ips]:
+                out.append({"dial": f"{ip}:{port}"})
+                ws.append(w)
+        handler["upstreams"] = out
+        lb = dict(handler.get("load_balancing") or {})
+        lb["selection_policy"] = {"policy": "weighted_round_robin", "weights": ws}
+        handler["load_balancing"] = lb
+    return new
+
+
+def with_access_log(config: dict, services: list[str], path: str) -> dict:
+    """A copy of ``config`` that logs every request of the servers proxying ``services`` to
+    ``path`` (JSON lines, in the proxy container), each with the upstream that answered it."""
+    new = copy.deepcopy(config)
+    servers = ((new.get("apps") or {}).get("http") or {}).get("servers") or {}
+    for server in servers.values():
+        if _add_log_append(server, services):
+            server.setdefault("logs", {})
+    logging = new.setdefault("logging", {}).setdefault("logs", {})
+    logging[LOGGER] = {
+        "writer": {"output": "file", "filename": path, "roll": False},
+        "encoder": {"format": "json"},
+        "include": ["http.log.access"],
+    }
+    return new
+
+
+def _add_log_append(node: Any, services: list[str]) -> bool:
+    """Put a ``log_append`` handler before each ``reverse_proxy`` dialling one of ``services``."""
+    found = False
+    if isinstance(node, dict):
+        for v in node.values():
+            found = _add_log_append(v, services) or found
+    elif isinstance(node, list):
+        i = 0
+        while i < len(node):
+            item = node[i]
+            found = _add_log_append(item, services) or found
+            if isinstance(item, dict) and item.get("handler") == "reverse_proxy" and _dials(item, services):
+                node.insert(
+                    i,
+                    {"handler": "log_append", "key": UPSTREAM_FIELD, "value": "{http.reverse_proxy.upstream.hostport}"},
+                )
+                i += 1
+                found = True
+            i += 1
+    return found
+
+
+def _dials(handler: dict, services: list[str]) -> bool:
+    for u in handler.get("upstreams") or []:
+        parsed = split_dial(str(u.get("dial", "")))
+        if parsed and parsed[0] in services:
+            return True
+    return False
 
 
 HOLD_ROUTE_ID = "zdd-drain-hold"
@@ -105,7 +200,7 @@ def with_stream_close_delay(config: dict, delay: str) -> dict:
     """A copy of ``config`` whose every ``reverse_proxy`` without one keeps its streams
     (websockets) open for ``delay`` across a reload (Caddy >= 2.7)."""
     new = copy.deepcopy(config)
-    for handler in _walk_proxies(new):
+    for handler in walk_proxies(new):
         handler.setdefault("stream_close_delay", delay)
     return new
 
@@ -113,11 +208,11 @@ def with_stream_close_delay(config: dict, delay: str) -> dict:
 def without_stream_close_delay(config: dict, services: list[str]) -> list[str]:
     """The services whose ``reverse_proxy`` in ``config`` has no ``stream_close_delay``."""
     missing = []
-    for handler in _walk_proxies(config):
+    for handler in walk_proxies(config):
         if handler.get("stream_close_delay"):
             continue
         for up in handler.get("upstreams") or []:
-            parsed = _split_dial(str(up.get("dial", "")))
+            parsed = split_dial(str(up.get("dial", "")))
             if parsed and parsed[0] in services and parsed[0] not in missing:
                 missing.append(parsed[0])
     return missing
@@ -184,12 +279,23 @@ class Routing:
         self.routes[service] = list(ips)
         self.held += [a for a in hold if a not in self.held]
 
-    def config(self) -> dict:
+    def config(self, weighted: dict[str, tuple[list[str], int]] | None = None, hold: list[str] = ()) -> dict:
+        """The current routing; ``weighted``: services also routed to new addresses, which
+        get a share (percent) of their requests; ``hold``: more addresses kept visible."""
         new = self.base
         for service, ips in self.routes.items():
-            new = rewrite_upstreams(new, service, ips)
-        return hold_upstreams(new, self.held)
+            if weighted and service in weighted:
+                new_ips, percent = weighted[service]
+                new = rewrite_weighted(new, service, ips, new_ips, percent)
+            else:
+                new = rewrite_upstreams(new, service, ips)
+        return hold_upstreams(new, self.held + [a for a in hold if a not in self.held])
 
-    def load_line(self, word: str) -> str:
-        """``WORD JSON``: what tier.sh reads to load the current routing."""
-        return f"{word} {json.dumps(self.config(), separators=(',', ':'))}"
+    def canary_config(self, weighted: dict[str, tuple[list[str], int]], log: str) -> dict:
+        """A canary step: ``weighted`` services share their requests between old and new
+        addresses, and every request to them is logged to ``log`` with its upstream."""
+        return with_access_log(self.config(weighted), list(weighted), log)
+
+    def load_line(self, word: str, config: dict | None = None) -> str:
+        """``WORD JSON``: what tier.sh reads to load the current routing (or ``config``)."""
+        return f"{word} {json.dumps(self.config() if config is None else config, separators=(',', ':'))}"

@@ -4,11 +4,12 @@ steps that differ; this module holds the lock, journals the plan and runs the ti
 
 deploy::
 
-    validate → pre-deploy → lock → recover → prepare → pull → infra-up → plan
+    validate → check canary → pre-deploy → lock → recover → prepare → pull → infra-up → plan
              → each tier (pre-tier, the tier, post-tier) → done → finish → markers → post-deploy
 
 A tier (:meth:`~fabfile.engines.base.Tiers.tier`) starts the tier's new containers, waits
-until they are healthy and switches the traffic to them; before the switch a failure removes
+until they are healthy, runs the canary steps (a share of the traffic, judged) and switches
+the traffic to them; before the switch a failure removes
 them (the old ones never stopped serving), after it the new ones carry the traffic and are
 never removed. ``done`` drains and retires the old ones and restores the proxy (on the host,
 after fab returns, unless ``wait``). ``finish`` (in :func:`~fabfile.locking.locked`) journals
@@ -27,6 +28,7 @@ from typing import Any
 
 from . import hooks as team_hooks
 from . import notify
+from .config_model import CanaryConfig
 from .engines import Engine, Release
 from .interrupts import shielded
 from .locking import Held, Verdict, locked, no_verdict
@@ -41,9 +43,13 @@ def deploy(
     wait: bool = False,
     verdict: Verdict = no_verdict,
     hooks: bool = True,
+    canary: CanaryConfig | None = None,
 ) -> None:
-    """Pull, bring infra up, roll the app services that changed, tier after tier."""
+    """Pull, bring infra up, roll the app services that changed, tier after tier (each with
+    ``canary``'s steps before its switch; default the host's)."""
+    canary = s.host.canary if canary is None else canary
     state = engine.validate(s)
+    engine.check_canary(s, state, canary)
     facts = starting(s, engine, state, "deploy")
     team_hooks.before(s, "pre-deploy", facts, hooks)
     with marked(s, facts, "post-deploy", hooks, verdict):
@@ -53,7 +59,8 @@ def deploy(
             images = engine.pull(s, state)
             state = engine.infra_up(s, state, images)
             plans = engine.plan(s, state, images, s.host.app_services, force)
-            roll(s, engine, state, Release(plans, images, [list(t) for t in s.host.rollout]), held, wait, facts, hooks)
+            release = Release(plans, images, [list(t) for t in s.host.rollout], canary=canary)
+            roll(s, engine, state, release, held, wait, facts, hooks)
 
 
 def rollout_service(s: Session, engine: Engine, name: str) -> None:

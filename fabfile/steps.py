@@ -138,3 +138,15 @@ def install_plugin(s: Session, source: str | None = None) -> None:
         if not res.ok:
             raise StepFailed(f"install-plugin: {res.first_error_line()}")
         rec.detail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else f"{p.version}"
+
+
+def recreate_proxy(s: Session) -> None:
+    """``proxy.mode = "recreate"``: the plan's ``up --force-recreate`` of the proxy, an outage."""
+    p = s.host.proxy
+    with s.report.step(proxy_step(s)) as rec:
+        s.r.note(
+            f"proxy.mode = recreate: {p.service} is force-recreated, its ports are closed meanwhile "
+            "(an outage; see NOTES)"
+        )
+        s.r.change(cmds.Compose(s.host).recreate(p.service), f"recreating {p.service}")
+        rec.detail = "recreated (outage while it restarted)"

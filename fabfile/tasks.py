@@ -5,6 +5,7 @@ methods for the single steps) and :mod:`fabfile.taskrun` runs it on the host."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from fabric import task
 from invoke.exceptions import Exit
@@ -12,6 +13,7 @@ from invoke.exceptions import Exit
 from . import hosts_run, html_page, outcome, sequence, steps
 from . import summary as run_summary
 from . import verify as vloop
+from .config import CanaryConfig, ConfigError, check_canary
 from .history import history_lines
 from .locking import read_runs
 from .locking import unlock as unlock_step
@@ -35,10 +37,23 @@ SKIP_HOOKS_HELP = "run none of the hooks in hooks.dir (pre-deploy, post-deploy..
         "json": "write the whole summary (every host, step, note, the verify report) to this JSON file",
         "report": "write a self-contained HTML page (charts per URL, steps, verdict) to this file",
         "skip_hooks": SKIP_HOOKS_HELP,
+        "canary": "canary steps for this run, e.g. 10,50 (% of each rolling service's requests to its new "
+        "containers, judged before the switch; default: the host's canary.steps)",
+        "no_canary": "switch each tier at once, without the host's canary steps",
     }
 )
 def deploy(
-    c, dry_run=False, verify=True, strict=False, force=False, wait=False, json=None, report=None, skip_hooks=False
+    c,
+    dry_run=False,
+    verify=True,
+    strict=False,
+    force=False,
+    wait=False,
+    json=None,
+    report=None,
+    skip_hooks=False,
+    canary=None,
+    no_canary=False,
 ):
     """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune.
 
@@ -46,7 +61,13 @@ def deploy(
 
     def body(s, engine, verdict):
         sequence.deploy(
-            s, engine, force=force, wait=wait or verifying(s.host, verify), verdict=verdict, hooks=not skip_hooks
+            s,
+            engine,
+            force=force,
+            wait=wait or verifying(s.host, verify),
+            verdict=verdict,
+            hooks=not skip_hooks,
+            canary=canary_of(s.host.canary, canary, no_canary),
         )
 
     result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
@@ -55,6 +76,22 @@ def deploy(
         finish_run(run.title, run.everyone(), json, report, across=len(run.hosts) > 1)
     if not result.ok:
         raise Exit(result.message, code=result.exit_code)
+
+
+def canary_of(host: CanaryConfig, steps: str | None, off: bool) -> CanaryConfig:
+    """The run's canary: the host's, with ``--canary 10,50`` or ``--no-canary`` for its steps."""
+    if off and steps:
+        raise BadInput("--canary and --no-canary: choose one")
+    if off:
+        return replace(host, steps=())
+    if not steps:
+        return host
+    try:
+        chosen = replace(host, steps=tuple(int(p) for p in str(steps).split(",") if p.strip()))
+        check_canary("--canary", chosen)
+    except (ValueError, ConfigError) as e:
+        raise BadInput(f"--canary takes rising percentages like 10,50 ({e})") from None
+    return chosen
 
 
 def finish_run(

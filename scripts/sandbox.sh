@@ -2,9 +2,9 @@
 # The zdd sandbox: a real deploy target on this machine.
 #
 #   scripts/sandbox.sh up                 install + start everything, stack at v1 (idempotent)
-#   scripts/sandbox.sh publish [--broken] [--version V] [SERVICE...]
+#   scripts/sandbox.sh publish [--broken] [--version V] [--tag T] [SERVICE...]
 #                                         push a new image of these apps (default: all four)
-#                                         under the same :latest tag, as RemiliaNET's CI does
+#                                         under the same :latest tag (or T), as RemiliaNET's CI does
 #   scripts/sandbox.sh naive-redeploy     today's deploy: compose up -d --pull always --force-recreate
 #   scripts/sandbox.sh status             what is running
 #   scripts/sandbox.sh swarm-up           (after up) the same apps as a Swarm stack, remilia-swarm,
@@ -307,12 +307,13 @@ next_version() {
     echo $((n + 1)) > "$STATE/version"; echo "v$((n + 1))"
 }
 
-publish() {  # publish [--broken] [--version V] [SERVICE...]
-    local broken='' version=''
+publish() {  # publish [--broken] [--version V] [--tag T] [SERVICE...]
+    local broken='' version='' tag=latest
     while [ $# -gt 0 ]; do
         case "$1" in
             --broken) broken=1; shift ;;
             --version) version=$2; shift 2 ;;
+            --tag) tag=$2; shift 2 ;;
             -*) die "unknown option $1" ;;
             *) break ;;
         esac
@@ -322,14 +323,14 @@ publish() {  # publish [--broken] [--version V] [SERVICE...]
     local svc ctx; ctx=$(mktemp -d)
     cp "$ROOT/scripts/sandbox/image/Dockerfile.app" "$ctx/Dockerfile"
     for svc in "${services[@]}"; do
-        local ref=$CI_REGISTRY/zdd-sandbox/$svc:latest
+        local ref=$CI_REGISTRY/zdd-sandbox/$svc:$tag
         DOCKER_BUILDKIT=0 ci_docker build -q --build-arg "BASE=zdd-sandbox/base:$(base_hash)" \
             --build-arg "VERSION=$version" --build-arg "BROKEN=$broken" -t "$ref" "$ctx" >/dev/null 2>&1
         ci_docker push -q "$ref" >/dev/null
         ci_docker rmi "$ref" >/dev/null
     done
     rm -rf "$ctx"
-    log "published ${services[*]} as $version${broken:+ (broken: its healthcheck never passes)}"
+    log "published ${services[*]} as $version (tag $tag)${broken:+ (broken: its healthcheck never passes)}"
     echo "$version"
 }
 

@@ -12,6 +12,7 @@ Used by scripts/chaos.py (all of them, one table) and tests/e2e/test_chaos.py (a
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -265,6 +266,49 @@ def docker_hangs(o: Outcome) -> None:
     o.exits.append(finish(proc, timeout=400)[0])
 
 
+APP_IMAGE = re.compile(r"(/zdd-sandbox/(?:server|property|identity|profile-server)):latest\b")
+
+
+def pinned_tags(o: Outcome) -> Callable[[str], None]:
+    """The host's compose file names the app images by a tag pinned in its .env
+    (``image: …/server:${APP_TAG}``); returns ``pin(TAG)``. Undone, and deployed back to
+    ``:latest``, by the outcome's cleanup."""
+    compose, env = sb.STACK / "docker-compose.yaml", sb.STACK / ".env"
+    before = compose.read_text()
+    pinned = APP_IMAGE.sub(r"\1:${APP_TAG:-latest}", before)
+    assert pinned != before, "the sandbox's compose file names no app image by :latest"
+    compose.write_text(pinned)
+
+    def undo() -> None:
+        compose.write_text(before)
+        env.unlink(missing_ok=True)
+        sb.fab("deploy", "--no-verify", "--wait", timeout=400)
+
+    o.cleanup.append(undo)
+    return lambda tag: env.write_text(f"APP_TAG={tag}\n")
+
+
+def rollback_pinned(o: Outcome) -> str:
+    """Tags pinned in .env: deploy pin-a, then pin-b, then `fab rollback` returns to pin-a's
+    images (before: "roll 0 of 4", a successful rollback that changed nothing). The converging
+    deploy then moves forward to pin-b again."""
+    pin = pinned_tags(o)
+    first = sb.publish("--tag", "pin-a")
+    pin("pin-a")
+    o.exits.append(sb.fab("deploy", "--no-verify", "--wait", timeout=400).returncode)
+    second = sb.publish("--tag", "pin-b")
+    pin("pin-b")
+    o.exits.append(sb.fab("deploy", "--no-verify", "--wait", timeout=400).returncode)
+    res = sb.fab("rollback", "--no-verify", "--wait", timeout=400)
+    o.exits.append(res.returncode)
+    now = {svc: sorted({c.version for c in sb.containers(svc, all_states=True) if not is_job(c)}) for svc in sb.APPS}
+    back = all(v == [first] for v in now.values())
+    o.notes.append(f"rollback {'returned to' if back else 'did NOT return to'} {first} from {second}: {now}")
+    if res.returncode != 0:
+        o.notes.append((res.stdout + res.stderr).strip().splitlines()[-1][:200])
+    return second
+
+
 def lock_race(o: Outcome) -> None:
     """Two clients with one host name start at the same instant: exactly one proceeds."""
     a, b = start_deploy(), start_deploy(unshare=True)
@@ -282,6 +326,10 @@ def scenarios(tmp: Path) -> list[tuple[str, Callable[[], Outcome]]]:
         ("a compose run job through a deploy", lambda: under_load("a compose run job through a deploy", tmp, with_job)),
         ("~/.zdd on a full filesystem", lambda: under_load("~/.zdd on a full filesystem", tmp, full_disk)),
         ("dockerd hangs 20 s after start", lambda: under_load("dockerd hangs 20 s after start", tmp, docker_hangs)),
+        (
+            "rollback with tags pinned in .env",
+            lambda: under_load("rollback with tags pinned in .env", tmp, rollback_pinned, publish=False),
+        ),
         (
             "two clients, one host name, one instant",
             lambda: under_load("two clients, one host name, one instant", tmp, lock_race),

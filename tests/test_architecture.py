@@ -37,6 +37,7 @@ LAYERS = [
             "fabfile/commands_swarm.py",
             "fabfile/plan.py",
             "fabfile/proxy.py",
+            "fabfile/canary.py",
             "fabfile/journal.py",
             "fabfile/release.py",
         ],

@@ -309,9 +309,9 @@ def test_caddy_version_parses_what_caddy_version_prints():
 
 
 def _proxies(config):
-    from fabfile.proxy import _walk_proxies
+    from fabfile.proxy import walk_proxies
 
-    return list(_walk_proxies(config))
+    return list(walk_proxies(config))
 
 
 def test_stream_close_delay_is_added_where_missing_and_kept_where_set():

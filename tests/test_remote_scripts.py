@@ -43,6 +43,7 @@ RUN = "20250101-120000-77"  # the run a test's scripts write to the journal
 #   reload-fails   `caddy reload` in the proxy fails
 #   reload-slow    `caddy reload` takes a second (and writes $STUB/reloading as it starts)
 #   upstreams      what Caddy's admin API says of /reverse_proxy/upstreams
+#   access.log     the canary's access log in the proxy container (`tail -c +N FILE` reads it)
 #   up             written by `compose up`: from then on `compose ps` lists the new container too
 #   oneoff-ID      container ID is a `docker compose run` job (label com.docker.compose.oneoff=True)
 #   created-ID     when container ID was created (docker's RFC 3339; default 2099: after any tier)
@@ -79,6 +80,7 @@ exec)
             [ "$2" = -i ] && cat >> "$d/loads"
             exit 0 ;;
         *wget*) cat "$d/upstreams" ;;
+        *" tail -c "*) tail -c "$5" "$d/access.log" ;;
     esac ;;
 compose)
     case "$*" in
@@ -484,6 +486,91 @@ def test_tier_pins_switches_and_drains_at_the_proxy(host):
     assert (host.stub / "loads").read_text().splitlines() == [pin[len("pin ") :], switch[len("switch ") :]]
     assert host.calls().count("exec -i cad caddy reload --config /dev/stdin --force") == 2
     assert "exec cad wget -q -O - http://localhost:2019/reverse_proxy/upstreams" in host.calls()
+
+
+def access(addr: str, status: int, seconds: float = 0.004) -> str:
+    """One line of a canary's access log, as Caddy writes it (abridged)."""
+    return json.dumps(
+        {
+            "level": "info",
+            "logger": "http.log.access",
+            "request": {"uri": "/x"},
+            "duration": seconds,
+            "status": status,
+            "zdd_upstream": addr,
+        },
+        separators=(",", ":"),
+    )
+
+
+def canary_lines(routing: Routing, new_addr: str) -> tuple[str, str, str]:
+    """zdd's lines before a canary step: where it logs, the way back, the step's weights."""
+    back = routing.load_line("back", routing.config(hold=[new_addr]))
+    weigh = routing.load_line("weigh 10", routing.canary_config({"server": ([NEW_IP], 10)}, "/tmp/c.log"))
+    return f"canary /tmp/c.log zdd_upstream {new_addr}", back, weigh
+
+
+def test_tier_canary_step_loads_the_weights_and_counts_the_proxys_log_per_upstream(host):
+    routing = Routing(sandbox_caddy_config(), (PROXY_NETWORK,))
+    held = routing.held_for("server", ["172.18.0.5"])
+    routing.route("server", ["172.18.0.5"], held)
+    pin = routing.load_line("pin")
+    new_addr = f"{NEW_IP}:8080"
+    canary, back, weigh = canary_lines(routing, new_addr)
+    routing.route("server", [NEW_IP], held)
+    switch = routing.load_line("switch")
+    host.set(
+        "access.log",
+        "\n".join([access(new_addr, 200), access(new_addr, 502, 0.3), access("172.18.0.5:8080", 200)] * 2)
+        + "\n"
+        + access(new_addr, 500)[:40],  # a line the proxy is still writing: not counted yet
+    )
+    host.set(
+        "upstreams",
+        '[{"address": "server:8080", "num_requests": 0}, {"address": "172.18.0.5:8080", "num_requests": 0}]',
+    )
+    res = host.run(
+        tier(host, tuple(held)), stdin="\n".join([pin, canary, back, weigh, "stats", "stats", switch]) + "\n"
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = lines(res)
+    stats = [f"stats {new_addr} 4 2 2 0 0 0 0 0 2 0 0 0 0 0", "stats 172.18.0.5:8080 2 0 2 0 0 0 0 0 0 0 0 0 0 0"]
+    i = out.index("weighted 10")
+    assert sorted(out[i + 1 : i + 3]) == sorted(stats) and out[i + 3] == "stats-end"
+    assert sorted(out[i + 4 : i + 6]) == sorted(stats) and out[i + 6] == "stats-end"  # nothing new: the same
+    assert out[i + 7] == "switched"
+    loads = (host.stub / "loads").read_text().splitlines()
+    assert loads == [pin[len("pin ") :], weigh[len("weigh 10 ") :], switch[len("switch ") :]]
+    events = [
+        json.loads(line) for line in (host.home / ".zdd" / "journal" / f"{host.key}.jsonl").read_text().splitlines()
+    ]
+    assert {"event": "canary", "percent": "10"}.items() <= next(e for e in events if e["event"] == "canary").items()
+    assert not any(NEW[:12] in c and c.startswith(("stop", "rm")) for c in host.calls())
+
+
+@pytest.mark.parametrize("end", ["abort\n", ""])  # zdd aborts (a breach), or its connection is gone
+def test_tier_after_a_canary_step_goes_back_to_the_old_containers_before_removing_the_new(host, end):
+    routing = Routing(sandbox_caddy_config(), (PROXY_NETWORK,))
+    held = routing.held_for("server", ["172.18.0.5"])
+    routing.route("server", ["172.18.0.5"], held)
+    new_addr = f"{NEW_IP}:8080"
+    canary, back, weigh = canary_lines(routing, new_addr)
+    host.set("upstreams", f'[{{"address": "{new_addr}", "num_requests": 0}}]')
+    breach = json.dumps({"run": RUN, "event": "canary-breach", "service": "server", "reason": "5 of 20 failed"})
+    stdin = "\n".join(["nopin", canary, back, weigh, "journal " + breach]) + "\n" + end
+    res = host.run(tier(host, tuple(held)), stdin=stdin)
+    assert res.returncode == 3, res.stdout + res.stderr
+    out = lines(res)
+    assert out[-2].startswith("note the canary's traffic is back on the old containers; the new ones drained after ")
+    assert out[-1] == "failed aborted before the switch: new containers removed"
+    loads = (host.stub / "loads").read_text().splitlines()
+    assert loads == [weigh[len("weigh 10 ") :], back[len("back ") :]]  # the way back before the removal
+    calls = host.calls()
+    assert calls.index("exec cad wget -q -O - http://localhost:2019/reverse_proxy/upstreams") < calls.index(
+        f"rm --force {NEW[:12]}"
+    )
+    journal = (host.home / ".zdd" / "journal" / f"{host.key}.jsonl").read_text()
+    assert '"event": "canary-breach"' in journal and '"event": "undone"' in journal
 
 
 def test_tier_drain_leaves_long_lived_streams_to_the_stop(host):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..config_model import CanaryConfig
 from ..locking import Held
 from ..session import Session
 
@@ -27,6 +28,7 @@ class Release:
     images: dict[str, str] = field(default_factory=dict)
     tiers: list[list[str]] = field(default_factory=list)
     action: str = "update"
+    canary: CanaryConfig = field(default_factory=CanaryConfig)  # steps () = switch at once
 
 
 class Tiers(Protocol):
@@ -53,6 +55,9 @@ class Engine(Protocol):
 
     def validate(self, s: Session, only: list[str] | None = None) -> Any:
         """Check the host against hosts.toml (``only`` these services); nothing changes before."""
+
+    def check_canary(self, s: Session, state: Any, canary: CanaryConfig) -> None:
+        """BadInput (before any change) when canary steps cannot run on this host."""
 
     def prepare(self, s: Session) -> None:
         """Checks and installs the engine's own tool needs (before the pull)."""

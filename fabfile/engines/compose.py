@@ -17,14 +17,22 @@ from typing import Any
 
 from .. import commands as cmds
 from .. import journal, locking, steps
+from ..config_model import CanaryConfig
 from ..history import journal_lines, rollback_target, short_id
 from ..locking import Held
 from ..plan import HostState, has_healthcheck, image_table, make_plan, normalize_ref, parse_survey, shared_mounts
-from ..proxy import STREAM_CLOSE_DELAY_SINCE, caddy_version, upstream_hosts, without_stream_close_delay
+from ..proxy import (
+    CANARY_SINCE,
+    STREAM_CLOSE_DELAY_SINCE,
+    caddy_version,
+    mixed,
+    upstream_hosts,
+    without_stream_close_delay,
+)
 from ..runner import BadInput
 from ..session import Session
 from .base import Release
-from .compose_rollout import ComposeRollout, recreate_proxy
+from .compose_rollout import ComposeRollout
 
 
 class ComposeEngine:
@@ -87,6 +95,25 @@ class ComposeEngine:
                 )
         return state
 
+    def check_canary(self, s: Session, state: HostState, canary: CanaryConfig) -> None:
+        """Canary steps need the proxy's routing (drain), Caddy 2.8+ and a reverse_proxy per service."""
+        if not canary.steps:
+            return
+        h = s.host
+        if not (h.proxy.service and h.proxy.drain and state.proxy and state.proxy_config is not None):
+            raise BadInput("canary steps need the proxy to route the app services (proxy.service, proxy.drain)")
+        if caddy_version(state.proxy_version) < CANARY_SINCE:
+            raise BadInput(
+                f"canary steps need Caddy {'.'.join(map(str, CANARY_SINCE))} or newer (weighted upstreams, "
+                f"log_append): {h.proxy.service} runs {state.proxy_version or 'an unknown version'}"
+            )
+        shared = [n for n in h.app_services if mixed(state.proxy_config, n)]
+        if shared:
+            raise BadInput(
+                f"canary steps: a reverse_proxy in {h.proxy.config} dials {', '.join(shared)} together with "
+                "other upstreams, so the weights could not be theirs alone"
+            )
+
     # --- getting ready -------------------------------------------------------------------
     def prepare(self, s: Session) -> None:
         return None
@@ -142,7 +169,7 @@ class ComposeEngine:
         return journal.plan_event(run, state, release.plans, release.images)
 
     def tiers(self, s: Session, state: HostState, release: Release, held: Held) -> ComposeRollout:
-        return ComposeRollout(s, state, release.plans, held, self.plugin)
+        return ComposeRollout(s, state, release.plans, held, self.plugin, release.canary)
 
     def one_service(self, s: Session, state: HostState, name: str) -> Release:
         return Release(make_plan([name], state, {}, force=True), {}, [[name]])
@@ -197,7 +224,7 @@ class ComposeEngine:
     def reload_proxy(self, s: Session) -> None:
         p = s.host.proxy
         if p.mode == "recreate":
-            recreate_proxy(s)
+            steps.recreate_proxy(s)
             return
         with s.report.step(steps.proxy_step(s)) as rec:
             if steps.no_proxy_step(s, rec):

@@ -23,18 +23,21 @@ if zdd dies. A deploy costs (tiers that roll) + 2 proxy loads.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
 from .. import commands as cmds
 from .. import steps
 from ..config import DRAIN_MARGIN, HEALTH_MARGIN, PIN_WAIT, RESTORE_MARGIN, STOP_GRACE, SWITCH_WAIT, UNDO_WAIT
+from ..config_model import CanaryConfig
 from ..locking import Held
 from ..plan import HOOK_LABEL, HostState, ServicePlan
 from ..proxy import STREAM_CLOSE_DELAY_SINCE, Routing, caddy_version
 from ..runner import CommandResult, Conversation, StepFailed
 from ..session import Session
+from .compose_canary import CanaryRun
+
+NO_CANARY = CanaryConfig()  # switch at once
 
 
 @dataclass
@@ -56,8 +59,16 @@ class ComposeRollout:
     """One run's replacement of app services, tier after tier, on one host (the engines'
     :class:`~fabfile.engines.base.Tiers`); ``plugin``: start them with docker-rollout."""
 
-    def __init__(self, s: Session, state: HostState, plans: list[ServicePlan], held: Held, plugin: bool = False):
-        self.s, self.r, self.host, self.state, self.plugin = s, s.r, s.host, state, plugin
+    def __init__(
+        self,
+        s: Session,
+        state: HostState,
+        plans: list[ServicePlan],
+        held: Held,
+        plugin: bool = False,
+        canary: CanaryConfig = NO_CANARY,
+    ):
+        self.s, self.r, self.host, self.state, self.plugin, self.canary = s, s.r, s.host, state, plugin, canary
         self.lock = held  # the run's lock: its id, its pending journal lines (the plan)
         held.prune = any(p.roll for p in plans)
         self.plans = {p.name: p for p in plans}
@@ -150,6 +161,7 @@ class ComposeRollout:
             self.lock.run,
         )
         run = TierRun([p.name for p in plans], None, time.monotonic())  # type: ignore[arg-type]
+        canary: CanaryRun | None = None
         with self.s.report.step(f"rollout {', '.join(run.names)}") as rec:
             pin = self._pin_line()
             run.conv = self.r.converse(
@@ -169,17 +181,35 @@ class ComposeRollout:
                 self._until(run, ("pinned",), PIN_WAIT)
                 ceiling = max(s.health_timeout for s in specs) + HEALTH_MARGIN
                 self._until(run, ("healthy",), ceiling)
+                canary = self._canary(run)
+                if canary is not None:
+                    canary.steps()
                 run.conv.send(self._switch_line(run))
                 self._until(run, ("switched",), SWITCH_WAIT)
                 run.switched = True
             except BaseException as e:
-                self._undo(run, e)
+                self._undo(run, e, self.host.proxy.drain_timeout if canary and canary.weighted else 0)
                 raise
             self.open.append(run)
             for p in plans:
                 self.retiring += [c.id for c in p.old]
             counts = ", ".join(f"{p.name} {len(p.old)} → {len(run.new.get(p.name, []))}" for p in plans)
             rec.detail = f"{counts}; healthy and switched"
+
+    def _canary(self, run: TierRun) -> CanaryRun | None:
+        """The tier's canary steps, for its services routed by the proxy that have old containers."""
+        names = [n for n in run.names if self._drains(n) and self.plans[n].old and run.new_ips.get(n)]
+        if not self.canary.steps or not names or self.routing is None:
+            return None
+        if self.r.dry_run:
+            self.r.note(
+                f"canary steps {', '.join(f'{p} %' for p in self.canary.steps)} here, judged on the proxy's log"
+            )
+            return None
+        ips = {n: ([self.routing.ip(c.networks) or "" for c in self.plans[n].old], run.new_ips[n]) for n in names}
+        return CanaryRun(
+            self.s, run.conv, lambda words, t: self._until(run, words, t), self.lock.run, self.routing, self.canary, ips
+        )
 
     def _until(self, run: TierRun, words: tuple[str, ...], timeout: float) -> str:
         """Read the host's lines until one starts with one of ``words`` (or ``failed``)."""
@@ -215,7 +245,7 @@ class ComposeRollout:
                 run.ended = run.conv.close()
                 raise StepFailed(
                     f"{', '.join(run.names)}: {rest}; new containers removed, old ones serving",
-                    tier_failure_detail(run.lines),
+                    cmds.tier_failure_detail(run.lines),
                 )
             elif word in words:
                 return rest
@@ -228,9 +258,10 @@ class ComposeRollout:
             if ip:
                 run.new_ips.setdefault(name, []).append(ip)
 
-    def _undo(self, run: TierRun, error: BaseException) -> None:
+    def _undo(self, run: TierRun, error: BaseException, drain: int = 0) -> None:
         """Before the switch: make sure the host removes the new containers, then let the
-        conversation end (the host's tier.sh undoes on SIGTERM, on `abort` and on EOF)."""
+        conversation end (the host's tier.sh undoes on SIGTERM, on `abort` and on EOF; after
+        a canary step it first sends the traffic back and waits up to ``drain`` s for it)."""
         if run.ended is not None or run.conv is None:
             return
         try:
@@ -238,7 +269,7 @@ class ComposeRollout:
                 self.r.change(cmds.signal_process(run.pid), check=False)
             else:
                 run.conv.send("abort")
-            deadline = time.monotonic() + UNDO_WAIT
+            deadline = time.monotonic() + UNDO_WAIT + drain
             while time.monotonic() < deadline:
                 line = run.conv.readline(1.0)
                 if line is None:
@@ -282,7 +313,7 @@ class ComposeRollout:
         if self.needs_restore():
             self.lock.handed_over = self.restore(detach=not wait)
         if self.host.proxy.mode == "recreate" and any(p.roll for p in self.plans.values()):
-            recreate_proxy(self.s)  # the plan's `--force-recreate caddy`, on request: an outage
+            steps.recreate_proxy(self.s)  # the plan's `--force-recreate caddy`, on request: an outage
 
     def drain_reports(self, wait: bool = True) -> None:
         """One line per tier past its switch: its drain, waited for (``wait``), or only what the
@@ -343,40 +374,3 @@ class ComposeRollout:
                     f"fab -H {self.s.name} reload-caddy once the old containers are gone"
                 )
             return detach and res.ok
-
-
-def tier_failure_detail(lines: list[str]) -> str:
-    """The health log and last log lines the host sent for a failed tier, readable."""
-    out: list[str] = []
-    for line in lines:
-        word, _, rest = line.partition(" ")
-        if word == "detail-health":
-            name, _, health = rest.partition(" ")
-            out.append(f"--- {name.lstrip('/')}")
-            try:
-                h = json.loads(health) if health and health != "null" else None
-            except json.JSONDecodeError:
-                h = None
-            if h:
-                out.append(f"health: {h.get('Status')}, failing streak {h.get('FailingStreak')}")
-                for entry in (h.get("Log") or [])[-3:]:
-                    text = (entry.get("Output") or "").strip().replace("\n", " ")[:200]
-                    out.append(f"  check exit {entry.get('ExitCode')}: {text}")
-            out.append("last log lines:")
-        elif word == "detail-log":
-            out.append(f"  {rest.partition(' ')[2]}")
-        elif word == "detail-rollout":
-            out.append(f"  docker-rollout {rest}")
-    return "\n".join(out[-80:])
-
-
-def recreate_proxy(s: Session) -> None:
-    """``proxy.mode = "recreate"``: the plan's ``up --force-recreate`` of the proxy, an outage."""
-    p = s.host.proxy
-    with s.report.step(steps.proxy_step(s)) as rec:
-        s.r.note(
-            f"proxy.mode = recreate: {p.service} is force-recreated, its ports are closed meanwhile "
-            "(an outage; see NOTES)"
-        )
-        s.r.change(cmds.Compose(s.host).recreate(p.service), f"recreating {p.service}")
-        rec.detail = "recreated (outage while it restarted)"

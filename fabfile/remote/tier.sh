@@ -15,9 +15,17 @@
 #   we print  "pid PID" (SIGTERM to it undoes the tier before the switch), then
 #             "new SERVICE ID NET=IP...", "progress ...", then "healthy after Ns", or
 #             "failed REASON" after "detail-* ..." lines (new containers removed, exit 1)
+#   zdd sends, for canary steps (proxy.sh counts the log):
+#             "canary LOG FIELD ADDRS"  the access log the weighted configs write (in the proxy
+#                                    container), its upstream field, the new containers' addresses
+#             "back JSON"            the config that sends the tier back to its old containers
+#             "weigh PERCENT JSON"   load a step's weights; we print "weighted PERCENT"
+#             "stats"                we print "stats ADDR ANSWERS 5XX BUCKETS..." lines, "stats-end"
+#             "journal LINE"         a line for the journal (a breach, with its figures)
 #   zdd sends "switch JSON"          route the tier to its new containers only
 #             "go"                   no proxy routing: go on
-#             "abort" (or EOF)       remove the new containers (exit 3)
+#             "abort" (or EOF)       remove the new containers (exit 3); after a canary step,
+#                                    load "back" first and wait until nothing is in flight to them
 #   we print  "switched", wait until the old addresses have nothing in flight at the proxy
 #             ("drained ..."), then retire the old containers in the background ("retired")
 #
@@ -96,14 +104,6 @@ new_of() {  # the containers of service $name that are not old ones (nor one-off
     done
 }
 
-load() {  # load WHAT JSON: JSON to caddy in the proxy container, a graceful reload
-    explain load "$1 config"
-    if [ -n "$explaining" ]; then run docker exec -i "$proxy" caddy reload --config /dev/stdin --force; return; fi
-    out=$(printf '%s\n' "$2" | run docker exec -i "$proxy" caddy reload --config /dev/stdin --force 2>&1) && return 0
-    say "load-error $(last "$out")"
-    return 1
-}
-
 release_one() {  # let docker-rollout's held pre-stop hook in the old containers of $name end
     by_plugin || return 0
     for id in $(commas "$old"); do
@@ -127,7 +127,7 @@ undo() {  # before the switch the new containers never had traffic: remove them
     journal_event undone
     say "$1"
 }
-on_signal() { [ -n "$switched" ] && return; undo "failed interrupted: new containers removed"; exit 3; }
+on_signal() { [ -n "$switched" ] && return; back_out; undo "failed interrupted: new containers removed"; exit 3; }
 trap on_signal TERM INT
 say "pid $$"
 all_old='' all_names=''
@@ -301,23 +301,62 @@ else
 fi
 say "healthy after $(( $(date +%s) - start ))s"
 
-# --- 3. switch, or undo ------------------------------------------------------------------
+# --- 3. canary steps, then the switch; or back to the old containers and undo ------------------
+weighted='' canary_log='' canary_field='' back_addrs=''
+back_out() {  # a canary's share of the traffic back to the old containers; the new ones' in-flight finished
+    [ -n "$weighted" ] || return 0
+    if ! load back "$(cat "$tmp/back" 2>/dev/null)"; then
+        say "failed cannot send the traffic back to the old containers: the new ones are left running (the" \
+            "proxy still gives them a share); fab recover once the proxy answers"
+        exit 1
+    fi
+    weighted=''
+    # shellcheck disable=SC2086 # addresses, one word each
+    drain_wait $back_addrs
+    say "note the canary's traffic is back on the old containers; the new ones drained $result"
+}
 IFS= read -r line || line=abort
+while :; do
+    case "$line" in
+        "journal "*)
+            journal_line "${line#journal }" ||
+                { back_out; undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; } ;;
+        "canary "*)  # canary LOG FIELD NEW_ADDRS: where the weighted configs log, and what to drain on the way back
+            # shellcheck disable=SC2086 # three words
+            set -- ${line#canary }
+            canary_log=$1 canary_field=$2 back_addrs=$(commas "$3") ;;
+        "back "*) printf '%s\n' "${line#back }" > "$tmp/back" ;;  # the config that sends the tier back
+        "weigh "*)  # weigh PERCENT JSON: the step's weights
+            rest=${line#weigh } && pct=${rest%% *}
+            journal_event canary percent "$pct" ||
+                { back_out; undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
+            weighted=1
+            if ! load "canary $pct %" "${rest#* }"; then
+                back_out; undo "failed cannot load the canary's weights: new containers removed"; exit 1
+            fi
+            say "weighted $pct"
+            pause_at in-canary ;;
+        stats) canary_stats "$canary_log" "$canary_field" ;;
+        *) break ;;
+    esac
+    IFS= read -r line || line=abort
+done
 # "switched" goes to the journal, and holds off SIGTERM's undo, BEFORE the proxy loads the switch:
 # a signal that arrives during the load must never remove the containers it routes to
 case "$line" in
     "switch "* | go)
         journal_event switched ||
-            { undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
+            { back_out; undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
         switched=1
         pause_at in-switch
         if [ "$line" != go ] && ! load switch "${line#switch }"; then
             switched=
+            back_out
             undo "failed cannot switch the proxy: new containers removed"
             exit 1
         fi
         say "switched" ;;
-    *) undo "failed aborted before the switch: new containers removed"; exit 3 ;;
+    *) back_out; undo "failed aborted before the switch: new containers removed"; exit 3 ;;
 esac
 pause_at after-switch
 
@@ -325,50 +364,8 @@ pause_at after-switch
 addrs=
 add_held() { addrs="$addrs $(commas "$held")"; }
 each add_held
-# An open websocket (or SSE, long poll) is a request in flight for Caddy's counters until it
-# ends: once the count of in-flight requests on the old addresses has stopped falling for
-# STREAM_GRACE seconds, what is left is taken for long-lived streams, which end when the old
-# containers stop (their clients reconnect, to the new containers).
-t0=$(date +%s) peak=0 result='' shown='' last=-1 falling=$t0
-if [ -z "$(printf '%s' "$addrs" | tr -d ' ')" ]; then
-    result="nothing to drain at the proxy"
-elif [ -n "$explaining" ]; then
-    explain wait "drained:$addrs with nothing in flight at the proxy (or no fall for $stream_grace s)," \
-        "up to $drain_timeout s"
-    result="not waited for (explain mode)"
-fi
-while [ -z "$result" ]; do
-    now=$(date +%s)
-    if ! out=$(bounded docker exec "$proxy" wget -q -O - "http://$admin/reverse_proxy/upstreams" 2>&1); then
-        result=unobservable; break
-    fi
-    busy='' total=0
-    for addr in $addrs; do
-        # shellcheck disable=SC2020 # both braces become newlines: one JSON object a line
-        entry=$(printf '%s\n' "$out" | tr '{}' '\n\n' | grep -F "\"$addr\"" | head -n 1)
-        k=$(printf '%s\n' "$entry" | sed -n 's/.*"num_requests": *\([0-9][0-9]*\).*/\1/p')
-        if [ -z "$k" ]; then result=unobservable; break 2; fi
-        if [ "$k" != 0 ]; then busy="$busy $addr=$k"; total=$((total + k)); fi
-    done
-    [ "$total" -gt "$peak" ] && peak=$total
-    if [ "$last" = -1 ] || [ "$total" -lt "$last" ]; then falling=$now; fi
-    last=$total
-    if [ $((now - t0)) != "$shown" ]; then say "progress draining:$busy, $((now - t0)) s of $drain_timeout"; shown=$((now - t0)); fi
-    pause_at in-drain
-    if [ -z "$busy" ]; then result="after $((now - t0))s, $peak in flight at most"; break; fi
-    if [ $((now - falling)) -ge "$stream_grace" ]; then
-        result="after $((now - t0))s, $peak in flight at most; $total long-lived left to the stop:$busy"; break
-    fi
-    if [ $((now - t0)) -ge "$drain_timeout" ]; then result="timeout after ${drain_timeout}s, still in flight:$busy"; break; fi
-    renew
-    nap
-done
-if [ "$result" = unobservable ]; then
-    grace=$blind_wait
-    [ "$drain_timeout" -lt "$grace" ] && grace=$drain_timeout
-    sleep "$grace"
-    result="unobservable: waited ${grace}s"
-fi
+# shellcheck disable=SC2086 # addresses, one word each
+drain_wait $addrs
 say "drained $result"
 
 stop_old() {  # the user's hook in each old container of $name ($hook), then stop and remove them

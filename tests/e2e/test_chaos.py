@@ -57,3 +57,12 @@ def test_two_deploys_back_to_back(settled, tmp_path):
     o = chaos.under_load("back to back", tmp_path, chaos.back_to_back)
     assert o.exits[:2] == [0, 0], o.notes
     assert_converged(o)
+
+
+def test_a_rollback_with_tags_pinned_in_env_returns_to_the_images_before(settled, tmp_path):
+    """Before: with `image: app:${APP_TAG}` the rollback planned "unchanged" for every service
+    and was recorded as a successful rollback that changed nothing."""
+    o = chaos.under_load("pinned", tmp_path, chaos.rollback_pinned, publish=False)
+    assert o.exits[:3] == [0, 0, 0], o.notes
+    assert o.notes[0].startswith("rollback returned to "), o.notes
+    assert_converged(o)  # and the next deploy moves forward to pin-b again

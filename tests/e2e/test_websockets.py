@@ -73,9 +73,9 @@ def test_a_reload_keeps_websockets_open_only_with_stream_close_delay(settled):
 
 
 def _proxies(config: dict):
-    from fabfile.proxy import _walk_proxies
+    from fabfile.proxy import walk_proxies
 
-    return list(_walk_proxies(config))
+    return list(walk_proxies(config))
 
 
 def test_deploy_moves_each_websocket_of_a_rolled_service_once_and_leaves_the_others_alone(settled, tmp_path):
