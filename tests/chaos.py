@@ -211,6 +211,34 @@ def interrupted_at(point: str, how: str) -> Callable[[Outcome], None]:
     return body
 
 
+def canary_interrupted(how: str) -> Callable[[Outcome], None]:
+    """``how`` during the first tier's first canary step (10 %): the tier goes back to its old
+    containers before its new ones are removed; nothing fails."""
+
+    def body(o: Outcome) -> None:
+        old = current_version()
+        pause_at("in-canary")
+        proc = start_deploy("--canary", "10")
+        try:
+            if not wait_paused():
+                o.notes.append("never reached in-canary")
+            interrupt(proc, how)
+            time.sleep(1)
+        finally:
+            resume()
+        rc, out = finish(proc)
+        o.exits.append(rc)
+        left = {
+            svc: sorted({c.version for c in sb.containers(svc, all_states=True) if not is_job(c)}) for svc in sb.APPS
+        }
+        back = all(v == [old] for v in left.values())
+        o.notes.append(f"after the interruption {'only the old version ran' if back else f'ran {left}'}")
+        if "Traceback" in out:
+            o.notes.append("traceback")
+
+    return body
+
+
 def back_to_back(o: Outcome) -> str:
     first = start_deploy()
     rc, out = finish(first)
@@ -335,6 +363,9 @@ def scenarios(tmp: Path) -> list[tuple[str, Callable[[], Outcome]]]:
             lambda: under_load("two clients, one host name, one instant", tmp, lock_race),
         ),
     ]
+    for how in HOWS:
+        name = f"{how} in a canary step"
+        out.append((name, lambda name=name, how=how: under_load(name, tmp, canary_interrupted(how))))
     for point in POINTS:
         for how in HOWS:
             name = f"{how} at {point}"

@@ -546,6 +546,7 @@ def test_tier_canary_step_loads_the_weights_and_counts_the_proxys_log_per_upstre
     ]
     assert {"event": "canary", "percent": "10"}.items() <= next(e for e in events if e["event"] == "canary").items()
     assert not any(NEW[:12] in c and c.startswith(("stop", "rm")) for c in host.calls())
+    assert "exec cad rm -f /tmp/c.log" in host.calls()  # the log is gone once the switch has none
 
 
 @pytest.mark.parametrize("end", ["abort\n", ""])  # zdd aborts (a breach), or its connection is gone

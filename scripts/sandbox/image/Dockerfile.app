@@ -3,5 +3,7 @@ ARG BASE
 FROM ${BASE}
 ARG VERSION
 ARG BROKEN=
-RUN echo "$VERSION" > /app/VERSION && if [ -n "$BROKEN" ]; then touch /app/BROKEN; fi
+ARG FAIL_AFTER=
+RUN echo "$VERSION" > /app/VERSION && if [ -n "$BROKEN" ]; then touch /app/BROKEN; fi && \
+    if [ -n "$FAIL_AFTER" ]; then echo "$FAIL_AFTER" > /app/FAIL_AFTER; fi
 LABEL org.opencontainers.image.version=$VERSION zdd-sandbox=1

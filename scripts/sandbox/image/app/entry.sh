@@ -26,6 +26,8 @@ on_term() {
 if [ "${SIGTERM:-graceful}" = ignore ]; then trap '' TERM; else trap on_term TERM; fi
 trap 'exit 0' INT
 
+mkdir -p /tmp/zdd-app
+if [ -e /app/FAIL_AFTER ]; then (sleep "$(cat /app/FAIL_AFTER)"; : > /tmp/zdd-app/failing) & fi
 sleep "${BOOT_DELAY:-0}"
 httpd -f -p 127.0.0.1:9000 -h /app/www &
 HTTPD=$!

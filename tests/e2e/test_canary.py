@@ -1,0 +1,114 @@
+"""Canary steps on the sandbox, under load: a good release is seen beside the old one during
+its steps, then alone; a release that answers 500 (healthy all the same) is stopped at its
+first step, its traffic back on the old containers, later tiers untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests import chaos
+from tests import sandbox as sb
+
+CANARY = """
+[hosts.sandbox.canary]
+steps = [10, 50]
+step_seconds = 4
+min_requests = 5
+max_error_rate = 0.01
+"""
+TIER1 = ("server", "property")  # hosts.toml's first tier
+
+
+def env(tmp_path) -> dict[str, str]:
+    return {"FABRIC_HOSTS_FILE": str(sb.hosts_file(tmp_path, extra=CANARY))}
+
+
+def url_versions(report: dict, path: str) -> dict[str, dict]:
+    (url,) = [u for u in report["urls"] if u["url"].endswith(path)]
+    return {v["version"]: v for v in url["versions"]}
+
+
+def test_a_good_release_is_seen_beside_the_old_during_the_steps_then_alone(settled, tmp_path):
+    old = sb.containers("server")[0].version
+    new = sb.publish()
+    probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
+    res = sb.fab("deploy", "--no-verify", "--json", str(tmp_path / "d.json"), env=env(tmp_path), timeout=400)
+    rc, out, report = probe.stop()
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text
+    assert rc == 0 and report["failures"] == 0, out
+    steps = [
+        s for s in json.loads((tmp_path / "d.json").read_text())["hosts"][0]["steps"] if s["name"].startswith("canary ")
+    ]
+    assert [s["name"] for s in steps] == [
+        "canary server, property 10 %",
+        "canary server, property 50 %",
+        "canary identity 10 %",
+        "canary identity 50 %",
+        "canary profile-server 10 %",
+        "canary profile-server 50 %",
+    ], text
+    for s in steps:  # each step judged real answers of the new containers
+        answers = [int(part.split()[2]) for part in s["detail"].split("; ")]
+        assert all(n >= 5 for n in answers) and s["status"] == "ok", s
+    for svc in sb.APPS:  # old and new answered side by side for seconds, not only at an instant
+        seen = url_versions(report, f"/{svc}/fast")
+        assert seen[old]["last_s"] - seen[new]["first_s"] >= 4, (svc, seen)
+    for svc in sb.APPS:  # then only the new
+        assert [c.version for c in sb.containers(svc)] == [new]
+        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {new}") for _ in range(10))
+
+
+def test_a_release_answering_500_is_stopped_at_its_first_step(settled, tmp_path):
+    before = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
+    old = sb.containers("server")[0].version
+    sb.publish("--fail-after", "0")
+    try:
+        stopped_at_first_step(tmp_path, before, old)
+    finally:
+        sb.publish()  # :latest answers again for the tests after this one
+
+
+def stopped_at_first_step(tmp_path, before: dict[str, list[str]], old: str) -> None:
+    probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
+    res = sb.fab("deploy", "--no-verify", "--json", str(tmp_path / "d.json"), env=env(tmp_path), timeout=400)
+    rc, out, report = probe.stop()
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text
+    assert "canary: server: " in text or "canary: property: " in text, text
+    assert "answers from the new containers failed" in text and "more than max_error_rate 1.0%" in text, text
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert doc["result"] in ("failed", "aborted")
+    names = [s["name"] for s in doc["hosts"][0]["steps"]]
+    assert "canary server, property 10 %" in names and "canary server, property 50 %" not in names, names
+    # the old containers serve, no new one is left, the later tiers were never touched
+    for svc in sb.APPS:
+        assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
+        assert [c.version for c in sb.containers(svc)] == [old]
+    # the canary really got traffic: some requests to the first tier failed, no more than its share
+    failed = {u["url"].split("/")[3]: u["failures"] for u in report["urls"]}
+    sent = {u["url"].split("/")[3]: u["requests"] for u in report["urls"]}
+    assert sum(failed[s] for s in TIER1) > 0, failed
+    assert all(failed[s] == 0 for s in sb.APPS if s not in TIER1), failed
+    assert sum(failed[s] for s in TIER1) <= 0.1 * sum(sent[s] for s in TIER1), (failed, sent)
+    # the breach is in the journal with its figures
+    history = sb.fab("history", "-n", "1", env=env(tmp_path))
+    assert " failed " in history.stdout, history.stdout
+    journal = sb.as_host_user("cat ~/.zdd/journal/*.jsonl").stdout.splitlines()
+    breach = json.loads(next(line for line in reversed(journal) if '"canary-breach"' in line))
+    assert breach["service"] in TIER1 and breach["new"]["5xx"] >= 5 and breach["max_error_rate"] == 0.01
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "ssh-drop"])
+def test_an_interruption_in_a_canary_step_sends_the_traffic_back_before_removing_the_new(settled, tmp_path, how):
+    """`deploy --canary 10`, interrupted while the new containers have 10 % of the traffic: the
+    host sends it back to the old ones, waits for what is in flight, then removes the new ones
+    (no request fails); the next deploy converges."""
+    o = chaos.under_load(f"{how} in a canary step", tmp_path, chaos.canary_interrupted(how))
+    assert "never reached" not in " ".join(o.notes), o.notes
+    assert "after the interruption only the old version ran" in o.notes, o.notes
+    assert o.exits[0] != 0 and o.exits[-1] == 0, o.notes
+    assert o.failed == 0 and o.requests > 100, f"{o.failed} of {o.requests} requests failed"
+    assert o.containers == {svc: 1 for svc in sb.APPS} and o.versions_ok and o.lock_free
