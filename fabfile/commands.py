@@ -291,9 +291,11 @@ def tier(
     )
 
 
-def restore(host: HostConfig, key: str, proxy: str, old: list[str], detach: bool, timeout: int) -> Command:
+def restore(
+    host: HostConfig, key: str, proxy: str, old: list[str], detach: bool, timeout: int, log: str = ""
+) -> Command:
     """Once ``old`` containers are gone: reload the proxy's config file (detached: a job on
-    the host does it and frees the lock)."""
+    the host does it and frees the lock), then remove ``log`` (the access log of zdd's configs)."""
     return dataclasses.replace(
         host_program(
             "restore.sh",
@@ -302,6 +304,7 @@ def restore(host: HostConfig, key: str, proxy: str, old: list[str], detach: bool
             proxy,
             host.proxy.config,
             str(timeout),
+            log or "-",
             *old,
             cwd=host.dir,
             dry_run_output=("restore queued" if detach else f"restored {host.proxy.config}",),

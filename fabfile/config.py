@@ -49,6 +49,7 @@ from .config_model import (  # noqa: F401
     ServiceConfig,
     SshConfig,
     VerifyConfig,
+    WatchConfig,
 )
 
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
@@ -65,6 +66,7 @@ _NESTED = {
     "hooks": HooksConfig,
     "notify": NotifyConfig,
     "canary": CanaryConfig,
+    "watch": WatchConfig,
 }
 
 
@@ -254,6 +256,12 @@ def _check_host(key: str, h: HostConfig) -> None:
             raise ConfigError(f"{key}.verify.ws_urls: {u!r} is not a ws:// or wss:// URL")
     _check_notify(f"{key}.notify", h)
     check_canary(f"{key}.canary", h.canary)
+    if h.watch.max_error_rate > 1:
+        raise ConfigError(
+            f"{key}.watch.max_error_rate is a share of the answers (0.01 = 1 %), not {h.watch.max_error_rate}"
+        )
+    if h.watch.seconds and h.engine != "native":
+        raise ConfigError(f'{key}.watch: a watch after the switch needs engine "native" (it keeps the old containers)')
     if h.hooks.timeout <= 0:
         raise ConfigError(f"{key}.hooks.timeout must be more than 0 seconds")
     if not h.hooks.dir:

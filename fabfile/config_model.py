@@ -75,6 +75,13 @@ Keys (types and defaults in the dataclasses below):
   ones. A step whose new containers never answer ``min_requests`` within 3 × ``step_seconds``
   passes with a note (a quiet service is not a failure). Needs Caddy 2.8 or newer and
   ``proxy.drain``. ``fab deploy --canary 10,50`` / ``--no-canary`` override the steps for a run.
+* ``watch`` – after the last tier's switch, ``seconds`` (0 = off) more of judging every service
+  that rolled on what the proxy logs of its new containers, the old ones kept running out of
+  rotation: once the new containers answered ``min_requests``, a share of 5xx over
+  ``max_error_rate`` switches the traffic straight back to the old containers (one proxy load)
+  and removes the new ones; the run fails ("rolled back"). After a clean watch the old
+  containers are retired as usual. Engine native only; Caddy 2.8+. ``fab deploy --watch
+  SECONDS`` overrides ``seconds`` for a run.
 """
 
 from __future__ import annotations
@@ -200,6 +207,13 @@ class CanaryConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    seconds: int = 0  # after the last switch, keep judging this long; 0 = off
+    max_error_rate: float = 0.01  # share of 5xx among the new containers' answers that switches back
+    min_requests: int = 20  # the new containers' answers before the watch judges
+
+
+@dataclass(frozen=True)
 class HostConfig:
     name: str
     dir: str = "~"
@@ -227,6 +241,7 @@ class HostConfig:
     hooks: HooksConfig = field(default_factory=HooksConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     canary: CanaryConfig = field(default_factory=CanaryConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     @property
     def app_services(self) -> list[str]:

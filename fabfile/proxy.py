@@ -254,11 +254,13 @@ class Routing:
     counters stay visible in Caddy's admin API.
     """
 
-    def __init__(self, base: dict, networks: tuple[str, ...], stream_close_delay: str = ""):
+    def __init__(self, base: dict, networks: tuple[str, ...], stream_close_delay: str = "", log: str = ""):
         self.base = with_stream_close_delay(base, stream_close_delay) if stream_close_delay else base
         self.networks = networks
         self.routes: dict[str, list[str]] = {}  # service -> addresses it is routed to
         self.held: list[str] = []  # addresses whose counters must stay visible
+        self.log = log  # the access log of canary steps and the watch, in the proxy container ("" = none)
+        self.logged: list[str] = []  # services whose requests it logs beyond a step's (the watched ones)
 
     def ports(self, service: str) -> list[str]:
         return upstream_ports(self.base, service)
@@ -281,7 +283,8 @@ class Routing:
 
     def config(self, weighted: dict[str, tuple[list[str], int]] | None = None, hold: list[str] = ()) -> dict:
         """The current routing; ``weighted``: services also routed to new addresses, which
-        get a share (percent) of their requests; ``hold``: more addresses kept visible."""
+        get a share (percent) of their requests (a canary step); ``hold``: more addresses kept
+        visible. The weighted and the ``logged`` services' requests go to ``log``."""
         new = self.base
         for service, ips in self.routes.items():
             if weighted and service in weighted:
@@ -289,12 +292,9 @@ class Routing:
                 new = rewrite_weighted(new, service, ips, new_ips, percent)
             else:
                 new = rewrite_upstreams(new, service, ips)
-        return hold_upstreams(new, self.held + [a for a in hold if a not in self.held])
-
-    def canary_config(self, weighted: dict[str, tuple[list[str], int]], log: str) -> dict:
-        """A canary step: ``weighted`` services share their requests between old and new
-        addresses, and every request to them is logged to ``log`` with its upstream."""
-        return with_access_log(self.config(weighted), list(weighted), log)
+        new = hold_upstreams(new, self.held + [a for a in hold if a not in self.held])
+        logged = self.logged + [n for n in weighted or {} if n not in self.logged]
+        return with_access_log(new, logged, self.log) if self.log and logged else new
 
     def load_line(self, word: str, config: dict | None = None) -> str:
         """``WORD JSON``: what tier.sh reads to load the current routing (or ``config``)."""

@@ -4,8 +4,8 @@ steps that differ; this module holds the lock, journals the plan and runs the ti
 
 deploy::
 
-    validate → check canary → pre-deploy → lock → recover → prepare → pull → infra-up → plan
-             → each tier (pre-tier, the tier, post-tier) → done → finish → markers → post-deploy
+    validate → check canary/watch → pre-deploy → lock → recover → prepare → pull → infra-up → plan
+             → each tier (pre-tier, the tier, post-tier) → watch → done → finish → markers → post-deploy
 
 A tier (:meth:`~fabfile.engines.base.Tiers.tier`) starts the tier's new containers, waits
 until they are healthy, runs the canary steps (a share of the traffic, judged) and switches
@@ -28,7 +28,7 @@ from typing import Any
 
 from . import hooks as team_hooks
 from . import notify
-from .config_model import CanaryConfig
+from .config_model import CanaryConfig, WatchConfig
 from .engines import Engine, Release
 from .interrupts import shielded
 from .locking import Held, Verdict, locked, no_verdict
@@ -44,12 +44,14 @@ def deploy(
     verdict: Verdict = no_verdict,
     hooks: bool = True,
     canary: CanaryConfig | None = None,
+    watch: WatchConfig | None = None,
 ) -> None:
     """Pull, bring infra up, roll the app services that changed, tier after tier (each with
-    ``canary``'s steps before its switch; default the host's)."""
+    ``canary``'s steps before its switch), then ``watch`` them (default: the host's)."""
     canary = s.host.canary if canary is None else canary
+    watch = s.host.watch if watch is None else watch
     state = engine.validate(s)
-    engine.check_canary(s, state, canary)
+    engine.check_guard(s, state, canary, watch)
     facts = starting(s, engine, state, "deploy")
     team_hooks.before(s, "pre-deploy", facts, hooks)
     with marked(s, facts, "post-deploy", hooks, verdict):
@@ -59,7 +61,7 @@ def deploy(
             images = engine.pull(s, state)
             state = engine.infra_up(s, state, images)
             plans = engine.plan(s, state, images, s.host.app_services, force)
-            release = Release(plans, images, [list(t) for t in s.host.rollout], canary=canary)
+            release = Release(plans, images, [list(t) for t in s.host.rollout], canary=canary, watch=watch)
             roll(s, engine, state, release, held, wait, facts, hooks)
 
 

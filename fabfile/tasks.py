@@ -13,7 +13,7 @@ from invoke.exceptions import Exit
 from . import hosts_run, html_page, outcome, sequence, steps
 from . import summary as run_summary
 from . import verify as vloop
-from .config import CanaryConfig, ConfigError, check_canary
+from .config import CanaryConfig, ConfigError, WatchConfig, check_canary
 from .history import history_lines
 from .locking import read_runs
 from .locking import unlock as unlock_step
@@ -40,6 +40,8 @@ SKIP_HOOKS_HELP = "run none of the hooks in hooks.dir (pre-deploy, post-deploy..
         "canary": "canary steps for this run, e.g. 10,50 (% of each rolling service's requests to its new "
         "containers, judged before the switch; default: the host's canary.steps)",
         "no_canary": "switch each tier at once, without the host's canary steps",
+        "watch": "after the last switch, judge the new containers this many seconds, switching straight back "
+        "to the old ones on a breach (0 = no watch; default: the host's watch.seconds)",
     }
 )
 def deploy(
@@ -54,6 +56,7 @@ def deploy(
     skip_hooks=False,
     canary=None,
     no_canary=False,
+    watch=None,
 ):
     """Pull, bring infra up, roll the app services that changed, refresh the proxy, prune.
 
@@ -68,6 +71,7 @@ def deploy(
             verdict=verdict,
             hooks=not skip_hooks,
             canary=canary_of(s.host.canary, canary, no_canary),
+            watch=watch_of(s.host.watch, watch),
         )
 
     result = run_on_host(c, "deploy", body, dry_run, verify=verify, strict=strict)
@@ -92,6 +96,15 @@ def canary_of(host: CanaryConfig, steps: str | None, off: bool) -> CanaryConfig:
     except (ValueError, ConfigError) as e:
         raise BadInput(f"--canary takes rising percentages like 10,50 ({e})") from None
     return chosen
+
+
+def watch_of(host: WatchConfig, seconds: str | None) -> WatchConfig:
+    """The run's watch: the host's, with ``--watch SECONDS`` (0 = none) for its length."""
+    if seconds is None or seconds == "":
+        return host
+    if not str(seconds).isdigit():
+        raise BadInput(f"--watch takes a number of seconds (0 = no watch), not {seconds!r}")
+    return replace(host, seconds=int(seconds))
 
 
 def finish_run(

@@ -214,17 +214,20 @@ def test_canary_settings_load():
 
 
 def test_routing_builds_a_steps_config_and_a_way_back_holding_the_new_addresses():
-    r = Routing(caddy_config(), ("net",))
+    r = Routing(caddy_config(), ("net",), log="/tmp/c.log")
     r.route("server", ["10.0.0.2"], ["server:8080", "10.0.0.2:8080"])
-    step = r.canary_config({"server": (["10.0.0.7"], 10)}, "/tmp/c.log")
+    step = r.config({"server": (["10.0.0.7"], 10)})
     [h] = proxies(step, "server")[:1]
     assert [u["dial"] for u in h["upstreams"]] == ["10.0.0.2:8080", "10.0.0.7:8080"]
     assert h["load_balancing"]["selection_policy"]["weights"] == [9, 1]
     assert step["logging"]["logs"]["zdd_canary"]["writer"]["filename"] == "/tmp/c.log"
     back = r.config(hold=["10.0.0.7:8080"])
+    assert "logging" not in back
     assert [u["dial"] for u in proxies(back, "server")[0]["upstreams"]] == ["10.0.0.2:8080"]
     holds = [rt for rt in back["apps"]["http"]["servers"]["srv0"]["routes"] if rt.get("@id") == "zdd-drain-hold"]
     assert len(holds) == 1  # one hold route (Caddy refuses a duplicate @id)
     assert [u["dial"] for u in holds[0]["handle"][0]["upstreams"]] == ["server:8080", "10.0.0.2:8080", "10.0.0.7:8080"]
     assert r.held == ["server:8080", "10.0.0.2:8080"]  # the way back is not kept
-    assert "logging" not in r.config()
+    assert "logging" not in r.config()  # nothing weighted, nothing watched: no log
+    r.logged.append("server")  # the watch: every request to a switched service is logged
+    assert r.config()["logging"]["logs"]["zdd_canary"]["writer"]["filename"] == "/tmp/c.log"

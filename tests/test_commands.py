@@ -533,7 +533,9 @@ def test_tier_dry_run_output_docker_rollout_replaces_each_old_container():
 def test_restore_detach_or_wait(detach, mode, output):
     h = H(project_name="remi")
     c = cmds.restore(h, "__app_remi", "cad", ["aaa", "bbb"], detach, 40)
-    assert program_args(c, "restore.sh") == (mode, "__app_remi", "cad", "/etc/caddy/Caddyfile", "40", "aaa", "bbb")
+    assert program_args(c, "restore.sh") == (mode, "__app_remi", "cad", "/etc/caddy/Caddyfile", "40", "-", "aaa", "bbb")
+    logged = cmds.restore(h, "__app_remi", "cad", [], detach, 40, "/tmp/zdd-r.log")
+    assert program_args(logged, "restore.sh")[5:] == ("/tmp/zdd-r.log",)  # removed once the reload closed it
     assert c.cwd == "~/app" and c.stdin is None
     assert c.dry_run_output == output
 

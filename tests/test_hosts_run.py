@@ -41,7 +41,7 @@ class Hosts:
             raise Exit(f"[{name}] cannot connect over ssh: [Errno 111] Connection refused", code=1)
         return Session(name, HOSTS.host(name), Runner(FakeExecutor(), name, dry_run=dry_run), Reporter(name), cxn=c)
 
-    def deploy(self, s: Session, engine, force=False, wait=False, verdict=None, hooks=True, canary=None) -> None:
+    def deploy(self, s: Session, engine, force=False, wait=False, verdict=None, hooks=True, canary=None, watch=None):
         self.deployed.append(s.name)
         with s.report.step("validate") as rec:
             rec.detail = "7 services in the compose project"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config_model import CanaryConfig
+from ..config_model import CanaryConfig, WatchConfig
 from ..locking import Held
 from ..session import Session
 
@@ -29,6 +29,7 @@ class Release:
     tiers: list[list[str]] = field(default_factory=list)
     action: str = "update"
     canary: CanaryConfig = field(default_factory=CanaryConfig)  # steps () = switch at once
+    watch: WatchConfig = field(default_factory=WatchConfig)  # seconds 0 = no watch after the switch
 
 
 class Tiers(Protocol):
@@ -56,8 +57,8 @@ class Engine(Protocol):
     def validate(self, s: Session, only: list[str] | None = None) -> Any:
         """Check the host against hosts.toml (``only`` these services); nothing changes before."""
 
-    def check_canary(self, s: Session, state: Any, canary: CanaryConfig) -> None:
-        """BadInput (before any change) when canary steps cannot run on this host."""
+    def check_guard(self, s: Session, state: Any, canary: CanaryConfig, watch: WatchConfig) -> None:
+        """BadInput (before any change) when canary steps or a watch cannot run on this host."""
 
     def prepare(self, s: Session) -> None:
         """Checks and installs the engine's own tool needs (before the pull)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import commands as cmds
 from .. import journal, locking, steps
-from ..config_model import CanaryConfig
+from ..config_model import CanaryConfig, WatchConfig
 from ..history import journal_lines, rollback_target, short_id
 from ..locking import Held
 from ..plan import HostState, has_healthcheck, image_table, make_plan, normalize_ref, parse_survey, shared_mounts
@@ -95,16 +95,20 @@ class ComposeEngine:
                 )
         return state
 
-    def check_canary(self, s: Session, state: HostState, canary: CanaryConfig) -> None:
-        """Canary steps need the proxy's routing (drain), Caddy 2.8+ and a reverse_proxy per service."""
-        if not canary.steps:
+    def check_guard(self, s: Session, state: HostState, canary: CanaryConfig, watch: WatchConfig) -> None:
+        """Canary steps and a watch need the proxy's routing (drain), Caddy 2.8+ and a
+        reverse_proxy per service; a watch keeps the old containers, which docker-rollout stops."""
+        if not canary.steps and not watch.seconds:
             return
+        what = "canary steps" if canary.steps else "a watch"
         h = s.host
+        if watch.seconds and self.plugin:
+            raise BadInput('a watch after the switch needs engine "native": docker-rollout stops the old containers')
         if not (h.proxy.service and h.proxy.drain and state.proxy and state.proxy_config is not None):
-            raise BadInput("canary steps need the proxy to route the app services (proxy.service, proxy.drain)")
+            raise BadInput(f"{what} need the proxy to route the app services (proxy.service, proxy.drain)")
         if caddy_version(state.proxy_version) < CANARY_SINCE:
             raise BadInput(
-                f"canary steps need Caddy {'.'.join(map(str, CANARY_SINCE))} or newer (weighted upstreams, "
+                f"{what} need Caddy {'.'.join(map(str, CANARY_SINCE))} or newer (weighted upstreams, "
                 f"log_append): {h.proxy.service} runs {state.proxy_version or 'an unknown version'}"
             )
         shared = [n for n in h.app_services if mixed(state.proxy_config, n)]
@@ -169,7 +173,7 @@ class ComposeEngine:
         return journal.plan_event(run, state, release.plans, release.images)
 
     def tiers(self, s: Session, state: HostState, release: Release, held: Held) -> ComposeRollout:
-        return ComposeRollout(s, state, release.plans, held, self.plugin, release.canary)
+        return ComposeRollout(s, state, release.plans, held, self.plugin, release.canary, release.watch)
 
     def one_service(self, s: Session, state: HostState, name: str) -> Release:
         return Release(make_plan([name], state, {}, force=True), {}, [[name]])

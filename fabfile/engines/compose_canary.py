@@ -66,7 +66,7 @@ class CanaryRun:
     def steps(self) -> None:
         """Every step, judged every second; raises CanaryBreach (the tier is undone by the caller)."""
         s, conv = self.s, self.conv
-        log = f"/tmp/zdd-canary-{self.run_id}-{int(time.time() * 1000)}.log"
+        log = self.routing.log
         every_new = [a for n in self.services for a in self.new_addrs[n]]
         conv.send(f"canary {log} {UPSTREAM_FIELD} {','.join(every_new)}")
         conv.send(self.routing.load_line("back", self.routing.config(hold=every_new)))
@@ -76,7 +76,7 @@ class CanaryRun:
                 weights = {n: (self.new_ips[n], percent) for n in self.services}
                 s.report.proxy_loaded()
                 self.weighted = True
-                conv.send(self.routing.load_line(f"weigh {percent}", self.routing.canary_config(weights, log)))
+                conv.send(self.routing.load_line(f"weigh {percent}", self.routing.config(weights)))
                 self.until(("weighted",), SWITCH_WAIT)
                 started = self._judge()
                 clock.begin(time.monotonic(), started)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from .. import commands as cmds
 from .. import steps
 from ..config import DRAIN_MARGIN, HEALTH_MARGIN, PIN_WAIT, RESTORE_MARGIN, STOP_GRACE, SWITCH_WAIT, UNDO_WAIT
-from ..config_model import CanaryConfig
+from ..config_model import CanaryConfig, WatchConfig
 from ..locking import Held
 from ..plan import HOOK_LABEL, HostState, ServicePlan
 from ..proxy import STREAM_CLOSE_DELAY_SINCE, Routing, caddy_version
@@ -38,6 +38,7 @@ from ..session import Session
 from .compose_canary import CanaryRun
 
 NO_CANARY = CanaryConfig()  # switch at once
+NO_WATCH = WatchConfig()  # retire the old containers once drained
 
 
 @dataclass
@@ -67,8 +68,10 @@ class ComposeRollout:
         held: Held,
         plugin: bool = False,
         canary: CanaryConfig = NO_CANARY,
+        watch: WatchConfig = NO_WATCH,
     ):
-        self.s, self.r, self.host, self.state, self.plugin, self.canary = s, s.r, s.host, state, plugin, canary
+        self.s, self.r, self.host, self.state, self.plugin = s, s.r, s.host, state, plugin
+        self.canary, self.watch = canary, watch
         self.lock = held  # the run's lock: its id, its pending journal lines (the plan)
         held.prune = any(p.roll for p in plans)
         self.plans = {p.name: p for p in plans}
@@ -77,7 +80,8 @@ class ComposeRollout:
         if state.proxy and state.proxy_config is not None and self.host.proxy.drain:
             keeps_streams = caddy_version(state.proxy_version) >= STREAM_CLOSE_DELAY_SINCE
             delay = self.host.proxy.stream_close_delay if keeps_streams else ""
-            self.routing = Routing(state.proxy_config, state.proxy_networks, delay)
+            log = f"/tmp/zdd-{held.run}.log" if canary.steps or watch.seconds else ""  # in the proxy container
+            self.routing = Routing(state.proxy_config, state.proxy_networks, delay, log)
         self.pinned = False
         self.loaded = False  # a config of ours went into the proxy: restore its file at the end
         self.open: list[TierRun] = []  # tiers past their switch, still draining
@@ -362,7 +366,8 @@ class ComposeRollout:
             # the old containers go once drained (up to drain_timeout), then stopped (their stop grace)
             grace = max((self.host.service(n).stop_timeout or STOP_GRACE for n in self.plans), default=STOP_GRACE)
             grace += self.host.proxy.drain_timeout + RESTORE_MARGIN
-            cmd = cmds.restore(self.host, self.state.key, self.state.proxy or "", self.retiring, detach, grace)
+            log = self.routing.log if self.routing else ""
+            cmd = cmds.restore(self.host, self.state.key, self.state.proxy or "", self.retiring, detach, grace, log)
             res = self.r.change(cmd, check=False)
             rec.detail = (res.stdout.strip().splitlines() or [res.first_error_line()])[-1]
             if res.ok:

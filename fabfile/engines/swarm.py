@@ -43,7 +43,7 @@ from typing import Any
 
 from .. import commands_swarm as swarm_cmds
 from .. import locking, steps
-from ..config_model import CanaryConfig
+from ..config_model import CanaryConfig, WatchConfig
 from ..history import journal_lines
 from ..locking import Held
 from ..plan import image_table, short_image
@@ -103,9 +103,9 @@ class SwarmEngine:
             s.notes.extend(notes)
         return state
 
-    def check_canary(self, s: Session, state: StackState, canary: CanaryConfig) -> None:
-        if canary.steps:
-            raise BadInput("canary steps are not available with engine swarm (Swarm's own routing moves the tasks)")
+    def check_guard(self, s: Session, state: StackState, canary: CanaryConfig, watch: WatchConfig) -> None:
+        if canary.steps or watch.seconds:
+            raise BadInput("canary steps and a watch are not available with engine swarm (Swarm moves the tasks)")
 
     # --- getting ready -------------------------------------------------------------------
     def prepare(self, s: Session) -> None:

@@ -80,10 +80,6 @@ canary_stats() {  # canary_stats LOG FIELD: print "stats ADDR ANSWERS 5XX B1..B1
     [ -e "$tmp/canary.counts" ] && while IFS= read -r l; do say "stats $l"; done < "$tmp/canary.counts"
     say "stats-end"
 }
-canary_cleanup() {  # canary_cleanup LOG: the canary's log, no longer written (the config loaded since has none)
-    [ -n "$1" ] || return 0
-    run docker exec "$proxy" rm -f "$1" >/dev/null 2>&1 || true
-}
 # shellcheck disable=SC2016 # awk's own $ fields
 canary_awk='
 BEGIN { n = split("5 10 25 50 100 250 500 1000 2500 5000 10000", edge, " ") + 1; key = "\"" field "\": *\"" }

@@ -1,4 +1,4 @@
-# restore.sh MODE KEY PROXY CONFIG TIMEOUT [OLD_ID...]
+# restore.sh MODE KEY PROXY CONFIG TIMEOUT LOG [OLD_ID...]
 # (run on the host by zdd, after lib.sh, as `sh -c 'LIB SCRIPT' restore.sh ARGS...`; stdin: nothing)
 #
 # The end of a deploy: wait until the old containers are gone (Docker's DNS answers with a
@@ -6,10 +6,12 @@
 # the proxy's config file (name-based upstreams again). MODE "wait" does it in the
 # foreground; "detach" hands it to a background job that takes over the project's deploy lock
 # (its pid is recorded, so the next deploy waits for it or, if it died, takes the lock over)
-# and returns at once. Prints one final line; exit 0 when restored. Explain mode (lib.sh): the
+# and returns at once. LOG ("-": none) is the access log zdd's configs wrote in the proxy
+# container (canary steps, the watch): removed once the reload has closed it.
+# Prints one final line; exit 0 when restored. Explain mode (lib.sh): the
 # wait and the reload, in the foreground, and the final line of a success.
-mode=$1 key=$2 proxy=$3 config=$4 timeout=$5
-shift 5
+mode=$1 key=$2 proxy=$3 config=$4 timeout=$5 access_log=$6
+shift 6
 lock=$zdd/locks/$key
 reload() {
     case "$config" in
@@ -33,6 +35,7 @@ restore() {
     elif out=$(reload 2>&1); then
         echo "restored $config after ${waited}s"
         rc=0
+        [ "$access_log" = - ] || run docker exec "$proxy" rm -f "$access_log" >/dev/null 2>&1 || true
     else
         echo "reload of $config failed: $(last "$out")"
         rc=1

@@ -313,7 +313,6 @@ back_out() {  # a canary's share of the traffic back to the old containers; the 
     weighted=''
     # shellcheck disable=SC2086 # addresses, one word each
     drain_wait $back_addrs
-    canary_cleanup "$canary_log"
     say "note the canary's traffic is back on the old containers; the new ones drained $result"
 }
 IFS= read -r line || line=abort
@@ -356,8 +355,7 @@ case "$line" in
             undo "failed cannot switch the proxy: new containers removed"
             exit 1
         fi
-        say "switched"
-        canary_cleanup "$canary_log" ;;
+        say "switched" ;;
     *) back_out; undo "failed aborted before the switch: new containers removed"; exit 3 ;;
 esac
 pause_at after-switch
