@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .command import Command, Stdin, host_program, host_script, quote_path  # noqa: F401  (used by callers too)
 from .config import JOURNAL_TAIL, HostConfig
+from .plan import HOOK_LABEL, ServicePlan
 
 # --- docker compose -----------------------------------------------------------------------
 
@@ -232,6 +233,16 @@ class TierService:
     old: tuple[str, ...]  # short ids of the running containers it replaces
     held: tuple[str, ...]  # proxy upstream addresses to watch drain (name:port, ip:port)
     hook: str = ""  # the user's pre-stop hook, run in each old container before it stops
+
+    @classmethod
+    def of(cls, host: HostConfig, p: ServicePlan, held: list[str], plugin: bool) -> TierService:
+        """A service's plan as tier.sh takes it (``plugin``: docker-rollout starts it)."""
+        svc = host.service(p.name)
+        hook, target = svc.pre_stop_hook, p.target
+        if plugin and p.old:
+            hook = hook or p.old[0].labels.get(HOOK_LABEL, "")
+            target = len(p.old)  # docker-rollout doubles the running count
+        return cls(p.name, target, svc.health_timeout, svc.stop_timeout, tuple(c.id for c in p.old), tuple(held), hook)
 
     def args(self) -> tuple[str, ...]:
         return (

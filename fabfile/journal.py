@@ -152,10 +152,13 @@ def parse(text: str) -> list[Run]:
             for t in run.tiers:
                 if t.pid == str(ev.get("pid", "")):
                     t.new = _list(ev.get("ids"))
-        elif kind in ("switched", "undone", "retired"):
+        elif kind in ("switched", "undone", "retired", "returned"):
             for t in run.tiers:
                 if t.pid == str(ev.get("pid", "")):
-                    setattr(t, kind, True)
+                    if kind == "returned":  # a watch sent the traffic back: the new ones are to go
+                        t.switched = False
+                    else:
+                        setattr(t, kind, True)
     return [r for r in runs.values() if r.start]
 
 

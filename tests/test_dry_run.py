@@ -135,7 +135,7 @@ def test_dry_run_plan_in_order(deployed):
         (
             "would run:",
             "sh -c '<fabfile/remote/restore.sh>' restore.sh detach project cad000000000 "
-            "/etc/caddy/Caddyfile 100 a00000000000 c00000000000 e00000000000 100000000000",
+            "/etc/caddy/Caddyfile 100 - a00000000000 c00000000000 e00000000000 100000000000",
         ),
         # the end of the run: journal, keep tags of the new images, prune; no holder to release
         (

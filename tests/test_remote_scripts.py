@@ -582,6 +582,57 @@ def test_tier_after_a_canary_step_goes_back_to_the_old_containers_before_removin
     assert '"event": "canary-breach"' in journal and '"event": "undone"' in journal
 
 
+def watched_tier(host: Host, after: list[str]) -> tuple[subprocess.CompletedProcess, list[str], str, str]:
+    """A tier switched with a watch, then zdd's ``after`` lines; its output, the loads, pin and switch."""
+    routing = Routing(sandbox_caddy_config(), (PROXY_NETWORK,), log="/tmp/c.log")
+    held = routing.held_for("server", ["172.18.0.5"])
+    routing.route("server", ["172.18.0.5"], held)
+    pin = routing.load_line("pin")
+    routing.route("server", [NEW_IP], held)
+    routing.logged.append("server")
+    switch = routing.load_line("switch")
+    host.set(
+        "upstreams",
+        f'[{{"address": "server:8080", "num_requests": 0}}, {{"address": "172.18.0.5:8080", "num_requests": 0}},'
+        f'{{"address": "{NEW_IP}:8080", "num_requests": 0}}]',
+    )
+    host.set("access.log", access(f"{NEW_IP}:8080", 500) + "\n")
+    lines_in = [pin, f"canary /tmp/c.log zdd_upstream {NEW_IP}:8080", "watch", switch, *after]
+    res = host.run(tier(host, tuple(held)), stdin="\n".join(lines_in) + "\n")
+    loads = (host.stub / "loads").read_text().splitlines()
+    return res, loads, pin[len("pin ") :], switch[len("switch ") :]
+
+
+def journal_tiers(host: Host) -> list[journal.Tier]:
+    text = (host.home / ".zdd" / "journal" / f"{host.key}.jsonl").read_text()
+    return journal.parse(json.dumps({"run": RUN, "event": "start"}) + "\n" + text)[0].tiers
+
+
+def test_a_watched_tier_holds_its_old_containers_then_goes_back_to_them_on_return(host):
+    ret = "return " + json.dumps({"apps": {}})
+    res, loads, pin, switch = watched_tier(host, ["stats", ret])
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = lines(res)
+    i = out.index("watching")
+    assert out[i - 1].startswith("drained ") and out[i - 2] == "switched"
+    assert out[i + 1 : i + 3] == [f"stats {NEW_IP}:8080 1 1 1 0 0 0 0 0 0 0 0 0 0 0", "stats-end"]
+    assert out[i + 3] == "returning" and out[-1].startswith("returned: the new containers drained after ")
+    assert loads == [pin, switch, '{"apps": {}}']
+    calls = host.calls()
+    assert f"rm --force {NEW[:12]}" in calls and not any(OLD[:12] in c and c.startswith(("stop", "rm")) for c in calls)
+    (t,) = journal_tiers(host)
+    assert (t.switched, t.undone, t.retired) == (False, True, False)  # the next run sees a tier undone
+
+
+@pytest.mark.parametrize("after", [["retire"], []])  # zdd's clean watch, or zdd gone
+def test_a_watched_tier_retires_its_old_containers_after_the_watch(host, after):
+    res, loads, pin, switch = watched_tier(host, after)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert lines(res)[-2:] == ["watching", "retired"]
+    assert eventually(lambda: f"rm {OLD[:12]}" in host.calls())
+    assert not any(NEW[:12] in c and c.startswith(("stop", "rm")) for c in host.calls())
+
+
 def test_tier_drain_leaves_long_lived_streams_to_the_stop(host):
     """Websockets stay in flight: once the count stops falling for stream_grace, the drain ends
     (the old containers' stop closes them) instead of sitting out drain_timeout."""

@@ -96,7 +96,7 @@ class CanaryRun:
 
     def _judge(self) -> dict[str, int]:
         """Read the counts, judge each service; the new containers' answers by service."""
-        stats = self._stats()
+        stats = read_stats(self.s, self.conv, self.label)
         for n in self.services:
             new, old = total(stats, self.new_addrs[n]), total(stats, self.old_addrs[n])
             self.last[n] = new
@@ -107,22 +107,6 @@ class CanaryRun:
 
     def _figures(self) -> str:
         return "; ".join(f"{n} new {c.total} answers, {c.errors} 5xx" for n, c in self.last.items())
-
-    def _stats(self) -> dict[str, Counts]:
-        self.conv.send("stats")
-        lines: list[str] = []
-        deadline = time.monotonic() + STATS_WAIT
-        while time.monotonic() < deadline:
-            line = self.conv.readline(1.0)
-            if line is None:
-                raise StepFailed(f"{self.label}: the host-side rollout ended during the canary")
-            if line == "stats-end":
-                return parse_stats(lines)
-            if line.startswith("stats "):
-                lines.append(line)
-            elif line.startswith("note "):
-                self.s.r.note(line[len("note ") :])
-        raise StepFailed(f"{self.label}: no canary counts from the host within {STATS_WAIT} s")
 
     def _breach(self, service: str, breach: str, new: Counts, old: Counts) -> None:
         event = {
@@ -140,3 +124,21 @@ class CanaryRun:
         raise CanaryBreach(
             f"canary: {breach}; its traffic went back to the old containers and the new ones were removed"
         )
+
+
+def read_stats(s: Session, conv: Conversation, label: str) -> dict[str, Counts]:
+    """Ask tier.sh for the counts of the proxy's access log, per upstream address."""
+    conv.send("stats")
+    lines: list[str] = []
+    deadline = time.monotonic() + STATS_WAIT
+    while time.monotonic() < deadline:
+        line = conv.readline(1.0)
+        if line is None:
+            raise StepFailed(f"{label}: the host-side rollout ended while zdd judged its new containers")
+        if line == "stats-end":
+            return parse_stats(lines)
+        if line.startswith("stats "):
+            lines.append(line)
+        elif line.startswith("note "):
+            s.r.note(line[len("note ") :])
+    raise StepFailed(f"{label}: no counts of the proxy's log from the host within {STATS_WAIT} s")

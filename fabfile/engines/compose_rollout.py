@@ -31,11 +31,12 @@ from .. import steps
 from ..config import DRAIN_MARGIN, HEALTH_MARGIN, PIN_WAIT, RESTORE_MARGIN, STOP_GRACE, SWITCH_WAIT, UNDO_WAIT
 from ..config_model import CanaryConfig, WatchConfig
 from ..locking import Held
-from ..plan import HOOK_LABEL, HostState, ServicePlan
-from ..proxy import STREAM_CLOSE_DELAY_SINCE, Routing, caddy_version
+from ..plan import HostState, ServicePlan
+from ..proxy import STREAM_CLOSE_DELAY_SINCE, UPSTREAM_FIELD, Routing, caddy_version
 from ..runner import CommandResult, Conversation, StepFailed
 from ..session import Session
 from .compose_canary import CanaryRun
+from .compose_watch import Watch, WatchBreach
 
 NO_CANARY = CanaryConfig()  # switch at once
 NO_WATCH = WatchConfig()  # retire the old containers once drained
@@ -54,6 +55,8 @@ class TierRun:
     new_ips: dict[str, list[str]] = field(default_factory=dict)
     switched: bool = False
     ended: CommandResult | None = None
+    watched: list[str] = field(default_factory=list)  # its services the watch judges after the last switch
+    drained: str = ""  # its drain, as the host said it (before the watch)
 
 
 class ComposeRollout:
@@ -132,29 +135,12 @@ class ComposeRollout:
         return self.routing.load_line(word)
 
     # --- one tier ------------------------------------------------------------------------
-    def _spec(self, p: ServicePlan) -> cmds.TierService:
-        svc = self.host.service(p.name)
-        hook = svc.pre_stop_hook
-        target = p.target
-        if self.plugin and p.old:
-            hook = hook or p.old[0].labels.get(HOOK_LABEL, "")
-            target = len(p.old)  # docker-rollout doubles the running count
-        return cmds.TierService(
-            p.name,
-            target,
-            svc.health_timeout,
-            svc.stop_timeout,
-            tuple(c.id for c in p.old),
-            tuple(self.drain_addrs.get(p.name, [])),
-            hook,
-        )
-
     def tier(self, names: list[str]) -> None:
         """Replace the containers of these services (one tier) with zero downtime."""
         plans = [self.plans[n] for n in names if self.plans[n].roll]
         if not plans:
             return
-        specs = [self._spec(p) for p in plans]
+        specs = [cmds.TierService.of(self.host, p, self.drain_addrs.get(p.name, []), self.plugin) for p in plans]
         cmd = cmds.tier(
             self.host,
             self.plugin,
@@ -188,6 +174,7 @@ class ComposeRollout:
                 canary = self._canary(run)
                 if canary is not None:
                     canary.steps()
+                self._watch_line(run)
                 run.conv.send(self._switch_line(run))
                 self._until(run, ("switched",), SWITCH_WAIT)
                 run.switched = True
@@ -202,7 +189,7 @@ class ComposeRollout:
 
     def _canary(self, run: TierRun) -> CanaryRun | None:
         """The tier's canary steps, for its services routed by the proxy that have old containers."""
-        names = [n for n in run.names if self._drains(n) and self.plans[n].old and run.new_ips.get(n)]
+        names = self._guarded(run)
         if not self.canary.steps or not names or self.routing is None:
             return None
         if self.r.dry_run:
@@ -214,6 +201,19 @@ class ComposeRollout:
         return CanaryRun(
             self.s, run.conv, lambda words, t: self._until(run, words, t), self.lock.run, self.routing, self.canary, ips
         )
+
+    def _guarded(self, run: TierRun) -> list[str]:
+        """The tier's services a canary or the watch can judge: routed by the proxy, with old containers."""
+        return [n for n in run.names if self._drains(n) and self.plans[n].old and run.new_ips.get(n)]
+
+    def _watch_line(self, run: TierRun) -> None:
+        """With a watch: tier.sh keeps the old containers after its drain, and the switch logs."""
+        run.watched = self._guarded(run) if self.watch.seconds and self.routing and not self.r.dry_run else []
+        if run.watched:
+            addrs = [f"{ip}:{p}" for n in run.watched for ip in run.new_ips[n] for p in self.routing.ports(n)]
+            run.conv.send(f"canary {self.routing.log} {UPSTREAM_FIELD} {','.join(addrs)}")
+            run.conv.send("watch")
+            self.routing.logged += run.watched
 
     def _until(self, run: TierRun, words: tuple[str, ...], timeout: float) -> str:
         """Read the host's lines until one starts with one of ``words`` (or ``failed``)."""
@@ -313,6 +313,9 @@ class ComposeRollout:
         if not self.open and not self.retiring and not self.needs_restore():
             self.s.report.skip(steps.proxy_step(self.s), "nothing rolled; the proxy runs its config file")
             return
+        watched = [run for run in self.open if run.watched]
+        if watched:
+            self._watch(watched)
         self.drain_reports(wait)
         if self.needs_restore():
             self.lock.handed_over = self.restore(detach=not wait)
@@ -343,9 +346,21 @@ class ComposeRollout:
                 )
         self.open = []
 
+    def _watch(self, runs: list[TierRun]) -> None:
+        """The watch; after a switch back, the restore waits for the new containers, not the old."""
+        old = {n: [self.routing.ip(c.networks) or "" for c in self.plans[n].old] for r in runs for n in r.watched}
+        try:
+            Watch(self.s, runs, self.routing, self.watch, old, self.lock.run, self.host.proxy.drain_timeout).watch()
+        except WatchBreach:
+            back = {c.id for r in runs for n in r.watched for c in self.plans[n].old}
+            self.retiring = [i for i in self.retiring if i not in back] + [
+                i for r in runs for n in r.watched for i in r.new[n]
+            ]
+            raise
+
     def _drained(self, run: TierRun, wait: bool) -> str:
         """The host's ``drained`` line for a tier (up to its ``retired``), or "" if not (yet) sent."""
-        drained, deadline = "", time.monotonic() + self.host.proxy.drain_timeout + DRAIN_MARGIN
+        drained, deadline = run.drained, time.monotonic() + self.host.proxy.drain_timeout + DRAIN_MARGIN
         while time.monotonic() < deadline:
             line = run.conv.readline(1.0 if wait else 0.05)
             if line is None or line.startswith("retired") or (not line and not wait):

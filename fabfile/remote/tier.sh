@@ -28,6 +28,11 @@
 #                                    load "back" first and wait until nothing is in flight to them
 #   we print  "switched", wait until the old addresses have nothing in flight at the proxy
 #             ("drained ..."), then retire the old containers in the background ("retired")
+#   with "watch" (sent before the switch) we print "watching" after the drain and hold the old
+#   containers: zdd sends "stats"..., then "retire" (or EOF: the new ones serve), or
+#             "return [JSON]"        journal "returned", load JSON (one tier does), print
+#                                    "returning", wait until nothing is in flight to the new
+#                                    containers, remove them, print "returned ..."
 #
 # OLD_IDS and HELD_ADDRS are comma-separated; STOP_TIMEOUT and HOOK may be empty. Before the
 # switch, SIGTERM or a dropped connection undoes the tier; after it, the old containers get
@@ -302,7 +307,7 @@ fi
 say "healthy after $(( $(date +%s) - start ))s"
 
 # --- 3. canary steps, then the switch; or back to the old containers and undo ------------------
-weighted='' canary_log='' canary_field='' back_addrs=''
+weighted='' canary_log='' canary_field='' back_addrs='' watching=''
 back_out() {  # a canary's share of the traffic back to the old containers; the new ones' in-flight finished
     [ -n "$weighted" ] || return 0
     if ! load back "$(cat "$tmp/back" 2>/dev/null)"; then
@@ -337,6 +342,7 @@ while :; do
             say "weighted $pct"
             pause_at in-canary ;;
         stats) canary_stats "$canary_log" "$canary_field" ;;
+        watch) watching=1 ;;  # after the drain, hold the old containers for zdd's watch
         *) break ;;
     esac
     IFS= read -r line || line=abort
@@ -367,6 +373,38 @@ each add_held
 # shellcheck disable=SC2086 # addresses, one word each
 drain_wait $addrs
 say "drained $result"
+
+# --- 5. the watch: the old containers wait, out of rotation, for zdd's verdict -----------------
+remove_returned() { [ -z "$old" ] || remove_new; }  # a service with no old containers keeps its new ones
+go_back() {  # go_back [JSON]: the traffic back to the old containers (JSON: this tier loads it); the new removed
+    journal_event returned || {
+        say "return-failed cannot write the journal $zdd/journal/$key.jsonl: the new containers keep the traffic"
+        exit 1
+    }
+    if [ -n "$1" ] && ! load return "$1"; then
+        journal_event switched
+        say "return-failed cannot load the config that sends the traffic back: the new containers keep it"
+        exit 1
+    fi
+    say "returning"
+    # shellcheck disable=SC2086 # addresses, one word each
+    drain_wait $back_addrs
+    each remove_returned
+    journal_event undone
+    say "returned: the new containers drained $result, then were removed"
+}
+if [ -n "$watching" ]; then
+    say "watching"
+    while IFS= read -r line; do  # until "retire", or zdd is gone (EOF): the new containers serve
+        case "$line" in
+            stats) canary_stats "$canary_log" "$canary_field" ;;
+            "journal "*) journal_line "${line#journal }" || say "note cannot write the journal $zdd/journal/$key.jsonl" ;;
+            "return "*) go_back "${line#return }"; exit 0 ;;
+            return) go_back ""; exit 0 ;;
+            *) break ;;
+        esac
+    done
+fi
 
 stop_old() {  # the user's hook in each old container of $name ($hook), then stop and remove them
     # shellcheck disable=SC2086 # container ids, one word each

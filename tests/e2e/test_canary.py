@@ -38,10 +38,20 @@ def test_a_good_release_is_seen_beside_the_old_during_the_steps_then_alone(settl
     old = sb.containers("server")[0].version
     new = sb.publish()
     probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
-    res = sb.fab("deploy", "--no-verify", "--json", str(tmp_path / "d.json"), env=env(tmp_path, True), timeout=400)
+    res = sb.fab(
+        "deploy",
+        "--no-verify",
+        "--watch",
+        "3",
+        "--json",
+        str(tmp_path / "d.json"),
+        env=env(tmp_path, True),
+        timeout=400,
+    )
     rc, out, report = probe.stop()
     text = res.stdout + res.stderr
     assert res.returncode == 0, text
+    assert "watch server, property, identity, profile-server" in text and "3 s clean: " in text, text
     assert rc == 0 and report["failures"] == 0, out
     steps = [
         s for s in json.loads((tmp_path / "d.json").read_text())["hosts"][0]["steps"] if s["name"].startswith("canary ")
@@ -110,3 +120,42 @@ def test_an_interruption_in_a_canary_step_sends_the_traffic_back_before_removing
     assert o.exits[0] != 0 and o.exits[-1] == 0, o.notes
     assert o.failed == 0 and o.requests > 100, f"{o.failed} of {o.requests} requests failed"
     assert o.containers == {svc: 1 for svc in sb.APPS} and o.versions_ok and o.lock_free
+
+
+WATCH = """
+[hosts.sandbox.watch]
+seconds = 30
+min_requests = 5
+max_error_rate = 0.01
+"""
+
+
+def test_a_release_that_fails_after_its_switch_is_switched_back_by_the_watch(settled, tmp_path):
+    """The new version passes its healthcheck and answers well for 6 s, then 500: the watch
+    after the switch sees it and sends the traffic straight back to the old containers, which
+    were kept running out of rotation; the new ones are removed."""
+    before = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
+    old = sb.containers("server")[0].version
+    sb.publish("--fail-after", "6")
+    try:
+        path = sb.hosts_file(tmp_path, extra=WATCH)
+        text = path.read_text().replace("[hosts.sandbox]\n", f"[hosts.sandbox]\nrollout = [{sb.APPS!r}]\n", 1)
+        path.write_text(text.replace("'", '"'))
+        probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
+        res = sb.fab("deploy", "--no-verify", env={"FABRIC_HOSTS_FILE": str(path)}, timeout=400)
+        rc, out, report = probe.stop()
+    finally:
+        sb.publish()  # :latest answers again for the tests after this one
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text
+    assert "watch: " in text and "answers from the new containers failed" in text, text
+    took = float(text.split("went back to the previous containers in ")[1].split(" s")[0])
+    assert took <= 5, text
+    for svc in sb.APPS:  # the very containers that served before, and nothing else
+        assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
+        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {old}") for _ in range(5))
+    assert report["failures"] > 0  # the breach itself, seen by clients
+    assert report["failures"] <= 0.25 * report["total"], (report["failures"], report["total"])
+    journal = sb.as_host_user("cat ~/.zdd/journal/*.jsonl").stdout
+    assert '"event":"watch-breach"' in journal and '"event": "returned"' in journal
+    assert sb.fab("status").returncode == 0
