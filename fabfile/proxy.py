@@ -286,15 +286,16 @@ class Routing:
         get a share (percent) of their requests (a canary step); ``hold``: more addresses kept
         visible. The weighted and the ``logged`` services' requests go to ``log``."""
         new = self.base
+        logged = self.logged + [n for n in weighted or {} if n not in self.logged]
+        if self.log and logged:  # while the upstreams still dial the services by name
+            new = with_access_log(new, logged, self.log)
         for service, ips in self.routes.items():
             if weighted and service in weighted:
                 new_ips, percent = weighted[service]
                 new = rewrite_weighted(new, service, ips, new_ips, percent)
             else:
                 new = rewrite_upstreams(new, service, ips)
-        new = hold_upstreams(new, self.held + [a for a in hold if a not in self.held])
-        logged = self.logged + [n for n in weighted or {} if n not in self.logged]
-        return with_access_log(new, logged, self.log) if self.log and logged else new
+        return hold_upstreams(new, self.held + [a for a in hold if a not in self.held])
 
     def load_line(self, word: str, config: dict | None = None) -> str:
         """``WORD JSON``: what tier.sh reads to load the current routing (or ``config``)."""

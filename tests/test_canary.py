@@ -221,6 +221,17 @@ def test_routing_builds_a_steps_config_and_a_way_back_holding_the_new_addresses(
     assert [u["dial"] for u in h["upstreams"]] == ["10.0.0.2:8080", "10.0.0.7:8080"]
     assert h["load_balancing"]["selection_policy"]["weights"] == [9, 1]
     assert step["logging"]["logs"]["zdd_canary"]["writer"]["filename"] == "/tmp/c.log"
+    assert step["apps"]["http"]["servers"]["srv0"]["logs"] == {}
+    (handlers,) = [
+        rt["handle"]
+        for route in step["apps"]["http"]["servers"]["srv0"]["routes"]
+        if "match" in route
+        for sub in route["handle"]
+        for rt in sub.get("routes", [])
+        if any(h.get("handler") == "log_append" for h in rt["handle"])
+    ]
+    assert [h["handler"] for h in handlers] == ["rewrite", "log_append", "reverse_proxy"]  # before the weighted one
+    assert [u["dial"] for u in handlers[2]["upstreams"]] == ["10.0.0.2:8080", "10.0.0.7:8080"]
     back = r.config(hold=["10.0.0.7:8080"])
     assert "logging" not in back
     assert [u["dial"] for u in proxies(back, "server")[0]["upstreams"]] == ["10.0.0.2:8080"]
