@@ -56,7 +56,6 @@ class TierRun:
     switched: bool = False
     ended: CommandResult | None = None
     watched: list[str] = field(default_factory=list)  # its services the watch judges after the last switch
-    drained: str = ""  # its drain, as the host said it (before the watch)
 
 
 class ComposeRollout:
@@ -360,7 +359,7 @@ class ComposeRollout:
 
     def _drained(self, run: TierRun, wait: bool) -> str:
         """The host's ``drained`` line for a tier (up to its ``retired``), or "" if not (yet) sent."""
-        drained, deadline = run.drained, time.monotonic() + self.host.proxy.drain_timeout + DRAIN_MARGIN
+        drained, deadline = "", time.monotonic() + self.host.proxy.drain_timeout + DRAIN_MARGIN
         while time.monotonic() < deadline:
             line = run.conv.readline(1.0 if wait else 0.05)
             if line is None or line.startswith("retired") or (not line and not wait):

@@ -31,7 +31,7 @@ class WatchBreach(StepFailed):
 
 
 class Watch:
-    """``runs``: the watched tiers (``.watched`` services, ``.conv``, ``.new_ips``, ``.drained``);
+    """``runs``: the watched tiers (``.watched`` services, ``.conv``, ``.new_ips``);
     ``old``: each watched service's old addresses; ``drain``: how long a tier may take to drain
     (its old containers after the switch, its new ones after a switch back)."""
 
@@ -60,10 +60,8 @@ class Watch:
     def watch(self) -> None:
         """Judge every second for ``seconds``; then let the tiers retire their old containers.
         Raises WatchBreach after switching back."""
-        for run in self.runs:  # each tier drains its old containers, then holds them: "watching"
-            deadline = time.monotonic() + self.drain + DRAIN_MARGIN
-            while time.monotonic() < deadline and (line := run.conv.readline(1.0)) not in (None, "watching"):
-                run.drained = line[len("drained ") :] if line and line.startswith("drained ") else run.drained
+        for run in self.runs:  # each tier holds its old containers, out of rotation: "watching"
+            expect(run.conv, "watching", SWITCH_WAIT, self.label)
         conv = self.runs[-1].conv
         with self.s.report.step(f"watch {self.label}") as rec:
             end = time.monotonic() + self.config.seconds

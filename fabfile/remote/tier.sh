@@ -28,8 +28,9 @@
 #                                    load "back" first and wait until nothing is in flight to them
 #   we print  "switched", wait until the old addresses have nothing in flight at the proxy
 #             ("drained ..."), then retire the old containers in the background ("retired")
-#   with "watch" (sent before the switch) we print "watching" after the drain and hold the old
-#   containers: zdd sends "stats"..., then "retire" (or EOF: the new ones serve), or
+#   with "watch" (sent before the switch) we print "watching" right after "switched" and hold the
+#   old containers: zdd sends "stats"..., then "retire" (or EOF: the new ones serve: we drain
+#   the old addresses and retire them), or
 #             "return [JSON]"        journal "returned", load JSON (one tier does), print
 #                                    "returning", wait until nothing is in flight to the new
 #                                    containers, remove them, print "returned ..."
@@ -370,9 +371,12 @@ pause_at after-switch
 addrs=
 add_held() { addrs="$addrs $(commas "$held")"; }
 each add_held
-# shellcheck disable=SC2086 # addresses, one word each
-drain_wait $addrs
-say "drained $result"
+drain_old() {
+    # shellcheck disable=SC2086 # addresses, one word each
+    drain_wait $addrs
+    say "drained $result"
+}
+[ -n "$watching" ] || drain_old  # with a watch, after it: the old containers may serve again
 
 # --- 5. the watch: the old containers wait, out of rotation, for zdd's verdict -----------------
 remove_returned() { [ -z "$old" ] || remove_new; }  # a service with no old containers keeps its new ones
@@ -404,6 +408,7 @@ if [ -n "$watching" ]; then
             *) break ;;
         esac
     done
+    drain_old
 fi
 
 stop_old() {  # the user's hook in each old container of $name ($hook), then stop and remove them
