@@ -87,6 +87,13 @@ def end_event(
     return event
 
 
+def breach_line(run: str, event: str, service: str, reason: str, **figures: object) -> str:
+    """A ``canary-breach`` or ``watch-breach`` event, as a line for the journal: why the release
+    was stopped, with its figures."""
+    ev = {"run": run, "t": int(time.time()), "event": event, "service": service, "reason": reason, **figures}
+    return json.dumps(ev, separators=(",", ":"))
+
+
 @dataclass
 class Tier:
     pid: str

@@ -192,23 +192,25 @@ def current_version() -> str:
     return sb.containers("server")[0].version
 
 
-def interrupted_at(point: str, how: str) -> Callable[[Outcome], None]:
-    def body(o: Outcome) -> None:
-        pause_at(point)
-        proc = start_deploy()
-        try:
-            if not wait_paused():
-                o.notes.append(f"never reached {point}")
-            interrupt(proc, how)
-            time.sleep(1)
-        finally:
-            resume()
-        rc, out = finish(proc)
-        o.exits.append(rc)
-        if "Traceback" in out:
-            o.notes.append("traceback")
+def interrupt_at(o: Outcome, point: str, how: str, *args: str) -> None:
+    """A deploy (with ``args``) interrupted by ``how`` while tier.sh waits at ``point``."""
+    pause_at(point)
+    proc = start_deploy(*args)
+    try:
+        if not wait_paused():
+            o.notes.append(f"never reached {point}")
+        interrupt(proc, how)
+        time.sleep(1)
+    finally:
+        resume()
+    rc, out = finish(proc)
+    o.exits.append(rc)
+    if "Traceback" in out:
+        o.notes.append("traceback")
 
-    return body
+
+def interrupted_at(point: str, how: str) -> Callable[[Outcome], None]:
+    return lambda o: interrupt_at(o, point, how)
 
 
 def canary_interrupted(how: str) -> Callable[[Outcome], None]:
@@ -217,24 +219,12 @@ def canary_interrupted(how: str) -> Callable[[Outcome], None]:
 
     def body(o: Outcome) -> None:
         old = current_version()
-        pause_at("in-canary")
-        proc = start_deploy("--canary", "10")
-        try:
-            if not wait_paused():
-                o.notes.append("never reached in-canary")
-            interrupt(proc, how)
-            time.sleep(1)
-        finally:
-            resume()
-        rc, out = finish(proc)
-        o.exits.append(rc)
+        interrupt_at(o, "in-canary", how, "--canary", "10")
         left = {
             svc: sorted({c.version for c in sb.containers(svc, all_states=True) if not is_job(c)}) for svc in sb.APPS
         }
         back = all(v == [old] for v in left.values())
         o.notes.append(f"after the interruption {'only the old version ran' if back else f'ran {left}'}")
-        if "Traceback" in out:
-            o.notes.append("traceback")
 
     return body
 

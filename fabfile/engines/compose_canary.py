@@ -14,13 +14,13 @@ untouched.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
 from ..canary import Counts, Steps, judge, parse_stats, total
 from ..config_limits import SWITCH_WAIT
 from ..config_model import CanaryConfig
+from ..journal import breach_line
 from ..proxy import UPSTREAM_FIELD, Routing
 from ..runner import Conversation, StepFailed
 from ..session import Session
@@ -109,17 +109,16 @@ class CanaryRun:
         return "; ".join(f"{n} new {c.total} answers, {c.errors} 5xx" for n, c in self.last.items())
 
     def _breach(self, service: str, breach: str, new: Counts, old: Counts) -> None:
-        event = {
-            "run": self.run_id,
-            "t": int(time.time()),
-            "event": "canary-breach",
-            "service": service,
-            "reason": breach,
-            "new": {"answers": new.total, "5xx": new.errors, "p95_ms": new.p95_ms()},
-            "old": {"answers": old.total, "5xx": old.errors, "p95_ms": old.p95_ms()},
-            "max_error_rate": self.config.max_error_rate,
-        }
-        self.conv.send("journal " + json.dumps(event, separators=(",", ":")))
+        line = breach_line(
+            self.run_id,
+            "canary-breach",
+            service,
+            breach,
+            new={"answers": new.total, "5xx": new.errors, "p95_ms": new.p95_ms()},
+            old={"answers": old.total, "5xx": old.errors, "p95_ms": old.p95_ms()},
+            max_error_rate=self.config.max_error_rate,
+        )
+        self.conv.send("journal " + line)
         self.s.report.proxy_loaded()  # the way back
         raise CanaryBreach(
             f"canary: {breach}; its traffic went back to the old containers and the new ones were removed"

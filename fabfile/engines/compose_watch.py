@@ -11,13 +11,13 @@ half way is finished by the next one as a tier that never switched.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from ..canary import Counts, judge, total
 from ..config_limits import DRAIN_MARGIN, SWITCH_WAIT
 from ..config_model import CanaryConfig, WatchConfig
+from ..journal import breach_line
 from ..proxy import Routing
 from ..runner import Conversation, StepFailed
 from ..session import Session
@@ -94,17 +94,16 @@ class Watch:
     def switch_back(self, service: str, breach: str) -> None:
         t0 = time.monotonic()
         new = self.last[service]
-        event = {
-            "run": self.run_id,
-            "t": int(time.time()),
-            "event": "watch-breach",
-            "service": service,
-            "reason": breach,
-            "new": {"answers": new.total, "5xx": new.errors},
-            "max_error_rate": self.config.max_error_rate,
-        }
+        line = breach_line(
+            self.run_id,
+            "watch-breach",
+            service,
+            breach,
+            new={"answers": new.total, "5xx": new.errors},
+            max_error_rate=self.config.max_error_rate,
+        )
         first = self.runs[0]
-        first.conv.send("journal " + json.dumps(event, separators=(",", ":")))
+        first.conv.send("journal " + line)
         for n, (old, _) in self.ips.items():
             self.routing.route(n, old)
         every_new = [a for addrs in self.new_addrs.values() for a in addrs]
