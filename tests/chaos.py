@@ -220,10 +220,16 @@ def canary_interrupted(how: str) -> Callable[[Outcome], None]:
     def body(o: Outcome) -> None:
         old = current_version()
         interrupt_at(o, "in-canary", how, "--canary", "10")
-        left = {
-            svc: sorted({c.version for c in sb.containers(svc, all_states=True) if not is_job(c)}) for svc in sb.APPS
-        }
-        back = all(v == [old] for v in left.values())
+        deadline = time.monotonic() + 30  # with the client gone, the host goes back on its own
+        while True:
+            left = {
+                svc: sorted({c.version for c in sb.containers(svc, all_states=True) if not is_job(c)})
+                for svc in sb.APPS
+            }
+            back = all(v == [old] for v in left.values())
+            if back or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         o.notes.append(f"after the interruption {'only the old version ran' if back else f'ran {left}'}")
 
     return body
