@@ -192,7 +192,12 @@ def recover(s: Session, state: Any, own: str, survey: Callable[[Session], Any]) 
     """Finish or undo what interrupted runs (other than ``own``, the run now holding the lock)
     left half done, from the journal lines the survey read; the state read again afterwards
     (by ``survey``). Nothing to do: the same state, no round trip."""
-    runs = [r for r in journal.parse(state.journal) if r.end is None and r.run != own]
+    others = [r for r in journal.parse(state.journal) if r.run != own]
+    runs = [r for r in others if r.end is None]
+    # the last run may have ended with a tier the host had not finished: its connection dropped
+    # as the tier switched (its client never heard it), or its tier.sh still drains and retires
+    if others and others[-1].end is not None and any(not t.finished for t in others[-1].tiers):
+        runs.append(others[-1])
     if not runs:
         return state
     for prev in runs:  # oldest first: a run that died while recovering leaves two
@@ -200,7 +205,8 @@ def recover(s: Session, state: Any, own: str, survey: Callable[[Session], Any]) 
             tiers = [(t.pid, t.switched, t.services, t.old, t.new, t.t) for t in prev.tiers if not t.finished]
             res = s.r.change(cmds.recover(s.host, state.key, prev.run, tiers), "recovering", check=False)
             done = res.stdout.strip().splitlines()
-            rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) was interrupted" + (
+            what = "was interrupted" if prev.end is None else "left a tier to the host"
+            rec.detail = f"run {prev.run} ({prev.kind}, {prev.start.get('who', '?')}) {what}" + (
                 "; " + "; ".join(done) if done else "; nothing was half done"
             )
             if not res.ok:

@@ -171,7 +171,7 @@ def under_load(name: str, tmp: Path, body: Callable[[Outcome], str | None], publ
     sb.stack_settle()
     o = Outcome(name)
     version = sb.publish() if publish else ""
-    probe = sb.Verify("--host", "sandbox", json_path=tmp / f"{name.replace(' ', '_')}.json")
+    probe = sb.Verify("--host", "sandbox", json_path=tmp / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.json")
     try:
         version = body(o) or version
         text = converge(o)

@@ -197,6 +197,42 @@ def test_deploy_recovers_an_interrupted_run_then_surveys_again():
     assert fake.tiers == [] and out.getvalue().count("skip, unchanged") == 4
 
 
+def test_a_run_that_ended_with_a_tier_it_never_heard_switch_is_finished_by_the_next():
+    """Its SSH connection dropped as its first tier switched: its client unwound as if before the
+    switch and wrote its end, while the host's tier.sh went on. The next deploy recovers that tier
+    (waits for the tier.sh, or retires the old containers) before it plans; runs before it are not
+    looked at again."""
+    dropped = run_events(
+        R1,
+        tiers=[(4241, ["server", "property"], [OLD["server"], OLD["property"]], ("new", "switched"))],
+        result="failed",
+    )
+    older = run_events("20240101-000000-1", tiers=[(11, ["identity"], [OLD["identity"]], ("new", "switched"))])
+    fake = deploy_host(
+        [survey_head(sandbox_survey(), journal=older + dropped), sandbox_survey()],
+        (
+            "recover.sh",
+            ok("recovered server,property: waited for its tier.sh to drain and retire the old containers\n"),
+        ),
+    )
+    s, out = fake_session(fake)
+    deploy(s)
+    recover = fake.calls[fake.index("recover.sh")].command
+    assert f"recover.sh project {R1} 1 4241 1 server,property " in recover
+    assert fake.index("recover.sh") < fake.index("pull.sh") and out.getvalue().count("recover") >= 1
+    assert len([c for c in fake.calls if "recover.sh" in c.command]) == 1  # not the older run
+    rec = next(r for r in s.report.steps if r.name == "recover")
+    assert rec.detail.startswith(f"run {R1} (deploy, alice@laptop) left a tier to the host; recovered server,property")
+
+
+def test_a_run_that_ended_with_every_tier_finished_is_left_alone():
+    done = run_events(R1, tiers=[(4241, ["server"], [OLD["server"]], ("new", "switched", "retired"))], result="ok")
+    fake = deploy_host(survey_head(sandbox_survey(), journal=done))
+    s, out = fake_session(fake)
+    deploy(s)
+    assert not fake.seen("recover.sh")
+
+
 def test_a_failed_recovery_fails_the_deploy_and_releases_the_lock():
     fake = deploy_host(
         survey_head(sandbox_survey(), journal=interrupted_run()),

@@ -937,6 +937,22 @@ def test_recover_dead_tiers_removes_the_new_or_the_old_containers(host):
     assert not any(c.startswith(("stop", "rm")) and (OLD[:12] in c or "b" * 12 in c) for c in calls)
 
 
+def test_recover_journals_each_tier_it_finished_and_keeps_the_result_of_a_run_that_ended(host):
+    """A run whose client wrote its end (its connection dropped as a tier switched): the tier is
+    journaled retired (so no later run recovers it again), and the run keeps its own result."""
+    ended = json.dumps({"run": RUN, "t": 1, "event": "end", "result": "failed"})
+    (host.home / ".zdd" / "journal").mkdir(parents=True, exist_ok=True)
+    (host.home / ".zdd" / "journal" / f"{host.key}.jsonl").write_text(ended + "\n")
+    pid = str(dead_pid())
+    res = host.run(cmds.recover(host.config, host.key, RUN, [(pid, True, ["identity"], ["a" * 12], [], 0)]))
+    assert res.returncode == 0, res.stdout + res.stderr
+    events = host.journal()
+    assert [(e["event"], str(e.get("pid"))) for e in events] == [("end", "None"), ("retired", pid)]
+    assert journal.parse(json.dumps({"run": RUN, "event": "start"}) + "\n" + "\n".join(map(json.dumps, events)))[
+        0
+    ].end == {"run": RUN, "t": 1, "event": "end", "result": "failed"}
+
+
 DUMMY_TIER = {
     False: 'trap "exit 0" TERM; while :; do sleep 0.1; done',  # stopped by SIGTERM
     True: 'trap "" TERM; i=0; while [ $i -lt 5 ]; do sleep 0.1; i=$((i+1)); done',

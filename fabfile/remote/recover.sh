@@ -1,8 +1,9 @@
 # recover.sh KEY RUN N [PID SWITCHED SERVICES OLD_IDS NEW_IDS SINCE]xN COMPOSE_FLAGS...
 # (run on the host by zdd in the project directory, after lib.sh, as `sh -c 'LIB SCRIPT' recover.sh ARGS...`)
 #
-# Finishes or undoes the tiers of an interrupted run RUN (from the project's journal), so that
-# every service is left with one whole set of containers:
+# Finishes or undoes the tiers of an interrupted run RUN (from the project's journal), or the
+# tiers a run that ended left unfinished (its connection dropped as a tier switched: its client
+# never heard "switched"), so that every service is left with one whole set of containers:
 #   - a tier.sh still running before its switch is stopped (SIGTERM: it removes what it started);
 #     one still running after its switch is waited for (it drains and retires on its own);
 #   - a tier.sh that died before its switch: the containers it started are removed (the old
@@ -76,7 +77,18 @@ recover_tier() {
         fi
     fi
     echo "recovered $services: $what"
+    case "$what" in  # a tier finished here is journaled so (tier.sh journals its own end)
+        removed* | "nothing was started") journal_tier undone ;;
+        "stopped the old containers"* | "the old containers were already gone") journal_tier retired ;;
+    esac
 }
+journal_tier() {
+    journal_line "$(printf '{"run": "%s", "t": %s, "event": "%s", "pid": %s, "recovered_by": %s}' \
+        "$run_id" "$(date +%s)" "$1" "$pid" "$$")"
+}
+# a run that ended (its client wrote its end, not knowing what the host still did) keeps its result
+ended=
+grep -F "\"run\": \"$run_id\"" "$zdd/journal/$key.jsonl" 2>/dev/null | grep -F '"event": "end"' >/dev/null && ended=1
 while read -r pid switched services old new_ids since <&9; do
     [ -n "$pid" ] || continue
     [ "$switched" != - ] || switched=
@@ -87,5 +99,6 @@ while read -r pid switched services old new_ids since <&9; do
 done 9<<TIERS
 $tiers
 TIERS
-journal_line "$(printf '{"run": "%s", "t": %s, "event": "end", "result": "interrupted", "recovered_by": "%s"}' \
-    "$run_id" "$(date +%s)" "$$")"
+[ -n "$ended" ] ||
+    journal_line "$(printf '{"run": "%s", "t": %s, "event": "end", "result": "interrupted", "recovered_by": "%s"}' \
+        "$run_id" "$(date +%s)" "$$")"

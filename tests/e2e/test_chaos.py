@@ -26,7 +26,13 @@ def test_a_compose_run_job_runs_through_a_deploy_untouched(settled, tmp_path):
 
 @pytest.mark.parametrize(
     "point, how",
-    [("in-switch", "SIGTERM"), ("after-start", "SIGKILL"), ("in-drain", "ssh-drop"), ("after-switch", "Ctrl-C")],
+    [
+        ("in-switch", "SIGTERM"),
+        ("in-switch", "ssh-drop"),
+        ("after-start", "SIGKILL"),
+        ("in-drain", "ssh-drop"),
+        ("after-switch", "Ctrl-C"),
+    ],
 )
 def test_an_interruption_at_a_point_of_the_tier_never_removes_what_serves(settled, tmp_path, point, how):
     o = chaos.under_load(f"{how} at {point}", tmp_path, chaos.interrupted_at(point, how))
