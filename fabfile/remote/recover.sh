@@ -33,13 +33,26 @@ wait_gone() {  # wait_gone PID SECONDS
     while alive "$1" && [ "$n" -lt "$(($2 * 5))" ]; do nap; n=$((n + 1)); done  # nap_seconds: 0.2
     ! alive "$1"
 }
+old_gone() {  # old_gone SECONDS: until the tier's old containers are gone (tier.sh stops them in the background)
+    explain wait "gone: $(commas "$old") up to $1 s"
+    [ -z "$explaining" ] || return 0
+    n=0
+    for id in $(commas "$old"); do
+        while docker inspect --format . "$id" >/dev/null 2>&1; do
+            [ "$n" -lt "$(($1 * 5))" ] || return 1
+            nap
+            n=$((n + 1))
+        done
+    done
+}
 recover_tier() {
     if alive "$pid"; then
         if [ -z "$switched" ]; then
             run kill -TERM "$pid" 2>/dev/null
             if wait_gone "$pid" "$stop_wait"; then what="stopped its tier.sh (it removed the new containers)"
             else what="its tier.sh $pid did not stop within ${stop_wait}s"; fi
-        elif wait_gone "$pid" "$drain_wait"; then what="waited for its tier.sh to drain and retire the old containers"
+        elif wait_gone "$pid" "$drain_wait" && old_gone "$drain_wait"; then
+            what="waited for its tier.sh to drain and retire the old containers"
         else what="its tier.sh $pid is still draining after ${drain_wait}s"; fi
     elif [ -z "$switched" ]; then
         new=
