@@ -2,7 +2,7 @@
 
 Between a tier's *health* and its *switch* (fabfile/engines/compose_rollout.py), each canary
 step loads a config in which every rolling service's upstreams are its old and its new
-containers' addresses with weights (Caddy's ``weighted_round_robin``, 2.7+), so that the new
+containers' addresses, each repeated by its weight under Caddy's ``random`` policy, so that the new
 ones get the step's share of the requests. The same config adds an access log of its own
 (a file in the proxy container) with a ``log_append`` field (Caddy 2.8+) naming the upstream
 that answered each request, so the host can count, per upstream address, the answers, the

@@ -90,7 +90,7 @@ def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
     return new
 
 
-CANARY_SINCE = (2, 8)  # weighted_round_robin (2.7) and the log_append handler (2.8)
+CANARY_SINCE = (2, 8)  # the log_append handler (2.8)
 UPSTREAM_FIELD = "zdd_upstream"  # the access-log field naming the upstream that answered
 LOGGER = "zdd_canary"
 
@@ -115,7 +115,10 @@ def mixed(config: dict, service: str) -> bool:
 
 def rewrite_weighted(config: dict, service: str, old_ips: list[str], new_ips: list[str], percent: int) -> dict:
     """A copy of ``config`` whose ``reverse_proxy`` handlers that dial ``service:PORT`` dial its
-    old and new addresses instead (same port), weighted so the new get ``percent`` %."""
+    old and new addresses instead (same port), so that the new get ``percent`` % of the requests:
+    each address listed as many times as its weight, and a random choice among the entries.
+    (Caddy's ``weighted_round_robin`` is deterministic: a client that alternates two routes
+    could meet only one upstream on one of them, and a canary would never see that route.)"""
     if not old_ips or not new_ips:
         raise ValueError("a weighted upstream list needs old and new addresses")
     w_old, w_new = weights(len(old_ips), len(new_ips), percent)
@@ -125,14 +128,13 @@ def rewrite_weighted(config: dict, service: str, old_ips: list[str], new_ips: li
         ports = [p[1] for u in ups if (p := split_dial(str(u.get("dial", "")))) and p[0] == service]
         if not ports:
             continue
-        out, ws = [], []
+        out = []
         for port in ports:
             for ip, w in [(ip, w_old) for ip in old_ips] + [(ip, w_new) for ip in new_ips]:
-                out.append({"dial": f"{ip}:{port}"})
-                ws.append(w)
+                out += [{"dial": f"{ip}:{port}"}] * w
         handler["upstreams"] = out
         lb = dict(handler.get("load_balancing") or {})
-        lb["selection_policy"] = {"policy": "weighted_round_robin", "weights": ws}
+        lb["selection_policy"] = {"policy": "random"}
         handler["load_balancing"] = lb
     return new
 

@@ -31,9 +31,8 @@ def env(tmp_path, one_tier: bool = False) -> dict[str, str]:
 
 
 def seen(report: dict, svc: str) -> dict[str, tuple[float, float]]:
-    """Each version's first and last answer over the service's URLs (/fast and /slow: Caddy's
-    weighted round robin is deterministic, so with a client that alternates the two, one URL
-    can meet only one upstream during a step)."""
+    """Each version's first and last answer over the service's URLs (/fast and /slow): the steps
+    share a service's requests, whatever their route."""
     out: dict[str, tuple[float, float]] = {}
     for u in report["urls"]:
         if f"/{svc}/" in u["url"]:
