@@ -242,3 +242,24 @@ def test_routing_builds_a_steps_config_and_a_way_back_holding_the_new_addresses(
     assert "logging" not in r.config()  # nothing weighted, nothing watched: no log
     r.logged.append("server")  # the watch: every request to a switched service is logged
     assert r.config()["logging"]["logs"]["zdd_canary"]["writer"]["filename"] == "/tmp/c.log"
+
+
+def test_the_command_line_overrides_the_hosts_canary_and_watch():
+    from fabfile.config import WatchConfig
+    from fabfile.runner import BadInput
+    from fabfile.tasks import canary_of, watch_of
+
+    host = CanaryConfig(steps=(10, 50), step_seconds=30)
+    assert canary_of(host, None, False) == host
+    assert canary_of(host, "5,20,60", False) == CanaryConfig(steps=(5, 20, 60), step_seconds=30)
+    assert canary_of(host, None, True).steps == ()
+    for bad, message in [("50,10", "must rise"), ("ten", "rising percentages"), ("100", "between 1 and 99")]:
+        with pytest.raises(BadInput, match=message):
+            canary_of(host, bad, False)
+    with pytest.raises(BadInput, match="choose one"):
+        canary_of(host, "10", True)
+    watch = WatchConfig(seconds=300, min_requests=5)
+    assert watch_of(watch, None) == watch and watch_of(watch, "0").seconds == 0
+    assert watch_of(watch, "60") == WatchConfig(seconds=60, min_requests=5)
+    with pytest.raises(BadInput, match="number of seconds"):
+        watch_of(watch, "-5")
