@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import zip_longest
 
 from .config_model import CanaryConfig
 
@@ -35,14 +36,8 @@ class Counts:
     buckets: tuple[int, ...] = ()
 
     def __add__(self, other: Counts) -> Counts:
-        n = max(len(self.buckets), len(other.buckets))
-        a, b = self.buckets + (0,) * (n - len(self.buckets)), other.buckets + (0,) * (n - len(other.buckets))
-        return Counts(self.total + other.total, self.errors + other.errors, tuple(x + y for x, y in zip(a, b)))
-
-    def __sub__(self, other: Counts) -> Counts:
-        n = max(len(self.buckets), len(other.buckets))
-        a, b = self.buckets + (0,) * (n - len(self.buckets)), other.buckets + (0,) * (n - len(other.buckets))
-        return Counts(self.total - other.total, self.errors - other.errors, tuple(x - y for x, y in zip(a, b)))
+        buckets = tuple(x + y for x, y in zip_longest(self.buckets, other.buckets, fillvalue=0))
+        return Counts(self.total + other.total, self.errors + other.errors, buckets)
 
     @property
     def rate(self) -> float:

@@ -256,10 +256,7 @@ def _check_host(key: str, h: HostConfig) -> None:
             raise ConfigError(f"{key}.verify.ws_urls: {u!r} is not a ws:// or wss:// URL")
     _check_notify(f"{key}.notify", h)
     check_canary(f"{key}.canary", h.canary)
-    if h.watch.max_error_rate > 1:
-        raise ConfigError(
-            f"{key}.watch.max_error_rate is a share of the answers (0.01 = 1 %), not {h.watch.max_error_rate}"
-        )
+    _check_share(f"{key}.watch.max_error_rate", h.watch.max_error_rate)
     if h.watch.seconds and h.engine != "native":
         raise ConfigError(f'{key}.watch: a watch after the switch needs engine "native" (it keeps the old containers)')
     if h.hooks.timeout <= 0:
@@ -300,6 +297,11 @@ def _check_notify(key: str, h: HostConfig) -> None:
         raise ConfigError(f"{key}.timeout must be more than 0 seconds")
 
 
+def _check_share(key: str, value: float) -> None:
+    if value > 1:
+        raise ConfigError(f"{key} is a share of the answers (0.01 = 1 %), not {value}")
+
+
 def check_canary(key: str, c: CanaryConfig) -> None:
     """The canary settings (also those of ``deploy --canary``): steps strictly rising, 1-99 %."""
     if any(not 0 < p < 100 for p in c.steps):
@@ -308,8 +310,7 @@ def check_canary(key: str, c: CanaryConfig) -> None:
         raise ConfigError(f"{key}.steps must rise, each step more than the one before, not {list(c.steps)}")
     if c.step_seconds < 1:
         raise ConfigError(f"{key}.step_seconds must be at least 1")
-    if c.max_error_rate > 1:
-        raise ConfigError(f"{key}.max_error_rate is a share of the answers (0.01 = 1 %), not {c.max_error_rate}")
+    _check_share(f"{key}.max_error_rate", c.max_error_rate)
     if 0 < c.max_latency_ratio <= 1:
         raise ConfigError(f"{key}.max_latency_ratio must be more than 1 (or 0 for off), not {c.max_latency_ratio}")
 

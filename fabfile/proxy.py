@@ -103,11 +103,16 @@ def weights(n_old: int, n_new: int, percent: int) -> tuple[int, int]:
     return w_old // g, w_new // g
 
 
+def dialled(handler: dict) -> list[str]:
+    """The host each static upstream of a ``reverse_proxy`` dials ("" for one it cannot parse)."""
+    return [(split_dial(str(u.get("dial", ""))) or ("", ""))[0] for u in handler.get("upstreams") or []]
+
+
 def mixed(config: dict, service: str) -> bool:
     """Whether a ``reverse_proxy`` that dials ``service`` by name dials something else too
     (its weights could not be the service's alone: no canary for it)."""
     for handler in walk_proxies(config):
-        hosts = [(split_dial(str(u.get("dial", ""))) or ("", ""))[0] for u in handler.get("upstreams") or []]
+        hosts = dialled(handler)
         if service in hosts and any(h != service for h in hosts):
             return True
     return False
@@ -124,19 +129,14 @@ def rewrite_weighted(config: dict, service: str, old_ips: list[str], new_ips: li
     w_old, w_new = weights(len(old_ips), len(new_ips), percent)
     new = copy.deepcopy(config)
     for handler in walk_proxies(new):
-        ups = handler.get("upstreams") or []
-        ports = [p[1] for u in ups if (p := split_dial(str(u.get("dial", "")))) and p[0] == service]
-        if not ports:
-            continue
-        out = []
-        for port in ports:
-            for ip, w in [(ip, w_old) for ip in old_ips] + [(ip, w_new) for ip in new_ips]:
-                out += [{"dial": f"{ip}:{port}"}] * w
-        handler["upstreams"] = out
-        lb = dict(handler.get("load_balancing") or {})
-        lb["selection_policy"] = {"policy": "random"}
-        handler["load_balancing"] = lb
-    return new
+        if service in dialled(handler):
+            handler["load_balancing"] = {
+                **(handler.get("load_balancing") or {}),
+                "selection_policy": {"policy": "random"},
+            }
+    return rewrite_upstreams(
+        new, service, [ip for ip in old_ips for _ in range(w_old)] + [ip for ip in new_ips for _ in range(w_new)]
+    )
 
 
 def with_access_log(config: dict, services: list[str], path: str) -> dict:
@@ -167,7 +167,7 @@ def _add_log_append(node: Any, services: list[str]) -> bool:
         while i < len(node):
             item = node[i]
             found = _add_log_append(item, services) or found
-            if isinstance(item, dict) and item.get("handler") == "reverse_proxy" and _dials(item, services):
+            if isinstance(item, dict) and item.get("handler") == "reverse_proxy" and set(dialled(item)) & set(services):
                 node.insert(
                     i,
                     {"handler": "log_append", "key": UPSTREAM_FIELD, "value": "{http.reverse_proxy.upstream.hostport}"},
@@ -176,14 +176,6 @@ def _add_log_append(node: Any, services: list[str]) -> bool:
                 found = True
             i += 1
     return found
-
-
-def _dials(handler: dict, services: list[str]) -> bool:
-    for u in handler.get("upstreams") or []:
-        parsed = split_dial(str(u.get("dial", "")))
-        if parsed and parsed[0] in services:
-            return True
-    return False
 
 
 HOLD_ROUTE_ID = "zdd-drain-hold"
@@ -274,10 +266,13 @@ class Routing:
                 return networks[name]
         return None
 
+    def addrs(self, service: str, ips: list[str]) -> list[str]:
+        """The upstream addresses (IP:PORT) at which the proxy reaches the service on ``ips``."""
+        return [f"{ip}:{p}" for ip in ips for p in self.ports(service)]
+
     def held_for(self, service: str, old_ips: list[str]) -> list[str]:
         """The addresses that carry the service's old traffic: by name, and each old IP."""
-        ports = self.ports(service)
-        return [f"{service}:{p}" for p in ports] + [f"{ip}:{p}" for ip in old_ips for p in ports]
+        return self.addrs(service, [service]) + self.addrs(service, old_ips)
 
     def route(self, service: str, ips: list[str], hold: list[str] = ()) -> None:
         self.routes[service] = list(ips)

@@ -108,13 +108,13 @@ class ComposeEngine:
             raise BadInput(f"{what} need the proxy to route the app services (proxy.service, proxy.drain)")
         if caddy_version(state.proxy_version) < CANARY_SINCE:
             raise BadInput(
-                f"{what} need Caddy {'.'.join(map(str, CANARY_SINCE))} or newer (weighted upstreams, "
-                f"log_append): {h.proxy.service} runs {state.proxy_version or 'an unknown version'}"
+                f"{what} need Caddy {'.'.join(map(str, CANARY_SINCE))} or newer (log_append): "
+                f"{h.proxy.service} runs {state.proxy_version or 'an unknown version'}"
             )
         shared = [n for n in h.app_services if mixed(state.proxy_config, n)]
         if shared:
             raise BadInput(
-                f"canary steps: a reverse_proxy in {h.proxy.config} dials {', '.join(shared)} together with "
+                f"{what}: a reverse_proxy in {h.proxy.config} dials {', '.join(shared)} together with "
                 "other upstreams, so the weights could not be theirs alone"
             )
 

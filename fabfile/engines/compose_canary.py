@@ -53,9 +53,8 @@ class CanaryRun:
         self.s, self.conv, self.until, self.run_id, self.routing, self.config = s, conv, until, run_id, routing, config
         self.services = list(ips)
         self.new_ips = {n: new for n, (_, new) in ips.items()}
-        ports = {n: routing.ports(n) for n in self.services}
-        self.new_addrs = {n: [f"{ip}:{p}" for ip in ips[n][1] for p in ports[n]] for n in self.services}
-        self.old_addrs = {n: [f"{ip}:{p}" for ip in ips[n][0] for p in ports[n]] for n in self.services}
+        self.new_addrs = {n: routing.addrs(n, new) for n, (_, new) in ips.items()}
+        self.old_addrs = {n: routing.addrs(n, old) for n, (old, _) in ips.items()}
         self.weighted = False
         self.last: dict[str, Counts] = {}
 

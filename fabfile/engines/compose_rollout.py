@@ -96,11 +96,15 @@ class ComposeRollout:
     def _drains(self, name: str) -> bool:
         return self.routing is not None and self.host.service(name).drain and bool(self.routing.ports(name))
 
+    def _old_ips(self, name: str) -> list[str]:
+        """Each old container's address on a network it shares with the proxy ("" for none)."""
+        return [self.routing.ip(c.networks) or "" for c in self.plans[name].old]
+
     def _drain_addrs(self, p: ServicePlan) -> list[str]:
         if not self._drains(p.name) or not p.old:
             return []
-        ips = [self.routing.ip(c.networks) for c in p.old]
-        if None in ips:
+        ips = self._old_ips(p.name)
+        if "" in ips:
             raise StepFailed(f"{p.name}: an old container shares no network with {self.host.proxy.service}")
         return self.routing.held_for(p.name, ips)
 
@@ -112,7 +116,7 @@ class ComposeRollout:
         any_pin = False
         for p in self.plans.values():
             if p.roll and p.old and self._drains(p.name):
-                self.routing.route(p.name, [self.routing.ip(c.networks) for c in p.old], self.drain_addrs[p.name])
+                self.routing.route(p.name, self._old_ips(p.name), self.drain_addrs[p.name])
                 any_pin = True
         return self._load_line("pin") if any_pin else "nopin"
 
@@ -196,7 +200,7 @@ class ComposeRollout:
                 f"canary steps {', '.join(f'{p} %' for p in self.canary.steps)} here, judged on the proxy's log"
             )
             return None
-        ips = {n: ([self.routing.ip(c.networks) or "" for c in self.plans[n].old], run.new_ips[n]) for n in names}
+        ips = {n: (self._old_ips(n), run.new_ips[n]) for n in names}
         return CanaryRun(
             self.s, run.conv, lambda words, t: self._until(run, words, t), self.lock.run, self.routing, self.canary, ips
         )
@@ -206,10 +210,10 @@ class ComposeRollout:
         return [n for n in run.names if self._drains(n) and self.plans[n].old and run.new_ips.get(n)]
 
     def _watch_line(self, run: TierRun) -> None:
-        """With a watch: tier.sh keeps the old containers after its drain, and the switch logs."""
+        """With a watch: tier.sh holds the old containers from its switch on, and the switch logs."""
         run.watched = self._guarded(run) if self.watch.seconds and self.routing and not self.r.dry_run else []
         if run.watched:
-            addrs = [f"{ip}:{p}" for n in run.watched for ip in run.new_ips[n] for p in self.routing.ports(n)]
+            addrs = [a for n in run.watched for a in self.routing.addrs(n, run.new_ips[n])]
             run.conv.send(f"canary {self.routing.log} {UPSTREAM_FIELD} {','.join(addrs)}")
             run.conv.send("watch")
             self.routing.logged += run.watched
@@ -347,7 +351,7 @@ class ComposeRollout:
 
     def _watch(self, runs: list[TierRun]) -> None:
         """The watch; after a switch back, the restore waits for the new containers, not the old."""
-        old = {n: [self.routing.ip(c.networks) or "" for c in self.plans[n].old] for r in runs for n in r.watched}
+        old = {n: self._old_ips(n) for r in runs for n in r.watched}
         try:
             Watch(self.s, runs, self.routing, self.watch, old, self.lock.run, self.host.proxy.drain_timeout).watch()
         except WatchBreach:

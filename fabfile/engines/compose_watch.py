@@ -1,12 +1,13 @@
 """The watch after the last switch (``[watch]``, ``deploy --watch SECONDS``): the new
 containers carry all the traffic, the old ones wait out of rotation (each tier's tier.sh
-holds them after its drain), and zdd keeps judging the new containers' answers as the proxy
-logs them (fabfile/canary.py). A clean watch lets each tier retire its old containers, as
-without a watch. A breach switches the traffic straight back to the old containers: one tier
-loads one config routing every watched service to its old addresses (the new ones held, so
-their drain is observable), then every tier waits until nothing is in flight to its new
-containers and removes them. The journal says ``returned`` for each tier, so a run that dies
-half way is finished by the next one as a tier that never switched.
+holds them from its switch on, and drains them once the watch is over), and zdd keeps
+judging the new containers' answers as the proxy logs them (fabfile/canary.py). A clean
+watch lets each tier retire its old containers, as without a watch. A breach switches the
+traffic straight back to the old containers: one tier loads one config routing every watched
+service to its old addresses (the new ones held, so their drain is observable), then every
+tier waits until nothing is in flight to its new containers and removes them. The journal
+says ``returned`` for each tier, so a run that dies half way is finished by the next one as a
+tier that never switched.
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ class Watch:
         self.s, self.runs, self.routing, self.config, self.run_id = s, runs, routing, config, run_id
         self.ips = {n: (old[n], list(r.new_ips[n])) for r in runs for n in r.watched}
         self.drain = drain
-        ports = {n: routing.ports(n) for n in self.ips}
-        self.new_addrs = {n: [f"{ip}:{p}" for ip in self.ips[n][1] for p in ports[n]] for n in self.ips}
+        self.new_addrs = {n: routing.addrs(n, new) for n, (_, new) in self.ips.items()}
         self.judged = CanaryConfig(min_requests=config.min_requests, max_error_rate=config.max_error_rate)
         self.last: dict[str, Counts] = {}
 
