@@ -102,6 +102,17 @@ journal_event() {  # journal_event EVENT [NAME VALUE]...: an event of run $run_i
     while [ $# -ge 2 ]; do _e="$_e, \"$1\": \"$2\""; shift 2; done
     journal_line "$_e}"
 }
+containers_gone() {  # containers_gone SECONDS ID...: until none of these containers is left, at most
+    # SECONDS; non-zero when some are; $left: those still there
+    _end=$(( $(date +%s) + $1 )); shift
+    while :; do
+        left=
+        for _id in "$@"; do docker inspect --format . "$_id" >/dev/null 2>&1 && left="$left $_id"; done
+        [ -n "$left" ] || return 0
+        [ "$(date +%s)" -lt "$_end" ] || return 1
+        nap
+    done
+}
 renew() {  # the deploy's lock is renewed while a script works for it (a holder silent for long is gone)
     [ -z "$explaining" ] && [ -n "$key" ] && [ -d "$zdd/locks/$key" ] && touch "$zdd/locks/$key/renewed" 2>/dev/null
     return 0

@@ -36,14 +36,8 @@ wait_gone() {  # wait_gone PID SECONDS
 old_gone() {  # old_gone SECONDS: until the tier's old containers are gone (tier.sh stops them in the background)
     explain wait "gone: $(commas "$old") up to $1 s"
     [ -z "$explaining" ] || return 0
-    n=0
-    for id in $(commas "$old"); do
-        while docker inspect --format . "$id" >/dev/null 2>&1; do
-            [ "$n" -lt "$(($1 * 5))" ] || return 1
-            nap
-            n=$((n + 1))
-        done
-    done
+    # shellcheck disable=SC2046 # container ids, one word each
+    containers_gone "$1" $(commas "$old")
 }
 recover_tier() {
     if alive "$pid"; then

@@ -20,14 +20,8 @@ reload() {
     esac
 }
 restore() {
-    t0=$(date +%s) left=
-    while :; do
-        left=
-        for id in "$@"; do docker inspect --format . "$id" >/dev/null 2>&1 && left="$left $id"; done
-        [ -z "$left" ] && break
-        if [ $(( $(date +%s) - t0 )) -ge "$timeout" ]; then break; fi
-        nap
-    done
+    t0=$(date +%s)
+    containers_gone "$timeout" "$@"
     waited=$(( $(date +%s) - t0 ))
     if [ -n "$left" ]; then
         echo "old containers still there after ${waited}s:$left; the proxy stays on container addresses"

@@ -343,7 +343,7 @@ while :; do
             say "weighted $pct"
             pause_at in-canary ;;
         stats) canary_stats "$canary_log" "$canary_field" ;;
-        watch) watching=1 ;;  # after the drain, hold the old containers for zdd's watch
+        watch) watching=1 ;;  # from the switch on, hold the old containers for zdd's watch
         *) break ;;
     esac
     IFS= read -r line || line=abort
