@@ -218,7 +218,7 @@ def canary_interrupted(how: str) -> Callable[[Outcome], None]:
     containers before its new ones are removed; nothing fails."""
 
     def body(o: Outcome) -> None:
-        old = current_version()
+        old = {svc: sb.containers(svc)[0].version for svc in sb.APPS}
         interrupt_at(o, "in-canary", how, "--canary", "10")
         deadline = time.monotonic() + 30  # with the client gone, the host goes back on its own
         while True:
@@ -226,7 +226,7 @@ def canary_interrupted(how: str) -> Callable[[Outcome], None]:
                 svc: sorted({c.version for c in sb.containers(svc, all_states=True) if not is_job(c)})
                 for svc in sb.APPS
             }
-            back = all(v == [old] for v in left.values())
+            back = all(v == [old[svc]] for svc, v in left.items())
             if back or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -52,7 +52,7 @@ def good_latest(before: dict[str, list[str]]) -> None:
 
 
 def test_a_good_release_is_seen_beside_the_old_during_the_steps_then_alone(settled, tmp_path):
-    old = sb.containers("server")[0].version
+    old = {svc: sb.containers(svc)[0].version for svc in sb.APPS}  # each app's, as earlier tests left them
     new = sb.publish()
     probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
     res = sb.fab(
@@ -80,7 +80,7 @@ def test_a_good_release_is_seen_beside_the_old_during_the_steps_then_alone(settl
         assert all(n >= 5 for n in answers) and s["status"] == "ok", s
     for svc in sb.APPS:  # old and new answered side by side for seconds, not only at an instant
         versions = seen(report, svc)
-        assert versions[old][1] - versions[new][0] >= 4, (svc, versions)
+        assert versions[old[svc]][1] - versions[new][0] >= 4, (svc, versions)
     for svc in sb.APPS:  # then only the new answer (the host retires the old ones on its own)
         assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {new}") for _ in range(10))
     deadline = time.monotonic() + 60
@@ -91,7 +91,7 @@ def test_a_good_release_is_seen_beside_the_old_during_the_steps_then_alone(settl
 
 def test_a_release_answering_500_is_stopped_at_its_first_step(settled, tmp_path):
     before = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
-    old = sb.containers("server")[0].version
+    old = {svc: sb.containers(svc)[0].version for svc in sb.APPS}  # each app's, as earlier tests left them
     sb.publish("--fail-after", "0")
     try:
         stopped_at_first_step(tmp_path, before, old)
@@ -99,7 +99,7 @@ def test_a_release_answering_500_is_stopped_at_its_first_step(settled, tmp_path)
         good_latest(before)
 
 
-def stopped_at_first_step(tmp_path, before: dict[str, list[str]], old: str) -> None:
+def stopped_at_first_step(tmp_path, before: dict[str, list[str]], old: dict[str, str]) -> None:
     probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
     res = sb.fab("deploy", "--no-verify", "--json", str(tmp_path / "d.json"), env=env(tmp_path), timeout=400)
     rc, out, report = probe.stop()
@@ -114,7 +114,7 @@ def stopped_at_first_step(tmp_path, before: dict[str, list[str]], old: str) -> N
     # the old containers serve, no new one is left, the later tiers were never touched
     for svc in sb.APPS:
         assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
-        assert [c.version for c in sb.containers(svc)] == [old]
+        assert [c.version for c in sb.containers(svc)] == [old[svc]]
     # the canary really got traffic: some requests to the first tier failed, no more than its share
     failed, sent = dict.fromkeys(sb.APPS, 0), dict.fromkeys(sb.APPS, 0)
     for u in report["urls"]:  # /SERVICE/fast and /SERVICE/slow
@@ -157,7 +157,7 @@ def test_a_release_that_fails_after_its_switch_is_switched_back_by_the_watch(set
     after the switch sees it and sends the traffic straight back to the old containers, which
     were kept running out of rotation; the new ones are removed."""
     before = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
-    old = sb.containers("server")[0].version
+    old = {svc: sb.containers(svc)[0].version for svc in sb.APPS}  # each app's, as earlier tests left them
     sb.publish("--fail-after", "6")
     try:
         path = sb.hosts_file(tmp_path, extra=WATCH)
@@ -175,7 +175,7 @@ def test_a_release_that_fails_after_its_switch_is_switched_back_by_the_watch(set
     assert took <= 5, text
     for svc in sb.APPS:  # the very containers that served before, and nothing else
         assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
-        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {old}") for _ in range(5))
+        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {old[svc]}") for _ in range(5))
     assert report["failures"] > 0  # the breach itself, seen by clients
     assert report["failures"] <= 0.25 * report["total"], (report["failures"], report["total"])
     journal = sb.as_host_user("cat ~/.zdd/journal/*.jsonl").stdout
