@@ -180,6 +180,8 @@ def under_load(name: str, tmp: Path, body: Callable[[Outcome], str | None], publ
     finally:
         rc, out, report = probe.stop()
     o.failed, o.requests = report.get("failures", -1), report.get("total", 0)
+    for f in report.get("failure_list", [])[:5]:  # where a failed request falls, for the one who reads the table
+        o.notes.append(f"failed at {f['time']}: {f['url']} {f['kind']}: {f['reason']}"[:200])
     check(o, version or current_version())
     if o.job_running is not None:
         o.job_running = o.job_running and all(running(job) for job in o.jobs)
