@@ -239,6 +239,7 @@ def test_the_json_shape_with_a_verify_loop(hosts, capsys, tmp_path, monkeypatch)
         "duration_s",
         "steps",
         "switches",
+        "timeline",
         "notes",
         "cost",
         "verdict",
@@ -255,6 +256,7 @@ def test_the_json_shape_with_a_verify_loop(hosts, capsys, tmp_path, monkeypatch)
     assert h["verdict"] == h["verify"]["verdict"] and len(h["verify"]["urls"]) == 2
     assert h["cost"] == {"remote_commands": 0, "proxy_loads": 0}
     assert [s["name"] for s in h["steps"]] == ["validate", "pull"]
+    assert h["timeline"] == []  # the fake deploy's host sent no marks
     assert set(h["steps"][0]) == {"name", "status", "seconds", "detail", "started_at", "ended_at"}
     assert doc["started_at"] == h["started_at"] < h["ended_at"] == doc["ended_at"]
     assert "[sandbox] deploy: 3 request(s) failed during the deploy (strict)" in capsys.readouterr().err

@@ -1,10 +1,13 @@
 """A tier's timeline: tier.sh's `mark` lines parsed, the phases per service, the summary line and
-the tier as JSON."""
+the tier in the --json report."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from fabfile import outcome
 from fabfile.timeline import Mark, Phase, parse_mark
 from tests.fakes import TIER_BEGIN, tier_timeline
 
@@ -139,3 +142,62 @@ def test_without_a_healthcheck_the_wait_starts_at_started_and_unknown_marks_chan
 def test_the_slowest_service_is_only_named_when_there_are_several():
     line = tier_timeline(1, ["server"], "mark 1 begin\nmark 1.5 up\nmark 2 started server a\n").line()
     assert line == "tier 1 server: start 0.5s (1.0s)"
+
+
+# --- the JSON report -------------------------------------------------------------------------
+
+
+def test_the_tiers_in_the_json_report():
+    host = outcome.HostResult(
+        "reminet-staging",
+        "deploy",
+        started_at=TIER_BEGIN - 20,
+        ended_at=TIER_BEGIN + 30,
+        timeline=[
+            tier_timeline(),
+            tier_timeline(
+                2, ["identity"], "mark 1764461244.5 begin\nmark 1764461244.6 pinned\nmark 1764461244.75 up\n"
+            ),
+        ],
+    ).fail("deploy failed: identity: not healthy", 1)
+    doc = json.loads(json.dumps(outcome.document("deploy", [host, outcome.not_run("reminet-prod", "deploy")])))
+    first, second = doc["hosts"][0]["timeline"]
+    assert list(first) == ["tier", "services", "begin_at", "seconds", "marks", "phases"]
+    assert (first["tier"], first["services"], first["begin_at"], first["seconds"]) == (
+        1,
+        ["server", "property"],
+        "2025-11-30T00:07:14.000+00:00",
+        7.0,
+    )
+    assert len(first["marks"]) == 16
+    assert first["marks"][5] == {"t": 0.9, "what": "started", "service": "server", "container": "3f2a"}
+    assert first["marks"][0] == {"t": 0.0, "what": "begin", "service": "", "container": ""}
+    assert len(first["phases"]) == 14
+    assert first["phases"][8] == {"service": "property", "phase": "start", "start": 0.15, "end": 1.25}
+    assert [p["phase"] for p in first["phases"] if p["service"] == "server"] == [
+        "pin",
+        "start",
+        "boot",
+        "wait",
+        "switch",
+        "drain",
+        "stop",
+    ]
+    assert second == {
+        "tier": 2,
+        "services": ["identity"],
+        "begin_at": "2025-11-30T00:07:24.500+00:00",
+        "seconds": 0.25,
+        "marks": [
+            {"t": 0.0, "what": "begin", "service": "", "container": ""},
+            {"t": 0.1, "what": "pinned", "service": "", "container": ""},
+            {"t": 0.25, "what": "up", "service": "", "container": ""},
+        ],
+        "phases": [{"service": "identity", "phase": "pin", "start": 0.0, "end": 0.1}],
+    }
+    assert doc["hosts"][1]["timeline"] is None  # not run
+
+
+def test_a_host_without_marks_has_an_empty_timeline():
+    doc = outcome.document("deploy", [outcome.HostResult("h", "deploy", started_at=1.0, ended_at=2.0)])
+    assert doc["hosts"][0]["timeline"] == []
