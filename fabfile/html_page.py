@@ -4,17 +4,20 @@ Pure: a document (see outcome.py) in, one self-contained page out: inline CSS an
 SVG, no script, nothing fetched. Per host: the result and verify verdict; per URL a chart of
 requests and failures per second (by send time) with a band per version (first to last
 seen, one colour per version) and a dashed line where the proxy was switched to a service's
-new containers; websocket URLs with their disconnects and gaps; then the steps and notes.
+new containers; websocket URLs with their disconnects and gaps; each tier's timeline (a bar per
+service, a colour per phase, by the host's clock); then the steps and notes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from .summary import HOSTS_HEADER, host_rows
+from .timeline import PHASES
 
 # one colour per version, in order of first sighting (then round again)
 PALETTE = ("#2b6cb0", "#2f855a", "#b7791f", "#6b46c1", "#c05621", "#2c7a7b", "#b83280", "#4a5568")
@@ -22,6 +25,11 @@ PALETTE = ("#2b6cb0", "#2f855a", "#b7791f", "#6b46c1", "#c05621", "#2c7a7b", "#b
 WIDTH, LEFT, RIGHT, TOP = 960, 56, 16, 30
 BARS, LANE, AXIS = 120, 16, 22
 PLOT = WIDTH - LEFT - RIGHT
+# a tier's timeline: one colour per phase, a row per service under labels this wide
+PHASE_COLOURS = dict(
+    zip(PHASES, ("#a0aec0", "#90cdf4", "#2b6cb0", "#f6e05e", "#6b46c1", "#c05621", "#2f855a", "#cbd5e0"), strict=True)
+)
+LABELS, ROW = 190, 20
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1000px;color:#1a202c}
@@ -110,6 +118,8 @@ def _host(h: dict[str, Any], several: bool) -> str:
         out += _charts(report, _switch_times(h, report))
     elif h["title"] != "verify":
         out.append('<p class="muted">no verify loop ran (no verify URLs, --no-verify, or a dry run)</p>')
+    if h.get("timeline"):
+        out.append(_timeline(h["timeline"]))
     if h.get("steps"):
         out.append(_steps_table(h["steps"]))
     if h.get("notes") or h.get("cost"):
@@ -222,12 +232,7 @@ class _Plot:
         return out
 
     def axis(self) -> list[str]:
-        y = self.height - AXIS + 4
-        step = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600) if self.span / s <= 12), 1200)
-        out = [f'<line x1="{LEFT}" x2="{LEFT + PLOT}" y1="{y}" y2="{y}" stroke="#a0aec0"/>']
-        for t in range(0, int(self.span) + 1, step):
-            out.append(f'<text x="{self.x(t):.1f}" y="{y + 14}" text-anchor="middle">{t}s</text>')
-        return out
+        return _axis(self.x, self.span, self.height - AXIS + 4, LEFT)
 
     def switches(self, switches: list[tuple[float, str]]) -> list[str]:
         out = []
@@ -288,3 +293,71 @@ def _ws_chart(ws: dict[str, Any], span: float, colours: dict[str, str], switches
         )
     out += plot.bands(colours) + plot.axis() + plot.switches(switches)
     return "".join(out) + "</svg>"
+
+
+def _axis(x: Callable[[float], float], span: float, y: float, left: float) -> list[str]:
+    """A line from ``left`` to the right edge at height ``y``, ticks in whole seconds."""
+    step = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600) if span / s <= 12), 1200)
+    out = [f'<line x1="{left}" x2="{WIDTH - RIGHT}" y1="{y}" y2="{y}" stroke="#a0aec0"/>']
+    for t in range(0, int(span) + 1, step):
+        out.append(f'<text x="{x(t):.1f}" y="{y + 14}" text-anchor="middle">{t}s</text>')
+    return out
+
+
+# --- a host's tier timeline ------------------------------------------------------------------
+
+
+def _timeline(tiers: list[dict[str, Any]]) -> str:
+    """Each tier's phases (outcome.py's TIER), a bar per service, tiers one after the other:
+    x in seconds from the first tier's start, by the host's clock. "" when no tier has a mark."""
+    dated = [t for t in tiers if t.get("begin_at")]
+    if not dated:
+        return ""
+    first = min((t["begin_at"] for t in dated), key=datetime.fromisoformat)
+    rows = [
+        (t, name, _seconds_between(first, t["begin_at"]), [p for p in t["phases"] if p["service"] == name])
+        for t in dated
+        for name in t["services"]
+    ]
+    span = max(max(offset + (t["seconds"] or 0) for t, _, offset, _ in rows), 1.0)
+    height = 8 + ROW * len(rows) + AXIS
+
+    def x(s: float) -> float:
+        return LABELS + max(0.0, min(s, span)) / span * (WIDTH - LABELS - RIGHT)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="tier timeline">'
+    ]
+    for i, (t, name, offset, phases) in enumerate(rows):
+        y, label = 8 + i * ROW, f"tier {t['tier']} · {name}"
+        out.append(
+            f'<g class="bar" data-tier="{t["tier"]}" data-service="{escape(name)}">'
+            f'<text x="{LABELS - 6}" y="{y + ROW - 7}" text-anchor="end">{escape(_short(label, 30))}'
+            f"<title>{escape(label)}</title></text>"
+        )
+        for p in phases:
+            start, end = offset + p["start"], offset + p["end"]
+            tip = f"{label}: {p['phase']} {max(end - start, 0):.2f} s ({start:.2f}–{end:.2f} s)"
+            out.append(
+                f'<rect class="phase" data-phase="{escape(p["phase"])}" x="{x(start):.1f}" y="{y + 2}" '
+                f'width="{max(x(end) - x(start), 1):.1f}" height="{ROW - 5}" rx="2" '
+                f'fill="{PHASE_COLOURS.get(p["phase"], PALETTE[-1])}"><title>{escape(tip)}</title></rect>'
+            )
+        out.append("</g>")
+    out += _axis(x, span, height - AXIS + 4, LABELS)
+    seen = {p["phase"] for t in dated for p in t["phases"]}
+    legend = "".join(
+        f'<span><i class="swatch" style="background:{PHASE_COLOURS.get(p, PALETTE[-1])}"></i>{escape(p)}</span>'
+        for p in [*PHASES, *sorted(seen - set(PHASES))]
+        if p in seen
+    )
+    return (
+        f'<figure class="timeline"><h3>tier timeline</h3><p class="legend">{legend}</p>{"".join(out)}</svg>'
+        "<figcaption>each tier's phases by the host's clock, in seconds from the first tier's start "
+        "(hover a bar for its phase and time)</figcaption></figure>"
+    )
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

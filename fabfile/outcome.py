@@ -15,11 +15,20 @@ and each HOST::
      "started_at": ISO, "ended_at": ISO, "duration_s": 31.0,
      "steps": [{"name", "status" (ok|failed|skipped|warned), "seconds", "detail", "started_at", "ended_at"}],
      "switches": [{"service", "at": ISO}],  # when the proxy was switched to each service's new containers
+     "timeline": [TIER, ...],               # per tier, from the host's marks (empty when none came)
      "notes": [str], "cost": {"remote_commands", "proxy_loads"},
      "verdict": str, "verify_ok": bool, "requests": int, "failed_requests": int,
      "verify": {...},                       # the verify loop's full report (Report.to_dict())
      "error": str,                          # the one-line failure message
      "exit_code": int}
+
+and each TIER (see timeline.py for the marks and the phases; times in seconds from its
+``begin_at``, by the host's clock)::
+
+    {"tier": 1, "services": ["server", "property"], "begin_at": ISO | null, "seconds": 7.0 | null,
+     "marks": [{"t": 0.15, "what": "up", "service": "", "container": ""}, ...],
+     "phases": [{"service": "server", "phase": "pin" | "start" | "boot" | "wait" | "canary"
+                 | "switch" | "drain" | "stop", "start": 0.0, "end": 0.1}, ...]}
 
 Keys that do not apply are null (``verify``, ``verdict``... when no loop ran; everything but
 ``host``, ``title`` and ``result`` for a host that was not run). Times are ISO 8601 in UTC.
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .progress import StepRecord
+from .timeline import TierTimeline
 from .verify.render import iso
 
 SCHEMA = 1
@@ -52,6 +62,7 @@ class HostResult:
     started_at: float | None = None  # wall clock (epoch seconds)
     ended_at: float | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    timeline: list[TierTimeline] = field(default_factory=list)  # per tier, when the host sent marks
     notes: list[str] = field(default_factory=list)
     cost: dict[str, int] | None = None
     verify: Any = None  # a verify.Report, when the loop ran
@@ -107,6 +118,7 @@ class HostResult:
                 for r in self.steps
             ],
             "switches": [{"service": name, "at": iso(at)} for name, at in self.switches()],
+            "timeline": [t.to_dict() for t in self.timeline],
             "notes": list(self.notes),
             "cost": self.cost,
             "verdict": report.verdict() if report else None,
@@ -126,6 +138,7 @@ _HOST_KEYS = (
     "duration_s",
     "steps",
     "switches",
+    "timeline",
     "notes",
     "cost",
     "verdict",

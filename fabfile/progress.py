@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .timeline import TierTimeline
+
 
 def emit(*args: Any, **kw: Any) -> None:
     """``print``, but a closed output (the reader gone: a broken pipe) never stops a run half-way,
@@ -41,6 +43,7 @@ class Reporter:
     started_at: float = field(default_factory=time.time)  # wall clock, for the JSON and HTML reports
     _progress_shown: bool = False
     proxy_loads: int = 0  # configs loaded into the proxy (each one a graceful reload): proxy_loaded()
+    timeline: list[TierTimeline] = field(default_factory=list)  # one per tier, from the host's marks
 
     def proxy_loaded(self) -> None:
         """One more config loaded into the proxy: the one place that counts them."""
@@ -98,6 +101,10 @@ class Reporter:
         emit(f"  {'step':<{width}}  {'result':<7} {'time':>7}  detail", file=self.out)
         for s in self.steps:
             emit(f"  {s.name:<{width}}  {s.status:<7} {s.seconds:6.1f}s  {s.detail}", file=self.out)
+        if self.timeline:
+            emit("  timeline (host clock, seconds from each tier's start):", file=self.out)
+            for tier in self.timeline:
+                emit(f"    {tier.line()}", file=self.out)
         for line in extra or []:
             emit(f"  {line}", file=self.out)
         self.out.flush()

@@ -120,6 +120,7 @@ def run_on_host(
         title,
         started_at=s.report.started_at,
         steps=s.report.steps,
+        timeline=s.report.timeline,
         notes=s.notes,
         dry_run=dry_run,
         secrets=_secrets(s),

@@ -24,6 +24,7 @@ from fabfile.outcome import HostResult
 from fabfile.progress import Reporter, StepRecord
 from fabfile.runner import CommandResult, Runner
 from fabfile.session import Session
+from fabfile.timeline import TierTimeline, parse_mark
 from fabfile.verify import OK, Recorder, Report, VerifySettings, WsRecorder
 
 
@@ -546,6 +547,38 @@ def deploy_result(report: Report) -> HostResult:
         cost={"remote_commands": 9, "proxy_loads": 3},
         verify=report,
     ).fail("deploy failed: identity: not healthy", 1)
+
+
+# --- a tier's marks, as tier.sh prints them ----------------------------------------------------
+
+TIER_BEGIN = 1764461234.0  # host clock: 2025-11-30T00:07:14Z
+# server and property in one tier: property (slower to boot) decides it; the deploy saw the old
+# containers stopped
+TIER_MARKS = """\
+mark 1764461234.000 begin
+mark 1764461234.100 pinned
+mark 1764461234.150 up
+mark 1764461234.400 created server 3f2a
+mark 1764461234.420 created property 9b1c
+mark 1764461234.900 started server 3f2a
+mark 1764461235.250 started property 9b1c
+mark 1764461235.300 up-done
+mark 1764461235.900 healthy server 3f2a
+mark 1764461237.650 healthy property 9b1c
+mark 1764461238.050 ready
+mark 1764461238.070 switch
+mark 1764461238.250 switched
+mark 1764461239.350 drained
+mark 1764461239.360 retired
+mark 1764461241 stopped
+"""
+
+
+def tier_timeline(
+    tier: int = 1, services: Iterable[str] = ("server", "property"), marks: str = TIER_MARKS
+) -> TierTimeline:
+    """A TierTimeline of ``services`` from tier.sh's output ``marks`` (other lines skipped)."""
+    return TierTimeline(tier, list(services), [m for ln in marks.splitlines() if (m := parse_mark(ln))])
 
 
 # --- the host's journal and survey.sh's first sections, simulated ------------------------------------

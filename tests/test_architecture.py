@@ -40,6 +40,7 @@ LAYERS = [
             "fabfile/canary.py",
             "fabfile/journal.py",
             "fabfile/release.py",
+            "fabfile/timeline.py",
         ],
     ),
     ("config and the verify loop", ["fabfile/config.py", "fabfile/config_*.py", "fabfile/verify/*.py"]),

@@ -18,7 +18,7 @@ from fabfile.outcome import HostResult
 from fabfile.progress import Reporter
 from fabfile.runner import Runner, StepFailed
 from fabfile.session import Session
-from tests.fakes import FakeExecutor, deploy_report
+from tests.fakes import FakeExecutor, deploy_report, tier_timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTS = load(ROOT / "hosts.toml")
@@ -28,9 +28,10 @@ TOKEN = "ghp_s3cr3t-packages-token"
 class Hosts:
     """Fake sessions for the hosts of hosts.toml; which were opened and deployed, in order."""
 
-    def __init__(self, fail: dict[str, str] | None = None, unreachable: tuple[str, ...] = ()):
+    def __init__(self, fail: dict[str, str] | None = None, unreachable: tuple[str, ...] = (), marks: bool = False):
         self.fail = fail or {}
         self.unreachable = unreachable
+        self.marks = marks  # the deploy's tier sends its marks, as compose_rollout records them
         self.opened: list[str] = []
         self.deployed: list[str] = []
 
@@ -50,6 +51,8 @@ class Hosts:
                 raise KeyboardInterrupt
             if s.name in self.fail:
                 raise StepFailed(self.fail[s.name])
+        if self.marks:
+            s.report.timeline.append(tier_timeline())
 
 
 @pytest.fixture
@@ -167,6 +170,19 @@ def test_the_json_never_holds_the_registry_token(hosts, capsys, tmp_path):
     assert json.loads((tmp_path / "d.json").read_text())["hosts"][0]["steps"][1]["status"] == "failed"
 
 
+def test_the_tiers_timeline_reaches_the_summary_the_json_and_the_page(hosts, capsys, tmp_path):
+    hosts(marks=True)
+    assert (
+        fab("-H", "reminet-staging", "deploy", "--json", str(tmp_path / "d.json"), "--report", str(tmp_path / "d.html"))
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "  timeline (host clock, seconds from each tier's start):\n    tier 1 server, property: pin 0.1s" in out
+    (tier,) = json.loads((tmp_path / "d.json").read_text())["hosts"][0]["timeline"]
+    assert (tier["tier"], tier["seconds"], len(tier["phases"])) == (1, 7.0, 14)
+    assert (tmp_path / "d.html").read_text().count('<g class="bar"') == 2
+
+
 def test_a_json_file_that_cannot_be_written_is_one_line(hosts, capsys, tmp_path):
     hosts()
     assert fab("-H", "reminet-staging", "deploy", "--json", str(tmp_path / "no" / "d.json")) == 2
@@ -239,6 +255,7 @@ def test_the_json_shape_with_a_verify_loop(hosts, capsys, tmp_path, monkeypatch)
         "duration_s",
         "steps",
         "switches",
+        "timeline",
         "notes",
         "cost",
         "verdict",
@@ -255,6 +272,7 @@ def test_the_json_shape_with_a_verify_loop(hosts, capsys, tmp_path, monkeypatch)
     assert h["verdict"] == h["verify"]["verdict"] and len(h["verify"]["urls"]) == 2
     assert h["cost"] == {"remote_commands": 0, "proxy_loads": 0}
     assert [s["name"] for s in h["steps"]] == ["validate", "pull"]
+    assert h["timeline"] == []  # the fake deploy's host sent no marks
     assert set(h["steps"][0]) == {"name", "status", "seconds", "detail", "started_at", "ended_at"}
     assert doc["started_at"] == h["started_at"] < h["ended_at"] == doc["ended_at"]
     assert "[sandbox] deploy: 3 request(s) failed during the deploy (strict)" in capsys.readouterr().err

@@ -16,7 +16,18 @@ from invoke import Config, Context
 import tasks as inv_tasks
 from fabfile import html_page, outcome
 from fabfile.progress import StepRecord
-from tests.fakes import SWITCH_AT, WS, A, B, deploy, deploy_host, deploy_report, deploy_result, fake_session
+from tests.fakes import (
+    SWITCH_AT,
+    WS,
+    A,
+    B,
+    deploy,
+    deploy_host,
+    deploy_report,
+    deploy_result,
+    fake_session,
+    tier_timeline,
+)
 
 
 class Page(HTMLParser):
@@ -133,6 +144,53 @@ def test_text_is_escaped():
     )
     page = html_page.render(outcome.document("deploy", [r]))
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+IDENTITY_MARKS = "mark 1764461244.5 begin\nmark 1764461244.6 pinned\nmark 1764461244.75 up\n"  # 10.5 s later
+
+
+def timeline_page(services: tuple[str, ...] = ("server", "property")) -> str:
+    """The deploy's page with two tiers' timelines: server and property, then identity (failed)."""
+    result = deploy_result(deploy_report())
+    result.timeline = [tier_timeline(1, services), tier_timeline(2, ["identity"], IDENTITY_MARKS)]
+    return html_page.render(outcome.document("deploy", [result]))
+
+
+def test_a_bar_per_service_of_each_tier_with_a_rect_per_phase():
+    html = timeline_page()
+    page = Page(html)
+    (figure,) = page.all("figure", **{"class": "timeline"})
+    svg = html[html.index('<figure class="timeline">') :]
+    svg = svg[: svg.index("</svg>")]
+    groups = svg.split('<g class="bar"')[1:]
+    bars = [Page('<g class="bar"' + g) for g in groups]
+    assert [(b.all("g")[0]["data-tier"], b.all("g")[0]["data-service"]) for b in bars] == [
+        ("1", "server"),
+        ("1", "property"),
+        ("2", "identity"),
+    ]
+    phases = [[r["data-phase"] for r in b.all("rect", **{"class": "phase"})] for b in bars]
+    assert phases == [["pin", "start", "boot", "wait", "switch", "drain", "stop"]] * 2 + [["pin"]]
+    assert "tier 1 · property" in bars[1].text and "tier 2 · identity" in bars[2].text
+    assert "tier 1 · property: boot 2.40 s (1.25–3.65 s)" in bars[1].text  # the rect's tooltip
+    fills = {r["data-phase"]: r["fill"] for b in bars for r in b.all("rect")}
+    assert len(set(fills.values())) == 7  # a colour per phase
+    # x: seconds from tier 1's begin, tier 2 at 10.5 s (after tier 1's 7 s), to 10.75 s
+    x = {(b.all("g")[0]["data-service"], r["data-phase"]): float(r["x"]) for b in bars for r in b.all("rect")}
+    scale = (html_page.WIDTH - html_page.LABELS - html_page.RIGHT) / 10.75
+    assert x["server", "pin"] == pytest.approx(html_page.LABELS, abs=0.1)
+    assert x["identity", "pin"] == pytest.approx(html_page.LABELS + 10.5 * scale, abs=0.1)
+    assert x["property", "boot"] == pytest.approx(html_page.LABELS + 1.25 * scale, abs=0.1)
+    legend = " ".join(Page(html[html.index('<p class="legend">', html.index('<figure class="timeline">')) :]).text)
+    assert legend.startswith("pin start boot wait switch drain stop")  # no canary, no canary in the legend
+
+
+def test_no_timeline_without_marks_and_its_text_is_escaped():
+    result = deploy_result(deploy_report())
+    result.timeline = [tier_timeline(1, ["server"], "")]
+    assert '<figure class="timeline">' not in html_page.render(outcome.document("deploy", [result]))
+    html = timeline_page(("server", "<script>alert(1)</script>"))
+    assert "<script>" not in html and 'data-service="&lt;script&gt;alert(1)&lt;/script&gt;"' in html
 
 
 def test_inv_verify_report_writes_the_page(tmp_path, monkeypatch):
