@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -259,7 +260,7 @@ class Routing:
     def ports(self, service: str) -> list[str]:
         return upstream_ports(self.base, service)
 
-    def ip(self, networks: dict[str, str]) -> str | None:
+    def ip(self, networks: Mapping[str, str]) -> str | None:
         """A container's address on a network it shares with the proxy."""
         for name in self.networks:
             if networks.get(name):

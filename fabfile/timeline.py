@@ -20,6 +20,12 @@ EPOCH is the host's wall clock in seconds, with or without a decimal fraction
 - ``retired``: stopping the old containers started (in the background); ``stopped``: they are
   gone (often never seen: the deploy does not wait for it).
 
+tier.sh also prints, once every new container is healthy, one line per container with
+Docker's own times (RFC 3339), which :func:`host_line` turns into its created, started and
+healthy marks::
+
+    container SERVICE CONTAINER CREATED STARTED [PASSED...]
+
 Any mark may be missing (a failed tier, an engine or a dry run that sends none). A WHAT not
 listed here is kept but has no phase; a line that is not a mark parses to None.
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from .verify.render import iso
@@ -72,6 +79,28 @@ def parse_mark(line: str) -> Mark | None:
     if len(words) < 3 or words[0] != "mark" or not _EPOCH.fullmatch(words[1]):
         return None
     return Mark(float(words[1]), words[2], *words[3:5])
+
+
+def host_line(line: str) -> list[Mark] | None:
+    """The marks of one of tier.sh's timeline lines: a ``mark``, or a ``container`` line (its
+    created, started and first passing healthcheck; Docker's zero time is no time); None for
+    any other line."""
+    word, _, rest = line.partition(" ")
+    if word == "mark":
+        mark = parse_mark(line)
+        return [mark] if mark else []
+    if word != "container":
+        return None
+    service, container, *times = rest.split() + ["", ""]
+    marks = []
+    for what, stamp in zip(("created", "started", "healthy"), times):
+        try:
+            t = datetime.fromisoformat(stamp).timestamp()
+        except ValueError:
+            continue
+        if t > 0:
+            marks.append(Mark(t, what, service, container))
+    return marks
 
 
 def _known(*times: float | None) -> float | None:

@@ -48,7 +48,7 @@ RUN = "20250101-120000-77"  # the run a test's scripts write to the journal
 #   up             written by `compose up`: from then on `compose ps` lists the new container too
 #   oneoff-ID      container ID is a `docker compose run` job (label com.docker.compose.oneoff=True)
 #   created-ID     when container ID was created (docker's RFC 3339; default 2099: after any tier)
-#   job            `compose ps` lists a one-off job container too
+#   job            `compose ps` and `ps` list a one-off job container too
 #   loads          the configs loaded through `docker exec -i PROXY caddy reload --config /dev/stdin`
 #   login          written by `login`: its DOCKER_CONFIG, then its stdin (the token), and "plugins"
 #                  when that config has the user's cli-plugins; pull: the DOCKER_CONFIG `compose pull` had
@@ -60,6 +60,24 @@ inspect)
     [ -e "$d/gone" ] || [ -e "$d/gone-$4" ] && {{ echo "Error: No such object: $4" >&2; exit 1; }}
     [ "$2" = --format ] || {{ echo '[]'; exit 0; }}
     case "$3" in
+        *'"com.docker.compose.project"}}}}') echo app ;;
+        *RestartCount*oneoff* | *oneoff*RestartCount*)  # tier.sh's poll: every container at once
+            f=$3; shift 3; rc=0
+            for id in "$@"; do
+                short=$(printf '%s' "$id" | cut -c1-12)
+                [ -e "$d/gone-$id" ] && {{ echo "Error: No such object: $id" >&2; rc=1; continue; }}
+                if [ -e "$d/oneoff-$short" ]; then o=True; else o=False; fi
+                if [ "$id" = {NEW} ]; then st=$(cat "$d/state" 2>/dev/null || echo "running healthy 0")
+                else st="running healthy 0"; fi
+                echo "$short server $o $st"
+            done
+            exit "$rc" ;;
+        *StartedAt*)  # tier.sh's stamps: created, started, passing healthchecks
+            shift 3
+            for id in "$@"; do
+                printf '%s server %s %s %s\\n' "$(printf '%s' "$id" | cut -c1-12)" \\
+                    2099-01-01T00:00:01.5Z 2099-01-01T00:00:02.25Z 2099-01-01T00:00:04Z
+            done ;;
         *State.Status*) cat "$d/state" 2>/dev/null || echo "running healthy 0" ;;
         *Networks*) echo "{PROXY_NETWORK}={NEW_IP} " ;;
         *oneoff*Created*)
@@ -73,6 +91,7 @@ inspect)
             done ;;
         *) echo . ;;
     esac ;;
+ps) echo {OLD}; [ -e "$d/up" ] && echo {NEW}; [ -e "$d/job" ] && echo {JOB} ;;  # the project's, by label
 exec)
     case "$*" in
         *"caddy reload"*)
@@ -447,10 +466,10 @@ def tier(host: Host, held: tuple[str, ...] = ()) -> cmds.Command:
 
 
 def lines(res: subprocess.CompletedProcess) -> list[str]:
-    """What tier.sh printed after its pid, progress left out."""
+    """What tier.sh printed after its pid, progress and the timeline (mark, container) left out."""
     out = res.stdout.splitlines()
     assert out and out[0].startswith("pid "), res.stdout
-    return [line for line in out[1:] if not line.startswith("progress ")]
+    return [line for line in out[1:] if not line.startswith(("progress ", "mark ", "container "))]
 
 
 def test_tier_without_a_pin_line_fails(host):
@@ -472,6 +491,39 @@ def test_tier_happy_path_without_proxy_routing(host):
     assert eventually(lambda: f"rm {OLD[:12]}" in host.calls())
     assert f"stop {OLD[:12]}" in host.calls()
     assert not any(NEW[:12] in c and c.startswith(("stop", "rm")) for c in host.calls())
+
+
+def test_tier_marks_its_timeline_and_looks_at_all_containers_at_once(host):
+    """The host's clock at each point of the tier, before the line zdd waits for (``retired``
+    ends zdd's reading), and each new container's own times from one `docker inspect`; the
+    health wait reads every container with one `docker ps` and one `docker inspect` a round,
+    never `docker compose ps` (a fraction of its cost) once the project is known."""
+    res = host.run(tier(host), stdin="nopin\ngo\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout.splitlines()
+    marks = [line.split() for line in out if line.startswith("mark ")]
+    assert [m[2] for m in marks] == [
+        "begin",
+        "pinned",
+        "up",
+        "up-done",
+        "ready",
+        "switch",
+        "switched",
+        "drained",
+        "retired",
+    ]
+    times = [float(m[1]) for m in marks]
+    assert times == sorted(times) and abs(times[0] - time.time()) < 60
+    assert out.index(next(line for line in out if line.endswith(" retired"))) < out.index("retired")
+    assert [line for line in out if line.startswith("container ")] == [
+        f"container server {NEW[:12]} 2099-01-01T00:00:01.5Z 2099-01-01T00:00:02.25Z 2099-01-01T00:00:04Z"
+    ]
+    calls = host.calls()
+    assert not any(c.startswith("compose -f x.yaml ps") for c in calls), calls
+    polls = [c for c in calls if c.startswith("inspect") and "RestartCount" in c]
+    assert polls and all(c.endswith(f"{OLD} {NEW}") for c in polls[1:]), polls
+    assert len([c for c in calls if c.startswith("ps ")]) == len(polls)
 
 
 def test_tier_pins_switches_and_drains_at_the_proxy(host):
@@ -996,7 +1048,7 @@ def test_tier_renews_the_deploys_lock_while_it_waits(host):
 
 # --- explain mode (ZDD_EXPLAIN=1, lib.sh): what `deploy --dry-run` runs -------------------------------
 
-READS = ("compose -f x.yaml ps ", "inspect ", "image ls ", f"exec {OLD[:12]} sh -c for d in /dev/shm /tmp")
+READS = ("compose -f x.yaml ps ", "inspect ", "ps ", "image ls ", f"exec {OLD[:12]} sh -c for d in /dev/shm /tmp")
 
 
 def ran(host: Host) -> list[str]:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fabfile import outcome
-from fabfile.timeline import Mark, Phase, parse_mark
+from fabfile.timeline import Mark, Phase, host_line, parse_mark
 from tests.fakes import TIER_BEGIN, tier_timeline
 
 # --- parse_mark ------------------------------------------------------------------------------
@@ -201,3 +201,23 @@ def test_the_tiers_in_the_json_report():
 def test_a_host_without_marks_has_an_empty_timeline():
     doc = outcome.document("deploy", [outcome.HostResult("h", "deploy", started_at=1.0, ended_at=2.0)])
     assert doc["hosts"][0]["timeline"] == []
+
+
+def test_host_line_reads_marks_and_a_containers_docker_times():
+    """tier.sh's container line carries Docker's RFC 3339 times (nanoseconds, Z); Docker's zero
+    time (never started) is no mark; any other line is not the timeline's."""
+    assert host_line("mark 100.5 ready") == [Mark(100.5, "ready")]
+    assert host_line("mark x ready") == []
+    marks = host_line(
+        "container server abc 2026-11-30T00:29:03.626628932Z 2026-11-30T00:29:04.7Z 2026-11-30T00:29:06.5Z"
+        " 2026-11-30T00:29:07.5Z"
+    )
+    base = 1795998540.0  # 2026-11-30T00:29:00Z
+    assert [(m.what, m.service, m.container, round(m.t - base, 3)) for m in marks] == [
+        ("created", "server", "abc", 3.627),
+        ("started", "server", "abc", 4.7),
+        ("healthy", "server", "abc", 6.5),
+    ]
+    assert [m.what for m in host_line("container s c 2026-11-30T00:29:03Z 0001-01-01T00:00:00Z")] == ["created"]
+    assert host_line("new server abc net=1.2.3.4") is None
+    assert host_line("healthy after 3s") is None

@@ -24,7 +24,6 @@ if zdd dies. A deploy costs (tiers that roll) + 2 proxy loads.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 from .. import commands as cmds
 from .. import steps
@@ -33,29 +32,15 @@ from ..config_model import CanaryConfig, WatchConfig
 from ..locking import Held
 from ..plan import HostState, ServicePlan
 from ..proxy import STREAM_CLOSE_DELAY_SINCE, UPSTREAM_FIELD, Routing, caddy_version
-from ..runner import CommandResult, Conversation, StepFailed
+from ..runner import CommandResult, StepFailed
 from ..session import Session
+from ..timeline import TierTimeline
 from .compose_canary import CanaryRun
+from .compose_tier import TierRun
 from .compose_watch import Watch, WatchBreach
 
 NO_CANARY = CanaryConfig()  # switch at once
 NO_WATCH = WatchConfig()  # retire the old containers once drained
-
-
-@dataclass
-class TierRun:
-    """One tier's conversation with the host, kept open after the switch while it drains."""
-
-    names: list[str]
-    conv: Conversation
-    started: float
-    pid: str = ""
-    lines: list[str] = field(default_factory=list)
-    new: dict[str, list[str]] = field(default_factory=dict)  # service -> new container ids
-    new_ips: dict[str, list[str]] = field(default_factory=dict)
-    switched: bool = False
-    ended: CommandResult | None = None
-    watched: list[str] = field(default_factory=list)  # its services the watch judges after the last switch
 
 
 class ComposeRollout:
@@ -154,6 +139,8 @@ class ComposeRollout:
             self.lock.run,
         )
         run = TierRun([p.name for p in plans], None, time.monotonic())  # type: ignore[arg-type]
+        run.timeline = TierTimeline(len(self.s.report.timeline) + 1, list(run.names))
+        self.s.report.timeline.append(run.timeline)
         canary: CanaryRun | None = None
         with self.s.report.step(f"rollout {', '.join(run.names)}") as rec:
             pin = self._pin_line()
@@ -219,51 +206,7 @@ class ComposeRollout:
             self.routing.logged += run.watched
 
     def _until(self, run: TierRun, words: tuple[str, ...], timeout: float) -> str:
-        """Read the host's lines until one starts with one of ``words`` (or ``failed``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StepFailed(
-                    f"{', '.join(run.names)}: no answer from the host within {timeout:.0f} s (waiting for {words[0]})"
-                )
-            line = run.conv.readline(min(left, 1.0))
-            if line is None:
-                run.ended = run.conv.close()
-                raise StepFailed(
-                    f"{', '.join(run.names)}: the host-side rollout ended unexpectedly "
-                    f"({run.ended.first_error_line()})",
-                    "\n".join(run.lines),
-                )
-            if not line:
-                continue
-            word, _, rest = line.partition(" ")
-            if word == "progress":
-                self.s.report.progress(rest)
-                continue
-            run.lines.append(line)
-            if word == "pid":
-                run.pid = rest.strip()
-            elif word == "note":
-                self.r.note(rest)
-            elif word == "new":
-                self._new(run, rest)
-            elif word == "failed":
-                run.ended = run.conv.close()
-                raise StepFailed(
-                    f"{', '.join(run.names)}: {rest}; new containers removed, old ones serving",
-                    cmds.tier_failure_detail(run.lines),
-                )
-            elif word in words:
-                return rest
-
-    def _new(self, run: TierRun, rest: str) -> None:
-        name, cid, *nets = rest.split()
-        run.new.setdefault(name, []).append(cid)
-        if self.routing is not None:
-            ip = self.routing.ip(dict(n.partition("=")[::2] for n in nets))
-            if ip:
-                run.new_ips.setdefault(name, []).append(ip)
+        return run.until(self.s, words, timeout, self.routing.ip if self.routing is not None else None)
 
     def _undo(self, run: TierRun, error: BaseException, drain: int = 0) -> None:
         """Before the switch: make sure the host removes the new containers, then let the
@@ -370,6 +313,8 @@ class ComposeRollout:
                 break
             if line.startswith("progress "):
                 self.s.report.progress(f"{', '.join(run.names)} {line[len('progress ') :]}")
+            elif run.timed(line):
+                continue
             elif line.startswith("drained "):
                 drained = line[len("drained ") :]
         return drained

@@ -92,22 +92,63 @@ pause_at() {  # tests only: when ~/.zdd/test-pause names this point, wait here w
     while [ -f "$zdd/test-pause" ] && [ "$n" -lt "$((pause_max * 5))" ]; do nap; n=$((n + 1)); done
     rm -f "$zdd/test-paused"
 }
+now() {  # the host's clock: seconds, with milliseconds where date has %N (GNU; BusyBox built with it)
+    _n=$(date +%s.%N 2>/dev/null) || _n=
+    case $_n in
+        *.[0-9][0-9][0-9]*) printf '%s' "${_n%"${_n#*.???}"}" ;;
+        *) date +%s ;;
+    esac
+}
+mark() { [ -n "$explaining" ] || say "mark $(now) $*"; }  # mark WHAT [SERVICE [ID]]: the tier's timeline
 put() { printf '%s\n' "$2" > "$tmp/$1.$j"; }      # put FIELD VALUE: of service $j
 get() { cat "$tmp/$1.$j" 2>/dev/null; }           # get FIELD: of service $j (empty if never put)
 hook() { cat "$tmp/hook.$j"; }                     # the user's pre-stop hook of service $j
 by_plugin() { [ "$(get how)" = plugin ]; }         # service $j is started by docker rollout
 
-replicas() {  # replicas ID...: those of the containers that are a service's replicas, short ids
-    # (a `docker compose run` job, labelled oneoff, is none: never counted, routed to or removed)
-    [ $# -gt 0 ] || return 0
-    docker inspect --format '{{.Id}} {{index .Config.Labels "com.docker.compose.oneoff"}}' "$@" 2>/dev/null |
-        while read -r id oneoff; do [ "$oneoff" = True ] || printf '%s\n' "$id" | cut -c1-12; done
+# The project's containers, looked at all at once: one `docker ps` (filtered on the project's
+# label, a fraction of the cost of `docker compose ps`) and one `docker inspect` for all of them,
+# whatever the number of services and replicas. A poll writes "ID SERVICE ONEOFF STATUS HEALTH
+# RESTARTS" lines (short ids; "-" for a missing label) to $tmp/poll; with $polled set, the
+# readers below use the last poll, else each takes a poll of its own.
+project=
+polled=
+poll() {
+    if [ -z "$project" ] && [ -n "$all_old" ]; then  # the project's name, from one of its containers
+        project=$(bounded docker inspect --format '{{index .Config.Labels "com.docker.compose.project"}}' \
+            "${all_old%%,*}" 2>/dev/null) || project=
+    fi
+    if [ -n "$project" ]; then
+        _ids=$(bounded docker ps --all --quiet --filter "label=com.docker.compose.project=$project" 2>/dev/null)
+    else
+        _ids=$(dc ps --all --quiet 2>/dev/null)
+    fi
+    : > "$tmp/poll"
+    [ -n "$_ids" ] || return 0
+    # shellcheck disable=SC2086 # container ids, one word each
+    bounded docker inspect --format '{{printf "%.12s" .ID}} {{with index .Config.Labels "com.docker.compose.service"}}{{.}}{{else}}-{{end}} {{with index .Config.Labels "com.docker.compose.oneoff"}}{{.}}{{else}}-{{end}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' \
+        $_ids > "$tmp/poll" 2>/dev/null
+    if [ -z "$project" ]; then  # from now on `docker ps` finds them
+        project=$(bounded docker inspect --format '{{index .Config.Labels "com.docker.compose.project"}}' \
+            "${_ids%%"$zdd_nl"*}" 2>/dev/null) || project=
+    fi
+}
+containers_of() {  # containers_of [STATUS...]: the replicas of service $name (a `docker compose run`
+    # job, labelled oneoff, is none: never counted, routed to or removed), as "ID STATUS HEALTH
+    # RESTARTS" lines; with STATUS words, only those in one of these states
+    [ -n "$polled" ] || poll
+    while read -r _id _svc _oneoff _st _rest; do
+        if [ "$_svc" != "$name" ] || [ "$_oneoff" = True ]; then continue; fi
+        [ $# = 0 ] || case " $* " in *" $_st "*) ;; *) continue ;; esac
+        printf '%s %s %s\n' "$_id" "$_st" "$_rest"
+    done < "$tmp/poll"
+}
+new_states() {  # the containers of service $name that are not old ones, as containers_of prints them
+    containers_of | while read -r _id _rest; do
+        case ",$old," in *",$_id,"*) ;; *) printf '%s %s\n' "$_id" "$_rest" ;; esac
+    done
 }
 new_of() {  # the containers of service $name that are not old ones (nor one-off jobs)
-    # shellcheck disable=SC2046 # container ids, one word each
-    for id in $(replicas $(dc ps --all --quiet "$name" 2>/dev/null)); do
-        case ",$old," in *",$id,"*) ;; *) printf '%s ' "$id" ;; esac
-    done
+    new_states | while read -r _id _; do printf '%s ' "$_id"; done
 }
 
 release_one() {  # let docker-rollout's held pre-stop hook in the old containers of $name end
@@ -123,6 +164,7 @@ remove_new() {
 }
 
 undo() {  # before the switch the new containers never had traffic: remove them
+    polled=  # a fresh look: docker-rollout may have started more since the last poll
     for pid in $pids; do kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done
     if [ -n "$pids" ]; then  # docker-rollout and its children; they must not roll on their own
         sleep "$undo_grace"
@@ -137,6 +179,7 @@ on_signal() { [ -n "$switched" ] && return; back_out; undo "failed interrupted: 
 trap on_signal TERM INT
 say "pid $$"
 all_old='' all_names=''
+mark begin
 collect() { all_old="$all_old${all_old:+,}$old" all_names="$all_names${all_names:+,}$name"; }
 each collect
 journal_event tier services "$all_names" old "$all_old" ||
@@ -152,16 +195,18 @@ case "$line" in
     nopin) ;;
     *) say "failed no pin line from zdd"; exit 1 ;;
 esac
+mark pinned
 say "pinned"
 
 # --- 2. start the new containers ---------------------------------------------------------
 remove_stale() {  # compose would restart stopped containers instead of creating new ones
-    # shellcheck disable=SC2046 # container ids, one word each
-    ids=$(replicas $(dc ps --quiet --status exited --status created --status dead "$name" 2>/dev/null))
+    ids=$(containers_of exited created dead | while read -r id _; do printf '%s ' "$id"; done)
     # shellcheck disable=SC2086 # container ids, one word each
     [ -z "$ids" ] || run docker rm --force $ids >/dev/null 2>&1
 }
+poll; polled=1
 each remove_stale
+polled=
 
 choose() {  # START plugin: docker-rollout replaces running services whose containers can hold its hook
     put how compose
@@ -219,29 +264,29 @@ if [ -n "$services" ]; then
     # shellcheck disable=SC2086 # --scale flags and service names, one word each
     set -- "$@" up --detach --no-deps --no-recreate $scales $services
     if command -v timeout >/dev/null 2>&1; then set -- timeout -k "$kill_after" $((ceiling + margin)) "$@"; fi
+    mark up
     if ! out=$(run "$@" 2>&1); then
         undo "failed docker compose up: $(last "$out")"
         exit 1
     fi
+    mark up-done
 fi
 pause_at after-start
 
 # every new container must exist, run and be healthy; one that is unhealthy, exits or
 # restarts fails the tier at once (the health timeout is only the ceiling)
 start=$(date +%s) announced='' shown='' logged_new=''
-check() {
-    ids=$(new_of) n=0 ok=0
-    for id in $ids; do
+check() {  # of the last poll
+    n=0 ok=0
+    new_states > "$tmp/states"
+    while read -r id status health restarts; do
         n=$((n + 1))
-        st=$(bounded docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$id" 2>/dev/null) || st="gone - 0"
-        status=${st%% *} rest=${st#* }
-        health=${rest%% *} restarts=${rest#* }
         if [ "$status" != running ] || [ "$restarts" != 0 ] || [ "$health" = unhealthy ]; then
             failed="$failed $name:$id=$status/$health"
         elif [ "$health" = healthy ] || { [ "$health" = none ] && [ "$elapsed" -ge "$nocheck" ]; }; then
             ok=$((ok + 1))
         fi
-    done
+    done < "$tmp/states"
     all=$((all + n)) good=$((good + ok))
     progress="$progress $name: $ok/$(wanted),"
     by_plugin || return 0
@@ -288,6 +333,7 @@ else
     while :; do
         elapsed=$(( $(date +%s) - start ))
         failed='' progress='' all=0 good=0
+        poll; polled=1
         each check
         if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
         if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
@@ -301,10 +347,25 @@ else
             each details; undo "failed timeout after ${ceiling}s:${progress%,} healthy"; exit 1
         fi
         if [ "$elapsed" != "$shown" ]; then say "progress${progress%,} healthy, $elapsed s of $ceiling"; shown=$elapsed; fi
+        polled=
         renew
         nap
     done
 fi
+mark ready
+stamps() {  # each new container's own times (Docker's): created, started, its first passing healthcheck
+    [ -z "$explaining" ] || return 0
+    ids=$(each new_of)
+    [ -n "$ids" ] || return 0
+    # shellcheck disable=SC2086 # container ids, one word each
+    bounded docker inspect --format '{{printf "%.12s" .ID}} {{index .Config.Labels "com.docker.compose.service"}} {{.Created}} {{.State.StartedAt}} {{if .State.Health}}{{range .State.Health.Log}}{{if .ExitCode}}{{else}}{{.End.UTC.Format "2006-01-02T15:04:05.000000Z07:00"}} {{end}}{{end}}{{end}}' $ids 2>/dev/null |
+        while read -r id svc created started passed _; do
+            [ -z "$started" ] || say "container $svc $id $created $started $passed"
+        done
+}
+poll; polled=1
+stamps
+polled=
 say "healthy after $(( $(date +%s) - start ))s"
 
 # --- 3. canary steps, then the switch; or back to the old containers and undo ------------------
@@ -337,6 +398,7 @@ while :; do
             journal_event canary percent "$pct" ||
                 { back_out; undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
             weighted=1
+            mark "canary-$pct"
             if ! load "canary $pct %" "${rest#* }"; then
                 back_out; undo "failed cannot load the canary's weights: new containers removed"; exit 1
             fi
@@ -356,12 +418,14 @@ case "$line" in
             { back_out; undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
         switched=1
         pause_at in-switch
+        mark switch
         if [ "$line" != go ] && ! load switch "${line#switch }"; then
             switched=
             back_out
             undo "failed cannot switch the proxy: new containers removed"
             exit 1
         fi
+        mark switched
         say "switched" ;;
     *) back_out; undo "failed aborted before the switch: new containers removed"; exit 3 ;;
 esac
@@ -374,6 +438,7 @@ each add_held
 drain_old() {
     # shellcheck disable=SC2086 # addresses, one word each
     drain_wait $addrs
+    mark drained
     say "drained $result"
 }
 [ -n "$watching" ] || drain_old  # with a watch, after it: the old containers may serve again
@@ -437,6 +502,7 @@ retire() {
 # running, out of rotation, for the next run to retire
 if journal_event retired; then
     each retire
+    mark retired
     say "retired"
 else
     say "note cannot write the journal $zdd/journal/$key.jsonl: the old containers are left running, out of" \
