@@ -10,12 +10,21 @@ The docker-rollout rows need the plugin: ZDD_DOCKER_ROLLOUT=/path/to/docker-roll
 swarm row runs when the sandbox's swarm stack is up (scripts/sandbox.sh swarm-up): the same
 four apps as a stack, measured against its own proxy (host sandbox-swarm).
 
+With --scale N R it measures a bigger stack instead: N app services of R replicas each, built
+from the sandbox's app images (service i runs the image of app i mod 4, so one publish changes
+all of them) behind a Caddy of their own on port 18081, in the project ~/scale of the sandbox's
+user; zdd rolls them in three tiers; the load is 8 keep-alive clients over every service's
+/fast. The rows: the docker-rollout loop over the N services, zdd native, zdd with nothing
+changed. The stack is removed afterwards (--keep leaves it up).
+
   .venv/bin/python scripts/bench_deploy.py [--only NAME ...]
+  .venv/bin/python scripts/bench_deploy.py --scale 12 2 [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -50,24 +59,44 @@ class Row:
     loads: str
     commands: str
     status: str
+    timeline: list[str]
 
 
 def sh(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
-def as_host_user(shell: str) -> subprocess.CompletedProcess:
-    return sh("su", "-s", "/bin/sh", "zddsbx", "-c", f"cd ~/remilia && {shell}")
+def as_host_user(shell: str, cwd_home: bool = False) -> subprocess.CompletedProcess:
+    return sh("su", "-s", "/bin/sh", "zddsbx", "-c", shell if cwd_home else f"cd ~/remilia && {shell}")
 
 
-def settle(timeout: float = 120) -> float:
+@dataclass(frozen=True)
+class Stack:
+    """A compose project of the sandbox's user: its directory, app services and replicas."""
+
+    dir: str  # under the user's home
+    apps: tuple[str, ...]
+    replicas: int = 1
+
+    @property
+    def lock(self) -> Path:
+        return STATE / "home" / ".zdd" / "locks" / str(STATE / "home" / self.dir).replace("/", "_")
+
+    def settled(self) -> bool:
+        out = as_host_user(
+            f"cd ~/{self.dir} && docker compose ps -a --format '{{{{.Service}}}}'", cwd_home=True
+        ).stdout.split()
+        return not self.lock.exists() and all(out.count(a) == self.replicas for a in self.apps)
+
+
+REMILIA = Stack("remilia", tuple(APPS))
+
+
+def settle(stack: Stack = REMILIA, timeout: float = 120) -> float:
     """Seconds until the previous deploy's restore job released the lock and every app runs
-    one container (old ones gone)."""
+    its replicas only (old ones gone)."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        counts = [as_host_user(f"docker compose ps -aq {s}").stdout.split() for s in APPS]
-        if not LOCK.exists() and all(len(c) == 1 for c in counts):
-            break
+    while time.monotonic() - t0 < timeout and not stack.settled():
         time.sleep(0.2)
     return time.monotonic() - t0
 
@@ -92,18 +121,23 @@ def swarm_up() -> bool:
 
 
 def measure(
-    name: str, argv: list[str], publish: bool = True, env: dict | None = None, host_name: str = "sandbox"
+    name: str,
+    argv: list[str],
+    publish: bool = True,
+    env: dict | None = None,
+    host_name: str = "sandbox",
+    stack: Stack = REMILIA,
 ) -> Row:
-    settle()
+    settle(stack)
     if publish:
         sh(SANDBOX, "publish")
-    host = cfg.load(ROOT / "hosts.toml").host(host_name)
+    host = cfg.load((env or {}).get("FABRIC_HOSTS_FILE") or ROOT / "hosts.toml").host(host_name)
     loop = vloop.BackgroundLoop(vloop.settings_for_host(host.verify), finish_in_flight=True).start()
     time.sleep(1)
     t0 = time.monotonic()
     res = sh(*argv, env=env)
     wall = time.monotonic() - t0
-    settled = wall + settle()
+    settled = wall + settle(stack)
     time.sleep(1)
     report = loop.stop()
     m = re.search(r"cost: (\d+) remote commands, (\d+) proxy loads", res.stdout)
@@ -118,24 +152,126 @@ def measure(
         m.group(2) if m else "-",
         m.group(1) if m else "-",
         status,
+        [ln.strip() for ln in res.stdout.splitlines() if re.match(r"\s+tier \d+ ", ln)],
     )
 
 
-def rollout_loop(recreate_caddy: bool) -> list[str]:
-    loop = "docker compose pull -q && " + " && ".join(f"docker rollout -f docker-compose.yaml {s}" for s in APPS)
+def rollout_loop(recreate_caddy: bool, stack: Stack = REMILIA) -> list[str]:
+    loop = "docker compose pull -q && " + " && ".join(f"docker rollout -f docker-compose.yaml {s}" for s in stack.apps)
     if recreate_caddy:
         loop += " && docker compose up -d --force-recreate caddy"
-    return ["su", "-s", "/bin/sh", "zddsbx", "-c", f"cd ~/remilia && {loop} >/dev/null 2>&1"]
+    return ["su", "-s", "/bin/sh", "zddsbx", "-c", f"cd ~/{stack.dir} && {loop} >/dev/null 2>&1"]
+
+
+# --- a bigger stack: N services x R replicas ------------------------------------------------
+SCALE_PORT = 18081
+SIGTERMS = {"server": "abrupt", "property": "graceful", "identity": "ignore", "profile-server": "graceful"}
+
+
+def scale_files(n: int, replicas: int) -> tuple[str, str]:
+    """The compose file and Caddyfile of a stack of ``n`` apps of ``replicas`` each."""
+    names = [f"s{i + 1:02d}" for i in range(n)]
+    services = {}
+    for i, name in enumerate(names):
+        app = APPS[i % len(APPS)]
+        services[name] = {
+            "image": f"127.0.0.1:15000/zdd-sandbox/{app}:latest",
+            "restart": "unless-stopped",
+            "expose": ["8080"],
+            "environment": {"SERVICE": name, "SIGTERM": SIGTERMS[app], "BOOT_DELAY": "2"},
+            "deploy": {"replicas": replicas},
+            "healthcheck": {
+                "test": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"],
+                "interval": "1s",
+                "timeout": "1s",
+                "retries": 3,
+            },
+        }
+    services["caddy"] = {
+        "image": "127.0.0.1:15000/zdd-sandbox/base:latest",
+        "command": ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"],
+        "restart": "unless-stopped",
+        "ports": [f"127.0.0.1:{SCALE_PORT}:80"],
+        "volumes": ["./caddy:/etc/caddy:ro"],
+    }
+    routes = "".join(
+        f"\thandle_path /{name}/* {{\n\t\treverse_proxy {name}:8080 {{\n\t\t\tstream_close_delay 5m\n\t\t}}\n\t}}\n"
+        for name in names
+    )
+    caddyfile = (
+        "{\n\tadmin localhost:2019\n\tauto_https off\n}\n\n"
+        f':80 {{\n{routes}\thandle {{\n\t\trespond "zdd scale" 200\n\t}}\n}}\n'
+    )
+    return json.dumps({"services": services}, indent=1), caddyfile
+
+
+def scale_hosts(stack: Stack) -> dict:
+    """A hosts file with the sandbox's host and ``sandbox-scale``: the same ssh and registry,
+    the stack's directory, three tiers, 8 keep-alive clients over each service's /fast."""
+    text = (ROOT / "hosts.toml").read_text()
+    third = -(-len(stack.apps) // 3)
+    tiers = [list(stack.apps[i : i + third]) for i in range(0, len(stack.apps), third)]
+    urls = [f"http://127.0.0.1:{SCALE_PORT}/{a}/fast" for a in stack.apps]
+    extra = [
+        "[hosts.sandbox-scale]",
+        f'dir = "~/{stack.dir}"',
+        'engine = "native"',
+        "health_timeout = 60",
+        f"rollout = {json.dumps(tiers)}",
+    ]
+    for part in ("ssh", "registry"):
+        body = re.search(rf"^\[hosts\.sandbox\.{part}\]\n(.*?)(?=^\[|\Z)", text, re.S | re.M)
+        extra += ["", f"[hosts.sandbox-scale.{part}]", body.group(1).strip() if body else ""]
+    extra += ["", "[hosts.sandbox-scale.verify]", f"urls = {json.dumps(urls)}", "concurrency = 8", "rate = 40.0"]
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text + "\n\n" + "\n".join(extra) + "\n")
+    f.close()
+    return {"FABRIC_HOSTS_FILE": f.name}
+
+
+def scale_up(n: int, replicas: int) -> Stack:
+    stack = Stack("scale", tuple(f"s{i + 1:02d}" for i in range(n)), replicas)
+    compose, caddyfile = scale_files(n, replicas)
+    home = STATE / "home" / stack.dir
+    (home / "caddy").mkdir(parents=True, exist_ok=True)
+    (home / "docker-compose.yaml").write_text(compose)
+    (home / "caddy" / "Caddyfile").write_text(caddyfile)
+    sh("chown", "-R", "zddsbx:zddsbx", str(home))
+    res = as_host_user(f"cd ~/{stack.dir} && docker compose up -d --wait --quiet-pull", cwd_home=True)
+    if res.returncode != 0:
+        raise SystemExit(f"bench: the scale stack did not come up: {(res.stderr or res.stdout).strip()[-300:]}")
+    return stack
+
+
+def scale_down(stack: Stack) -> None:
+    as_host_user(f"cd ~/{stack.dir} && docker compose down --timeout 1 --remove-orphans", cwd_home=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    ap.add_argument("--scale", nargs=2, type=int, metavar=("N", "R"), help="N services x R replicas instead")
+    ap.add_argument("--keep", action="store_true", help="with --scale: leave the stack up")
     args = ap.parse_args()
     if ROLLOUT:  # the loop rows run `docker rollout` as the sandbox's ssh user
         plugin = STATE / "home" / ".docker" / "cli-plugins" / "docker-rollout"
         sh("install", "-d", "-o", "zddsbx", "-g", "zddsbx", str(plugin.parent))  # the user's own dir
         sh("install", "-m", "755", "-o", "zddsbx", ROLLOUT, str(plugin))
+    stack = REMILIA
+    if args.scale:
+        stack = scale_up(*args.scale)
+        env = scale_hosts(stack)
+        fab = [FAB, "-H", "sandbox-scale", "deploy", "--no-verify"]
+        rows_spec = [
+            ("docker-rollout loop", rollout_loop(False, stack), True, env, True),
+            (f"zdd native, 3 tiers of {-(-len(stack.apps) // 3)}", fab, True, env, False),
+            ("zdd native, nothing changed", fab, False, env, False),
+        ]
+        try:
+            return report(measure_rows(rows_spec, args.only, stack, "sandbox-scale"))
+        finally:
+            if not args.keep:
+                scale_down(stack)
     rows_spec = [
         ("compose up -d --force-recreate (today)", [SANDBOX, "naive-redeploy"], True, None, False),
         ("seed plan: docker-rollout loop + recreate caddy", rollout_loop(True), True, None, True),
@@ -151,9 +287,13 @@ def main() -> int:
         ),
         ("zdd swarm engine, 3 tiers (stack)", [FAB, "-H", "sandbox-swarm", "deploy", "--no-verify"], True, None, False),
     ]
+    return report(measure_rows(rows_spec, args.only, stack, "sandbox"))
+
+
+def measure_rows(rows_spec: list, only: list[str] | None, stack: Stack, host_name: str) -> list[Row]:
     rows: list[Row] = []
     for name, argv, publish, env, needs_plugin in rows_spec:
-        if args.only and not any(o in name for o in args.only):
+        if only and not any(o in name for o in only):
             continue
         if needs_plugin and not ROLLOUT:
             print(f"{name}: skipped (set ZDD_DOCKER_ROLLOUT to the docker-rollout script)", flush=True)
@@ -162,22 +302,31 @@ def main() -> int:
         if swarm and not swarm_up():
             print(f"{name}: skipped (scripts/sandbox.sh swarm-up first)", flush=True)
             continue
-        rows.append(measure(name, argv, publish, env, "sandbox-swarm" if swarm else "sandbox"))
+        rows.append(measure(name, argv, publish, env, "sandbox-swarm" if swarm else host_name, stack))
         r = rows[-1]
         print(f"  measured {r.name}: {r.wall:.1f} s, {r.failed_retry} failed ({r.status})", flush=True)
-    base = next((r.wall for r in rows if r.name == "docker-rollout loop"), None)
+    return rows
+
+
+def report(rows: list[Row]) -> int:
+    base = next((r for r in rows if r.name == "docker-rollout loop"), None)
     print()
     print(
-        "| strategy | wall | ratio to docker-rollout loop | until settled | failed, never retrying | "
+        "| strategy | wall | ratio to docker-rollout loop | until settled | ratio, settled | failed, never retrying | "
         "failed, retrying once | requests | proxy loads | remote commands |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ratio = f"{r.wall / base:.2f}×" if base else "-"
+        ratio = f"{r.wall / base.wall:.2f}×" if base else "-"
+        settled = f"{r.settled / base.settled:.2f}×" if base else "-"
         print(
-            f"| {r.name} | {r.wall:.1f} s | {ratio} | {r.settled:.1f} s | {r.failed_no_retry} | {r.failed_retry} | "
-            f"{r.total:,} | {r.loads} | {r.commands} |"
+            f"| {r.name} | {r.wall:.1f} s | {ratio} | {r.settled:.1f} s | {settled} | {r.failed_no_retry} | "
+            f"{r.failed_retry} | {r.total:,} | {r.loads} | {r.commands} |"
         )
+    for r in rows:
+        if r.timeline:
+            print(f"\n{r.name}, where the time went (host clock):")
+            print("\n".join(f"  {line}" for line in r.timeline))
     bad = [r for r in rows if r.status != "ok" and "today" not in r.name]
     for r in bad:
         print(f"{r.name}: {r.status}")

@@ -225,9 +225,12 @@ def png_pixels(data: bytes) -> bytes:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
-def test_chromium_renders_the_page(page_html, tmp_path):
+def test_chromium_renders_the_page(tmp_path):
+    """The whole page, the tiers' timeline included, drawn by a real browser."""
     page, shot = tmp_path / "deploy.html", tmp_path / "deploy.png"
-    page.write_text(page_html, encoding="utf-8")
+    html = timeline_page()
+    assert '<figure class="timeline">' in html
+    page.write_text(html, encoding="utf-8")
     res = subprocess.run(
         [
             CHROMIUM,
