@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,8 @@ class Row:
     commands: str
     status: str
     timeline: list[str]
+    canary_failed: str = "-"  # failed requests while a canary step ran
+    exposed: str = "-"  # a bad release: first to last failed request (how long clients saw it fail)
 
 
 def sh(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -115,6 +118,19 @@ def hosts_file(one_tier: bool) -> dict:
     return {"FABRIC_HOSTS_FILE": f.name}
 
 
+GUARDED = [FAB, "-H", "sandbox", "deploy", "--no-verify", "--canary", "10,50"]
+
+
+def guarded_hosts() -> dict:
+    """The sandbox's hosts file with canary steps of 5 s judged from 5 answers, 1 % errors."""
+    text = (ROOT / "hosts.toml").read_text()
+    text += "\n[hosts.sandbox.canary]\nstep_seconds = 5\nmin_requests = 5\nmax_error_rate = 0.01\n"
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    return {"FABRIC_HOSTS_FILE": f.name}
+
+
 def swarm_up() -> bool:
     out = sh("docker", "-H", f"unix://{STATE}/swarm/docker.sock", "stack", "ls", "--format", "{{.Name}}").stdout.split()
     return "remilia-swarm" in out
@@ -123,18 +139,21 @@ def swarm_up() -> bool:
 def measure(
     name: str,
     argv: list[str],
-    publish: bool = True,
+    publish: bool | list[str] = True,  # a list: publish with these arguments (a bad release)
     env: dict | None = None,
     host_name: str = "sandbox",
     stack: Stack = REMILIA,
 ) -> Row:
     settle(stack)
     if publish:
-        sh(SANDBOX, "publish")
+        sh(SANDBOX, "publish", *(publish if isinstance(publish, list) else []))
     host = cfg.load((env or {}).get("FABRIC_HOSTS_FILE") or ROOT / "hosts.toml").host(host_name)
     loop = vloop.BackgroundLoop(vloop.settings_for_host(host.verify), finish_in_flight=True).start()
     time.sleep(1)
     t0 = time.monotonic()
+    doc = Path(tempfile.mkdtemp()) / "deploy.json"
+    if argv[:1] == [FAB]:
+        argv = [*argv, "--json", str(doc)]
     res = sh(*argv, env=env)
     wall = time.monotonic() - t0
     settled = wall + settle(stack)
@@ -142,6 +161,7 @@ def measure(
     report = loop.stop()
     m = re.search(r"cost: (\d+) remote commands, (\d+) proxy loads", res.stdout)
     status = "ok" if res.returncode == 0 else f"exit {res.returncode}: {(res.stderr or res.stdout).strip()[-120:]}"
+    canary_failed, exposed = guarded_figures(doc, report) if doc.exists() else ("-", "-")
     return Row(
         name,
         wall,
@@ -153,7 +173,24 @@ def measure(
         m.group(1) if m else "-",
         status,
         [ln.strip() for ln in res.stdout.splitlines() if re.match(r"\s+tier \d+ ", ln)],
+        canary_failed,
+        exposed,
     )
+
+
+def guarded_figures(doc_path: Path, report) -> tuple[str, str]:
+    """Failed requests during the run's canary steps ("-" without steps), and for a release
+    that failed: seconds from the first failed request to the last one."""
+    steps = json.loads(doc_path.read_text())["hosts"][0]["steps"] or []
+    spans = [
+        (datetime.fromisoformat(st["started_at"]).timestamp(), datetime.fromisoformat(st["ended_at"]).timestamp())
+        for st in steps
+        if st["name"].startswith("canary ") and st.get("started_at") and st.get("ended_at")
+    ]
+    times = [report.started_wall + f.t for f in report.recorder.failures]
+    during = sum(1 for t in times if any(a <= t <= b for a, b in spans))
+    exposed = f"{max(times) - min(times):.1f} s" if times else "-"
+    return (str(during) if spans else "-"), exposed
 
 
 def rollout_loop(recreate_caddy: bool, stack: Stack = REMILIA) -> list[str]:
@@ -217,6 +254,7 @@ def scale_hosts(stack: Stack) -> dict:
         f'dir = "~/{stack.dir}"',
         'engine = "native"',
         "health_timeout = 60",
+        "infra = []",
         f"rollout = {json.dumps(tiers)}",
     ]
     for part in ("ssh", "registry"):
@@ -272,6 +310,7 @@ def main() -> int:
         finally:
             if not args.keep:
                 scale_down(stack)
+    guarded_env = guarded_hosts()
     rows_spec = [
         ("compose up -d --force-recreate (today)", [SANDBOX, "naive-redeploy"], True, None, False),
         ("seed plan: docker-rollout loop + recreate caddy", rollout_loop(True), True, None, True),
@@ -286,8 +325,29 @@ def main() -> int:
             False,
         ),
         ("zdd swarm engine, 3 tiers (stack)", [FAB, "-H", "sandbox-swarm", "deploy", "--no-verify"], True, None, False),
+        # guarded releases (last: a failing release leaves a bad :latest behind; the next row publishes)
+        ("zdd canary [10, 50], a good release", [*GUARDED, "--watch", "0"], True, guarded_env, False),
+        (
+            "zdd canary [10, 50], a release answering 500",
+            [*GUARDED, "--watch", "0"],
+            ["--fail-after", "0"],
+            guarded_env,
+            False,
+        ),
+        (
+            "zdd canary [10, 50] + watch 30 s, a release failing 25 s after it started",
+            [*GUARDED, "--watch", "30"],
+            ["--fail-after", "25"],
+            guarded_env,
+            False,
+        ),
     ]
-    return report(measure_rows(rows_spec, args.only, stack, "sandbox"))
+    rows = measure_rows(rows_spec, args.only, stack, "sandbox")
+    if any("a release " in r.name for r in rows):  # a good :latest again, on the host too
+        settle()
+        sh(SANDBOX, "publish")
+        sh(FAB, "-H", "sandbox", "deploy", "--no-verify", "--no-canary", "--wait")
+    return report(rows)
 
 
 def measure_rows(rows_spec: list, only: list[str] | None, stack: Stack, host_name: str) -> list[Row]:
@@ -313,21 +373,23 @@ def report(rows: list[Row]) -> int:
     print()
     print(
         "| strategy | wall | ratio to docker-rollout loop | until settled | ratio, settled | failed, never retrying | "
-        "failed, retrying once | requests | proxy loads | remote commands |"
+        "failed, retrying once | requests | proxy loads | remote commands | failed during the canary | "
+        "a bad release: first to last failed request | exit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r.wall / base.wall:.2f}×" if base else "-"
         settled = f"{r.settled / base.settled:.2f}×" if base else "-"
         print(
             f"| {r.name} | {r.wall:.1f} s | {ratio} | {r.settled:.1f} s | {settled} | {r.failed_no_retry} | "
-            f"{r.failed_retry} | {r.total:,} | {r.loads} | {r.commands} |"
+            f"{r.failed_retry} | {r.total:,} | {r.loads} | {r.commands} | {r.canary_failed} | {r.exposed} | "
+            f"{'0' if r.status == 'ok' else r.status.split(':')[0].removeprefix('exit ')} |"
         )
     for r in rows:
         if r.timeline:
             print(f"\n{r.name}, where the time went (host clock):")
             print("\n".join(f"  {line}" for line in r.timeline))
-    bad = [r for r in rows if r.status != "ok" and "today" not in r.name]
+    bad = [r for r in rows if r.status != "ok" and "today" not in r.name and "a release " not in r.name]
     for r in bad:
         print(f"{r.name}: {r.status}")
     return 1 if bad else 0

@@ -704,6 +704,25 @@ def test_tier_drain_leaves_long_lived_streams_to_the_stop(host):
     assert eventually(lambda: f"stop {OLD[:12]}" in host.calls())
 
 
+def test_tier_waits_out_a_passing_unhealthy_verdict_but_not_a_lasting_one(host):
+    """A container starved of CPU while its tier boots may miss a few checks (Docker says
+    unhealthy) and pass the next: the tier goes on. One still unhealthy after the grace fails."""
+    host.set("state", "running unhealthy 0\n")
+    timer = threading.Timer(2.0, lambda: host.set("state", "running healthy 0\n"))
+    timer.start()
+    try:
+        res = host.run(tier(host), stdin="nopin\ngo\n")
+    finally:
+        timer.cancel()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [line.split()[0] for line in lines(res)][:3] == ["pinned", "new", "healthy"]
+    host.set("state", "running unhealthy 0\n")
+    t0 = time.monotonic()
+    res = host.run(tier(host), stdin="nopin\ngo\n")
+    assert res.returncode == 1 and "=running/unhealthy" in res.stdout.splitlines()[-1], res.stdout
+    assert 5 <= time.monotonic() - t0 < 15
+
+
 @pytest.mark.parametrize(
     "state, stdin, rc, last",
     [

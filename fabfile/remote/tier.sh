@@ -53,13 +53,15 @@ kill_after=10    # a `compose up` still running at its limit is sent SIGTERM, an
 undo_grace=1     # docker-rollout gets this long to end on SIGTERM before its process group is killed
 blind_wait=10    # no in-flight counts from the proxy: the old containers stop after this (at most the drain timeout)
 hook_polls=5     # the held pre-stop hook looks for its release this many times a second
-nap_seconds=0.2  # between two polls of the new containers' health, and of the drain
+nap_seconds=0.2  # between two looks at the new containers' health (and polls of the drain)
+poll_every=5     # with Docker's events heard, the health wait polls every this many looks at least
+sick_grace=5     # a new container Docker calls unhealthy fails the tier if not healthy again within this
 pause_max=300    # tests only: the longest a pause point (pause_at) holds the tier
 
 # each service's fields, one line each ("-" for an empty field), its hook in a file of its own;
 # what is learnt of it on the way (how it starts, its docker-rollout's pid and exit status) too
 tmp=$(mktemp -d) || { say "failed cannot make a temporary directory"; exit 1; }
-trap 'rm -rf "$tmp"' EXIT
+trap 'stop_listening; rm -rf "$tmp"' EXIT
 : > "$tmp/services"
 j=1
 while [ "$j" -le "$count" ]; do
@@ -150,6 +152,29 @@ new_states() {  # the containers of service $name that are not old ones, as cont
 new_of() {  # the containers of service $name that are not old ones (nor one-off jobs)
     new_states | while read -r _id _; do printf '%s ' "$_id"; done
 }
+
+# While the new containers boot, Docker's events for the project's containers (a start, a
+# health change, a death) tell the health wait when to poll again: a poll costs two docker
+# calls, a look at the events file none. Without events (no project name yet, an old docker)
+# it polls every look.
+up_at=$(date +%s) events_pid='' listened='' heard_size=0
+listen() {
+    [ -z "$listened" ] && [ -z "$explaining" ] && [ -n "$project" ] || return 0
+    listened=1
+    set -- docker events --since "$up_at" --filter type=container \
+        --filter "label=com.docker.compose.project=$project" \
+        --filter event=start --filter event=health_status --filter event=die --format '{{.ID}}'
+    # never outlives the wait, even if this script is killed
+    if command -v timeout >/dev/null 2>&1; then set -- timeout "$((ceiling + margin))" "$@"; fi
+    "$@" </dev/null >"$tmp/events" 2>/dev/null 9<&- &
+    events_pid=$!
+}
+heard() {  # Docker reported something since the last look
+    _size=$(wc -c < "$tmp/events" 2>/dev/null) || return 0
+    [ "$_size" != "$heard_size" ] || return 1
+    heard_size=$_size
+}
+stop_listening() { [ -z "$events_pid" ] || kill "$events_pid" 2>/dev/null; events_pid=; }
 
 release_one() {  # let docker-rollout's held pre-stop hook in the old containers of $name end
     by_plugin || return 0
@@ -255,6 +280,7 @@ add_scale() {
     scales="$scales --scale $name=$(( $(commas "$old" | wc -w) + target ))" services="$services $name"
 }
 each add_scale
+up_at=$(date +%s)
 each start_rollout
 if [ -n "$services" ]; then
     flag_words
@@ -273,16 +299,23 @@ if [ -n "$services" ]; then
 fi
 pause_at after-start
 
-# every new container must exist, run and be healthy; one that is unhealthy, exits or
-# restarts fails the tier at once (the health timeout is only the ceiling)
+# every new container must exist, run and be healthy; one that exits or restarts fails the tier
+# at once, one that Docker calls unhealthy once it has been so for $sick_grace s (a container
+# starved of CPU while a tier boots may miss a check or three and pass the next); the health
+# timeout is only the ceiling
 start=$(date +%s) announced='' shown='' logged_new=''
 check() {  # of the last poll
     n=0 ok=0
     new_states > "$tmp/states"
     while read -r id status health restarts; do
         n=$((n + 1))
-        if [ "$status" != running ] || [ "$restarts" != 0 ] || [ "$health" = unhealthy ]; then
+        if [ "$status" != running ] || [ "$restarts" != 0 ]; then
             failed="$failed $name:$id=$status/$health"
+        elif [ "$health" = unhealthy ]; then
+            [ -e "$tmp/sick-$id" ] || date +%s > "$tmp/sick-$id"
+            if [ $(( $(date +%s) - $(cat "$tmp/sick-$id") )) -ge "$sick_grace" ]; then
+                failed="$failed $name:$id=$status/$health"
+            fi
         elif [ "$health" = healthy ] || { [ "$health" = none ] && [ "$elapsed" -ge "$nocheck" ]; }; then
             ok=$((ok + 1))
         fi
@@ -330,10 +363,19 @@ explain_new() {  # explain mode: the wait, and placeholders for the new containe
 if [ -n "$explaining" ]; then
     each explain_new
 else
+    quiet=0
     while :; do
         elapsed=$(( $(date +%s) - start ))
+        if [ -n "$events_pid" ] && [ "$quiet" -lt "$poll_every" ] && [ "$elapsed" -lt "$ceiling" ] && ! heard; then
+            quiet=$((quiet + 1))
+            renew
+            nap
+            continue
+        fi
+        quiet=0
         failed='' progress='' all=0 good=0
         poll; polled=1
+        listen
         each check
         if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
         if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
@@ -351,6 +393,7 @@ else
         renew
         nap
     done
+    stop_listening
 fi
 mark ready
 stamps() {  # each new container's own times (Docker's): created, started, its first passing healthcheck
