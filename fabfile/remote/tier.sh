@@ -409,7 +409,9 @@ stamps() {  # each new container's own times (Docker's): created, started, its f
 poll; polled=1
 stamps
 polled=
-say "healthy after $(( $(date +%s) - start ))s"
+waited=$(( $(date +%s) - start ))
+[ -z "$explaining" ] || waited=0  # nothing was waited for (a second may have ticked all the same)
+say "healthy after ${waited}s"
 
 # --- 3. canary steps, then the switch; or back to the old containers and undo ------------------
 weighted='' canary_log='' canary_field='' back_addrs='' watching=''
