@@ -275,10 +275,18 @@ def scale_up(n: int, replicas: int) -> Stack:
     (home / "docker-compose.yaml").write_text(compose)
     (home / "caddy" / "Caddyfile").write_text(caddyfile)
     sh("chown", "-R", "zddsbx:zddsbx", str(home))
-    res = as_host_user(f"cd ~/{stack.dir} && docker compose up -d --wait --quiet-pull", cwd_home=True)
-    if res.returncode != 0:
-        raise SystemExit(f"bench: the scale stack did not come up: {(res.stderr or res.stdout).strip()[-300:]}")
-    return stack
+    res = as_host_user(f"cd ~/{stack.dir} && docker compose up -d --quiet-pull", cwd_home=True)
+    # not `up --wait`: a container starved of CPU while 24 boot at once may be called unhealthy
+    # for a moment; the stack is ready once every one is healthy
+    deadline = time.monotonic() + 300
+    while res.returncode == 0 and time.monotonic() < deadline:
+        health = as_host_user(
+            f"cd ~/{stack.dir} && docker compose ps -a --format '{{{{.Health}}}}'", cwd_home=True
+        ).stdout.split()
+        if health.count("healthy") == len(stack.apps) * replicas:
+            return stack
+        time.sleep(1)
+    raise SystemExit(f"bench: the scale stack did not come up: {(res.stderr or res.stdout).strip()[-300:]}")
 
 
 def scale_down(stack: Stack) -> None:

@@ -67,17 +67,11 @@ inspect)
                 short=$(printf '%s' "$id" | cut -c1-12)
                 [ -e "$d/gone-$id" ] && {{ echo "Error: No such object: $id" >&2; rc=1; continue; }}
                 if [ -e "$d/oneoff-$short" ]; then o=True; else o=False; fi
-                if [ "$id" = {NEW} ]; then st=$(cat "$d/state" 2>/dev/null || echo "running healthy 0")
+                if [ "$short" = {NEW[:12]} ]; then st=$(cat "$d/state" 2>/dev/null || echo "running healthy 0")
                 else st="running healthy 0"; fi
-                echo "$short server $o $st"
+                echo "$short server $o $st 2099-01-01T00:00:01.5Z 2099-01-01T00:00:02.25Z 2099-01-01T00:00:04Z"
             done
             exit "$rc" ;;
-        *StartedAt*)  # tier.sh's stamps: created, started, passing healthchecks
-            shift 3
-            for id in "$@"; do
-                printf '%s server %s %s %s\\n' "$(printf '%s' "$id" | cut -c1-12)" \\
-                    2099-01-01T00:00:01.5Z 2099-01-01T00:00:02.25Z 2099-01-01T00:00:04Z
-            done ;;
         *State.Status*) cat "$d/state" 2>/dev/null || echo "running healthy 0" ;;
         *Networks*) echo "{PROXY_NETWORK}={NEW_IP} " ;;
         *oneoff*Created*)
@@ -522,8 +516,8 @@ def test_tier_marks_its_timeline_and_looks_at_all_containers_at_once(host):
     calls = host.calls()
     assert not any(c.startswith("compose -f x.yaml ps") for c in calls), calls
     polls = [c for c in calls if c.startswith("inspect") and "RestartCount" in c]
-    assert polls and all(c.endswith(f"{OLD} {NEW}") for c in polls[1:]), polls
-    assert len([c for c in calls if c.startswith("ps ")]) == len(polls)
+    assert polls and all(c.endswith((f"{OLD} {NEW}", f" {NEW[:12]}")) for c in polls[1:]), polls
+    assert 0 < len([c for c in calls if c.startswith("ps ")]) <= len(polls)
 
 
 def test_tier_pins_switches_and_drains_at_the_proxy(host):
@@ -956,13 +950,14 @@ def test_finish_journals_tags_trims_to_keep_prunes_and_releases(host):
         "Total reclaimed space: 42MB",
         "released the lock",
     ]
-    assert host.calls() == [
+    calls = host.calls()
+    assert sorted(calls[:2]) == [  # the services' tags run side by side
         f"tag sha256:aa {repo}-server:{runs[3]}",
         f"tag sha256:bb {repo}-profile-server:{runs[3]}",
+    ]
+    assert calls[2:] == [
         "image ls --format {{.Repository}}:{{.Tag}}",
-        f"rmi {repo}-server:{runs[1]}",
-        f"rmi {repo}-property:{runs[1]}",  # beyond the 2 newest
-        f"rmi {repo}-server:{runs[0]}",
+        f"rmi {repo}-server:{runs[1]} {repo}-property:{runs[1]} {repo}-server:{runs[0]}",  # beyond the 2 newest
         "image prune --force",
     ]
     assert host.journal() == [json.loads(end)] and not host.lock_dir.exists()

@@ -19,19 +19,27 @@ if [ -n "$run_id" ]; then
     repo=zdd-keep/p$(printf '%s' "$key" | cksum | cut -d' ' -f1)
     for pair in "$@"; do
         svc=$(printf '%s' "${pair%%=*}" | tr '[:upper:]' '[:lower:]') image=${pair#*=}
-        run docker tag "$image" "$repo-$svc:$run_id" >/dev/null 2>&1 || echo "could not keep $image of $svc"
+        # one service's tag does not wait for another's (in explain mode they are told in order)
+        if [ -n "$explaining" ]; then
+            run docker tag "$image" "$repo-$svc:$run_id" >/dev/null 2>&1
+        else
+            { run docker tag "$image" "$repo-$svc:$run_id" >/dev/null 2>&1 || echo "could not keep $image of $svc"; } &
+        fi
     done
+    wait
     refs=$(docker image ls --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | grep "^$repo-")
     # runs are named YYYYMMDD-HHMMSS-PID: sorted by name is sorted by time (explain mode: with
     # this run's, as if tagged)
     runs=$({ printf '%s\n' "$refs" | sed -n 's/.*://p'; [ -z "$explaining" ] || [ $# = 0 ] || echo "$run_id"; } |
         sort -u -r)
-    n=0
+    n=0 drop=
     for r in $runs; do
         n=$((n + 1))
         [ "$n" -gt "$keep" ] || continue
-        for ref in $(printf '%s\n' "$refs" | grep ":$r\$"); do run docker rmi "$ref" >/dev/null 2>&1; done
+        drop="$drop $(printf '%s\n' "$refs" | grep ":$r\$" | tr '\n' ' ')"
     done
+    # shellcheck disable=SC2086 # image references, one word each
+    [ -z "${drop# }" ] || run docker rmi $drop >/dev/null 2>&1  # all at once: one call
     echo "kept the images of the last $keep runs"
 fi
 if [ "$prune" = 1 ]; then

@@ -105,16 +105,28 @@ mark() { [ -n "$explaining" ] || say "mark $(now) $*"; }  # mark WHAT [SERVICE [
 put() { printf '%s\n' "$2" > "$tmp/$1.$j"; }      # put FIELD VALUE: of service $j
 get() { cat "$tmp/$1.$j" 2>/dev/null; }           # get FIELD: of service $j (empty if never put)
 hook() { cat "$tmp/hook.$j"; }                     # the user's pre-stop hook of service $j
-by_plugin() { [ "$(get how)" = plugin ]; }         # service $j is started by docker rollout
+by_plugin() {  # service $j is started by docker rollout (read without a fork: the health wait asks often)
+    _how=
+    read -r _how < "$tmp/how.$j" 2>/dev/null
+    [ "$_how" = plugin ]
+}
 
 # The project's containers, looked at all at once: one `docker ps` (filtered on the project's
 # label, a fraction of the cost of `docker compose ps`) and one `docker inspect` for all of them,
 # whatever the number of services and replicas. A poll writes "ID SERVICE ONEOFF STATUS HEALTH
-# RESTARTS" lines (short ids; "-" for a missing label) to $tmp/poll; with $polled set, the
-# readers below use the last poll, else each takes a poll of its own.
+# RESTARTS CREATED STARTED PASSED..." lines (short ids; "-" for a missing label; Docker's times of
+# its creation, its start, and its passing healthchecks still in its log) to $tmp/poll; with $polled set, the
+# readers below use the last poll, else each takes a poll of its own. Once every new container
+# of the tier exists ($watched: their ids), the health wait's polls inspect those alone.
 project=
 polled=
+watched=
 poll() {
+    if [ -n "$watched" ]; then
+        # shellcheck disable=SC2086 # container ids, one word each
+        inspect_poll $watched
+        return
+    fi
     if [ -z "$project" ] && [ -n "$all_old" ]; then  # the project's name, from one of its containers
         project=$(bounded docker inspect --format '{{index .Config.Labels "com.docker.compose.project"}}' \
             "${all_old%%,*}" 2>/dev/null) || project=
@@ -124,15 +136,18 @@ poll() {
     else
         _ids=$(dc ps --all --quiet 2>/dev/null)
     fi
-    : > "$tmp/poll"
-    [ -n "$_ids" ] || return 0
     # shellcheck disable=SC2086 # container ids, one word each
-    bounded docker inspect --format '{{printf "%.12s" .ID}} {{with index .Config.Labels "com.docker.compose.service"}}{{.}}{{else}}-{{end}} {{with index .Config.Labels "com.docker.compose.oneoff"}}{{.}}{{else}}-{{end}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' \
-        $_ids > "$tmp/poll" 2>/dev/null
+    inspect_poll $_ids
     if [ -z "$project" ]; then  # from now on `docker ps` finds them
         project=$(bounded docker inspect --format '{{index .Config.Labels "com.docker.compose.project"}}' \
             "${_ids%%"$zdd_nl"*}" 2>/dev/null) || project=
     fi
+}
+inspect_poll() {  # inspect_poll ID...: the poll's lines of these containers
+    : > "$tmp/poll"
+    [ $# -gt 0 ] || return 0
+    bounded docker inspect --format '{{printf "%.12s" .ID}} {{with index .Config.Labels "com.docker.compose.service"}}{{.}}{{else}}-{{end}} {{with index .Config.Labels "com.docker.compose.oneoff"}}{{.}}{{else}}-{{end}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}} {{.Created}} {{.State.StartedAt}}{{if .State.Health}}{{range .State.Health.Log}}{{if .ExitCode}}{{else}} {{.End.UTC.Format "2006-01-02T15:04:05.000000Z07:00"}}{{end}}{{end}}{{end}}' \
+        "$@" > "$tmp/poll" 2>/dev/null
 }
 containers_of() {  # containers_of [STATUS...]: the replicas of service $name (a `docker compose run`
     # job, labelled oneoff, is none: never counted, routed to or removed), as "ID STATUS HEALTH
@@ -144,10 +159,14 @@ containers_of() {  # containers_of [STATUS...]: the replicas of service $name (a
         printf '%s %s %s\n' "$_id" "$_st" "$_rest"
     done < "$tmp/poll"
 }
-new_states() {  # the containers of service $name that are not old ones, as containers_of prints them
-    containers_of | while read -r _id _rest; do
-        case ",$old," in *",$_id,"*) ;; *) printf '%s %s\n' "$_id" "$_rest" ;; esac
-    done
+new_states() {  # the containers of service $name that are not old ones, as containers_of prints
+    # them (one loop, no pipe: the health wait runs it for every service at every poll)
+    [ -n "$polled" ] || poll
+    while read -r _id _svc _oneoff _st _rest; do
+        if [ "$_svc" != "$name" ] || [ "$_oneoff" = True ]; then continue; fi
+        case ",$old," in *",$_id,"*) continue ;; esac
+        printf '%s %s %s\n' "$_id" "$_st" "$_rest"
+    done < "$tmp/poll"
 }
 new_of() {  # the containers of service $name that are not old ones (nor one-off jobs)
     new_states | while read -r _id _; do printf '%s ' "$_id"; done
@@ -267,15 +286,21 @@ start_rollout() {
     pids="$pids $!"
     put pid $!
 }
-wanted() {  # how many new containers service $name gets
-    if by_plugin; then commas "$old" | wc -w; else echo "$target"; fi
+wanted() {  # $want: how many new containers service $name gets (docker-rollout: as many as run)
+    want=$target
+    by_plugin || return 0
+    want=0 _ifs=$IFS
+    IFS=,
+    for _id in $old; do want=$((want + 1)); done
+    IFS=$_ifs
 }
 ceiling=0
 top() { [ "$htime" -le "$ceiling" ] || ceiling=$htime; }
 each top
 scales='' services='' expected=0
 add_scale() {
-    expected=$((expected + $(wanted)))
+    wanted
+    expected=$((expected + want))
     by_plugin && return 0
     scales="$scales --scale $name=$(( $(commas "$old" | wc -w) + target ))" services="$services $name"
 }
@@ -307,7 +332,7 @@ start=$(date +%s) announced='' shown='' logged_new=''
 check() {  # of the last poll
     n=0 ok=0
     new_states > "$tmp/states"
-    while read -r id status health restarts; do
+    while read -r id status health restarts _; do
         n=$((n + 1))
         if [ "$status" != running ] || [ "$restarts" != 0 ]; then
             failed="$failed $name:$id=$status/$health"
@@ -321,7 +346,8 @@ check() {  # of the last poll
         fi
     done < "$tmp/states"
     all=$((all + n)) good=$((good + ok))
-    progress="$progress $name: $ok/$(wanted),"
+    wanted
+    progress="$progress $name: $ok/$want,"
     by_plugin || return 0
     pid=$(get pid) rc=$(get rc)
     if [ -z "$rc" ] && ! kill -0 "$pid" 2>/dev/null; then
@@ -348,7 +374,8 @@ details() {
     fi
 }
 explain_new() {  # explain mode: the wait, and placeholders for the new containers that would be announced
-    k=$(wanted) n=0
+    wanted
+    k=$want n=0
     if [ "$k" = 1 ]; then explain wait "healthy: $name (1 container) up to $ceiling s"
     else explain wait "healthy: $name ($k containers) up to $ceiling s"; fi
     nets=$(networks "${old%%,*}")
@@ -378,7 +405,11 @@ else
         listen
         each check
         if [ -n "$failed" ]; then each details; undo "failed not healthy:$failed"; exit 1; fi
-        if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then each announce; announced=1; fi
+        if [ "$all" -ge "$expected" ] && [ -z "$announced" ]; then
+            each announce
+            announced=1
+            [ -n "$pids" ] || watched=$(each new_of)  # docker-rollout may still replace containers
+        fi
         if [ -z "$logged_new" ] && [ "$all" -gt 0 ]; then
             journal_event new ids "$(each new_of | tr ' ' ',' | sed 's/,*$//')" ||
                 { undo "failed cannot write the journal $zdd/journal/$key.jsonl: new containers removed"; exit 1; }
@@ -394,21 +425,16 @@ else
         nap
     done
     stop_listening
+    watched=
 fi
 mark ready
-stamps() {  # each new container's own times (Docker's): created, started, its first passing healthcheck
-    [ -z "$explaining" ] || return 0
-    ids=$(each new_of)
-    [ -n "$ids" ] || return 0
-    # shellcheck disable=SC2086 # container ids, one word each
-    bounded docker inspect --format '{{printf "%.12s" .ID}} {{index .Config.Labels "com.docker.compose.service"}} {{.Created}} {{.State.StartedAt}} {{if .State.Health}}{{range .State.Health.Log}}{{if .ExitCode}}{{else}}{{.End.UTC.Format "2006-01-02T15:04:05.000000Z07:00"}} {{end}}{{end}}{{end}}' $ids 2>/dev/null |
-        while read -r id svc created started passed _; do
-            [ -z "$started" ] || say "container $svc $id $created $started $passed"
-        done
+stamps() {  # each new container's own times, Docker's, from the last poll: created, started, its
+    # first passing healthcheck
+    new_states | while read -r id _ _ _ created started passed _; do
+        [ -z "$started" ] || say "container $name $id $created $started $passed"
+    done
 }
-poll; polled=1
-stamps
-polled=
+if [ -z "$explaining" ]; then polled=1; each stamps; polled=; fi
 waited=$(( $(date +%s) - start ))
 [ -z "$explaining" ] || waited=0  # nothing was waited for (a second may have ticked all the same)
 say "healthy after ${waited}s"
