@@ -31,8 +31,7 @@ def test_a_compose_run_job_runs_through_a_deploy_untouched(settled, tmp_path):
         ("in-switch", "ssh-drop"),
         ("after-start", "SIGKILL"),
         ("in-drain", "ssh-drop"),
-        ("after-switch", "Ctrl-C"),
-    ],
+    ],  # Ctrl-C after a switch: tests/e2e/test_deploy.py; every point and way: scripts/chaos.py
 )
 def test_an_interruption_at_a_point_of_the_tier_never_removes_what_serves(settled, tmp_path, point, how):
     o = chaos.under_load(f"{how} at {point}", tmp_path, chaos.interrupted_at(point, how))
