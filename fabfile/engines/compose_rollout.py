@@ -24,6 +24,7 @@ if zdd dies. A deploy costs (tiers that roll) + 2 proxy loads.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from .. import commands as cmds
 from .. import steps
@@ -35,7 +36,7 @@ from ..proxy import STREAM_CLOSE_DELAY_SINCE, UPSTREAM_FIELD, Routing, caddy_ver
 from ..runner import CommandResult, StepFailed
 from ..session import Session
 from ..timeline import TierTimeline
-from .compose_canary import CanaryRun
+from .compose_canary import POLL, CanaryRun
 from .compose_tier import TierRun
 from .compose_watch import Watch, WatchBreach
 
@@ -72,6 +73,7 @@ class ComposeRollout:
         self.pinned = False
         self.loaded = False  # a config of ours went into the proxy: restore its file at the end
         self.open: list[TierRun] = []  # tiers past their switch, still draining
+        self.judged_at = 0.0  # the last judgement of the switched tiers while a later one started
         self.retiring: list[str] = []  # old container ids being stopped
         self.drain_addrs: dict[str, list[str]] = {}  # service -> upstream addresses whose drain is watched
         for p in rolling:
@@ -158,9 +160,10 @@ class ComposeRollout:
                 for line in self.lock.take_lines():  # the plan, written on the host before the first change
                     run.conv.send("journal " + line)
                 run.conv.send(pin)
-                self._until(run, ("pinned",), PIN_WAIT)
+                # the tiers switched so far stay judged while this one starts (with a watch)
+                self._until(run, ("pinned",), PIN_WAIT, self._judge_switched)
                 ceiling = max(s.health_timeout for s in specs) + HEALTH_MARGIN
-                self._until(run, ("healthy",), ceiling)
+                self._until(run, ("healthy",), ceiling, self._judge_switched)
                 canary = self._canary(run)
                 if canary is not None:
                     canary.steps()
@@ -205,8 +208,24 @@ class ComposeRollout:
             run.conv.send("watch")
             self.routing.logged += run.watched
 
-    def _until(self, run: TierRun, words: tuple[str, ...], timeout: float) -> str:
-        return run.until(self.s, words, timeout, self.routing.ip if self.routing is not None else None)
+    def _until(
+        self, run: TierRun, words: tuple[str, ...], timeout: float, tick: Callable[[], None] | None = None
+    ) -> str:
+        return run.until(self.s, words, timeout, self.routing.ip if self.routing is not None else None, tick)
+
+    def _judge_switched(self) -> None:
+        """With a watch, while a later tier starts: the tiers already switched are judged as the
+        watch judges them, about every second (a release that starts failing while later tiers
+        roll goes back at once, not at the last switch). Raises WatchBreach after switching back."""
+        runs = [r for r in self.open if r.watched]
+        if not runs or time.monotonic() - self.judged_at < POLL:
+            return
+        self.judged_at = time.monotonic()
+        try:
+            self._watcher(runs).tick()
+        except WatchBreach:
+            self._went_back(runs)
+            raise
 
     def _undo(self, run: TierRun, error: BaseException, drain: int = 0) -> None:
         """Before the switch: make sure the host removes the new containers, then let the
@@ -293,16 +312,23 @@ class ComposeRollout:
         self.open = []
 
     def _watch(self, runs: list[TierRun]) -> None:
-        """The watch; after a switch back, the restore waits for the new containers, not the old."""
-        old = {n: self._old_ips(n) for r in runs for n in r.watched}
+        """The watch after the last switch."""
         try:
-            Watch(self.s, runs, self.routing, self.watch, old, self.lock.run, self.host.proxy.drain_timeout).watch()
+            self._watcher(runs).watch()
         except WatchBreach:
-            back = {c.id for r in runs for n in r.watched for c in self.plans[n].old}
-            self.retiring = [i for i in self.retiring if i not in back] + [
-                i for r in runs for n in r.watched for i in r.new[n]
-            ]
+            self._went_back(runs)
             raise
+
+    def _watcher(self, runs: list[TierRun]) -> Watch:
+        old = {n: self._old_ips(n) for r in runs for n in r.watched}
+        return Watch(self.s, runs, self.routing, self.watch, old, self.lock.run, self.host.proxy.drain_timeout)
+
+    def _went_back(self, runs: list[TierRun]) -> None:
+        """After a switch back the restore waits for the new containers, not the old."""
+        back = {c.id for r in runs for n in r.watched for c in self.plans[n].old}
+        self.retiring = [i for i in self.retiring if i not in back] + [
+            i for r in runs for n in r.watched for i in r.new[n]
+        ]
 
     def _drained(self, run: TierRun, wait: bool) -> str:
         """The host's ``drained`` line for a tier (up to its ``retired``), or "" if not (yet) sent."""

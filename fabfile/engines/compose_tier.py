@@ -30,13 +30,24 @@ class TierRun:
     new_ips: dict[str, list[str]] = field(default_factory=dict)
     switched: bool = False
     ended: CommandResult | None = None
-    watched: list[str] = field(default_factory=list)  # its services the watch judges after the last switch
+    watched: list[str] = field(default_factory=list)  # its services the watch judges from its switch on
+    holding: bool = False  # tier.sh said "watching": it holds the old containers for the watch
     timeline: TierTimeline | None = None  # the host's marks: where the tier's time went
 
-    def until(self, s: Session, words: tuple[str, ...], timeout: float, ip: AddressOf | None) -> str:
-        """Read the host's lines until one starts with one of ``words`` (or ``failed``)."""
+    def until(
+        self,
+        s: Session,
+        words: tuple[str, ...],
+        timeout: float,
+        ip: AddressOf | None,
+        tick: Callable[[], None] | None = None,
+    ) -> str:
+        """Read the host's lines until one starts with one of ``words`` (or ``failed``); ``tick``
+        is called between two reads (about every second)."""
         deadline = time.monotonic() + timeout
         while True:
+            if tick is not None:
+                tick()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StepFailed(

@@ -1,7 +1,9 @@
-"""The watch after the last switch (``[watch]``, ``deploy --watch SECONDS``): the new
-containers carry all the traffic, the old ones wait out of rotation (each tier's tier.sh
-holds them from its switch on, and drains them once the watch is over), and zdd keeps
-judging the new containers' answers as the proxy logs them (fabfile/canary.py). A clean
+"""The watch after the switch (``[watch]``, ``deploy --watch SECONDS``): the new containers
+carry all the traffic, the old ones wait out of rotation (each tier's tier.sh holds them from
+its switch on, and drains them once the watch is over), and zdd keeps judging the new
+containers' answers as the proxy logs them (fabfile/canary.py): the tiers switched so far
+while a later tier starts (:meth:`Watch.tick`), then every tier for ``seconds`` after the
+last switch (:meth:`Watch.watch`). A clean
 watch lets each tier retire its old containers, as without a watch. A breach switches the
 traffic straight back to the old containers: one tier loads one config routing every watched
 service to its old addresses (the new ones held, so their drain is observable), then every
@@ -57,11 +59,29 @@ class Watch:
     def label(self) -> str:
         return ", ".join(self.ips)
 
+    def hold(self) -> None:
+        """Each tier holds its old containers, out of rotation, from its switch on: "watching"."""
+        for run in self.runs:
+            if not run.holding:
+                expect(run.conv, "watching", SWITCH_WAIT, self.label)
+                run.holding = True
+
+    def tick(self) -> None:
+        """One judgement of the tiers switched so far, while a later tier starts (its new
+        containers not yet routed to). Raises WatchBreach after switching back."""
+        self.hold()
+        stats = read_stats(self.s, self.runs[-1].conv, self.label)
+        for n in self.ips:
+            self.last[n] = total(stats, self.new_addrs[n])
+            breach = judge(n, self.last[n], Counts(), self.judged)
+            if breach:
+                self.s.r.note(f"watch, while a later tier started: {self.figures()}")
+                self.switch_back(n, breach)
+
     def watch(self) -> None:
         """Judge every second for ``seconds``; then let the tiers retire their old containers.
         Raises WatchBreach after switching back."""
-        for run in self.runs:  # each tier holds its old containers, out of rotation: "watching"
-            expect(run.conv, "watching", SWITCH_WAIT, self.label)
+        self.hold()
         conv = self.runs[-1].conv
         with self.s.report.step(f"watch {self.label}") as rec:
             end = time.monotonic() + self.config.seconds

@@ -181,3 +181,35 @@ def test_a_release_that_fails_after_its_switch_is_switched_back_by_the_watch(set
     journal = sb.as_host_user("cat ~/.zdd/journal/*.jsonl").stdout
     assert '"event":"watch-breach"' in journal and '"event": "returned"' in journal
     assert sb.fab("status").returncode == 0
+
+
+def test_a_tier_that_fails_while_later_tiers_start_is_switched_back_at_once(settled, tmp_path):
+    """Three tiers under a watch: tier 1's release answers 500 from 4 s after it started, while
+    tiers 2 and 3 start. The watch judges the tiers switched so far as each later one starts,
+    so tier 1 goes back then, not after the last switch (measured before: 540 failed requests
+    with canary steps); the tier starting at that moment is undone, later ones never start."""
+    before = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
+    old = {svc: sb.containers(svc)[0].version for svc in sb.APPS}
+    sb.publish("--fail-after", "4")
+    try:
+        path = sb.hosts_file(tmp_path, extra=WATCH)
+        probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")
+        res = sb.fab("deploy", "--no-verify", "--json", str(tmp_path / "d.json"), env={"FABRIC_HOSTS_FILE": str(path)})
+        rc, out, report = probe.stop()
+    finally:
+        good_latest(before)
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text
+    assert "watch, while a later tier started: " in text and "answers from the new containers failed" in text, text
+    steps = {s["name"]: s["status"] for s in json.loads((tmp_path / "d.json").read_text())["hosts"][0]["steps"]}
+    assert steps["rollout server, property"] == "ok", steps  # switched, then sent back
+    assert steps.get("rollout profile-server") != "ok", steps  # the last tier never switched
+    assert not any(name.startswith("watch ") for name in steps), steps  # not the watch after the last switch
+    for svc in sb.APPS:  # the very containers that served before, and nothing else
+        assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
+        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {old[svc]}") for _ in range(5))
+    times = sorted(f["t"] for f in report["failure_list"])
+    assert times, "the release never failed a request: the test proves nothing"
+    assert times[-1] - times[0] < 8, times  # judged about every second, switched back in one load
+    journal = sb.as_host_user("cat ~/.zdd/journal/*.jsonl").stdout
+    assert '"event":"watch-breach"' in journal and '"event": "returned"' in journal
