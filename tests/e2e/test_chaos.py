@@ -11,7 +11,7 @@ from tests import chaos
 
 def assert_converged(o: chaos.Outcome) -> None:
     assert o.exits[-1] == 0, o.notes
-    assert o.failed == 0, f"{o.failed} of {o.requests} requests failed: {o.notes}"
+    assert o.dropped == 0, f"{o.failed} of {o.requests} requests failed: {o.notes}"
     assert o.requests > 100  # the load really ran
     assert o.containers == {svc: 1 for svc in chaos.sb.APPS}, o.containers
     assert o.versions_ok and o.lock_free

@@ -140,3 +140,37 @@ def test_with_the_receiver_down_the_deploy_succeeds_and_warns_once(settled, tmp_
     for token in (GRAFANA, SENTRY):
         assert token not in out
     assert os.environ.get("GRAFANA_TOKEN") != GRAFANA  # the test's own environment was not changed
+
+
+def test_a_canary_abort_is_marked_as_such(settled, tmp_path):
+    """A release answering 500 is stopped at its first canary step: post-deploy hears
+    ZDD_RESULT=aborted, the annotation is tagged aborted, the chat message says so, and no
+    Sentry deploy is recorded for a release that never carried the traffic."""
+    before = ids()
+    good = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
+    sb.publish("--fail-after", "0", "server", "property")  # tier 1
+    try:
+        with Receiver() as rx:
+            env = setup(tmp_path, rx.url)
+            text = Path(env["FABRIC_HOSTS_FILE"]).read_text()
+            canary = "\n[hosts.sandbox.canary]\nstep_seconds = 4\nmin_requests = 5\nmax_error_rate = 0.01\n"
+            Path(env["FABRIC_HOSTS_FILE"]).write_text(text + canary)
+            probe = sb.Verify("--host", "sandbox", json_path=tmp_path / "verify.json")  # the canary's traffic
+            res = sb.fab("deploy", "--no-verify", "--canary", "10", env=env)
+            probe.stop()
+    finally:
+        sb.publish()  # a good :latest again, and on the host (the next settle runs compose up)
+        for svc, cids in good.items():
+            image = sb.docker("inspect", "--format", "{{.Image}}", cids[0]).strip()
+            sb.docker("tag", image, f"127.0.0.1:{sb.REGISTRY_PORT}/zdd-sandbox/{svc}:latest")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "canary: " in out, out
+    assert ids() == before  # the old containers serve; the new ones were removed
+    assert facts(tmp_path, "post-deploy")["ZDD_RESULT"] == "aborted"
+    (ann,) = rx.to("/api/annotations")
+    assert ann.body["tags"][-1] == "aborted", ann.body
+    (chat,) = rx.to("/chat")
+    assert "aborted" in chat.body["text"], chat.body
+    assert not [r for r in rx.requests if r.path.endswith("/deploys/")]
+    for token in (GRAFANA, SENTRY):
+        assert token not in out
