@@ -70,6 +70,15 @@ def fab(
     return run([str(BIN / "fab"), "-H", host, *args], timeout=timeout, env=env)
 
 
+def restore_latest(before: dict[str, list[str]]) -> None:
+    """:latest answers again, in the registry and on the host (the image the containers ``before``
+    ran), for the tests after a failing release: the sandbox's settle runs `docker compose up -d`."""
+    publish()
+    for svc, ids in before.items():
+        image = docker("inspect", "--format", "{{.Image}}", ids[0]).strip()
+        docker("tag", image, f"127.0.0.1:{REGISTRY_PORT}/zdd-sandbox/{svc}:latest")
+
+
 def publish(*args: str) -> str:
     """Publish new app images (scripts/sandbox.sh publish ARGS); returns the version."""
     res = run([str(ROOT / "scripts" / "sandbox.sh"), "publish", *args], check=True)

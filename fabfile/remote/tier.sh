@@ -149,27 +149,23 @@ inspect_poll() {  # inspect_poll ID...: the poll's lines of these containers
     bounded docker inspect --format '{{printf "%.12s" .ID}} {{with index .Config.Labels "com.docker.compose.service"}}{{.}}{{else}}-{{end}} {{with index .Config.Labels "com.docker.compose.oneoff"}}{{.}}{{else}}-{{end}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}} {{.Created}} {{.State.StartedAt}}{{if .State.Health}}{{range .State.Health.Log}}{{if .ExitCode}}{{else}} {{.End.UTC.Format "2006-01-02T15:04:05.000000Z07:00"}}{{end}}{{end}}{{end}}' \
         "$@" > "$tmp/poll" 2>/dev/null
 }
-containers_of() {  # containers_of [STATUS...]: the replicas of service $name (a `docker compose run`
-    # job, labelled oneoff, is none: never counted, routed to or removed), as "ID STATUS HEALTH
-    # RESTARTS" lines; with STATUS words, only those in one of these states
+containers_of() {  # containers_of [--new] [STATUS...]: the replicas of service $name (a `docker
+    # compose run` job, labelled oneoff, is none: never counted, routed to or removed), as "ID
+    # STATUS HEALTH RESTARTS CREATED STARTED PASSED..." lines; --new: not its old ones; with STATUS
+    # words, only those in one of these states. One loop, no pipe: the health wait runs it for
+    # every service at every poll.
+    _new=
+    if [ "${1-}" = --new ]; then _new=1; shift; fi
     [ -n "$polled" ] || poll
     while read -r _id _svc _oneoff _st _rest; do
         if [ "$_svc" != "$name" ] || [ "$_oneoff" = True ]; then continue; fi
+        [ -z "$_new" ] || case ",$old," in *",$_id,"*) continue ;; esac
         [ $# = 0 ] || case " $* " in *" $_st "*) ;; *) continue ;; esac
         printf '%s %s %s\n' "$_id" "$_st" "$_rest"
     done < "$tmp/poll"
 }
-new_states() {  # the containers of service $name that are not old ones, as containers_of prints
-    # them (one loop, no pipe: the health wait runs it for every service at every poll)
-    [ -n "$polled" ] || poll
-    while read -r _id _svc _oneoff _st _rest; do
-        if [ "$_svc" != "$name" ] || [ "$_oneoff" = True ]; then continue; fi
-        case ",$old," in *",$_id,"*) continue ;; esac
-        printf '%s %s %s\n' "$_id" "$_st" "$_rest"
-    done < "$tmp/poll"
-}
 new_of() {  # the containers of service $name that are not old ones (nor one-off jobs)
-    new_states | while read -r _id _; do printf '%s ' "$_id"; done
+    containers_of --new | while read -r _id _; do printf '%s ' "$_id"; done
 }
 
 # While the new containers boot, Docker's events for the project's containers (a start, a
@@ -331,7 +327,7 @@ pause_at after-start
 start=$(date +%s) announced='' shown='' logged_new=''
 check() {  # of the last poll
     n=0 ok=0
-    new_states > "$tmp/states"
+    containers_of --new > "$tmp/states"
     while read -r id status health restarts _; do
         n=$((n + 1))
         if [ "$status" != running ] || [ "$restarts" != 0 ]; then
@@ -430,7 +426,7 @@ fi
 mark ready
 stamps() {  # each new container's own times, Docker's, from the last poll: created, started, its
     # first passing healthcheck
-    new_states | while read -r id _ _ _ created started passed _; do
+    containers_of --new | while read -r id _ _ _ created started passed _; do
         [ -z "$started" ] || say "container $name $id $created $started $passed"
     done
 }

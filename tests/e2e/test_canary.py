@@ -42,13 +42,11 @@ def seen(report: dict, svc: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def good_latest(before: dict[str, list[str]]) -> None:
-    """:latest answers again, in the registry and on the host (the image the containers ``before``
-    ran), for the tests after a failing release: the sandbox's settle runs `docker compose up -d`."""
-    sb.publish()
-    for svc, ids in before.items():
-        image = sb.docker("inspect", "--format", "{{.Image}}", ids[0]).strip()
-        sb.docker("tag", image, f"127.0.0.1:{sb.REGISTRY_PORT}/zdd-sandbox/{svc}:latest")
+def back_as_before(before: dict[str, list[str]], old: dict[str, str]) -> None:
+    """The very containers that served before, and nothing else, answer with their version."""
+    for svc in sb.APPS:
+        assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
+        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {old[svc]}") for _ in range(5))
 
 
 def test_a_good_release_is_seen_beside_the_old_during_the_steps_then_alone(settled, tmp_path):
@@ -96,7 +94,7 @@ def test_a_release_answering_500_is_stopped_at_its_first_step(settled, tmp_path)
     try:
         stopped_at_first_step(tmp_path, before, old)
     finally:
-        good_latest(before)
+        sb.restore_latest(before)
 
 
 def stopped_at_first_step(tmp_path, before: dict[str, list[str]], old: dict[str, str]) -> None:
@@ -167,15 +165,13 @@ def test_a_release_that_fails_after_its_switch_is_switched_back_by_the_watch(set
         res = sb.fab("deploy", "--no-verify", env={"FABRIC_HOSTS_FILE": str(path)}, timeout=400)
         rc, out, report = probe.stop()
     finally:
-        good_latest(before)
+        sb.restore_latest(before)
     text = res.stdout + res.stderr
     assert res.returncode == 1, text
     assert "watch: " in text and "answers from the new containers failed" in text, text
     took = float(text.split("went back to the previous containers in ")[1].split(" s")[0])
     assert took <= 5, text
-    for svc in sb.APPS:  # the very containers that served before, and nothing else
-        assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
-        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {old[svc]}") for _ in range(5))
+    back_as_before(before, old)
     assert report["failures"] > 0  # the breach itself, seen by clients
     assert report["failures"] <= 0.25 * report["total"], (report["failures"], report["total"])
     journal = sb.as_host_user("cat ~/.zdd/journal/*.jsonl").stdout
@@ -197,7 +193,7 @@ def test_a_tier_that_fails_while_later_tiers_start_is_switched_back_at_once(sett
         res = sb.fab("deploy", "--no-verify", "--json", str(tmp_path / "d.json"), env={"FABRIC_HOSTS_FILE": str(path)})
         rc, out, report = probe.stop()
     finally:
-        good_latest(before)
+        sb.restore_latest(before)
     text = res.stdout + res.stderr
     assert res.returncode == 1, text
     assert "watch, while a later tier started: " in text and "answers from the new containers failed" in text, text
@@ -205,9 +201,7 @@ def test_a_tier_that_fails_while_later_tiers_start_is_switched_back_at_once(sett
     assert steps["rollout server, property"] == "ok", steps  # switched, then sent back
     assert steps.get("rollout profile-server") != "ok", steps  # the last tier never switched
     assert not any(name.startswith("watch ") for name in steps), steps  # not the watch after the last switch
-    for svc in sb.APPS:  # the very containers that served before, and nothing else
-        assert [c.id for c in sb.containers(svc, all_states=True)] == before[svc], svc
-        assert all(sb.get(f"/{svc}/fast").text.startswith(f"{svc} {old[svc]}") for _ in range(5))
+    back_as_before(before, old)
     times = sorted(f["t"] for f in report["failure_list"])
     assert times, "the release never failed a request: the test proves nothing"
     assert times[-1] - times[0] < 8, times  # judged about every second, switched back in one load

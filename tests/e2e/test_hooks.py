@@ -147,7 +147,7 @@ def test_a_canary_abort_is_marked_as_such(settled, tmp_path):
     ZDD_RESULT=aborted, the annotation is tagged aborted, the chat message says so, and no
     Sentry deploy is recorded for a release that never carried the traffic."""
     before = ids()
-    good = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}
+    good = {svc: [c.id for c in sb.containers(svc)] for svc in sb.APPS}  # in order, for restore_latest
     sb.publish("--fail-after", "0", "server", "property")  # tier 1
     try:
         with Receiver() as rx:
@@ -159,10 +159,7 @@ def test_a_canary_abort_is_marked_as_such(settled, tmp_path):
             res = sb.fab("deploy", "--no-verify", "--canary", "10", env=env)
             probe.stop()
     finally:
-        sb.publish()  # a good :latest again, and on the host (the next settle runs compose up)
-        for svc, cids in good.items():
-            image = sb.docker("inspect", "--format", "{{.Image}}", cids[0]).strip()
-            sb.docker("tag", image, f"127.0.0.1:{sb.REGISTRY_PORT}/zdd-sandbox/{svc}:latest")
+        sb.restore_latest(good)
     out = res.stdout + res.stderr
     assert res.returncode == 1 and "canary: " in out, out
     assert ids() == before  # the old containers serve; the new ones were removed
