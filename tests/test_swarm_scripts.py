@@ -20,6 +20,7 @@ STACK = "st"
 # A `docker` for a Swarm manager that logs its arguments to $STUB/calls and answers from $STUB:
 #   svc-NAME        the UpdateStatus of service NAME (STATE|STARTED|MESSAGE), one line per
 #                   `service inspect`, the last line repeated; no file: no such service
+#   spec-NAME       whether `stack deploy` left its task template as it was (same, new; else changed)
 #   tasks-NAME      its tasks (ID|NAME|DESIRED|CURRENT lines) as `service ps` lists them, one frame
 #                   per call, frames separated by `--` lines, the last frame repeated
 #   replicas        what `service ls --format` prints
@@ -32,6 +33,11 @@ printf '%s\n' "$*" >> "$d/calls"
 case "$1 $2" in
 "service inspect")
     if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
+    case "$4" in *PreviousSpec*)
+        shift 4
+        for n in "$@"; do printf '%s|%s\n' "$n" "$(cat "$d/spec-$n" 2>/dev/null || echo changed)"; done
+        exit 0 ;;
+    esac
     shift 4
     rc=0
     for n in "$@"; do
@@ -224,8 +230,8 @@ def test_a_paused_rollback_fails(manager):
 
 
 def test_stack_deploys_then_waits_and_records_what_it_applied(manager):
-    """A changed service waits for its update; one Swarm did not update (no task to replace,
-    or created) is done once its tasks all run, after the grace."""
+    """A changed service waits for its update; one whose task template changed but that Swarm
+    did not update is done once its tasks all run, after the grace."""
     manager.service("server", OLD, "none||", f"updating|{NEW}|", f"completed|{NEW}|")
     manager.service("redis", "none||")
     manager.set("replicas", f"{STACK}_server 1/1\n{STACK}_redis 0/1\n")
@@ -413,3 +419,25 @@ def test_an_earlier_tier_already_rolled_back_starts_nothing(manager):
     assert rc == 1 and out[-1] == "failed server: rollback_started (update rolled back due to failure)"
     assert not any(c.startswith("service update") for c in manager.calls())
     assert not any(ln.startswith("started") for ln in out)
+
+
+def test_stack_services_with_no_task_to_replace_are_done_without_the_grace(manager):
+    """After `docker stack deploy` a service whose task template is as it was (no task of it is
+    out of date) is done once all its tasks run; so is one it created."""
+    manager.service("server", OLD, "none||")
+    manager.service("redis", "none||")
+    manager.set(f"spec-{STACK}_server", "same")
+    manager.set(f"spec-{STACK}_redis", "new")
+    manager.set("replicas", f"{STACK}_server 2/2\n{STACK}_redis 0/1\n")
+    proc = manager.start(
+        swarm_cmds.swarm_tier(manager.config, "stack", [SwarmChange("server"), SwarmChange("redis")], 30, "{}")
+    )
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    manager.set("replicas", f"{STACK}_server 2/2\n{STACK}_redis 1/1\n")
+    out, _ = proc.communicate(timeout=20)
+    lines = [ln for ln in out.splitlines() if not ln.startswith(("progress ", "note "))]
+    assert proc.returncode == 0, out
+    assert lines[:3] == ["started st", "done server running 2/2", "done redis running 1/1"]
+    assert time.monotonic() - t0 < 4  # the grace is 5 s
+    assert any("PreviousSpec" in c and c.endswith("st_server st_redis") for c in manager.calls())

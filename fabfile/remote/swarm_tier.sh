@@ -30,6 +30,10 @@
 #               only once it is healthy). The run ends then; the -w services are only watched.
 #               Without -r every service, and every -w service, must reach `completed`.
 #
+# stack: a service Swarm did not start updating is done once all its tasks run (N/N): at once
+# when the deploy left its task template as it was, or created it; when the template changed,
+# after a grace of 5 s for Swarm to start the update it must then make.
+#
 # JOURNAL (lines, may be empty: the run's plan) is appended to the project's journal
 # (~/.zdd/journal/KEY.jsonl) before the change is made; the deploy's lock (~/.zdd/locks/KEY)
 # is renewed while we wait.
@@ -137,9 +141,15 @@ check() {
             finish replaced
             return
         fi
-    elif [ "$action" = stack ] && [ $((now - t0)) -ge "$grace" ]; then  # created, or no task to replace
+    elif [ "$action" = stack ]; then  # created, or no task to replace
         r=$(printf '%s\n' "$replicas" | awk -v n="$full" '$1 == n { print $2; exit }')
-        if [ -n "$r" ] && [ "${r%%/*}" = "${r#*/}" ]; then finish "running $r"; return; fi
+        spec=$(printf '%s\n' "$specs" | awk -F'|' -v n="$full" '$1 == n { print $2; exit }')
+        if [ -n "$r" ] && [ "${r%%/*}" = "${r#*/}" ]; then  # every task runs
+            if [ $((now - t0)) -ge "$grace" ] || { [ "$spec" != changed ] && [ "${r%%/*}" != 0 ]; }; then
+                finish "running $r"
+                return
+            fi
+        fi
         st="running ${r:-0/?}"
     else
         st=pending
@@ -188,7 +198,10 @@ case "$action" in
             exit 1
         fi
         printf '%s\n' "$err" | grep -i '^ignoring' | while IFS= read -r l; do say "note $l"; done
-        say "started $stack" ;;
+        say "started $stack"
+        # each service's task template against the one before: `same` (or `new`) has no task to replace
+        # shellcheck disable=SC2086 # service names, one word each
+        specs=$(docker service inspect --format '{{.Spec.Name}}|{{if .PreviousSpec}}{{if and (eq (json .Spec.TaskTemplate) (json .PreviousSpec.TaskTemplate)) (eq (json .Spec.EndpointSpec) (json .PreviousSpec.EndpointSpec))}}same{{else}}changed{{end}}{{else}}new{{end}}' $all 2>/dev/null) ;;
     *) say "failed $action: unknown action"; exit 2 ;;
 esac
 
