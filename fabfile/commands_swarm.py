@@ -58,10 +58,14 @@ def swarm_tier(
     hashes: str = "",
     key: str = "",
     journal: tuple[str, ...] = (),
+    watch: tuple[str, ...] = (),
+    replaced: bool = False,
 ) -> Command:
     """Start ``action`` (update, rollback, stack) for these services and wait on the host until
     Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
-    the journal KEY before the change."""
+    the journal KEY before the change. ``watch``: earlier tiers' services whose update Swarm
+    still monitors (their failure fails this run too; without ``replaced`` it waits for them);
+    ``replaced``: done once Swarm has replaced the tasks, before its monitor window ends."""
     args = [
         action,
         host.stack_name,
@@ -74,11 +78,17 @@ def swarm_tier(
     ]
     for change in changes:
         args += change.args()
+    for name in watch:
+        args += ["-w", name]
+    if replaced:
+        args.append("-r")
     if action == "stack":
         for f in host.compose_files:
             args += ["-c", f]
     started = [host.stack_name] if action == "stack" else [c.name for c in changes]
-    dry = [f"started {n}" for n in started] + [f"done {c.name} {SWARM_DONE[action]}" for c in changes]
+    how = "replaced" if replaced else SWARM_DONE[action]
+    dry = [f"started {n}" for n in started] + [f"done {c.name} {how}" for c in changes]
+    dry += [] if replaced else [f"done {n} completed" for n in watch]
     return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
 
 

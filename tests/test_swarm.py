@@ -43,6 +43,7 @@ from tests.fakes import (
     swarm_compose_json,
     swarm_reports,
     swarm_tier_args,
+    swarm_tier_options,
 )
 from tests.test_dry_run import HOSTS_TOML, TOKEN
 
@@ -70,7 +71,11 @@ def finished(call, fake) -> str:
 
 
 def fake_manager(
-    survey: str | list[str] | None = None, version: int = 2, failures: dict | None = None, log: list | None = None
+    survey: str | list[str] | None = None,
+    version: int = 2,
+    failures: dict | None = None,
+    log: list | None = None,
+    watched: dict | None = None,
 ) -> FakeExecutor:
     fake = FakeExecutor(
         [
@@ -82,7 +87,7 @@ def fake_manager(
             ("finish.sh", finished),
         ]
     )
-    fake.on_report("swarm_tier.sh", swarm_reports(failures, log))
+    fake.on_report("swarm_tier.sh", swarm_reports(failures, log, watched))
     return fake
 
 
@@ -202,6 +207,16 @@ def test_swarm_tier_update_command_and_dry_run_lines():
         "done property completed",
         "ok after 0s",
     )
+
+
+def test_swarm_tier_watch_and_replaced_options():
+    change = swarm_cmds.SwarmChange("identity", "r/identity:1@sha256:abc", "r/identity:1")
+    c = swarm_cmds.swarm_tier(H, "update", [change], 90, watch=("server", "property"), replaced=True)
+    assert program_args(c, "swarm_tier.sh")[8:] == [*change.args(), "-w", "server", "-w", "property", "-r"]
+    assert c.dry_run_output == ("started identity", "done identity replaced", "ok after 0s")
+    c = swarm_cmds.swarm_tier(H, "update", [change], 90, watch=("server",))
+    assert program_args(c, "swarm_tier.sh")[12:] == ["-w", "server"]
+    assert c.dry_run_output[1:] == ("done identity completed", "done server completed", "ok after 0s")
 
 
 def test_swarm_tier_stack_command_passes_the_compose_files_and_what_it_applies():
@@ -418,7 +433,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
     services[0] = service_json("server", image_id("server", 1), order="stop-first", failure="pause")
     s, out = session(fake_manager(stack_survey_text(services)))
     deploy(s)
-    assert shlex.split(s.r.history[3])[-8:] == [
+    assert shlex.split(s.r.history[3])[-9:] == [
         "server",
         f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
         SWARM_REF.format("server"),
@@ -427,6 +442,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
         f"{SWARM_REF.format('property')}@{image_id('property', 2)}",
         SWARM_REF.format("property"),
         "",
+        "-r",  # a later tier comes: done once Swarm has replaced the tasks
     ]
     assert (
         "server: no deploy.update_config.order: start-first in the running spec: zdd sets it for its update "
@@ -460,7 +476,18 @@ def test_deploy_updates_each_tier_together_in_order():
         ("reload-caddy", "skipped"),
         ("finish", "ok"),
     ]
-    assert s.report.steps[4].detail == "server completed, property completed"
+    # each tier but the last is done once Swarm has replaced its tasks; later tiers watch it, the last
+    # one waits until Swarm has completed every update
+    assert [swarm_tier_options(c.command) for c in fake.calls if "swarm_tier.sh" in c.command] == [
+        ([], True),
+        (["server", "property"], True),
+        (["server", "property", "identity"], False),
+    ]
+    assert [r.detail for r in s.report.steps[4:7]] == [
+        "server replaced, property replaced",
+        "identity replaced; earlier: server monitored, property monitored",
+        "profile-server completed; earlier: server completed, property completed, identity completed",
+    ]
     assert s.report.steps[7].detail.startswith("not needed: Swarm takes a task out of service discovery")
     assert (
         s.report.steps[1].detail == "logged in to 127.0.0.1:15000; new digest for server, property, identity, "
@@ -544,6 +571,33 @@ def test_a_failed_update_names_the_service_and_stops_the_tiers():
     end = json.loads(fake.calls[-1].stdin.strip())
     assert end["result"] == "failed" and end["error"].startswith("property: rollback_started")
     assert " 0 3 ''" in fake.calls[-1].command  # no prune after a failure
+
+
+def test_an_earlier_tier_rolled_back_while_a_later_one_rolls_fails_the_run_naming_it():
+    """Swarm rolls server (tier 1) back during its monitor window, while identity (tier 2) rolls:
+    the run fails naming server, and profile-server (tier 3) never starts."""
+    fake = fake_manager(watched={"server": "rollback_started"})
+    s, out = session(fake)
+    with pytest.raises(StepFailed) as e:
+        deploy(s)
+    assert str(e.value).startswith("server: rollback_started (update rolled back due to failure); Swarm returns it")
+    assert tier_runs(fake) == [("update", ["server", "property"]), ("update", ["identity"])]
+    assert steps_of(s)[-3:] == [("rollout server, property", "ok"), ("rollout identity", "failed"), ("finish", "ok")]
+    end = json.loads(fake.calls[-1].stdin.strip())
+    assert end["result"] == "failed" and end["error"].startswith("server: rollback_started")
+
+
+def test_a_single_tier_and_a_rollback_wait_for_swarms_verdict():
+    fake = fake_manager()
+    s, out = session(fake)
+    sequence.rollout_service(s, SwarmEngine(s.host), "identity")
+    assert [swarm_tier_options(c.command) for c in fake.calls if "swarm_tier.sh" in c.command] == [([], False)]
+    assert [r.detail for r in s.report.steps if r.name == "rollout identity"] == ["identity completed"]
+    fake = fake_manager(stack_survey_text(stack_services(version=2, previous=1)))
+    s, out = session(fake)
+    sequence.rollback(s, SwarmEngine(s.host))
+    runs = [c.command for c in fake.calls if "swarm_tier.sh" in c.command]
+    assert len(runs) == 3 and all(swarm_tier_options(c) == ([], False) for c in runs)
 
 
 def test_a_paused_update_says_what_to_do():

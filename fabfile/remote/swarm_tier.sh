@@ -1,4 +1,4 @@
-# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-c FILE...]
+# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-w SERVICE]... [-r] [-c FILE...]
 # (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`)
 #
 # Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
@@ -18,35 +18,60 @@
 #             then wait for the SERVICES it creates or changes; once they are done, HASHES (what
 #             zdd applied, JSON) is written to ~/STATE
 #
+# An update is finished when Swarm says `completed`: after its monitor window. Tiers overlap
+# that window (update only):
+#   -w SERVICE  an earlier tier's service whose update Swarm still monitors: it is not changed
+#               here, but its `paused` or `rollback_*` fails this run too, before anything is
+#               started if it is already so; `done SERVICE completed` once Swarm says so
+#   -r          the services are done ("done SERVICE replaced") once Swarm has replaced every
+#               task: the tasks that ran before the update are no longer desired running (Swarm
+#               shut them down, out of service discovery), and in each of their slots a new task
+#               is desired and reported running (with a healthcheck, Swarm reports a task running
+#               only once it is healthy). The run ends then; the -w services are only watched.
+#               Without -r every service, and every -w service, must reach `completed`.
+#
+# stack: a service Swarm did not start updating is done once all its tasks run (N/N): at once
+# when the deploy left its task template as it was, or created it; when the template changed,
+# after a grace of 5 s for Swarm to start the update it must then make.
+#
 # JOURNAL (lines, may be empty: the run's plan) is appended to the project's journal
 # (~/.zdd/journal/KEY.jsonl) before the change is made; the deploy's lock (~/.zdd/locks/KEY)
 # is renewed while we wait.
 #
 # We print "started ..." once the change is made, "progress ..." every second, "done SERVICE
-# HOW" as each service finishes, and end with "ok after Ns" (exit 0), or with "detail SERVICE
-# ..." lines (its tasks, as Swarm reports them) and "failed SERVICE: REASON" (exit 1). An update
+# HOW" as each service finishes (a service done "replaced" may say "done SERVICE completed"
+# later in the same run), and end with "ok after Ns" (exit 0), or with "detail SERVICE ..."
+# lines (its tasks, as Swarm reports them) and "failed SERVICE: REASON" (exit 1). An update
 # fails at once when Swarm reports paused or rollback_* for it (a rollback: paused or
 # rollback_paused); any of them fails after CEILING seconds. Swarm goes on with what it started
 # either way: nothing here undoes anything, and zdd going away changes nothing.
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
-# each service's fields, one line each ("-" for an empty field); what is learnt of it on the way
-# (the update it had before, whether it finished) in files of its own
+# each service's fields, one line each ("-" for an empty field; ROLE own, or watch for -w);
+# what is learnt of it on the way (the update it had before, how it finished) in files of its own
 tmp=$(mktemp -d) || { say "failed cannot make a temporary directory"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
 : > "$tmp/services"
 i=1
 while [ "$i" -le "$count" ]; do
-    printf '%s %s %s %s\n' "$1" "${2:--}" "${3:--}" "${4:--}" >> "$tmp/services"
+    printf '%s %s %s %s own\n' "$1" "${2:--}" "${3:--}" "${4:--}" >> "$tmp/services"
     shift 4
     i=$((i + 1))
+done
+until=completed
+while [ $# -gt 0 ]; do
+    case $1 in
+        -w) printf '%s - - - watch\n' "$2" >> "$tmp/services"; shift 2 ;;
+        -r) until=replaced; shift ;;
+        *) break ;;  # stack: -c FILE...
+    esac
 done
 grace=5  # s; stack: a service Swarm has not started updating by then had no task to replace
 
 nap_seconds=0.5  # between two reads of the services' UpdateStatus
-each() {  # each FUNCTION...: call it once per service, with j, name, image, ref, sets, prev, fin, full set
+each() {  # each FUNCTION...: call it once per service, with j, name, image, ref, sets, role, prev, fin, full set
     j=0
-    while read -r name image ref sets <&9; do
+    while read -r name image ref sets role <&9; do
         j=$((j + 1))
         [ "$image" != - ] || image=''
         [ "$ref" != - ] || ref=''
@@ -55,8 +80,8 @@ each() {  # each FUNCTION...: call it once per service, with j, name, image, ref
         "$@"
     done 9< "$tmp/services"
 }
-all=
-add() { all="$all $full"; }
+all='' own=''
+add() { all="$all $full"; [ "$role" = watch ] || own="$own $full"; }
 each add
 
 inspect() {  # NAME|STATE|STARTED|MESSAGE of each service that exists, one line each
@@ -72,10 +97,74 @@ field() {  # field N: the Nth |-separated field of service $full's line in $out
 out=$(inspect)
 remember() { field 3 > "$tmp/prev.$j"; }
 each remember
+tasks() {  # ID|NAME|DESIRED|CURRENT of the services' tasks on every node (NAME: SERVICE.SLOT)
+    [ $# -gt 0 ] || return 0
+    docker service ps --no-trunc --format '{{.ID}}|{{.Name}}|{{.DesiredState}}|{{.CurrentState}}' "$@" 2>/dev/null
+}
+# shellcheck disable=SC2086 # service names, one word each
+[ "$until" = replaced ] && tasks $own > "$tmp/old"
+
+# --- how a service stands: check it once a poll ----------------------------------------------
+shown='' failed='' culprit='' progress='' pending=0 t0=$(date +%s) now=$(date +%s)
+finish() { echo "$1" > "$tmp/fin.$j"; say "done $name $1"; }
+bad() { failed="$name: $st${msg:+ ($msg)}" culprit=$full; }
+replaced() {  # service $full: no task from before the update is desired running any more, and in
+    # each of their slots a new task is desired and running (the tasks read last, in $now_tasks)
+    { sed 's/^/old|/' "$tmp/old"; printf '%s\n' "$now_tasks" | sed 's/^/now|/'; } | awk -F'|' -v n="$full" '
+        { s = $3; sub(/\.[^.]*$/, "", s); if (s != n) next; d = tolower($4) }
+        $1 == "old" { if (d == "running") { old[$2] = 1; if (!($3 in need)) { need[$3] = 1; needed++ } } next }
+        $2 in old { if (d == "running") live++; next }
+        d == "running" || d == "ready" {
+            if (tolower($5) !~ /^running/) waiting++
+            else if (!($3 in up)) { up[$3] = 1; have++ }
+        }
+        END { exit !(live == 0 && waiting == 0 && have >= needed) }'
+}
+check() {
+    case $fin in '' | replaced) ;; *) return 0 ;; esac
+    st=$(field 2) started=$(field 3) msg=$(field 4)
+    if [ -z "$st" ] && [ "$action" != stack ]; then failed="$name: the service is gone" culprit=$full; return; fi
+    if [ "$role" = watch ]; then  # an earlier tier's update (it had started then): monitored by Swarm
+        case $st in
+            completed) finish completed; return ;;
+            paused | rollback_*) bad; return ;;
+        esac
+        st=monitored
+    elif [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
+        case "$action:$st" in
+            update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
+            update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused) bad; return ;;
+        esac
+        if [ -n "$fin" ]; then
+            st=monitored
+        elif [ "$until" = replaced ] && replaced; then
+            finish replaced
+            return
+        fi
+    elif [ "$action" = stack ]; then  # created, or no task to replace
+        r=$(printf '%s\n' "$replicas" | awk -v n="$full" '$1 == n { print $2; exit }')
+        spec=$(printf '%s\n' "$specs" | awk -F'|' -v n="$full" '$1 == n { print $2; exit }')
+        if [ -n "$r" ] && [ "${r%%/*}" = "${r#*/}" ]; then  # every task runs
+            if [ $((now - t0)) -ge "$grace" ] || { [ "$spec" != changed ] && [ "${r%%/*}" != 0 ]; }; then
+                finish "running $r"
+                return
+            fi
+        fi
+        st="running ${r:-0/?}"
+    else
+        st=pending
+    fi
+    # still to wait for: with -r only what this run changes and Swarm has not replaced yet
+    if [ "$until" = completed ] || { [ "$role" = own ] && [ -z "$fin" ]; }; then pending=$((pending + 1)); fi
+    progress="$progress $name: $st,"
+}
+watched() { [ "$role" != watch ] || check; }
+opened() { [ "$role" = watch ] || [ -n "$fin" ] || open="$open $full"; }  # what -r still waits to see replaced
+each watched  # an earlier tier Swarm pauses or rolls back: nothing more is started
 
 # --- start the change --------------------------------------------------------------------
-t0=$(date +%s)
 update_one() {
+    [ "$role" = own ] || return 0  # -w: an earlier tier's, only watched
     set -- --image "$image"
     case ",$sets," in *,order,*) set -- "$@" --update-order start-first ;; esac
     case ",$sets," in *,failure,*) set -- "$@" --update-failure-action rollback ;; esac
@@ -98,7 +187,7 @@ rollback_one() {
 }
 if [ -n "$journal" ] && [ -n "$key" ]; then journal_line "$journal"; fi
 case "$action" in
-    update) each update_one ;;
+    update) [ -n "$failed" ] || each update_one ;;
     rollback)
         rm -f "$HOME/$state"
         each rollback_one ;;
@@ -109,33 +198,14 @@ case "$action" in
             exit 1
         fi
         printf '%s\n' "$err" | grep -i '^ignoring' | while IFS= read -r l; do say "note $l"; done
-        say "started $stack" ;;
+        say "started $stack"
+        # each service's task template against the one before: `same` (or `new`) has no task to replace
+        # shellcheck disable=SC2086 # service names, one word each
+        specs=$(docker service inspect --format '{{.Spec.Name}}|{{if .PreviousSpec}}{{if and (eq (json .Spec.TaskTemplate) (json .PreviousSpec.TaskTemplate)) (eq (json .Spec.EndpointSpec) (json .PreviousSpec.EndpointSpec))}}same{{else}}changed{{end}}{{else}}new{{end}}' $all 2>/dev/null) ;;
     *) say "failed $action: unknown action"; exit 2 ;;
 esac
 
 # --- wait until Swarm has finished each service ---------------------------------------------
-finished=0 shown='' failed='' culprit=''
-finish() { echo 1 > "$tmp/fin.$j"; finished=$((finished + 1)); say "done $name $1"; }
-check() {
-    [ -z "$fin" ] || return 0
-    st=$(field 2) started=$(field 3) msg=$(field 4)
-    if [ -z "$st" ] && [ "$action" != stack ]; then failed="$name: the service is gone" culprit=$full; return; fi
-    if [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
-        case "$action:$st" in
-            update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
-            update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused)
-                failed="$name: $st${msg:+ ($msg)}" culprit=$full
-                return ;;
-        esac
-    elif [ "$action" = stack ] && [ $((now - t0)) -ge "$grace" ]; then  # created, or no task to replace
-        r=$(printf '%s\n' "$replicas" | awk -v n="$full" '$1 == n { print $2; exit }')
-        if [ -n "$r" ] && [ "${r%%/*}" = "${r#*/}" ]; then finish "running $r"; return; fi
-        st="running ${r:-0/?}"
-    else
-        st=pending
-    fi
-    progress="$progress $name: $st,"
-}
 details() {  # the failed service's latest tasks, as Swarm reports them
     docker service ps --no-trunc --format '{{.Name}} {{.Image}} {{.CurrentState}} {{.Error}}' "$culprit" 2>&1 |
         head -n 6 | cut -c1-300 | while IFS= read -r l; do say "detail ${culprit#"${stack}_"} $l"; done
@@ -145,10 +215,16 @@ while :; do
     out=$(inspect)
     [ "$action" = stack ] && replicas=$(docker service ls --filter "label=com.docker.stack.namespace=$stack" \
         --format '{{.Name}} {{.Replicas}}' 2>/dev/null)
-    progress=
+    if [ "$until" = replaced ]; then
+        open=''
+        each opened
+        # shellcheck disable=SC2086 # service names, one word each
+        now_tasks=$(tasks $open)
+    fi
+    progress='' pending=0
     each check
     if [ -n "$failed" ]; then details; say "failed $failed"; exit 1; fi
-    [ "$finished" -ge "$count" ] && break
+    [ "$pending" -eq 0 ] && break
     if [ $((now - t0)) -ge "$ceiling" ]; then
         say "failed timeout after ${ceiling}s:${progress%,} (Swarm goes on with it)"
         exit 1
