@@ -120,7 +120,8 @@ def test_the_sandbox_swarm_host():
     sandbox = load(HOSTS_TOML).host("sandbox")
     # the same sshd and user; its swarm port gives sessions the swarm stack's own engine
     assert h.ssh == dataclasses.replace(sandbox.ssh, port=22023) and sandbox.ssh.port == 22022
-    assert h.registry == dataclasses.replace(sandbox.registry, keep_login=True)
+    # the same registry, as both nodes reach it: on the manager's side of their link
+    assert h.registry == dataclasses.replace(sandbox.registry, server="10.215.0.1:15000", keep_login=True)
     assert all(u.startswith("http://127.0.0.1:18090/") for u in h.verify.urls) and len(h.verify.urls) == 8
     assert h.proxy.reload_on_deploy is False
     assert isinstance(engine_for(h), SwarmEngine)
