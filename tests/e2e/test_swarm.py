@@ -8,6 +8,7 @@ through the sandbox's sshd on port 22023). These run with every ZDD_E2E=1 run (s
 the swarm_sandbox fixture runs scripts/sandbox.sh swarm-up when the stack does not answer.
 """
 
+import json
 import re
 import subprocess
 import time
@@ -46,6 +47,13 @@ def when(stamp: str) -> float:
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
 
 
+def running_since(service: str) -> float:
+    """When the last of a service's running tasks was reported running (Swarm: healthy)."""
+    ids = sb.swarm_docker("service", "ps", "-q", "--filter", "desired-state=running", f"{sb.SWARM_STACK}_{service}")
+    tasks = json.loads(sb.swarm_docker("inspect", *ids.split()))
+    return max(when(t["Status"]["Timestamp"]) for t in tasks)
+
+
 def spec_images(*services: str) -> dict[str, str]:
     return {svc: sb.swarm_service(svc)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] for svc in services}
 
@@ -74,10 +82,13 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
         assert version not in before[svc]
         assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {version} fast"
         assert update_status(svc)["State"] == "completed", svc
-    # tiers in order: a tier's updates started only once the one before had completed
+    # tiers in order: a tier's updates started once every task of the tier before was replaced
+    # (its new tasks running, healthy), while Swarm still monitored it (before its `completed`)
     status = {svc: update_status(svc) for svc in sb.APPS}
-    assert max(when(status[s]["CompletedAt"]) for s in ("server", "property")) <= when(status["identity"]["StartedAt"])
-    assert when(status["identity"]["CompletedAt"]) <= when(status["profile-server"]["StartedAt"])
+    for earlier, later in ((("server", "property"), "identity"), (("identity",), "profile-server")):
+        started = when(status[later]["StartedAt"])
+        assert max(running_since(s) for s in earlier) <= started, (earlier, later)
+        assert min(when(status[s]["CompletedAt"]) for s in earlier) > started, (earlier, later, "no overlap")
 
     # the independent load loop saw nothing fail, and both versions answered
     assert rc == 0 and report["failures"] == 0, out
