@@ -58,10 +58,13 @@ def swarm_tier(
     hashes: str = "",
     key: str = "",
     journal: tuple[str, ...] = (),
+    login: tuple[str, str] | None = None,
 ) -> Command:
     """Start ``action`` (update, rollback, stack) for these services and wait on the host until
     Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
-    the journal KEY before the change."""
+    the journal KEY before the change. ``login`` (server, username): the script logs in to a
+    temporary Docker config for ``--with-registry-auth``, with the token zdd sends it as its
+    first line (:func:`login_line`), never an argument."""
     args = [
         action,
         host.stack_name,
@@ -74,12 +77,22 @@ def swarm_tier(
     ]
     for change in changes:
         args += change.args()
+    if login:
+        args += ["--login", *login]
     if action == "stack":
         for f in host.compose_files:
             args += ["-c", f]
     started = [host.stack_name] if action == "stack" else [c.name for c in changes]
     dry = [f"started {n}" for n in started] + [f"done {c.name} {SWARM_DONE[action]}" for c in changes]
     return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
+
+
+LOGIN_WORD = "login"  # the first word of the line that carries the token to swarm_tier.sh
+
+
+def login_line(token: str) -> str:
+    """What zdd sends swarm_tier.sh for ``--login``: the token, on stdin only."""
+    return f"{LOGIN_WORD} {token}"
 
 
 def stack_tasks(host: HostConfig) -> Command:

@@ -115,7 +115,7 @@ def test_the_sandbox_swarm_host():
     sandbox = load(HOSTS_TOML).host("sandbox")
     # the same sshd and user; its swarm port gives sessions the swarm stack's own engine
     assert h.ssh == dataclasses.replace(sandbox.ssh, port=22023) and sandbox.ssh.port == 22022
-    assert h.registry == dataclasses.replace(sandbox.registry, keep_login=True)
+    assert h.registry == sandbox.registry and not h.registry.keep_login  # no token at rest on the manager
     assert all(u.startswith("http://127.0.0.1:18090/") for u in h.verify.urls) and len(h.verify.urls) == 8
     assert h.proxy.reload_on_deploy is False
     assert isinstance(engine_for(h), SwarmEngine)
@@ -132,17 +132,21 @@ def test_the_sandbox_swarm_host():
             'hosts.h.proxy.mode "recreate" is not available with engine swarm',
         ),
         ('engine = "kubernetes"', "engine must be one of native, docker-rollout, swarm"),
-        (
-            'engine = "swarm"\nstack_name = "s"\n[hosts.h.registry]\nserver = "r"\npassword_env = "T"',
-            "hosts.h.registry.keep_login must be true with engine swarm: --with-registry-auth hands Swarm the login of "
-            "~/.docker/config.json",
-        ),
     ],
 )
 def test_swarm_settings_are_checked(extra, message):
     with pytest.raises(ConfigError) as e:
         parse(SWARM_BASE + "\n[hosts.h]\n" + extra + "\n")
     assert message in str(e.value)
+
+
+def test_a_swarm_host_may_keep_its_login_or_not():
+    for keep in ("false", "true"):
+        text = (
+            'engine = "swarm"\nstack_name = "s"\n[hosts.h.registry]\nserver = "r"\nusername = "u"\n'
+            f'password_env = "T"\nkeep_login = {keep}'
+        )
+        assert parse(SWARM_BASE + "\n[hosts.h]\n" + text + "\n").host("h").registry.keep_login == (keep == "true")
 
 
 def test_a_swarm_host_needs_no_plugin_checksum():
@@ -195,6 +199,8 @@ def test_swarm_tier_update_command_and_dry_run_lines():
         "",
     ]
     assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/swarm_tier.sh>' swarm_tier.sh update st 90")
+    logged = swarm_cmds.swarm_tier(H, "update", changes, 90, login=("ghcr.io", "bot"))
+    assert program_args(logged, "swarm_tier.sh")[-3:] == ["--login", "ghcr.io", "bot"] and logged.stdin is None
     assert c.dry_run_output == (
         "started server",
         "started property",
@@ -418,7 +424,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
     services[0] = service_json("server", image_id("server", 1), order="stop-first", failure="pause")
     s, out = session(fake_manager(stack_survey_text(services)))
     deploy(s)
-    assert shlex.split(s.r.history[3])[-8:] == [
+    assert shlex.split(s.r.history[3])[-11:-3] == [
         "server",
         f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
         SWARM_REF.format("server"),
@@ -433,6 +439,33 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
         "(a later docker stack deploy resets it: put it in the compose file)" in s.notes
     )
     assert any(n.startswith("server: no deploy.update_config.failure_action: rollback") for n in s.notes)
+
+
+def test_the_updates_log_in_to_a_temporary_config_with_the_token_on_stdin():
+    """No token at rest: each change that passes --with-registry-auth gets --login SERVER USER
+    and the token as the first line on its stdin; never in a command, the history or the output."""
+    fake = fake_manager()
+    s, out = session(fake)
+    deploy(s)
+    tiers = [c for c in fake.tiers if "swarm_tier.sh" in c.command]
+    assert len(tiers) == 3 and all(c.sent == [f"login {TOKEN}"] for c in tiers)
+    assert all(shlex.split(c.command)[-3:] == ["--login", "127.0.0.1:15000", "zdd"] for c in tiers)
+    assert all(TOKEN not in c.command for c in fake.calls) and all(TOKEN not in h for h in s.r.history)
+    assert TOKEN not in out.getvalue()
+
+
+def test_keep_login_uses_the_login_in_docker_config_and_a_rollback_logs_in_nowhere():
+    h = load(HOSTS_TOML).host(NAME)
+    fake = fake_manager()
+    s, out = session(fake, host=dataclasses.replace(h, registry=dataclasses.replace(h.registry, keep_login=True)))
+    deploy(s)
+    tiers = [c for c in fake.tiers if "swarm_tier.sh" in c.command]
+    assert tiers and all(not c.sent and "--login" not in c.command for c in tiers)
+    fake = fake_manager(stack_survey_text(stack_services(version=2, previous=1)))
+    s, out = session(fake)
+    sequence.rollback(s, SwarmEngine(s.host))
+    tiers = [c for c in fake.tiers if "swarm_tier.sh" in c.command]
+    assert tiers and all(not c.sent and "--login" not in c.command for c in tiers)
 
 
 def test_tasks_not_all_running_are_said():
@@ -475,7 +508,7 @@ def test_deploy_updates_each_tier_together_in_order():
     assert not fake.seen("caddy reload") and not fake.seen("restore.sh") and not fake.seen("tier.sh compose")
     pulled = shlex.split(fake.calls[fake.index("pull.sh")].command)
     assert pulled[pulled.index("pull.sh") + 1 : pulled.index("--")] == [
-        "1",
+        "0",
         "127.0.0.1:15000",
         "zdd",
         "900",
@@ -486,7 +519,7 @@ def test_deploy_updates_each_tier_together_in_order():
         "mongodb",
         "redis",
         "caddy",
-    ]  # keep_login: the login stays for --with-registry-auth
+    ]  # the pull logs in to a temporary Docker config
     assert fake.calls[fake.index("pull.sh")].command.endswith(
         "&& docker image ls --digests --format 'digest {{.Repository}}:{{.Tag}} {{.Digest}}'"
     )
@@ -631,7 +664,7 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
     text = out.getvalue()
     order = [
         "lock.sh acquire stack_remilia-swarm",
-        "pull.sh 1 127.0.0.1:15000 zdd",
+        "pull.sh 0 127.0.0.1:15000 zdd",
         "server: roll, new digest",
         *["swarm_tier.sh update remilia-swarm 90"] * 3,
         f"finish.sh {SWARM_KEY}",
@@ -640,6 +673,8 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
     for needle in order:
         at = text.index(needle, at + 1)
     assert "$ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)" in text
+    # each update would get the token on its stdin: said by name, never shown
+    assert text.count("would send: $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)") == 3
     assert TOKEN not in text and all(TOKEN not in h for h in s.r.history)
 
 

@@ -24,9 +24,25 @@ STACK = "st"
 #   update-fails    `service update` / `service rollback` fail
 #   deploy-fails    `stack deploy` fails
 #   compose, inspect   survey: `compose config` and `service inspect ID...` output
+#   login-fails     `login` fails
+#   login           written by `login`: its DOCKER_CONFIG, then its stdin (the token)
+#   configs         the DOCKER_CONFIG ("-" for none) of each `service update`/`stack deploy`, and
+#                   whether that config held a login then ("with login")
 SWARM_DOCKER = r"""#!/bin/sh
 d=$STUB
 printf '%s\n' "$*" >> "$d/calls"
+case "$1" in
+login)
+    [ -e "$d/login-fails" ] && { echo "Error response from daemon: unauthorized" >&2; exit 1; }
+    { echo "$DOCKER_CONFIG"; cat; } > "$d/login"
+    echo '{"auths": {}}' > "$DOCKER_CONFIG/config.json"
+    exit 0 ;;
+esac
+case "$1 $2" in
+"service update" | "stack deploy")
+    printf '%s %s\n' "${DOCKER_CONFIG:--}" "$([ -e "${DOCKER_CONFIG:-/nonexistent}/config.json" ] && echo with login)" \
+        >> "$d/configs" ;;
+esac
 case "$1 $2" in
 "service inspect")
     if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
@@ -227,6 +243,40 @@ def test_a_failed_stack_deploy_records_nothing(manager):
         "failed st: docker stack deploy: failed to update service st_server: bad spec",
     ]
     assert not manager.state.exists()
+
+
+def test_a_login_goes_to_a_temporary_config_that_the_changes_use_and_that_is_removed(manager):
+    manager.service("server", OLD, f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    cmd = swarm_cmds.swarm_tier(
+        manager.config, "update", [SwarmChange("server", "r/server:1@sha256:new")], 20, login=("reg.test", "bot")
+    )
+    res = manager.run(cmd, stdin=swarm_cmds.login_line("t0ken") + "\n", timeout=60)
+    assert res.returncode == 0, res.stdout
+    config, token = (manager.stub / "login").read_text().splitlines()
+    assert token == "t0ken" and config.startswith("/") and not Path(config).exists()  # removed at the end
+    assert (manager.stub / "configs").read_text() == f"{config} with login\n"
+    assert "login --username bot --password-stdin reg.test" in manager.calls()
+    assert all("t0ken" not in c for c in manager.calls()) and "t0ken" not in res.stdout + res.stderr
+    assert not (manager.home / ".docker").exists()
+
+
+def test_a_login_that_fails_changes_nothing(manager):
+    manager.service("server", OLD)
+    manager.set("login-fails")
+    cmd = swarm_cmds.swarm_tier(manager.config, "stack", [SwarmChange("server")], 20, login=("reg.test", "bot"))
+    res = manager.run(cmd, stdin="login t0ken\n", timeout=60)
+    assert (res.returncode, res.stdout) == (
+        1,
+        "failed registry reg.test: docker login: Error response from daemon: unauthorized\n",
+    )
+    assert not any(c.startswith(("service update", "stack deploy")) for c in manager.calls())
+
+
+def test_without_login_the_changes_use_the_users_docker_config(manager):
+    manager.service("server", OLD, f"completed|{NEW}|update completed")
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 0 and (manager.stub / "configs").read_text() == "- \n"
+    assert not any(c.startswith("login") for c in manager.calls())
 
 
 def test_survey_of_a_stack(manager):

@@ -15,9 +15,11 @@ The steps keep their names and meaning:
 
 * validate – the node is a Swarm manager; every app service has a healthcheck and publishes
   no host-mode port; update settings zdd must set, and ``endpoint_mode: vip``, are said;
-* pull – pull.sh as for Compose (``docker login`` into ~/.docker: ``registry.keep_login`` is
-  required) and the digest each tag names now on this node. Every node pulls for its own
-  tasks, with the credentials ``--with-registry-auth`` hands to Swarm;
+* pull – pull.sh as for Compose (``docker login`` into a temporary Docker config unless
+  ``registry.keep_login``) and the digest each tag names now on this node. Every node pulls
+  for its own tasks, with the credentials ``--with-registry-auth`` hands to Swarm: the
+  update or stack deploy logs in again, to a temporary config of its own (the token on stdin,
+  :func:`.swarm_tier.registry_login`), so no token stays in ~/.docker;
 * infra-up – ``docker stack deploy --resolve-image changed`` when a service is missing or the
   compose files changed since zdd last applied them (it keeps every existing service's
   image: compose changes apply at once, each service start-first); then the infra services

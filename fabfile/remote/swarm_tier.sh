@@ -1,5 +1,7 @@
-# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-c FILE...]
-# (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`)
+# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [--login SERVER USER]
+#               [-c FILE...]
+# (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`;
+# stdin: with --login, the line "login TOKEN" first)
 #
 # Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
 # then waits, reading every service's UpdateStatus in one `docker service inspect` twice a
@@ -18,6 +20,13 @@
 #             then wait for the SERVICES it creates or changes; once they are done, HASHES (what
 #             zdd applied, JSON) is written to ~/STATE
 #
+# The commands that pass --with-registry-auth hand Swarm the registry login of the Docker config
+# they run with. With --login, that is a temporary config of our own: the first line zdd sends,
+# "login TOKEN", is read here and goes to `docker login --password-stdin SERVER` (through a pipe
+# from the shell's printf: never in an argument), into a directory removed when we end (also on
+# HUP, INT, TERM), so no token stays on the host. Without it (registry.keep_login, or no
+# registry), the user's own config (~/.docker) is used.
+#
 # JOURNAL (lines, may be empty: the run's plan) is appended to the project's journal
 # (~/.zdd/journal/KEY.jsonl) before the change is made; the deploy's lock (~/.zdd/locks/KEY)
 # is renewed while we wait.
@@ -34,6 +43,9 @@ shift 8
 # (the update it had before, whether it finished) in files of its own
 tmp=$(mktemp -d) || { say "failed cannot make a temporary directory"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 : > "$tmp/services"
 i=1
 while [ "$i" -le "$count" ]; do
@@ -41,6 +53,25 @@ while [ "$i" -le "$count" ]; do
     shift 4
     i=$((i + 1))
 done
+login_cfg=  # the temporary Docker config holding the registry login ("" = the user's own)
+if [ "${1:-}" = --login ]; then
+    server=$2 user=$3
+    shift 3
+    IFS= read -r line || line=
+    login_cfg=$tmp/docker
+    own=${DOCKER_CONFIG:-$HOME/.docker}
+    if ! mkdir -m 700 "$login_cfg"; then say "failed cannot make a temporary Docker config"; exit 1; fi
+    [ -d "$own/cli-plugins" ] && ln -s "$own/cli-plugins" "$login_cfg/cli-plugins"
+    if ! err=$(printf '%s\n' "${line#login }" |
+        DOCKER_CONFIG=$login_cfg docker login --username "$user" --password-stdin "$server" 2>&1); then
+        say "failed registry $server: docker login: $(last "$err")"
+        exit 1
+    fi
+    line=
+fi
+authed() {  # authed ARG...: docker ARG... with the registry login --with-registry-auth hands Swarm
+    if [ -n "$login_cfg" ]; then DOCKER_CONFIG=$login_cfg docker "$@"; else docker "$@"; fi
+}
 grace=5  # s; stack: a service Swarm has not started updating by then had no task to replace
 
 nap_seconds=0.5  # between two reads of the services' UpdateStatus
@@ -81,7 +112,7 @@ update_one() {
     case ",$sets," in *,failure,*) set -- "$@" --update-failure-action rollback ;; esac
     case ",$sets," in *,rollback-order,*) set -- "$@" --rollback-order start-first ;; esac
     [ -n "$ref" ] && set -- "$@" --label-add "com.docker.stack.image=$ref"
-    if err=$(docker service update --detach --quiet --with-registry-auth --force "$@" "$full" 2>&1); then
+    if err=$(authed service update --detach --quiet --with-registry-auth --force "$@" "$full" 2>&1); then
         say "started $name"
     else
         say "failed $name: docker service update: $(last "$err")"
@@ -103,7 +134,7 @@ case "$action" in
         rm -f "$HOME/$state"
         each rollback_one ;;
     stack)
-        if ! err=$(docker stack deploy --with-registry-auth --resolve-image changed "$@" "$stack" 2>&1); then
+        if ! err=$(authed stack deploy --with-registry-auth --resolve-image changed "$@" "$stack" 2>&1); then
             printf '%s\n' "$err" | tail -n 5 | while IFS= read -r l; do say "detail $stack $l"; done
             say "failed $stack: docker stack deploy: $(last "$err")"
             exit 1
