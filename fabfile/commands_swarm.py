@@ -41,7 +41,7 @@ class SwarmChange:
     name: str  # the compose service; Swarm's is STACK_NAME
     image: str = ""  # update: REF@DIGEST to run
     ref: str = ""  # update: the compose file's reference, kept as com.docker.stack.image
-    sets: tuple[str, ...] = ()  # update: settings zdd sets (order, failure, rollback-order)
+    sets: tuple[str, ...] = ()  # settings zdd sets (order, failure, rollback-order), or as-update (a rollback)
 
     def args(self) -> tuple[str, ...]:
         return (self.name, self.image, self.ref, ",".join(self.sets))
@@ -83,7 +83,8 @@ def swarm_tier(
         for f in host.compose_files:
             args += ["-c", f]
     started = [host.stack_name] if action == "stack" else [c.name for c in changes]
-    dry = [f"started {n}" for n in started] + [f"done {c.name} {SWARM_DONE[action]}" for c in changes]
+    done = [SWARM_DONE["update" if "as-update" in c.sets else action] for c in changes]
+    dry = [f"started {n}" for n in started] + [f"done {c.name} {how}" for c, how in zip(changes, done)]
     return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
 
 

@@ -354,7 +354,11 @@ def test_validation_problems_stop_before_anything_changes(patch, problem):
 
 
 def test_ingress_ports_and_vip_pass_with_a_note():
-    vip = {"endpoint_mode": "vip", "update_config": {"order": "start-first"}}
+    vip = {
+        "endpoint_mode": "vip",
+        "update_config": {"order": "start-first"},
+        "rollback_config": {"order": "start-first"},
+    }
     compose = swarm_compose_json(
         {"server": {"deploy": vip, "ports": [{"mode": "ingress", "target": 8080, "published": "8080"}]}}
     )
@@ -615,6 +619,20 @@ def test_the_stack_is_deployed_first_when_the_compose_files_changed():
     assert log[1:] == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
 
 
+def test_a_stack_deploy_first_makes_the_services_it_changes_roll_back_start_first():
+    """Swarm's rollback of a failed stack deploy returns to the spec it started from, with that
+    spec's rollback settings: the services that run stop-first ones get rollback-order."""
+    compose = swarm_compose_json({"property": {"environment": {"SERVICE": "property", "NEW": "1"}}})
+    services = stack_services()
+    services[1] = service_json("property", image_id("property", 1), rollback_order="stop-first")
+    fake = fake_manager([stack_survey_text(services, compose=compose, applied=swarm_applied())])
+    s, out = session(fake)
+    SwarmEngine(s.host).infra_up(s)
+    stack = program_args(fake.calls[fake.index("swarm_tier.sh stack")], "swarm_tier.sh")
+    assert stack[7:12] == ["1", "property", "", "", "rollback-order"]
+    assert swarm_state.stack_change("server", state_of()).sets == ()
+
+
 def test_no_record_applies_the_stack_once_and_missing_services_are_created():
     services = stack_services(only=("server", "property", "identity", "profile-server", "caddy"))
     log: list = []
@@ -738,6 +756,69 @@ def test_rollback_skips_a_previous_spec_that_runs_the_same_tasks():
     assert [p.line() for p in plans] == ["server: skip, its previous spec runs the same tasks"]
 
 
+def stop_first_previous(name: str, **changes) -> dict:
+    """A service at version 2 whose previous spec (version 1) rolls back stop-first, as a docker
+    stack deploy without rollback_config leaves it; ``changes``: its task template differs so too."""
+    raw = service_json(name, image_id(name, 2), previous=image_id(name, 1))
+    raw["PreviousSpec"]["RollbackConfig"]["Order"] = "stop-first"
+    raw["PreviousSpec"]["TaskTemplate"]["ContainerSpec"].update(changes)
+    raw["Spec"]["TaskTemplate"]["ForceUpdate"] = 3  # --force bumps it: not a difference of the tasks
+    return raw
+
+
+def test_a_previous_spec_that_rolls_back_stop_first_is_rolled_back_as_a_start_first_update():
+    plans = swarm_state.rollback_plan(state_of([stop_first_previous("server")]), ["server"])
+    assert plans[0].line() == (
+        f"server: roll back, {image_id('server', 2)[7:19]} → {image_id('server', 1)[7:19]} "
+        "(as a start-first update: its previous spec rolls back stop-first)"
+    )
+    change = plans[0].change()
+    assert change == swarm_cmds.SwarmChange(
+        "server", f"{SWARM_REF.format('server')}@{image_id('server', 1)}", SWARM_REF.format("server"), ("as-update",)
+    )
+    # what an update cannot restore is not half rolled back
+    other = swarm_state.rollback_plan(state_of([stop_first_previous("server", Env=["A=1"])]), ["server"])
+    assert other[0].line() == (
+        "server: skip, its previous spec rolls back stop-first (Swarm would stop its tasks first) and differs in "
+        "more than the image: deploy the previous compose files instead"
+    )
+    # once rolled back so, the previous spec is the one it left: not rolled "back" to it again
+    again = service_json("server", image_id("server", 1), previous=image_id("server", 2))
+    again["Spec"]["Labels"]["zdd.rolled-back-from"] = again["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    back = swarm_state.rollback_plan(state_of([again]), ["server"])
+    assert back[0].line() == "server: skip, its last update was rolled back already (by zdd, as an update)"
+
+
+def test_a_rollback_made_as_an_update_logs_in_and_waits_for_completed():
+    services = stack_services(version=2, previous=1)
+    services[0] = stop_first_previous("server")
+    log: list = []
+    fake = fake_manager(stack_survey_text(services), log=log)
+    s, out = session(fake)
+    sequence.rollback(s, SwarmEngine(s.host))
+    server = [c for c in fake.tiers if swarm_tier_args(c.command) == ("rollback", ["server", "property"])][0]
+    assert shlex.split(server.command)[-11:] == [
+        "server",
+        f"{SWARM_REF.format('server')}@{image_id('server', 1)}",
+        SWARM_REF.format("server"),
+        "as-update",
+        "property",
+        f"{SWARM_REF.format('property')}@{image_id('property', 1)}",
+        "",
+        "",
+        "--login",
+        "127.0.0.1:15000",
+        "zdd",
+    ]
+    assert server.sent == [f"login {TOKEN}"]
+    plain = [c for c in fake.tiers if swarm_tier_args(c.command) == ("rollback", ["profile-server"])][0]
+    assert "--login" not in plain.command and not plain.sent
+    dry = swarm_cmds.swarm_tier(
+        H, "rollback", [swarm_state.rollback_plan(state_of(services), ["server"])[0].change()], 9
+    )
+    assert dry.dry_run_output[1] == "done server completed"
+
+
 def test_every_task_runs_the_engine_that_hosts_toml_names(monkeypatch):
     """Tasks never ask which engine runs: each gets the host's engine from engine_for and
     calls the sequence or the engine's own step with it."""
@@ -850,6 +931,32 @@ def test_a_stack_deploy_that_would_update_an_app_stop_first_is_refused(order):
         )[0]
         == []
     )
+
+
+def test_compose_settings_that_would_stop_tasks_first_outside_zdd_are_noted():
+    """Not a failure (zdd's own updates and rollbacks start first), but said: a plain stack
+    deploy or Swarm's rollback would stop tasks first."""
+    unset = {"endpoint_mode": "dnsrr", "update_config": {"order": "start-first"}}
+    stop = {
+        "endpoint_mode": "dnsrr",
+        "update_config": {"order": "stop-first"},
+        "rollback_config": {"order": "stop-first"},
+    }
+    compose = swarm_compose_json({"server": {"deploy": unset}, "identity": {"deploy": stop}})
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose, applied=None)))
+    with pytest.raises(BadInput, match="identity: the compose files' deploy.update_config.order is stop-first"):
+        SwarmEngine(s.host).validate(s)  # a stack deploy would update it so: refused, as before
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose)))
+    SwarmEngine(s.host).validate(s)
+    assert s.notes == [
+        "identity: the compose files' deploy.update_config.order is not start-first (Swarm's default, stop-first, "
+        "when unset): zdd's own updates start the new tasks first, but a plain docker stack deploy would stop their "
+        "tasks first (downtime): set update_config.order: start-first",
+        "server, identity: the compose files' deploy.rollback_config.order is not start-first (Swarm's default, "
+        "stop-first, when unset): zdd's own updates and rollbacks start the new tasks first, but a plain docker "
+        "service rollback, or Swarm's own rollback of a failed docker stack deploy, would stop their tasks first "
+        "(downtime): set rollback_config.order: start-first",
+    ]
 
 
 def test_a_service_swarm_is_still_updating_is_refused():

@@ -18,6 +18,7 @@ from tests.test_remote_scripts import Host
 
 STACK = "st"
 # A `docker` for a Swarm manager that logs its arguments to $STUB/calls and answers from $STUB:
+#   (`service inspect --format` of the image: r/NAME:2@sha256:cur)
 #   svc-NAME        the UpdateStatus of service NAME (STATE|STARTED|MESSAGE), one line per
 #                   `service inspect`, the last line repeated; no file: no such service
 #   replicas        what `service ls --format` prints
@@ -46,6 +47,7 @@ esac
 case "$1 $2" in
 "service inspect")
     if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
+    case "$4" in *ContainerSpec.Image*) echo "r/$5:2@sha256:cur"; exit 0 ;; esac
     shift 4
     rc=0
     for n in "$@"; do
@@ -129,15 +131,17 @@ def test_update_starts_every_service_then_waits_for_each(manager):
     assert out[2:4] == ["done server completed", "done property completed"]
     assert out[-1].startswith("ok after ")
     calls = manager.calls()
-    assert (
+    updates = [c for c in calls if c.startswith("service update")]
+    # server's running spec rolls back stop-first: its settings first (no task replaced), so that
+    # the spec the update starts from, which Swarm's rollback returns to, rolls back start-first
+    assert updates == [
+        "service update --detach --quiet --rollback-order start-first st_server",
         "service update --detach --quiet --with-registry-auth --force --image r/server:1@sha256:new "
-        "--update-order start-first --rollback-order start-first --label-add com.docker.stack.image=r/server:1 "
-        "st_server"
-    ) in calls
-    assert (
+        "--rollback-order start-first --update-order start-first --label-add com.docker.stack.image=r/server:1 "
+        "st_server",
         "service update --detach --quiet --with-registry-auth --force --image r/property:1@sha256:new "
-        "--label-add com.docker.stack.image=r/property:1 st_property"
-    ) in calls
+        "--rollback-order start-first --label-add com.docker.stack.image=r/property:1 st_property",
+    ]
     # one inspect of both services per poll (the first one reads what Swarm said before)
     assert sum(c.startswith("service inspect --format") and c.endswith("st_server st_property") for c in calls) >= 4
 
@@ -173,7 +177,16 @@ def test_update_that_cannot_start_fails(manager):
     manager.service("server", OLD)
     manager.set("update-fails")
     rc, out, took = manager.tier("update", "server")
-    assert (rc, out) == (1, ["failed server: docker service update: Error response from daemon: rpc error: bad"])
+    assert (rc, out) == (
+        1,
+        [
+            "failed server: docker service update --rollback-order start-first: Error response from daemon: "
+            "rpc error: bad"
+        ],
+    )
+    manager.service("property", OLD)
+    rc, out, took = manager.tier("update", "property")
+    assert (rc, out) == (1, ["failed property: docker service update: Error response from daemon: rpc error: bad"])
 
 
 def test_a_service_that_is_gone_fails(manager):
@@ -202,6 +215,39 @@ def test_rollback_waits_for_rollback_completed_and_forgets_what_was_applied(mana
     assert out[:2] == ["started server", "done server rollback_completed"]
     assert "service rollback --detach --quiet st_server" in manager.calls()
     assert not manager.state.exists()
+
+
+def test_a_rollback_whose_previous_spec_rolls_back_stop_first_is_a_start_first_update(manager):
+    """Swarm would roll back with the previous spec's RollbackConfig (stop-first): the same
+    image as an update, start-first, marked so that zdd does not roll it "back" again."""
+    manager.service("server", OLD, f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    change = SwarmChange("server", "r/server:1@sha256:old", "r/server:1", ("as-update",))
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "rollback", [change], 20), timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert "done server completed" in res.stdout.splitlines()
+    updates = [c for c in manager.calls() if c.startswith(("service update", "service rollback"))]
+    assert updates == [
+        "service update --detach --quiet --with-registry-auth --image r/server:1@sha256:old --update-order start-first "
+        "--rollback-order start-first --label-add zdd.rolled-back-from=r/st_server:2@sha256:cur "
+        "--label-add com.docker.stack.image=r/server:1 st_server"
+    ]
+    manager.service("server", OLD, f"paused|{NEW}|update paused due to failure")
+    (manager.stub / f"n-{STACK}_server").unlink()  # its UpdateStatus read from the start
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "rollback", [change], 20), timeout=60)
+    assert res.returncode == 1 and res.stdout.splitlines()[-1] == "failed server: paused (update paused due to failure)"
+
+
+def test_a_stack_deploy_prepares_the_services_that_roll_back_stop_first(manager):
+    manager.service("server", OLD, f"completed|{NEW}|")
+    manager.set("replicas", f"{STACK}_server 1/1\n")
+    changes = [SwarmChange("server", sets=("rollback-order",))]
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "stack", changes, 20), timeout=60)
+    assert res.returncode == 0, res.stdout
+    changed = [c for c in manager.calls() if c.startswith(("service update", "stack deploy"))]
+    assert changed == [
+        "service update --detach --quiet --rollback-order start-first st_server",
+        "stack deploy --with-registry-auth --resolve-image changed -c x.yaml st",
+    ]
 
 
 def test_a_paused_rollback_fails(manager):
@@ -275,7 +321,7 @@ def test_a_login_that_fails_changes_nothing(manager):
 def test_without_login_the_changes_use_the_users_docker_config(manager):
     manager.service("server", OLD, f"completed|{NEW}|update completed")
     rc, out, took = manager.tier("update", "server")
-    assert rc == 0 and (manager.stub / "configs").read_text() == "- \n"
+    assert rc == 0 and (manager.stub / "configs").read_text() == "- \n- \n"  # the settings, then the image
     assert not any(c.startswith("login") for c in manager.calls())
 
 

@@ -31,10 +31,16 @@ The steps keep their names and meaning:
   ``paused`` or ``rollback_*`` fails the deploy at once, naming the service;
 * reload-caddy – only with ``proxy.reload_on_deploy``.
 
+Rollbacks never stop first: Swarm rolls back with the rollback settings of the spec it returns
+to, so each update (and infra-up's stack deploy) first gives the spec it starts from
+``--rollback-order start-first`` when it has another (a change of settings only: no task is
+replaced), and sets it on the new spec too (remote/swarm_tier.sh explains it).
 ``rollback`` returns each app service to Swarm's previous spec (``docker service rollback``),
-tiers in reverse order; ``status`` shows the stack's services and tasks, the lock and the last
-run; an interrupted run is only closed in the journal (Swarm finishes or undoes what it
-started on its own).
+tiers in reverse order; a previous spec that would roll back stop-first (it came from a
+``docker stack deploy`` zdd did not prepare) is returned to as a start-first update to its
+image, or skipped, saying why, when it differs in more than the image. ``status`` shows the
+stack's services and tasks, the lock and the last run; an interrupted run is only closed in
+the journal (Swarm finishes or undoes what it started on its own).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from .swarm_state import (
     parse_survey,
     rollback_plan,
     spec_hash,
+    stack_change,
     stack_changes,
     wanted_digest,
 )
@@ -149,7 +156,7 @@ class SwarmEngine:
             changes = stack_changes(state)
             if changes:
                 hashes = json.dumps({n: spec_hash(svc) for n, svc in state.model.items()}, sort_keys=True)
-                run(s, "stack", [swarm_cmds.SwarmChange(n) for n in changes], ceiling(s, state, list(changes)), hashes)
+                run(s, "stack", [stack_change(n, state) for n in changes], ceiling(s, state, list(changes)), hashes)
                 whys: dict[str, list[str]] = {}
                 for name, why in changes.items():
                     whys.setdefault(why, []).append(name)

@@ -94,7 +94,7 @@ def registry_login(s: Session, action: str, changes: list[swarm_cmds.SwarmChange
 def needs_auth(action: str, changes: list[swarm_cmds.SwarmChange]) -> bool:
     """Whether swarm_tier.sh passes --with-registry-auth for this change (a plain rollback
     does not: Swarm pulls with the login its previous spec had)."""
-    return action in ("update", "stack")
+    return action in ("update", "stack") or any("as-update" in c.sets for c in changes)
 
 
 def consequence(failure: str) -> str:

@@ -12,14 +12,35 @@
 #             so a later `docker stack deploy --resolve-image changed` keeps this digest. SETS
 #             (comma-separated, may be empty) are the update settings zdd sets for it: order
 #             (--update-order start-first), failure (--update-failure-action rollback),
-#             rollback-order (--rollback-order start-first)
+#             rollback-order (the running spec rolls back stop-first: see below). Every update
+#             also sets --rollback-order start-first
 #   rollback  `docker service rollback --detach` of each SERVICE (back to Swarm's previous spec);
-#             the record of what zdd applied (~/STATE) is removed: the next deploy applies the
-#             compose files again
+#             with SETS as-update, an update to IMAGE (what the previous spec ran; REF its
+#             label) instead, start-first (see below). The record of what zdd applied (~/STATE)
+#             is removed: the next deploy applies the compose files again
 #   stack     `docker stack deploy --with-registry-auth --resolve-image changed -c FILE... STACK`,
 #             then wait for the SERVICES it creates or changes; once they are done, HASHES (what
-#             zdd applied, JSON) is written to ~/STATE
+#             zdd applied, JSON) is written to ~/STATE. A SERVICE with SETS rollback-order is
+#             prepared first (below)
 #
+# Rollbacks never stop first. Swarm rolls a service back (`docker service rollback`, or the
+# rollback it starts itself when an update fails with failure_action rollback) by making the
+# previous spec the spec again and replacing the tasks with *that* spec's RollbackConfig
+# (swarmkit: controlapi UpdateService swaps Spec and PreviousSpec; the updater then reads
+# Spec.Rollback, Swarm's default, stop-first, when it has none). So the settings that count are
+# those of the spec the update starts from, not of the new one: setting --rollback-order on the
+# update itself only helps the update after it. Hence:
+#   * rollback-order: before the change, `docker service update --detach --rollback-order
+#     start-first SERVICE`, a change of the settings only (no task is replaced: the task
+#     template is the same). It becomes the spec the update or stack deploy starts from, its
+#     PreviousSpec, whose tasks are the ones that ran: a rollback returns to them, start-first.
+#     Setting it just before `docker service rollback` would be wrong: it is itself an update,
+#     so the rollback would return to it, the spec that runs now;
+#   * a rollback whose previous spec rolls back stop-first (it came from a docker stack deploy
+#     without rollback_config, and zdd did not prepare it) is made as an update to the image
+#     that spec ran, with --update-order start-first (zdd only plans it so when that spec's
+#     task template differs from the running one in the image only, so nothing else is lost);
+#     the label zdd.rolled-back-from=IMAGE-BEFORE tells zdd not to roll it "back" again.
 # The commands that pass --with-registry-auth hand Swarm the registry login of the Docker config
 # they run with. With --login, that is a temporary config of our own: the first line zdd sends,
 # "login TOKEN", is read here and goes to `docker login --password-stdin SERVER` (through a pipe
@@ -106,11 +127,18 @@ each remember
 
 # --- start the change --------------------------------------------------------------------
 t0=$(date +%s)
+has() { case ",$sets," in *,"$1",*) return 0 ;; esac; return 1; }  # has SETTING: SETS names it
+prepare_one() {  # the spec the change starts from rolls back start-first (see above)
+    has rollback-order || return 0
+    if ! err=$(docker service update --detach --quiet --rollback-order start-first "$full" 2>&1); then
+        say "failed $name: docker service update --rollback-order start-first: $(last "$err")"
+        exit 1
+    fi
+}
 update_one() {
-    set -- --image "$image"
-    case ",$sets," in *,order,*) set -- "$@" --update-order start-first ;; esac
-    case ",$sets," in *,failure,*) set -- "$@" --update-failure-action rollback ;; esac
-    case ",$sets," in *,rollback-order,*) set -- "$@" --rollback-order start-first ;; esac
+    set -- --image "$image" --rollback-order start-first
+    has order && set -- "$@" --update-order start-first
+    has failure && set -- "$@" --update-failure-action rollback
     [ -n "$ref" ] && set -- "$@" --label-add "com.docker.stack.image=$ref"
     if err=$(authed service update --detach --quiet --with-registry-auth --force "$@" "$full" 2>&1); then
         say "started $name"
@@ -120,6 +148,19 @@ update_one() {
     fi
 }
 rollback_one() {
+    if has as-update; then
+        before=$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$full" 2>/dev/null)
+        set -- --image "$image" --update-order start-first --rollback-order start-first \
+            --label-add "zdd.rolled-back-from=$before"
+        [ -n "$ref" ] && set -- "$@" --label-add "com.docker.stack.image=$ref"
+        if err=$(authed service update --detach --quiet --with-registry-auth "$@" "$full" 2>&1); then
+            say "started $name"
+        else
+            say "failed $name: docker service update (rollback to $image): $(last "$err")"
+            exit 1
+        fi
+        return
+    fi
     if err=$(docker service rollback --detach --quiet "$full" 2>&1); then
         say "started $name"
     else
@@ -129,11 +170,14 @@ rollback_one() {
 }
 if [ -n "$journal" ] && [ -n "$key" ]; then journal_line "$journal"; fi
 case "$action" in
-    update) each update_one ;;
+    update)
+        each prepare_one
+        each update_one ;;
     rollback)
         rm -f "$HOME/$state"
         each rollback_one ;;
     stack)
+        each prepare_one
         if ! err=$(authed stack deploy --with-registry-auth --resolve-image changed "$@" "$stack" 2>&1); then
             printf '%s\n' "$err" | tail -n 5 | while IFS= read -r l; do say "detail $stack $l"; done
             say "failed $stack: docker stack deploy: $(last "$err")"
@@ -152,7 +196,9 @@ check() {
     st=$(field 2) started=$(field 3) msg=$(field 4)
     if [ -z "$st" ] && [ "$action" != stack ]; then failed="$name: the service is gone" culprit=$full; return; fi
     if [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
-        case "$action:$st" in
+        how=$action
+        [ "$action" = rollback ] && has as-update && how=update  # a rollback made as an update
+        case "$how:$st" in
             update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
             update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused)
                 failed="$name: $st${msg:+ ($msg)}" culprit=$full
