@@ -96,8 +96,12 @@ def login_line(token: str) -> str:
     return f"{LOGIN_WORD} {token}"
 
 
+TASK_WORD = "task"  # the first word of stack_tasks' lines of a task (the health table follows them)
+
+
 def stack_tasks(host: HostConfig) -> Command:
-    """The stack's tasks (every node) and, on this node, their containers' health."""
+    """The stack's tasks (every node: ``task NODE|NAME|IMAGE|STATE|ERROR`` lines) and, on this
+    node, their containers' health."""
     stack = host.stack_name
     tasks = Command(
         (
@@ -105,10 +109,11 @@ def stack_tasks(host: HostConfig) -> Command:
             "stack",
             "ps",
             stack,
+            "--no-trunc",
             "--filter",
             "desired-state=running",
             "--format",
-            "table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Image}}\t{{.Error}}",
+            TASK_WORD + " {{.Node}}|{{.Name}}|{{.Image}}|{{.CurrentState}}|{{.Error}}",
         )
     )
     health = Command(

@@ -254,7 +254,18 @@ def test_digests_listing_and_the_key_of_a_stack():
 
 
 def test_status_and_proxy_task_commands():
-    assert shlex.split(swarm_cmds.stack_tasks(H).render())[:4] == ["docker", "stack", "ps", "st"]
+    assert shlex.split(swarm_cmds.stack_tasks(H).render())[:10] == [
+        "docker",
+        "stack",
+        "ps",
+        "st",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "task {{.Node}}|{{.Name}}|{{.Image}}|{{.CurrentState}}|{{.Error}}",
+        "&&",
+    ]
     assert "label=com.docker.stack.namespace=st" in swarm_cmds.stack_tasks(H).render()
     assert swarm_cmds.service_containers(H, "caddy").argv == (
         "docker",
@@ -875,7 +886,16 @@ def status(s: Session) -> None:
 
 def test_status_shows_services_tasks_the_lock_and_the_last_run():
     fake = fake_manager(stack_survey_text(stack_services(), running={"server": "0/1"}))
-    fake.on("docker stack ps", "NAME  NODE  CURRENT STATE\nremilia-swarm_server.1  vm  Running 3 minutes ago\n")
+    server = f"{SWARM_REF.format('server')}@{image_id('server', 1)}"
+    fake.on(
+        "docker stack ps",
+        f"task vm1|remilia-swarm_server.1|{server}|Running 3 minutes ago|\n"
+        f"task vm2|remilia-swarm_identity.1|{SWARM_REF.format('identity')}@{image_id('identity', 1)}"
+        "|Running 1 hour ago|\n"
+        f"task vm1|remilia-swarm_caddy.1|{SWARM_REF.format('base')}@{image_id('base')}|Running 2 hours ago|\n"
+        f"task |remilia-swarm_server.2|{server}|Pending 9 seconds ago|no suitable node (max replicas per node limit "
+        "exceed)\nNAMES  STATUS\nremilia-swarm_server.1.x  Up 3 minutes (healthy)\n",
+    )
     fake.on(f"tail -n 5000 .zdd/journal/{SWARM_KEY}.jsonl", journal_text(run_events("20261128-010000-7")))
     s, out = session(fake)
     status(s)
@@ -890,8 +910,22 @@ def test_status_shows_services_tasks_the_lock_and_the_last_run():
         SWARM_REF.format("base"),
     ]
     assert any(ln.split()[1:3] == ["server", "0/1"] for ln in lines)
-    assert lines[-4:] == [
-        "[sandbox-swarm]   remilia-swarm_server.1  vm  Running 3 minutes ago",
+    server = f"server:latest@{image_id('server', 1)[7:19]}"
+    at = lines.index("[sandbox-swarm]   node (no node): 1 task(s)")
+    assert [ln.removeprefix("[sandbox-swarm]   ") for ln in lines[at:-3]] == [
+        "node (no node): 1 task(s)",
+        f"  remilia-swarm_server.2  {server}  Pending 9 seconds ago (no suitable node (max replicas per node limit "
+        "exceed))",
+        "node vm1: 2 task(s)",
+        f"  remilia-swarm_caddy.1   base:latest@{image_id('base')[7:19]}    Running 2 hours ago",
+        f"  remilia-swarm_server.1  {server}  Running 3 minutes ago",
+        "node vm2: 1 task(s)",
+        f"  remilia-swarm_identity.1  identity:latest@{image_id('identity', 1)[7:19]}  Running 1 hour ago",
+        "",
+        "NAMES  STATUS",
+        "remilia-swarm_server.1.x  Up 3 minutes (healthy)",
+    ]
+    assert lines[-3:] == [
         "[sandbox-swarm]   ",
         "[sandbox-swarm]   lock: free",
         "[sandbox-swarm]   last run: 20261128-010000-7 deploy by alice@laptop: ok",
@@ -972,3 +1006,11 @@ def test_a_service_swarm_is_still_updating_is_refused():
     assert problems == [
         "server: Swarm is still changing it (updating): wait until `docker service ps remilia-swarm_server` has settled"
     ]
+
+
+def test_a_task_no_node_can_take_says_where_to_look():
+    from fabfile.engines.swarm_tier import consequence
+
+    failure = "timeout after 90s: server: updating; server: a task waits for a node: no suitable node (max replicas)"
+    assert consequence(failure).startswith("; no node may take the new task: see docker node ls")
+    assert consequence("timeout after 90s: server: updating") == ""

@@ -22,6 +22,7 @@ STACK = "st"
 #   svc-NAME        the UpdateStatus of service NAME (STATE|STARTED|MESSAGE), one line per
 #                   `service inspect`, the last line repeated; no file: no such service
 #   replicas        what `service ls --format` prints
+#   ps-NAME         what `service ps` of service NAME prints (default: a failed task on node n1)
 #   update-fails    `service update` / `service rollback` fail
 #   deploy-fails    `stack deploy` fails
 #   compose, inspect   survey: `compose config` and `service inspect ID...` output
@@ -66,7 +67,10 @@ case "$1 $2" in
     exit 0 ;;
 "service ls")
     case "$*" in *--quiet*) echo id1; echo id2 ;; *) cat "$d/replicas" 2>/dev/null ;; esac ;;
-"service ps") echo "st_server.1 r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)" ;;
+"service ps")
+    for last in "$@"; do :; done
+    if [ -e "$d/ps-$last" ]; then cat "$d/ps-$last"; exit 0; fi
+    echo "st_server.1 on n1: r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)" ;;
 "stack deploy")
     [ -e "$d/deploy-fails" ] && { echo "failed to update service st_server: bad spec" >&2; exit 1; }
     echo "Updating service st_server (id: x)"
@@ -166,10 +170,11 @@ def test_update_fails_at_once_naming_the_service(manager, verdict):
     rc, out, took = manager.tier("update", "server", "property")
     assert rc == 1
     assert out[-1] == f"failed server: {verdict} (update rolled back due to failure or early termination of task abc)"
-    assert out[-2] == "detail server st_server.1 r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)"
+    assert out[-2] == "detail server st_server.1 on n1: r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)"
     assert (
-        "service ps --no-trunc --format {{.Name}} {{.Image}} {{.CurrentState}} {{.Error}} st_server" in manager.calls()
-    )
+        "service ps --no-trunc --format {{.Name}} on {{if .Node}}{{.Node}}{{else}}no node{{end}}: {{.Image}} "
+        "{{.CurrentState}} {{.Error}} st_server" in manager.calls()
+    )  # each task names its node: a failure on a node that went away says which
     assert took < 5
 
 
@@ -199,6 +204,28 @@ def test_update_gives_up_at_the_ceiling(manager):
     rc, out, took = manager.tier("update", "server", ceiling=1)
     assert rc == 1 and out[-1] == "failed timeout after 1s: server: updating (Swarm goes on with it)"
     assert took < 10
+
+
+def test_a_task_no_node_can_take_fails_at_the_ceiling_saying_so(manager):
+    """A start-first task Swarm can place nowhere (max_replicas_per_node, constraints, a node
+    gone) stays pending: the wait ends at its ceiling naming the service, the nodes and why."""
+    manager.service("server", OLD, f"updating|{NEW}|update in progress")
+    manager.service("property", OLD, f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    manager.set(
+        f"ps-{STACK}_server",
+        "st_server.2 on no node: r/server:1@sha256:new Pending 2 seconds ago no suitable node (max replicas per "
+        "node limit exceed)\nst_server.2 on n2: r/server:1@sha256:old Running 5 minutes ago \n",
+    )
+    rc, out, took = manager.tier("update", "server", "property", ceiling=2)
+    assert rc == 1 and took < 10
+    assert out[-3:] == [
+        "detail server st_server.2 on no node: r/server:1@sha256:new Pending 2 seconds ago no suitable node (max "
+        "replicas per node limit exceed)",
+        "detail server st_server.2 on n2: r/server:1@sha256:old Running 5 minutes ago ",
+        "failed timeout after 2s: server: updating; server: a task waits for a node: no suitable node (max replicas "
+        "per node limit exceed) (Swarm goes on with it)",
+    ]
+    assert not any(c.endswith("st_property") and c.startswith("service ps") for c in manager.calls())
 
 
 def test_rollback_waits_for_rollback_completed_and_forgets_what_was_applied(manager):

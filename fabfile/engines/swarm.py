@@ -39,8 +39,9 @@ replaced), and sets it on the new spec too (remote/swarm_tier.sh explains it).
 tiers in reverse order; a previous spec that would roll back stop-first (it came from a
 ``docker stack deploy`` zdd did not prepare) is returned to as a start-first update to its
 image, or skipped, saying why, when it differs in more than the image. ``status`` shows the
-stack's services and tasks, the lock and the last run; an interrupted run is only closed in
-the journal (Swarm finishes or undoes what it started on its own).
+stack's services, their tasks node by node (image, state), the lock and the last run; an
+interrupted run is only closed in the journal (Swarm finishes or undoes what it started on
+its own).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from .swarm_state import (
     spec_hash,
     stack_change,
     stack_changes,
+    tasks_by_node,
     wanted_digest,
 )
 from .swarm_tier import Updates, ceiling, reload_proxy, run
@@ -234,7 +236,8 @@ class SwarmEngine:
         reload_proxy(s)
 
     def status(self, s: Session) -> list[str]:
-        """The stack's services (digest, tasks, last update) and tasks, the lock and the last run."""
+        """The stack's services (digest, tasks, last update), their tasks node by node, the lock
+        and the last run."""
         state = self.survey(s)
         check_node(state)
         rows = [("service", "tasks", "digest", "last update", "image")]
@@ -244,5 +247,5 @@ class SwarmEngine:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
-        tasks = s.r.read(swarm_cmds.stack_tasks(s.host), "docker stack ps").rstrip()
-        return lines + ["", *tasks.splitlines(), "", *journal_lines(state, locking.read_runs(s, state))]
+        tasks = tasks_by_node(s.r.read(swarm_cmds.stack_tasks(s.host), "docker stack ps").rstrip())
+        return lines + ["", *tasks, "", *journal_lines(state, locking.read_runs(s, state))]

@@ -232,6 +232,30 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
     return problems, notes
 
 
+def tasks_by_node(text: str) -> list[str]:
+    """``fab status``'s tasks: stack_tasks' task lines grouped by node (hostname; a task Swarm
+    placed nowhere under "no node"), each with its image as REF@DIGEST-PREFIX and its state;
+    the other lines (the health table of this node's containers) after them, as they are."""
+    nodes: dict[str, list[tuple[str, str, str]]] = {}
+    rest = []
+    for line in text.splitlines():
+        word, _, fields = line.partition(" ")
+        if word != swarm_cmds.TASK_WORD:
+            rest.append(line)
+            continue
+        node, name, image, state, error = (fields.split("|") + [""] * 5)[:5]
+        ref, _, digest = image.partition("@")
+        version = f"{ref.rsplit('/', 1)[-1]}@{short_image(digest)}" if digest else ref.rsplit("/", 1)[-1]
+        nodes.setdefault(node or "(no node)", []).append((name, version, state + (f" ({error})" if error else "")))
+    out = []
+    for node in sorted(nodes):
+        tasks = sorted(nodes[node])
+        out.append(f"node {node}: {len(tasks)} task(s)")
+        widths = [max(len(t[i]) for t in tasks) for i in range(2)]
+        out += [f"  {n.ljust(widths[0])}  {v.ljust(widths[1])}  {s}" for n, v, s in tasks]
+    return out + ([""] if out and rest else []) + rest
+
+
 def wanted_digest(ref: str, digests: dict[str, str]) -> str | None:
     """The digest a compose image reference names now: its own, or what its tag was pulled as."""
     _, at, digest = ref.partition("@")

@@ -103,6 +103,11 @@ def consequence(failure: str) -> str:
         return "; Swarm returns it to its previous spec, its old tasks serve meanwhile"
     if " paused" in failure:
         return "; Swarm paused the update: fix the image and deploy again, or fab rollback"
+    if "no suitable node" in failure:
+        return (
+            "; no node may take the new task: see docker node ls and the service's placement (start-first "
+            "needs room for one more task: max_replicas_per_node, constraints)"
+        )
     return ""
 
 

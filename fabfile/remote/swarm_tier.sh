@@ -54,9 +54,11 @@
 #
 # We print "started ..." once the change is made, "progress ..." every second, "done SERVICE
 # HOW" as each service finishes, and end with "ok after Ns" (exit 0), or with "detail SERVICE
-# ..." lines (its tasks, as Swarm reports them) and "failed SERVICE: REASON" (exit 1). An update
-# fails at once when Swarm reports paused or rollback_* for it (a rollback: paused or
-# rollback_paused); any of them fails after CEILING seconds. Swarm goes on with what it started
+# ..." lines (its tasks, as Swarm reports them, each naming its node) and "failed SERVICE: REASON"
+# (exit 1). An update fails at once when Swarm reports paused or rollback_* for it (a rollback:
+# paused or rollback_paused); any of them fails after CEILING seconds, with the tasks of each
+# service not done, and a task Swarm can place on no node said so ("no suitable node (...)",
+# e.g. max_replicas_per_node leaving start-first no room). Swarm goes on with what it started
 # either way: nothing here undoes anything, and zdd going away changes nothing.
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
@@ -213,9 +215,21 @@ check() {
     fi
     progress="$progress $name: $st,"
 }
-details() {  # the failed service's latest tasks, as Swarm reports them
-    docker service ps --no-trunc --format '{{.Name}} {{.Image}} {{.CurrentState}} {{.Error}}' "$culprit" 2>&1 |
-        head -n 6 | cut -c1-300 | while IFS= read -r l; do say "detail ${culprit#"${stack}_"} $l"; done
+tasks_of() {  # tasks_of SERVICE: its latest tasks as Swarm reports them, each with its node
+    bounded docker service ps --no-trunc \
+        --format '{{.Name}} on {{if .Node}}{{.Node}}{{else}}no node{{end}}: {{.Image}} {{.CurrentState}} {{.Error}}' \
+        "$1" 2>&1 | head -n 6 | cut -c1-300
+}
+details() {  # details SERVICE [TASKS]: "detail" lines of its tasks
+    printf '%s\n' "${2-$(tasks_of "$1")}" | while IFS= read -r l; do say "detail ${1#"${stack}_"} $l"; done
+}
+unplaced=
+stalled() {  # at the ceiling: the tasks of a service not done, and whether a new one waits for a node
+    [ -z "$fin" ] || return 0
+    tasks=$(tasks_of "$full")
+    details "$full" "$tasks"
+    why=$(printf '%s\n' "$tasks" | grep -o 'no suitable node.*' | head -n 1)
+    [ -z "$why" ] || unplaced="$unplaced $name: a task waits for a node: $why;"
 }
 while :; do
     now=$(date +%s)
@@ -224,10 +238,11 @@ while :; do
         --format '{{.Name}} {{.Replicas}}' 2>/dev/null)
     progress=
     each check
-    if [ -n "$failed" ]; then details; say "failed $failed"; exit 1; fi
+    if [ -n "$failed" ]; then details "$culprit"; say "failed $failed"; exit 1; fi
     [ "$finished" -ge "$count" ] && break
     if [ $((now - t0)) -ge "$ceiling" ]; then
-        say "failed timeout after ${ceiling}s:${progress%,} (Swarm goes on with it)"
+        each stalled
+        say "failed timeout after ${ceiling}s:${progress%,}${unplaced:+;${unplaced%;}} (Swarm goes on with it)"
         exit 1
     fi
     if [ $((now - t0)) != "$shown" ]; then say "progress${progress%,}, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
