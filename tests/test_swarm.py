@@ -34,6 +34,7 @@ from tests.fakes import (
     image_id,
     image_listing,
     journal_text,
+    node_json,
     ok,
     run_events,
     service_json,
@@ -1014,3 +1015,67 @@ def test_a_task_no_node_can_take_says_where_to_look():
     failure = "timeout after 90s: server: updating; server: a task waits for a node: no suitable node (max replicas)"
     assert consequence(failure).startswith("; no node may take the new task: see docker node ls")
     assert consequence("timeout after 90s: server: updating") == ""
+
+
+# --- a placement that would stall start-first (moby/moby#40797) -----------------------------------
+
+
+def placed(replicas: int, per_node: int, **placement) -> str:
+    deploy = {
+        "endpoint_mode": "dnsrr",
+        "replicas": replicas,
+        "update_config": {"order": "start-first"},
+        "rollback_config": {"order": "start-first"},
+        "placement": {"max_replicas_per_node": per_node, **placement},
+    }
+    return swarm_compose_json({"server": {"deploy": deploy}})
+
+
+TWO_NODES = [node_json("m1", "manager"), node_json("w1")]
+
+
+@pytest.mark.parametrize(
+    "compose, nodes, fixes",
+    [
+        (placed(2, 1), TWO_NODES, "replicas 1 or fewer, or max_replicas_per_node 2 or more"),
+        (placed(4, 2), TWO_NODES, "replicas 3 or fewer, or max_replicas_per_node 3 or more"),
+        # a drained or down node takes no task; nor one the constraints rule out
+        (
+            placed(1, 1),
+            [node_json("m1", "manager"), node_json("w1", availability="drain")],
+            "node.id}] instead of max_replicas_per_node, or max_replicas_per_node 2 or more",
+        ),
+        (placed(1, 1), [node_json("m1", "manager"), node_json("w1", state="down")], "replicas_per_node 2 or more"),
+        (placed(1, 1, constraints=["node.role == manager"]), TWO_NODES, "max_replicas_per_node 2 or more"),
+        (
+            placed(2, 1, constraints=["node.labels.zone==a"]),
+            [*TWO_NODES, node_json("w2", zone="a")],
+            "node.id}] instead of max_replicas_per_node, or max_replicas_per_node 3 or more",
+        ),
+    ],
+)
+def test_a_placement_that_leaves_start_first_no_room_fails_validation(compose, nodes, fixes):
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose, nodes=nodes)))
+    with pytest.raises(BadInput) as e:
+        SwarmEngine(s.host).validate(s)
+    message = str(e.value)
+    assert message.startswith("1 problem(s) on the host: server: max_replicas_per_node ")
+    assert "leaves no room for the extra task of a start-first update" in message and "\n" not in message
+    assert "set placement.preferences: [{spread: node.id}] instead of max_replicas_per_node" in message
+    assert message.endswith(fixes)
+
+
+@pytest.mark.parametrize(
+    "compose, nodes",
+    [
+        (placed(2, 1), [*TWO_NODES, node_json("w2")]),  # 3 nodes x 1 > 2 replicas: one node has room
+        (placed(2, 2), TWO_NODES),
+        (placed(2, 1), None),  # the nodes could not be read: not judged
+        (placed(1, 1, constraints=["node.labels.zone != a"]), [*TWO_NODES, node_json("w2", zone="a")]),
+    ],
+)
+def test_a_placement_with_room_passes(compose, nodes):
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose, nodes=nodes)))
+    assert SwarmEngine(s.host).validate(s).nodes == (
+        None if nodes is None else swarm_state.parse_survey(stack_survey_text([], nodes=nodes), STACK).nodes
+    )

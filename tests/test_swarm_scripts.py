@@ -76,6 +76,8 @@ case "$1 $2" in
     echo "Updating service st_server (id: x)"
     echo "Ignoring unsupported options: restart" >&2 ;;
 "info --format") echo "active true" ;;
+"node ls") echo n1; echo n2 ;;
+"node inspect") cat "$d/nodes" 2>/dev/null || echo '[]' ;;
 "compose -f") cat "$d/compose" ;;
 esac
 exit 0
@@ -367,6 +369,7 @@ def test_survey_of_a_stack(manager):
         "=== node 0",
         "=== replicas 0",
         "=== applied 1",
+        "=== nodes 0",
         "=== services 0",
     ]
     assert res.stdout.startswith("=== key 0\nstack_st\n=== lock 0\n=== journal 0\n")
@@ -375,6 +378,7 @@ def test_survey_of_a_stack(manager):
     assert "compose -f x.yaml config --format json" in calls
     assert "service ls --quiet --filter label=com.docker.stack.namespace=st" in calls
     assert "service inspect id1 id2" in calls
+    assert "node ls --quiet" in calls and "node inspect n1 n2" in calls  # where tasks may go
     manager.state.parent.mkdir(parents=True)
     manager.state.write_text('{"server": "h"}\n')
     (manager.home / ".zdd" / "locks" / "stack_st").mkdir(parents=True)

@@ -13,8 +13,10 @@ the verify loop.
 
 The steps keep their names and meaning:
 
-* validate – the node is a Swarm manager; every app service has a healthcheck and publishes
-  no host-mode port; update settings zdd must set, and ``endpoint_mode: vip``, are said;
+* validate – the node is a Swarm manager; every app service has a healthcheck, publishes
+  no host-mode port and leaves a start-first update room on the ready, active nodes its
+  placement allows (``max_replicas_per_node`` × nodes > replicas); update settings zdd must
+  set, compose orders that would stop tasks first outside zdd, and ``endpoint_mode: vip``, are said;
 * pull – pull.sh as for Compose (``docker login`` into a temporary Docker config unless
   ``registry.keep_login``) and the digest each tag names now on this node. Every node pulls
   for its own tasks, with the credentials ``--with-registry-auth`` hands to Swarm: the
@@ -59,6 +61,7 @@ from ..plan import image_table, short_image
 from ..runner import BadInput
 from ..session import Session
 from .base import Release
+from .swarm_nodes import tasks_by_node
 from .swarm_state import (
     SETTINGS,
     StackState,
@@ -71,7 +74,6 @@ from .swarm_state import (
     spec_hash,
     stack_change,
     stack_changes,
-    tasks_by_node,
     wanted_digest,
 )
 from .swarm_tier import Updates, ceiling, reload_proxy, run

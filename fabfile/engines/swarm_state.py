@@ -14,6 +14,7 @@ from .. import commands_swarm as swarm_cmds
 from ..plan import declared_count, image_table, normalize_ref, read_head, section_json, sections, short_image
 from ..runner import BadInput
 from ..steps import configured_services
+from .swarm_nodes import SwarmNode, placement_stall
 
 STACK_IMAGE = "com.docker.stack.image"  # the compose file's image reference, kept by docker stack deploy
 ROLLED_BACK = "zdd.rolled-back-from"  # set by a rollback made as an update (swarm_tier.sh): the image it left
@@ -83,6 +84,7 @@ class StackState:
     key: str = "stack"  # stack_STACK: names the lock and the journal (survey.sh)
     lock_holder: str = ""  # who holds the deploy lock now ("" = free)
     journal: str = ""  # the journal's recent lines
+    nodes: list[SwarmNode] | None = None  # the swarm's nodes; None: not read
 
     def replicas(self, name: str) -> int:
         """How many tasks of a service an update replaces, one after the other."""
@@ -150,6 +152,12 @@ def parse_survey(text: str, stack: str) -> StackState:
         node_error="" if rc == 0 else (node.strip().splitlines() or ["docker info failed"])[-1],
     )
     read_head(sec, state)
+    rc, nodes = sec.get("nodes", (1, ""))
+    if rc == 0:
+        try:
+            state.nodes = [SwarmNode.of(n) for n in json.loads(nodes) if isinstance(n, dict)]
+        except (json.JSONDecodeError, TypeError):
+            state.nodes = None  # unreadable: placement is not checked
     rc, applied = sec.get("applied", (1, ""))
     if rc == 0:
         try:
@@ -211,6 +219,9 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
             stop_first.setdefault("update_config", []).append(name)
         if ((svc.get("deploy") or {}).get("rollback_config") or {}).get("order", "stop-first") != "start-first":
             stop_first.setdefault("rollback_config", []).append(name)
+        stall = placement_stall(name, svc, state.nodes)
+        if stall:
+            problems.append(stall)
         current = state.services.get(name)
         if current is not None and current.update_state in ("updating", "rollback_started"):
             problems.append(
@@ -230,30 +241,6 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
             "their tasks through the service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"
         )
     return problems, notes
-
-
-def tasks_by_node(text: str) -> list[str]:
-    """``fab status``'s tasks: stack_tasks' task lines grouped by node (hostname; a task Swarm
-    placed nowhere under "no node"), each with its image as REF@DIGEST-PREFIX and its state;
-    the other lines (the health table of this node's containers) after them, as they are."""
-    nodes: dict[str, list[tuple[str, str, str]]] = {}
-    rest = []
-    for line in text.splitlines():
-        word, _, fields = line.partition(" ")
-        if word != swarm_cmds.TASK_WORD:
-            rest.append(line)
-            continue
-        node, name, image, state, error = (fields.split("|") + [""] * 5)[:5]
-        ref, _, digest = image.partition("@")
-        version = f"{ref.rsplit('/', 1)[-1]}@{short_image(digest)}" if digest else ref.rsplit("/", 1)[-1]
-        nodes.setdefault(node or "(no node)", []).append((name, version, state + (f" ({error})" if error else "")))
-    out = []
-    for node in sorted(nodes):
-        tasks = sorted(nodes[node])
-        out.append(f"node {node}: {len(tasks)} task(s)")
-        widths = [max(len(t[i]) for t in tasks) for i in range(2)]
-        out += [f"  {n.ljust(widths[0])}  {v.ljust(widths[1])}  {s}" for n, v, s in tasks]
-    return out + ([""] if out and rest else []) + rest
 
 
 def wanted_digest(ref: str, digests: dict[str, str]) -> str | None:
