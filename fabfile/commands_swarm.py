@@ -58,13 +58,21 @@ def swarm_tier(
     hashes: str = "",
     key: str = "",
     journal: tuple[str, ...] = (),
+    watch: tuple[str, ...] = (),
+    replaced: bool = False,
     login: tuple[str, str] | None = None,
 ) -> Command:
     """Start ``action`` (update, rollback, stack) for these services and wait on the host until
     Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
-    the journal KEY before the change. ``login`` (server, username): the script logs in to a
-    temporary Docker config for ``--with-registry-auth``, with the token zdd sends it as its
-    first line (:func:`login_line`), never an argument."""
+    the journal KEY before the change. ``watch``: earlier tiers' services whose update Swarm
+    still monitors (their failure fails this run too; without ``replaced`` it waits for them);
+    ``replaced``: done once Swarm has replaced the tasks, before its monitor window ends.
+    ``login`` (server, username): the script logs in to a temporary Docker config for
+    ``--with-registry-auth``, with the token zdd sends it as its first line
+    (:func:`login_line`), never an argument.
+
+    The arguments, in the order swarm_tier.sh's header gives: ``N [SERVICE IMAGE REF SETS]xN
+    [-w SERVICE]... [-r] [--login SERVER USER] [-c FILE...]``."""
     args = [
         action,
         host.stack_name,
@@ -77,14 +85,19 @@ def swarm_tier(
     ]
     for change in changes:
         args += change.args()
+    for name in watch:
+        args += ["-w", name]
+    if replaced:
+        args.append("-r")
     if login:
         args += ["--login", *login]
     if action == "stack":
         for f in host.compose_files:
             args += ["-c", f]
     started = [host.stack_name] if action == "stack" else [c.name for c in changes]
-    done = [SWARM_DONE["update" if "as-update" in c.sets else action] for c in changes]
+    done = ["replaced" if replaced else SWARM_DONE["update" if "as-update" in c.sets else action] for c in changes]
     dry = [f"started {n}" for n in started] + [f"done {c.name} {how}" for c, how in zip(changes, done)]
+    dry += [] if replaced else [f"done {n} completed" for n in watch]
     return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
 
 

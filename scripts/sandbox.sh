@@ -7,9 +7,13 @@
 #                                         under the same :latest tag (or T), as RemiliaNET's CI does
 #   scripts/sandbox.sh naive-redeploy     today's deploy: compose up -d --pull always --force-recreate
 #   scripts/sandbox.sh status             what is running
-#   scripts/sandbox.sh swarm-up           (after up) the same apps as a Swarm stack, remilia-swarm,
+#   scripts/sandbox.sh swarm-up [--nodes 2]
+#                                         (after up) the same apps as a Swarm stack, remilia-swarm,
 #                                         Caddy on 127.0.0.1:18090, on a second dockerd of its own
-#                                         in swarm mode (ssh on port 22023 reaches it); idempotent
+#                                         in swarm mode (ssh on port 22023 reaches it); with
+#                                         --nodes 2 a third dockerd, in a network namespace of its
+#                                         own, joins it as a worker and each app runs 2 replicas,
+#                                         one a node; idempotent
 #   scripts/sandbox.sh swarm-down         remove that stack and that second dockerd, with all it left
 #   scripts/sandbox.sh down               remove only what the sandbox created (swarm-down first)
 #
@@ -52,6 +56,19 @@ SWARM_BRIDGE=zddsw0        # its default bridge (`--bridge none` would delete th
 SWARM_GWBRIDGE=zddsw-gw    # its docker_gwbridge (host-mode ports); the first engine may have one
 SWARM_CGROUP=zdd-sandbox-swarm
 SWARM_CONTAINERD_NS=zdd-swarm
+# The link between the nodes: a veth pair, $SWARM_LINK.1 on this side (the manager listens and
+# advertises there, and a second registry process serves the same storage there, so both nodes
+# pull the same image references) and $SWARM_LINK.2 in the network namespace of the worker (a
+# third dockerd, swarm-up --nodes 2). Nothing but these two addresses is ever a target.
+SWARM_LINK=${ZDD_SANDBOX_SWARM_LINK:-10.215.0}
+SWARM_MANAGER_ADDR=$SWARM_LINK.1
+SWARM_WORKER_ADDR=$SWARM_LINK.2
+SWARM_REGISTRY=$SWARM_MANAGER_ADDR:$REGISTRY_PORT
+SWARM_NETNS=zddsw-node2
+SWARM_VETH=zddsw-m         # this side of the link; zddsw-w is its peer, in $SWARM_NETNS
+SWARM_WORKER_NAME=zdd-node2         # the worker's hostname (a UTS namespace of its own)
+WORKER_ENGINE=$SWARM_ENGINE/node2   # the worker's dockerd: all it has lives under the manager's dir
+WORKER_DOCKER_HOST=unix://$WORKER_ENGINE/docker.sock
 export DOCKER_CLI_HINTS=false
 
 log() { printf 'sandbox: %s\n' "$*" >&2; }
@@ -372,13 +389,14 @@ start_stack() {
 # host-mode port goes through docker-proxy, on 127.0.0.1), and makes it a one-node swarm on
 # 127.0.0.1. swarm-down stops it and removes all of that, also after a SIGKILL.
 sdocker() { docker -H "$SWARM_DOCKER_HOST" "$@"; }
+wdocker() { docker -H "$WORKER_DOCKER_HOST" "$@"; }   # the worker's engine (--nodes 2)
 as_swarm_user() { as_user "DOCKER_HOST=$SWARM_DOCKER_HOST; export DOCKER_HOST; $1"; }
 
-swarm_engine_pid() {  # the second dockerd's pid, if it runs (its pidfile, checked against its argv)
-    local pid cmd
-    pid=$(cat "$SWARM_ENGINE/dockerd.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
+swarm_engine_pid() {  # [DIR] the pid of the dockerd of DIR (default: the manager's), if it runs
+    local dir=${1:-$SWARM_ENGINE} pid cmd
+    pid=$(cat "$dir/dockerd.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
     cmd=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline") || return 1
-    [[ "$cmd" == "dockerd --config-file $SWARM_ENGINE/daemon.json "* ]] || return 1
+    [[ "$cmd" == "dockerd --config-file $dir/daemon.json "* ]] || return 1
     echo "$pid"
 }
 
@@ -389,7 +407,8 @@ swarm_pids() {  # what runs for the second engine: dockerd, its containerd, shim
         cmd="${argv[*]}"
         case "$cmd" in
             dockerd\ --config-file\ "$SWARM_ENGINE/"* | containerd\ *"$SWARM_ENGINE/"* \
-                | */containerd-shim*"$SWARM_ENGINE/"* | */docker-proxy\ *"-container-ip $SWARM_NET."*)
+                | */containerd-shim*"$SWARM_ENGINE/"* | */docker-proxy\ *"-container-ip $SWARM_NET."* \
+                | /usr/bin/docker-registry\ serve\ "$SWARM_ENGINE/"*)
                 echo "${p#/proc/}" ;;
         esac
     done
@@ -408,11 +427,15 @@ swarm_mounts() {  # mounts under $SWARM_ENGINE (netns, overlay, the data-root), 
 }
 
 swarm_shim_sockets() {  # containerd's shim sockets of its containers: /run/containerd/s/sha256(address/ns/id)
-    local dir
-    for dir in "$SWARM_ENGINE"/data/containers/*/; do
-        [ -d "$dir" ] || continue
-        printf '/run/containerd/s/%s\n' "$(printf '%s' "$SWARM_ENGINE/exec/containerd/containerd.sock/$SWARM_CONTAINERD_NS/$(basename "$dir")" \
-            | sha256sum | cut -d' ' -f1)"
+    local engine ns dir
+    for engine in "$SWARM_ENGINE" "$WORKER_ENGINE"; do
+        ns=$SWARM_CONTAINERD_NS
+        [ "$engine" = "$SWARM_ENGINE" ] || ns=$SWARM_CONTAINERD_NS-node2
+        for dir in "$engine"/data/containers/*/; do
+            [ -d "$dir" ] || continue
+            printf '/run/containerd/s/%s\n' "$(printf '%s' "$engine/exec/containerd/containerd.sock/$ns/$(basename "$dir")" \
+                | sha256sum | cut -d' ' -f1)"
+        done
     done
 }
 
@@ -443,6 +466,8 @@ swarm_leftovers() {  # what a second engine left on this machine; empty when not
     what=$(swarm_vxlans | tr '\n' ' ')
     [ -z "$what" ] || echo "vxlan $what"
     ! swarm_vxlan_port_held || echo "udp port $SWARM_DATA_PATH_PORT"
+    [ ! -e "/run/netns/$SWARM_NETNS" ] || echo "netns $SWARM_NETNS"
+    [ ! -e "/sys/class/net/$SWARM_VETH" ] || echo "link $SWARM_VETH"
     [ ! -e "$SWARM_ENGINE" ] || echo "$SWARM_ENGINE"
 }
 
@@ -467,6 +492,8 @@ swarm_sweep() {
         ip link del "$d" 2>/dev/null || true
     done
     swarm_vxlans | while read -r d; do ip link del "$d" 2>/dev/null || true; done
+    [ ! -e "/run/netns/$SWARM_NETNS" ] || ip netns del "$SWARM_NETNS" 2>/dev/null || true   # with the worker's end
+    [ ! -e "/sys/class/net/$SWARM_VETH" ] || ip link del "$SWARM_VETH" 2>/dev/null || true
     for _ in $(seq 150); do swarm_vxlan_port_held || break; sleep 0.2; done
     [ -z "$(swarm_mounts)" ] || die "mounts under $SWARM_ENGINE remain: $(swarm_mounts | tr '\n' ' ')"
     rm -rf --one-file-system "$SWARM_ENGINE"
@@ -474,12 +501,91 @@ swarm_sweep() {
     [ -z "$left" ] || die "the swarm engine left: $left"
 }
 
-swarm_nets_free() {  # no route here overlaps the second engine's address pools
-    local net routes
-    for net in "$SWARM_NET.0.0/16" "$SWARM_OVERLAY_NET.0.0/16"; do
+swarm_nets_free() {  # no route here overlaps the second engine's address pools or the nodes' link
+    local net routes nets=("$SWARM_NET.0.0/16" "$SWARM_OVERLAY_NET.0.0/16")
+    [ -e "/sys/class/net/$SWARM_VETH" ] || nets+=("$SWARM_LINK.0/30")
+    for net in "${nets[@]}"; do
         routes=$({ ip -4 route show root "$net"; ip -4 route show match "$net"; } | awk '$1 != "default" {print $1}' | sort -u)
-        [ -z "$routes" ] || die "the swarm engine's pool $net overlaps routes here ($(echo "$routes" | tr '\n' ' ')): set ZDD_SANDBOX_SWARM_NET / ZDD_SANDBOX_SWARM_OVERLAY_NET"
+        [ -z "$routes" ] || die "the swarm engine's pool $net overlaps routes here ($(echo "$routes" | tr '\n' ' ')): set ZDD_SANDBOX_SWARM_NET / ZDD_SANDBOX_SWARM_OVERLAY_NET / ZDD_SANDBOX_SWARM_LINK"
     done
+}
+
+engine_config() {  # engine_config DIR BRIDGE POOL CGROUP NAMESPACE: a dockerd's own config file
+    # (the one in /etc/docker, the first engine's or a user's, is never read)
+    cat > "$1/daemon.json" <<EOF
+{
+  "data-root": "$1/data",
+  "exec-root": "$1/exec",
+  "pidfile": "$1/dockerd.pid",
+  "deprecated-key-path": "$1/key.json",
+  "hosts": ["unix://$1/docker.sock"],
+  "group": "docker",
+  "bridge": "$2",
+  "default-address-pools": [{"base": "$3", "size": 24}],
+  "iptables": false,
+  "ip-forward": false,
+  "ip-masq": false,
+  "ip": "127.0.0.1",
+  "exec-opts": ["native.cgroupdriver=cgroupfs"],
+  "cgroup-parent": "/$4",
+  "containerd-namespace": "$5",
+  "containerd-plugins-namespace": "$5-plugins",
+  "insecure-registries": ["$HOST_REGISTRY", "$SWARM_REGISTRY"]
+}
+EOF
+}
+
+start_dockerd() {  # start_dockerd DIR [NETNS HOSTNAME]: run the dockerd of DIR (in NETNS, under a
+    # HOSTNAME of its own: Swarm names a node by it), wait until it answers
+    local dir=$1 pid
+    if [ -n "${2:-}" ]; then
+        # shellcheck disable=SC2016 # the arguments of that sh
+        setsid nohup unshare --uts sh -c 'hostname "$1" && exec nsenter --net="/run/netns/$2" dockerd --config-file "$3"' \
+            sh "$3" "$2" "$dir/daemon.json" </dev/null >"$dir/dockerd.log" 2>&1 &
+    else
+        setsid nohup dockerd --config-file "$dir/daemon.json" </dev/null >"$dir/dockerd.log" 2>&1 &
+    fi
+    pid=$!
+    for _ in $(seq 300); do
+        docker -H "unix://$dir/docker.sock" info >/dev/null 2>&1 && return 0
+        [ -d "/proc/$pid" ] || die "the dockerd of $dir exited: $(tail -n 1 "$dir/dockerd.log")"
+        sleep 0.2
+    done
+    die "the dockerd of $dir did not answer within 60s (see $dir/dockerd.log)"
+}
+
+gwbridge() {  # gwbridge DOCKER_HOST SUBNET NAME: an engine's docker_gwbridge, on addresses of ours
+    docker -H "$1" network inspect docker_gwbridge >/dev/null 2>&1 && return 0
+    docker -H "$1" network create --driver bridge --scope local --subnet "$2" \
+        --opt "com.docker.network.bridge.name=$3" \
+        --opt com.docker.network.bridge.enable_icc=false \
+        --opt com.docker.network.bridge.enable_ip_masquerade=false \
+        --opt com.docker.network.bridge.host_binding_ipv4=127.0.0.1 docker_gwbridge >/dev/null
+}
+
+start_swarm_link() {  # the veth pair between this side and the worker's network namespace
+    [ -e "/run/netns/$SWARM_NETNS" ] || ip netns add "$SWARM_NETNS"
+    if [ ! -e "/sys/class/net/$SWARM_VETH" ]; then
+        ip link add "$SWARM_VETH" type veth peer name zddsw-w netns "$SWARM_NETNS"
+        ip addr add "$SWARM_MANAGER_ADDR/30" dev "$SWARM_VETH"
+        ip link set "$SWARM_VETH" up
+        ip -n "$SWARM_NETNS" addr add "$SWARM_WORKER_ADDR/30" dev zddsw-w
+        ip -n "$SWARM_NETNS" link set zddsw-w up
+        ip -n "$SWARM_NETNS" link set lo up
+    fi
+}
+
+start_link_registry() {  # the sandbox's registry on the manager's side of the link too: a second
+    # process on the same storage and password (Debian's registry listens on one address)
+    local cfg=$SWARM_ENGINE/registry.yml pid
+    sed "s/^  addr: .*/  addr: $SWARM_REGISTRY/" "$STATE/registry/config.yml" > "$cfg"
+    pid=$(cat "$SWARM_ENGINE/registry.pid" 2>/dev/null) || pid=''
+    if [ -z "$pid" ] || [[ "$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" != "/usr/bin/docker-registry serve $cfg "* ]]; then
+        nohup /usr/bin/docker-registry serve "$cfg" >"$SWARM_ENGINE/registry.log" 2>&1 &
+        echo $! > "$SWARM_ENGINE/registry.pid"
+    fi
+    wait_for 20 "the registry on the link" bash -c "exec 3<>/dev/tcp/$SWARM_MANAGER_ADDR/$REGISTRY_PORT" \
+        || die "the registry did not answer on $SWARM_REGISTRY (see $SWARM_ENGINE/registry.log)"
 }
 
 start_swarm_engine() {
@@ -491,55 +597,50 @@ start_swarm_engine() {
         ip link add "$SWARM_BRIDGE" type bridge   # dockerd takes its address as the default network's
         ip addr add "$SWARM_NET.0.1/24" dev "$SWARM_BRIDGE"
         ip link set "$SWARM_BRIDGE" up
-        # Its own config file: the one in /etc/docker (the first engine's, or a user's) is not read.
-        cat > "$SWARM_ENGINE/daemon.json" <<EOF
-{
-  "data-root": "$SWARM_ENGINE/data",
-  "exec-root": "$SWARM_ENGINE/exec",
-  "pidfile": "$SWARM_ENGINE/dockerd.pid",
-  "deprecated-key-path": "$SWARM_ENGINE/key.json",
-  "hosts": ["$SWARM_DOCKER_HOST"],
-  "group": "docker",
-  "bridge": "$SWARM_BRIDGE",
-  "default-address-pools": [{"base": "$SWARM_NET.0.0/16", "size": 24}],
-  "iptables": false,
-  "ip-forward": false,
-  "ip-masq": false,
-  "ip": "127.0.0.1",
-  "exec-opts": ["native.cgroupdriver=cgroupfs"],
-  "cgroup-parent": "/$SWARM_CGROUP",
-  "containerd-namespace": "$SWARM_CONTAINERD_NS",
-  "containerd-plugins-namespace": "$SWARM_CONTAINERD_NS-plugins",
-  "insecure-registries": ["$HOST_REGISTRY"]
-}
-EOF
-        setsid nohup dockerd --config-file "$SWARM_ENGINE/daemon.json" </dev/null >"$SWARM_ENGINE/dockerd.log" 2>&1 &
-        local pid=$!
-        for _ in $(seq 300); do
-            sdocker info >/dev/null 2>&1 && break
-            [ -d "/proc/$pid" ] || die "the swarm engine exited: $(tail -n 1 "$SWARM_ENGINE/dockerd.log")"
-            sleep 0.2
-        done
-        sdocker info >/dev/null 2>&1 || die "the swarm engine did not answer within 60s (see $SWARM_ENGINE/dockerd.log)"
+        engine_config "$SWARM_ENGINE" "$SWARM_BRIDGE" "$SWARM_NET.0.0/17" "$SWARM_CGROUP" "$SWARM_CONTAINERD_NS"
+        start_dockerd "$SWARM_ENGINE"
     fi
-    if ! sdocker network inspect docker_gwbridge >/dev/null 2>&1; then
-        sdocker network create --driver bridge --scope local --subnet "$SWARM_NET.1.0/24" \
-            --opt "com.docker.network.bridge.name=$SWARM_GWBRIDGE" \
-            --opt com.docker.network.bridge.enable_icc=false \
-            --opt com.docker.network.bridge.enable_ip_masquerade=false \
-            --opt com.docker.network.bridge.host_binding_ipv4=127.0.0.1 docker_gwbridge >/dev/null
-    fi
+    start_swarm_link
+    start_link_registry
+    gwbridge "$SWARM_DOCKER_HOST" "$SWARM_NET.1.0/24" "$SWARM_GWBRIDGE"
     if [ "$(sdocker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
-        log "swarm init on the swarm engine (manager on 127.0.0.1:$SWARM_PORT)"
-        sdocker swarm init --advertise-addr "127.0.0.1:$SWARM_PORT" --listen-addr "127.0.0.1:$SWARM_PORT" \
+        log "swarm init on the swarm engine (manager on $SWARM_MANAGER_ADDR:$SWARM_PORT)"
+        sdocker swarm init --advertise-addr "$SWARM_MANAGER_ADDR:$SWARM_PORT" --listen-addr "$SWARM_MANAGER_ADDR:$SWARM_PORT" \
             --data-path-port "$SWARM_DATA_PATH_PORT" --default-addr-pool "$SWARM_OVERLAY_NET.0.0/16" \
             --default-addr-pool-mask-length 24 >/dev/null || die "docker swarm init failed"
     fi
 }
 
-write_swarm_stack() {
+start_swarm_worker() {  # a third dockerd, in the link's network namespace, joined as a worker
+    if ! swarm_engine_pid "$WORKER_ENGINE" >/dev/null || ! wdocker info >/dev/null 2>&1; then
+        log "starting the worker's dockerd in the network namespace $SWARM_NETNS ($SWARM_WORKER_ADDR)"
+        mkdir -p "$WORKER_ENGINE"
+        # its bridges live in its namespace; its local pools are the upper half of the manager's
+        ip -n "$SWARM_NETNS" link add zddsw2-0 type bridge 2>/dev/null || true
+        ip -n "$SWARM_NETNS" addr replace "$SWARM_NET.128.1/24" dev zddsw2-0
+        ip -n "$SWARM_NETNS" link set zddsw2-0 up
+        engine_config "$WORKER_ENGINE" zddsw2-0 "$SWARM_NET.128.0/17" "$SWARM_CGROUP/node2" "$SWARM_CONTAINERD_NS-node2"
+        start_dockerd "$WORKER_ENGINE" "$SWARM_NETNS" "$SWARM_WORKER_NAME"
+    fi
+    gwbridge "$WORKER_DOCKER_HOST" "$SWARM_NET.129.0/24" zddsw2-gw
+    if [ "$(wdocker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+        log "the worker joins the swarm ($SWARM_WORKER_ADDR)"
+        local token; token=$(sdocker swarm join-token -q worker)
+        wdocker swarm join --token "$token" --advertise-addr "$SWARM_WORKER_ADDR:$SWARM_PORT" \
+            --listen-addr "$SWARM_WORKER_ADDR:$SWARM_PORT" "$SWARM_MANAGER_ADDR:$SWARM_PORT" >/dev/null \
+            || die "the worker could not join the swarm (see $WORKER_ENGINE/dockerd.log)"
+    fi
+    local node; node=$(wdocker info --format '{{.Swarm.NodeID}}')
+    for _ in $(seq 150); do
+        [ "$(sdocker node inspect --format '{{.Status.State}}' "$node" 2>/dev/null)" = ready ] && return 0
+        sleep 0.2
+    done
+    die "the worker $node is not ready after 30s"
+}
+
+write_swarm_stack() {  # write_swarm_stack NODES: the stack file, its apps at one replica a node
     mkdir -p "$SWARM_DIR/caddy"
-    sed -e "s/@REGISTRY@/$HOST_REGISTRY/g" -e "s/@SWARM_HTTP_PORT@/$SWARM_HTTP_PORT/g" \
+    sed -e "s/@REGISTRY@/$SWARM_REGISTRY/g" -e "s/@SWARM_HTTP_PORT@/$SWARM_HTTP_PORT/g" -e "s/@REPLICAS@/$1/g" \
         "$ROOT/scripts/sandbox/stack/docker-compose.swarm.yaml" > "$SWARM_DIR/docker-compose.yaml"
     cp "$ROOT/scripts/sandbox/stack/caddy/Caddyfile" "$SWARM_DIR/caddy/Caddyfile"
     chown -R "$SBX_USER" "$SWARM_DIR"
@@ -553,34 +654,61 @@ swarm_serves() {  # every app answers through the stack's Caddy (no pipe into gr
     done
 }
 
+swarm_nodes_running() {  # how many nodes the running swarm was made with; nothing when none runs
+    swarm_engine_pid >/dev/null && sdocker info >/dev/null 2>&1 || return 0
+    [ "$(sdocker info --format '{{.Swarm.NodeAddr}}')" = "$SWARM_MANAGER_ADDR" ] || { echo old; return 0; }
+    cat "$SWARM_ENGINE/nodes" 2>/dev/null || echo 1
+}
+
 swarm_up() {
+    local nodes='' running
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --nodes) nodes=${2:-}; shift 2 || shift ;;
+            --nodes=*) nodes=${1#--nodes=}; shift ;;
+            *) die "swarm-up: unknown argument $1 (usage: swarm-up [--nodes 1|2])" ;;
+        esac
+    done
     require_root
     { [ -e "$STATE/$SENTINEL" ] && [ -s "$STATE/client/id_ed25519" ]; } || die "no sandbox in $STATE: run scripts/sandbox.sh up first"
     pid_alive "$STATE/registry/registry.pid" || die "the sandbox's registry does not run: run scripts/sandbox.sh up first"
+    running=$(swarm_nodes_running)
+    [ -n "$nodes" ] || nodes=${running:-1}
+    [ "$nodes" = old ] && nodes=1
+    case "$nodes" in 1 | 2) ;; *) die "swarm-up --nodes: 1 or 2, not '$nodes'" ;; esac
+    if [ -n "$running" ] && [ "$running" != "$nodes" ]; then
+        log "the swarm runs with ${running/old/one node on loopback}, $nodes node(s) asked: starting it afresh"
+        swarm_down
+    fi
     start_sshd   # sessions on $SWARM_SSH_PORT get DOCKER_HOST (an older sandbox's sshd is reloaded)
     start_swarm_engine
-    write_swarm_stack
-    as_swarm_user "docker login -u zdd --password-stdin $HOST_REGISTRY >/dev/null 2>&1" < "$STATE/registry/password"
+    [ "$nodes" = 1 ] || start_swarm_worker
+    echo "$nodes" > "$SWARM_ENGINE/nodes"
+    write_swarm_stack "$nodes"
     # Idempotent: deployed only when missing or its file changed (zdd's deploys update it since).
+    # The login lives in a Docker config of this command only: no token is left at rest.
     if ! cmp -s "$SWARM_DIR/docker-compose.yaml" "$SWARM_ENGINE/deployed.yaml" \
         || [ -z "$(sdocker service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK")" ]; then
         log "deploying the stack $SWARM_STACK"
         local out
-        out=$(as_swarm_user "cd ~/remilia-swarm && docker stack deploy --with-registry-auth -c docker-compose.yaml $SWARM_STACK" 2>&1) \
-            || die "docker stack deploy $SWARM_STACK failed: $out"
+        # shellcheck disable=SC2016 # expanded by the user's shell
+        out=$(as_swarm_user 'cfg=$(mktemp -d) && trap '\''rm -rf "$cfg"'\'' EXIT && export DOCKER_CONFIG="$cfg" &&
+            docker login -u zdd --password-stdin '"$SWARM_REGISTRY"' >/dev/null &&
+            cd ~/remilia-swarm && docker stack deploy --with-registry-auth -c docker-compose.yaml '"$SWARM_STACK" \
+            < "$STATE/registry/password" 2>&1) || die "docker stack deploy $SWARM_STACK failed: $out"
         cp "$SWARM_DIR/docker-compose.yaml" "$SWARM_ENGINE/deployed.yaml"
     fi
     local deadline=$((SECONDS + 180))
     until swarm_serves 2>/dev/null; do
         if [ $SECONDS -ge $deadline ]; then
             local tasks  # read whole, then cut (no early-exiting reader under pipefail: issue 11)
-            tasks=$(sdocker stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' 2>&1)
+            tasks=$(sdocker stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}' 2>&1)
             printf '%s\n' "$tasks" | sed -n 1,10p >&2
             die "timed out after 180s waiting for the $SWARM_STACK apps through Caddy on port $SWARM_HTTP_PORT"
         fi
         sleep 0.2
     done
-    log "swarm ready: stack $SWARM_STACK, Caddy http://127.0.0.1:$SWARM_HTTP_PORT/, ssh port $SWARM_SSH_PORT (fab -H sandbox-swarm ...)"
+    log "swarm ready: stack $SWARM_STACK on $nodes node(s), Caddy http://127.0.0.1:$SWARM_HTTP_PORT/, ssh port $SWARM_SSH_PORT (fab -H sandbox-swarm ...)"
 }
 
 swarm_down() {
@@ -590,10 +718,16 @@ swarm_down() {
         stopped=1
         log "removing the stack $SWARM_STACK and stopping the swarm engine"
         sdocker stack rm "$SWARM_STACK" >/dev/null 2>&1 || true
-        # All of it goes with the engine's data: no stop grace for the tasks (identity ignores
+        # All of it goes with the engines' data: no stop grace for the tasks (identity ignores
         # SIGTERM), no wait for Swarm to remove the networks or for dockerd to leave the swarm
-        local ids; mapfile -t ids < <(sdocker ps -aq)
+        local ids wpid
+        mapfile -t ids < <(sdocker ps -aq)
         [ ${#ids[@]} = 0 ] || sdocker rm -f "${ids[@]}" >/dev/null 2>&1 || true
+        if wpid=$(swarm_engine_pid "$WORKER_ENGINE"); then
+            mapfile -t ids < <(wdocker ps -aq 2>/dev/null)
+            [ ${#ids[@]} = 0 ] || wdocker rm -f "${ids[@]}" >/dev/null 2>&1 || true
+            kill -TERM "$wpid" 2>/dev/null || true
+        fi
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 10); do [ -d "/proc/$pid" ] || break; sleep 0.2; done   # then the sweep kills it
     fi
@@ -695,7 +829,7 @@ case "${1:-}" in
     publish) shift; require_root; publish "$@" ;;
     naive-redeploy) naive_redeploy ;;
     status) status ;;
-    swarm-up) swarm_up ;;
+    swarm-up) shift; swarm_up "$@" ;;
     swarm-down) swarm_down ;;
     down) down ;;
     *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

@@ -880,23 +880,40 @@ def swarm_tier_args(command: str) -> tuple[str, list[str]]:
     return args[0], [args[8 + 4 * i] for i in range(count)]
 
 
-def swarm_reports(failures: dict[str, str] | None = None, log: list | None = None) -> Callable[[str], list[str]]:
-    """A swarm_tier.sh that finishes every service, or fails at ``failures`` (service -> state)."""
+def swarm_tier_options(command: str) -> tuple[list[str], bool]:
+    """(the -w services, -r) of a rendered swarm_tier.sh command."""
+    import shlex
+
+    words = shlex.split(command.split(" && ", 1)[-1])
+    args = words[words.index("swarm_tier.sh") + 1 :]
+    rest = args[8 + 4 * int(args[7]) :]
+    return [rest[i + 1] for i, w in enumerate(rest) if w == "-w"], "-r" in rest
+
+
+def swarm_reports(
+    failures: dict[str, str] | None = None, log: list | None = None, watched: dict[str, str] | None = None
+) -> Callable[[str], list[str]]:
+    """A swarm_tier.sh that finishes every service (replaced with -r, else completed, the -w
+    services too), or fails at ``failures`` (service -> state), or at ``watched`` when that
+    service is a -w service (an earlier tier Swarm rolls back while this one runs)."""
 
     def answer(command: str) -> list[str]:
         action, names = swarm_tier_args(command)
+        watch, replaced = swarm_tier_options(command)
         if log is not None:
             log.append((action, names))
         out = [f"started {n}" for n in names] + [f"progress {names[0] if names else '-'}: updating, 1 s of 90"]
+        bad = [(n, (failures or {})[n]) for n in names if n in (failures or {})]
+        bad += [(n, (watched or {})[n]) for n in watch if n in (watched or {})]
+        for name, state in bad[:1]:
+            return out + [
+                f"detail {name} {name}.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)",
+                f"failed {name}: {state} (update rolled back due to failure)",
+            ]
         for name in names:
-            if name in (failures or {}):
-                return out + [
-                    f"detail {name} {name}.1 x@sha256:bad Running 2 seconds ago task: non-zero exit (1)",
-                    f"failed {name}: {failures[name]} (update rolled back due to failure)",
-                ]
-            out.append(
-                f"done {name} " + {"update": "completed", "rollback": "rollback_completed"}.get(action, "running 1/1")
-            )
+            how = {"update": "completed", "rollback": "rollback_completed"}.get(action, "running 1/1")
+            out.append(f"done {name} " + ("replaced" if replaced else how))
+        out += [] if replaced else [f"done {n} completed" for n in watch]
         return out + ["ok after 3s"]
 
     return answer

@@ -27,15 +27,21 @@ SWARM_ENGINE = STATE / "swarm"
 SWARM_DOCKER_HOST = f"unix://{SWARM_ENGINE}/docker.sock"
 SWARM_SSH_PORT = int(os.environ.get("ZDD_SANDBOX_SWARM_SSH_PORT", "22023"))
 SWARM_BRIDGES = ("zddsw0", "zddsw-gw")
+# swarm-up --nodes 2: a worker's dockerd in a network namespace of its own, linked to the manager
+# by a veth pair (the manager's side, SWARM_LINK_ADDR, also serves the registry)
+WORKER_DOCKER_HOST = f"unix://{SWARM_ENGINE}/node2/docker.sock"
+WORKER_NAME = "zdd-node2"
+SWARM_NETNS = "zddsw-node2"
+SWARM_LINK_ADDR = os.environ.get("ZDD_SANDBOX_SWARM_LINK", "10.215.0") + ".1"
 REGISTRY_PORT = int(os.environ.get("ZDD_SANDBOX_REGISTRY_PORT", "15000"))
 APPS = ["server", "property", "identity", "profile-server"]
 BIN = ROOT / ".venv" / "bin"
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, addr: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((addr, port)) == 0
 
 
 def not_ready_reason() -> str | None:
@@ -181,6 +187,37 @@ def swarm_versions(service: str) -> set[str]:
     return versions
 
 
+def worker_docker(*args: str) -> str:
+    """The docker CLI against the worker's engine (swarm-up --nodes 2)."""
+    return docker(*args, host=WORKER_DOCKER_HOST)
+
+
+def swarm_tasks(service: str) -> list[tuple[str, str]]:
+    """(node hostname, version) of each running task of a stack service; the version is read
+    from the image on the node that runs the task (so the worker's own pull is what is seen)."""
+    out = swarm_docker(
+        "service",
+        "ps",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}} {{.Image}} {{.CurrentState}}",
+        f"{SWARM_STACK}_{service}",
+    )
+    tasks = []
+    for line in out.splitlines():
+        node, ref, state = line.split(" ", 2)
+        if not state.startswith("Running"):
+            continue
+        name, _, digest = ref.partition("@")
+        last = name.rsplit("/", 1)[-1]
+        repo = name.rsplit(":", 1)[0] if ":" in last else name
+        host = WORKER_DOCKER_HOST if node == WORKER_NAME else SWARM_DOCKER_HOST
+        tasks.append((node, image_version(f"{repo}@{digest}" if digest else ref, host=host)))
+    return sorted(tasks)
+
+
 def swarm_serves(timeout: float = 90) -> None:
     """Wait until every app answers through the stack's Caddy."""
     deadline = time.monotonic() + timeout
@@ -239,6 +276,8 @@ def swarm_leftovers() -> list[str]:
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     left += [f"iptables {r}" for r in rules.splitlines() if any(w in r for w in ("10.213.", "10.214.", "zddsw"))]
     left += [f"port {port}" for port in (int(SWARM_HTTP.rsplit(":", 1)[1]), 12377) if port_open(port)]
+    left += [f"netns {SWARM_NETNS}" for p in [Path("/run/netns", SWARM_NETNS)] if p.exists()]
+    left += [f"link {b}" for b in ("zddsw-m",) if Path("/sys/class/net", b).exists()]
     return left
 
 

@@ -44,10 +44,12 @@ from tests.fakes import (
     swarm_compose_json,
     swarm_reports,
     swarm_tier_args,
+    swarm_tier_options,
 )
 from tests.test_dry_run import HOSTS_TOML, TOKEN
 
 NAME = "sandbox-swarm"
+REGISTRY = load(HOSTS_TOML).host(NAME).registry.server  # the nodes' link address (hosts.toml)
 
 
 @pytest.fixture(autouse=True)
@@ -71,19 +73,23 @@ def finished(call, fake) -> str:
 
 
 def fake_manager(
-    survey: str | list[str] | None = None, version: int = 2, failures: dict | None = None, log: list | None = None
+    survey: str | list[str] | None = None,
+    version: int = 2,
+    failures: dict | None = None,
+    log: list | None = None,
+    watched: dict | None = None,
 ) -> FakeExecutor:
     fake = FakeExecutor(
         [
             ("survey.sh", survey if survey is not None else stack_survey_text(stack_services())),
             ("lock.sh", ok("locked\n")),
             # pull.sh lists the image IDs (of the sandbox's Compose images here: not read), then the digests
-            ("pull.sh", "logged in to 127.0.0.1:15000\n" + image_listing(version) + digests(version)),
+            ("pull.sh", f"logged in to {REGISTRY}\n" + image_listing(version) + digests(version)),
             ("docker image ls --digests", digests(version)),
             ("finish.sh", finished),
         ]
     )
-    fake.on_report("swarm_tier.sh", swarm_reports(failures, log))
+    fake.on_report("swarm_tier.sh", swarm_reports(failures, log, watched))
     return fake
 
 
@@ -116,7 +122,10 @@ def test_the_sandbox_swarm_host():
     sandbox = load(HOSTS_TOML).host("sandbox")
     # the same sshd and user; its swarm port gives sessions the swarm stack's own engine
     assert h.ssh == dataclasses.replace(sandbox.ssh, port=22023) and sandbox.ssh.port == 22022
-    assert h.registry == sandbox.registry and not h.registry.keep_login  # no token at rest on the manager
+    # the same registry, as both nodes reach it: on the manager's side of their link; no token
+    # at rest on the manager (no keep_login: each change logs in to a temporary config)
+    assert h.registry == dataclasses.replace(sandbox.registry, server="10.215.0.1:15000")
+    assert not h.registry.keep_login
     assert all(u.startswith("http://127.0.0.1:18090/") for u in h.verify.urls) and len(h.verify.urls) == 8
     assert h.proxy.reload_on_deploy is False
     assert isinstance(engine_for(h), SwarmEngine)
@@ -209,6 +218,16 @@ def test_swarm_tier_update_command_and_dry_run_lines():
         "done property completed",
         "ok after 0s",
     )
+
+
+def test_swarm_tier_watch_and_replaced_options():
+    change = swarm_cmds.SwarmChange("identity", "r/identity:1@sha256:abc", "r/identity:1")
+    c = swarm_cmds.swarm_tier(H, "update", [change], 90, watch=("server", "property"), replaced=True)
+    assert program_args(c, "swarm_tier.sh")[8:] == [*change.args(), "-w", "server", "-w", "property", "-r"]
+    assert c.dry_run_output == ("started identity", "done identity replaced", "ok after 0s")
+    c = swarm_cmds.swarm_tier(H, "update", [change], 90, watch=("server",))
+    assert program_args(c, "swarm_tier.sh")[12:] == ["-w", "server"]
+    assert c.dry_run_output[1:] == ("done identity completed", "done server completed", "ok after 0s")
 
 
 def test_swarm_tier_stack_command_passes_the_compose_files_and_what_it_applies():
@@ -440,7 +459,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
     services[0] = service_json("server", image_id("server", 1), order="stop-first", failure="pause")
     s, out = session(fake_manager(stack_survey_text(services)))
     deploy(s)
-    assert shlex.split(s.r.history[3])[-11:-3] == [
+    assert shlex.split(s.r.history[3])[-12:-3] == [
         "server",
         f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
         SWARM_REF.format("server"),
@@ -449,6 +468,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
         f"{SWARM_REF.format('property')}@{image_id('property', 2)}",
         SWARM_REF.format("property"),
         "",
+        "-r",  # a later tier comes: done once Swarm has replaced the tasks
     ]
     assert (
         "server: no deploy.update_config.order: start-first in the running spec: zdd sets it for its update "
@@ -465,7 +485,9 @@ def test_the_updates_log_in_to_a_temporary_config_with_the_token_on_stdin():
     deploy(s)
     tiers = [c for c in fake.tiers if "swarm_tier.sh" in c.command]
     assert len(tiers) == 3 and all(c.sent == [f"login {TOKEN}"] for c in tiers)
-    assert all(shlex.split(c.command)[-3:] == ["--login", "127.0.0.1:15000", "zdd"] for c in tiers)
+    assert all(shlex.split(c.command)[-3:] == ["--login", REGISTRY, "zdd"] for c in tiers)
+    # an overlapping tier: its -w and -r come before --login (swarm_tier.sh's order)
+    assert shlex.split(tiers[1].command)[-8:] == ["-w", "server", "-w", "property", "-r", "--login", REGISTRY, "zdd"]
     assert all(TOKEN not in c.command for c in fake.calls) and all(TOKEN not in h for h in s.r.history)
     assert TOKEN not in out.getvalue()
 
@@ -509,10 +531,21 @@ def test_deploy_updates_each_tier_together_in_order():
         ("reload-caddy", "skipped"),
         ("finish", "ok"),
     ]
-    assert s.report.steps[4].detail == "server completed, property completed"
+    # each tier but the last is done once Swarm has replaced its tasks; later tiers watch it, the last
+    # one waits until Swarm has completed every update
+    assert [swarm_tier_options(c.command) for c in fake.calls if "swarm_tier.sh" in c.command] == [
+        ([], True),
+        (["server", "property"], True),
+        (["server", "property", "identity"], False),
+    ]
+    assert [r.detail for r in s.report.steps[4:7]] == [
+        "server replaced, property replaced",
+        "identity replaced; earlier: server monitored, property monitored",
+        "profile-server completed; earlier: server completed, property completed, identity completed",
+    ]
     assert s.report.steps[7].detail.startswith("not needed: Swarm takes a task out of service discovery")
     assert (
-        s.report.steps[1].detail == "logged in to 127.0.0.1:15000; new digest for server, property, identity, "
+        s.report.steps[1].detail == f"logged in to {REGISTRY}; new digest for server, property, identity, "
         "profile-server"
     )
     assert s.report.steps[8].detail == "Total reclaimed space: 0B; released the lock"
@@ -525,7 +558,7 @@ def test_deploy_updates_each_tier_together_in_order():
     pulled = shlex.split(fake.calls[fake.index("pull.sh")].command)
     assert pulled[pulled.index("pull.sh") + 1 : pulled.index("--")] == [
         "0",
-        "127.0.0.1:15000",
+        REGISTRY,
         "zdd",
         "900",
         "server",
@@ -593,6 +626,33 @@ def test_a_failed_update_names_the_service_and_stops_the_tiers():
     end = json.loads(fake.calls[-1].stdin.strip())
     assert end["result"] == "failed" and end["error"].startswith("property: rollback_started")
     assert " 0 3 ''" in fake.calls[-1].command  # no prune after a failure
+
+
+def test_an_earlier_tier_rolled_back_while_a_later_one_rolls_fails_the_run_naming_it():
+    """Swarm rolls server (tier 1) back during its monitor window, while identity (tier 2) rolls:
+    the run fails naming server, and profile-server (tier 3) never starts."""
+    fake = fake_manager(watched={"server": "rollback_started"})
+    s, out = session(fake)
+    with pytest.raises(StepFailed) as e:
+        deploy(s)
+    assert str(e.value).startswith("server: rollback_started (update rolled back due to failure); Swarm returns it")
+    assert tier_runs(fake) == [("update", ["server", "property"]), ("update", ["identity"])]
+    assert steps_of(s)[-3:] == [("rollout server, property", "ok"), ("rollout identity", "failed"), ("finish", "ok")]
+    end = json.loads(fake.calls[-1].stdin.strip())
+    assert end["result"] == "failed" and end["error"].startswith("server: rollback_started")
+
+
+def test_a_single_tier_and_a_rollback_wait_for_swarms_verdict():
+    fake = fake_manager()
+    s, out = session(fake)
+    sequence.rollout_service(s, SwarmEngine(s.host), "identity")
+    assert [swarm_tier_options(c.command) for c in fake.calls if "swarm_tier.sh" in c.command] == [([], False)]
+    assert [r.detail for r in s.report.steps if r.name == "rollout identity"] == ["identity completed"]
+    fake = fake_manager(stack_survey_text(stack_services(version=2, previous=1)))
+    s, out = session(fake)
+    sequence.rollback(s, SwarmEngine(s.host))
+    runs = [c.command for c in fake.calls if "swarm_tier.sh" in c.command]
+    assert len(runs) == 3 and all(swarm_tier_options(c) == ([], False) for c in runs)
 
 
 def test_a_paused_update_says_what_to_do():
@@ -694,7 +754,7 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
     text = out.getvalue()
     order = [
         "lock.sh acquire stack_remilia-swarm",
-        "pull.sh 0 127.0.0.1:15000 zdd",
+        f"pull.sh 0 {REGISTRY} zdd",
         "server: roll, new digest",
         *["swarm_tier.sh update remilia-swarm 90"] * 3,
         f"finish.sh {SWARM_KEY}",
@@ -819,7 +879,7 @@ def test_a_rollback_made_as_an_update_logs_in_and_waits_for_completed():
         "",
         "",
         "--login",
-        "127.0.0.1:15000",
+        REGISTRY,
         "zdd",
     ]
     assert server.sent == [f"login {TOKEN}"]

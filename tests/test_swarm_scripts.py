@@ -21,6 +21,9 @@ STACK = "st"
 #   (`service inspect --format` of the image: r/NAME:2@sha256:cur)
 #   svc-NAME        the UpdateStatus of service NAME (STATE|STARTED|MESSAGE), one line per
 #                   `service inspect`, the last line repeated; no file: no such service
+#   spec-NAME       whether `stack deploy` left its task template as it was (same, new; else changed)
+#   tasks-NAME      its tasks (ID|NAME|DESIRED|CURRENT lines) as `service ps` lists them, one frame
+#                   per call, frames separated by `--` lines, the last frame repeated
 #   replicas        what `service ls --format` prints
 #   ps-NAME         what `service ps` of service NAME prints (default: a failed task on node n1)
 #   update-fails    `service update` / `service rollback` fail
@@ -49,6 +52,11 @@ case "$1 $2" in
 "service inspect")
     if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
     case "$4" in *ContainerSpec.Image*) echo "r/$5:2@sha256:cur"; exit 0 ;; esac
+    case "$4" in *PreviousSpec*)
+        shift 4
+        for n in "$@"; do printf '%s|%s\n' "$n" "$(cat "$d/spec-$n" 2>/dev/null || echo changed)"; done
+        exit 0 ;;
+    esac
     shift 4
     rc=0
     for n in "$@"; do
@@ -68,6 +76,18 @@ case "$1 $2" in
 "service ls")
     case "$*" in *--quiet*) echo id1; echo id2 ;; *) cat "$d/replicas" 2>/dev/null ;; esac ;;
 "service ps")
+    case "$5" in "{{.ID}}|"*)
+        shift 5
+        for n in "$@"; do
+            k=$(cat "$d/np-$n" 2>/dev/null || echo 0)
+            k=$((k + 1))
+            echo "$k" > "$d/np-$n"
+            frames=$(($(grep -c '^--$' "$d/tasks-$n") + 1))
+            [ "$k" -gt "$frames" ] && k=$frames
+            awk -v k="$k" 'BEGIN { f = 1 } /^--$/ { f++; next } f == k' "$d/tasks-$n"
+        done
+        exit 0 ;;
+    esac
     for last in "$@"; do :; done
     if [ -e "$d/ps-$last" ]; then cat "$d/ps-$last"; exit 0; fi
     echo "st_server.1 on n1: r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)" ;;
@@ -103,7 +123,18 @@ class Manager(Host):
     def service(self, name: str, *states: str) -> None:
         self.set(f"svc-{STACK}_{name}", "".join(s + "\n" for s in states))
 
-    def tier(self, action: str, *names: str, ceiling: int = 20, hashes: str = "") -> tuple[int, list[str], float]:
+    def tasks(self, name: str, *frames: list[str]) -> None:
+        self.set(f"tasks-{STACK}_{name}", "--\n".join("".join(t + "\n" for t in f) for f in frames))
+
+    def tier(
+        self,
+        action: str,
+        *names: str,
+        ceiling: int = 20,
+        hashes: str = "",
+        watch: tuple[str, ...] = (),
+        replaced: bool = False,
+    ) -> tuple[int, list[str], float]:
         changes = [
             SwarmChange(n, f"r/{n}:1@sha256:new", f"r/{n}:1", ("order", "rollback-order") if n == "server" else ())
             if action == "update"
@@ -111,7 +142,10 @@ class Manager(Host):
             for n in names
         ]
         t0 = time.monotonic()
-        res = self.run(swarm_cmds.swarm_tier(self.config, action, changes, ceiling, hashes), timeout=60)
+        res = self.run(
+            swarm_cmds.swarm_tier(self.config, action, changes, ceiling, hashes, watch=watch, replaced=replaced),
+            timeout=60,
+        )
         return (
             res.returncode,
             [ln for ln in res.stdout.splitlines() if not ln.startswith("progress ")],
@@ -286,8 +320,8 @@ def test_a_paused_rollback_fails(manager):
 
 
 def test_stack_deploys_then_waits_and_records_what_it_applied(manager):
-    """A changed service waits for its update; one Swarm did not update (no task to replace,
-    or created) is done once its tasks all run, after the grace."""
+    """A changed service waits for its update; one whose task template changed but that Swarm
+    did not update is done once its tasks all run, after the grace."""
     manager.service("server", OLD, "none||", f"updating|{NEW}|", f"completed|{NEW}|")
     manager.service("redis", "none||")
     manager.set("replicas", f"{STACK}_server 1/1\n{STACK}_redis 0/1\n")
@@ -419,3 +453,166 @@ def test_the_lock_is_renewed_while_swarm_tier_waits(manager):
     )
     assert res.returncode == 0, res.stdout
     assert (lock / "renewed").stat().st_mtime > time.time() - 60
+
+
+# --- tiers that overlap Swarm's monitor window ------------------------------------------------
+
+UPDATING = f"updating|{NEW}|update in progress"
+DONE = f"completed|{NEW}|update completed"
+
+
+def task(tid: str, slot: int, desired: str, current: str, name: str = "server") -> str:
+    return f"{tid}|{STACK}_{name}.{slot}|{desired}|{current}"
+
+
+def test_a_tier_with_a_later_one_is_done_once_swarm_has_replaced_its_tasks(manager):
+    """-r: done when no task from before is desired running and each slot runs a new task
+    (Swarm reports a task with a healthcheck running only once it is healthy), while Swarm
+    still says `updating` (its monitor window)."""
+    manager.service("server", OLD, UPDATING)
+    history = task("h0", 1, "Shutdown", "Shutdown 3 hours ago")
+    old = [history, task("o1", 1, "Running", "Running 2 hours ago"), task("o2", 2, "Running", "Running 2 hours ago")]
+    manager.tasks(
+        "server",
+        old,
+        [*old, task("n1", 1, "Running", "Starting 1 second ago")],  # start-first: the new one is not healthy yet
+        [
+            history,
+            task("o1", 1, "Shutdown", "Running 2 hours ago"),  # out of service discovery, stopping
+            old[2],
+            task("n1", 1, "Running", "Running 1 second ago"),
+            task("n2", 2, "Ready", "Preparing 1 second ago"),
+        ],
+        [
+            history,
+            task("o1", 1, "Shutdown", "Shutdown 1 second ago"),
+            task("o2", 2, "Shutdown", "Running 2 hours ago"),
+            task("n1", 1, "Running", "Running 3 seconds ago"),
+            task("n2", 2, "Running", "Running 1 second ago"),
+        ],
+    )
+    rc, out, took = manager.tier("update", "server", replaced=True)
+    assert rc == 0, out
+    assert out[:2] == ["started server", "done server replaced"] and out[2].startswith("ok after ")
+    ps = [c for c in manager.calls() if c.startswith("service ps")]
+    assert ps == ["service ps --no-trunc --format {{.ID}}|{{.Name}}|{{.DesiredState}}|{{.CurrentState}} st_server"] * 4
+    assert (manager.stub / f"n-{STACK}_server").read_text().strip() != "0"  # never saw `completed`
+
+
+def test_tiers_overlap_swarms_monitor_window_and_the_last_waits_for_every_verdict(manager):
+    """Tier 2 starts while Swarm still monitors tier 1 (`updating`); the last tier watches both
+    and ends only once Swarm says `completed` for all three."""
+    manager.service("server", OLD, *[UPDATING] * 4, DONE)
+    manager.service("property", OLD, *[UPDATING] * 4, DONE)  # completed after profile: waited for
+    manager.service("profile", OLD, UPDATING, DONE)
+    for name in ("server", "property"):
+        before = [task(f"{name}-o1", 1, "Running", "Running 1 hour ago", name)]
+        after = [task(f"{name}-o1", 1, "Shutdown", "Shutdown 1 second ago", name)]
+        manager.tasks(name, before, [*after, task(f"{name}-n1", 1, "Running", "Running 1 second ago", name)])
+    first = manager.tier("update", "server", replaced=True)
+    assert first[:2] == (0, ["started server", "done server replaced", first[1][-1]])
+    second = manager.tier("update", "property", watch=("server",), replaced=True)
+    assert second[:2] == (0, ["started property", "done property replaced", second[1][-1]])
+    # server's own update (after its rollback-order settings) and property's: server still `updating`
+    assert sum(c.startswith("service update") and "--image" in c for c in manager.calls()) == 2
+    rc, out, took = manager.tier("update", "profile", watch=("server", "property"))
+    assert rc == 0, out
+    assert out[:4] == ["started profile", "done server completed", "done profile completed", "done property completed"]
+    assert out[4].startswith("ok after ") and len(out) == 5
+    updates = [c.split()[-1] for c in manager.calls() if c.startswith("service update") and "--image" in c]
+    assert updates == ["st_server", "st_property", "st_profile"]  # a watched service is not changed
+    assert not any(c.startswith("service ps") and "st_profile" in c for c in manager.calls())  # no -r: no tasks read
+
+
+def test_an_earlier_tier_swarm_rolls_back_fails_the_tier_that_watches_it(manager):
+    manager.service(
+        "server", UPDATING, UPDATING, f"rollback_started|{NEW}|update rolled back due to failure or early termination"
+    )
+    manager.service("property", OLD, UPDATING)
+    manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")])
+    rc, out, took = manager.tier("update", "property", watch=("server",), replaced=True)
+    assert rc == 1
+    assert out[0] == "started property"
+    assert out[-1] == "failed server: rollback_started (update rolled back due to failure or early termination)"
+    assert out[-2].startswith("detail server ")
+    assert took < 5
+
+
+def test_an_earlier_tier_already_rolled_back_starts_nothing(manager):
+    manager.service("server", f"rollback_started|{NEW}|update rolled back due to failure")
+    manager.service("property", OLD)
+    manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")])
+    rc, out, took = manager.tier("update", "property", watch=("server",), replaced=True)
+    assert rc == 1 and out[-1] == "failed server: rollback_started (update rolled back due to failure)"
+    assert not any(c.startswith("service update") for c in manager.calls())
+    assert not any(ln.startswith("started") for ln in out)
+
+
+def test_an_overlapping_tier_logs_in_too(manager):
+    """-w, -r and --login together, in the order the header gives: the update uses the
+    temporary config; the watched service is not changed."""
+    manager.service("server", UPDATING)
+    manager.service("property", OLD, UPDATING)
+    after = [task("o1", 1, "Shutdown", "Shutdown 1 second ago", "property")]
+    new = task("n1", 1, "Running", "Running 1 second ago", "property")
+    manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")], [*after, new])
+    change = SwarmChange("property", "r/property:1@sha256:new")
+    cmd = swarm_cmds.swarm_tier(
+        manager.config, "update", [change], 20, watch=("server",), replaced=True, login=("reg.test", "bot")
+    )
+    assert cmd.argv[-6:] == ("-w", "server", "-r", "--login", "reg.test", "bot")
+    res = manager.run(cmd, stdin=swarm_cmds.login_line("t0ken") + "\n", timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert [ln for ln in res.stdout.splitlines() if ln.startswith(("started", "done"))] == [
+        "started property",
+        "done property replaced",
+    ]
+    config, token = (manager.stub / "login").read_text().splitlines()
+    assert token == "t0ken" and (manager.stub / "configs").read_text() == f"{config} with login\n"
+    assert [c.split()[-1] for c in manager.calls() if c.startswith("service update")] == ["st_property"]
+
+
+def test_at_the_ceiling_the_tasks_of_what_the_tier_waits_for_are_shown(manager):
+    """With -r a watched service (Swarm monitors it) is not waited for: only the own service's
+    tasks are shown; the last tier (no -r) waits for it, so its tasks are shown."""
+    manager.service("server", UPDATING)
+    manager.service("property", OLD, UPDATING)
+    manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")])
+    for name in ("server", "property"):
+        manager.set(f"ps-{STACK}_{name}", f"st_{name}.1 on n2: r/{name}:1@sha256:new Running 9 seconds ago \n")
+    rc, out, took = manager.tier("update", "property", watch=("server",), replaced=True, ceiling=1)
+    assert rc == 1 and took < 10
+    assert out[-2:] == [
+        "detail property st_property.1 on n2: r/property:1@sha256:new Running 9 seconds ago ",
+        "failed timeout after 1s: property: updating, server: monitored (Swarm goes on with it)",
+    ]
+    manager.set(f"n-{STACK}_property", "0")
+    manager.service("property", OLD, UPDATING, DONE)
+    rc, out, took = manager.tier("update", "property", watch=("server",), ceiling=1)
+    assert rc == 1 and "done property completed" in out
+    assert out[-2:] == [
+        "detail server st_server.1 on n2: r/server:1@sha256:new Running 9 seconds ago ",
+        "failed timeout after 1s: server: monitored (Swarm goes on with it)",
+    ]
+
+
+def test_stack_services_with_no_task_to_replace_are_done_without_the_grace(manager):
+    """After `docker stack deploy` a service whose task template is as it was (no task of it is
+    out of date) is done once all its tasks run; so is one it created."""
+    manager.service("server", OLD, "none||")
+    manager.service("redis", "none||")
+    manager.set(f"spec-{STACK}_server", "same")
+    manager.set(f"spec-{STACK}_redis", "new")
+    manager.set("replicas", f"{STACK}_server 2/2\n{STACK}_redis 0/1\n")
+    proc = manager.start(
+        swarm_cmds.swarm_tier(manager.config, "stack", [SwarmChange("server"), SwarmChange("redis")], 30, "{}")
+    )
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    manager.set("replicas", f"{STACK}_server 2/2\n{STACK}_redis 1/1\n")
+    out, _ = proc.communicate(timeout=20)
+    lines = [ln for ln in out.splitlines() if not ln.startswith(("progress ", "note "))]
+    assert proc.returncode == 0, out
+    assert lines[:3] == ["started st", "done server running 2/2", "done redis running 1/1"]
+    assert time.monotonic() - t0 < 4  # the grace is 5 s
+    assert any("PreviousSpec" in c and c.endswith("st_server st_redis") for c in manager.calls())

@@ -29,8 +29,11 @@ The steps keep their names and meaning:
 * plan – an app service rolls when its tag names another digest than its spec runs, or the
   compose file names another image; otherwise it is skipped (:mod:`.swarm_state`);
 * each tier – ``docker service update --image REF@DIGEST`` of the tier's services together,
-  and a wait on the host until Swarm says ``completed`` for each (:mod:`.swarm_tier`);
-  ``paused`` or ``rollback_*`` fails the deploy at once, naming the service;
+  and a wait on the host until Swarm has replaced their tasks (new ones running and healthy,
+  old ones shut down): the next tier starts while Swarm still monitors them, each later
+  tier's wait watches them, and the last tier's waits until Swarm says ``completed`` for
+  every service (:mod:`.swarm_tier`); ``paused`` or ``rollback_*`` of any of them fails the
+  deploy at once, naming the service, and no later tier starts;
 * reload-caddy – only with ``proxy.reload_on_deploy``.
 
 Rollbacks never stop first: Swarm rolls back with the rollback settings of the spec it returns
@@ -212,7 +215,7 @@ class SwarmEngine:
         return {"run": run_id, "t": int(time.time()), "event": "plan", "services": services}
 
     def tiers(self, s: Session, state: StackState, release: Release, held: Held) -> Updates:
-        return Updates(s, state, release.plans, held, release.action)
+        return Updates(s, state, release.plans, held, release.action, release.tiers)
 
     def one_service(self, s: Session, state: StackState, name: str) -> Release:
         """The service updated to the digest its tag names on this node (always)."""

@@ -1,6 +1,7 @@
 """Engine swarm's tiers: a change (update, rollback, stack deploy) started on the manager and
-waited for there (``remote/swarm_tier.sh``) until Swarm has finished it, failing at once
-naming the service Swarm paused or rolled back. :class:`Updates` is what
+waited for there (``remote/swarm_tier.sh``) until Swarm has finished it (or, for a tier of an
+update with a later tier to come, replaced its tasks), failing at once naming the service
+Swarm paused or rolled back. :class:`Updates` is what
 :class:`~fabfile.engines.compose_rollout.ComposeRollout` is for Compose."""
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ def run(
     hashes: str = "",
     key: str = "",
     lines: tuple[str, ...] = (),
+    watch: tuple[str, ...] = (),
+    replaced: bool = False,
 ) -> dict[str, str]:
     """Start ``action`` on the host (``lines`` go to the journal KEY first) and read its lines
-    until it ends: how each service finished; StepFailed naming the service Swarm paused or
-    rolled back."""
+    until it ends: how each service finished (``replaced``, or Swarm's final state), the
+    ``watch`` services that completed meanwhile too; StepFailed naming the service Swarm paused
+    or rolled back."""
     login = registry_login(s, action, changes)
-    cmd = swarm_cmds.swarm_tier(s.host, action, changes, limit, hashes, key, lines, login[:2] if login else None)
+    cmd = swarm_cmds.swarm_tier(
+        s.host, action, changes, limit, hashes, key, lines, watch, replaced, login[:2] if login else None
+    )
     conv = s.r.converse(cmd, labels={swarm_cmds.LOGIN_WORD: f"${login[3]} (secret, on stdin)" if login else ""})
     if login:
         conv.send(swarm_cmds.login_line(login[2]))
@@ -125,11 +131,28 @@ def swarm_failure_detail(lines: list[str]) -> str:
 class Updates:
     """One run's Swarm updates (or rollbacks), tier after tier (the engines'
     :class:`~fabfile.engines.base.Tiers`). The run's pending journal lines (its plan) go to the
-    host with the first change."""
+    host with the first change.
 
-    def __init__(self, s: Session, state: StackState, plans: list[SwarmPlan], held: Held, action: str = "update"):
+    Updates overlap Swarm's monitor window: a tier with a later tier to come is done once Swarm
+    has replaced its tasks (the new ones running, healthy, the old ones shut down); its services
+    are then watched by each later tier's run (Swarm pausing or rolling one back fails that run,
+    before it starts anything if it is already so), and the last tier's run waits until Swarm
+    says ``completed`` for every one of them. Rollbacks wait for each tier's verdict."""
+
+    def __init__(
+        self,
+        s: Session,
+        state: StackState,
+        plans: list[SwarmPlan],
+        held: Held,
+        action: str = "update",
+        tiers: list[list[str]] | None = None,
+    ):
         self.s, self.state, self.action, self.held = s, state, action, held
         self.plans = {p.name: p for p in plans}
+        # services the plan rolls in tiers not started yet, and those Swarm still monitors
+        self.later = {n for t in tiers or [] for n in t if n in self.plans and self.plans[n].roll}
+        self.monitored: list[str] = []
         held.prune = action == "update" and any(p.roll for p in plans)
         held.images.clear()  # no zdd-keep tags: Swarm keeps each service's previous spec
 
@@ -152,17 +175,27 @@ class Updates:
         plans = [self.plans[n] for n in names if n in self.plans and self.plans[n].roll]
         if not plans:
             return
+        names = [p.name for p in plans]
+        self.later -= set(names)
+        overlap = self.action == "update"
+        watch = tuple(self.monitored) if overlap else ()
         title = "rollout" if self.action == "update" else "rollback"
-        with self.s.report.step(f"{title} {', '.join(p.name for p in plans)}") as rec:
+        with self.s.report.step(f"{title} {', '.join(names)}") as rec:
             done = run(
                 self.s,
                 self.action,
                 [p.change() for p in plans],
-                ceiling(self.s, self.state, [p.name for p in plans]),
+                ceiling(self.s, self.state, names + list(watch)),
                 key=self.state.key,
                 lines=self.held.take_lines(),
+                watch=watch,
+                replaced=overlap and bool(self.later),
             )
-            rec.detail = ", ".join(f"{p.name} {done.get(p.name, '?')}" for p in plans)
+            rec.detail = ", ".join(f"{n} {done.get(n, '?')}" for n in names)
+            if watch:
+                rec.detail += "; earlier: " + ", ".join(f"{n} {done.get(n, 'monitored')}" for n in watch)
+        self.monitored = [n for n in watch if done.get(n) != "completed"]
+        self.monitored += [n for n in names if done.get(n) == "replaced"]
 
 
 def reload_proxy(s: Session) -> None:

@@ -1,7 +1,8 @@
-# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [--login SERVER USER]
-#               [-c FILE...]
+# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-w SERVICE]... [-r]
+#               [--login SERVER USER] [-c FILE...]
 # (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`;
-# stdin: with --login, the line "login TOKEN" first)
+# stdin: with --login, the line "login TOKEN" first. zdd gives the options in this order; -c FILE...
+# (stack) come last)
 #
 # Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
 # then waits, reading every service's UpdateStatus in one `docker service inspect` twice a
@@ -48,22 +49,42 @@
 # HUP, INT, TERM), so no token stays on the host. Without it (registry.keep_login, or no
 # registry), the user's own config (~/.docker) is used.
 #
+# An update is finished when Swarm says `completed`: after its monitor window. Tiers overlap
+# that window (update only):
+#   -w SERVICE  an earlier tier's service whose update Swarm still monitors: it is not changed
+#               here, but its `paused` or `rollback_*` fails this run too, before anything is
+#               started if it is already so; `done SERVICE completed` once Swarm says so
+#   -r          the services are done ("done SERVICE replaced") once Swarm has replaced every
+#               task: the tasks that ran before the update are no longer desired running (Swarm
+#               shut them down, out of service discovery), and in each of their slots a new task
+#               is desired and reported running (with a healthcheck, Swarm reports a task running
+#               only once it is healthy). The run ends then; the -w services are only watched.
+#               Without -r every service, and every -w service, must reach `completed`.
+#
+# stack: a service Swarm did not start updating is done once all its tasks run (N/N): at once
+# when the deploy left its task template as it was, or created it; when the template changed,
+# after a grace of 5 s for Swarm to start the update it must then make.
+#
 # JOURNAL (lines, may be empty: the run's plan) is appended to the project's journal
 # (~/.zdd/journal/KEY.jsonl) before the change is made; the deploy's lock (~/.zdd/locks/KEY)
 # is renewed while we wait.
 #
 # We print "started ..." once the change is made, "progress ..." every second, "done SERVICE
-# HOW" as each service finishes, and end with "ok after Ns" (exit 0), or with "detail SERVICE
-# ..." lines (its tasks, as Swarm reports them, each naming its node) and "failed SERVICE: REASON"
-# (exit 1). An update fails at once when Swarm reports paused or rollback_* for it (a rollback:
-# paused or rollback_paused); any of them fails after CEILING seconds, with the tasks of each
-# service not done, and a task Swarm can place on no node said so ("no suitable node (...)",
-# e.g. max_replicas_per_node leaving start-first no room). Swarm goes on with what it started
+# HOW" as each service finishes (a service done "replaced" may say "done SERVICE completed"
+# later in the same run), and end with "ok after Ns" (exit 0), or with "detail SERVICE ..."
+# lines (its tasks, as Swarm reports them, each naming its node) and "failed SERVICE: REASON"
+# (exit 1). An update fails at once when Swarm reports paused or rollback_* for it, or for a -w
+# service (a rollback: paused or rollback_paused); it fails after CEILING seconds while a service
+# it waits for is not done (with -r: one of its own not replaced yet; without: any, -w ones
+# too), with the tasks of each such service, and a task Swarm can place on no node said so
+# ("no suitable node (...)", e.g. max_replicas_per_node leaving start-first no room); a -w
+# service is "monitored" then (its tasks replaced, Swarm's monitor window not over). Swarm goes
+# on with what it started
 # either way: nothing here undoes anything, and zdd going away changes nothing.
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
-# each service's fields, one line each ("-" for an empty field); what is learnt of it on the way
-# (the update it had before, whether it finished) in files of its own
+# each service's fields, one line each ("-" for an empty field; ROLE own, or watch for -w);
+# what is learnt of it on the way (the update it had before, how it finished) in files of its own
 tmp=$(mktemp -d) || { say "failed cannot make a temporary directory"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 129' HUP
@@ -72,19 +93,26 @@ trap 'exit 143' TERM
 : > "$tmp/services"
 i=1
 while [ "$i" -le "$count" ]; do
-    printf '%s %s %s %s\n' "$1" "${2:--}" "${3:--}" "${4:--}" >> "$tmp/services"
+    printf '%s %s %s %s own\n' "$1" "${2:--}" "${3:--}" "${4:--}" >> "$tmp/services"
     shift 4
     i=$((i + 1))
 done
+until=completed server='' user=''
+while [ $# -gt 0 ]; do
+    case $1 in
+        -w) printf '%s - - - watch\n' "$2" >> "$tmp/services"; shift 2 ;;
+        -r) until=replaced; shift ;;
+        --login) server=$2 user=$3; shift 3 ;;
+        *) break ;;  # stack: -c FILE...
+    esac
+done
 login_cfg=  # the temporary Docker config holding the registry login ("" = the user's own)
-if [ "${1:-}" = --login ]; then
-    server=$2 user=$3
-    shift 3
+if [ -n "$server" ]; then
     IFS= read -r line || line=
     login_cfg=$tmp/docker
-    own=${DOCKER_CONFIG:-$HOME/.docker}
+    user_cfg=${DOCKER_CONFIG:-$HOME/.docker}
     if ! mkdir -m 700 "$login_cfg"; then say "failed cannot make a temporary Docker config"; exit 1; fi
-    [ -d "$own/cli-plugins" ] && ln -s "$own/cli-plugins" "$login_cfg/cli-plugins"
+    [ -d "$user_cfg/cli-plugins" ] && ln -s "$user_cfg/cli-plugins" "$login_cfg/cli-plugins"
     if ! err=$(printf '%s\n' "${line#login }" |
         DOCKER_CONFIG=$login_cfg docker login --username "$user" --password-stdin "$server" 2>&1); then
         say "failed registry $server: docker login: $(last "$err")"
@@ -98,9 +126,9 @@ authed() {  # authed ARG...: docker ARG... with the registry login --with-regist
 grace=5  # s; stack: a service Swarm has not started updating by then had no task to replace
 
 nap_seconds=0.5  # between two reads of the services' UpdateStatus
-each() {  # each FUNCTION...: call it once per service, with j, name, image, ref, sets, prev, fin, full set
+each() {  # each FUNCTION...: call it once per service, with j, name, image, ref, sets, role, prev, fin, full set
     j=0
-    while read -r name image ref sets <&9; do
+    while read -r name image ref sets role <&9; do
         j=$((j + 1))
         [ "$image" != - ] || image=''
         [ "$ref" != - ] || ref=''
@@ -109,8 +137,9 @@ each() {  # each FUNCTION...: call it once per service, with j, name, image, ref
         "$@"
     done 9< "$tmp/services"
 }
-all=
-add() { all="$all $full"; }
+has() { case ",$sets," in *,"$1",*) return 0 ;; esac; return 1; }  # has SETTING: service $full's SETS name it
+all='' own=''
+add() { all="$all $full"; [ "$role" = watch ] || own="$own $full"; }
 each add
 
 inspect() {  # NAME|STATE|STARTED|MESSAGE of each service that exists, one line each
@@ -126,11 +155,79 @@ field() {  # field N: the Nth |-separated field of service $full's line in $out
 out=$(inspect)
 remember() { field 3 > "$tmp/prev.$j"; }
 each remember
+tasks() {  # ID|NAME|DESIRED|CURRENT of the services' tasks on every node (NAME: SERVICE.SLOT)
+    [ $# -gt 0 ] || return 0
+    docker service ps --no-trunc --format '{{.ID}}|{{.Name}}|{{.DesiredState}}|{{.CurrentState}}' "$@" 2>/dev/null
+}
+# shellcheck disable=SC2086 # service names, one word each
+[ "$until" = replaced ] && tasks $own > "$tmp/old"
+
+# --- how a service stands: check it once a poll ----------------------------------------------
+shown='' failed='' culprit='' progress='' pending=0 t0=$(date +%s) now=$(date +%s)
+finish() { echo "$1" > "$tmp/fin.$j"; say "done $name $1"; }
+bad() { failed="$name: $st${msg:+ ($msg)}" culprit=$full; }
+replaced() {  # service $full: no task from before the update is desired running any more, and in
+    # each of their slots a new task is desired and running (the tasks read last, in $now_tasks)
+    { sed 's/^/old|/' "$tmp/old"; printf '%s\n' "$now_tasks" | sed 's/^/now|/'; } | awk -F'|' -v n="$full" '
+        { s = $3; sub(/\.[^.]*$/, "", s); if (s != n) next; d = tolower($4) }
+        $1 == "old" { if (d == "running") { old[$2] = 1; if (!($3 in need)) { need[$3] = 1; needed++ } } next }
+        $2 in old { if (d == "running") live++; next }
+        d == "running" || d == "ready" {
+            if (tolower($5) !~ /^running/) waiting++
+            else if (!($3 in up)) { up[$3] = 1; have++ }
+        }
+        END { exit !(live == 0 && waiting == 0 && have >= needed) }'
+}
+check() {
+    case $fin in '' | replaced) ;; *) return 0 ;; esac
+    st=$(field 2) started=$(field 3) msg=$(field 4)
+    if [ -z "$st" ] && [ "$action" != stack ]; then failed="$name: the service is gone" culprit=$full; return; fi
+    if [ "$role" = watch ]; then  # an earlier tier's update (it had started then): monitored by Swarm
+        case $st in
+            completed) finish completed; return ;;
+            paused | rollback_*) bad; return ;;
+        esac
+        st=monitored
+    elif [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
+        how=$action
+        [ "$action" = rollback ] && has as-update && how=update  # a rollback made as an update
+        case "$how:$st" in
+            update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
+            update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused) bad; return ;;
+        esac
+        if [ -n "$fin" ]; then
+            st=monitored
+        elif [ "$until" = replaced ] && replaced; then
+            finish replaced
+            return
+        fi
+    elif [ "$action" = stack ]; then  # created, or no task to replace
+        r=$(printf '%s\n' "$replicas" | awk -v n="$full" '$1 == n { print $2; exit }')
+        spec=$(printf '%s\n' "$specs" | awk -F'|' -v n="$full" '$1 == n { print $2; exit }')
+        if [ -n "$r" ] && [ "${r%%/*}" = "${r#*/}" ]; then  # every task runs
+            if [ $((now - t0)) -ge "$grace" ] || { [ "$spec" != changed ] && [ "${r%%/*}" != 0 ]; }; then
+                finish "running $r"
+                return
+            fi
+        fi
+        st="running ${r:-0/?}"
+    else
+        st=pending
+    fi
+    awaited && pending=$((pending + 1))
+    progress="$progress $name: $st,"
+}
+awaited() {  # whether the run still waits for service $full, not done: with -r only for what this
+    # run changes and Swarm has not replaced yet, without it for every service, -w ones too
+    [ "$until" = completed ] || { [ "$role" = own ] && [ -z "$fin" ]; }
+}
+watched() { [ "$role" != watch ] || check; }
+opened() { [ "$role" = watch ] || [ -n "$fin" ] || open="$open $full"; }  # what -r still waits to see replaced
+each watched  # an earlier tier Swarm pauses or rolls back: nothing more is started
 
 # --- start the change --------------------------------------------------------------------
-t0=$(date +%s)
-has() { case ",$sets," in *,"$1",*) return 0 ;; esac; return 1; }  # has SETTING: SETS names it
 prepare_one() {  # the spec the change starts from rolls back start-first (see above)
+    [ "$role" = own ] || return 0
     has rollback-order || return 0
     if ! err=$(docker service update --detach --quiet --rollback-order start-first "$full" 2>&1); then
         say "failed $name: docker service update --rollback-order start-first: $(last "$err")"
@@ -138,6 +235,7 @@ prepare_one() {  # the spec the change starts from rolls back start-first (see a
     fi
 }
 update_one() {
+    [ "$role" = own ] || return 0  # -w: an earlier tier's, only watched
     set -- --image "$image" --rollback-order start-first
     has order && set -- "$@" --update-order start-first
     has failure && set -- "$@" --update-failure-action rollback
@@ -150,6 +248,7 @@ update_one() {
     fi
 }
 rollback_one() {
+    [ "$role" = own ] || return 0
     if has as-update; then
         before=$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$full" 2>/dev/null)
         set -- --image "$image" --update-order start-first --rollback-order start-first \
@@ -172,9 +271,11 @@ rollback_one() {
 }
 if [ -n "$journal" ] && [ -n "$key" ]; then journal_line "$journal"; fi
 case "$action" in
-    update)
-        each prepare_one
-        each update_one ;;
+    update)  # an earlier tier Swarm paused or rolled back: nothing is started (the wait fails at once)
+        if [ -z "$failed" ]; then
+            each prepare_one
+            each update_one
+        fi ;;
     rollback)
         rm -f "$HOME/$state"
         each rollback_one ;;
@@ -186,35 +287,14 @@ case "$action" in
             exit 1
         fi
         printf '%s\n' "$err" | grep -i '^ignoring' | while IFS= read -r l; do say "note $l"; done
-        say "started $stack" ;;
+        say "started $stack"
+        # each service's task template against the one before: `same` (or `new`) has no task to replace
+        # shellcheck disable=SC2086 # service names, one word each
+        specs=$(docker service inspect --format '{{.Spec.Name}}|{{if .PreviousSpec}}{{if and (eq (json .Spec.TaskTemplate) (json .PreviousSpec.TaskTemplate)) (eq (json .Spec.EndpointSpec) (json .PreviousSpec.EndpointSpec))}}same{{else}}changed{{end}}{{else}}new{{end}}' $all 2>/dev/null) ;;
     *) say "failed $action: unknown action"; exit 2 ;;
 esac
 
 # --- wait until Swarm has finished each service ---------------------------------------------
-finished=0 shown='' failed='' culprit=''
-finish() { echo 1 > "$tmp/fin.$j"; finished=$((finished + 1)); say "done $name $1"; }
-check() {
-    [ -z "$fin" ] || return 0
-    st=$(field 2) started=$(field 3) msg=$(field 4)
-    if [ -z "$st" ] && [ "$action" != stack ]; then failed="$name: the service is gone" culprit=$full; return; fi
-    if [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
-        how=$action
-        [ "$action" = rollback ] && has as-update && how=update  # a rollback made as an update
-        case "$how:$st" in
-            update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
-            update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused)
-                failed="$name: $st${msg:+ ($msg)}" culprit=$full
-                return ;;
-        esac
-    elif [ "$action" = stack ] && [ $((now - t0)) -ge "$grace" ]; then  # created, or no task to replace
-        r=$(printf '%s\n' "$replicas" | awk -v n="$full" '$1 == n { print $2; exit }')
-        if [ -n "$r" ] && [ "${r%%/*}" = "${r#*/}" ]; then finish "running $r"; return; fi
-        st="running ${r:-0/?}"
-    else
-        st=pending
-    fi
-    progress="$progress $name: $st,"
-}
 tasks_of() {  # tasks_of SERVICE: its latest tasks as Swarm reports them, each with its node
     bounded docker service ps --no-trunc \
         --format '{{.Name}} on {{if .Node}}{{.Node}}{{else}}no node{{end}}: {{.Image}} {{.CurrentState}} {{.Error}}' \
@@ -224,11 +304,12 @@ details() {  # details SERVICE [TASKS]: "detail" lines of its tasks
     printf '%s\n' "${2-$(tasks_of "$1")}" | while IFS= read -r l; do say "detail ${1#"${stack}_"} $l"; done
 }
 unplaced=
-stalled() {  # at the ceiling: the tasks of a service not done, and whether a new one waits for a node
-    [ -z "$fin" ] || return 0
-    tasks=$(tasks_of "$full")
-    details "$full" "$tasks"
-    why=$(printf '%s\n' "$tasks" | grep -o 'no suitable node.*' | head -n 1)
+stalled() {  # at the ceiling: the tasks of a service still waited for, and whether a new one waits for a node
+    case $fin in '' | replaced) ;; *) return 0 ;; esac
+    awaited || return 0
+    listed=$(tasks_of "$full")
+    details "$full" "$listed"
+    why=$(printf '%s\n' "$listed" | grep -o 'no suitable node.*' | head -n 1)
     [ -z "$why" ] || unplaced="$unplaced $name: a task waits for a node: $why;"
 }
 while :; do
@@ -236,10 +317,16 @@ while :; do
     out=$(inspect)
     [ "$action" = stack ] && replicas=$(docker service ls --filter "label=com.docker.stack.namespace=$stack" \
         --format '{{.Name}} {{.Replicas}}' 2>/dev/null)
-    progress=
+    if [ "$until" = replaced ]; then
+        open=''
+        each opened
+        # shellcheck disable=SC2086 # service names, one word each
+        now_tasks=$(tasks $open)
+    fi
+    progress='' pending=0
     each check
     if [ -n "$failed" ]; then details "$culprit"; say "failed $failed"; exit 1; fi
-    [ "$finished" -ge "$count" ] && break
+    [ "$pending" -eq 0 ] && break
     if [ $((now - t0)) -ge "$ceiling" ]; then
         each stalled
         say "failed timeout after ${ceiling}s:${progress%,}${unplaced:+;${unplaced%;}} (Swarm goes on with it)"

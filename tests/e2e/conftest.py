@@ -55,7 +55,7 @@ def swarm_sandbox(sandbox):
     try:
         sb.swarm_serves(timeout=3)
     except AssertionError:
-        res = sb.run([str(sb.ROOT / "scripts" / "sandbox.sh"), "swarm-up"], timeout=600)
+        res = sb.run([str(sb.ROOT / "scripts" / "sandbox.sh"), "swarm-up", "--nodes", "2"], timeout=600)
         if res.returncode != 0:
             pytest.fail(f"scripts/sandbox.sh swarm-up failed:\n{res.stderr}")
         sb.swarm_serves()

@@ -50,8 +50,14 @@ def spec_images(*services: str) -> dict[str, str]:
     return {svc: sb.swarm_service(svc)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] for svc in services}
 
 
+def on_worker(*services: str) -> list[str]:
+    """The services with a task on the worker (swarm-up --nodes 2)."""
+    return [svc for svc in services if any(node == sb.WORKER_NAME for node, _ in sb.swarm_tasks(svc))]
+
+
 def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tmp_path):
     before = {svc: sb.swarm_versions(svc) for svc in sb.APPS}
+    assert on_worker(*sb.APPS), "no app task runs on the worker"
     version = sb.publish()
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
     res = fab("deploy", "--strict")
@@ -61,6 +67,9 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
     assert res.returncode == 0, res.stdout + res.stderr
 
     for svc in sb.APPS:
+        # every task, on both nodes, runs the new image (each node's own pull of it)
+        tasks = sb.swarm_tasks(svc)
+        assert len(tasks) == 2 and {v for _, v in tasks} == {version}, (svc, tasks)
         assert sb.swarm_versions(svc) == {version}, svc
         assert version not in before[svc]
         assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {version} fast"
@@ -148,7 +157,10 @@ def test_rollback_returns_to_the_previous_images_under_load(settled, tmp_path):
         settle=12
     )  # an old task that ignores SIGTERM serves its pooled connections until it dies
     assert res.returncode == 0, res.stdout + res.stderr
+    assert on_worker(*sb.APPS), "no app task runs on the worker"
     for svc in sb.APPS:
+        tasks = sb.swarm_tasks(svc)  # both nodes restored
+        assert len(tasks) == 2 and {v for _, v in tasks} == before[svc], (svc, tasks)
         assert sb.swarm_versions(svc) == before[svc], svc
         [old] = before[svc]
         assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {old} fast"
@@ -175,13 +187,16 @@ def test_status_shows_the_stack(settled):
         res = fab("status")
         assert res.returncode == 0, res.stdout + res.stderr
         if (
-            all(re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+1/1\s", res.stdout) for svc in sb.APPS)
+            all(re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+2/2\s", res.stdout) for svc in sb.APPS)
             or time.monotonic() > deadline
         ):
             break
         time.sleep(1)
-    for svc in (*sb.APPS, "caddy", "redis"):
-        assert re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+1/1\s+[0-9a-f]{{12}}", res.stdout), (svc, res.stdout)
+    for svc, replicas in (*((svc, 2) for svc in sb.APPS), ("caddy", 1), ("redis", 1)):
+        assert re.search(rf"\[{HOST}\]   {re.escape(svc)}\s+{replicas}/{replicas}\s+[0-9a-f]{{12}}", res.stdout), (
+            svc,
+            res.stdout,
+        )
     assert f"{sb.SWARM_STACK}_server.1" in res.stdout
     assert f"[{HOST}]   lock: free" in res.stdout and re.search(
         rf"\[{HOST}\]   last run: \S+ deploy by \S+: ok", res.stdout

@@ -102,19 +102,21 @@ def test_swarm_up_again_changes_nothing(swarm_sandbox):
 
 
 def kill_swarm_dockerd() -> None:
-    """SIGKILL the swarm engine's dockerd, as the end of a session does: its containerd goes with
-    it, its shims and containers live on."""
-    pid = int((sb.SWARM_ENGINE / "dockerd.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
+    """SIGKILL the swarm engines' dockerds (manager and worker), as the end of a session does:
+    their containerds go with them, their shims and containers live on."""
+    pids = [int((sb.SWARM_ENGINE / d / "dockerd.pid").read_text()) for d in (".", "node2")]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     left = sb.swarm_leftovers()
     assert any(r.startswith("process ") for r in left), left
 
 
 def test_swarm_down_leaves_nothing_of_the_engine_also_after_a_sigkill(swarm_sandbox):
-    assert sb.swarm_leftovers()  # the check sees a running engine
+    left = sb.swarm_leftovers()  # the check sees running engines: the manager, the worker, the link
+    assert f"netns {sb.SWARM_NETNS}" in left and any("/node2/daemon.json" in r for r in left), left
     try:
         res = sandbox_script("swarm-down")
         assert res.returncode == 0, res.stderr
@@ -126,10 +128,10 @@ def test_swarm_down_leaves_nothing_of_the_engine_also_after_a_sigkill(swarm_sand
         assert again.returncode == 0 and again.stderr == "", again.stderr
 
         # a killed engine (shims, containers, mounts, bridges left): swarm-up starts afresh
-        res = sandbox_script("swarm-up")
+        res = sandbox_script("swarm-up", "--nodes", "2")
         assert res.returncode == 0, res.stderr
         kill_swarm_dockerd()
-        res = sandbox_script("swarm-up")
+        res = sandbox_script("swarm-up", "--nodes", "2")
         assert res.returncode == 0, res.stderr
         assert "removing what an earlier swarm engine left" in res.stderr
         sb.swarm_serves()
@@ -142,6 +144,6 @@ def test_swarm_down_leaves_nothing_of_the_engine_also_after_a_sigkill(swarm_sand
         assert first_engine_swarm_state() == "inactive"
         compose_sandbox_answers()
     finally:
-        res = sandbox_script("swarm-up")
+        res = sandbox_script("swarm-up", "--nodes", "2")
     assert res.returncode == 0, res.stderr
     sb.swarm_serves()

@@ -1,0 +1,188 @@
+"""Engine swarm on two nodes (scripts/sandbox.sh swarm-up --nodes 2): the manager (the Swarm
+engine of test_swarm_engine) and a worker, a third dockerd in a network namespace of its own,
+linked to the manager by a veth pair; each app runs 2 replicas, Caddy runs on the manager and
+reaches the worker's tasks over the overlay network; the worker pulls from the registry on the
+manager's side of the link with the login the deploy hands Swarm.
+
+A worker whose daemon stops in the middle of an update fails the deploy in one line naming the
+node and its tasks, well before the deploy's own limits, and once the node is back the next
+deploy converges; a worker drained during a deploy moves its tasks with nothing dropped.
+(test_swarm's deploy and rollback under load run on these two nodes too.)
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests import sandbox as sb
+
+pytestmark = pytest.mark.swarm
+
+HOST = "sandbox-swarm"
+WORKER_PID = sb.SWARM_ENGINE / "node2" / "dockerd.pid"
+
+
+def fab(*args: str) -> subprocess.CompletedProcess:
+    return sb.fab(*args, host=HOST)
+
+
+def fab_in_background(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(sb.BIN / "fab"), "-H", HOST, *args], cwd=sb.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def nodes() -> dict[str, dict]:
+    """Each node by hostname: its status, availability and address (docker node inspect)."""
+    ids = sb.swarm_docker("node", "ls", "-q").split()
+    return {n["Description"]["Hostname"]: n for n in json.loads(sb.swarm_docker("node", "inspect", *ids))}
+
+
+def manager() -> str:
+    return sb.swarm_engine_info()["Name"]
+
+
+def worker_answers() -> bool:
+    try:
+        return sb.worker_docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip() == "active"
+    except subprocess.SubprocessError:
+        return False
+
+
+def updating(*services: str) -> list[str]:
+    """The services Swarm is still changing (updating, or rolling back)."""
+    states = {svc: (sb.swarm_service(svc).get("UpdateStatus") or {}).get("State", "") for svc in services}
+    return [svc for svc, st in states.items() if st in ("updating", "rollback_started", "paused", "rollback_paused")]
+
+
+def wait_for(what: str, ok, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def update_started(service: str, before: str | None) -> bool:
+    return (sb.swarm_service(service).get("UpdateStatus") or {}).get("StartedAt") not in (None, before)
+
+
+@pytest.fixture
+def two_nodes(swarm_sandbox):
+    """Both nodes up and active, the apps on what the registry has, tasks on both nodes."""
+    if not worker_answers():
+        res = sb.run([str(sb.ROOT / "scripts" / "sandbox.sh"), "swarm-up", "--nodes", "2"], timeout=600)
+        assert res.returncode == 0, res.stderr
+    wait_for("the worker to be ready", lambda: nodes()[sb.WORKER_NAME]["Status"]["State"] == "ready", 60)
+    if nodes()[sb.WORKER_NAME]["Spec"]["Availability"] != "active":
+        sb.swarm_docker("node", "update", "--availability", "active", sb.WORKER_NAME)
+    wait_for("Swarm to settle", lambda: not updating(*sb.APPS), 120)
+    res = fab("deploy", "--no-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    if not any(node == sb.WORKER_NAME for svc in sb.APPS for node, _ in sb.swarm_tasks(svc)):
+        res = fab("deploy", "--no-verify", "--force")  # Swarm spreads the new tasks again
+        assert res.returncode == 0, res.stdout + res.stderr
+    sb.swarm_serves()
+    return sb
+
+
+def test_the_stack_runs_on_two_nodes_that_reach_each_other_over_the_link_only(two_nodes):
+    found = nodes()
+    assert set(found) == {manager(), sb.WORKER_NAME}, found.keys()
+    for name, node in found.items():
+        assert node["Status"]["State"] == "ready" and node["Spec"]["Availability"] == "active", name
+    link = sb.SWARM_LINK_ADDR.rsplit(".", 1)[0]
+    assert found[manager()]["ManagerStatus"]["Addr"] == f"{link}.1:12377"
+    assert found[sb.WORKER_NAME]["Status"]["Addr"] == f"{link}.2"
+    assert "ManagerStatus" not in found[sb.WORKER_NAME]
+
+    # Caddy on the manager; app tasks on the worker, from images the worker's engine pulled
+    assert {node for node, _ in sb.swarm_tasks("caddy")} == {manager()}
+    on_worker = [svc for svc in sb.APPS if any(n == sb.WORKER_NAME for n, _ in sb.swarm_tasks(svc))]
+    assert on_worker, {svc: sb.swarm_tasks(svc) for svc in sb.APPS}
+    assert all(len(sb.swarm_tasks(svc)) == 2 for svc in sb.APPS)
+    pulled = sb.worker_docker("images", "--format", "{{.Repository}}").split()
+    assert f"{sb.SWARM_LINK_ADDR}:{sb.REGISTRY_PORT}/zdd-sandbox/{on_worker[0]}" in pulled, pulled
+
+    # the manager's Caddy reaches a task on the worker over the overlay network
+    svc = on_worker[0]
+    task = sb.worker_docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={sb.SWARM_STACK}_{svc}")
+    addr = sb.worker_docker(
+        "inspect",
+        "--format",
+        f'{{{{(index .NetworkSettings.Networks "{sb.SWARM_STACK}_default").IPAddress}}}}',
+        task.split()[0],
+    ).strip()
+    caddy = sb.swarm_docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={sb.SWARM_STACK}_caddy")
+    body = sb.swarm_docker("exec", caddy.split()[0], "busybox", "wget", "-qO-", f"http://{addr}:8080/fast")
+    assert body.startswith(f"{svc} v"), body
+
+
+def test_a_worker_that_goes_away_mid_update_fails_naming_it_and_the_next_deploy_converges(two_nodes):
+    version = sb.publish()
+    before = (sb.swarm_service("server").get("UpdateStatus") or {}).get("StartedAt")
+    t0 = time.monotonic()
+    proc = fab_in_background("deploy", "--no-verify")
+    try:
+        wait_for("tier 1's update to start", lambda: update_started("server", before), 60)
+        os.kill(int(WORKER_PID.read_text()), signal.SIGTERM)  # the worker's daemon stops
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    took = time.monotonic() - killed
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    # one line naming the node that went away and its tasks, long before the ceiling
+    line = err.strip().splitlines()[-1]
+    assert sb.WORKER_NAME in line and "down" in line, err
+    assert re.search(r"(server|property)\.[12]", line), line
+    assert took < 90, f"the deploy took {took:.0f}s after the node went away (started {killed - t0:.0f}s in)"
+    assert "rollout identity" not in out  # later tiers never started
+    # the manager's tasks serve on
+    sb.swarm_serves(timeout=30)
+
+    # the node comes back; once Swarm has settled what it was doing, the next deploy converges
+    res = sb.run([str(sb.ROOT / "scripts" / "sandbox.sh"), "swarm-up", "--nodes", "2"], timeout=600)
+    assert res.returncode == 0, res.stderr
+    wait_for("the worker to be ready", lambda: nodes()[sb.WORKER_NAME]["Status"]["State"] == "ready", 60)
+    wait_for("Swarm to settle", lambda: not updating(*sb.APPS), 180)
+    res = fab("deploy", "--no-verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for svc in sb.APPS:
+        tasks = sb.swarm_tasks(svc)
+        assert len(tasks) == 2 and {v for _, v in tasks} == {version}, (svc, tasks)
+    sb.swarm_serves()
+
+
+def test_a_worker_drained_during_a_deploy_moves_its_tasks_with_nothing_dropped(two_nodes, tmp_path):
+    had = {svc: [n for n, _ in sb.swarm_tasks(svc)] for svc in sb.APPS}
+    assert any(sb.WORKER_NAME in n for n in had.values()), had
+    version = sb.publish()
+    before = (sb.swarm_service("server").get("UpdateStatus") or {}).get("StartedAt")
+    probe = sb.Verify("--host", HOST, json_path=tmp_path / "verify.json")
+    proc = fab_in_background("deploy", "--no-verify")
+    try:
+        wait_for("tier 1's update to start", lambda: update_started("server", before), 60)
+        sb.swarm_docker("node", "update", "--availability", "drain", sb.WORKER_NAME)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        wait_for("the drain", lambda: not any(n == sb.WORKER_NAME for s in sb.APPS for n, _ in sb.swarm_tasks(s)), 60)
+        rc, vout, report = probe.stop(settle=12)
+        assert proc.returncode == 0, out + err
+        for svc in sb.APPS:
+            tasks = sb.swarm_tasks(svc)
+            assert tasks == [(manager(), version)] * 2, (svc, tasks)
+        assert rc == 0 and report["failures"] == 0, vout
+        assert version in {v["version"] for v in report["versions"]}, report["versions"]
+    finally:
+        sb.swarm_docker("node", "update", "--availability", "active", sb.WORKER_NAME)
