@@ -41,7 +41,7 @@ class SwarmChange:
     name: str  # the compose service; Swarm's is STACK_NAME
     image: str = ""  # update: REF@DIGEST to run
     ref: str = ""  # update: the compose file's reference, kept as com.docker.stack.image
-    sets: tuple[str, ...] = ()  # update: settings zdd sets (order, failure, rollback-order)
+    sets: tuple[str, ...] = ()  # settings zdd sets (order, failure, rollback-order), or as-update (a rollback)
 
     def args(self) -> tuple[str, ...]:
         return (self.name, self.image, self.ref, ",".join(self.sets))
@@ -60,12 +60,19 @@ def swarm_tier(
     journal: tuple[str, ...] = (),
     watch: tuple[str, ...] = (),
     replaced: bool = False,
+    login: tuple[str, str] | None = None,
 ) -> Command:
     """Start ``action`` (update, rollback, stack) for these services and wait on the host until
     Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
     the journal KEY before the change. ``watch``: earlier tiers' services whose update Swarm
     still monitors (their failure fails this run too; without ``replaced`` it waits for them);
-    ``replaced``: done once Swarm has replaced the tasks, before its monitor window ends."""
+    ``replaced``: done once Swarm has replaced the tasks, before its monitor window ends.
+    ``login`` (server, username): the script logs in to a temporary Docker config for
+    ``--with-registry-auth``, with the token zdd sends it as its first line
+    (:func:`login_line`), never an argument.
+
+    The arguments, in the order swarm_tier.sh's header gives: ``N [SERVICE IMAGE REF SETS]xN
+    [-w SERVICE]... [-r] [--login SERVER USER] [-c FILE...]``."""
     args = [
         action,
         host.stack_name,
@@ -82,18 +89,32 @@ def swarm_tier(
         args += ["-w", name]
     if replaced:
         args.append("-r")
+    if login:
+        args += ["--login", *login]
     if action == "stack":
         for f in host.compose_files:
             args += ["-c", f]
     started = [host.stack_name] if action == "stack" else [c.name for c in changes]
-    how = "replaced" if replaced else SWARM_DONE[action]
-    dry = [f"started {n}" for n in started] + [f"done {c.name} {how}" for c in changes]
+    done = ["replaced" if replaced else SWARM_DONE["update" if "as-update" in c.sets else action] for c in changes]
+    dry = [f"started {n}" for n in started] + [f"done {c.name} {how}" for c, how in zip(changes, done)]
     dry += [] if replaced else [f"done {n} completed" for n in watch]
     return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
 
 
+LOGIN_WORD = "login"  # the first word of the line that carries the token to swarm_tier.sh
+
+
+def login_line(token: str) -> str:
+    """What zdd sends swarm_tier.sh for ``--login``: the token, on stdin only."""
+    return f"{LOGIN_WORD} {token}"
+
+
+TASK_WORD = "task"  # the first word of stack_tasks' lines of a task (the health table follows them)
+
+
 def stack_tasks(host: HostConfig) -> Command:
-    """The stack's tasks (every node) and, on this node, their containers' health."""
+    """The stack's tasks (every node: ``task NODE|NAME|IMAGE|STATE|ERROR`` lines) and, on this
+    node, their containers' health."""
     stack = host.stack_name
     tasks = Command(
         (
@@ -101,10 +122,11 @@ def stack_tasks(host: HostConfig) -> Command:
             "stack",
             "ps",
             stack,
+            "--no-trunc",
             "--filter",
             "desired-state=running",
             "--format",
-            "table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Image}}\t{{.Error}}",
+            TASK_WORD + " {{.Node}}|{{.Name}}|{{.Image}}|{{.CurrentState}}|{{.Error}}",
         )
     )
     health = Command(

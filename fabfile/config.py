@@ -326,11 +326,6 @@ def _check_swarm(key: str, h: HostConfig) -> None:
         raise ConfigError(f'{key}.proxy.mode "recreate" is not available with engine swarm (use reload or none)')
     if h.canary.steps:
         raise ConfigError(f"{key}.canary.steps: canary steps are not available with engine swarm (Swarm routes)")
-    if h.registry is not None and not h.registry.keep_login:
-        raise ConfigError(
-            f"{key}.registry.keep_login must be true with engine swarm: --with-registry-auth hands "
-            "Swarm the login of ~/.docker/config.json, so the pull's login must stay there"
-        )
 
 
 def parse(text: str, path: str = "hosts.toml") -> Inventory:

@@ -37,9 +37,13 @@ Keys (types and defaults in the dataclasses below):
 * ``plugin`` – the docker-rollout version, download URL and sha256.
 * ``registry`` – ``docker login`` before pulling; the password is read from the
   environment variable named by ``password_env`` (or ``.env``), never from this file. The
-  login goes to a temporary Docker config removed after the pull, unless ``keep_login``.
-  Engine swarm requires ``keep_login = true`` (its ``--with-registry-auth`` passes the login
-  of ``~/.docker/config.json`` to the nodes that pull for their tasks).
+  login goes to a temporary Docker config removed after the pull, unless ``keep_login``
+  (then it stays in ``~/.docker/config.json``). Engine swarm logs in the same way a second
+  time for the ``docker service update`` and ``docker stack deploy`` that hand Swarm the
+  login (``--with-registry-auth``: the nodes pull for their tasks with it): to a temporary
+  config of swarm_tier.sh, the token on its stdin, removed when it ends; with ``keep_login``
+  they use the login in ``~/.docker`` instead. Either way Swarm keeps the login it was
+  handed in its own (encrypted) store, as long as a service's spec uses it.
 * ``ssh`` – optional connection details for hosts without an ssh-config entry.
 * ``verify`` – what the loop that proves a deploy dropped nothing hits: ``urls`` (http(s),
   requested in a loop) and ``ws_urls`` (ws:// or wss://; ``ws_connections`` connections
@@ -142,7 +146,7 @@ class RegistryConfig:
     username: str = ""
     username_env: str = ""
     password_env: str = ""
-    keep_login: bool = False  # leave the login in ~/.docker/config.json (Swarm's --with-registry-auth)
+    keep_login: bool = False  # leave the login in ~/.docker/config.json (swarm: and hand Swarm that one)
 
 
 @dataclass(frozen=True)

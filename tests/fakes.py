@@ -833,9 +833,11 @@ def stack_survey_text(
     running: dict[str, str] | None = None,
     lock: str = "",
     journal: Iterable[dict] = (),
+    nodes: list[dict] | None = None,
 ) -> str:
     """What survey.sh --stack prints; ``applied``: "same" (what these compose files hash to), a
-    dict, or None (no record); ``lock`` and ``journal`` as in :func:`survey_head`."""
+    dict, or None (no record); ``lock`` and ``journal`` as in :func:`survey_head`; ``nodes``:
+    ``docker node inspect`` of the swarm (None: the section failed)."""
     compose = compose or swarm_compose_json()
     record = swarm_applied(compose) if applied == "same" else applied
     running = running or {}
@@ -850,9 +852,22 @@ def stack_survey_text(
         f"=== applied 0\n{json.dumps(record)}"
         if record is not None
         else "=== applied 1\ncat: /home/x/.zdd/stacks/remilia-swarm.json: No such file or directory",
+        f"=== nodes 0\n{json.dumps(nodes)}" if nodes is not None else "=== nodes 1\nError: not a manager",
         f"=== services 0\n{json.dumps(services)}",
     ]
     return survey_head("\n".join(parts) + "\n", key=SWARM_KEY, lock=lock, journal=journal)
+
+
+def node_json(
+    hostname: str, role: str = "worker", state: str = "ready", availability: str = "active", **labels
+) -> dict:
+    """One node as ``docker node inspect`` prints it (the fields zdd reads)."""
+    return {
+        "ID": f"id-{hostname}",
+        "Spec": {"Role": role, "Availability": availability, "Labels": labels},
+        "Description": {"Hostname": hostname, "Platform": {"OS": "linux", "Architecture": "x86_64"}},
+        "Status": {"State": state},
+    }
 
 
 def swarm_tier_args(command: str) -> tuple[str, list[str]]:

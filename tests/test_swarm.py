@@ -34,6 +34,7 @@ from tests.fakes import (
     image_id,
     image_listing,
     journal_text,
+    node_json,
     ok,
     run_events,
     service_json,
@@ -48,6 +49,7 @@ from tests.fakes import (
 from tests.test_dry_run import HOSTS_TOML, TOKEN
 
 NAME = "sandbox-swarm"
+REGISTRY = load(HOSTS_TOML).host(NAME).registry.server  # the nodes' link address (hosts.toml)
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +84,7 @@ def fake_manager(
             ("survey.sh", survey if survey is not None else stack_survey_text(stack_services())),
             ("lock.sh", ok("locked\n")),
             # pull.sh lists the image IDs (of the sandbox's Compose images here: not read), then the digests
-            ("pull.sh", "logged in to 127.0.0.1:15000\n" + image_listing(version) + digests(version)),
+            ("pull.sh", f"logged in to {REGISTRY}\n" + image_listing(version) + digests(version)),
             ("docker image ls --digests", digests(version)),
             ("finish.sh", finished),
         ]
@@ -120,8 +122,10 @@ def test_the_sandbox_swarm_host():
     sandbox = load(HOSTS_TOML).host("sandbox")
     # the same sshd and user; its swarm port gives sessions the swarm stack's own engine
     assert h.ssh == dataclasses.replace(sandbox.ssh, port=22023) and sandbox.ssh.port == 22022
-    # the same registry, as both nodes reach it: on the manager's side of their link
-    assert h.registry == dataclasses.replace(sandbox.registry, server="10.215.0.1:15000", keep_login=True)
+    # the same registry, as both nodes reach it: on the manager's side of their link; no token
+    # at rest on the manager (no keep_login: each change logs in to a temporary config)
+    assert h.registry == dataclasses.replace(sandbox.registry, server="10.215.0.1:15000")
+    assert not h.registry.keep_login
     assert all(u.startswith("http://127.0.0.1:18090/") for u in h.verify.urls) and len(h.verify.urls) == 8
     assert h.proxy.reload_on_deploy is False
     assert isinstance(engine_for(h), SwarmEngine)
@@ -138,17 +142,21 @@ def test_the_sandbox_swarm_host():
             'hosts.h.proxy.mode "recreate" is not available with engine swarm',
         ),
         ('engine = "kubernetes"', "engine must be one of native, docker-rollout, swarm"),
-        (
-            'engine = "swarm"\nstack_name = "s"\n[hosts.h.registry]\nserver = "r"\npassword_env = "T"',
-            "hosts.h.registry.keep_login must be true with engine swarm: --with-registry-auth hands Swarm the login of "
-            "~/.docker/config.json",
-        ),
     ],
 )
 def test_swarm_settings_are_checked(extra, message):
     with pytest.raises(ConfigError) as e:
         parse(SWARM_BASE + "\n[hosts.h]\n" + extra + "\n")
     assert message in str(e.value)
+
+
+def test_a_swarm_host_may_keep_its_login_or_not():
+    for keep in ("false", "true"):
+        text = (
+            'engine = "swarm"\nstack_name = "s"\n[hosts.h.registry]\nserver = "r"\nusername = "u"\n'
+            f'password_env = "T"\nkeep_login = {keep}'
+        )
+        assert parse(SWARM_BASE + "\n[hosts.h]\n" + text + "\n").host("h").registry.keep_login == (keep == "true")
 
 
 def test_a_swarm_host_needs_no_plugin_checksum():
@@ -201,6 +209,8 @@ def test_swarm_tier_update_command_and_dry_run_lines():
         "",
     ]
     assert c.describe().startswith("cd ~/app && sh -c '<fabfile/remote/swarm_tier.sh>' swarm_tier.sh update st 90")
+    logged = swarm_cmds.swarm_tier(H, "update", changes, 90, login=("ghcr.io", "bot"))
+    assert program_args(logged, "swarm_tier.sh")[-3:] == ["--login", "ghcr.io", "bot"] and logged.stdin is None
     assert c.dry_run_output == (
         "started server",
         "started property",
@@ -264,7 +274,18 @@ def test_digests_listing_and_the_key_of_a_stack():
 
 
 def test_status_and_proxy_task_commands():
-    assert shlex.split(swarm_cmds.stack_tasks(H).render())[:4] == ["docker", "stack", "ps", "st"]
+    assert shlex.split(swarm_cmds.stack_tasks(H).render())[:10] == [
+        "docker",
+        "stack",
+        "ps",
+        "st",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "task {{.Node}}|{{.Name}}|{{.Image}}|{{.CurrentState}}|{{.Error}}",
+        "&&",
+    ]
     assert "label=com.docker.stack.namespace=st" in swarm_cmds.stack_tasks(H).render()
     assert swarm_cmds.service_containers(H, "caddy").argv == (
         "docker",
@@ -364,7 +385,11 @@ def test_validation_problems_stop_before_anything_changes(patch, problem):
 
 
 def test_ingress_ports_and_vip_pass_with_a_note():
-    vip = {"endpoint_mode": "vip", "update_config": {"order": "start-first"}}
+    vip = {
+        "endpoint_mode": "vip",
+        "update_config": {"order": "start-first"},
+        "rollback_config": {"order": "start-first"},
+    }
     compose = swarm_compose_json(
         {"server": {"deploy": vip, "ports": [{"mode": "ingress", "target": 8080, "published": "8080"}]}}
     )
@@ -434,7 +459,7 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
     services[0] = service_json("server", image_id("server", 1), order="stop-first", failure="pause")
     s, out = session(fake_manager(stack_survey_text(services)))
     deploy(s)
-    assert shlex.split(s.r.history[3])[-9:] == [
+    assert shlex.split(s.r.history[3])[-12:-3] == [
         "server",
         f"{SWARM_REF.format('server')}@{image_id('server', 2)}",
         SWARM_REF.format("server"),
@@ -450,6 +475,35 @@ def test_missing_update_settings_are_set_for_the_update_and_said():
         "(a later docker stack deploy resets it: put it in the compose file)" in s.notes
     )
     assert any(n.startswith("server: no deploy.update_config.failure_action: rollback") for n in s.notes)
+
+
+def test_the_updates_log_in_to_a_temporary_config_with_the_token_on_stdin():
+    """No token at rest: each change that passes --with-registry-auth gets --login SERVER USER
+    and the token as the first line on its stdin; never in a command, the history or the output."""
+    fake = fake_manager()
+    s, out = session(fake)
+    deploy(s)
+    tiers = [c for c in fake.tiers if "swarm_tier.sh" in c.command]
+    assert len(tiers) == 3 and all(c.sent == [f"login {TOKEN}"] for c in tiers)
+    assert all(shlex.split(c.command)[-3:] == ["--login", REGISTRY, "zdd"] for c in tiers)
+    # an overlapping tier: its -w and -r come before --login (swarm_tier.sh's order)
+    assert shlex.split(tiers[1].command)[-8:] == ["-w", "server", "-w", "property", "-r", "--login", REGISTRY, "zdd"]
+    assert all(TOKEN not in c.command for c in fake.calls) and all(TOKEN not in h for h in s.r.history)
+    assert TOKEN not in out.getvalue()
+
+
+def test_keep_login_uses_the_login_in_docker_config_and_a_rollback_logs_in_nowhere():
+    h = load(HOSTS_TOML).host(NAME)
+    fake = fake_manager()
+    s, out = session(fake, host=dataclasses.replace(h, registry=dataclasses.replace(h.registry, keep_login=True)))
+    deploy(s)
+    tiers = [c for c in fake.tiers if "swarm_tier.sh" in c.command]
+    assert tiers and all(not c.sent and "--login" not in c.command for c in tiers)
+    fake = fake_manager(stack_survey_text(stack_services(version=2, previous=1)))
+    s, out = session(fake)
+    sequence.rollback(s, SwarmEngine(s.host))
+    tiers = [c for c in fake.tiers if "swarm_tier.sh" in c.command]
+    assert tiers and all(not c.sent and "--login" not in c.command for c in tiers)
 
 
 def test_tasks_not_all_running_are_said():
@@ -491,7 +545,7 @@ def test_deploy_updates_each_tier_together_in_order():
     ]
     assert s.report.steps[7].detail.startswith("not needed: Swarm takes a task out of service discovery")
     assert (
-        s.report.steps[1].detail == "logged in to 127.0.0.1:15000; new digest for server, property, identity, "
+        s.report.steps[1].detail == f"logged in to {REGISTRY}; new digest for server, property, identity, "
         "profile-server"
     )
     assert s.report.steps[8].detail == "Total reclaimed space: 0B; released the lock"
@@ -503,8 +557,8 @@ def test_deploy_updates_each_tier_together_in_order():
     assert not fake.seen("caddy reload") and not fake.seen("restore.sh") and not fake.seen("tier.sh compose")
     pulled = shlex.split(fake.calls[fake.index("pull.sh")].command)
     assert pulled[pulled.index("pull.sh") + 1 : pulled.index("--")] == [
-        "1",
-        "127.0.0.1:15000",
+        "0",
+        REGISTRY,
         "zdd",
         "900",
         "server",
@@ -514,7 +568,7 @@ def test_deploy_updates_each_tier_together_in_order():
         "mongodb",
         "redis",
         "caddy",
-    ]  # keep_login: the login stays for --with-registry-auth
+    ]  # the pull logs in to a temporary Docker config
     assert fake.calls[fake.index("pull.sh")].command.endswith(
         "&& docker image ls --digests --format 'digest {{.Repository}}:{{.Tag}} {{.Digest}}'"
     )
@@ -637,6 +691,20 @@ def test_the_stack_is_deployed_first_when_the_compose_files_changed():
     assert log[1:] == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
 
 
+def test_a_stack_deploy_first_makes_the_services_it_changes_roll_back_start_first():
+    """Swarm's rollback of a failed stack deploy returns to the spec it started from, with that
+    spec's rollback settings: the services that run stop-first ones get rollback-order."""
+    compose = swarm_compose_json({"property": {"environment": {"SERVICE": "property", "NEW": "1"}}})
+    services = stack_services()
+    services[1] = service_json("property", image_id("property", 1), rollback_order="stop-first")
+    fake = fake_manager([stack_survey_text(services, compose=compose, applied=swarm_applied())])
+    s, out = session(fake)
+    SwarmEngine(s.host).infra_up(s)
+    stack = program_args(fake.calls[fake.index("swarm_tier.sh stack")], "swarm_tier.sh")
+    assert stack[7:12] == ["1", "property", "", "", "rollback-order"]
+    assert swarm_state.stack_change("server", state_of()).sets == ()
+
+
 def test_no_record_applies_the_stack_once_and_missing_services_are_created():
     services = stack_services(only=("server", "property", "identity", "profile-server", "caddy"))
     log: list = []
@@ -686,7 +754,7 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
     text = out.getvalue()
     order = [
         "lock.sh acquire stack_remilia-swarm",
-        "pull.sh 1 127.0.0.1:15000 zdd",
+        f"pull.sh 0 {REGISTRY} zdd",
         "server: roll, new digest",
         *["swarm_tier.sh update remilia-swarm 90"] * 3,
         f"finish.sh {SWARM_KEY}",
@@ -695,6 +763,8 @@ def test_dry_run_sends_only_probes_and_prints_the_plan():
     for needle in order:
         at = text.index(needle, at + 1)
     assert "$ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)" in text
+    # each update would get the token on its stdin: said by name, never shown
+    assert text.count("would send: $ZDD_SANDBOX_REGISTRY_PASSWORD (secret, on stdin)") == 3
     assert TOKEN not in text and all(TOKEN not in h for h in s.r.history)
 
 
@@ -758,6 +828,69 @@ def test_rollback_skips_a_previous_spec_that_runs_the_same_tasks():
     assert [p.line() for p in plans] == ["server: skip, its previous spec runs the same tasks"]
 
 
+def stop_first_previous(name: str, **changes) -> dict:
+    """A service at version 2 whose previous spec (version 1) rolls back stop-first, as a docker
+    stack deploy without rollback_config leaves it; ``changes``: its task template differs so too."""
+    raw = service_json(name, image_id(name, 2), previous=image_id(name, 1))
+    raw["PreviousSpec"]["RollbackConfig"]["Order"] = "stop-first"
+    raw["PreviousSpec"]["TaskTemplate"]["ContainerSpec"].update(changes)
+    raw["Spec"]["TaskTemplate"]["ForceUpdate"] = 3  # --force bumps it: not a difference of the tasks
+    return raw
+
+
+def test_a_previous_spec_that_rolls_back_stop_first_is_rolled_back_as_a_start_first_update():
+    plans = swarm_state.rollback_plan(state_of([stop_first_previous("server")]), ["server"])
+    assert plans[0].line() == (
+        f"server: roll back, {image_id('server', 2)[7:19]} → {image_id('server', 1)[7:19]} "
+        "(as a start-first update: its previous spec rolls back stop-first)"
+    )
+    change = plans[0].change()
+    assert change == swarm_cmds.SwarmChange(
+        "server", f"{SWARM_REF.format('server')}@{image_id('server', 1)}", SWARM_REF.format("server"), ("as-update",)
+    )
+    # what an update cannot restore is not half rolled back
+    other = swarm_state.rollback_plan(state_of([stop_first_previous("server", Env=["A=1"])]), ["server"])
+    assert other[0].line() == (
+        "server: skip, its previous spec rolls back stop-first (Swarm would stop its tasks first) and differs in "
+        "more than the image: deploy the previous compose files instead"
+    )
+    # once rolled back so, the previous spec is the one it left: not rolled "back" to it again
+    again = service_json("server", image_id("server", 1), previous=image_id("server", 2))
+    again["Spec"]["Labels"]["zdd.rolled-back-from"] = again["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    back = swarm_state.rollback_plan(state_of([again]), ["server"])
+    assert back[0].line() == "server: skip, its last update was rolled back already (by zdd, as an update)"
+
+
+def test_a_rollback_made_as_an_update_logs_in_and_waits_for_completed():
+    services = stack_services(version=2, previous=1)
+    services[0] = stop_first_previous("server")
+    log: list = []
+    fake = fake_manager(stack_survey_text(services), log=log)
+    s, out = session(fake)
+    sequence.rollback(s, SwarmEngine(s.host))
+    server = [c for c in fake.tiers if swarm_tier_args(c.command) == ("rollback", ["server", "property"])][0]
+    assert shlex.split(server.command)[-11:] == [
+        "server",
+        f"{SWARM_REF.format('server')}@{image_id('server', 1)}",
+        SWARM_REF.format("server"),
+        "as-update",
+        "property",
+        f"{SWARM_REF.format('property')}@{image_id('property', 1)}",
+        "",
+        "",
+        "--login",
+        REGISTRY,
+        "zdd",
+    ]
+    assert server.sent == [f"login {TOKEN}"]
+    plain = [c for c in fake.tiers if swarm_tier_args(c.command) == ("rollback", ["profile-server"])][0]
+    assert "--login" not in plain.command and not plain.sent
+    dry = swarm_cmds.swarm_tier(
+        H, "rollback", [swarm_state.rollback_plan(state_of(services), ["server"])[0].change()], 9
+    )
+    assert dry.dry_run_output[1] == "done server completed"
+
+
 def test_every_task_runs_the_engine_that_hosts_toml_names(monkeypatch):
     """Tasks never ask which engine runs: each gets the host's engine from engine_for and
     calls the sequence or the engine's own step with it."""
@@ -814,7 +947,16 @@ def status(s: Session) -> None:
 
 def test_status_shows_services_tasks_the_lock_and_the_last_run():
     fake = fake_manager(stack_survey_text(stack_services(), running={"server": "0/1"}))
-    fake.on("docker stack ps", "NAME  NODE  CURRENT STATE\nremilia-swarm_server.1  vm  Running 3 minutes ago\n")
+    server = f"{SWARM_REF.format('server')}@{image_id('server', 1)}"
+    fake.on(
+        "docker stack ps",
+        f"task vm1|remilia-swarm_server.1|{server}|Running 3 minutes ago|\n"
+        f"task vm2|remilia-swarm_identity.1|{SWARM_REF.format('identity')}@{image_id('identity', 1)}"
+        "|Running 1 hour ago|\n"
+        f"task vm1|remilia-swarm_caddy.1|{SWARM_REF.format('base')}@{image_id('base')}|Running 2 hours ago|\n"
+        f"task |remilia-swarm_server.2|{server}|Pending 9 seconds ago|no suitable node (max replicas per node limit "
+        "exceed)\nNAMES  STATUS\nremilia-swarm_server.1.x  Up 3 minutes (healthy)\n",
+    )
     fake.on(f"tail -n 5000 .zdd/journal/{SWARM_KEY}.jsonl", journal_text(run_events("20261128-010000-7")))
     s, out = session(fake)
     status(s)
@@ -829,8 +971,22 @@ def test_status_shows_services_tasks_the_lock_and_the_last_run():
         SWARM_REF.format("base"),
     ]
     assert any(ln.split()[1:3] == ["server", "0/1"] for ln in lines)
-    assert lines[-4:] == [
-        "[sandbox-swarm]   remilia-swarm_server.1  vm  Running 3 minutes ago",
+    server = f"server:latest@{image_id('server', 1)[7:19]}"
+    at = lines.index("[sandbox-swarm]   node (no node): 1 task(s)")
+    assert [ln.removeprefix("[sandbox-swarm]   ") for ln in lines[at:-3]] == [
+        "node (no node): 1 task(s)",
+        f"  remilia-swarm_server.2  {server}  Pending 9 seconds ago (no suitable node (max replicas per node limit "
+        "exceed))",
+        "node vm1: 2 task(s)",
+        f"  remilia-swarm_caddy.1   base:latest@{image_id('base')[7:19]}    Running 2 hours ago",
+        f"  remilia-swarm_server.1  {server}  Running 3 minutes ago",
+        "node vm2: 1 task(s)",
+        f"  remilia-swarm_identity.1  identity:latest@{image_id('identity', 1)[7:19]}  Running 1 hour ago",
+        "",
+        "NAMES  STATUS",
+        "remilia-swarm_server.1.x  Up 3 minutes (healthy)",
+    ]
+    assert lines[-3:] == [
         "[sandbox-swarm]   ",
         "[sandbox-swarm]   lock: free",
         "[sandbox-swarm]   last run: 20261128-010000-7 deploy by alice@laptop: ok",
@@ -872,6 +1028,32 @@ def test_a_stack_deploy_that_would_update_an_app_stop_first_is_refused(order):
     )
 
 
+def test_compose_settings_that_would_stop_tasks_first_outside_zdd_are_noted():
+    """Not a failure (zdd's own updates and rollbacks start first), but said: a plain stack
+    deploy or Swarm's rollback would stop tasks first."""
+    unset = {"endpoint_mode": "dnsrr", "update_config": {"order": "start-first"}}
+    stop = {
+        "endpoint_mode": "dnsrr",
+        "update_config": {"order": "stop-first"},
+        "rollback_config": {"order": "stop-first"},
+    }
+    compose = swarm_compose_json({"server": {"deploy": unset}, "identity": {"deploy": stop}})
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose, applied=None)))
+    with pytest.raises(BadInput, match="identity: the compose files' deploy.update_config.order is stop-first"):
+        SwarmEngine(s.host).validate(s)  # a stack deploy would update it so: refused, as before
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose)))
+    SwarmEngine(s.host).validate(s)
+    assert s.notes == [
+        "identity: the compose files' deploy.update_config.order is not start-first (Swarm's default, stop-first, "
+        "when unset): zdd's own updates start the new tasks first, but a plain docker stack deploy would stop their "
+        "tasks first (downtime): set update_config.order: start-first",
+        "server, identity: the compose files' deploy.rollback_config.order is not start-first (Swarm's default, "
+        "stop-first, when unset): zdd's own updates and rollbacks start the new tasks first, but a plain docker "
+        "service rollback, or Swarm's own rollback of a failed docker stack deploy, would stop their tasks first "
+        "(downtime): set rollback_config.order: start-first",
+    ]
+
+
 def test_a_service_swarm_is_still_updating_is_refused():
     h = load(HOSTS_TOML).host(NAME)
     spec = model_app("start-first")
@@ -885,3 +1067,75 @@ def test_a_service_swarm_is_still_updating_is_refused():
     assert problems == [
         "server: Swarm is still changing it (updating): wait until `docker service ps remilia-swarm_server` has settled"
     ]
+
+
+def test_a_task_no_node_can_take_says_where_to_look():
+    from fabfile.engines.swarm_tier import consequence
+
+    failure = "timeout after 90s: server: updating; server: a task waits for a node: no suitable node (max replicas)"
+    assert consequence(failure).startswith("; no node may take the new task: see docker node ls")
+    assert consequence("timeout after 90s: server: updating") == ""
+
+
+# --- a placement that would stall start-first (moby/moby#40797) -----------------------------------
+
+
+def placed(replicas: int, per_node: int, **placement) -> str:
+    deploy = {
+        "endpoint_mode": "dnsrr",
+        "replicas": replicas,
+        "update_config": {"order": "start-first"},
+        "rollback_config": {"order": "start-first"},
+        "placement": {"max_replicas_per_node": per_node, **placement},
+    }
+    return swarm_compose_json({"server": {"deploy": deploy}})
+
+
+TWO_NODES = [node_json("m1", "manager"), node_json("w1")]
+
+
+@pytest.mark.parametrize(
+    "compose, nodes, fixes",
+    [
+        (placed(2, 1), TWO_NODES, "replicas 1 or fewer, or max_replicas_per_node 2 or more"),
+        (placed(4, 2), TWO_NODES, "replicas 3 or fewer, or max_replicas_per_node 3 or more"),
+        # a drained or down node takes no task; nor one the constraints rule out
+        (
+            placed(1, 1),
+            [node_json("m1", "manager"), node_json("w1", availability="drain")],
+            "node.id}] instead of max_replicas_per_node, or max_replicas_per_node 2 or more",
+        ),
+        (placed(1, 1), [node_json("m1", "manager"), node_json("w1", state="down")], "replicas_per_node 2 or more"),
+        (placed(1, 1, constraints=["node.role == manager"]), TWO_NODES, "max_replicas_per_node 2 or more"),
+        (
+            placed(2, 1, constraints=["node.labels.zone==a"]),
+            [*TWO_NODES, node_json("w2", zone="a")],
+            "node.id}] instead of max_replicas_per_node, or max_replicas_per_node 3 or more",
+        ),
+    ],
+)
+def test_a_placement_that_leaves_start_first_no_room_fails_validation(compose, nodes, fixes):
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose, nodes=nodes)))
+    with pytest.raises(BadInput) as e:
+        SwarmEngine(s.host).validate(s)
+    message = str(e.value)
+    assert message.startswith("1 problem(s) on the host: server: max_replicas_per_node ")
+    assert "leaves no room for the extra task of a start-first update" in message and "\n" not in message
+    assert "set placement.preferences: [{spread: node.id}] instead of max_replicas_per_node" in message
+    assert message.endswith(fixes)
+
+
+@pytest.mark.parametrize(
+    "compose, nodes",
+    [
+        (placed(2, 1), [*TWO_NODES, node_json("w2")]),  # 3 nodes x 1 > 2 replicas: one node has room
+        (placed(2, 2), TWO_NODES),
+        (placed(2, 1), None),  # the nodes could not be read: not judged
+        (placed(1, 1, constraints=["node.labels.zone != a"]), [*TWO_NODES, node_json("w2", zone="a")]),
+    ],
+)
+def test_a_placement_with_room_passes(compose, nodes):
+    s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose, nodes=nodes)))
+    assert SwarmEngine(s.host).validate(s).nodes == (
+        None if nodes is None else swarm_state.parse_survey(stack_survey_text([], nodes=nodes), STACK).nodes
+    )

@@ -18,21 +18,40 @@ from tests.test_remote_scripts import Host
 
 STACK = "st"
 # A `docker` for a Swarm manager that logs its arguments to $STUB/calls and answers from $STUB:
+#   (`service inspect --format` of the image: r/NAME:2@sha256:cur)
 #   svc-NAME        the UpdateStatus of service NAME (STATE|STARTED|MESSAGE), one line per
 #                   `service inspect`, the last line repeated; no file: no such service
 #   spec-NAME       whether `stack deploy` left its task template as it was (same, new; else changed)
 #   tasks-NAME      its tasks (ID|NAME|DESIRED|CURRENT lines) as `service ps` lists them, one frame
 #                   per call, frames separated by `--` lines, the last frame repeated
 #   replicas        what `service ls --format` prints
+#   ps-NAME         what `service ps` of service NAME prints (default: a failed task on node n1)
 #   update-fails    `service update` / `service rollback` fail
 #   deploy-fails    `stack deploy` fails
 #   compose, inspect   survey: `compose config` and `service inspect ID...` output
+#   login-fails     `login` fails
+#   login           written by `login`: its DOCKER_CONFIG, then its stdin (the token)
+#   configs         the DOCKER_CONFIG ("-" for none) of each `service update`/`stack deploy`, and
+#                   whether that config held a login then ("with login")
 SWARM_DOCKER = r"""#!/bin/sh
 d=$STUB
 printf '%s\n' "$*" >> "$d/calls"
+case "$1" in
+login)
+    [ -e "$d/login-fails" ] && { echo "Error response from daemon: unauthorized" >&2; exit 1; }
+    { echo "$DOCKER_CONFIG"; cat; } > "$d/login"
+    echo '{"auths": {}}' > "$DOCKER_CONFIG/config.json"
+    exit 0 ;;
+esac
+case "$1 $2" in
+"service update" | "stack deploy")
+    printf '%s %s\n' "${DOCKER_CONFIG:--}" "$([ -e "${DOCKER_CONFIG:-/nonexistent}/config.json" ] && echo with login)" \
+        >> "$d/configs" ;;
+esac
 case "$1 $2" in
 "service inspect")
     if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
+    case "$4" in *ContainerSpec.Image*) echo "r/$5:2@sha256:cur"; exit 0 ;; esac
     case "$4" in *PreviousSpec*)
         shift 4
         for n in "$@"; do printf '%s|%s\n' "$n" "$(cat "$d/spec-$n" 2>/dev/null || echo changed)"; done
@@ -69,12 +88,16 @@ case "$1 $2" in
         done
         exit 0 ;;
     esac
-    echo "st_server.1 r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)" ;;
+    for last in "$@"; do :; done
+    if [ -e "$d/ps-$last" ]; then cat "$d/ps-$last"; exit 0; fi
+    echo "st_server.1 on n1: r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)" ;;
 "stack deploy")
     [ -e "$d/deploy-fails" ] && { echo "failed to update service st_server: bad spec" >&2; exit 1; }
     echo "Updating service st_server (id: x)"
     echo "Ignoring unsupported options: restart" >&2 ;;
 "info --format") echo "active true" ;;
+"node ls") echo n1; echo n2 ;;
+"node inspect") cat "$d/nodes" 2>/dev/null || echo '[]' ;;
 "compose -f") cat "$d/compose" ;;
 esac
 exit 0
@@ -148,15 +171,17 @@ def test_update_starts_every_service_then_waits_for_each(manager):
     assert out[2:4] == ["done server completed", "done property completed"]
     assert out[-1].startswith("ok after ")
     calls = manager.calls()
-    assert (
+    updates = [c for c in calls if c.startswith("service update")]
+    # server's running spec rolls back stop-first: its settings first (no task replaced), so that
+    # the spec the update starts from, which Swarm's rollback returns to, rolls back start-first
+    assert updates == [
+        "service update --detach --quiet --rollback-order start-first st_server",
         "service update --detach --quiet --with-registry-auth --force --image r/server:1@sha256:new "
-        "--update-order start-first --rollback-order start-first --label-add com.docker.stack.image=r/server:1 "
-        "st_server"
-    ) in calls
-    assert (
+        "--rollback-order start-first --update-order start-first --label-add com.docker.stack.image=r/server:1 "
+        "st_server",
         "service update --detach --quiet --with-registry-auth --force --image r/property:1@sha256:new "
-        "--label-add com.docker.stack.image=r/property:1 st_property"
-    ) in calls
+        "--rollback-order start-first --label-add com.docker.stack.image=r/property:1 st_property",
+    ]
     # one inspect of both services per poll (the first one reads what Swarm said before)
     assert sum(c.startswith("service inspect --format") and c.endswith("st_server st_property") for c in calls) >= 4
 
@@ -181,10 +206,11 @@ def test_update_fails_at_once_naming_the_service(manager, verdict):
     rc, out, took = manager.tier("update", "server", "property")
     assert rc == 1
     assert out[-1] == f"failed server: {verdict} (update rolled back due to failure or early termination of task abc)"
-    assert out[-2] == "detail server st_server.1 r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)"
+    assert out[-2] == "detail server st_server.1 on n1: r/server@sha256:bad Failed 1 second ago task: non-zero exit (1)"
     assert (
-        "service ps --no-trunc --format {{.Name}} {{.Image}} {{.CurrentState}} {{.Error}} st_server" in manager.calls()
-    )
+        "service ps --no-trunc --format {{.Name}} on {{if .Node}}{{.Node}}{{else}}no node{{end}}: {{.Image}} "
+        "{{.CurrentState}} {{.Error}} st_server" in manager.calls()
+    )  # each task names its node: a failure on a node that went away says which
     assert took < 5
 
 
@@ -192,7 +218,16 @@ def test_update_that_cannot_start_fails(manager):
     manager.service("server", OLD)
     manager.set("update-fails")
     rc, out, took = manager.tier("update", "server")
-    assert (rc, out) == (1, ["failed server: docker service update: Error response from daemon: rpc error: bad"])
+    assert (rc, out) == (
+        1,
+        [
+            "failed server: docker service update --rollback-order start-first: Error response from daemon: "
+            "rpc error: bad"
+        ],
+    )
+    manager.service("property", OLD)
+    rc, out, took = manager.tier("update", "property")
+    assert (rc, out) == (1, ["failed property: docker service update: Error response from daemon: rpc error: bad"])
 
 
 def test_a_service_that_is_gone_fails(manager):
@@ -205,6 +240,28 @@ def test_update_gives_up_at_the_ceiling(manager):
     rc, out, took = manager.tier("update", "server", ceiling=1)
     assert rc == 1 and out[-1] == "failed timeout after 1s: server: updating (Swarm goes on with it)"
     assert took < 10
+
+
+def test_a_task_no_node_can_take_fails_at_the_ceiling_saying_so(manager):
+    """A start-first task Swarm can place nowhere (max_replicas_per_node, constraints, a node
+    gone) stays pending: the wait ends at its ceiling naming the service, the nodes and why."""
+    manager.service("server", OLD, f"updating|{NEW}|update in progress")
+    manager.service("property", OLD, f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    manager.set(
+        f"ps-{STACK}_server",
+        "st_server.2 on no node: r/server:1@sha256:new Pending 2 seconds ago no suitable node (max replicas per "
+        "node limit exceed)\nst_server.2 on n2: r/server:1@sha256:old Running 5 minutes ago \n",
+    )
+    rc, out, took = manager.tier("update", "server", "property", ceiling=2)
+    assert rc == 1 and took < 10
+    assert out[-3:] == [
+        "detail server st_server.2 on no node: r/server:1@sha256:new Pending 2 seconds ago no suitable node (max "
+        "replicas per node limit exceed)",
+        "detail server st_server.2 on n2: r/server:1@sha256:old Running 5 minutes ago ",
+        "failed timeout after 2s: server: updating; server: a task waits for a node: no suitable node (max replicas "
+        "per node limit exceed) (Swarm goes on with it)",
+    ]
+    assert not any(c.endswith("st_property") and c.startswith("service ps") for c in manager.calls())
 
 
 def test_rollback_waits_for_rollback_completed_and_forgets_what_was_applied(manager):
@@ -221,6 +278,39 @@ def test_rollback_waits_for_rollback_completed_and_forgets_what_was_applied(mana
     assert out[:2] == ["started server", "done server rollback_completed"]
     assert "service rollback --detach --quiet st_server" in manager.calls()
     assert not manager.state.exists()
+
+
+def test_a_rollback_whose_previous_spec_rolls_back_stop_first_is_a_start_first_update(manager):
+    """Swarm would roll back with the previous spec's RollbackConfig (stop-first): the same
+    image as an update, start-first, marked so that zdd does not roll it "back" again."""
+    manager.service("server", OLD, f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    change = SwarmChange("server", "r/server:1@sha256:old", "r/server:1", ("as-update",))
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "rollback", [change], 20), timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert "done server completed" in res.stdout.splitlines()
+    updates = [c for c in manager.calls() if c.startswith(("service update", "service rollback"))]
+    assert updates == [
+        "service update --detach --quiet --with-registry-auth --image r/server:1@sha256:old --update-order start-first "
+        "--rollback-order start-first --label-add zdd.rolled-back-from=r/st_server:2@sha256:cur "
+        "--label-add com.docker.stack.image=r/server:1 st_server"
+    ]
+    manager.service("server", OLD, f"paused|{NEW}|update paused due to failure")
+    (manager.stub / f"n-{STACK}_server").unlink()  # its UpdateStatus read from the start
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "rollback", [change], 20), timeout=60)
+    assert res.returncode == 1 and res.stdout.splitlines()[-1] == "failed server: paused (update paused due to failure)"
+
+
+def test_a_stack_deploy_prepares_the_services_that_roll_back_stop_first(manager):
+    manager.service("server", OLD, f"completed|{NEW}|")
+    manager.set("replicas", f"{STACK}_server 1/1\n")
+    changes = [SwarmChange("server", sets=("rollback-order",))]
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "stack", changes, 20), timeout=60)
+    assert res.returncode == 0, res.stdout
+    changed = [c for c in manager.calls() if c.startswith(("service update", "stack deploy"))]
+    assert changed == [
+        "service update --detach --quiet --rollback-order start-first st_server",
+        "stack deploy --with-registry-auth --resolve-image changed -c x.yaml st",
+    ]
 
 
 def test_a_paused_rollback_fails(manager):
@@ -264,6 +354,40 @@ def test_a_failed_stack_deploy_records_nothing(manager):
     assert not manager.state.exists()
 
 
+def test_a_login_goes_to_a_temporary_config_that_the_changes_use_and_that_is_removed(manager):
+    manager.service("server", OLD, f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    cmd = swarm_cmds.swarm_tier(
+        manager.config, "update", [SwarmChange("server", "r/server:1@sha256:new")], 20, login=("reg.test", "bot")
+    )
+    res = manager.run(cmd, stdin=swarm_cmds.login_line("t0ken") + "\n", timeout=60)
+    assert res.returncode == 0, res.stdout
+    config, token = (manager.stub / "login").read_text().splitlines()
+    assert token == "t0ken" and config.startswith("/") and not Path(config).exists()  # removed at the end
+    assert (manager.stub / "configs").read_text() == f"{config} with login\n"
+    assert "login --username bot --password-stdin reg.test" in manager.calls()
+    assert all("t0ken" not in c for c in manager.calls()) and "t0ken" not in res.stdout + res.stderr
+    assert not (manager.home / ".docker").exists()
+
+
+def test_a_login_that_fails_changes_nothing(manager):
+    manager.service("server", OLD)
+    manager.set("login-fails")
+    cmd = swarm_cmds.swarm_tier(manager.config, "stack", [SwarmChange("server")], 20, login=("reg.test", "bot"))
+    res = manager.run(cmd, stdin="login t0ken\n", timeout=60)
+    assert (res.returncode, res.stdout) == (
+        1,
+        "failed registry reg.test: docker login: Error response from daemon: unauthorized\n",
+    )
+    assert not any(c.startswith(("service update", "stack deploy")) for c in manager.calls())
+
+
+def test_without_login_the_changes_use_the_users_docker_config(manager):
+    manager.service("server", OLD, f"completed|{NEW}|update completed")
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 0 and (manager.stub / "configs").read_text() == "- \n- \n"  # the settings, then the image
+    assert not any(c.startswith("login") for c in manager.calls())
+
+
 def test_survey_of_a_stack(manager):
     manager.set("compose", '{"services": {"server": {"image": "r/server:1"}}}')
     manager.set("replicas", "st_server 1/1\n")
@@ -279,6 +403,7 @@ def test_survey_of_a_stack(manager):
         "=== node 0",
         "=== replicas 0",
         "=== applied 1",
+        "=== nodes 0",
         "=== services 0",
     ]
     assert res.stdout.startswith("=== key 0\nstack_st\n=== lock 0\n=== journal 0\n")
@@ -287,6 +412,7 @@ def test_survey_of_a_stack(manager):
     assert "compose -f x.yaml config --format json" in calls
     assert "service ls --quiet --filter label=com.docker.stack.namespace=st" in calls
     assert "service inspect id1 id2" in calls
+    assert "node ls --quiet" in calls and "node inspect n1 n2" in calls  # where tasks may go
     manager.state.parent.mkdir(parents=True)
     manager.state.write_text('{"server": "h"}\n')
     (manager.home / ".zdd" / "locks" / "stack_st").mkdir(parents=True)
@@ -387,12 +513,13 @@ def test_tiers_overlap_swarms_monitor_window_and_the_last_waits_for_every_verdic
     assert first[:2] == (0, ["started server", "done server replaced", first[1][-1]])
     second = manager.tier("update", "property", watch=("server",), replaced=True)
     assert second[:2] == (0, ["started property", "done property replaced", second[1][-1]])
-    assert sum(c.startswith("service update") for c in manager.calls()) == 2  # server still `updating`
+    # server's own update (after its rollback-order settings) and property's: server still `updating`
+    assert sum(c.startswith("service update") and "--image" in c for c in manager.calls()) == 2
     rc, out, took = manager.tier("update", "profile", watch=("server", "property"))
     assert rc == 0, out
     assert out[:4] == ["started profile", "done server completed", "done profile completed", "done property completed"]
     assert out[4].startswith("ok after ") and len(out) == 5
-    updates = [c.split()[-1] for c in manager.calls() if c.startswith("service update")]
+    updates = [c.split()[-1] for c in manager.calls() if c.startswith("service update") and "--image" in c]
     assert updates == ["st_server", "st_property", "st_profile"]  # a watched service is not changed
     assert not any(c.startswith("service ps") and "st_profile" in c for c in manager.calls())  # no -r: no tasks read
 
@@ -419,6 +546,54 @@ def test_an_earlier_tier_already_rolled_back_starts_nothing(manager):
     assert rc == 1 and out[-1] == "failed server: rollback_started (update rolled back due to failure)"
     assert not any(c.startswith("service update") for c in manager.calls())
     assert not any(ln.startswith("started") for ln in out)
+
+
+def test_an_overlapping_tier_logs_in_too(manager):
+    """-w, -r and --login together, in the order the header gives: the update uses the
+    temporary config; the watched service is not changed."""
+    manager.service("server", UPDATING)
+    manager.service("property", OLD, UPDATING)
+    after = [task("o1", 1, "Shutdown", "Shutdown 1 second ago", "property")]
+    new = task("n1", 1, "Running", "Running 1 second ago", "property")
+    manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")], [*after, new])
+    change = SwarmChange("property", "r/property:1@sha256:new")
+    cmd = swarm_cmds.swarm_tier(
+        manager.config, "update", [change], 20, watch=("server",), replaced=True, login=("reg.test", "bot")
+    )
+    assert cmd.argv[-6:] == ("-w", "server", "-r", "--login", "reg.test", "bot")
+    res = manager.run(cmd, stdin=swarm_cmds.login_line("t0ken") + "\n", timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert [ln for ln in res.stdout.splitlines() if ln.startswith(("started", "done"))] == [
+        "started property",
+        "done property replaced",
+    ]
+    config, token = (manager.stub / "login").read_text().splitlines()
+    assert token == "t0ken" and (manager.stub / "configs").read_text() == f"{config} with login\n"
+    assert [c.split()[-1] for c in manager.calls() if c.startswith("service update")] == ["st_property"]
+
+
+def test_at_the_ceiling_the_tasks_of_what_the_tier_waits_for_are_shown(manager):
+    """With -r a watched service (Swarm monitors it) is not waited for: only the own service's
+    tasks are shown; the last tier (no -r) waits for it, so its tasks are shown."""
+    manager.service("server", UPDATING)
+    manager.service("property", OLD, UPDATING)
+    manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")])
+    for name in ("server", "property"):
+        manager.set(f"ps-{STACK}_{name}", f"st_{name}.1 on n2: r/{name}:1@sha256:new Running 9 seconds ago \n")
+    rc, out, took = manager.tier("update", "property", watch=("server",), replaced=True, ceiling=1)
+    assert rc == 1 and took < 10
+    assert out[-2:] == [
+        "detail property st_property.1 on n2: r/property:1@sha256:new Running 9 seconds ago ",
+        "failed timeout after 1s: property: updating, server: monitored (Swarm goes on with it)",
+    ]
+    manager.set(f"n-{STACK}_property", "0")
+    manager.service("property", OLD, UPDATING, DONE)
+    rc, out, took = manager.tier("update", "property", watch=("server",), ceiling=1)
+    assert rc == 1 and "done property completed" in out
+    assert out[-2:] == [
+        "detail server st_server.1 on n2: r/server:1@sha256:new Running 9 seconds ago ",
+        "failed timeout after 1s: server: monitored (Swarm goes on with it)",
+    ]
 
 
 def test_stack_services_with_no_task_to_replace_are_done_without_the_grace(manager):

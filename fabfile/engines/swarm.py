@@ -13,11 +13,15 @@ the verify loop.
 
 The steps keep their names and meaning:
 
-* validate – the node is a Swarm manager; every app service has a healthcheck and publishes
-  no host-mode port; update settings zdd must set, and ``endpoint_mode: vip``, are said;
-* pull – pull.sh as for Compose (``docker login`` into ~/.docker: ``registry.keep_login`` is
-  required) and the digest each tag names now on this node. Every node pulls for its own
-  tasks, with the credentials ``--with-registry-auth`` hands to Swarm;
+* validate – the node is a Swarm manager; every app service has a healthcheck, publishes
+  no host-mode port and leaves a start-first update room on the ready, active nodes its
+  placement allows (``max_replicas_per_node`` × nodes > replicas); update settings zdd must
+  set, compose orders that would stop tasks first outside zdd, and ``endpoint_mode: vip``, are said;
+* pull – pull.sh as for Compose (``docker login`` into a temporary Docker config unless
+  ``registry.keep_login``) and the digest each tag names now on this node. Every node pulls
+  for its own tasks, with the credentials ``--with-registry-auth`` hands to Swarm: the
+  update or stack deploy logs in again, to a temporary config of its own (the token on stdin,
+  :func:`.swarm_tier.registry_login`), so no token stays in ~/.docker;
 * infra-up – ``docker stack deploy --resolve-image changed`` when a service is missing or the
   compose files changed since zdd last applied them (it keeps every existing service's
   image: compose changes apply at once, each service start-first); then the infra services
@@ -32,10 +36,17 @@ The steps keep their names and meaning:
   deploy at once, naming the service, and no later tier starts;
 * reload-caddy – only with ``proxy.reload_on_deploy``.
 
+Rollbacks never stop first: Swarm rolls back with the rollback settings of the spec it returns
+to, so each update (and infra-up's stack deploy) first gives the spec it starts from
+``--rollback-order start-first`` when it has another (a change of settings only: no task is
+replaced), and sets it on the new spec too (remote/swarm_tier.sh explains it).
 ``rollback`` returns each app service to Swarm's previous spec (``docker service rollback``),
-tiers in reverse order; ``status`` shows the stack's services and tasks, the lock and the last
-run; an interrupted run is only closed in the journal (Swarm finishes or undoes what it
-started on its own).
+tiers in reverse order; a previous spec that would roll back stop-first (it came from a
+``docker stack deploy`` zdd did not prepare) is returned to as a start-first update to its
+image, or skipped, saying why, when it differs in more than the image. ``status`` shows the
+stack's services, their tasks node by node (image, state), the lock and the last run; an
+interrupted run is only closed in the journal (Swarm finishes or undoes what it started on
+its own).
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ from ..plan import image_table, short_image
 from ..runner import BadInput
 from ..session import Session
 from .base import Release
+from .swarm_nodes import tasks_by_node
 from .swarm_state import (
     SETTINGS,
     StackState,
@@ -63,6 +75,7 @@ from .swarm_state import (
     parse_survey,
     rollback_plan,
     spec_hash,
+    stack_change,
     stack_changes,
     wanted_digest,
 )
@@ -150,7 +163,7 @@ class SwarmEngine:
             changes = stack_changes(state)
             if changes:
                 hashes = json.dumps({n: spec_hash(svc) for n, svc in state.model.items()}, sort_keys=True)
-                run(s, "stack", [swarm_cmds.SwarmChange(n) for n in changes], ceiling(s, state, list(changes)), hashes)
+                run(s, "stack", [stack_change(n, state) for n in changes], ceiling(s, state, list(changes)), hashes)
                 whys: dict[str, list[str]] = {}
                 for name, why in changes.items():
                     whys.setdefault(why, []).append(name)
@@ -228,7 +241,8 @@ class SwarmEngine:
         reload_proxy(s)
 
     def status(self, s: Session) -> list[str]:
-        """The stack's services (digest, tasks, last update) and tasks, the lock and the last run."""
+        """The stack's services (digest, tasks, last update), their tasks node by node, the lock
+        and the last run."""
         state = self.survey(s)
         check_node(state)
         rows = [("service", "tasks", "digest", "last update", "image")]
@@ -238,5 +252,5 @@ class SwarmEngine:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
-        tasks = s.r.read(swarm_cmds.stack_tasks(s.host), "docker stack ps").rstrip()
-        return lines + ["", *tasks.splitlines(), "", *journal_lines(state, locking.read_runs(s, state))]
+        tasks = tasks_by_node(s.r.read(swarm_cmds.stack_tasks(s.host), "docker stack ps").rstrip())
+        return lines + ["", *tasks, "", *journal_lines(state, locking.read_runs(s, state))]

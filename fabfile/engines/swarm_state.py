@@ -14,13 +14,23 @@ from .. import commands_swarm as swarm_cmds
 from ..plan import declared_count, image_table, normalize_ref, read_head, section_json, sections, short_image
 from ..runner import BadInput
 from ..steps import configured_services
+from .swarm_nodes import SwarmNode, placement_stall
 
 STACK_IMAGE = "com.docker.stack.image"  # the compose file's image reference, kept by docker stack deploy
+ROLLED_BACK = "zdd.rolled-back-from"  # set by a rollback made as an update (swarm_tier.sh): the image it left
 # what zdd needs of each app service's update settings, by the name swarm_tier.sh takes
 SETTINGS = {
     "order": "update_config.order: start-first",
     "failure": "update_config.failure_action: rollback",
     "rollback-order": "rollback_config.order: start-first",
+}
+
+
+# what a compose file's stop-first setting leaves to others than zdd (check_stack's notes)
+WHAT = {"update_config": "updates", "rollback_config": "updates and rollbacks"}
+OUTSIDE = {
+    "update_config": "docker stack deploy",
+    "rollback_config": "docker service rollback, or Swarm's own rollback of a failed docker stack deploy,",
 }
 
 
@@ -42,6 +52,10 @@ class StackService:
     rollback_order: str = "stop-first"
     previous_image: str = ""  # what its previous spec ran ("" without one)
     can_roll_back: bool = False  # the previous spec runs other tasks than this one
+    previous_rollback_order: str = "stop-first"  # how Swarm rolls back to the previous spec (its RollbackConfig)
+    previous_image_only: bool = True  # the previous spec's tasks differ from these in the image only
+    previous_ref: str = ""  # the previous spec's com.docker.stack.image label
+    rolled_back_from: str = ""  # zdd rolled it back as an update from this image (label ROLLED_BACK)
 
     @property
     def digest(self) -> str:
@@ -70,6 +84,7 @@ class StackState:
     key: str = "stack"  # stack_STACK: names the lock and the journal (survey.sh)
     lock_holder: str = ""  # who holds the deploy lock now ("" = free)
     journal: str = ""  # the journal's recent lines
+    nodes: list[SwarmNode] | None = None  # the swarm's nodes; None: not read
 
     def replicas(self, name: str) -> int:
         """How many tasks of a service an update replaces, one after the other."""
@@ -106,7 +121,17 @@ def _service(raw: dict, stack: str, running: dict[str, str]) -> StackService:
         rollback_order=back.get("Order", "stop-first"),
         previous_image=str((((previous or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")),
         can_roll_back=previous is not None and (previous.get("TaskTemplate") or {}) != task,
+        previous_rollback_order=((previous or {}).get("RollbackConfig") or {}).get("Order", "stop-first"),
+        previous_image_only=previous is None or _but_image(previous.get("TaskTemplate") or {}) == _but_image(task),
+        previous_ref=((previous or {}).get("Labels") or {}).get(STACK_IMAGE, ""),
+        rolled_back_from=(spec.get("Labels") or {}).get(ROLLED_BACK, ""),
     )
+
+
+def _but_image(task: dict) -> dict:
+    """A task template without its image (and the counter --force bumps)."""
+    container = {k: v for k, v in (task.get("ContainerSpec") or {}).items() if k != "Image"}
+    return {**{k: v for k, v in task.items() if k != "ForceUpdate"}, "ContainerSpec": container}
 
 
 def parse_survey(text: str, stack: str) -> StackState:
@@ -127,6 +152,12 @@ def parse_survey(text: str, stack: str) -> StackState:
         node_error="" if rc == 0 else (node.strip().splitlines() or ["docker info failed"])[-1],
     )
     read_head(sec, state)
+    rc, nodes = sec.get("nodes", (1, ""))
+    if rc == 0:
+        try:
+            state.nodes = [SwarmNode.of(n) for n in json.loads(nodes) if isinstance(n, dict)]
+        except (json.JSONDecodeError, TypeError):
+            state.nodes = None  # unreadable: placement is not checked
     rc, applied = sec.get("applied", (1, ""))
     if rc == 0:
         try:
@@ -150,6 +181,7 @@ def check_node(state: StackState) -> None:
 def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tuple[list[str], list[str]]:
     """(problems that fail validation, notes) of the compose files against hosts.toml."""
     problems, vip = [], []
+    stop_first: dict[str, list[str]] = {}  # update_config / rollback_config -> services it stops first
     for name in only if only is not None else configured_services(h):
         if name not in state.model:
             problems.append(f"service {name!r} is not in the compose files")
@@ -183,13 +215,26 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
                 "deploy (infra-up) would update it so, stopping its tasks first (downtime): set "
                 "update_config.order: start-first"
             )
+        elif order != "start-first":
+            stop_first.setdefault("update_config", []).append(name)
+        if ((svc.get("deploy") or {}).get("rollback_config") or {}).get("order", "stop-first") != "start-first":
+            stop_first.setdefault("rollback_config", []).append(name)
+        stall = placement_stall(name, svc, state.nodes)
+        if stall:
+            problems.append(stall)
         current = state.services.get(name)
         if current is not None and current.update_state in ("updating", "rollback_started"):
             problems.append(
                 f"{name}: Swarm is still changing it ({current.update_state}): wait until "
                 f"`docker service ps {h.stack_name}_{name}` has settled"
             )
-    notes = []
+    notes = [
+        f"{', '.join(stop_first[key])}: the compose files' deploy.{key}.order is not start-first (Swarm's "
+        f"default, stop-first, when unset): zdd's own {WHAT[key]} start the new tasks first, but a plain "
+        f"{OUTSIDE[key]} would stop their tasks first (downtime): set {key}.order: start-first"
+        for key in WHAT
+        if key in stop_first
+    ]
     if vip:
         notes.append(
             f"{', '.join(vip)} use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach "
@@ -262,8 +307,14 @@ def rollback_plan(state: StackState, names: list[str]) -> list[SwarmPlan]:
         if why or svc is None:
             plans.append(SwarmPlan(name, False, why))
             continue
-        back = short_image(svc.previous_image.partition("@")[2] or svc.previous_image)
-        plans.append(SwarmPlan(name, True, f"{short_image(svc.digest)} → {back}", svc.previous_image, verb="roll back"))
+        back = f"{short_image(svc.digest)} → {short_image(svc.previous_image.partition('@')[2] or svc.previous_image)}"
+        if svc.previous_rollback_order == "start-first":
+            plans.append(SwarmPlan(name, True, back, svc.previous_image, verb="roll back"))
+        else:  # Swarm would stop the tasks first: the same tasks, as a start-first update (swarm_tier.sh)
+            why = f"{back} (as a start-first update: its previous spec rolls back {svc.previous_rollback_order})"
+            plans.append(
+                SwarmPlan(name, True, why, svc.previous_image, svc.previous_ref, ("as-update",), verb="roll back")
+            )
     return plans
 
 
@@ -275,9 +326,25 @@ def no_rollback(svc: StackService | None) -> str:
         return "no previous spec (never updated)"
     if svc.update_state.startswith("rollback"):
         return f"its last update was rolled back already ({svc.update_state})"
+    if svc.rolled_back_from and svc.rolled_back_from == svc.previous_image:
+        return "its last update was rolled back already (by zdd, as an update)"
     if not svc.can_roll_back:
         return "its previous spec runs the same tasks"
+    if svc.previous_rollback_order != "start-first" and not svc.previous_image_only:
+        return (
+            f"its previous spec rolls back {svc.previous_rollback_order} (Swarm would stop its tasks first) and "
+            "differs in more than the image: deploy the previous compose files instead"
+        )
     return ""
+
+
+def stack_change(name: str, state: StackState) -> swarm_cmds.SwarmChange:
+    """A service of infra-up's docker stack deploy: one that runs already and rolls back
+    stop-first gets rollback-order first, so that Swarm's rollback of a failed change starts
+    its tasks first (swarm_tier.sh)."""
+    svc = state.services.get(name)
+    prepare = svc is not None and svc.rollback_order != "start-first"
+    return swarm_cmds.SwarmChange(name, sets=("rollback-order",) if prepare else ())
 
 
 def stack_changes(state: StackState) -> dict[str, str]:

@@ -40,7 +40,13 @@ def run(
     until it ends: how each service finished (``replaced``, or Swarm's final state), the
     ``watch`` services that completed meanwhile too; StepFailed naming the service Swarm paused
     or rolled back."""
-    conv = s.r.converse(swarm_cmds.swarm_tier(s.host, action, changes, limit, hashes, key, lines, watch, replaced))
+    login = registry_login(s, action, changes)
+    cmd = swarm_cmds.swarm_tier(
+        s.host, action, changes, limit, hashes, key, lines, watch, replaced, login[:2] if login else None
+    )
+    conv = s.r.converse(cmd, labels={swarm_cmds.LOGIN_WORD: f"${login[3]} (secret, on stdin)" if login else ""})
+    if login:
+        conv.send(swarm_cmds.login_line(login[2]))
     names = ", ".join(c.name for c in changes) or s.host.stack_name
     done: dict[str, str] = {}
     said: list[str] = []
@@ -80,12 +86,34 @@ def run(
     )
 
 
+def registry_login(s: Session, action: str, changes: list[swarm_cmds.SwarmChange]) -> tuple[str, ...] | None:
+    """(server, username, token, token_env) when the change hands Swarm a registry login
+    (``--with-registry-auth``) of a temporary Docker config: with a registry, unless
+    ``registry.keep_login`` leaves the pull's login in ~/.docker. None otherwise."""
+    reg = s.host.registry
+    if reg is None or reg.keep_login or not needs_auth(action, changes):
+        return None
+    creds = steps.registry_credentials(s)
+    return (reg.server, creds[0], creds[1], reg.password_env) if creds else None
+
+
+def needs_auth(action: str, changes: list[swarm_cmds.SwarmChange]) -> bool:
+    """Whether swarm_tier.sh passes --with-registry-auth for this change (a plain rollback
+    does not: Swarm pulls with the login its previous spec had)."""
+    return action in ("update", "stack") or any("as-update" in c.sets for c in changes)
+
+
 def consequence(failure: str) -> str:
     """What a failed update leaves, said after Swarm's own words."""
     if " rollback_" in failure:
         return "; Swarm returns it to its previous spec, its old tasks serve meanwhile"
     if " paused" in failure:
         return "; Swarm paused the update: fix the image and deploy again, or fab rollback"
+    if "no suitable node" in failure:
+        return (
+            "; no node may take the new task: see docker node ls and the service's placement (start-first "
+            "needs room for one more task: max_replicas_per_node, constraints)"
+        )
     return ""
 
 

@@ -8,8 +8,9 @@
 # service would get now, every container of the project (docker inspect), and the proxy: its
 # config file as JSON, the config it runs, its version.
 # With --stack: the key (stack_STACK), lock and journal, the compose model, this node's swarm
-# state, the stack's services (docker service inspect) and their running/desired tasks, and
-# what zdd last applied (~/STATE_FILE).
+# state, the swarm's nodes (docker node inspect: where tasks may go), the stack's services
+# (docker service inspect) and their running/desired tasks, and what zdd last applied
+# (~/STATE_FILE).
 # Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
 if [ "$1" = --stack ]; then
     key=$(printf 'stack:%s' "$2" | tr -c 'A-Za-z0-9._-' '_') tail_lines=$4
@@ -43,12 +44,18 @@ if [ "$1" = --stack ]; then
     read_bg node docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}'
     read_bg replicas docker service ls --filter "$filter" --format '{{.Name}} {{.Replicas}}'
     read_bg applied cat "$HOME/$state"
+    nodes() {  # every node of the swarm, as docker node inspect describes it
+        ids=$(docker node ls --quiet) || return 1
+        # shellcheck disable=SC2086 # ids, one word each
+        docker node inspect $ids
+    }
+    read_bg nodes nodes
     ids=$(docker service ls --quiet --filter "$filter" 2>/dev/null)
     # a service removed between ls and inspect makes inspect fail but still print the others
     # shellcheck disable=SC2086 # ids, one word each
     [ -n "$ids" ] && docker service inspect $ids >"$dir/services.out" 2>/dev/null
     wait
-    for section in compose node replicas applied; do show "$section"; done
+    for section in compose node replicas applied nodes; do show "$section"; done
     printf '=== services 0\n'
     if [ -s "$dir/services.out" ]; then cat "$dir/services.out"; else echo '[]'; fi
     exit 0

@@ -1,5 +1,8 @@
-# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-w SERVICE]... [-r] [-c FILE...]
-# (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`)
+# swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-w SERVICE]... [-r]
+#               [--login SERVER USER] [-c FILE...]
+# (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`;
+# stdin: with --login, the line "login TOKEN" first. zdd gives the options in this order; -c FILE...
+# (stack) come last)
 #
 # Engine swarm: starts one change of N services of stack STACK (Swarm service STACK_SERVICE),
 # then waits, reading every service's UpdateStatus in one `docker service inspect` twice a
@@ -10,13 +13,41 @@
 #             so a later `docker stack deploy --resolve-image changed` keeps this digest. SETS
 #             (comma-separated, may be empty) are the update settings zdd sets for it: order
 #             (--update-order start-first), failure (--update-failure-action rollback),
-#             rollback-order (--rollback-order start-first)
+#             rollback-order (the running spec rolls back stop-first: see below). Every update
+#             also sets --rollback-order start-first
 #   rollback  `docker service rollback --detach` of each SERVICE (back to Swarm's previous spec);
-#             the record of what zdd applied (~/STATE) is removed: the next deploy applies the
-#             compose files again
+#             with SETS as-update, an update to IMAGE (what the previous spec ran; REF its
+#             label) instead, start-first (see below). The record of what zdd applied (~/STATE)
+#             is removed: the next deploy applies the compose files again
 #   stack     `docker stack deploy --with-registry-auth --resolve-image changed -c FILE... STACK`,
 #             then wait for the SERVICES it creates or changes; once they are done, HASHES (what
-#             zdd applied, JSON) is written to ~/STATE
+#             zdd applied, JSON) is written to ~/STATE. A SERVICE with SETS rollback-order is
+#             prepared first (below)
+#
+# Rollbacks never stop first. Swarm rolls a service back (`docker service rollback`, or the
+# rollback it starts itself when an update fails with failure_action rollback) by making the
+# previous spec the spec again and replacing the tasks with *that* spec's RollbackConfig
+# (swarmkit: controlapi UpdateService swaps Spec and PreviousSpec; the updater then reads
+# Spec.Rollback, Swarm's default, stop-first, when it has none). So the settings that count are
+# those of the spec the update starts from, not of the new one: setting --rollback-order on the
+# update itself only helps the update after it. Hence:
+#   * rollback-order: before the change, `docker service update --detach --rollback-order
+#     start-first SERVICE`, a change of the settings only (no task is replaced: the task
+#     template is the same). It becomes the spec the update or stack deploy starts from, its
+#     PreviousSpec, whose tasks are the ones that ran: a rollback returns to them, start-first.
+#     Setting it just before `docker service rollback` would be wrong: it is itself an update,
+#     so the rollback would return to it, the spec that runs now;
+#   * a rollback whose previous spec rolls back stop-first (it came from a docker stack deploy
+#     without rollback_config, and zdd did not prepare it) is made as an update to the image
+#     that spec ran, with --update-order start-first (zdd only plans it so when that spec's
+#     task template differs from the running one in the image only, so nothing else is lost);
+#     the label zdd.rolled-back-from=IMAGE-BEFORE tells zdd not to roll it "back" again.
+# The commands that pass --with-registry-auth hand Swarm the registry login of the Docker config
+# they run with. With --login, that is a temporary config of our own: the first line zdd sends,
+# "login TOKEN", is read here and goes to `docker login --password-stdin SERVER` (through a pipe
+# from the shell's printf: never in an argument), into a directory removed when we end (also on
+# HUP, INT, TERM), so no token stays on the host. Without it (registry.keep_login, or no
+# registry), the user's own config (~/.docker) is used.
 #
 # An update is finished when Swarm says `completed`: after its monitor window. Tiers overlap
 # that window (update only):
@@ -41,9 +72,14 @@
 # We print "started ..." once the change is made, "progress ..." every second, "done SERVICE
 # HOW" as each service finishes (a service done "replaced" may say "done SERVICE completed"
 # later in the same run), and end with "ok after Ns" (exit 0), or with "detail SERVICE ..."
-# lines (its tasks, as Swarm reports them) and "failed SERVICE: REASON" (exit 1). An update
-# fails at once when Swarm reports paused or rollback_* for it (a rollback: paused or
-# rollback_paused); any of them fails after CEILING seconds. Swarm goes on with what it started
+# lines (its tasks, as Swarm reports them, each naming its node) and "failed SERVICE: REASON"
+# (exit 1). An update fails at once when Swarm reports paused or rollback_* for it, or for a -w
+# service (a rollback: paused or rollback_paused); it fails after CEILING seconds while a service
+# it waits for is not done (with -r: one of its own not replaced yet; without: any, -w ones
+# too), with the tasks of each such service, and a task Swarm can place on no node said so
+# ("no suitable node (...)", e.g. max_replicas_per_node leaving start-first no room); a -w
+# service is "monitored" then (its tasks replaced, Swarm's monitor window not over). Swarm goes
+# on with what it started
 # either way: nothing here undoes anything, and zdd going away changes nothing.
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
@@ -51,6 +87,9 @@ shift 8
 # what is learnt of it on the way (the update it had before, how it finished) in files of its own
 tmp=$(mktemp -d) || { say "failed cannot make a temporary directory"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 : > "$tmp/services"
 i=1
 while [ "$i" -le "$count" ]; do
@@ -58,14 +97,32 @@ while [ "$i" -le "$count" ]; do
     shift 4
     i=$((i + 1))
 done
-until=completed
+until=completed server='' user=''
 while [ $# -gt 0 ]; do
     case $1 in
         -w) printf '%s - - - watch\n' "$2" >> "$tmp/services"; shift 2 ;;
         -r) until=replaced; shift ;;
+        --login) server=$2 user=$3; shift 3 ;;
         *) break ;;  # stack: -c FILE...
     esac
 done
+login_cfg=  # the temporary Docker config holding the registry login ("" = the user's own)
+if [ -n "$server" ]; then
+    IFS= read -r line || line=
+    login_cfg=$tmp/docker
+    user_cfg=${DOCKER_CONFIG:-$HOME/.docker}
+    if ! mkdir -m 700 "$login_cfg"; then say "failed cannot make a temporary Docker config"; exit 1; fi
+    [ -d "$user_cfg/cli-plugins" ] && ln -s "$user_cfg/cli-plugins" "$login_cfg/cli-plugins"
+    if ! err=$(printf '%s\n' "${line#login }" |
+        DOCKER_CONFIG=$login_cfg docker login --username "$user" --password-stdin "$server" 2>&1); then
+        say "failed registry $server: docker login: $(last "$err")"
+        exit 1
+    fi
+    line=
+fi
+authed() {  # authed ARG...: docker ARG... with the registry login --with-registry-auth hands Swarm
+    if [ -n "$login_cfg" ]; then DOCKER_CONFIG=$login_cfg docker "$@"; else docker "$@"; fi
+}
 grace=5  # s; stack: a service Swarm has not started updating by then had no task to replace
 
 nap_seconds=0.5  # between two reads of the services' UpdateStatus
@@ -80,6 +137,7 @@ each() {  # each FUNCTION...: call it once per service, with j, name, image, ref
         "$@"
     done 9< "$tmp/services"
 }
+has() { case ",$sets," in *,"$1",*) return 0 ;; esac; return 1; }  # has SETTING: service $full's SETS name it
 all='' own=''
 add() { all="$all $full"; [ "$role" = watch ] || own="$own $full"; }
 each add
@@ -131,7 +189,9 @@ check() {
         esac
         st=monitored
     elif [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
-        case "$action:$st" in
+        how=$action
+        [ "$action" = rollback ] && has as-update && how=update  # a rollback made as an update
+        case "$how:$st" in
             update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
             update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused) bad; return ;;
         esac
@@ -154,23 +214,33 @@ check() {
     else
         st=pending
     fi
-    # still to wait for: with -r only what this run changes and Swarm has not replaced yet
-    if [ "$until" = completed ] || { [ "$role" = own ] && [ -z "$fin" ]; }; then pending=$((pending + 1)); fi
+    awaited && pending=$((pending + 1))
     progress="$progress $name: $st,"
+}
+awaited() {  # whether the run still waits for service $full, not done: with -r only for what this
+    # run changes and Swarm has not replaced yet, without it for every service, -w ones too
+    [ "$until" = completed ] || { [ "$role" = own ] && [ -z "$fin" ]; }
 }
 watched() { [ "$role" != watch ] || check; }
 opened() { [ "$role" = watch ] || [ -n "$fin" ] || open="$open $full"; }  # what -r still waits to see replaced
 each watched  # an earlier tier Swarm pauses or rolls back: nothing more is started
 
 # --- start the change --------------------------------------------------------------------
+prepare_one() {  # the spec the change starts from rolls back start-first (see above)
+    [ "$role" = own ] || return 0
+    has rollback-order || return 0
+    if ! err=$(docker service update --detach --quiet --rollback-order start-first "$full" 2>&1); then
+        say "failed $name: docker service update --rollback-order start-first: $(last "$err")"
+        exit 1
+    fi
+}
 update_one() {
     [ "$role" = own ] || return 0  # -w: an earlier tier's, only watched
-    set -- --image "$image"
-    case ",$sets," in *,order,*) set -- "$@" --update-order start-first ;; esac
-    case ",$sets," in *,failure,*) set -- "$@" --update-failure-action rollback ;; esac
-    case ",$sets," in *,rollback-order,*) set -- "$@" --rollback-order start-first ;; esac
+    set -- --image "$image" --rollback-order start-first
+    has order && set -- "$@" --update-order start-first
+    has failure && set -- "$@" --update-failure-action rollback
     [ -n "$ref" ] && set -- "$@" --label-add "com.docker.stack.image=$ref"
-    if err=$(docker service update --detach --quiet --with-registry-auth --force "$@" "$full" 2>&1); then
+    if err=$(authed service update --detach --quiet --with-registry-auth --force "$@" "$full" 2>&1); then
         say "started $name"
     else
         say "failed $name: docker service update: $(last "$err")"
@@ -178,6 +248,20 @@ update_one() {
     fi
 }
 rollback_one() {
+    [ "$role" = own ] || return 0
+    if has as-update; then
+        before=$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$full" 2>/dev/null)
+        set -- --image "$image" --update-order start-first --rollback-order start-first \
+            --label-add "zdd.rolled-back-from=$before"
+        [ -n "$ref" ] && set -- "$@" --label-add "com.docker.stack.image=$ref"
+        if err=$(authed service update --detach --quiet --with-registry-auth "$@" "$full" 2>&1); then
+            say "started $name"
+        else
+            say "failed $name: docker service update (rollback to $image): $(last "$err")"
+            exit 1
+        fi
+        return
+    fi
     if err=$(docker service rollback --detach --quiet "$full" 2>&1); then
         say "started $name"
     else
@@ -187,12 +271,17 @@ rollback_one() {
 }
 if [ -n "$journal" ] && [ -n "$key" ]; then journal_line "$journal"; fi
 case "$action" in
-    update) [ -n "$failed" ] || each update_one ;;
+    update)  # an earlier tier Swarm paused or rolled back: nothing is started (the wait fails at once)
+        if [ -z "$failed" ]; then
+            each prepare_one
+            each update_one
+        fi ;;
     rollback)
         rm -f "$HOME/$state"
         each rollback_one ;;
     stack)
-        if ! err=$(docker stack deploy --with-registry-auth --resolve-image changed "$@" "$stack" 2>&1); then
+        each prepare_one
+        if ! err=$(authed stack deploy --with-registry-auth --resolve-image changed "$@" "$stack" 2>&1); then
             printf '%s\n' "$err" | tail -n 5 | while IFS= read -r l; do say "detail $stack $l"; done
             say "failed $stack: docker stack deploy: $(last "$err")"
             exit 1
@@ -206,9 +295,22 @@ case "$action" in
 esac
 
 # --- wait until Swarm has finished each service ---------------------------------------------
-details() {  # the failed service's latest tasks, as Swarm reports them
-    docker service ps --no-trunc --format '{{.Name}} {{.Image}} {{.CurrentState}} {{.Error}}' "$culprit" 2>&1 |
-        head -n 6 | cut -c1-300 | while IFS= read -r l; do say "detail ${culprit#"${stack}_"} $l"; done
+tasks_of() {  # tasks_of SERVICE: its latest tasks as Swarm reports them, each with its node
+    bounded docker service ps --no-trunc \
+        --format '{{.Name}} on {{if .Node}}{{.Node}}{{else}}no node{{end}}: {{.Image}} {{.CurrentState}} {{.Error}}' \
+        "$1" 2>&1 | head -n 6 | cut -c1-300
+}
+details() {  # details SERVICE [TASKS]: "detail" lines of its tasks
+    printf '%s\n' "${2-$(tasks_of "$1")}" | while IFS= read -r l; do say "detail ${1#"${stack}_"} $l"; done
+}
+unplaced=
+stalled() {  # at the ceiling: the tasks of a service still waited for, and whether a new one waits for a node
+    case $fin in '' | replaced) ;; *) return 0 ;; esac
+    awaited || return 0
+    listed=$(tasks_of "$full")
+    details "$full" "$listed"
+    why=$(printf '%s\n' "$listed" | grep -o 'no suitable node.*' | head -n 1)
+    [ -z "$why" ] || unplaced="$unplaced $name: a task waits for a node: $why;"
 }
 while :; do
     now=$(date +%s)
@@ -223,10 +325,11 @@ while :; do
     fi
     progress='' pending=0
     each check
-    if [ -n "$failed" ]; then details; say "failed $failed"; exit 1; fi
+    if [ -n "$failed" ]; then details "$culprit"; say "failed $failed"; exit 1; fi
     [ "$pending" -eq 0 ] && break
     if [ $((now - t0)) -ge "$ceiling" ]; then
-        say "failed timeout after ${ceiling}s:${progress%,} (Swarm goes on with it)"
+        each stalled
+        say "failed timeout after ${ceiling}s:${progress%,}${unplaced:+;${unplaced%;}} (Swarm goes on with it)"
         exit 1
     fi
     if [ $((now - t0)) != "$shown" ]; then say "progress${progress%,}, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
