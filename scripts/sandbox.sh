@@ -642,8 +642,16 @@ write_swarm_stack() {  # write_swarm_stack NODES: the stack file, its apps at on
     mkdir -p "$SWARM_DIR/caddy"
     sed -e "s/@REGISTRY@/$SWARM_REGISTRY/g" -e "s/@SWARM_HTTP_PORT@/$SWARM_HTTP_PORT/g" -e "s/@REPLICAS@/$1/g" \
         "$ROOT/scripts/sandbox/stack/docker-compose.swarm.yaml" > "$SWARM_DIR/docker-compose.yaml"
-    cp "$ROOT/scripts/sandbox/stack/caddy/Caddyfile" "$SWARM_DIR/caddy/Caddyfile"
+    cp "$ROOT/scripts/sandbox/stack/caddy/Caddyfile.swarm" "$SWARM_DIR/caddy/Caddyfile"
     chown -R "$SBX_USER" "$SWARM_DIR"
+}
+
+reload_swarm_caddy() {  # a running stack's Caddy loads its Caddyfile again (an older sandbox's)
+    local id
+    id=$(sdocker ps -q --filter "label=com.docker.swarm.service.name=${SWARM_STACK}_caddy" 2>/dev/null) || return 0
+    [ -n "$id" ] || return 0
+    sdocker exec "$id" caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null 2>&1 \
+        || log "warning: the swarm stack's Caddy did not reload its Caddyfile"
 }
 
 swarm_serves() {  # every app answers through the stack's Caddy (no pipe into grep -q: see issue 11)
@@ -684,7 +692,10 @@ swarm_up() {
     start_swarm_engine
     [ "$nodes" = 1 ] || start_swarm_worker
     echo "$nodes" > "$SWARM_ENGINE/nodes"
+    local caddyfile_was=''
+    [ ! -f "$SWARM_DIR/caddy/Caddyfile" ] || caddyfile_was=$(cat "$SWARM_DIR/caddy/Caddyfile")
     write_swarm_stack "$nodes"
+    [ -z "$caddyfile_was" ] || [ "$caddyfile_was" = "$(cat "$SWARM_DIR/caddy/Caddyfile")" ] || reload_swarm_caddy
     # Idempotent: deployed only when missing or its file changed (zdd's deploys update it since).
     # The login lives in a Docker config of this command only: no token is left at rest.
     if ! cmp -s "$SWARM_DIR/docker-compose.yaml" "$SWARM_ENGINE/deployed.yaml" \

@@ -81,6 +81,14 @@
 # service is "monitored" then (its tasks replaced, Swarm's monitor window not over). Swarm goes
 # on with what it started
 # either way: nothing here undoes anything, and zdd going away changes nothing.
+#
+# Nodes. A node that is down (its daemon stopped, unreachable) for node_grace seconds while a
+# service waited for holds a task of that service Swarm cannot finish with (its last report was
+# not a final state): Swarm waits for the node, so we fail at once, naming the node and those
+# tasks, rather than at CEILING. An update Swarm rolled back because a new task was ended early on
+# a node that is being drained (or went down) is no verdict on the image: once Swarm's rollback
+# has completed, the update is started again, once per service (its tasks then go to the nodes
+# that remain).
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
 # each service's fields, one line each ("-" for an empty field; ROLE own, or watch for -w);
@@ -124,6 +132,7 @@ authed() {  # authed ARG...: docker ARG... with the registry login --with-regist
     if [ -n "$login_cfg" ]; then DOCKER_CONFIG=$login_cfg docker "$@"; else docker "$@"; fi
 }
 grace=5  # s; stack: a service Swarm has not started updating by then had no task to replace
+node_grace=10  # s a node may be down before the services with a task on it fail
 
 nap_seconds=0.5  # between two reads of the services' UpdateStatus
 each() {  # each FUNCTION...: call it once per service, with j, name, image, ref, sets, role, prev, fin, full set
@@ -191,6 +200,7 @@ check() {
     elif [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
         how=$action
         [ "$action" = rollback ] && has as-update && how=update  # a rollback made as an update
+        if retry_drained; then awaited && pending=$((pending + 1)); progress="$progress $name: $st,"; return; fi
         case "$how:$st" in
             update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
             update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused) bad; return ;;
@@ -214,7 +224,10 @@ check() {
     else
         st=pending
     fi
-    awaited && pending=$((pending + 1))
+    if awaited; then
+        pending=$((pending + 1))
+        on_down_node && return
+    fi
     progress="$progress $name: $st,"
 }
 awaited() {  # whether the run still waits for service $full, not done: with -r only for what this
@@ -303,6 +316,58 @@ tasks_of() {  # tasks_of SERVICE: its latest tasks as Swarm reports them, each w
 details() {  # details SERVICE [TASKS]: "detail" lines of its tasks
     printf '%s\n' "${2-$(tasks_of "$1")}" | while IFS= read -r l; do say "detail ${1#"${stack}_"} $l"; done
 }
+nodes_checked=0 down=''
+nodes_down() {  # every 2 s: the nodes not ready, as "HOSTNAME:SINCE" (when we first saw it so)
+    [ $((now - nodes_checked)) -ge 2 ] || return 0
+    nodes_checked=$now
+    was=$down down=''
+    for h in $(bounded docker node ls --format '{{.Hostname}}|{{.Status}}' 2>/dev/null |
+        awk -F'|' 'tolower($2) != "ready" { print $1 }'); do
+        # shellcheck disable=SC2086 # one word per node
+        since=$(printf '%s\n' $was | awk -F: -v h="$h" '$1 == h { print $2; exit }')
+        down="$down $h:${since:-$now}"
+    done
+}
+on_down_node() {  # service $full: its tasks on a node down for node_grace s, not in a final state
+    for hs in $down; do
+        [ $((now - ${hs##*:})) -ge "$node_grace" ] || continue
+        h=${hs%:*}
+        held=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' "$full" 2>/dev/null |
+            awk -F'|' -v h="$h" '$2 == h && $3 !~ /^(Shutdown|Failed|Rejected|Complete|Orphaned|Remove)/ {
+                printf "%s%s (%s)", sep, $1, $3; sep = ", " }')
+        if [ -n "$held" ]; then
+            failed="$name: node $h is down, holding $held; Swarm finishes the update once the node is back or its tasks move: deploy again then"
+            culprit=$full
+            return 0
+        fi
+    done
+    return 1
+}
+drained() {  # service $full's update was rolled back over a task a drain (or a node going down) ended
+    task=$(printf '%s\n' "$msg" | sed -n 's/.*early termination of task \([0-9a-z]*\).*/\1/p')
+    [ -n "$task" ] || return 1
+    node=$(docker inspect --type task --format '{{.NodeID}}' "$task" 2>/dev/null) && [ -n "$node" ] || return 1
+    case $(docker node inspect --format '{{.Spec.Availability}}|{{.Status.State}}' "$node" 2>/dev/null) in
+        drain\|* | *\|down) return 0 ;;
+    esac
+    return 1
+}
+retry_drained() {  # check(): an own update Swarm rolled back because of a drain: start it again, once
+    [ "$action" = update ] && [ "$role" = own ] && [ ! -e "$tmp/retried.$j" ] || return 1
+    case $st in rollback_started | rollback_completed) ;; *) return 1 ;; esac
+    [ -e "$tmp/draining.$j" ] || { drained || return 1; : > "$tmp/draining.$j"; say "note $name: Swarm rolls the update back, a task of it ended by a drain; it starts again after"; }
+    if [ "$st" = rollback_started ]; then st="rolled back (drain), starting again after"; return 0; fi
+    : > "$tmp/retried.$j"
+    printf '%s\n' "$started" > "$tmp/prev.$j"  # the update that counts is the next one
+    if [ "$until" = replaced ]; then  # the tasks from before it are those the rollback left
+        grep -v "|${full}\.[^|]*|" "$tmp/old" > "$tmp/old.new" || true
+        tasks "$full" >> "$tmp/old.new"
+        mv "$tmp/old.new" "$tmp/old"
+    fi
+    update_one
+    st="starting again"
+    return 0
+}
 unplaced=
 stalled() {  # at the ceiling: the tasks of a service still waited for, and whether a new one waits for a node
     case $fin in '' | replaced) ;; *) return 0 ;; esac
@@ -324,6 +389,7 @@ while :; do
         now_tasks=$(tasks $open)
     fi
     progress='' pending=0
+    nodes_down
     each check
     if [ -n "$failed" ]; then details "$culprit"; say "failed $failed"; exit 1; fi
     [ "$pending" -eq 0 ] && break

@@ -156,11 +156,21 @@ def test_broken_image_is_rolled_back_by_swarm_and_fails_the_deploy(settled, tmp_
 
 
 def test_rollback_returns_to_the_previous_images_under_load(settled, tmp_path):
+    # the services roll back stop-first, as a compose file without rollback_config leaves them
+    # (Swarm's default): zdd's rollback must still start the old tasks first
+    for svc in sb.APPS:
+        sb.swarm_docker(
+            "service", "update", "--detach", "--quiet", "--rollback-order", "stop-first", f"{sb.SWARM_STACK}_{svc}"
+        )
+    assert {sb.swarm_service(svc)["Spec"]["RollbackConfig"]["Order"] for svc in sb.APPS} == {"stop-first"}
     before = {svc: sb.swarm_versions(svc) for svc in sb.APPS}
     version = sb.publish()
     res = fab("deploy", "--no-verify")
     assert res.returncode == 0, res.stdout + res.stderr
     assert all(sb.swarm_versions(svc) == {version} for svc in sb.APPS)
+    # the spec a rollback returns to, with the rollback settings it then uses: start-first
+    for svc in sb.APPS:
+        assert sb.swarm_service(svc)["PreviousSpec"]["RollbackConfig"]["Order"] == "start-first", svc
 
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
     res = fab("rollback")

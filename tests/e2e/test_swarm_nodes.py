@@ -6,7 +6,8 @@ manager's side of the link with the login the deploy hands Swarm.
 
 A worker whose daemon stops in the middle of an update fails the deploy in one line naming the
 node and its tasks, well before the deploy's own limits, and once the node is back the next
-deploy converges; a worker drained during a deploy moves its tasks with nothing dropped.
+deploy converges; a worker drained during a deploy moves its tasks, the update Swarm rolled back
+over the drain starts again, and the proxy's dial retry holds requests while a service has no task.
 (test_swarm's deploy and rollback under load run on these two nodes too.)
 """
 
@@ -109,6 +110,15 @@ def test_the_stack_runs_on_two_nodes_that_reach_each_other_over_the_link_only(tw
     pulled = sb.worker_docker("images", "--format", "{{.Repository}}").split()
     assert f"{sb.SWARM_LINK_ADDR}:{sb.REGISTRY_PORT}/zdd-sandbox/{on_worker[0]}" in pulled, pulled
 
+    # the worker pulled with the login the deploy handed Swarm: no token stays on the manager
+    registry = f"{sb.SWARM_LINK_ADDR}:{sb.REGISTRY_PORT}"
+    sb.run(["su", "-s", "/bin/sh", "zddsbx", "-c", f"docker logout {registry} >/dev/null 2>&1"])  # an older run's
+    res = fab("deploy", "--no-verify")  # logs in, pulls, hands Swarm the login
+    assert res.returncode == 0 and f"logged in to {registry}" in res.stdout, res.stdout + res.stderr
+    config = sb.STATE / "home" / ".docker" / "config.json"
+    auths = json.loads(config.read_text()).get("auths", {}) if config.exists() else {}
+    assert registry not in auths, auths
+
     # the manager's Caddy reaches a task on the worker over the overlay network
     svc = on_worker[0]
     task = sb.worker_docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={sb.SWARM_STACK}_{svc}")
@@ -142,9 +152,9 @@ def test_a_worker_that_goes_away_mid_update_fails_naming_it_and_the_next_deploy_
     # one line naming the node that went away and its tasks, long before the ceiling
     line = err.strip().splitlines()[-1]
     assert sb.WORKER_NAME in line and "down" in line, err
-    assert re.search(r"(server|property)\.[12]", line), line
+    assert re.search(r"(server|property|identity|profile-server)\.[12] ", line), line
     assert took < 90, f"the deploy took {took:.0f}s after the node went away (started {killed - t0:.0f}s in)"
-    assert "rollout identity" not in out  # later tiers never started
+    assert re.search(rf"\[{HOST}\] FAIL rollout ", out), out  # the tier waiting when the node went: no later one
     # the manager's tasks serve on
     sb.swarm_serves(timeout=30)
 
@@ -161,7 +171,7 @@ def test_a_worker_that_goes_away_mid_update_fails_naming_it_and_the_next_deploy_
     sb.swarm_serves()
 
 
-def test_a_worker_drained_during_a_deploy_moves_its_tasks_with_nothing_dropped(two_nodes, tmp_path):
+def test_a_worker_drained_during_a_deploy_moves_its_tasks_and_the_deploy_finishes(two_nodes, tmp_path):
     had = {svc: [n for n, _ in sb.swarm_tasks(svc)] for svc in sb.APPS}
     assert any(sb.WORKER_NAME in n for n in had.values()), had
     version = sb.publish()
@@ -182,7 +192,13 @@ def test_a_worker_drained_during_a_deploy_moves_its_tasks_with_nothing_dropped(t
         for svc in sb.APPS:
             tasks = sb.swarm_tasks(svc)
             assert tasks == [(manager(), version)] * 2, (svc, tasks)
-        assert rc == 0 and report["failures"] == 0, vout
+        # Swarm stops a drained node's tasks before their replacements elsewhere are healthy: a
+        # service whose every task was on the worker has none for a few seconds. Caddy's dial
+        # retry (lb_try_duration) holds its requests meanwhile: none fails with 502 or a reset;
+        # only a slow request held past the client's 10 s may time out (README: Several nodes).
+        kinds = {f["kind"] for f in report["failure_list"]}
+        assert kinds <= {"timeout"}, vout
+        assert report["failures"] <= report["total"] // 200, vout
         assert version in {v["version"] for v in report["versions"]}, report["versions"]
     finally:
         sb.swarm_docker("node", "update", "--availability", "active", sb.WORKER_NAME)
