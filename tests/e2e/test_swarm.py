@@ -83,12 +83,11 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
         assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {version} fast"
         assert update_status(svc)["State"] == "completed", svc
     # tiers in order: a tier's updates started once every task of the tier before was replaced
-    # (its new tasks running, healthy), while Swarm still monitored it (before its `completed`)
+    # (its new tasks running, healthy); not necessarily after Swarm's `completed`, which comes
+    # after the monitor window (the unit tests show the overlap: with a 2 s window it may not)
     status = {svc: update_status(svc) for svc in sb.APPS}
     for earlier, later in ((("server", "property"), "identity"), (("identity",), "profile-server")):
-        started = when(status[later]["StartedAt"])
-        assert max(running_since(s) for s in earlier) <= started, (earlier, later)
-        assert min(when(status[s]["CompletedAt"]) for s in earlier) > started, (earlier, later, "no overlap")
+        assert max(running_since(s) for s in earlier) <= when(status[later]["StartedAt"]), (earlier, later)
 
     # the independent load loop saw nothing fail, and both versions answered
     assert rc == 0 and report["failures"] == 0, out
