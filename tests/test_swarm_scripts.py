@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +34,10 @@ STACK = "st"
 #   login           written by `login`: its DOCKER_CONFIG, then its stdin (the token)
 #   configs         the DOCKER_CONFIG ("-" for none) of each `service update`/`stack deploy`, and
 #                   whether that config held a login then ("with login")
+#   nodes-ls        what `node ls --format` prints (HOSTNAME|STATUS lines; default: n1, n2 Ready)
+#   held-NAME       what `service ps --format {{.Name}}|{{.Node}}|{{.CurrentState}}` of NAME prints
+#   task-ID         the node ID of task ID (`inspect --type task`); no file: no such task
+#   node-ID         `node inspect --format` of node ID (AVAILABILITY|STATE)
 SWARM_DOCKER = r"""#!/bin/sh
 d=$STUB
 printf '%s\n' "$*" >> "$d/calls"
@@ -76,6 +81,7 @@ case "$1 $2" in
 "service ls")
     case "$*" in *--quiet*) echo id1; echo id2 ;; *) cat "$d/replicas" 2>/dev/null ;; esac ;;
 "service ps")
+    case "$5" in "{{.Name}}|{{.Node}}|"*) cat "$d/held-$6" 2>/dev/null; exit 0 ;; esac
     case "$5" in "{{.ID}}|"*)
         shift 5
         for n in "$@"; do
@@ -96,11 +102,30 @@ case "$1 $2" in
     echo "Updating service st_server (id: x)"
     echo "Ignoring unsupported options: restart" >&2 ;;
 "info --format") echo "active true" ;;
-"node ls") echo n1; echo n2 ;;
-"node inspect") cat "$d/nodes" 2>/dev/null || echo '[]' ;;
+"node ls")
+    case "$*" in
+        *--format*) cat "$d/nodes-ls" 2>/dev/null || printf 'n1|Ready\nn2|Ready\n' ;;
+        *) echo n1; echo n2 ;;
+    esac ;;
+"node inspect")
+    if [ "$3" = --format ]; then cat "$d/node-$5"; exit; fi
+    cat "$d/nodes" 2>/dev/null || echo '[]' ;;
+"inspect --type") cat "$d/task-$6" 2>/dev/null || { echo "Error: No such task: $6" >&2; exit 1; } ;;
 "compose -f") cat "$d/compose" ;;
 esac
 exit 0
+"""
+
+# `date +%s` on a clock of the test's own once it sets one ($STUB/clock: "NOW STEP"): each read
+# says NOW and moves the clock on by STEP seconds, so a wait loop's seconds pass at every poll
+CLOCK_DATE = f"""#!/bin/sh
+if [ "$*" = +%s ] && [ -e "$STUB/clock" ]; then
+    read -r t step < "$STUB/clock"
+    echo "$((t + step)) $step" > "$STUB/clock"
+    echo "$t"
+    exit 0
+fi
+exec {shutil.which("date") or "/bin/date"} "$@"
 """
 
 
@@ -110,6 +135,8 @@ class Manager(Host):
     def __init__(self, tmp_path: Path):
         super().__init__(tmp_path)
         (tmp_path / "bin" / "docker").write_text(SWARM_DOCKER)
+        (tmp_path / "bin" / "date").write_text(CLOCK_DATE)
+        (tmp_path / "bin" / "date").chmod(0o755)
         self.config = HostConfig(
             name="t",
             dir="~/app",
@@ -616,3 +643,236 @@ def test_stack_services_with_no_task_to_replace_are_done_without_the_grace(manag
     assert lines[:3] == ["started st", "done server running 2/2", "done redis running 1/1"]
     assert time.monotonic() - t0 < 4  # the grace is 5 s
     assert any("PreviousSpec" in c and c.endswith("st_server st_redis") for c in manager.calls())
+
+
+# --- nodes: one down, one drained ---------------------------------------------------------------
+
+NEW2 = "2026-11-27 10:05:00 +0000 UTC"
+
+
+def changes(*names: str) -> list[SwarmChange]:
+    return [SwarmChange(n, f"r/{n}:1@sha256:new", f"r/{n}:1") for n in names]
+
+
+def ticks(stdout: str) -> list[int]:
+    """The seconds each progress line says (the test's clock: 5 s a poll)."""
+    return [int(ln.split(", ")[-1].split()[0]) for ln in stdout.splitlines() if ln.startswith("progress ")]
+
+
+def test_a_node_down_holding_a_task_an_update_waits_for_fails_at_once(manager):
+    """Swarm waits for a node that is down until it is back: once it has been down for 10 s
+    while it holds a task of a service waited for (not in a final state), the run fails, naming
+    the node and the task, long before the ceiling."""
+    manager.set("clock", "1000000 5\n")
+    manager.set("nodes-ls", "n1|Ready\nn2|Down\nn3|Ready\n")
+    manager.service("server", OLD, UPDATING)
+    manager.service("property", OLD, UPDATING)
+    manager.set(f"held-{STACK}_property", "st_property.1|n1|Running 1 hour ago\n")
+    manager.set(
+        f"held-{STACK}_server",
+        "st_server.1|n1|Running 2 seconds ago\n"
+        "st_server.1|n1|Shutdown 1 second ago\n"
+        "st_server.2|n2|Running 2 hours ago\n"
+        "st_server.3|n2|Shutdown 3 hours ago\n"
+        "st_server.3|n3|Running 3 hours ago\n",
+    )
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "update", changes("property", "server"), 120), timeout=60)
+    lines = res.stdout.splitlines()
+    assert res.returncode == 1, res.stdout
+    assert lines[-1] == (
+        "failed server: node n2 is down, holding st_server.2 (Running 2 hours ago); Swarm finishes the update once "
+        "the node is back or its tasks move: deploy again then"
+    )
+    assert lines[-2].startswith("detail server st_server.1 on n1: ")
+    # seen down at the first poll (10 s in), failed 10 s later: the grace, not the ceiling
+    assert ticks(res.stdout) == [10, 15]
+    assert not any("timeout" in ln for ln in lines)  # the ceiling: 120 s
+    assert "node ls --format {{.Hostname}}|{{.Status}}" in manager.calls()
+
+
+def test_a_node_down_that_holds_no_task_waited_for_does_not_fail_the_run(manager):
+    """Only tasks of the services the run waits for count, and only those Swarm still has to
+    finish with: a task on the node that was shut down, failed or rejected before is history."""
+    manager.set("clock", "1000000 5\n")
+    manager.set("nodes-ls", "n1|Ready\nn2|Down\n")
+    manager.service("server", OLD, *[UPDATING] * 5, DONE)
+    manager.set(
+        f"held-{STACK}_server",
+        "st_server.1|n1|Running 2 seconds ago\n"
+        "st_server.1|n2|Shutdown 1 minute ago\n"
+        "st_server.2|n2|Failed 2 minutes ago\n"
+        "st_server.2|n2|Rejected 3 minutes ago\n"
+        "st_server.2|n1|Running 1 second ago\n",
+    )
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "update", changes("server"), 600), timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert "done server completed" in res.stdout.splitlines()
+    assert max(ticks(res.stdout)) >= 25  # the node was down for longer than the grace
+    held = "service ps --no-trunc --format {{.Name}}|{{.Node}}|{{.CurrentState}} st_server"
+    assert held in manager.calls()  # looked at, found nothing Swarm waits for
+
+
+def test_with_r_a_node_down_holding_only_a_watched_services_task_does_not_fail(manager):
+    """-r: the run waits for its own services only; a watched one's task on a node down is no
+    reason to fail it (the last tier, which waits for it, would)."""
+    manager.set("clock", "1000000 5\n")
+    manager.set("nodes-ls", "n1|Ready\nn2|Unknown\n")
+    manager.service("server", UPDATING)
+    manager.set(f"held-{STACK}_server", "st_server.1|n2|Running 1 hour ago\n")
+    manager.service("property", OLD, *[UPDATING] * 6)
+    before = [task("o1", 1, "Running", "Running 1 hour ago", "property")]
+    after = [task("o1", 1, "Shutdown", "Shutdown 1 second ago", "property")]
+    new = task("n1", 1, "Running", "Running 1 second ago", "property")
+    manager.tasks("property", *[before] * 5, [*after, new])
+    res = manager.run(
+        swarm_cmds.swarm_tier(manager.config, "update", changes("property"), 600, watch=("server",), replaced=True),
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout
+    assert "done property replaced" in res.stdout.splitlines()
+    assert not any(c.endswith("{{.CurrentState}} st_server") for c in manager.calls())
+
+
+TASK = "ktl8mbzgcuv2xqq9cdrt5lj2a"
+EARLY = f"update rolled back due to failure or early termination of task {TASK}"
+
+
+def image_updates(manager: Manager) -> list[str]:
+    return [c for c in manager.calls() if c.startswith("service update") and "--image" in c]
+
+
+@pytest.mark.parametrize("node", ["drain|ready", "active|down", "pause|down"])
+def test_an_update_rolled_back_over_a_drain_starts_again_once_the_rollback_is_done(manager, node):
+    """Swarm rolls an update back when a drain ends a task of it early: that is no verdict on
+    the image. Once Swarm's rollback has completed the update starts again, once, and the run
+    waits for that one."""
+    manager.service(
+        "property",
+        OLD,
+        UPDATING,
+        f"rollback_started|{NEW}|{EARLY}",
+        f"rollback_completed|{NEW}|rollback completed",
+        f"rollback_completed|{NEW}|rollback completed",  # the new update not seen yet: not a verdict
+        f"updating|{NEW2}|update in progress",
+        f"completed|{NEW2}|update completed",
+    )
+    manager.set(f"task-{TASK}", "nodeid2\n")
+    manager.set("node-nodeid2", node + "\n")
+    manager.set("clock", "1000000 1\n")  # a second a poll: each poll's progress is shown
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "update", changes("property"), 600), timeout=60)
+    lines = [ln for ln in res.stdout.splitlines() if not ln.startswith("progress ")]
+    assert res.returncode == 0, res.stdout
+    assert lines[:4] == [
+        "started property",
+        "note property: Swarm rolls the update back, a task of it ended by a drain; it starts again after",
+        "started property",
+        "done property completed",
+    ]
+    assert lines[4].startswith("ok after ") and len(lines) == 5
+    assert "progress property: rolled back (drain), starting again after, " in res.stdout
+    calls = manager.calls()
+    assert f"inspect --type task --format {{{{.NodeID}}}} {TASK}" in calls
+    assert "node inspect --format {{.Spec.Availability}}|{{.Status.State}} nodeid2" in calls
+    updates = image_updates(manager)
+    assert len(updates) == 2 and updates[0] == updates[1]  # the same update, again
+    # started again only after Swarm said rollback_completed (the 4th UpdateStatus read)
+    again = [i for i, c in enumerate(calls) if c == updates[0]][1]
+    assert sum(c.startswith("service inspect --format {{.Spec.Name}}") for c in calls[:again]) == 4
+
+
+def test_with_r_the_update_started_again_replaces_the_tasks_the_rollback_left(manager):
+    """-r: the tasks to replace are, once the update starts again, those Swarm's rollback left
+    running: one of them still running is not a new task of the update."""
+    manager.service(
+        "property",
+        OLD,
+        UPDATING,
+        f"rollback_started|{NEW}|{EARLY}",
+        f"rollback_completed|{NEW}|rollback completed",
+        f"rollback_completed|{NEW}|rollback completed",
+        f"updating|{NEW2}|update in progress",
+    )
+    manager.set(f"task-{TASK}", "nodeid2\n")
+    manager.set("node-nodeid2", "drain|ready\n")
+    o1 = task("o1", 1, "Running", "Running 1 hour ago", "property")
+    n1 = task("n1", 1, "Shutdown", "Shutdown 1 second ago", "property")
+    gone = [task("o1", 1, "Shutdown", "Shutdown 1 second ago", "property"), n1]
+    r1 = task("r1", 1, "Running", "Running 1 second ago", "property")  # the rollback's
+    manager.tasks(
+        "property",
+        [o1],  # before the update
+        [o1, task("n1", 1, "Running", "Starting 1 second ago", "property")],
+        [o1, n1],  # rollback_started
+        [o1, n1],  # rollback_completed: started again, then what the rollback left is read
+        [*gone, r1],
+        [*gone, r1],
+        [*gone, r1],  # updating, nothing new yet: not replaced
+        [
+            *gone,
+            task("r1", 1, "Shutdown", "Shutdown 1 second ago", "property"),
+            task("n2", 1, "Running", "Running 1 second ago", "property"),
+        ],
+    )
+    rc, out, took = manager.tier("update", "property", replaced=True)
+    assert rc == 0, out
+    assert [ln for ln in out if ln.startswith(("started", "done"))] == [
+        "started property",
+        "started property",
+        "done property replaced",
+    ]
+    assert (manager.stub / f"np-{STACK}_property").read_text().strip() == "8"  # done at the last frame
+
+
+def test_an_update_rolled_back_over_a_task_on_a_node_active_and_ready_fails(manager):
+    manager.service("property", OLD, UPDATING, f"rollback_started|{NEW}|{EARLY}")
+    manager.set(f"task-{TASK}", "nodeid1\n")
+    manager.set("node-nodeid1", "active|ready\n")
+    rc, out, took = manager.tier("update", "property")
+    assert rc == 1 and out[-1] == f"failed property: rollback_started ({EARLY})"
+    assert not any(ln.startswith("note ") for ln in out)
+    assert len(image_updates(manager)) == 1  # failed at once: at the ceiling it would say timeout
+
+
+def test_an_update_rolled_back_over_a_task_that_is_gone_fails(manager):
+    """The task Swarm names is not found (no file): nothing says a drain ended it."""
+    manager.service("property", OLD, UPDATING, f"rollback_completed|{NEW}|{EARLY}")
+    rc, out, took = manager.tier("update", "property")
+    assert rc == 1 and out[-1] == f"failed property: rollback_completed ({EARLY})"
+    assert len(image_updates(manager)) == 1
+
+
+def test_a_second_rollback_over_a_drain_fails(manager):
+    """The update starts again once: rolled back over a drain again, the run fails."""
+    manager.service(
+        "property",
+        OLD,
+        UPDATING,
+        f"rollback_started|{NEW}|{EARLY}",
+        f"rollback_completed|{NEW}|rollback completed",
+        f"updating|{NEW2}|update in progress",
+        f"rollback_started|{NEW2}|{EARLY}",
+        f"rollback_completed|{NEW2}|rollback completed",
+    )
+    manager.set(f"task-{TASK}", "nodeid2\n")
+    manager.set("node-nodeid2", "drain|ready\n")
+    rc, out, took = manager.tier("update", "property")
+    assert rc == 1
+    assert out[-1] == f"failed property: rollback_started ({EARLY})"
+    assert [ln for ln in out if ln.startswith(("started", "note"))] == [
+        "started property",
+        "note property: Swarm rolls the update back, a task of it ended by a drain; it starts again after",
+        "started property",
+    ]
+    assert len(image_updates(manager)) == 2
+
+
+def test_a_watched_service_rolled_back_over_a_drain_is_not_started_again(manager):
+    """Only the run's own updates start again: a -w service's rollback fails the run as before."""
+    manager.service("server", UPDATING, f"rollback_started|{NEW}|{EARLY}")
+    manager.service("property", OLD, UPDATING)
+    manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")])
+    manager.set(f"task-{TASK}", "nodeid2\n")
+    manager.set("node-nodeid2", "drain|ready\n")
+    rc, out, took = manager.tier("update", "property", watch=("server",), replaced=True)
+    assert rc == 1 and out[-1] == f"failed server: rollback_started ({EARLY})"
+    assert [c.split()[-1] for c in image_updates(manager)] == ["st_property"]
