@@ -167,24 +167,9 @@ def swarm_service(service: str) -> dict:
 
 
 def swarm_versions(service: str) -> set[str]:
-    """The versions the images of a stack service's running tasks carry (this node has them all)."""
-    out = swarm_docker(
-        "service",
-        "ps",
-        "--no-trunc",
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.Image}}",
-        f"{SWARM_STACK}_{service}",
-    )
-    versions = set()
-    for ref in out.split():
-        name, _, digest = ref.partition("@")
-        last = name.rsplit("/", 1)[-1]
-        repo = name.rsplit(":", 1)[0] if ":" in last else name
-        versions.add(image_version(f"{repo}@{digest}" if digest else ref, host=SWARM_DOCKER_HOST))
-    return versions
+    """The versions the images of a stack service's running tasks carry, each read on the node
+    that runs it (the manager may not hold a worker's image: its prune, or it never ran one)."""
+    return {version for _, version in swarm_tasks(service)}
 
 
 def worker_docker(*args: str) -> str:

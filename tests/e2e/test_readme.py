@@ -34,7 +34,7 @@ def test_the_readme_commands_are_these():
 # README's Docker Swarm block: tests/e2e/test_swarm.py and test_swarm_engine.py run these
 # (scripts/test.sh runs swarm-up)
 SWARM = [
-    "scripts/sandbox.sh swarm-up",
+    "scripts/sandbox.sh swarm-up --nodes 2",
     "scripts/sandbox.sh publish",
     ".venv/bin/fab -H sandbox-swarm deploy",
     ".venv/bin/fab -H sandbox-swarm rollback",

@@ -218,6 +218,10 @@ def test_status_shows_the_stack(settled):
             res.stdout,
         )
     assert f"{sb.SWARM_STACK}_server.1" in res.stdout
+    # tasks per node: both nodes, each with its tasks
+    manager = sb.swarm_engine_info()["Name"]
+    for node in (manager, sb.WORKER_NAME):
+        assert re.search(rf"\[{HOST}\]\s+node {re.escape(node)}: [1-9]\d* task\(s\)", res.stdout), (node, res.stdout)
     assert f"[{HOST}]   lock: free" in res.stdout and re.search(
         rf"\[{HOST}\]   last run: \S+ deploy by \S+: ok", res.stdout
     ), res.stdout
