@@ -172,6 +172,16 @@ def swarm_versions(service: str) -> set[str]:
     return {version for _, version in swarm_tasks(service)}
 
 
+def swarm_update_status(service: str) -> dict:
+    """A stack service's UpdateStatus ({} when Swarm has none)."""
+    return swarm_service(service).get("UpdateStatus") or {}
+
+
+def swarm_on_worker(*services: str) -> list[str]:
+    """The services with a running task on the worker (swarm-up --nodes 2)."""
+    return [svc for svc in services if any(node == WORKER_NAME for node, _ in swarm_tasks(svc))]
+
+
 def worker_docker(*args: str) -> str:
     """The docker CLI against the worker's engine (swarm-up --nodes 2)."""
     return docker(*args, host=WORKER_DOCKER_HOST)

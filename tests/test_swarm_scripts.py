@@ -738,6 +738,13 @@ TASK = "ktl8mbzgcuv2xqq9cdrt5lj2a"
 EARLY = f"update rolled back due to failure or early termination of task {TASK}"
 
 
+def task_on_node(manager: Manager, node: str, availability_and_state: str) -> None:
+    """The task Swarm's rollback message names (TASK) ran on NODE, whose
+    ``{{.Spec.Availability}}|{{.Status.State}}`` is AVAILABILITY_AND_STATE."""
+    manager.set(f"task-{TASK}", f"{node}\n")
+    manager.set(f"node-{node}", f"{availability_and_state}\n")
+
+
 def image_updates(manager: Manager) -> list[str]:
     return [c for c in manager.calls() if c.startswith("service update") and "--image" in c]
 
@@ -757,8 +764,7 @@ def test_an_update_rolled_back_over_a_drain_starts_again_once_the_rollback_is_do
         f"updating|{NEW2}|update in progress",
         f"completed|{NEW2}|update completed",
     )
-    manager.set(f"task-{TASK}", "nodeid2\n")
-    manager.set("node-nodeid2", node + "\n")
+    task_on_node(manager, "nodeid2", node)
     manager.set("clock", "1000000 1\n")  # a second a poll: each poll's progress is shown
     res = manager.run(swarm_cmds.swarm_tier(manager.config, "update", changes("property"), 600), timeout=60)
     lines = [ln for ln in res.stdout.splitlines() if not ln.startswith("progress ")]
@@ -793,8 +799,7 @@ def test_with_r_the_update_started_again_replaces_the_tasks_the_rollback_left(ma
         f"rollback_completed|{NEW}|rollback completed",
         f"updating|{NEW2}|update in progress",
     )
-    manager.set(f"task-{TASK}", "nodeid2\n")
-    manager.set("node-nodeid2", "drain|ready\n")
+    task_on_node(manager, "nodeid2", "drain|ready")
     o1 = task("o1", 1, "Running", "Running 1 hour ago", "property")
     n1 = task("n1", 1, "Shutdown", "Shutdown 1 second ago", "property")
     gone = [task("o1", 1, "Shutdown", "Shutdown 1 second ago", "property"), n1]
@@ -826,8 +831,7 @@ def test_with_r_the_update_started_again_replaces_the_tasks_the_rollback_left(ma
 
 def test_an_update_rolled_back_over_a_task_on_a_node_active_and_ready_fails(manager):
     manager.service("property", OLD, UPDATING, f"rollback_started|{NEW}|{EARLY}")
-    manager.set(f"task-{TASK}", "nodeid1\n")
-    manager.set("node-nodeid1", "active|ready\n")
+    task_on_node(manager, "nodeid1", "active|ready")
     rc, out, took = manager.tier("update", "property")
     assert rc == 1 and out[-1] == f"failed property: rollback_started ({EARLY})"
     assert not any(ln.startswith("note ") for ln in out)
@@ -854,8 +858,7 @@ def test_a_second_rollback_over_a_drain_fails(manager):
         f"rollback_started|{NEW2}|{EARLY}",
         f"rollback_completed|{NEW2}|rollback completed",
     )
-    manager.set(f"task-{TASK}", "nodeid2\n")
-    manager.set("node-nodeid2", "drain|ready\n")
+    task_on_node(manager, "nodeid2", "drain|ready")
     rc, out, took = manager.tier("update", "property")
     assert rc == 1
     assert out[-1] == f"failed property: rollback_started ({EARLY})"
@@ -872,8 +875,7 @@ def test_a_watched_service_rolled_back_over_a_drain_is_not_started_again(manager
     manager.service("server", UPDATING, f"rollback_started|{NEW}|{EARLY}")
     manager.service("property", OLD, UPDATING)
     manager.tasks("property", [task("o1", 1, "Running", "Running 1 hour ago", "property")])
-    manager.set(f"task-{TASK}", "nodeid2\n")
-    manager.set("node-nodeid2", "drain|ready\n")
+    task_on_node(manager, "nodeid2", "drain|ready")
     rc, out, took = manager.tier("update", "property", watch=("server",), replaced=True)
     assert rc == 1 and out[-1] == f"failed server: rollback_started ({EARLY})"
     assert [c.split()[-1] for c in image_updates(manager)] == ["st_property"]

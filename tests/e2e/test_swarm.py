@@ -37,10 +37,6 @@ def settled(swarm_sandbox):
     yield sb
 
 
-def update_status(service: str) -> dict:
-    return sb.swarm_service(service).get("UpdateStatus") or {}
-
-
 def when(stamp: str) -> float:
     """An RFC 3339 time as Docker prints it (nanoseconds), as a Unix time."""
     head, _, frac = stamp.rstrip("Z").partition(".")
@@ -58,14 +54,9 @@ def spec_images(*services: str) -> dict[str, str]:
     return {svc: sb.swarm_service(svc)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] for svc in services}
 
 
-def on_worker(*services: str) -> list[str]:
-    """The services with a task on the worker (swarm-up --nodes 2)."""
-    return [svc for svc in services if any(node == sb.WORKER_NAME for node, _ in sb.swarm_tasks(svc))]
-
-
 def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tmp_path):
     before = {svc: sb.swarm_versions(svc) for svc in sb.APPS}
-    assert on_worker(*sb.APPS), "no app task runs on the worker"
+    assert sb.swarm_on_worker(*sb.APPS), "no app task runs on the worker"
     version = sb.publish()
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
     res = fab("deploy", "--strict")
@@ -81,11 +72,11 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
         assert sb.swarm_versions(svc) == {version}, svc
         assert version not in before[svc]
         assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {version} fast"
-        assert update_status(svc)["State"] == "completed", svc
+        assert sb.swarm_update_status(svc)["State"] == "completed", svc
     # tiers in order: a tier's updates started once every task of the tier before was replaced
     # (its new tasks running, healthy); not necessarily after Swarm's `completed`, which comes
     # after the monitor window (the unit tests show the overlap: with a 2 s window it may not)
-    status = {svc: update_status(svc) for svc in sb.APPS}
+    status = {svc: sb.swarm_update_status(svc) for svc in sb.APPS}
     for earlier, later in ((("server", "property"), "identity"), (("identity",), "profile-server")):
         assert max(running_since(s) for s in earlier) <= when(status[later]["StartedAt"]), (earlier, later)
 
@@ -113,14 +104,14 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
 
 
 def test_deploy_with_nothing_changed_touches_nothing(settled):
-    started = {svc: update_status(svc).get("StartedAt") for svc in sb.APPS}
+    started = {svc: sb.swarm_update_status(svc).get("StartedAt") for svc in sb.APPS}
     images = spec_images(*sb.APPS)
     res = fab("deploy", "--no-verify")
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("skip, unchanged") == 4
     assert re.search(rf"\[{HOST}\] skip infra-up\s+[\d.]+s  unchanged: mongodb, redis", res.stdout), res.stdout
     assert "cost: 4 remote commands, 0 proxy loads" in res.stdout  # survey, lock, pull, finish
-    assert {svc: update_status(svc).get("StartedAt") for svc in sb.APPS} == started
+    assert {svc: sb.swarm_update_status(svc).get("StartedAt") for svc in sb.APPS} == started
     assert spec_images(*sb.APPS) == images
 
 
@@ -131,7 +122,7 @@ def test_broken_image_is_rolled_back_by_swarm_and_fails_the_deploy(settled, tmp_
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
     res = fab("deploy")
     deadline = time.monotonic() + 60  # the load goes on while Swarm finishes its rollback
-    while update_status("server").get("State") != "rollback_completed" and time.monotonic() < deadline:
+    while sb.swarm_update_status("server").get("State") != "rollback_completed" and time.monotonic() < deadline:
         time.sleep(0.5)
     rc, out, report = probe.stop(
         settle=12
@@ -146,7 +137,7 @@ def test_broken_image_is_rolled_back_by_swarm_and_fails_the_deploy(settled, tmp_
         assert "rollout identity" not in res.stdout
         assert spec_images("identity", "profile-server") == later  # later tiers untouched
         # Swarm finished its rollback: the good version serves, alone
-        assert update_status("server")["State"] == "rollback_completed"
+        assert sb.swarm_update_status("server")["State"] == "rollback_completed"
         assert sb.swarm_versions("server") == good
         assert rc == 0 and report["failures"] == 0, out
         assert broken not in {v["version"] for v in report["versions"]}, report["versions"]
@@ -177,14 +168,14 @@ def test_rollback_returns_to_the_previous_images_under_load(settled, tmp_path):
         settle=12
     )  # an old task that ignores SIGTERM serves its pooled connections until it dies
     assert res.returncode == 0, res.stdout + res.stderr
-    assert on_worker(*sb.APPS), "no app task runs on the worker"
+    assert sb.swarm_on_worker(*sb.APPS), "no app task runs on the worker"
     for svc in sb.APPS:
         tasks = sb.swarm_tasks(svc)  # both nodes restored
         assert len(tasks) == 2 and {v for _, v in tasks} == before[svc], (svc, tasks)
         assert sb.swarm_versions(svc) == before[svc], svc
         [old] = before[svc]
         assert sb.get(f"/{svc}/fast", base=sb.SWARM_HTTP).text == f"{svc} {old} fast"
-        assert update_status(svc)["State"] == "rollback_completed"
+        assert sb.swarm_update_status(svc)["State"] == "rollback_completed"
     # tiers in reverse order
     order = [res.stdout.index(f"ok   rollback {t}") for t in ("profile-server", "identity", "server, property")]
     assert order == sorted(order), res.stdout
@@ -219,8 +210,7 @@ def test_status_shows_the_stack(settled):
         )
     assert f"{sb.SWARM_STACK}_server.1" in res.stdout
     # tasks per node: both nodes, each with its tasks
-    manager = sb.swarm_engine_info()["Name"]
-    for node in (manager, sb.WORKER_NAME):
+    for node in (sb.swarm_engine_info()["Name"], sb.WORKER_NAME):
         assert re.search(rf"\[{HOST}\]\s+node {re.escape(node)}: [1-9]\d* task\(s\)", res.stdout), (node, res.stdout)
     assert f"[{HOST}]   lock: free" in res.stdout and re.search(
         rf"\[{HOST}\]   last run: \S+ deploy by \S+: ok", res.stdout

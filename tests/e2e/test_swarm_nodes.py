@@ -57,7 +57,7 @@ def worker_answers() -> bool:
 
 def updating(*services: str) -> list[str]:
     """The services Swarm is still changing (updating, or rolling back)."""
-    states = {svc: (sb.swarm_service(svc).get("UpdateStatus") or {}).get("State", "") for svc in services}
+    states = {svc: sb.swarm_update_status(svc).get("State", "") for svc in services}
     return [svc for svc, st in states.items() if st in ("updating", "rollback_started", "paused", "rollback_paused")]
 
 
@@ -70,7 +70,7 @@ def wait_for(what: str, ok, timeout: float) -> None:
 
 
 def update_started(service: str, before: str | None) -> bool:
-    return (sb.swarm_service(service).get("UpdateStatus") or {}).get("StartedAt") not in (None, before)
+    return sb.swarm_update_status(service).get("StartedAt") not in (None, before)
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def two_nodes(swarm_sandbox):
     wait_for("Swarm to settle", lambda: not updating(*sb.APPS), 120)
     res = fab("deploy", "--no-verify")
     assert res.returncode == 0, res.stdout + res.stderr
-    if not any(node == sb.WORKER_NAME for svc in sb.APPS for node, _ in sb.swarm_tasks(svc)):
+    if not sb.swarm_on_worker(*sb.APPS):
         res = fab("deploy", "--no-verify", "--force")  # Swarm spreads the new tasks again
         assert res.returncode == 0, res.stdout + res.stderr
     sb.swarm_serves()
@@ -104,7 +104,7 @@ def test_the_stack_runs_on_two_nodes_that_reach_each_other_over_the_link_only(tw
 
     # Caddy on the manager; app tasks on the worker, from images the worker's engine pulled
     assert {node for node, _ in sb.swarm_tasks("caddy")} == {manager()}
-    on_worker = [svc for svc in sb.APPS if any(n == sb.WORKER_NAME for n, _ in sb.swarm_tasks(svc))]
+    on_worker = sb.swarm_on_worker(*sb.APPS)
     assert on_worker, {svc: sb.swarm_tasks(svc) for svc in sb.APPS}
     assert all(len(sb.swarm_tasks(svc)) == 2 for svc in sb.APPS)
     pulled = sb.worker_docker("images", "--format", "{{.Repository}}").split()
@@ -135,7 +135,7 @@ def test_the_stack_runs_on_two_nodes_that_reach_each_other_over_the_link_only(tw
 
 def test_a_worker_that_goes_away_mid_update_fails_naming_it_and_the_next_deploy_converges(two_nodes):
     version = sb.publish()
-    before = (sb.swarm_service("server").get("UpdateStatus") or {}).get("StartedAt")
+    before = sb.swarm_update_status("server").get("StartedAt")
     t0 = time.monotonic()
     proc = fab_in_background("deploy", "--no-verify")
     try:
@@ -175,7 +175,7 @@ def test_a_worker_drained_during_a_deploy_moves_its_tasks_and_the_deploy_finishe
     had = {svc: [n for n, _ in sb.swarm_tasks(svc)] for svc in sb.APPS}
     assert any(sb.WORKER_NAME in n for n in had.values()), had
     version = sb.publish()
-    before = (sb.swarm_service("server").get("UpdateStatus") or {}).get("StartedAt")
+    before = sb.swarm_update_status("server").get("StartedAt")
     probe = sb.Verify("--host", HOST, json_path=tmp_path / "verify.json")
     proc = fab_in_background("deploy", "--no-verify")
     try:
@@ -186,7 +186,7 @@ def test_a_worker_drained_during_a_deploy_moves_its_tasks_and_the_deploy_finishe
         if proc.poll() is None:
             proc.kill()
     try:
-        wait_for("the drain", lambda: not any(n == sb.WORKER_NAME for s in sb.APPS for n, _ in sb.swarm_tasks(s)), 60)
+        wait_for("the drain", lambda: not sb.swarm_on_worker(*sb.APPS), 60)
         rc, vout, report = probe.stop(settle=12)
         assert proc.returncode == 0, out + err
         # every task on the manager, at the new version, once Swarm has stopped the extra task a
