@@ -61,18 +61,22 @@ def swarm_tier(
     watch: tuple[str, ...] = (),
     replaced: bool = False,
     login: tuple[str, str] | None = None,
+    job_run: str = "",
 ) -> Command:
     """Start ``action`` (update, rollback, stack) for these services and wait on the host until
     Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
     the journal KEY before the change. ``watch``: earlier tiers' services whose update Swarm
     still monitors (their failure fails this run too; without ``replaced`` it waits for them);
-    ``replaced``: done once Swarm has replaced the tasks, before its monitor window ends.
+    ``replaced``: done once Swarm has replaced the tasks, before its monitor window ends;
+    ``job_run`` (with ``replaced``: the last tier of run JOB_RUN): the rest of the wait, Swarm's
+    monitor window, goes to a job on the host that holds the deploy lock until Swarm's verdict
+    and journals it (event ``settled``).
     ``login`` (server, username): the script logs in to a temporary Docker config for
     ``--with-registry-auth``, with the token zdd sends it as its first line
     (:func:`login_line`), never an argument.
 
     The arguments, in the order swarm_tier.sh's header gives: ``N [SERVICE IMAGE REF SETS]xN
-    [-w SERVICE]... [-r] [--login SERVER USER] [-c FILE...]``."""
+    [-w SERVICE]... [-r] [-j RUN] [--login SERVER USER] [-c FILE...]``."""
     args = [
         action,
         host.stack_name,
@@ -89,6 +93,8 @@ def swarm_tier(
         args += ["-w", name]
     if replaced:
         args.append("-r")
+        if job_run:
+            args += ["-j", job_run]
     if login:
         args += ["--login", *login]
     if action == "stack":

@@ -56,6 +56,14 @@ def journal_lines(state: Any, runs: list[journal.Run]) -> list[str]:
     if done:
         last = done[-1]
         lines.append(f"last run: {last.run} {last.kind} by {last.start.get('who', '?')}: {last.end.get('result')}")
+        verdict = last.settled
+        if verdict:
+            said = (
+                f"completed after {verdict.get('seconds', '?')}s more"
+                if verdict.get("result") == "completed"
+                else f"{verdict.get('result', '?')}: {verdict.get('error', '')}"
+            )
+            lines.append(f"  Swarm's verdict on {verdict.get('services', '?')}: {said}")
     unfinished = journal.unfinished(runs)
     if unfinished:
         lines.append(f"unfinished: {unfinished.run} {unfinished.kind} (the next deploy or `fab recover` finishes it)")

@@ -127,6 +127,12 @@ class Run:
     def ok(self) -> bool:
         return bool(self.end) and self.end.get("result") == "ok"
 
+    @property
+    def settled(self) -> dict:
+        """Engine swarm: Swarm's verdict once its monitor window ended (``settled``, journaled by
+        the monitor job after the run ended), or {}."""
+        return next((e for e in reversed(self.events) if e.get("event") == "settled"), {})
+
     def images_after(self) -> dict[str, str]:
         """service -> the image it ran once this run was done."""
         return {n: s.get("after", "") for n, s in (self.plan.get("services") or {}).items() if s.get("after")}

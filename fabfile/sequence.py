@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from . import hooks as team_hooks
@@ -123,6 +124,7 @@ def roll(
     """The plan to the journal (sent with the first change), then each tier in order (with
     the pre-tier and post-tier hooks of a tier that rolls something); on a failure or an
     interruption the engine unwinds (never removing what carries traffic)."""
+    release = replace(release, wait=wait)
     event = engine.plan_event(held.run, state, release)
     held.note_plan(event)
     if facts is not None:

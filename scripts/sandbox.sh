@@ -2,7 +2,7 @@
 # The zdd sandbox: a real deploy target on this machine.
 #
 #   scripts/sandbox.sh up                 install + start everything, stack at v1 (idempotent)
-#   scripts/sandbox.sh publish [--broken] [--fail-after N] [--version V] [--tag T] [SERVICE...]
+#   scripts/sandbox.sh publish [--broken] [--fail-after N] [--die-after N] [--version V] [--tag T] [SERVICE...]
 #                                         push a new image of these apps (default: all four)
 #                                         under the same :latest tag (or T), as RemiliaNET's CI does
 #   scripts/sandbox.sh naive-redeploy     today's deploy: compose up -d --pull always --force-recreate
@@ -324,12 +324,13 @@ next_version() {
     echo $((n + 1)) > "$STATE/version"; echo "v$((n + 1))"
 }
 
-publish() {  # publish [--broken] [--fail-after N] [--version V] [--tag T] [SERVICE...]
-    local broken='' fail_after='' version='' tag=latest
+publish() {  # publish [--broken] [--fail-after N] [--die-after N] [--version V] [--tag T] [SERVICE...]
+    local broken='' fail_after='' die_after='' version='' tag=latest
     while [ $# -gt 0 ]; do
         case "$1" in
             --broken) broken=1; shift ;;
             --fail-after) fail_after=$2; shift 2 ;;
+            --die-after) die_after=$2; shift 2 ;;
             --version) version=$2; shift 2 ;;
             --tag) tag=$2; shift 2 ;;
             -*) die "unknown option $1" ;;
@@ -344,12 +345,12 @@ publish() {  # publish [--broken] [--fail-after N] [--version V] [--tag T] [SERV
         local ref=$CI_REGISTRY/zdd-sandbox/$svc:$tag
         DOCKER_BUILDKIT=0 ci_docker build -q --build-arg "BASE=zdd-sandbox/base:$(base_hash)" \
             --build-arg "VERSION=$version" --build-arg "BROKEN=$broken" --build-arg "FAIL_AFTER=$fail_after" \
-            -t "$ref" "$ctx" >/dev/null 2>&1
+            --build-arg "DIE_AFTER=$die_after" -t "$ref" "$ctx" >/dev/null 2>&1
         ci_docker push -q "$ref" >/dev/null
         ci_docker rmi "$ref" >/dev/null
     done
     rm -rf "$ctx"
-    log "published ${services[*]} as $version (tag $tag)${broken:+ (broken: its healthcheck never passes)}${fail_after:+ (answers 500 after ${fail_after}s, healthy)}"
+    log "published ${services[*]} as $version (tag $tag)${broken:+ (broken: its healthcheck never passes)}${fail_after:+ (answers 500 after ${fail_after}s, healthy)}${die_after:+ (exits 1 ${die_after}s after it started)}"
     echo "$version"
 }
 

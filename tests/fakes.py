@@ -890,6 +890,15 @@ def swarm_tier_options(command: str) -> tuple[list[str], bool]:
     return [rest[i + 1] for i, w in enumerate(rest) if w == "-w"], "-r" in rest
 
 
+def swarm_tier_job(command: str) -> str:
+    """The run a rendered swarm_tier.sh command hands Swarm's monitor window to (-j RUN), or ""."""
+    import shlex
+
+    words = shlex.split(command.split(" && ", 1)[-1])
+    rest = words[words.index("swarm_tier.sh") + 1 :]
+    return rest[rest.index("-j") + 1] if "-j" in rest else ""
+
+
 def swarm_reports(
     failures: dict[str, str] | None = None, log: list | None = None, watched: dict[str, str] | None = None
 ) -> Callable[[str], list[str]]:
@@ -914,6 +923,8 @@ def swarm_reports(
             how = {"update": "completed", "rollback": "rollback_completed"}.get(action, "running 1/1")
             out.append(f"done {name} " + ("replaced" if replaced else how))
         out += [] if replaced else [f"done {n} completed" for n in watch]
+        if swarm_tier_job(command):
+            out.append("monitor 4242 " + " ".join([*names, *watch]))
         return out + ["ok after 3s"]
 
     return answer

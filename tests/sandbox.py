@@ -177,6 +177,25 @@ def swarm_update_status(service: str) -> dict:
     return swarm_service(service).get("UpdateStatus") or {}
 
 
+SWARM_LOCK = STATE / "home" / ".zdd" / "locks" / f"stack_{SWARM_STACK}"
+
+
+def swarm_verdict(since: float, timeout: float = 60) -> dict:
+    """The monitor job's ``settled`` event (Swarm's verdict after a deploy returned) journaled
+    after ``since`` (a Unix time), once the job has also freed the deploy lock; {} if none
+    within ``timeout`` seconds."""
+    journal = STATE / "home" / ".zdd" / "journal" / f"stack_{SWARM_STACK}.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = journal.read_text().splitlines() if journal.exists() else []
+        events = [json.loads(ln) for ln in lines if '"settled"' in ln]
+        events = [e for e in events if e.get("event") == "settled" and e.get("t", 0) >= int(since)]
+        if events and not SWARM_LOCK.exists():
+            return events[-1]
+        time.sleep(0.5)
+    return {}
+
+
 def swarm_on_worker(*services: str) -> list[str]:
     """The services with a running task on the worker (swarm-up --nodes 2)."""
     return [svc for svc in services if any(node == WORKER_NAME for node, _ in swarm_tasks(svc))]

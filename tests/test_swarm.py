@@ -44,6 +44,7 @@ from tests.fakes import (
     swarm_compose_json,
     swarm_reports,
     swarm_tier_args,
+    swarm_tier_job,
     swarm_tier_options,
 )
 from tests.test_dry_run import HOSTS_TOML, TOKEN
@@ -528,16 +529,50 @@ def test_deploy_updates_each_tier_together_in_order():
         ("rollout server, property", "ok"),
         ("rollout identity", "ok"),
         ("rollout profile-server", "ok"),
+        ("swarm verdict", "ok"),
         ("reload-caddy", "skipped"),
         ("finish", "ok"),
     ]
-    # each tier but the last is done once Swarm has replaced its tasks; later tiers watch it, the last
-    # one waits until Swarm has completed every update
+    # each tier is done once Swarm has replaced its tasks; later tiers watch it; the last one hands
+    # Swarm's monitor window (its own services' and the earlier ones') to a job on the host
+    assert [swarm_tier_options(c.command) for c in fake.calls if "swarm_tier.sh" in c.command] == [
+        ([], True),
+        (["server", "property"], True),
+        (["server", "property", "identity"], True),
+    ]
+    tiers = [c.command for c in fake.calls if "swarm_tier.sh" in c.command]
+    jobs = [swarm_tier_job(c) for c in tiers]
+    assert (
+        jobs[:2] == ["", ""]
+        and re.fullmatch(r"\d{8}-\d{6}-\d+", jobs[2])
+        and f'"run": "{jobs[2]}"' in (fake.calls[1].stdin or "")
+    )
+    assert [r.detail for r in s.report.steps[4:8]] == [
+        "server replaced, property replaced",
+        "identity replaced; earlier: server monitored, property monitored",
+        "profile-server replaced; earlier: server monitored, property monitored, identity monitored",
+        "left to the host: Swarm monitors profile-server, server, property, identity until its monitor window "
+        "ends; job 4242 holds the deploy lock until then and journals the verdict (fab -H sandbox-swarm status)",
+    ]
+    # the job holds the lock now: finish is given no holder, so it leaves the lock
+    finish = shlex.split(fake.calls[-1].command)
+    assert finish[finish.index("finish.sh") + 1 : finish.index("finish.sh") + 3] == [SWARM_KEY, ""]
+
+
+def test_deploy_wait_waits_for_swarms_verdict():
+    log: list = []
+    fake = fake_manager(log=log)
+    s, out = session(fake)
+    deploy(s, wait=True)
+    assert log == [("update", ["server", "property"]), ("update", ["identity"]), ("update", ["profile-server"])]
+    assert [r[0] for r in steps_of(s)][7:] == ["reload-caddy", "finish"]
+    # the last tier waits until Swarm has completed every update, its own and the earlier tiers'
     assert [swarm_tier_options(c.command) for c in fake.calls if "swarm_tier.sh" in c.command] == [
         ([], True),
         (["server", "property"], True),
         (["server", "property", "identity"], False),
     ]
+    assert not any(swarm_tier_job(c.command) for c in fake.calls if "swarm_tier.sh" in c.command)
     assert [r.detail for r in s.report.steps[4:7]] == [
         "server replaced, property replaced",
         "identity replaced; earlier: server monitored, property monitored",
@@ -1066,6 +1101,47 @@ def test_a_service_swarm_is_still_updating_is_refused():
     problems, _ = swarm_state.check_stack(state, h, ["server"])
     assert problems == [
         "server: Swarm is still changing it (updating): wait until `docker service ps remilia-swarm_server` has settled"
+    ]
+
+
+def test_an_update_swarm_still_monitors_for_the_monitor_job_is_waited_for_not_refused():
+    """The last deploy's monitor job holds the lock while Swarm says `updating`: the deploy waits
+    for the lock (lock.sh) instead of refusing."""
+    h = load(HOSTS_TOML).host(NAME)
+    spec = model_app("start-first")
+    state = swarm_state.StackState(
+        "active true",
+        {"server": spec},
+        {"server": swarm_state.StackService("server", "x@sha256:1", update_state="updating")},
+        applied={"server": swarm_state.spec_hash(spec)},
+        lock_holder="swarm monitor job 77 on m1 since 2026-11-30 07:00:00 UTC: waits for Swarm's verdict on server",
+    )
+    problems, _ = swarm_state.check_stack(state, h, ["server"])
+    assert problems == []
+
+
+def test_status_says_swarms_verdict_on_the_last_run():
+    from fabfile import journal
+    from fabfile.history import journal_lines
+
+    run = "20261130-070000-1"
+    lines = [
+        {"run": run, "t": 1, "event": "start", "kind": "deploy", "who": "al@x"},
+        {"run": run, "t": 9, "event": "end", "result": "ok", "seconds": 8.0, "steps": []},
+        {
+            "run": run,
+            "t": 14,
+            "event": "settled",
+            "result": "failed",
+            "services": "server property",
+            "error": "server: rollback_completed (update rolled back due to failure)",
+        },
+    ]
+    runs = journal.parse("\n".join(json.dumps(x) for x in lines))
+    state = swarm_state.StackState("active true", {}, {})
+    assert journal_lines(state, runs)[1:] == [
+        f"last run: {run} deploy by al@x: ok",
+        "  Swarm's verdict on server property: failed: server: rollback_completed (update rolled back due to failure)",
     ]
 
 

@@ -161,6 +161,8 @@ class Manager(Host):
         hashes: str = "",
         watch: tuple[str, ...] = (),
         replaced: bool = False,
+        job_run: str = "",
+        key: str = "",
     ) -> tuple[int, list[str], float]:
         changes = [
             SwarmChange(n, f"r/{n}:1@sha256:new", f"r/{n}:1", ("order", "rollback-order") if n == "server" else ())
@@ -170,7 +172,9 @@ class Manager(Host):
         ]
         t0 = time.monotonic()
         res = self.run(
-            swarm_cmds.swarm_tier(self.config, action, changes, ceiling, hashes, watch=watch, replaced=replaced),
+            swarm_cmds.swarm_tier(
+                self.config, action, changes, ceiling, hashes, key, watch=watch, replaced=replaced, job_run=job_run
+            ),
             timeout=60,
         )
         return (
@@ -549,6 +553,82 @@ def test_tiers_overlap_swarms_monitor_window_and_the_last_waits_for_every_verdic
     updates = [c.split()[-1] for c in manager.calls() if c.startswith("service update") and "--image" in c]
     assert updates == ["st_server", "st_property", "st_profile"]  # a watched service is not changed
     assert not any(c.startswith("service ps") and "st_profile" in c for c in manager.calls())  # no -r: no tasks read
+
+
+def monitor_job(manager: Manager, verdict: str) -> tuple[int, list[str], Path, Path]:
+    """The last tier of run R1 (-r -j R1) under the deploy's lock: property replaced while
+    Swarm still monitors it and the earlier tier's server; server then ends as ``verdict``."""
+    lock = manager.home / ".zdd" / "locks" / "stack_st"
+    lock.mkdir(parents=True)
+    (lock / "holder").write_text("zdd deploy R1\n")
+    manager.service("server", UPDATING, UPDATING, UPDATING, UPDATING, verdict)
+    manager.service("property", OLD, UPDATING, UPDATING, UPDATING, DONE)
+    before = [task("o1", 1, "Running", "Running 1 hour ago", "property")]
+    after = [task("o1", 1, "Shutdown", "Shutdown 1 second ago", "property")]
+    manager.tasks("property", before, [*after, task("n1", 1, "Running", "Running 1 second ago", "property")])
+    rc, out, _ = manager.tier("update", "property", watch=("server",), replaced=True, job_run="R1", key="stack_st")
+    return rc, out, lock, manager.home / ".zdd" / "journal" / "stack_st.jsonl"
+
+
+def settled_events(journal: Path, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = journal.read_text().splitlines() if journal.exists() else []
+        events = [json.loads(ln) for ln in lines if '"settled"' in ln]
+        if events:
+            return events
+        time.sleep(0.2)
+    return []
+
+
+def test_the_last_tier_hands_swarms_monitor_window_to_a_job_that_holds_the_lock_and_journals_the_verdict(manager):
+    rc, out, lock, journal = monitor_job(manager, DONE)
+    assert rc == 0, out
+    assert out[:2] == ["started property", "done property replaced"]
+    word, job, *names = out[2].split()
+    assert word == "monitor" and names == ["property", "server"] and out[3].startswith("ok after ")
+    events = settled_events(journal)
+    assert [(e["run"], e["result"], e["services"]) for e in events] == [("R1", "completed", "property server")]
+    # the job held the lock (the next deploy waits for it) and freed it at the end
+    deadline = time.monotonic() + 10
+    while lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not lock.exists()
+    log = (manager.home / ".zdd" / "jobs" / "swarm-monitor-stack_st.log").read_text()
+    assert f"monitor job {job} " in log and "done server completed" in log and "done property completed" in log
+    # nothing was started by the job: one update for property (none for the watched server)
+    assert [c.split()[-1] for c in manager.calls() if c.startswith("service update") and "--image" in c] == [
+        "st_property"
+    ]
+
+
+def test_a_verdict_against_the_release_in_the_monitor_window_is_journaled_by_the_job(manager):
+    rc, out, lock, journal = monitor_job(manager, f"rollback_completed|{NEW}|update rolled back due to failure")
+    assert rc == 0 and out[2].startswith("monitor "), out
+    events = settled_events(journal)
+    assert [(e["result"], e["services"]) for e in events] == [("failed", "property server")]
+    assert events[0]["error"].startswith("server: rollback_completed (update rolled back due to failure)")
+
+
+def test_a_service_changed_again_in_the_monitor_window_is_not_waited_for(manager):
+    """A change of settings only (Swarm then has no UpdateStatus) or another update after ours:
+    no verdict is left to wait for, and the job ends at once instead of at its ceiling."""
+    rc, out, lock, journal = monitor_job(manager, "none||")
+    assert rc == 0 and out[2].startswith("monitor "), out
+    events = settled_events(journal, timeout=15)
+    assert [(e["result"], e["superseded"]) for e in events] == [("completed", "server")]
+    log = (manager.home / ".zdd" / "jobs" / "swarm-monitor-stack_st.log").read_text()
+    assert "done server superseded" in log and "done property completed" in log
+
+
+def test_the_monitor_job_pid_is_in_the_lock_while_it_waits(manager):
+    rc, out, lock, journal = monitor_job(manager, UPDATING)  # Swarm never says: the job waits to its ceiling
+    assert rc == 0, out
+    job = out[2].split()[1]
+    assert (lock / "pid").read_text().strip() == job
+    assert (lock / "holder").read_text().startswith(f"swarm monitor job {job} on ")
+    assert "(run R1)" in (lock / "holder").read_text()
+    os.kill(int(job), 9)
 
 
 def test_an_earlier_tier_swarm_rolls_back_fails_the_tier_that_watches_it(manager):

@@ -21,8 +21,9 @@ from ..session import Session
 @dataclass
 class Release:
     """What a run rolls: each service's plan (``.name``, ``.roll``, ``.line()``), the images
-    the plan compared with (ref -> image or digest), the tiers in the order they run, and the
-    action (``update``; ``rollback`` for a Swarm rollback to the previous spec)."""
+    the plan compared with (ref -> image or digest), the tiers in the order they run, the
+    action (``update``; ``rollback`` for a Swarm rollback to the previous spec) and whether the
+    run waits until the host has settled (``wait``) or returns once the new set carries the traffic."""
 
     plans: list[Any]
     images: dict[str, str] = field(default_factory=dict)
@@ -30,6 +31,7 @@ class Release:
     action: str = "update"
     canary: CanaryConfig = field(default_factory=CanaryConfig)  # steps () = switch at once
     watch: WatchConfig = field(default_factory=WatchConfig)  # seconds 0 = no watch after the switch
+    wait: bool = False  # the run returns once the host has settled (the deploy's --wait), set by the sequence
 
 
 class Tiers(Protocol):

@@ -215,7 +215,7 @@ class SwarmEngine:
         return {"run": run_id, "t": int(time.time()), "event": "plan", "services": services}
 
     def tiers(self, s: Session, state: StackState, release: Release, held: Held) -> Updates:
-        return Updates(s, state, release.plans, held, release.action, release.tiers)
+        return Updates(s, state, release.plans, held, release.action, release.tiers, release.wait)
 
     def one_service(self, s: Session, state: StackState, name: str) -> Release:
         """The service updated to the digest its tag names on this node (always)."""

@@ -17,6 +17,7 @@ from ..steps import configured_services
 from .swarm_nodes import SwarmNode, placement_stall
 
 STACK_IMAGE = "com.docker.stack.image"  # the compose file's image reference, kept by docker stack deploy
+MONITOR_JOB = "swarm monitor job "  # how the lock's holder line of swarm_tier.sh's monitor job begins
 ROLLED_BACK = "zdd.rolled-back-from"  # set by a rollback made as an update (swarm_tier.sh): the image it left
 # what zdd needs of each app service's update settings, by the name swarm_tier.sh takes
 SETTINGS = {
@@ -223,7 +224,11 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
         if stall:
             problems.append(stall)
         current = state.services.get(name)
-        if current is not None and current.update_state in ("updating", "rollback_started"):
+        if (
+            current is not None
+            and current.update_state in ("updating", "rollback_started")
+            and not state.lock_holder.startswith(MONITOR_JOB)  # the deploy waits for that job's lock
+        ):
             problems.append(
                 f"{name}: Swarm is still changing it ({current.update_state}): wait until "
                 f"`docker service ps {h.stack_name}_{name}` has settled"

@@ -16,6 +16,8 @@ from ..runner import StepFailed
 from ..session import Session
 from .swarm_state import StackState, SwarmPlan
 
+MONITOR = "(monitor)"  # run()'s answer: the job watching Swarm's monitor window ("PID SERVICE...")
+
 
 def ceiling(s: Session, state: StackState, names: list[str]) -> int:
     """Seconds a change may take: each task in turn boots, gets healthy and is monitored."""
@@ -35,14 +37,16 @@ def run(
     lines: tuple[str, ...] = (),
     watch: tuple[str, ...] = (),
     replaced: bool = False,
+    job_run: str = "",
 ) -> dict[str, str]:
     """Start ``action`` on the host (``lines`` go to the journal KEY first) and read its lines
     until it ends: how each service finished (``replaced``, or Swarm's final state), the
-    ``watch`` services that completed meanwhile too; StepFailed naming the service Swarm paused
-    or rolled back."""
+    ``watch`` services that completed meanwhile too, and under :data:`MONITOR` the job (its
+    pid and the services it waits for) that ``job_run`` handed Swarm's monitor window to;
+    StepFailed naming the service Swarm paused or rolled back."""
     login = registry_login(s, action, changes)
     cmd = swarm_cmds.swarm_tier(
-        s.host, action, changes, limit, hashes, key, lines, watch, replaced, login[:2] if login else None
+        s.host, action, changes, limit, hashes, key, lines, watch, replaced, login[:2] if login else None, job_run
     )
     conv = s.r.converse(cmd, labels={swarm_cmds.LOGIN_WORD: f"${login[3]} (secret, on stdin)" if login else ""})
     if login:
@@ -67,6 +71,8 @@ def run(
             elif word == "done":
                 name, _, how = rest.partition(" ")
                 done[name] = how
+            elif word == "monitor":
+                done[MONITOR] = rest
             elif word == "ok":
                 conv.close()
                 return done
@@ -136,8 +142,12 @@ class Updates:
     Updates overlap Swarm's monitor window: a tier with a later tier to come is done once Swarm
     has replaced its tasks (the new ones running, healthy, the old ones shut down); its services
     are then watched by each later tier's run (Swarm pausing or rolling one back fails that run,
-    before it starts anything if it is already so), and the last tier's run waits until Swarm
-    says ``completed`` for every one of them. Rollbacks wait for each tier's verdict."""
+    before it starts anything if it is already so). The last tier's run ends the same way once
+    its own tasks are replaced, the new tasks carrying all the traffic, and hands the rest of the
+    wait, until Swarm says ``completed`` for every service, to a job on the host that holds the
+    deploy lock meanwhile and journals Swarm's verdict (``settled``); with ``wait`` (``--wait``,
+    and ``rollout-service``) the run itself waits for ``completed``. Rollbacks wait for each
+    tier's verdict."""
 
     def __init__(
         self,
@@ -147,12 +157,15 @@ class Updates:
         held: Held,
         action: str = "update",
         tiers: list[list[str]] | None = None,
+        wait: bool = True,
     ):
         self.s, self.state, self.action, self.held = s, state, action, held
         self.plans = {p.name: p for p in plans}
         # services the plan rolls in tiers not started yet, and those Swarm still monitors
         self.later = {n for t in tiers or [] for n in t if n in self.plans and self.plans[n].roll}
         self.monitored: list[str] = []
+        self.wait = tiers is None or wait
+        self.job = ""  # the monitor job the last tier handed Swarm's monitor window to ("PID SERVICE...")
         held.prune = action == "update" and any(p.roll for p in plans)
         held.images.clear()  # no zdd-keep tags: Swarm keeps each service's previous spec
 
@@ -160,9 +173,18 @@ class Updates:
         return None  # Swarm finishes or rolls back what it started; nothing of zdd's to undo
 
     def done(self, wait: bool) -> None:
-        """After the last tier of a deploy: the proxy reloaded only when hosts.toml asks."""
+        """After the last tier of a deploy: the proxy reloaded only when hosts.toml asks; the
+        monitor job said."""
         if self.action != "update":
             return
+        if self.job:
+            pid, _, names = self.job.partition(" ")
+            self.s.report.record(
+                "swarm verdict",
+                "ok",
+                f"left to the host: Swarm monitors {', '.join(names.split())} until its monitor window ends; job "
+                f"{pid} holds the deploy lock until then and journals the verdict (fab -H {self.s.name} status)",
+            )
         if self.s.host.proxy.reload_on_deploy:
             reload_proxy(self.s)
         else:
@@ -178,6 +200,7 @@ class Updates:
         names = [p.name for p in plans]
         self.later -= set(names)
         overlap = self.action == "update"
+        handing = overlap and not self.later and not self.wait  # the last tier: Swarm's verdict to a job
         watch = tuple(self.monitored) if overlap else ()
         title = "rollout" if self.action == "update" else "rollback"
         with self.s.report.step(f"{title} {', '.join(names)}") as rec:
@@ -189,12 +212,16 @@ class Updates:
                 key=self.state.key,
                 lines=self.held.take_lines(),
                 watch=watch,
-                replaced=overlap and bool(self.later),
+                replaced=overlap and (bool(self.later) or handing),
+                job_run=self.held.run if handing else "",
             )
             rec.detail = ", ".join(f"{n} {done.get(n, '?')}" for n in names)
             if watch:
                 rec.detail += "; earlier: " + ", ".join(f"{n} {done.get(n, 'monitored')}" for n in watch)
-        self.monitored = [n for n in watch if done.get(n) != "completed"]
+            if MONITOR in done:
+                self.job = done[MONITOR]
+                self.held.handed_over = True
+        self.monitored = [n for n in watch if done.get(n) not in ("completed", "superseded")]
         self.monitored += [n for n in names if done.get(n) == "replaced"]
 
 

@@ -1,5 +1,5 @@
 # swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-w SERVICE]... [-r]
-#               [--login SERVER USER] [-c FILE...]
+#               [-j RUN] [--login SERVER USER] [-c FILE...]
 # (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`;
 # stdin: with --login, the line "login TOKEN" first. zdd gives the options in this order; -c FILE...
 # (stack) come last)
@@ -60,6 +60,19 @@
 #               is desired and reported running (with a healthcheck, Swarm reports a task running
 #               only once it is healthy). The run ends then; the -w services are only watched.
 #               Without -r every service, and every -w service, must reach `completed`.
+#   -j RUN      (with -r, the last tier of run RUN) the run ends once its own services are
+#               replaced, as with -r, and the rest of the wait (Swarm's monitor window of every
+#               service not `completed` yet) goes to a job on the host: it takes over the deploy's
+#               lock (its pid in the lock: the next deploy waits for it, as for the Compose
+#               engine's restore job), waits as without -r, appends Swarm's verdict to the journal
+#               (event `settled`: result completed, or failed with the reason) and frees the
+#               lock if it still holds it. Its output: ~/.zdd/jobs/swarm-monitor-KEY.log. It has
+#               no registry login (the temporary config is removed first) and starts nothing (an
+#               update a drain rolled back is not started again). Printed: "monitor JOB SERVICE...".
+#
+# A service whose tasks were replaced (or a -w service) that changes again before Swarm's verdict
+# (another update, or a change of settings only, after which Swarm has no UpdateStatus for it) is
+# "done SERVICE superseded": there is no verdict left to wait for.
 #
 # stack: a service Swarm did not start updating is done once all its tasks run (N/N): at once
 # when the deploy left its task template as it was, or created it; when the template changed,
@@ -105,11 +118,12 @@ while [ "$i" -le "$count" ]; do
     shift 4
     i=$((i + 1))
 done
-until=completed server='' user=''
+until=completed server='' user='' job_run='' in_job=''
 while [ $# -gt 0 ]; do
     case $1 in
         -w) printf '%s - - - watch\n' "$2" >> "$tmp/services"; shift 2 ;;
         -r) until=replaced; shift ;;
+        -j) job_run=$2; shift 2 ;;
         --login) server=$2 user=$3; shift 3 ;;
         *) break ;;  # stack: -c FILE...
     esac
@@ -191,6 +205,13 @@ check() {
     case $fin in '' | replaced) ;; *) return 0 ;; esac
     st=$(field 2) started=$(field 3) msg=$(field 4)
     if [ -z "$st" ] && [ "$action" != stack ]; then failed="$name: the service is gone" culprit=$full; return; fi
+    if [ "$fin" = replaced ] || [ "$role" = watch ]; then  # its tasks replaced, Swarm monitoring them
+        # a change since (even of settings only: Swarm then clears UpdateStatus) leaves no verdict to wait for
+        if [ "$st" = none ] || { [ -e "$tmp/ours.$j" ] && [ "$started" != "$(cat "$tmp/ours.$j")" ]; }; then
+            finish superseded
+            return
+        fi
+    fi
     if [ "$role" = watch ]; then  # an earlier tier's update (it had started then): monitored by Swarm
         case $st in
             completed) finish completed; return ;;
@@ -208,6 +229,7 @@ check() {
         if [ -n "$fin" ]; then
             st=monitored
         elif [ "$until" = replaced ] && replaced; then
+            printf '%s\n' "$started" > "$tmp/ours.$j"
             finish replaced
             return
         fi
@@ -353,7 +375,8 @@ drained() {  # service $full's update was rolled back over a task a drain (or a 
     return 1
 }
 retry_drained() {  # check(): an own update Swarm rolled back because of a drain: start it again, once
-    [ "$action" = update ] && [ "$role" = own ] && [ ! -e "$tmp/retried.$j" ] || return 1
+    # (not in the monitor job: it has no registry login any more, and its run has ended)
+    [ "$action" = update ] && [ "$role" = own ] && [ ! -e "$tmp/retried.$j" ] && [ -z "$in_job" ] || return 1
     case $st in rollback_started | rollback_completed) ;; *) return 1 ;; esac
     [ -e "$tmp/draining.$j" ] || { drained || return 1; : > "$tmp/draining.$j"; say "note $name: Swarm rolls the update back, a task of it ended by a drain; it starts again after"; }
     if [ "$st" = rollback_started ]; then st="rolled back (drain), starting again after"; return 0; fi
@@ -377,31 +400,73 @@ stalled() {  # at the ceiling: the tasks of a service still waited for, and whet
     why=$(printf '%s\n' "$listed" | grep -o 'no suitable node.*' | head -n 1)
     [ -z "$why" ] || unplaced="$unplaced $name: a task waits for a node: $why;"
 }
-while :; do
-    now=$(date +%s)
-    out=$(inspect)
-    [ "$action" = stack ] && replicas=$(docker service ls --filter "label=com.docker.stack.namespace=$stack" \
-        --format '{{.Name}} {{.Replicas}}' 2>/dev/null)
-    if [ "$until" = replaced ]; then
-        open=''
-        each opened
-        # shellcheck disable=SC2086 # service names, one word each
-        now_tasks=$(tasks $open)
+sup() { [ "$fin" != superseded ] || superseded="$superseded $name"; }
+hand_over() {  # -j: the rest of the wait (Swarm's monitor window) to a job on the host, holding the lock
+    [ -z "$login_cfg" ] || rm -rf "$login_cfg"  # no registry token for the job: it changes nothing
+    login_cfg='' in_job=1 until=completed t0=$(date +%s) shown=''
+    lock=$zdd/locks/$key
+    mkdir -p "$zdd/jobs" 2>/dev/null
+    (
+        trap '' HUP INT
+        trap 'rm -rf "$tmp"' EXIT
+        # shellcheck disable=SC2016 # $PPID of the inner sh: this subshell's pid
+        job=$(sh -c 'echo $PPID')
+        run_id=$job_run
+        say "monitor job $job since $(date '+%Y-%m-%d %H:%M:%S %Z'): Swarm monitors$monitored"
+        if wait_all; then
+            superseded=''
+            each sup
+            journal_event settled result completed services "${monitored# }" seconds "$(( $(date +%s) - t0 ))" \
+                superseded "${superseded# }"
+        else
+            why=$(printf '%s' "$failed" | tr '\n\t' '  ' | tr -cd '[:alnum:] .,:;()/_=+@-' | cut -c1-300)
+            journal_event settled result failed services "${monitored# }" error "$why"
+        fi
+        # the lock is the job's until it ends (a deploy waits for it); released only if still its own
+        if [ "$(cat "$lock/pid" 2>/dev/null)" = "$job" ]; then rm -rf "$lock"; fi
+    ) </dev/null >"$zdd/jobs/swarm-monitor-$key.log" 2>&1 &
+    job=$!
+    trap - EXIT  # $tmp is the job's now
+    if [ -d "$lock" ] && printf '%s\n' "$job" > "$lock/pid" 2>/dev/null; then
+        printf '%s\n' "swarm monitor job $job on $(hostname) since $(date '+%Y-%m-%d %H:%M:%S %Z'): waits for Swarm's verdict on$monitored (run $job_run)" > "$lock/holder"
+        say "monitor $job$monitored"
+    else
+        say "note no deploy lock to hand to the monitor job $job: the next deploy does not wait for it"
     fi
-    progress='' pending=0
-    nodes_down
-    each check
-    if [ -n "$failed" ]; then details "$culprit"; say "failed $failed"; exit 1; fi
-    [ "$pending" -eq 0 ] && break
-    if [ $((now - t0)) -ge "$ceiling" ]; then
-        each stalled
-        say "failed timeout after ${ceiling}s:${progress%,}${unplaced:+;${unplaced%;}} (Swarm goes on with it)"
-        exit 1
-    fi
-    if [ $((now - t0)) != "$shown" ]; then say "progress${progress%,}, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
-    renew
-    nap
-done
+}
+wait_all() {  # until nothing is awaited: 0; 1 after "detail" lines and "failed ..." (it ceases at the ceiling)
+    while :; do
+        now=$(date +%s)
+        out=$(inspect)
+        [ "$action" = stack ] && replicas=$(docker service ls --filter "label=com.docker.stack.namespace=$stack" \
+            --format '{{.Name}} {{.Replicas}}' 2>/dev/null)
+        if [ "$until" = replaced ]; then
+            open=''
+            each opened
+            # shellcheck disable=SC2086 # service names, one word each
+            now_tasks=$(tasks $open)
+        fi
+        progress='' pending=0
+        nodes_down
+        each check
+        if [ -n "$failed" ]; then details "$culprit"; say "failed $failed"; return 1; fi
+        [ "$pending" -eq 0 ] && return 0
+        if [ $((now - t0)) -ge "$ceiling" ]; then
+            each stalled
+            failed="timeout after ${ceiling}s:${progress%,}${unplaced:+;${unplaced%;}} (Swarm goes on with it)"
+            say "failed $failed"
+            return 1
+        fi
+        if [ $((now - t0)) != "$shown" ]; then say "progress${progress%,}, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
+        renew
+        nap
+    done
+}
+wait_all || exit 1
+monitored=''
+unfinished() { [ "$fin" = completed ] || monitored="$monitored $name"; }
+each unfinished
+if [ -n "$job_run" ] && [ -n "${monitored# }" ]; then hand_over; fi
 if [ "$action" = stack ] && [ -n "$hashes" ]; then
     mkdir -p "$(dirname "$HOME/$state")" && printf '%s\n' "$hashes" > "$HOME/$state"
 fi

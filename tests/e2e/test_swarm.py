@@ -59,11 +59,20 @@ def test_deploy_under_load_moves_every_app_with_zero_failed_requests(settled, tm
     assert sb.swarm_on_worker(*sb.APPS), "no app task runs on the worker"
     version = sb.publish()
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
+    t0 = time.time()
     res = fab("deploy", "--strict")
     rc, out, report = probe.stop(
         settle=12
     )  # an old task that ignores SIGTERM serves its pooled connections until it dies
     assert res.returncode == 0, res.stdout + res.stderr
+    # fab returned once the last tier's new tasks carried the traffic; Swarm's monitor window went
+    # to a job on the host, which journals Swarm's verdict and frees the lock
+    assert re.search(
+        rf"\[{HOST}\] ok   swarm verdict\s+[\d.]+s  left to the host: Swarm monitors profile-server", res.stdout
+    ), res.stdout
+    verdict = sb.swarm_verdict(t0)
+    assert verdict.get("result") == "completed", verdict
+    assert set(verdict["services"].split()) == set(sb.APPS), verdict
 
     for svc in sb.APPS:
         # every task, on both nodes, runs the new image (each node's own pull of it)
@@ -189,6 +198,38 @@ def test_rollback_returns_to_the_previous_images_under_load(settled, tmp_path):
     res = fab("deploy", "--no-verify")
     assert res.returncode == 0, res.stdout + res.stderr
     assert all(sb.swarm_versions(svc) == {version} for svc in sb.APPS)
+
+
+def test_a_rollback_in_the_last_tiers_monitor_window_is_journaled_after_fab_returned(settled):
+    """fab deploy returns once the last tier's tasks are replaced; Swarm then rolls back a task
+    that crashes in its monitor window: the monitor job journals that verdict, status shows it,
+    and the old version serves again."""
+    svc = "profile-server"  # the last tier
+    full = f"{sb.SWARM_STACK}_{svc}"
+    good = sb.swarm_versions(svc)
+    # a long monitor window (a change of settings only: no task is replaced), a crash well inside it
+    sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "60s", full)
+    try:
+        bad = sb.publish("--die-after", "20", svc)
+        t0 = time.time()
+        res = fab("deploy", "--no-verify")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"left to the host: Swarm monitors {svc} until its monitor window ends" in res.stdout, res.stdout
+        assert sb.swarm_versions(svc) == {bad}
+        holder = (sb.SWARM_LOCK / "holder").read_text()
+        assert holder.startswith("swarm monitor job "), holder
+        verdict = sb.swarm_verdict(t0, timeout=120)
+        assert verdict.get("result") == "failed" and verdict["services"] == svc, verdict
+        assert verdict["error"].startswith(f"{svc}: rollback_"), verdict
+        deadline = time.monotonic() + 60
+        while sb.swarm_update_status(svc).get("State") != "rollback_completed" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sb.swarm_versions(svc) == good
+        status = fab("status")
+        assert re.search(rf"Swarm's verdict on {svc}: failed: {svc}: rollback_", status.stdout), status.stdout
+    finally:
+        sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "2s", full)
+        sb.publish(svc)
 
 
 def test_status_shows_the_stack(settled):

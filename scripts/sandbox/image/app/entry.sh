@@ -2,7 +2,7 @@
 # Demo app of the zdd sandbox: Caddy answers /fast and /health with the baked-in
 # version; /slow is a busybox-httpd CGI that sleeps first; /ws is a websocket echo
 # (websocketd) whose replies carry the version too. SIGTERM behaviour is
-# chosen by $SIGTERM:
+# chosen by $SIGTERM (/app/BROKEN, /app/FAIL_AFTER and /app/DIE_AFTER: see sandbox.sh publish):
 #   graceful  stop accepting, finish in-flight requests, exit (Caddy's own stop)
 #   abrupt    die at once, cutting in-flight requests (a Go server without handling)
 #   ignore    keep serving until killed (Node as PID 1 without a handler)
@@ -35,4 +35,8 @@ websocketd --address=127.0.0.1 --port=9001 --passenv=SERVICE,APP_VERSION,PATH --
 WS=$!
 caddy run --config /app/Caddyfile --adapter caddyfile &
 CADDY=$!
+# DIE_AFTER: the app stops (exit 1) that many seconds after it started, as a crash some time
+# after a healthy start would (Swarm's monitor window sees it)
+if [ -e /app/DIE_AFTER ]; then (sleep "$(cat /app/DIE_AFTER)"; : > /tmp/zdd-app/died; kill -TERM "$CADDY") & fi
 wait "$CADDY"
+[ ! -e /tmp/zdd-app/died ] || exit 1
