@@ -8,7 +8,9 @@ run, failed requests for a client that never retries and for one that retries a 
 a closed idle keep-alive connection (as browsers do), proxy loads and remote commands.
 The docker-rollout rows need the plugin: ZDD_DOCKER_ROLLOUT=/path/to/docker-rollout. The
 swarm row runs when the sandbox's swarm stack is up (scripts/sandbox.sh swarm-up): the same
-four apps as a stack, measured against its own proxy (host sandbox-swarm).
+four apps as a stack, measured against its own proxy (host sandbox-swarm); "until settled" is
+Swarm's verdict there (the monitor job done, no update in progress). --swarm-monitor S sets the
+stack's update_config.monitor to S seconds for the run (a change of settings only).
 
 With --scale N R it measures a bigger stack instead: N app services of R replicas each, built
 from the sandbox's app images (service i runs the image of app i mod 4, so one publish changes
@@ -17,7 +19,7 @@ user; zdd rolls them in three tiers; the load is 8 keep-alive clients over every
 /fast. The rows: the docker-rollout loop over the N services, zdd native, zdd with nothing
 changed. The stack is removed afterwards (--keep leaves it up).
 
-  .venv/bin/python scripts/bench_deploy.py [--only NAME ...]
+  .venv/bin/python scripts/bench_deploy.py [--only NAME ...] [--swarm-monitor S]
   .venv/bin/python scripts/bench_deploy.py --scale 12 2 [--keep]
 """
 
@@ -131,9 +133,39 @@ def guarded_hosts() -> dict:
     return {"FABRIC_HOSTS_FILE": f.name}
 
 
+SWARM_DOCKER = ["docker", "-H", f"unix://{STATE}/swarm/docker.sock"]
+SWARM_LOCK = STATE / "home" / ".zdd" / "locks" / "stack_remilia-swarm"
+
+
 def swarm_up() -> bool:
-    out = sh("docker", "-H", f"unix://{STATE}/swarm/docker.sock", "stack", "ls", "--format", "{{.Name}}").stdout.split()
+    out = sh(*SWARM_DOCKER, "stack", "ls", "--format", "{{.Name}}").stdout.split()
     return "remilia-swarm" in out
+
+
+def swarm_settle(timeout: float = 120) -> float:
+    """Seconds until Swarm's verdict on the last swarm deploy: the monitor job freed the lock
+    and no app's update is in progress (its monitor window over)."""
+    t0 = time.monotonic()
+    names = [f"remilia-swarm_{a}" for a in APPS]
+    while time.monotonic() - t0 < timeout:
+        states = sh(
+            *SWARM_DOCKER,
+            "service",
+            "inspect",
+            "--format",
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+            *names,
+        )
+        if not SWARM_LOCK.exists() and not re.search(r"updating|rollback_started", states.stdout):
+            break
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def swarm_monitor(seconds: str) -> None:
+    """Each app's update_config.monitor (a change of settings only: no task is replaced)."""
+    for a in APPS:
+        sh(*SWARM_DOCKER, "service", "update", "--detach", "--quiet", "--update-monitor", seconds, f"remilia-swarm_{a}")
 
 
 def measure(
@@ -144,7 +176,8 @@ def measure(
     host_name: str = "sandbox",
     stack: Stack = REMILIA,
 ) -> Row:
-    settle(stack)
+    swarm = host_name == "sandbox-swarm"
+    swarm_settle() if swarm else settle(stack)
     if publish:
         sh(SANDBOX, "publish", *(publish if isinstance(publish, list) else []))
     host = cfg.load((env or {}).get("FABRIC_HOSTS_FILE") or ROOT / "hosts.toml").host(host_name)
@@ -156,7 +189,7 @@ def measure(
         argv = [*argv, "--json", str(doc)]
     res = sh(*argv, env=env)
     wall = time.monotonic() - t0
-    settled = wall + settle(stack)
+    settled = wall + (swarm_settle() if swarm else settle(stack))
     time.sleep(1)
     report = loop.stop()
     m = re.search(r"cost: (\d+) remote commands, (\d+) proxy loads", res.stdout)
@@ -298,7 +331,21 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="row names to run (default: all)")
     ap.add_argument("--scale", nargs=2, type=int, metavar=("N", "R"), help="N services x R replicas instead")
     ap.add_argument("--keep", action="store_true", help="with --scale: leave the stack up")
+    ap.add_argument(
+        "--swarm-monitor", metavar="S", help="the swarm row with update_config.monitor S seconds (the file's: 2)"
+    )
     args = ap.parse_args()
+    if args.swarm_monitor and swarm_up():
+        swarm_monitor(f"{args.swarm_monitor}s")
+        try:
+            args.swarm_monitor = None
+            return main_with(args)
+        finally:
+            swarm_monitor("2s")
+    return main_with(args)
+
+
+def main_with(args: argparse.Namespace) -> int:
     if ROLLOUT:  # the loop rows run `docker rollout` as the sandbox's ssh user
         plugin = STATE / "home" / ".docker" / "cli-plugins" / "docker-rollout"
         sh("install", "-d", "-o", "zddsbx", "-g", "zddsbx", str(plugin.parent))  # the user's own dir

@@ -492,8 +492,12 @@ UPDATING = f"updating|{NEW}|update in progress"
 DONE = f"completed|{NEW}|update completed"
 
 
-def task(tid: str, slot: int, desired: str, current: str, name: str = "server") -> str:
-    return f"{tid}|{STACK}_{name}.{slot}|{desired}|{current}"
+def task(tid: str, slot: int, desired: str, current: str, name: str = "server", image: str = "") -> str:
+    """A `service ps` line; its image the update's (ids n…, NAME-n…) or the one before."""
+    new = tid.startswith("n") or f"{name}-n" in tid
+    return (
+        f"{tid}|{STACK}_{name}.{slot}|{desired}|{current}|{image or f'r/{name}:1@sha256:' + ('new' if new else 'old')}"
+    )
 
 
 def test_a_tier_with_a_later_one_is_done_once_swarm_has_replaced_its_tasks(manager):
@@ -526,8 +530,31 @@ def test_a_tier_with_a_later_one_is_done_once_swarm_has_replaced_its_tasks(manag
     assert rc == 0, out
     assert out[:2] == ["started server", "done server replaced"] and out[2].startswith("ok after ")
     ps = [c for c in manager.calls() if c.startswith("service ps")]
-    assert ps == ["service ps --no-trunc --format {{.ID}}|{{.Name}}|{{.DesiredState}}|{{.CurrentState}} st_server"] * 4
+    assert (
+        ps
+        == ["service ps --no-trunc --format {{.ID}}|{{.Name}}|{{.DesiredState}}|{{.CurrentState}}|{{.Image}} st_server"]
+        * 4
+    )
     assert (manager.stub / f"n-{STACK}_server").read_text().strip() != "0"  # never saw `completed`
+
+
+def test_a_task_of_another_image_swarm_starts_meanwhile_keeps_the_tier_waiting(manager):
+    """One not there before the update (Swarm reconciling a node that came back) still carries
+    traffic: the tasks are replaced only once no task of another image is desired running."""
+    manager.service("server", OLD, UPDATING)
+    o1 = task("o1", 1, "Running", "Running 1 hour ago")
+    n1 = task("n1", 1, "Running", "Running 1 second ago")
+    stray = task("x2", 2, "Running", "Running 1 second ago", image="r/server:0@sha256:older")
+    manager.tasks(
+        "server",
+        [o1],
+        [task("o1", 1, "Shutdown", "Shutdown 1 second ago"), n1, stray],
+        [task("o1", 1, "Shutdown", "Shutdown 1 second ago"), n1, stray],
+        [task("o1", 1, "Shutdown", "Shutdown 2 seconds ago"), n1, task("x2", 2, "Shutdown", "Shutdown 1 second ago")],
+    )
+    rc, out, took = manager.tier("update", "server", replaced=True)
+    assert rc == 0 and out[1] == "done server replaced", out
+    assert (manager.stub / f"np-{STACK}_server").read_text().strip() == "4"  # not before the stray one went
 
 
 def test_tiers_overlap_swarms_monitor_window_and_the_last_waits_for_every_verdict(manager):

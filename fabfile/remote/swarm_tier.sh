@@ -178,9 +178,10 @@ field() {  # field N: the Nth |-separated field of service $full's line in $out
 out=$(inspect)
 remember() { field 3 > "$tmp/prev.$j"; }
 each remember
-tasks() {  # ID|NAME|DESIRED|CURRENT of the services' tasks on every node (NAME: SERVICE.SLOT)
+tasks() {  # ID|NAME|DESIRED|CURRENT|IMAGE of the services' tasks on every node (NAME: SERVICE.SLOT)
     [ $# -gt 0 ] || return 0
-    docker service ps --no-trunc --format '{{.ID}}|{{.Name}}|{{.DesiredState}}|{{.CurrentState}}' "$@" 2>/dev/null
+    docker service ps --no-trunc --format '{{.ID}}|{{.Name}}|{{.DesiredState}}|{{.CurrentState}}|{{.Image}}' "$@" \
+        2>/dev/null
 }
 # shellcheck disable=SC2086 # service names, one word each
 [ "$until" = replaced ] && tasks $own > "$tmp/old"
@@ -189,14 +190,17 @@ tasks() {  # ID|NAME|DESIRED|CURRENT of the services' tasks on every node (NAME:
 shown='' failed='' culprit='' progress='' pending=0 t0=$(date +%s) now=$(date +%s)
 finish() { echo "$1" > "$tmp/fin.$j"; say "done $name $1"; }
 bad() { failed="$name: $st${msg:+ ($msg)}" culprit=$full; }
-replaced() {  # service $full: no task from before the update is desired running any more, and in
-    # each of their slots a new task is desired and running (the tasks read last, in $now_tasks)
-    { sed 's/^/old|/' "$tmp/old"; printf '%s\n' "$now_tasks" | sed 's/^/now|/'; } | awk -F'|' -v n="$full" '
+replaced() {  # service $full: no task from before the update is desired running any more, nor
+    # one of another image (one Swarm started meanwhile, e.g. for a node that came back), and in each
+    # of the old tasks' slots a new task is desired and running (the tasks read last, in $now_tasks)
+    { sed 's/^/old|/' "$tmp/old"; printf '%s\n' "$now_tasks" | sed 's/^/now|/'; } |
+        awk -F'|' -v n="$full" -v want="${image##*@}" '
         { s = $3; sub(/\.[^.]*$/, "", s); if (s != n) next; d = tolower($4) }
         $1 == "old" { if (d == "running") { old[$2] = 1; if (!($3 in need)) { need[$3] = 1; needed++ } } next }
         $2 in old { if (d == "running") live++; next }
         d == "running" || d == "ready" {
-            if (tolower($5) !~ /^running/) waiting++
+            if (want != "" && index($6, want) == 0) live++
+            else if (tolower($5) !~ /^running/) waiting++
             else if (!($3 in up)) { up[$3] = 1; have++ }
         }
         END { exit !(live == 0 && waiting == 0 && have >= needed) }'
