@@ -31,9 +31,11 @@ The steps keep their names and meaning:
 * each tier – ``docker service update --image REF@DIGEST`` of the tier's services together,
   and a wait on the host until Swarm has replaced their tasks (new ones running and healthy,
   old ones shut down): the next tier starts while Swarm still monitors them, each later
-  tier's wait watches them, and the last tier's waits until Swarm says ``completed`` for
-  every service (:mod:`.swarm_tier`); ``paused`` or ``rollback_*`` of any of them fails the
-  deploy at once, naming the service, and no later tier starts;
+  tier's wait watches them (:mod:`.swarm_tier`); ``paused`` or ``rollback_*`` of any of them
+  fails the deploy at once, naming the service, and no later tier starts. The deploy returns
+  once the last tier's tasks are replaced; a job on the manager holds the lock through
+  Swarm's monitor window and journals its verdict (with ``wait``: the run waits for
+  ``completed`` itself);
 * reload-caddy – only with ``proxy.reload_on_deploy``.
 
 Rollbacks never stop first: Swarm rolls back with the rollback settings of the spec it returns
