@@ -1089,7 +1089,16 @@ def test_compose_settings_that_would_stop_tasks_first_outside_zdd_are_noted():
     ]
 
 
-def test_a_service_swarm_is_still_updating_is_refused():
+@pytest.mark.parametrize(
+    "holder, refused",
+    [
+        ("", True),
+        # the last deploy's monitor job holds the lock while Swarm says `updating`: the deploy
+        # waits for that lock (lock.sh) instead of refusing
+        ("swarm monitor job 77 on m1 since 2026-11-30 07:00:00 UTC: waits for Swarm's verdict on server", False),
+    ],
+)
+def test_a_service_swarm_is_still_updating_is_refused_unless_the_monitor_job_holds_the_lock(holder, refused):
     h = load(HOSTS_TOML).host(NAME)
     spec = model_app("start-first")
     state = swarm_state.StackState(
@@ -1097,27 +1106,16 @@ def test_a_service_swarm_is_still_updating_is_refused():
         {"server": spec},
         {"server": swarm_state.StackService("server", "x@sha256:1", update_state="updating")},
         applied={"server": swarm_state.spec_hash(spec)},
+        lock_holder=holder,
     )
     problems, _ = swarm_state.check_stack(state, h, ["server"])
-    assert problems == [
-        "server: Swarm is still changing it (updating): wait until `docker service ps remilia-swarm_server` has settled"
-    ]
-
-
-def test_an_update_swarm_still_monitors_for_the_monitor_job_is_waited_for_not_refused():
-    """The last deploy's monitor job holds the lock while Swarm says `updating`: the deploy waits
-    for the lock (lock.sh) instead of refusing."""
-    h = load(HOSTS_TOML).host(NAME)
-    spec = model_app("start-first")
-    state = swarm_state.StackState(
-        "active true",
-        {"server": spec},
-        {"server": swarm_state.StackService("server", "x@sha256:1", update_state="updating")},
-        applied={"server": swarm_state.spec_hash(spec)},
-        lock_holder="swarm monitor job 77 on m1 since 2026-11-30 07:00:00 UTC: waits for Swarm's verdict on server",
+    assert problems == (
+        [
+            "server: Swarm is still changing it (updating): wait until `docker service ps remilia-swarm_server` has settled"
+        ]
+        if refused
+        else []
     )
-    problems, _ = swarm_state.check_stack(state, h, ["server"])
-    assert problems == []
 
 
 def test_status_says_swarms_verdict_on_the_last_run():
