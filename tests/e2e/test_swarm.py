@@ -196,6 +196,33 @@ def test_rollback_returns_to_the_previous_images_under_load(settled, tmp_path):
     assert all(sb.swarm_versions(svc) == {version} for svc in sb.APPS)
 
 
+def test_a_rollback_in_an_earlier_tiers_monitor_window_fails_a_later_tier(settled):
+    """Tier 1's task crashes while Swarm still monitors it and a later tier runs: Swarm rolls
+    tier 1 back, and the later tier's run fails at once naming it (--wait: the run also waits for
+    Swarm's verdict on the last tier, so the crash falls inside the run whenever it comes)."""
+    svc = "server"  # tier 1 of 3
+    full = f"{sb.SWARM_STACK}_{svc}"
+    good = sb.swarm_versions(svc)
+    sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "60s", full)
+    try:
+        bad = sb.publish("--die-after", "12", svc)
+        sb.publish("identity")  # tier 2 rolls too (tier 3, profile-server, has nothing new)
+        res = fab("deploy", "--no-verify", "--wait")
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr
+        # tier 1 was done (its tasks replaced) and a later tier ran when Swarm rolled server back
+        assert re.search(rf"\[{HOST}\] ok   rollout server\s+[\d.]+s  server replaced", res.stdout), res.stdout
+        assert re.search(rf"\[{HOST}\] FAIL rollout identity ", res.stdout), res.stdout
+        assert re.search(rf"{svc}: (paused|rollback_(started|completed))", res.stderr), res.stderr
+        deadline = time.monotonic() + 60
+        while sb.swarm_update_status(svc).get("State") != "rollback_completed" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sb.swarm_versions(svc) == good and bad not in good
+    finally:
+        sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "2s", full)
+        sb.publish(svc)
+
+
 def test_a_rollback_in_the_last_tiers_monitor_window_is_journaled_after_fab_returned(settled):
     """fab deploy returns once the last tier's tasks are replaced; Swarm then rolls back a task
     that crashes in its monitor window: the monitor job journals that verdict, status shows it,
