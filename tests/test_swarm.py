@@ -1111,7 +1111,8 @@ def test_a_service_swarm_is_still_updating_is_refused_unless_the_monitor_job_hol
     problems, _ = swarm_state.check_stack(state, h, ["server"])
     assert problems == (
         [
-            "server: Swarm is still changing it (updating): wait until `docker service ps remilia-swarm_server` has settled"
+            "server: Swarm is still changing it (updating): wait until "
+            "`docker service ps remilia-swarm_server` has settled"
         ]
         if refused
         else []

@@ -35,7 +35,7 @@ STACK = "st"
 #   configs         the DOCKER_CONFIG ("-" for none) of each `service update`/`stack deploy`, and
 #                   whether that config held a login then ("with login")
 #   nodes-ls        what `node ls --format` prints (HOSTNAME|STATUS lines; default: n1, n2 Ready)
-#   held-NAME       what `service ps --format {{.Name}}|{{.Node}}|{{.CurrentState}}` of NAME prints
+#   held-NAME       what `service ps --format {{.Name}}|{{.Node}}|{{.CurrentState}}` prints for NAME
 #   task-ID         the node ID of task ID (`inspect --type task`); no file: no such task
 #   node-ID         `node inspect --format` of node ID (AVAILABILITY|STATE)
 SWARM_DOCKER = r"""#!/bin/sh
@@ -81,7 +81,7 @@ case "$1 $2" in
 "service ls")
     case "$*" in *--quiet*) echo id1; echo id2 ;; *) cat "$d/replicas" 2>/dev/null ;; esac ;;
 "service ps")
-    case "$5" in "{{.Name}}|{{.Node}}|"*) cat "$d/held-$6" 2>/dev/null; exit 0 ;; esac
+    case "$5" in "{{.Name}}|{{.Node}}|"*) shift 5; for n in "$@"; do cat "$d/held-$n" 2>/dev/null; done; exit 0 ;; esac
     case "$5" in "{{.ID}}|"*)
         shift 5
         for n in "$@"; do
@@ -796,6 +796,9 @@ def test_a_node_down_holding_a_task_an_update_waits_for_fails_at_once(manager):
     assert ticks(res.stdout) == [10, 15]
     assert not any("timeout" in ln for ln in lines)  # the ceiling: 120 s
     assert "node ls --format {{.Hostname}}|{{.Status}}" in manager.calls()
+    # one read of both services' tasks in the poll past the grace, not one per service
+    held = [c for c in manager.calls() if c.startswith("service ps --no-trunc --format {{.Name}}|{{.Node}}|")]
+    assert [c.split()[-2:] for c in held] == [["st_property", "st_server"]]
 
 
 def test_a_node_down_that_holds_no_task_waited_for_does_not_fail_the_run(manager):

@@ -354,12 +354,23 @@ nodes_down() {  # every 2 s: the nodes not ready, as "HOSTNAME:SINCE" (when we f
         down="$down $h:${since:-$now}"
     done
 }
+held_read='' held_tasks=''  # this poll's tasks of the services waited for, read once (on_down_node)
+pending_of() { case $fin in '' | replaced) awaited && waiting_for="$waiting_for $full" ;; esac; }
 on_down_node() {  # service $full: its tasks on a node down for node_grace s, not in a final state
     for hs in $down; do
         [ $((now - ${hs##*:})) -ge "$node_grace" ] || continue
+        if [ -z "$held_read" ]; then  # one read a poll for every service still waited for
+            waiting_for=''
+            each pending_of
+            # shellcheck disable=SC2086 # service names, one word each
+            held_tasks=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' \
+                $waiting_for 2>/dev/null)
+            held_read=1
+        fi
         h=${hs%:*}
-        held=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' "$full" 2>/dev/null |
-            awk -F'|' -v h="$h" '$2 == h && $3 !~ /^(Shutdown|Failed|Rejected|Complete|Orphaned|Remove)/ {
+        held=$(printf '%s\n' "$held_tasks" | awk -F'|' -v h="$h" -v n="$full" '
+            { s = $1; sub(/\.[^.]*$/, "", s) }
+            s == n && $2 == h && $3 !~ /^(Shutdown|Failed|Rejected|Complete|Orphaned|Remove)/ {
                 printf "%s%s (%s)", sep, $1, $3; sep = ", " }')
         if [ -n "$held" ]; then
             failed="$name: node $h is down, holding $held; Swarm finishes the update once the node is back or its tasks move: deploy again then"
@@ -450,7 +461,7 @@ wait_all() {  # until nothing is awaited: 0; 1 after "detail" lines and "failed 
             # shellcheck disable=SC2086 # service names, one word each
             now_tasks=$(tasks $open)
         fi
-        progress='' pending=0
+        progress='' pending=0 held_read=''
         nodes_down
         each check
         if [ -n "$failed" ]; then details "$culprit"; say "failed $failed"; return 1; fi
