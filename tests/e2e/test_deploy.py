@@ -116,9 +116,10 @@ def test_broken_image_fails_fast_and_old_containers_keep_serving(settled, tmp_pa
         assert "Traceback" not in res.stderr
         assert "not healthy" in res.stderr and "server:" in res.stderr
         assert "check exit 1" in res.stdout and "health: unhealthy" in res.stdout  # health output shown
-        # failed on Docker's verdict (~5 s after start), not at health_timeout (30 s)
+        # failed on Docker's verdict (~5 s after start), not at health_timeout (30 s): the step also
+        # holds the unwind (the new container removed), which a loaded CI machine took 15.6 s for
         m = re.search(r"\[sandbox\] FAIL rollout server\s+([\d.]+)s", res.stdout)
-        assert m and float(m.group(1)) < 15, res.stdout
+        assert m and float(m.group(1)) < 25, res.stdout
         # tier 1's old containers still serve, alone; nothing of the broken version is left
         for svc in ("server", "property"):
             [c] = sb.containers(svc, all_states=True)
