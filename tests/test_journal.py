@@ -294,12 +294,12 @@ def test_a_lock_that_may_still_be_held_is_not_taken_over(holder):
 def test_a_deploy_that_waited_for_the_lock_plans_from_the_host_as_it_is_then():
     """Back to back: the run before still held the lock (its restore job); once it is ours,
     the host is read again, so the plan never counts or pins the old run's draining containers."""
-    fake = deploy_host(None, ("lock.sh acquire", ok("waited for the previous deploy's restore job 42\nlocked\n")))
+    fake = deploy_host(None, ("lock.sh acquire", ok("waited for the previous deploy's job 42\nlocked\n")))
     s, out = fake_session(fake)
     deploy(s)
     surveys = fake.matching("survey.sh")
     assert len(surveys) == 2 and surveys[0] < fake.index("lock.sh acquire") < surveys[1] < fake.index("pull.sh")
-    assert "waited for the previous deploy's restore job 42" in s.notes
+    assert "waited for the previous deploy's job 42" in s.notes
 
 
 def test_a_deploy_that_got_the_lock_at_once_reads_the_host_once():

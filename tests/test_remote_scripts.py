@@ -322,7 +322,7 @@ def test_lock_is_acquired_once_the_job_releases_it(host):
     out, _ = waiting.communicate(timeout=10)
     assert waiting.returncode == 0
     note, locked = out.splitlines()
-    assert note.startswith(f"waited for the previous deploy's restore job {job.pid} (")
+    assert note.startswith(f"waited for the previous deploy's job {job.pid} (")
     assert locked == "locked"
     assert (host.lock_dir / "holder").read_text() == "bob\n"
     assert host.journal() == [{"run": "b", "event": "start"}]

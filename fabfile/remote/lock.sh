@@ -4,8 +4,8 @@
 # One deploy at a time per project: a directory ~/.zdd/locks/KEY (mkdir is atomic) holding a
 # line about who holds it. KEY names the project by its resolved directory (survey.sh).
 #   acquire   takes the lock for HOLDER. A lock held by a job on this host (a `pid` file: the
-#             restore at the end of the previous deploy) is waited for, up to WAIT seconds, or
-#             taken over when that job is gone; one held by a deploy that has not renewed it
+#             restore at the end of the previous deploy, or engine swarm's monitor job) is
+#             waited for, up to WAIT seconds, or taken over when that job is gone; one held by a deploy that has not renewed it
 #             (`renewed`, touched by tier.sh) for STALE seconds is taken over too. Exit 1,
 #             printing the holder, when it is taken.
 #   takeover  replaces OLD_HOLDER (a holder zdd has shown to be gone) by HOLDER, only if
@@ -97,7 +97,7 @@ case "$action" in
                 echo "locked by: $(holder) (still running after ${wait_max}s)"
                 exit 1
             fi
-            note="waited for the previous deploy's restore job $job"
+            note="waited for the previous deploy's job $job"
             nap
         done
         held_as "$holder"

@@ -255,6 +255,30 @@ def test_a_rollback_in_the_last_tiers_monitor_window_is_journaled_after_fab_retu
         sb.publish(svc)
 
 
+def test_a_deploy_right_after_one_waits_for_its_monitor_job_then_finds_nothing_to_do(settled):
+    """Back to back: the second deploy finds Swarm still monitoring the first one's update (the
+    monitor job holds the lock); it waits for the job instead of refusing, then skips everything."""
+    svc = "profile-server"
+    full = f"{sb.SWARM_STACK}_{svc}"
+    sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "20s", full)
+    try:
+        sb.publish(svc)
+        t0 = time.time()
+        first = fab("deploy", "--no-verify")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"left to the host: Swarm monitors {svc}" in first.stdout, first.stdout
+        assert (sb.SWARM_LOCK / "holder").read_text().startswith("swarm monitor job ")
+        assert sb.swarm_update_status(svc)["State"] == "updating"
+        second = fab("deploy", "--no-verify")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "waited for the previous deploy's job" in second.stdout + second.stderr, second.stdout
+        assert second.stdout.count("skip, unchanged") == 4, second.stdout
+        assert sb.swarm_update_status(svc)["State"] == "completed"
+        assert sb.swarm_verdict(t0).get("result") == "completed"
+    finally:
+        sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "2s", full)
+
+
 def test_status_shows_the_stack(settled):
     # an old task that ignores SIGTERM (identity) still runs for its stop grace after an update
     deadline = time.monotonic() + 30
