@@ -205,7 +205,7 @@ def test_a_rollback_in_an_earlier_tiers_monitor_window_fails_a_later_tier(settle
     good = sb.swarm_versions(svc)
     sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "60s", full)
     try:
-        bad = sb.publish("--die-after", "12", svc)
+        bad = sb.publish("--die-after", "25", svc)
         sb.publish("identity")  # tier 2 rolls too (tier 3, profile-server, has nothing new)
         res = fab("deploy", "--no-verify", "--wait")
         assert res.returncode == 1, res.stdout + res.stderr
@@ -233,7 +233,7 @@ def test_a_rollback_in_the_last_tiers_monitor_window_is_journaled_after_fab_retu
     # a long monitor window (a change of settings only: no task is replaced), a crash well inside it
     sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "60s", full)
     try:
-        bad = sb.publish("--die-after", "20", svc)
+        bad = sb.publish("--die-after", "30", svc)
         t0 = time.time()
         res = fab("deploy", "--no-verify")
         assert res.returncode == 0, res.stdout + res.stderr
