@@ -164,7 +164,7 @@ class Updates:
         # services the plan rolls in tiers not started yet, and those Swarm still monitors
         self.later = {n for t in tiers or [] for n in t if n in self.plans and self.plans[n].roll}
         self.monitored: list[str] = []
-        self.wait = tiers is None or wait
+        self.wait = wait
         self.job = ""  # the monitor job the last tier handed Swarm's monitor window to ("PID SERVICE...")
         held.prune = action == "update" and any(p.roll for p in plans)
         held.images.clear()  # no zdd-keep tags: Swarm keeps each service's previous spec

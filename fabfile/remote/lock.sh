@@ -5,8 +5,9 @@
 # line about who holds it. KEY names the project by its resolved directory (survey.sh).
 #   acquire   takes the lock for HOLDER. A lock held by a job on this host (a `pid` file: the
 #             restore at the end of the previous deploy, or engine swarm's monitor job) is
-#             waited for, up to WAIT seconds, or taken over when that job is gone; one held by a deploy that has not renewed it
-#             (`renewed`, touched by tier.sh) for STALE seconds is taken over too. Exit 1,
+#             waited for, up to WAIT seconds, or taken over when that job is gone (lib.sh:
+#             lock_to_job); one held by a deploy that has not renewed it (`renewed`, touched by
+#             tier.sh) for STALE seconds is taken over too. Exit 1,
 #             printing the holder, when it is taken.
 #   takeover  replaces OLD_HOLDER (a holder zdd has shown to be gone) by HOLDER, only if
 #             OLD_HOLDER still holds it.

@@ -12,7 +12,6 @@
 # wait and the reload, in the foreground, and the final line of a success.
 mode=$1 key=$2 proxy=$3 config=$4 timeout=$5 access_log=$6
 shift 6
-lock=$zdd/locks/$key
 reload() {
     case "$config" in
         *.json) run docker exec "$proxy" caddy reload --config "$config" --force ;;
@@ -36,7 +35,7 @@ restore() {
     fi
     # a job releases the lock it took over (only if it is still its own); in the
     # foreground, the deploy that holds it releases it
-    if [ -n "${job:-}" ] && [ "$(cat "$lock/pid" 2>/dev/null)" = "$job" ]; then rm -rf "$lock"; fi
+    if [ -n "${job:-}" ]; then lock_free_of_job "$job"; fi
     return $rc
 }
 if [ -n "$explaining" ]; then
@@ -53,8 +52,7 @@ log=$zdd/jobs/restore.log
     trap '' HUP INT
     # shellcheck disable=SC2016 # $PPID of the inner sh: this subshell's pid
     job=$(sh -c 'echo $PPID')
-    echo "$job" > "$lock/pid"
-    echo "restore job $job on $(hostname) since $(date '+%Y-%m-%d %H:%M:%S %Z'): waits for ${#} old container(s), then reloads $config" > "$lock/holder"
+    lock_to_job "$job" restore "waits for ${#} old container(s), then reloads $config"
     restore "$@"
 ) </dev/null >"$log" 2>&1 &
 echo "restore queued (job $!): it waits for $# old container(s) to stop, then reloads $config and releases the lock"

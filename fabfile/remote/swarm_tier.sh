@@ -419,7 +419,6 @@ sup() { [ "$fin" != superseded ] || superseded="$superseded $name"; }
 hand_over() {  # -j: the rest of the wait (Swarm's monitor window) to a job on the host, holding the lock
     [ -z "$login_cfg" ] || rm -rf "$login_cfg"  # no registry token for the job: it changes nothing
     login_cfg='' in_job=1 until=completed t0=$(date +%s) shown=''
-    lock=$zdd/locks/$key
     mkdir -p "$zdd/jobs" 2>/dev/null
     (
         trap '' HUP INT
@@ -438,12 +437,11 @@ hand_over() {  # -j: the rest of the wait (Swarm's monitor window) to a job on t
             journal_event settled result failed services "${monitored# }" error "$why"
         fi
         # the lock is the job's until it ends (a deploy waits for it); released only if still its own
-        if [ "$(cat "$lock/pid" 2>/dev/null)" = "$job" ]; then rm -rf "$lock"; fi
+        lock_free_of_job "$job"
     ) </dev/null >"$zdd/jobs/swarm-monitor-$key.log" 2>&1 &
     job=$!
     trap - EXIT  # $tmp is the job's now
-    if [ -d "$lock" ] && printf '%s\n' "$job" > "$lock/pid" 2>/dev/null; then
-        printf '%s\n' "swarm monitor job $job on $(hostname) since $(date '+%Y-%m-%d %H:%M:%S %Z'): waits for Swarm's verdict on$monitored (run $job_run)" > "$lock/holder"
+    if lock_to_job "$job" "swarm monitor" "waits for Swarm's verdict on$monitored (run $job_run)"; then
         say "monitor $job$monitored"
     else
         say "note no deploy lock to hand to the monitor job $job: the next deploy does not wait for it"
