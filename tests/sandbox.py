@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +196,26 @@ def swarm_verdict(since: float, timeout: float = 60) -> dict:
             return events[-1]
         time.sleep(0.5)
     return {}
+
+
+def swarm_wait_state(service: str, state: str, timeout: float = 60) -> None:
+    """Until Swarm's UpdateStatus of a stack service says ``state`` (at most ``timeout`` s; the
+    caller asserts what it needs)."""
+    deadline = time.monotonic() + timeout
+    while swarm_update_status(service).get("State") != state and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+@contextmanager
+def swarm_monitor_window(service: str, seconds: int) -> Iterator[None]:
+    """A stack service's update_config.monitor set to ``seconds`` (a change of settings only: no
+    task is replaced), then back to the stack file's 2 s."""
+    full = f"{SWARM_STACK}_{service}"
+    swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", f"{seconds}s", full)
+    try:
+        yield
+    finally:
+        swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "2s", full)
 
 
 def swarm_on_worker(*services: str) -> list[str]:

@@ -126,9 +126,7 @@ def test_broken_image_is_rolled_back_by_swarm_and_fails_the_deploy(settled, tmp_
     broken = sb.publish("--broken", "server")  # tier 1 of 3
     probe = sb.Verify(*URLS_ARGS, json_path=tmp_path / "verify.json")
     res = fab("deploy")
-    deadline = time.monotonic() + 60  # the load goes on while Swarm finishes its rollback
-    while sb.swarm_update_status("server").get("State") != "rollback_completed" and time.monotonic() < deadline:
-        time.sleep(0.5)
+    sb.swarm_wait_state("server", "rollback_completed")  # the load goes on while Swarm finishes its rollback
     rc, out, report = probe.stop(
         settle=12
     )  # an old task that ignores SIGTERM serves its pooled connections until it dies
@@ -201,26 +199,22 @@ def test_a_rollback_in_an_earlier_tiers_monitor_window_fails_a_later_tier(settle
     tier 1 back, and the later tier's run fails at once naming it (--wait: the run also waits for
     Swarm's verdict on the last tier, so the crash falls inside the run whenever it comes)."""
     svc = "server"  # tier 1 of 3
-    full = f"{sb.SWARM_STACK}_{svc}"
     good = sb.swarm_versions(svc)
-    sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "60s", full)
     try:
-        bad = sb.publish("--die-after", "25", svc)
-        sb.publish("identity")  # tier 2 rolls too (tier 3, profile-server, has nothing new)
-        res = fab("deploy", "--no-verify", "--wait")
-        assert res.returncode == 1, res.stdout + res.stderr
-        assert "Traceback" not in res.stderr
-        # tier 1 was done (its tasks replaced) and a later tier ran when Swarm rolled server back
-        assert re.search(rf"\[{HOST}\] ok   rollout server\s+[\d.]+s  server replaced", res.stdout), res.stdout
-        assert re.search(rf"\[{HOST}\] FAIL rollout identity ", res.stdout), res.stdout
-        assert re.search(rf"{svc}: (paused|rollback_(started|completed))", res.stderr), res.stderr
-        deadline = time.monotonic() + 60
-        while sb.swarm_update_status(svc).get("State") != "rollback_completed" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert sb.swarm_versions(svc) == good and bad not in good
+        with sb.swarm_monitor_window(svc, 60):
+            bad = sb.publish("--die-after", "25", svc)
+            sb.publish("identity")  # tier 2 rolls too (tier 3, profile-server, has nothing new)
+            res = fab("deploy", "--no-verify", "--wait")
+            assert res.returncode == 1, res.stdout + res.stderr
+            assert "Traceback" not in res.stderr
+            # tier 1 was done (its tasks replaced) and a later tier ran when Swarm rolled server back
+            assert re.search(rf"\[{HOST}\] ok   rollout server\s+[\d.]+s  server replaced", res.stdout), res.stdout
+            assert re.search(rf"\[{HOST}\] FAIL rollout identity ", res.stdout), res.stdout
+            assert re.search(rf"{svc}: (paused|rollback_(started|completed))", res.stderr), res.stderr
+            sb.swarm_wait_state(svc, "rollback_completed")
+            assert sb.swarm_versions(svc) == good and bad not in good
     finally:
-        sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "2s", full)
-        sb.publish(svc)
+        sb.publish(svc)  # a good :latest again
 
 
 def test_a_rollback_in_the_last_tiers_monitor_window_is_journaled_after_fab_returned(settled):
@@ -228,40 +222,33 @@ def test_a_rollback_in_the_last_tiers_monitor_window_is_journaled_after_fab_retu
     that crashes in its monitor window: the monitor job journals that verdict, status shows it,
     and the old version serves again."""
     svc = "profile-server"  # the last tier
-    full = f"{sb.SWARM_STACK}_{svc}"
     good = sb.swarm_versions(svc)
-    # a long monitor window (a change of settings only: no task is replaced), a crash well inside it
-    sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "60s", full)
     try:
-        bad = sb.publish("--die-after", "30", svc)
-        t0 = time.time()
-        res = fab("deploy", "--no-verify")
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert f"left to the host: Swarm monitors {svc} until its monitor window ends" in res.stdout, res.stdout
-        assert sb.swarm_versions(svc) == {bad}
-        holder = (sb.SWARM_LOCK / "holder").read_text()
-        assert holder.startswith("swarm monitor job "), holder
-        verdict = sb.swarm_verdict(t0, timeout=120)
-        assert verdict.get("result") == "failed" and verdict["services"] == svc, verdict
-        assert verdict["error"].startswith(f"{svc}: rollback_"), verdict
-        deadline = time.monotonic() + 60
-        while sb.swarm_update_status(svc).get("State") != "rollback_completed" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert sb.swarm_versions(svc) == good
-        status = fab("status")
-        assert re.search(rf"Swarm's verdict on {svc}: failed: {svc}: rollback_", status.stdout), status.stdout
+        with sb.swarm_monitor_window(svc, 60):  # a long window, a crash well inside it
+            bad = sb.publish("--die-after", "30", svc)
+            t0 = time.time()
+            res = fab("deploy", "--no-verify")
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert f"left to the host: Swarm monitors {svc} until its monitor window ends" in res.stdout, res.stdout
+            assert sb.swarm_versions(svc) == {bad}
+            holder = (sb.SWARM_LOCK / "holder").read_text()
+            assert holder.startswith("swarm monitor job "), holder
+            verdict = sb.swarm_verdict(t0, timeout=120)
+            assert verdict.get("result") == "failed" and verdict["services"] == svc, verdict
+            assert verdict["error"].startswith(f"{svc}: rollback_"), verdict
+            sb.swarm_wait_state(svc, "rollback_completed")
+            assert sb.swarm_versions(svc) == good
+            status = fab("status")
+            assert re.search(rf"Swarm's verdict on {svc}: failed: {svc}: rollback_", status.stdout), status.stdout
     finally:
-        sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "2s", full)
-        sb.publish(svc)
+        sb.publish(svc)  # a good :latest again
 
 
 def test_a_deploy_right_after_one_waits_for_its_monitor_job_then_finds_nothing_to_do(settled):
     """Back to back: the second deploy finds Swarm still monitoring the first one's update (the
     monitor job holds the lock); it waits for the job instead of refusing, then skips everything."""
     svc = "profile-server"
-    full = f"{sb.SWARM_STACK}_{svc}"
-    sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "20s", full)
-    try:
+    with sb.swarm_monitor_window(svc, 20):
         sb.publish(svc)
         t0 = time.time()
         first = fab("deploy", "--no-verify")
@@ -275,8 +262,6 @@ def test_a_deploy_right_after_one_waits_for_its_monitor_job_then_finds_nothing_t
         assert second.stdout.count("skip, unchanged") == 4, second.stdout
         assert sb.swarm_update_status(svc)["State"] == "completed"
         assert sb.swarm_verdict(t0).get("result") == "completed"
-    finally:
-        sb.swarm_docker("service", "update", "--detach", "--quiet", "--update-monitor", "2s", full)
 
 
 def test_status_shows_the_stack(settled):
