@@ -801,6 +801,26 @@ def test_a_node_down_holding_a_task_an_update_waits_for_fails_at_once(manager):
     assert [c.split()[-2:] for c in held] == [["st_property", "st_server"]]
 
 
+@pytest.mark.parametrize("order", [("server",), ("server", "property"), ("property", "server")])
+def test_a_node_down_names_the_service_whose_task_it_holds_in_any_order(manager, order):
+    """The service that holds a task on the node down is named, alone in its tier, first or last
+    of it (the read of the tasks runs inside the loop over the services and must not disturb it)."""
+    manager.set("clock", "1000000 5\n")
+    manager.set("nodes-ls", "n1|Ready\nn2|Down\n")
+    for name in order:
+        manager.service(name, OLD, UPDATING)
+    manager.set(f"held-{STACK}_property", "st_property.1|n1|Running 1 hour ago\n")
+    manager.set(f"held-{STACK}_server", "st_server.1|n1|Running 2 seconds ago\nst_server.2|n2|Running 2 hours ago\n")
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "update", changes(*order), 120), timeout=60)
+    assert res.returncode == 1, res.stdout
+    assert res.stdout.splitlines()[-1].startswith(
+        "failed server: node n2 is down, holding st_server.2 (Running 2 hours ago);"
+    ), res.stdout
+    assert ticks(res.stdout) == [10, 15]  # the grace, not the ceiling
+    # every progress line names each service it shows ("progress : updating" had lost its name)
+    assert not [ln for ln in res.stdout.splitlines() if ln.startswith("progress") and " : " in ln], res.stdout
+
+
 def test_a_node_down_that_holds_no_task_waited_for_does_not_fail_the_run(manager):
     """Only tasks of the services the run waits for count, and only those Swarm still has to
     finish with: a task on the node that was shut down, failed or rejected before is history."""

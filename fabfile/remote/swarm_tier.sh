@@ -354,17 +354,15 @@ nodes_down() {  # every 2 s: the nodes not ready, as "HOSTNAME:SINCE" (when we f
         down="$down $h:${since:-$now}"
     done
 }
-held_read='' held_tasks=''  # this poll's tasks of the services waited for, read once (on_down_node)
-pending_of() { case $fin in '' | replaced) awaited && waiting_for="$waiting_for $full" ;; esac; }
+held_read='' held_tasks=''  # this poll's tasks of the run's services, read once (on_down_node)
 on_down_node() {  # service $full: its tasks on a node down for node_grace s, not in a final state
     for hs in $down; do
         [ $((now - ${hs##*:})) -ge "$node_grace" ] || continue
-        if [ -z "$held_read" ]; then  # one read a poll for every service still waited for
-            waiting_for=''
-            each pending_of
+        if [ -z "$held_read" ]; then  # one read a poll for all the run's services (called from `each
+            # check`: a nested `each` here would overwrite the service variables of the loop it is in)
             # shellcheck disable=SC2086 # service names, one word each
             held_tasks=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' \
-                $waiting_for 2>/dev/null)
+                $all 2>/dev/null)
             held_read=1
         fi
         h=${hs%:*}
