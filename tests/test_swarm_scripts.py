@@ -292,7 +292,11 @@ def test_a_task_no_node_can_take_fails_at_the_ceiling_saying_so(manager):
         "failed timeout after 2s: server: updating; server: a task waits for a node: no suitable node (max replicas "
         "per node limit exceed) (Swarm goes on with it)",
     ]
-    assert not any(c.endswith("st_property") and c.startswith("service ps") for c in manager.calls())
+    # no "detail" lines of the service that completed: its tasks are not listed
+    assert not any(
+        c.endswith("st_property") and c.startswith("service ps --no-trunc --format {{.Name}} on")
+        for c in manager.calls()
+    )
 
 
 def test_rollback_waits_for_rollback_completed_and_forgets_what_was_applied(manager):
@@ -579,7 +583,8 @@ def test_tiers_overlap_swarms_monitor_window_and_the_last_waits_for_every_verdic
     assert out[4].startswith("ok after ") and len(out) == 5
     updates = [c.split()[-1] for c in manager.calls() if c.startswith("service update") and "--image" in c]
     assert updates == ["st_server", "st_property", "st_profile"]  # a watched service is not changed
-    assert not any(c.startswith("service ps") and "st_profile" in c for c in manager.calls())  # no -r: no tasks read
+    # no -r: profile's tasks are read once, when Swarm says completed (no task of another image left)
+    assert sum(c.startswith("service ps") and "st_profile" in c for c in manager.calls()) == 1
 
 
 def monitor_job(manager: Manager, verdict: str) -> tuple[int, list[str], Path, Path]:
@@ -722,6 +727,8 @@ def test_at_the_ceiling_the_tasks_of_what_the_tier_waits_for_are_shown(manager):
     ]
     manager.set(f"n-{STACK}_property", "0")
     manager.service("property", OLD, UPDATING, DONE)
+    manager.set(f"np-{STACK}_property", "0")  # its tasks once Swarm says completed: the new one only
+    manager.tasks("property", [task("n1", 1, "Running", "Running 9 seconds ago", "property")])
     # (a ceiling the three reads to `completed` fit in on a loaded machine: the real clock runs)
     rc, out, took = manager.tier("update", "property", watch=("server",), ceiling=4)
     assert rc == 1 and "done property completed" in out
@@ -841,6 +848,30 @@ def test_a_node_down_that_holds_no_task_waited_for_does_not_fail_the_run(manager
     assert max(ticks(res.stdout)) >= 25  # the node was down for longer than the grace
     held = "service ps --no-trunc --format {{.Name}}|{{.Node}}|{{.CurrentState}} st_server"
     assert held in manager.calls()  # looked at, found nothing Swarm waits for
+
+
+def test_a_tier_that_ends_well_while_a_node_is_down_names_the_node_and_what_it_still_lists(manager):
+    """Swarm may finish an update while a node is down (it starts the node's tasks elsewhere):
+    the run succeeds, with a note naming the node and the run's tasks Swarm still lists there."""
+    manager.set("clock", "1000000 5\n")
+    manager.set("nodes-ls", "n1|Ready\nn2|Down\n")
+    manager.service("server", OLD, UPDATING, DONE)
+    manager.set(f"held-{STACK}_server", "st_server.1|n1|Running 2 seconds ago\nst_server.2|n2|Running 2 hours ago\n")
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "update", changes("server"), 120), timeout=60)
+    assert res.returncode == 0, res.stdout
+    notes = [ln for ln in res.stdout.splitlines() if ln.startswith("note node ")]
+    assert notes == [
+        "note node n2 is down (for 5s): Swarm runs this tier's tasks on the other nodes; it still lists "
+        "st_server.2 (Running 2 hours ago) there until the node is back"
+    ], res.stdout
+
+
+def test_no_node_note_when_every_node_is_ready(manager):
+    manager.set("clock", "1000000 5\n")
+    manager.service("server", OLD, UPDATING, DONE)
+    res = manager.run(swarm_cmds.swarm_tier(manager.config, "update", changes("server"), 120), timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert not [ln for ln in res.stdout.splitlines() if ln.startswith("note ")], res.stdout
 
 
 def test_with_r_a_node_down_holding_only_a_watched_services_task_does_not_fail(manager):
@@ -973,6 +1004,62 @@ def test_an_update_rolled_back_over_a_task_that_is_gone_fails(manager):
     manager.service("property", OLD, UPDATING, f"rollback_completed|{NEW}|{EARLY}")
     rc, out, took = manager.tier("update", "property")
     assert rc == 1 and out[-1] == f"failed property: rollback_completed ({EARLY})"
+    assert len(image_updates(manager)) == 1
+
+
+def test_a_task_of_the_old_image_swarm_leaves_running_after_completed_gets_the_update_made_once_more(manager):
+    """moby/swarmkit#2242: a task restarted during a start-first update (a drain, a node down) is
+    one the updater no longer stops, and Swarm says completed with it still running beside the
+    new ones. The update is made once more (it replaces every task of each slot), and the run
+    waits for that one."""
+    manager.service(
+        "property",
+        OLD,
+        UPDATING,
+        f"completed|{NEW}|update completed",
+        f"updating|{NEW2}|update in progress",
+        f"completed|{NEW2}|update completed",
+    )
+    stray = task("o1", 1, "Running", "Running 3 minutes ago", "property")
+    new = [
+        task("n1", 1, "Running", "Running 1 second ago", "property"),
+        task("n2", 2, "Running", "Running 1 second ago", "property"),
+    ]
+    manager.tasks("property", [stray, *new], new)
+    rc, out, took = manager.tier("update", "property")
+    assert rc == 0, out
+    assert [ln for ln in out if not ln.startswith("ok after ")] == [
+        "started property",
+        f"note property: Swarm completed its update but still runs {STACK}_property.1 (Running 3 minutes ago) beside "
+        "the new tasks: updating it once more",
+        "started property",
+        "done property completed",
+    ]
+    updates = image_updates(manager)
+    assert len(updates) == 2 and updates[0] == updates[1]
+
+
+def test_a_task_of_the_old_image_left_after_the_update_made_once_more_fails_the_run_naming_it(manager):
+    manager.service(
+        "property", OLD, UPDATING, f"completed|{NEW}|update completed", f"completed|{NEW2}|update completed"
+    )
+    stray = task("o1", 1, "Running", "Running 3 minutes ago", "property")
+    manager.tasks("property", [stray, task("n1", 1, "Running", "Running 1 second ago", "property")])
+    rc, out, took = manager.tier("update", "property")
+    assert rc == 1, out
+    assert out[-1] == (
+        f"failed property: Swarm completed its update but still runs {STACK}_property.1 (Running 3 minutes ago) "
+        f"beside the new tasks: `docker service update --force {STACK}_property` replaces them"
+    )
+    assert len(image_updates(manager)) == 2
+
+
+def test_tasks_of_the_old_image_no_longer_desired_running_are_no_stray(manager):
+    manager.service("property", OLD, UPDATING, f"completed|{NEW}|update completed")
+    gone = task("o1", 1, "Shutdown", "Running 3 minutes ago", "property")  # being stopped: out of DNS
+    manager.tasks("property", [gone, task("n1", 1, "Running", "Running 1 second ago", "property")])
+    rc, out, took = manager.tier("update", "property")
+    assert rc == 0 and "done property completed" in out, out
     assert len(image_updates(manager)) == 1
 
 

@@ -101,7 +101,14 @@
 # tasks, rather than at CEILING. An update Swarm rolled back because a new task was ended early on
 # a node that is being drained (or went down) is no verdict on the image: once Swarm's rollback
 # has completed, the update is started again, once per service (its tasks then go to the nodes
-# that remain).
+# that remain). A node that is down at the end of a wait that went well is said ("note node H is
+# down ...", with the run's tasks Swarm still lists there).
+#
+# Strays. Swarm may say `completed` with a task of the old image still desired running beside
+# the new ones: a task restarted during a start-first update (its node drained or down) is one
+# the updater no longer stops (moby/swarmkit#2242), and it stays in service discovery. An own
+# update that completes so is made once more (`service update --force` replaces every task of
+# each slot); still so after that, or in the monitor job, the run fails naming those tasks.
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
 # each service's fields, one line each ("-" for an empty field; ROLE own, or watch for -w);
@@ -227,7 +234,10 @@ check() {
         [ "$action" = rollback ] && has as-update && how=update  # a rollback made as an update
         if retry_drained; then awaited && pending=$((pending + 1)); progress="$progress $name: $st,"; return; fi
         case "$how:$st" in
-            update:completed | stack:completed | rollback:rollback_completed) finish "$st"; return ;;
+            update:completed)
+                if stray_left; then [ -n "$failed" ] || { awaited && pending=$((pending + 1)); progress="$progress $name: $st,"; }; return; fi
+                finish "$st"; return ;;
+            stack:completed | rollback:rollback_completed) finish "$st"; return ;;
             update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused) bad; return ;;
         esac
         if [ -n "$fin" ]; then
@@ -394,14 +404,41 @@ retry_drained() {  # check(): an own update Swarm rolled back because of a drain
     [ -e "$tmp/draining.$j" ] || { drained || return 1; : > "$tmp/draining.$j"; say "note $name: Swarm rolls the update back, a task of it ended by a drain; it starts again after"; }
     if [ "$st" = rollback_started ]; then st="rolled back (drain), starting again after"; return 0; fi
     : > "$tmp/retried.$j"
-    printf '%s\n' "$started" > "$tmp/prev.$j"  # the update that counts is the next one
-    if [ "$until" = replaced ]; then  # the tasks from before it are those the rollback left
+    start_again
+    st="starting again"
+    return 0
+}
+start_again() {  # service $full's update once more; the update that counts is the next one
+    printf '%s\n' "$started" > "$tmp/prev.$j"
+    if [ "$until" = replaced ]; then  # the tasks from before it are those that run now
         grep -v "|${full}\.[^|]*|" "$tmp/old" > "$tmp/old.new" || true
         tasks "$full" >> "$tmp/old.new"
         mv "$tmp/old.new" "$tmp/old"
     fi
     update_one
-    st="starting again"
+}
+strays() {  # service $full, its update completed: its tasks still desired running of another image
+    [ "$action" = update ] && [ "$role" = own ] && [ -n "${image##*@}" ] || return 0
+    if [ "$until" = replaced ]; then printf '%s\n' "$now_tasks"; else tasks "$full"; fi |  # -r: this poll's
+        awk -F'|' -v n="$full" -v want="${image##*@}" '
+        { s = $2; sub(/\.[^.]*$/, "", s) }
+        s == n && tolower($3) == "running" && index($5, want) == 0 { printf "%s%s (%s)", sep, $2, $4; sep = ", " }'
+}
+stray_left() {  # check(): Swarm says completed, yet a task of another image runs beside the new ones (a
+    # task restarted during a start-first update is one Swarm's updater no longer stops: moby/swarmkit#2242).
+    # Once per service the update is made again (it replaces every task of each slot); then, or in the
+    # monitor job (it starts nothing), the run fails naming the tasks
+    left=$(strays)
+    [ -n "$left" ] || return 1
+    if [ -z "$in_job" ] && [ -z "$fin" ] && [ ! -e "$tmp/restray.$j" ]; then
+        : > "$tmp/restray.$j"
+        say "note $name: Swarm completed its update but still runs $left beside the new tasks: updating it once more"
+        start_again
+        st="updating once more (a task of another image was left)"
+        return 0
+    fi
+    failed="$name: Swarm completed its update but still runs $left beside the new tasks: \`docker service update --force $full\` replaces them"
+    culprit=$full
     return 0
 }
 unplaced=
@@ -473,7 +510,18 @@ wait_all() {  # until nothing is awaited: 0; 1 after "detail" lines and "failed 
         nap
     done
 }
+down_note() {  # after a wait that ended well: each node down, and the run's tasks Swarm still lists on it
+    for hs in $down; do
+        h=${hs%:*}
+        # shellcheck disable=SC2086 # service names, one word each
+        left=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' $all 2>/dev/null |
+            awk -F'|' -v h="$h" '$2 == h && $3 !~ /^(Shutdown|Failed|Rejected|Complete|Orphaned|Remove)/ {
+                printf "%s%s (%s)", sep, $1, $3; sep = ", " }')
+        say "note node $h is down (for $((now - ${hs##*:}))s): Swarm runs this tier's tasks on the other nodes${left:+; it still lists $left there until the node is back}"
+    done
+}
 wait_all || exit 1
+down_note
 monitored=''
 unfinished() { [ "$fin" = completed ] || monitored="$monitored $name"; }
 each unfinished

@@ -147,14 +147,19 @@ def test_a_worker_that_goes_away_mid_update_fails_naming_it_and_the_next_deploy_
         if proc.poll() is None:
             proc.kill()
     took = time.monotonic() - killed
-    assert proc.returncode == 1, out + err
     assert "Traceback" not in err
-    # one line naming the node that went away and its tasks, long before the ceiling
-    line = err.strip().splitlines()[-1]
-    assert sb.WORKER_NAME in line and "down" in line, err
-    assert re.search(r"(server|property|identity|profile-server)\.[12] ", line), line
     assert took < 90, f"the deploy took {took:.0f}s after the node went away (started {killed - t0:.0f}s in)"
-    assert re.search(rf"\[{HOST}\] FAIL rollout ", out), out  # the tier waiting when the node went: no later one
+    if proc.returncode == 1:
+        # the node held a task the tier waited for: one line naming the node and its tasks
+        line = err.strip().splitlines()[-1]
+        assert sb.WORKER_NAME in line and "down" in line, err
+        assert re.search(r"(server|property|identity|profile-server)\.[12] ", line), line
+        assert re.search(rf"\[{HOST}\] FAIL rollout ", out), out  # the tier waiting when the node went: no later one
+    else:
+        # Swarm started the node's tasks on the manager before the tier had waited for them past
+        # the grace, and finished the update there: the deploy says which node was down
+        assert proc.returncode == 0, out + err
+        assert re.search(rf"\[{HOST}\]   node {sb.WORKER_NAME} is down \(for \d+s\)", out), out
     # the manager's tasks serve on
     sb.swarm_serves(timeout=30)
 
