@@ -309,6 +309,37 @@ def test_lock_of_a_live_job_is_waited_for_then_fails(host):
         stop(job)
 
 
+def test_a_job_that_says_until_when_it_may_run_is_waited_for_that_long(host):
+    """A job with a limit of its own (swarm's monitor job: Swarm's monitor window) is waited for
+    until then, past lock.sh's usual wait, and no longer."""
+    job = sleeper()
+    try:
+        host.hold_lock("swarm monitor job 1", job.pid)
+        (host.lock_dir / "until").write_text(f"{int(time.time()) + 3}\n")
+        t0 = time.monotonic()
+        res = host.lock("acquire", "bob", 1)
+        took = time.monotonic() - t0
+        assert res.returncode == 1
+        assert res.stdout.startswith("locked by: swarm monitor job 1 (still running after "), res.stdout
+        assert 2 <= took < 8, took  # its 3 s, not the usual 1 s
+    finally:
+        stop(job)
+
+
+@pytest.mark.parametrize("until", ["", "soon", "0", "99999999999"])
+def test_a_job_limit_that_is_unreadable_past_or_beyond_a_day_is_the_usual_wait(host, until):
+    job = sleeper()
+    try:
+        host.hold_lock("restore job 1", job.pid)
+        (host.lock_dir / "until").write_text(until)
+        t0 = time.monotonic()
+        res = host.lock("acquire", "bob", 1)
+        assert res.returncode == 1 and "still running after" in res.stdout
+        assert time.monotonic() - t0 < 5
+    finally:
+        stop(job)
+
+
 def test_lock_is_acquired_once_the_job_releases_it(host):
     job = sleeper()
     try:

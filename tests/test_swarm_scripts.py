@@ -660,6 +660,8 @@ def test_the_monitor_job_pid_is_in_the_lock_while_it_waits(manager):
     assert (lock / "pid").read_text().strip() == job
     assert (lock / "holder").read_text().startswith(f"swarm monitor job {job} on ")
     assert "(run R1)" in (lock / "holder").read_text()
+    # the next deploy waits for it as long as it may run: its ceiling (the tier's, 20 s), and 30 s
+    assert 30 <= int((lock / "until").read_text()) - time.time() <= 51
     os.kill(int(job), 9)
 
 

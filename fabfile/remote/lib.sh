@@ -117,10 +117,12 @@ renew() {  # the deploy's lock is renewed while a script works for it (a holder 
     [ -z "$explaining" ] && [ -n "$key" ] && [ -d "$zdd/locks/$key" ] && touch "$zdd/locks/$key/renewed" 2>/dev/null
     return 0
 }
-lock_to_job() {  # lock_to_job JOB KIND WHAT: the deploy's lock ($key) is held by job JOB (a pid) from now on,
-    # so the next deploy waits for it (lock.sh); its holder line: "KIND job JOB on HOST since WHEN: WHAT".
+lock_to_job() {  # lock_to_job JOB KIND WHAT [UNTIL]: the deploy's lock ($key) is held by job JOB (a pid) from
+    # now on, so the next deploy waits for it (lock.sh), up to UNTIL (epoch seconds: the job's own limit)
+    # if that is later than its usual wait; its holder line: "KIND job JOB on HOST since WHEN: WHAT".
     # Non-zero when there is no lock to hand over
     [ -d "$zdd/locks/$key" ] && printf '%s\n' "$1" > "$zdd/locks/$key/pid" 2>/dev/null &&
+        { [ -z "${4-}" ] || printf '%s\n' "$4" > "$zdd/locks/$key/until"; } &&
         printf '%s job %s on %s since %s: %s\n' "$2" "$1" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S %Z')" "$3" \
             > "$zdd/locks/$key/holder"
 }

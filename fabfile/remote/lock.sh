@@ -5,8 +5,9 @@
 # line about who holds it. KEY names the project by its resolved directory (survey.sh).
 #   acquire   takes the lock for HOLDER. A lock held by a job on this host (a `pid` file: the
 #             restore at the end of the previous deploy, or engine swarm's monitor job) is
-#             waited for, up to WAIT seconds, or taken over when that job is gone (lib.sh:
-#             lock_to_job); one held by a deploy that has not renewed it (`renewed`, touched by
+#             waited for, up to WAIT seconds or to the job's own limit (an `until` file, epoch
+#             seconds, at most a day on), whichever is later, or taken over when that job is
+#             gone (lib.sh: lock_to_job); one held by a deploy that has not renewed it (`renewed`, touched by
 #             tier.sh) for STALE seconds is taken over too. Exit 1,
 #             printing the holder, when it is taken.
 #   takeover  replaces OLD_HOLDER (a holder zdd has shown to be gone) by HOLDER, only if
@@ -94,8 +95,13 @@ case "$action" in
                 nap
                 continue
             fi
-            if [ $(( $(date +%s) - t0 )) -ge "$wait_max" ]; then
-                echo "locked by: $(holder) (still running after ${wait_max}s)"
+            limit=$((t0 + wait_max)) job_until=$(cat "$dir/until" 2>/dev/null)
+            case $job_until in
+                '' | *[!0-9]*) ;;
+                *) [ "$job_until" -le $((t0 + 86400)) ] && [ "$job_until" -gt "$limit" ] && limit=$job_until ;;
+            esac
+            if [ "$(date +%s)" -ge "$limit" ]; then
+                echo "locked by: $(holder) (still running after $(( $(date +%s) - t0 ))s)"
                 exit 1
             fi
             note="waited for the previous deploy's job $job"

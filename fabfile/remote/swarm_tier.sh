@@ -476,7 +476,9 @@ hand_over() {  # -j: the rest of the wait (Swarm's monitor window) to a job on t
     ) </dev/null >"$zdd/jobs/swarm-monitor-$key.log" 2>&1 &
     job=$!
     trap - EXIT  # $tmp is the job's now
-    if lock_to_job "$job" "swarm monitor" "waits for Swarm's verdict on$monitored (run $job_run)"; then
+    # the next deploy waits for it as long as it may wait (its ceiling), not only lock.sh's usual while
+    if lock_to_job "$job" "swarm monitor" "waits for Swarm's verdict on$monitored (run $job_run)" \
+        "$((t0 + ceiling + 30))"; then
         say "monitor $job$monitored"
     else
         say "note no deploy lock to hand to the monitor job $job: the next deploy does not wait for it"
