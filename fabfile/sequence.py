@@ -99,7 +99,7 @@ def recover(s: Session, engine: Engine) -> None:
     state = engine.validate(s)
     with locked(s, state, "recover") as held:
         state = under_lock(s, engine, state, held)
-        engine.tiers(s, state, Release([], action="recover"), held).done(wait=True)
+        engine.tiers(s, state, Release([], action="recover", wait=True), held).done()
 
 
 def under_lock(s: Session, engine: Engine, state: object, held: Held) -> object:
@@ -142,7 +142,7 @@ def roll(
         with shielded("the unwind (never leaving a service without a whole set of containers)"):
             tiers.unwind(e)
         raise
-    tiers.done(wait)
+    tiers.done()
 
 
 def starting(s: Session, engine: Engine, state: Any, command: str) -> RunFacts:

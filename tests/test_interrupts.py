@@ -39,7 +39,7 @@ class Tiers:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, while the new containers are removed
         self.unwound.append(str(error))
 
-    def done(self, wait):
+    def done(self):
         raise AssertionError("not after a failure")
 
 

@@ -44,9 +44,9 @@ class Tiers(Protocol):
     def unwind(self, error: BaseException) -> None:
         """After a failure or an interruption (``error``): leave every service served."""
 
-    def done(self, wait: bool) -> None:
+    def done(self) -> None:
         """After the last tier: what the engine does once all tiers switched (drain reports,
-        restore the proxy; with ``wait``, until the old containers are gone)."""
+        restore the proxy; with the release's ``wait``, until the old containers are gone)."""
 
 
 class Engine(Protocol):

@@ -173,7 +173,7 @@ class ComposeEngine:
         return journal.plan_event(run, state, release.plans, release.images)
 
     def tiers(self, s: Session, state: HostState, release: Release, held: Held) -> ComposeRollout:
-        return ComposeRollout(s, state, release.plans, held, self.plugin, release.canary, release.watch)
+        return ComposeRollout(s, state, release.plans, held, self.plugin, release.canary, release.watch, release.wait)
 
     def one_service(self, s: Session, state: HostState, name: str) -> Release:
         return Release(make_plan([name], state, {}, force=True), {}, [[name]])

@@ -57,8 +57,10 @@ class ComposeRollout:
         plugin: bool = False,
         canary: CanaryConfig = NO_CANARY,
         watch: WatchConfig = NO_WATCH,
+        wait: bool = False,
     ):
         self.s, self.r, self.host, self.state, self.plugin = s, s.r, s.host, state, plugin
+        self.wait = wait  # done(): the drains waited for, the proxy restored before it returns
         self.canary, self.watch = canary, watch
         self.lock = held  # the run's lock: its id, its pending journal lines (the plan)
         held.prune = any(p.roll for p in plans)
@@ -272,9 +274,10 @@ class ComposeRollout:
         if self.needs_restore() or self.retiring:
             self.lock.handed_over = self.restore(detach=interrupted)
 
-    def done(self, wait: bool) -> None:
+    def done(self) -> None:
         """After the last tier: the drain reports and the proxy's restore (a job on the host,
         unless ``wait``); the proxy recreated when hosts.toml asks for it (an outage)."""
+        wait = self.wait
         if not self.open and not self.retiring and not self.needs_restore():
             self.s.report.skip(steps.proxy_step(self.s), "nothing rolled; the proxy runs its config file")
             return

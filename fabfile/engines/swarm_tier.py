@@ -172,7 +172,7 @@ class Updates:
     def unwind(self, error: BaseException) -> None:
         return None  # Swarm finishes or rolls back what it started; nothing of zdd's to undo
 
-    def done(self, wait: bool) -> None:
+    def done(self) -> None:
         """After the last tier of a deploy: the proxy reloaded only when hosts.toml asks; the
         monitor job said."""
         if self.action != "update":
