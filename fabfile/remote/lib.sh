@@ -122,7 +122,7 @@ lock_to_job() {  # lock_to_job JOB KIND WHAT [UNTIL]: the deploy's lock ($key) i
     # if that is later than its usual wait; its holder line: "KIND job JOB on HOST since WHEN: WHAT".
     # Non-zero when there is no lock to hand over
     [ -d "$zdd/locks/$key" ] && printf '%s\n' "$1" > "$zdd/locks/$key/pid" 2>/dev/null &&
-        { [ -z "${4-}" ] || printf '%s\n' "$4" > "$zdd/locks/$key/until"; } &&
+        { [ -z "${4-}" ] || printf '%s\n' "$4" 2>/dev/null > "$zdd/locks/$key/until" || :; } &&
         printf '%s job %s on %s since %s: %s\n' "$2" "$1" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S %Z')" "$3" \
             > "$zdd/locks/$key/holder"
 }
