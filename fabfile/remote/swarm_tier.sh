@@ -364,22 +364,27 @@ nodes_down() {  # every 2 s: the nodes not ready, as "HOSTNAME:SINCE" (when we f
         down="$down $h:${since:-$now}"
     done
 }
-held_read='' held_tasks=''  # this poll's tasks of the run's services, read once (on_down_node)
+held_read='' held_tasks=''  # this poll's tasks of the run's services, read once (read_held)
+read_held() {  # all the run's services' tasks, each NAME|NODE|STATE (called from `each check`: a nested
+    # `each` here would overwrite the service variables of the loop it is in, so all are read)
+    # shellcheck disable=SC2086 # service names, one word each
+    held_tasks=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' \
+        $all 2>/dev/null)
+    held_read=1
+}
+held_on() {  # held_on NODE [SERVICE]: of the tasks read_held read, those (of SERVICE only) on NODE in no
+    # final state, "NAME (STATE), ..."
+    printf '%s\n' "$held_tasks" | awk -F'|' -v h="$1" -v n="${2-}" '
+        { s = $1; sub(/\.[^.]*$/, "", s) }
+        (n == "" || s == n) && $2 == h && $3 !~ /^(Shutdown|Failed|Rejected|Complete|Orphaned|Remove)/ {
+            printf "%s%s (%s)", sep, $1, $3; sep = ", " }'
+}
 on_down_node() {  # service $full: its tasks on a node down for node_grace s, not in a final state
     for hs in $down; do
         [ $((now - ${hs##*:})) -ge "$node_grace" ] || continue
-        if [ -z "$held_read" ]; then  # one read a poll for all the run's services (called from `each
-            # check`: a nested `each` here would overwrite the service variables of the loop it is in)
-            # shellcheck disable=SC2086 # service names, one word each
-            held_tasks=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' \
-                $all 2>/dev/null)
-            held_read=1
-        fi
+        [ -n "$held_read" ] || read_held  # once a poll
         h=${hs%:*}
-        held=$(printf '%s\n' "$held_tasks" | awk -F'|' -v h="$h" -v n="$full" '
-            { s = $1; sub(/\.[^.]*$/, "", s) }
-            s == n && $2 == h && $3 !~ /^(Shutdown|Failed|Rejected|Complete|Orphaned|Remove)/ {
-                printf "%s%s (%s)", sep, $1, $3; sep = ", " }')
+        held=$(held_on "$h" "$full")
         if [ -n "$held" ]; then
             failed="$name: node $h is down, holding $held; Swarm finishes the update once the node is back or its tasks move: deploy again then"
             culprit=$full
@@ -513,12 +518,10 @@ wait_all() {  # until nothing is awaited: 0; 1 after "detail" lines and "failed 
     done
 }
 down_note() {  # after a wait that ended well: each node down, and the run's tasks Swarm still lists on it
+    [ -z "$down" ] || read_held  # after the last poll
     for hs in $down; do
         h=${hs%:*}
-        # shellcheck disable=SC2086 # service names, one word each
-        left=$(bounded docker service ps --no-trunc --format '{{.Name}}|{{.Node}}|{{.CurrentState}}' $all 2>/dev/null |
-            awk -F'|' -v h="$h" '$2 == h && $3 !~ /^(Shutdown|Failed|Rejected|Complete|Orphaned|Remove)/ {
-                printf "%s%s (%s)", sep, $1, $3; sep = ", " }')
+        left=$(held_on "$h")
         say "note node $h is down (for $((now - ${hs##*:}))s): Swarm runs this tier's tasks on the other nodes${left:+; it still lists $left there until the node is back}"
     done
 }
