@@ -232,11 +232,9 @@ check() {
     elif [ -n "$st" ] && [ "$st" != none ] && [ "$started" != "$prev" ]; then  # an update since we started
         how=$action
         [ "$action" = rollback ] && has as-update && how=update  # a rollback made as an update
-        if retry_drained; then awaited && pending=$((pending + 1)); progress="$progress $name: $st,"; return; fi
+        if retry_drained; then still; return; fi
         case "$how:$st" in
-            update:completed)
-                if stray_left; then [ -n "$failed" ] || { awaited && pending=$((pending + 1)); progress="$progress $name: $st,"; }; return; fi
-                finish "$st"; return ;;
+            update:completed) if stray_left; then still; else finish "$st"; fi; return ;;
             stack:completed | rollback:rollback_completed) finish "$st"; return ;;
             update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused) bad; return ;;
         esac
@@ -266,6 +264,7 @@ check() {
     fi
     progress="$progress $name: $st,"
 }
+still() { awaited && pending=$((pending + 1)); progress="$progress $name: $st,"; }  # check(): started again
 awaited() {  # whether the run still waits for service $full, not done: with -r only for what this
     # run changes and Swarm has not replaced yet, without it for every service, -w ones too
     [ "$until" = completed ] || { [ "$role" = own ] && [ -z "$fin" ]; }
