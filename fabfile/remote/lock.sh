@@ -7,8 +7,8 @@
 #             restore at the end of the previous deploy, or engine swarm's monitor job) is
 #             waited for, up to WAIT seconds or to the job's own limit (an `until` file, epoch
 #             seconds, at most a day on), whichever is later, or taken over when that job is
-#             gone (lib.sh: lock_to_job); one held by a deploy that has not renewed it (`renewed`, touched by
-#             tier.sh) for STALE seconds is taken over too. Exit 1,
+#             gone (lib.sh: lock_to_job); one held by a deploy that has not renewed it
+#             (`renewed`, touched by tier.sh) for STALE seconds is taken over too. Exit 1,
 #             printing the holder, when it is taken.
 #   takeover  replaces OLD_HOLDER (a holder zdd has shown to be gone) by HOLDER, only if
 #             OLD_HOLDER still holds it.
