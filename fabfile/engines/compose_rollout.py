@@ -277,16 +277,15 @@ class ComposeRollout:
     def done(self) -> None:
         """After the last tier: the drain reports and the proxy's restore (a job on the host,
         unless ``wait``); the proxy recreated when hosts.toml asks for it (an outage)."""
-        wait = self.wait
         if not self.open and not self.retiring and not self.needs_restore():
             self.s.report.skip(steps.proxy_step(self.s), "nothing rolled; the proxy runs its config file")
             return
         watched = [run for run in self.open if run.watched]
         if watched:
             self._watch(watched)
-        self.drain_reports(wait)
+        self.drain_reports(self.wait)
         if self.needs_restore():
-            self.lock.handed_over = self.restore(detach=not wait)
+            self.lock.handed_over = self.restore(detach=not self.wait)
         if self.host.proxy.mode == "recreate" and any(p.roll for p in self.plans.values()):
             steps.recreate_proxy(self.s)  # the plan's `--force-recreate caddy`, on request: an outage
 
