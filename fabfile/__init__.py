@@ -21,6 +21,7 @@ ns = Collection(
     tasks.recover,
     tasks.rollback,
     tasks.status,
+    tasks.drain_node,
 )
 ns.add_task(tasks.history_, name="history")
 ns.configure({"hosts_file": "hosts.toml"})

@@ -47,7 +47,8 @@ class SwarmChange:
         return (self.name, self.image, self.ref, ",".join(self.sets))
 
 
-SWARM_DONE = {"update": "completed", "rollback": "rollback_completed", "stack": "running 1/1"}
+SWARM_DONE = {"update": "completed", "rollback": "rollback_completed", "stack": "running 1/1", "move": "completed"}
+DRAINED, UNPINNED = "drained", "unpinned"  # swarm_tier.sh move: the node drained, a service's constraint removed
 
 
 def swarm_tier(
@@ -62,6 +63,7 @@ def swarm_tier(
     replaced: bool = False,
     login: tuple[str, str] | None = None,
     job_run: str = "",
+    node: str = "",
 ) -> Command:
     """Start ``action`` (update, rollback, stack) for these services and wait on the host until
     Swarm has finished each (fabfile/remote/swarm_tier.sh); ``journal`` lines are appended to
@@ -70,13 +72,14 @@ def swarm_tier(
     ``replaced``: done once Swarm has replaced the tasks, before its monitor window ends;
     ``job_run`` (with ``replaced``: the last tier of run JOB_RUN): the rest of the wait, Swarm's
     monitor window, goes to a job on the host that holds the deploy lock until Swarm's verdict
-    and journals it (event ``settled``).
+    and journals it (event ``settled``). ``node`` (action move: a node's ID): the services move
+    off it, start-first, and it is drained once they have.
     ``login`` (server, username): the script logs in to a temporary Docker config for
     ``--with-registry-auth``, with the token zdd sends it as its first line
     (:func:`login_line`), never an argument.
 
     The arguments, in the order swarm_tier.sh's header gives: ``N [SERVICE IMAGE REF SETS]xN
-    [-w SERVICE]... [-r] [-j RUN] [--login SERVER USER] [-c FILE...]``."""
+    [-w SERVICE]... [-r] [-j RUN] [-n NODE] [--login SERVER USER] [-c FILE...]``."""
     args = [
         action,
         host.stack_name,
@@ -95,6 +98,8 @@ def swarm_tier(
         args.append("-r")
         if job_run:
             args += ["-j", job_run]
+    if node:
+        args += ["-n", node]
     if login:
         args += ["--login", *login]
     if action == "stack":
@@ -104,6 +109,7 @@ def swarm_tier(
     done = ["replaced" if replaced else SWARM_DONE["update" if "as-update" in c.sets else action] for c in changes]
     dry = [f"started {n}" for n in started] + [f"done {c.name} {how}" for c, how in zip(changes, done)]
     dry += [] if replaced else [f"done {n} completed" for n in watch]
+    dry += [f"{DRAINED} {node}"] if action == "move" else []
     return host_program("swarm_tier.sh", *args, cwd=host.dir, dry_run_output=(*dry, "ok after 0s"))
 
 
@@ -146,6 +152,13 @@ def stack_tasks(host: HostConfig) -> Command:
         )
     )
     return tasks.and_then(health)
+
+
+def node_tasks(node_id: str) -> Command:
+    """The tasks Swarm wants running on a node (one NAME line each: SERVICE.SLOT), every stack's."""
+    return Command(
+        ("docker", "node", "ps", "--no-trunc", "--filter", "desired-state=running", "--format", "{{.Name}}", node_id)
+    )
 
 
 def service_containers(host: HostConfig, service: str) -> Command:

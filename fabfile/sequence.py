@@ -15,6 +15,9 @@ never removed. ``done`` drains and retires the old ones and restores the proxy (
 after fab returns, unless ``wait``). ``finish`` (in :func:`~fabfile.locking.locked`) journals
 the end with the verify verdict, keeps the images, prunes and frees the lock.
 
+``drain-node`` (engine swarm) is a run of its own: validate → node → lock → recover → plan (what
+moves off the node) → one tier (each task started elsewhere first, then the node drained).
+
 ``deploy`` and ``rollback`` run the team's hooks (:mod:`fabfile.hooks`: a pre-hook that fails
 stops the run before the lock, so before any change) and, once the lock is freed, send the
 release markers (:mod:`fabfile.notify`) and run the post-hook with the result, whatever it was.
@@ -91,6 +94,16 @@ def rollback(
         with locked(s, state, kind, verdict, facts.run) as held:
             state = under_lock(s, engine, state, held)
             roll(s, engine, state, engine.rollback_release(s, state, target), held, wait, facts, hooks)
+
+
+def drain_node(s: Session, engine: Engine, node: str, verdict: Verdict = no_verdict) -> None:
+    """Empty a node before it is drained (engine swarm): every task there started on another
+    node before it stops, as in a deploy; then the node drained, with nothing left to stop."""
+    state = engine.validate(s)
+    target = engine.node_target(s, state, node)
+    with locked(s, state, f"drain-node {node}", verdict) as held:
+        state = under_lock(s, engine, state, held)
+        roll(s, engine, state, engine.drain_release(s, state, target), held, wait=True)
 
 
 def recover(s: Session, engine: Engine) -> None:

@@ -223,6 +223,24 @@ def rollback(c, to=None, dry_run=False, wait=False, verify=True, skip_hooks=Fals
     run_steps(c, "rollback", body, dry_run, verify=verify)
 
 
+@task(
+    help={
+        "node": "the node to empty and drain: its hostname or ID (docker node ls)",
+        "dry_run": DRY_RUN_HELP,
+        "verify": "hit the host's verify URLs meanwhile (default on)",
+    }
+)
+def drain_node(c, node, dry_run=False, verify=True):
+    """Engine swarm: move a node's tasks elsewhere, each new one healthy first, then drain it.
+
+    Swarm's own drain (docker node update --availability drain) stops them first."""
+
+    def body(s, engine, verdict):
+        sequence.drain_node(s, engine, node, verdict)
+
+    run_steps(c, f"drain-node {node}", body, dry_run, verify=verify)
+
+
 @task(help={"n": "how many runs (default 10)"})
 def history_(c, n=10):
     """Past runs from the host's journal: when, who, what changed, result, failed requests."""

@@ -920,9 +920,13 @@ def swarm_reports(
                 f"failed {name}: {state} (update rolled back due to failure)",
             ]
         for name in names:
-            how = {"update": "completed", "rollback": "rollback_completed"}.get(action, "running 1/1")
+            how = {"update": "completed", "rollback": "rollback_completed", "move": "completed"}.get(
+                action, "running 1/1"
+            )
             out.append(f"done {name} " + ("replaced" if replaced else how))
         out += [] if replaced else [f"done {n} completed" for n in watch]
+        if action == "move":  # the node drained, then the constraint off what moved
+            out += ["drained " + command.split(" -n ", 1)[1].split()[0], *[f"unpinned {n}" for n in names]]
         if swarm_tier_job(command):
             out.append("monitor 4242 " + " ".join([*names, *watch]))
         return out + ["ok after 3s"]

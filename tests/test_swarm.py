@@ -18,7 +18,8 @@ from fabfile import commands as cmds
 from fabfile import commands_swarm as swarm_cmds
 from fabfile import history, sequence, tasks
 from fabfile.config import ConfigError, HostConfig, load, parse
-from fabfile.engines import SwarmEngine, engine_for, swarm_state
+from fabfile.engines import ComposeEngine, SwarmEngine, engine_for, swarm_drain, swarm_state
+from fabfile.engines.swarm_nodes import SwarmNode, find_node
 from fabfile.progress import Reporter
 from fabfile.runner import BadInput, Runner, StepFailed
 from fabfile.session import Session
@@ -1096,9 +1097,11 @@ def test_compose_settings_that_would_stop_tasks_first_outside_zdd_are_noted():
         # the last deploy's monitor job holds the lock while Swarm says `updating`: the deploy
         # waits for that lock (lock.sh) instead of refusing
         ("swarm monitor job 77 on m1 since 2026-11-30 07:00:00 UTC: waits for Swarm's verdict on server", False),
+        # so does a run of zdd's that is changing it (a deploy's tier, a drain-node): the run waits
+        ("al@x pid 12.ab deploy since 2026-11-30 07:00:00 UTC (run 20261130-070000-12)", False),
     ],
 )
-def test_a_service_swarm_is_still_updating_is_refused_unless_the_monitor_job_holds_the_lock(holder, refused):
+def test_a_service_swarm_is_still_updating_is_refused_unless_a_run_of_zdds_holds_the_lock(holder, refused):
     h = load(HOSTS_TOML).host(NAME)
     spec = model_app("start-first")
     state = swarm_state.StackState(
@@ -1213,4 +1216,145 @@ def test_a_placement_with_room_passes(compose, nodes):
     s, out = session(fake_manager(stack_survey_text(stack_services(), compose=compose, nodes=nodes)))
     assert SwarmEngine(s.host).validate(s).nodes == (
         None if nodes is None else swarm_state.parse_survey(stack_survey_text([], nodes=nodes), STACK).nodes
+    )
+
+
+# --- drain-node: the stack's tasks off a node, start-first, then the node drained ------------------
+
+
+def on_worker(*names: str, other: str = "") -> str:
+    """``docker node ps`` of the worker (swarm_cmds.node_tasks): a task of each service named."""
+    return "".join(f"{STACK}_{n}.{i}\n" for i, n in enumerate(names, 1)) + (f"{other}.1\n" if other else "")
+
+
+def drain_manager(listing: str, nodes: list[dict] | None = None, **survey) -> FakeExecutor:
+    log: list = []
+    fake = fake_manager(
+        stack_survey_text(stack_services(), nodes=TWO_NODES if nodes is None else nodes, **survey), log=log
+    )
+    fake.first("docker node ps", listing)
+    fake.log = log  # type: ignore[attr-defined]
+    return fake
+
+
+def test_drain_node_moves_each_service_with_a_task_there_then_drains_it():
+    fake = drain_manager(on_worker("server", "property", "redis", other="monitoring_grafana"))
+    s, out = session(fake)
+    sequence.drain_node(s, SwarmEngine(s.host), "w1")
+    assert fake.log == [("move", ["property", "redis", "server"])]  # type: ignore[attr-defined]
+    run = next(c.command for c in fake.calls if "swarm_tier.sh" in c.command)
+    args = program_args(next(c for c in fake.calls if "swarm_tier.sh" in c.command), "swarm_tier.sh")
+    assert args[args.index("-n") + 1] == "id-w1"  # the node by its ID, never a hostname that may repeat
+    assert "--login" in args and TOKEN not in run  # the other nodes pull with the run's login, on stdin
+    assert steps_of(s) == [
+        ("validate", "ok"),
+        ("plan", "ok"),
+        ("move property, redis, server off the node, drain it", "ok"),
+        ("finish", "ok"),
+    ]
+    assert s.report.steps[1].detail == "move 3 service(s) off w1, then drain it"
+    text = out.getvalue()
+    assert "server: move, 1 task(s) on w1 to other nodes, start-first" in text
+    assert "redis: move, 1 task(s) on w1 to other nodes, by its own update order, start-first" in text
+    assert s.report.steps[2].detail.endswith("node drained; constraint removed from: property redis server")
+    assert any("monitoring_grafana: not of stack" in n and "stops its task first" in n for n in s.notes)
+    lock = next(c.command for c in fake.calls if "lock.sh" in c.command)
+    assert "drain-node w1" in lock
+    assert " 0 3 ''" in fake.calls[-1].command  # nothing rolled: nothing pruned
+
+
+def test_drain_node_sets_start_first_for_an_app_whose_spec_stops_first_and_says_how_infra_moves():
+    services = stack_services()
+    services[0] = service_json("server", image_id("server", 1), order="stop-first")
+    services.append(service_json("mongodb", image_id("base"), order="stop-first"))
+    state = state_of(services, nodes=TWO_NODES)
+    worker = find_node(state.nodes, "w1")
+    plans, problems, notes = swarm_drain.drain_plan(state, ["server"], worker, {"server": 2, "mongodb": 1})
+    assert problems == []
+    assert [(p.name, p.sets, p.verb) for p in plans] == [("mongodb", (), "move"), ("server", ("order",), "move")]
+    assert notes == ["mongodb: not an app service, it moves stop-first (its update_config.order)"]
+    assert plans[1].line() == "server: move, 2 task(s) on w1 to other nodes, start-first"
+    assert plans[1].change().image == services[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+
+
+@pytest.mark.parametrize(
+    "deploy, nodes, problem",
+    [
+        (
+            {"placement": {"constraints": ["node.hostname == w1"]}},
+            TWO_NODES,
+            "no other ready, active node its placement allows (node.hostname == w1)",
+        ),
+        (
+            {"replicas": 3, "placement": {"max_replicas_per_node": 2}},
+            TWO_NODES,
+            "max_replicas_per_node 2 on the 1 other",
+        ),
+        ({}, [node_json("m1", "manager", availability="drain"), node_json("w1")], "no other ready, active node could"),
+    ],
+)
+def test_drain_node_refuses_before_any_change_when_a_task_could_not_move(deploy, nodes, problem):
+    compose = swarm_compose_json({"server": {"deploy": {"endpoint_mode": "dnsrr", **deploy}}})
+    fake = drain_manager(on_worker("server"), nodes=nodes, compose=compose)
+    s, out = session(fake)
+    with pytest.raises(BadInput, match="cannot move every task off w1: server: ") as e:
+        sequence.drain_node(s, SwarmEngine(s.host), "w1")
+    assert problem in str(e.value)
+    assert not fake.seen("swarm_tier.sh") and fake.log == []  # type: ignore[attr-defined]
+    assert "finish.sh" in fake.calls[-1].command  # the lock it took is freed
+
+
+def test_drain_node_of_a_global_service_says_the_drain_stops_it():
+    state = state_of([*stack_services(), service_json("agent", image_id("base"), replicas=None)], nodes=TWO_NODES)
+    plans, problems, notes = swarm_drain.drain_plan(state, [], find_node(state.nodes, "w1"), {"agent": 1})
+    assert (plans, problems) == ([], [])
+    assert notes == ["agent: global (a task on every node): the drain stops its task on w1"]
+
+
+@pytest.mark.parametrize(
+    "name, nodes, message",
+    [
+        ("nope", TWO_NODES, "no node of this swarm named 'nope' (hostname or ID; nodes: m1, w1)"),
+        ("id-", TWO_NODES, "several nodes of this swarm named 'id-'"),
+        ("w1", [node_json("m1", "manager"), node_json("w1", state="down")], "node w1 is down: its tasks serve nothing"),
+    ],
+)
+def test_drain_node_of_a_node_that_is_not_there_or_down_fails_before_the_lock(name, nodes, message):
+    fake = drain_manager(on_worker("server"), nodes=nodes)
+    s, out = session(fake)
+    with pytest.raises(BadInput, match=re.escape(message)):
+        sequence.drain_node(s, SwarmEngine(s.host), name)
+    assert not fake.seen("lock.sh")
+
+
+def test_drain_node_finds_a_node_by_its_id_or_a_prefix_of_it():
+    nodes = [SwarmNode.of(n) for n in TWO_NODES]
+    assert find_node(nodes, "id-w1").hostname == "w1"
+    assert find_node(nodes, "id-w").hostname == "w1"
+    assert find_node(nodes, "m1").id == "id-m1"
+
+
+def test_drain_node_with_nothing_there_only_drains_it_and_a_dry_run_changes_nothing():
+    fake = drain_manager("")
+    s, out = session(fake, dry_run=True)
+    sequence.drain_node(s, SwarmEngine(s.host), "w1")
+    text = out.getvalue()
+    assert "would run: " in text and "swarm_tier.sh move remilia-swarm" in text and " -n id-w1" in text
+    assert steps_of(s)[2] == ("drain the node", "ok")
+    assert not fake.seen("swarm_tier.sh")
+
+
+def test_drain_node_is_for_engine_swarm_only():
+    host = load(HOSTS_TOML).host("sandbox")
+    with pytest.raises(BadInput, match="drain-node w1: engine compose runs on this one host"):
+        ComposeEngine(host).node_target(None, None, "w1")  # type: ignore[arg-type]
+
+
+def test_after_a_drain_node_a_rollback_has_no_image_to_go_back_to():
+    moved = service_json("server", image_id("server", 2), previous=image_id("server", 2))
+    moved["PreviousSpec"]["TaskTemplate"]["Placement"] = {"Constraints": ["node.id!=id-w1"]}
+    plans = swarm_state.rollback_plan(state_of([moved]), ["server"])
+    assert plans[0].line() == (
+        "server: skip, its previous spec differs in its placement only (a drain-node, or a placement change): "
+        "no image to go back to"
     )

@@ -38,6 +38,8 @@ STACK = "st"
 #   held-NAME       what `service ps --format {{.Name}}|{{.Node}}|{{.CurrentState}}` prints for NAME
 #   task-ID         the node ID of task ID (`inspect --type task`); no file: no such task
 #   node-ID         `node inspect --format` of node ID (AVAILABILITY|STATE)
+#   placement       what `service inspect --format` of the placement prints (NAME CONSTRAINT... lines)
+#   drain-fails     `node update` fails
 SWARM_DOCKER = r"""#!/bin/sh
 d=$STUB
 printf '%s\n' "$*" >> "$d/calls"
@@ -57,6 +59,7 @@ case "$1 $2" in
 "service inspect")
     if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
     case "$4" in *ContainerSpec.Image*) echo "r/$5:2@sha256:cur"; exit 0 ;; esac
+    case "$4" in *Placement*) cat "$d/placement" 2>/dev/null; exit 0 ;; esac
     case "$4" in *PreviousSpec*)
         shift 4
         for n in "$@"; do printf '%s|%s\n' "$n" "$(cat "$d/spec-$n" 2>/dev/null || echo changed)"; done
@@ -102,6 +105,7 @@ case "$1 $2" in
     echo "Updating service st_server (id: x)"
     echo "Ignoring unsupported options: restart" >&2 ;;
 "info --format") echo "active true" ;;
+"node update") [ -e "$d/drain-fails" ] && { echo "Error response from daemon: node not found" >&2; exit 1; } ;;
 "node ls")
     case "$*" in
         *--format*) cat "$d/nodes-ls" 2>/dev/null || printf 'n1|Ready\nn2|Ready\n' ;;
@@ -163,17 +167,29 @@ class Manager(Host):
         replaced: bool = False,
         job_run: str = "",
         key: str = "",
+        node: str = "",
     ) -> tuple[int, list[str], float]:
         changes = [
             SwarmChange(n, f"r/{n}:1@sha256:new", f"r/{n}:1", ("order", "rollback-order") if n == "server" else ())
             if action == "update"
+            else SwarmChange(n, sets=("order",) if n == "server" else ())
+            if action == "move"
             else SwarmChange(n)
             for n in names
         ]
         t0 = time.monotonic()
         res = self.run(
             swarm_cmds.swarm_tier(
-                self.config, action, changes, ceiling, hashes, key, watch=watch, replaced=replaced, job_run=job_run
+                self.config,
+                action,
+                changes,
+                ceiling,
+                hashes,
+                key,
+                watch=watch,
+                replaced=replaced,
+                job_run=job_run,
+                node=node,
             ),
             timeout=60,
         )
@@ -1098,3 +1114,69 @@ def test_a_watched_service_rolled_back_over_a_drain_is_not_started_again(manager
     rc, out, took = manager.tier("update", "property", watch=("server",), replaced=True)
     assert rc == 1 and out[-1] == f"failed server: rollback_started ({EARLY})"
     assert [c.split()[-1] for c in image_updates(manager)] == ["st_property"]
+
+
+# --- move (drain-node): off a node start-first, then the node drained ------------------------------
+
+PLACEMENT = (
+    f"{STACK}_server node.id!=n2 node.role==manager\n"
+    f"{STACK}_property node.id!=n2\n"
+    f"{STACK}_redis node.id!=n2\n"  # left by a move that was interrupted: unpinned too
+    f"{STACK}_caddy node.role==manager node.id!=n2x\n"
+)
+
+
+def test_a_move_adds_the_constraint_waits_for_every_service_then_drains_and_unpins(manager):
+    manager.service("server", OLD, f"updating|{NEW}|", f"completed|{NEW}|update completed")
+    manager.service("property", "none||", f"updating|{NEW}|", f"updating|{NEW}|", f"completed|{NEW}|done")
+    manager.set("placement", PLACEMENT)
+    rc, out, _ = manager.tier("move", "server", "property", node="n2")
+    assert rc == 0, out
+    assert out[:2] == ["started server", "started property"]
+    assert {"done server completed", "done property completed"} <= set(out)
+    assert out[-5:-1] == ["drained n2", "unpinned server", "unpinned property", "unpinned redis"]
+    calls = manager.calls()
+    updates = [c for c in calls if c.startswith("service update")]
+    assert updates[:2] == [
+        f"service update --detach --quiet --constraint-add node.id!=n2 --update-order start-first {STACK}_server",
+        f"service update --detach --quiet --constraint-add node.id!=n2 {STACK}_property",
+    ]
+    drain = calls.index("node update --availability drain n2")
+    # drained only once Swarm said completed for each (the last status read comes before it)
+    assert max(i for i, c in enumerate(calls) if c.startswith("service inspect --format {{.Spec.Name}}|")) < drain
+    assert updates[2:] == [
+        f"service update --detach --quiet --constraint-rm node.id!=n2 {STACK}_{n}"
+        for n in ("server", "property", "redis")
+    ]
+    assert calls.index(updates[2]) > drain
+
+
+@pytest.mark.parametrize("verdict", ["rollback_completed", "paused"])
+def test_a_move_swarm_does_not_finish_drains_nothing(manager, verdict):
+    manager.service("server", OLD, f"updating|{NEW}|", f"{verdict}|{NEW}|update rolled back due to failure")
+    manager.set("placement", PLACEMENT)
+    rc, out, _ = manager.tier("move", "server", node="n2")
+    assert rc == 1 and out[-1].startswith(f"failed server: {verdict}"), out
+    assert not [c for c in manager.calls() if c.startswith("node update") or "--constraint-rm" in c]
+
+
+def test_a_move_with_nothing_to_move_only_drains_and_a_drain_that_fails_unpins_nothing(manager):
+    manager.set("placement", PLACEMENT)
+    rc, out, _ = manager.tier("move", node="n2")
+    assert rc == 0 and out[0] == "drained n2" and out[-1].startswith("ok after"), out
+    manager.set("drain-fails", "")
+    manager.set("calls", "")
+    rc, out, _ = manager.tier("move", node="n2")
+    assert (
+        rc == 1
+        and out[-1]
+        == "failed node n2: docker node update --availability drain: Error response from daemon: node not found"
+    )
+    assert not [c for c in manager.calls() if "--constraint-rm" in c]
+
+
+def test_a_move_without_a_node_changes_nothing(manager):
+    manager.service("server", OLD)
+    rc, out, _ = manager.tier("move", "server")
+    assert rc == 2 and out == ["failed move: no node (-n NODE)"]
+    assert not [c for c in manager.calls() if c.startswith(("service update", "node update"))]

@@ -22,7 +22,8 @@ from ..session import Session
 class Release:
     """What a run rolls: each service's plan (``.name``, ``.roll``, ``.line()``), the images
     the plan compared with (ref -> image or digest), the tiers in the order they run, the
-    action (``update``; ``rollback`` for a Swarm rollback to the previous spec) and whether the
+    action (``update``; ``rollback`` for a Swarm rollback to the previous spec; ``move`` for a
+    node's tasks moved off it, ``node``) and whether the
     run waits until the host has settled (``wait``) or returns once the new set carries the traffic."""
 
     plans: list[Any]
@@ -32,6 +33,7 @@ class Release:
     canary: CanaryConfig = field(default_factory=CanaryConfig)  # steps () = switch at once
     watch: WatchConfig = field(default_factory=WatchConfig)  # seconds 0 = no watch after the switch
     wait: bool = False  # the run returns once the host has settled (the deploy's --wait), set by the sequence
+    node: str = ""  # action move (drain-node): the node whose tasks move off it, which is then drained
 
 
 class Tiers(Protocol):
@@ -95,6 +97,14 @@ class Engine(Protocol):
 
     def rollback_release(self, s: Session, state: Any, target: Any) -> Release:
         """Under the lock: get ready to go back to ``target`` and say what rolls."""
+
+    def node_target(self, s: Session, state: Any, node: str) -> Any:
+        """``drain-node NODE``: the node to empty, checked before the lock; BadInput when there
+        is none such, or the engine has no nodes (one host)."""
+
+    def drain_release(self, s: Session, state: Any, target: Any) -> Release:
+        """Under the lock: what moves off the node ``target`` (each task started elsewhere before
+        the old one stops), after which it is drained; BadInput when something could not move."""
 
     def reload_proxy(self, s: Session) -> None:
         """The reload-caddy step: a graceful reload of the proxy's config file."""

@@ -224,6 +224,13 @@ class ComposeEngine:
         plans = self.plan(s, state, images, s.host.app_services, False)
         return Release(plans, images, [list(t) for t in s.host.rollout])
 
+    # --- nodes ---------------------------------------------------------------------------
+    def node_target(self, s: Session, state: HostState, node: str) -> Any:
+        raise BadInput(f"drain-node {node}: engine compose runs on this one host, which has no nodes to drain")
+
+    def drain_release(self, s: Session, state: HostState, target: Any) -> Release:
+        raise BadInput("drain-node: engine compose has no nodes")
+
     # --- the proxy and what runs ---------------------------------------------------------
     def reload_proxy(self, s: Session) -> None:
         p = s.host.proxy

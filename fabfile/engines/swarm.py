@@ -66,7 +66,8 @@ from ..plan import image_table, short_image
 from ..runner import BadInput
 from ..session import Session
 from .base import Release
-from .swarm_nodes import tasks_by_node
+from .swarm_drain import drain_plan, on_node, other_stacks
+from .swarm_nodes import SwarmNode, find_node, tasks_by_node
 from .swarm_state import (
     SETTINGS,
     StackState,
@@ -217,7 +218,7 @@ class SwarmEngine:
         return {"run": run_id, "t": int(time.time()), "event": "plan", "services": services}
 
     def tiers(self, s: Session, state: StackState, release: Release, held: Held) -> Updates:
-        return Updates(s, state, release.plans, held, release.action, release.tiers, release.wait)
+        return Updates(s, state, release.plans, held, release.action, release.tiers, release.wait, release.node)
 
     def one_service(self, s: Session, state: StackState, name: str) -> Release:
         """The service updated to the digest its tag names on this node (always)."""
@@ -237,6 +238,36 @@ class SwarmEngine:
         """Every app service back to Swarm's previous spec, tiers in reverse order."""
         plans = steps.planned(s, lambda: rollback_plan(state, s.host.app_services))
         return Release(plans, {}, [list(t) for t in reversed(s.host.rollout)], "rollback")
+
+    # --- drain-node ----------------------------------------------------------------------
+    def node_target(self, s: Session, state: StackState, node: str) -> SwarmNode:
+        """The node to empty: one of this swarm's, up (a node that is down serves nothing: Swarm's
+        own drain is the way to move its tasks)."""
+        target = find_node(state.nodes, node)
+        if target.status != "ready":
+            raise BadInput(
+                f"node {target.hostname} is {target.status or 'not ready'}: its tasks serve nothing now, so there "
+                f"is nothing to start first; docker node update --availability drain {target.hostname} moves them"
+            )
+        return target
+
+    def drain_release(self, s: Session, state: StackState, target: SwarmNode) -> Release:
+        """Each service of the stack with a task on the node moves off it (app services
+        start-first), all at once; then the node is drained (swarm_tier.sh move)."""
+        stack = s.host.stack_name
+        with s.report.step("plan") as rec:
+            listing = s.r.read(swarm_cmds.node_tasks(target.id), f"listing the tasks on {target.hostname}")
+            plans, problems, notes = drain_plan(state, s.host.app_services, target, on_node(listing, stack))
+            if problems:
+                raise BadInput(f"cannot move every task off {target.hostname}: " + "; ".join(problems))
+            notes += [
+                f"{n}: not of stack {stack}: the drain stops its task first" for n in other_stacks(listing, stack)
+            ]
+            rec.detail = f"move {len(plans)} service(s) off {target.hostname}, then drain it"
+        for p in plans:
+            print(f"[{s.name}]   {p.line()}", file=s.r.out)
+        s.notes.extend(notes)
+        return Release(plans, {}, [[p.name for p in plans]], "move", node=target.id)
 
     # --- the proxy and what runs ---------------------------------------------------------
     def reload_proxy(self, s: Session) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import commands_swarm as swarm_cmds
 from ..plan import declared_count, short_image
+from ..runner import BadInput
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class SwarmNode:
     hostname: str
     ready: bool  # Status.State ready and Spec.Availability active: Swarm may place tasks there
     fields: dict[str, str] = field(default_factory=dict)  # constraint key (node.role...) -> value
+    status: str = ""  # Status.State: ready, down, unknown...
+    availability: str = ""  # Spec.Availability: active, pause, drain
 
     @classmethod
     def of(cls, raw: dict) -> SwarmNode:
@@ -35,8 +38,9 @@ class SwarmNode:
         fields.update({f"node.labels.{k}": str(v) for k, v in (spec.get("Labels") or {}).items()})
         engine = (desc.get("Engine") or {}).get("Labels") or {}
         fields.update({f"engine.labels.{k}": str(v) for k, v in engine.items()})
-        ready = (raw.get("Status") or {}).get("State") == "ready" and spec.get("Availability") == "active"
-        return cls(fields["node.id"], fields["node.hostname"], ready, fields)
+        status, availability = str((raw.get("Status") or {}).get("State", "")), str(spec.get("Availability", ""))
+        ready = status == "ready" and availability == "active"
+        return cls(fields["node.id"], fields["node.hostname"], ready, fields, status, availability)
 
     def fits(self, constraints: list[str]) -> bool:
         """Whether Swarm may place a task with these placement constraints here (``KEY == VALUE``
@@ -80,6 +84,38 @@ def tasks_by_node(text: str) -> list[str]:
         widths = [max(len(t[i]) for t in tasks) for i in range(2)]
         out += [f"  {n.ljust(widths[0])}  {v.ljust(widths[1])}  {s}" for n, v, s in tasks]
     return out + ([""] if out and rest else []) + rest
+
+
+def find_node(nodes: list[SwarmNode] | None, name: str) -> SwarmNode:
+    """The node ``name`` names (its hostname, or its ID or a unique prefix of it, as docker node
+    ls shows them); BadInput when none or several do."""
+    if nodes is None:
+        raise BadInput("cannot read the swarm's nodes (docker node ls)")
+    found = [n for n in nodes if name in (n.hostname, n.id)] or [n for n in nodes if name and n.id.startswith(name)]
+    if len(found) != 1:
+        known = ", ".join(sorted(n.hostname for n in nodes)) or "none"
+        what = "several nodes" if found else "no node"
+        raise BadInput(f"{what} of this swarm named {name!r} (hostname or ID; nodes: {known})")
+    return found[0]
+
+
+def move_stall(name: str, svc: dict[str, Any], others: list[SwarmNode]) -> str:
+    """Why this service's tasks could not move to ``others`` (the nodes but the one drained; ""
+    when they can): no ready, active node among them its placement allows, or too few for its
+    replicas with ``placement.max_replicas_per_node``."""
+    placement = (svc.get("deploy") or {}).get("placement") or {}
+    constraints = list(placement.get("constraints") or [])
+    eligible = [n for n in others if n.ready and n.fits(constraints)]
+    if not eligible:
+        allows = f" its placement allows ({', '.join(map(str, constraints))})" if constraints else ""
+        return f"{name}: no other ready, active node{allows} could take its tasks"
+    per_node, replicas = placement.get("max_replicas_per_node"), declared_count(svc) or 1
+    if per_node and len(eligible) * int(per_node) < replicas:
+        return (
+            f"{name}: max_replicas_per_node {per_node} on the {len(eligible)} other ready, active node(s) its "
+            f"placement allows leaves no room for its {replicas} replicas"
+        )
+    return ""
 
 
 def placement_stall(name: str, svc: dict[str, Any], nodes: list[SwarmNode] | None) -> str:

@@ -17,7 +17,6 @@ from ..steps import configured_services
 from .swarm_nodes import SwarmNode, placement_stall
 
 STACK_IMAGE = "com.docker.stack.image"  # the compose file's image reference, kept by docker stack deploy
-MONITOR_JOB = "swarm monitor job "  # how the lock's holder line of swarm_tier.sh's monitor job begins
 ROLLED_BACK = "zdd.rolled-back-from"  # set by a rollback made as an update (swarm_tier.sh): the image it left
 # what zdd needs of each app service's update settings, by the name swarm_tier.sh takes
 SETTINGS = {
@@ -55,6 +54,7 @@ class StackService:
     can_roll_back: bool = False  # the previous spec runs other tasks than this one
     previous_rollback_order: str = "stop-first"  # how Swarm rolls back to the previous spec (its RollbackConfig)
     previous_image_only: bool = True  # the previous spec's tasks differ from these in the image only
+    previous_placement_only: bool = False  # ... in their placement only (e.g. drain-node's constraint)
     previous_ref: str = ""  # the previous spec's com.docker.stack.image label
     rolled_back_from: str = ""  # zdd rolled it back as an update from this image (label ROLLED_BACK)
 
@@ -124,6 +124,8 @@ def _service(raw: dict, stack: str, running: dict[str, str]) -> StackService:
         can_roll_back=previous is not None and (previous.get("TaskTemplate") or {}) != task,
         previous_rollback_order=((previous or {}).get("RollbackConfig") or {}).get("Order", "stop-first"),
         previous_image_only=previous is None or _but_image(previous.get("TaskTemplate") or {}) == _but_image(task),
+        previous_placement_only=previous is not None
+        and _but_placement(previous.get("TaskTemplate") or {}) == _but_placement(task),
         previous_ref=((previous or {}).get("Labels") or {}).get(STACK_IMAGE, ""),
         rolled_back_from=(spec.get("Labels") or {}).get(ROLLED_BACK, ""),
     )
@@ -133,6 +135,11 @@ def _but_image(task: dict) -> dict:
     """A task template without its image (and the counter --force bumps)."""
     container = {k: v for k, v in (task.get("ContainerSpec") or {}).items() if k != "Image"}
     return {**{k: v for k, v in task.items() if k != "ForceUpdate"}, "ContainerSpec": container}
+
+
+def _but_placement(task: dict) -> dict:
+    """A task template without its placement (and the counter --force bumps)."""
+    return {k: v for k, v in task.items() if k not in ("Placement", "ForceUpdate")}
 
 
 def parse_survey(text: str, stack: str) -> StackState:
@@ -227,7 +234,9 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
         if (
             current is not None
             and current.update_state in ("updating", "rollback_started")
-            and not state.lock_holder.startswith(MONITOR_JOB)  # the deploy waits for that job's lock
+            # a run of zdd's changing it holds the lock (a deploy, its monitor job, a drain-node): this run
+            # waits for that lock (lock.sh) instead; with no holder, someone else is changing it
+            and not state.lock_holder
         ):
             problems.append(
                 f"{name}: Swarm is still changing it ({current.update_state}): wait until "
@@ -335,6 +344,11 @@ def no_rollback(svc: StackService | None) -> str:
         return "its last update was rolled back already (by zdd, as an update)"
     if not svc.can_roll_back:
         return "its previous spec runs the same tasks"
+    if svc.previous_placement_only:
+        return (
+            "its previous spec differs in its placement only (a drain-node, or a placement change): "
+            "no image to go back to"
+        )
     if svc.previous_rollback_order != "start-first" and not svc.previous_image_only:
         return (
             f"its previous spec rolls back {svc.previous_rollback_order} (Swarm would stop its tasks first) and "

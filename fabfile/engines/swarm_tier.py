@@ -38,15 +38,17 @@ def run(
     watch: tuple[str, ...] = (),
     replaced: bool = False,
     job_run: str = "",
+    node: str = "",
 ) -> dict[str, str]:
     """Start ``action`` on the host (``lines`` go to the journal KEY first) and read its lines
     until it ends: how each service finished (``replaced``, or Swarm's final state), the
     ``watch`` services that completed meanwhile too, and under :data:`MONITOR` the job (its
-    pid and the services it waits for) that ``job_run`` handed Swarm's monitor window to;
-    StepFailed naming the service Swarm paused or rolled back."""
+    pid and the services it waits for) that ``job_run`` handed Swarm's monitor window to, and
+    for a move off ``node`` the node drained and the services unpinned; StepFailed naming the
+    service Swarm paused or rolled back."""
     login = registry_login(s, action, changes)
     cmd = swarm_cmds.swarm_tier(
-        s.host, action, changes, limit, hashes, key, lines, watch, replaced, login[:2] if login else None, job_run
+        s.host, action, changes, limit, hashes, key, lines, watch, replaced, login[:2] if login else None, job_run, node
     )
     conv = s.r.converse(cmd, labels={swarm_cmds.LOGIN_WORD: f"${login[3]} (secret, on stdin)" if login else ""})
     if login:
@@ -73,6 +75,8 @@ def run(
                 done[name] = how
             elif word == "monitor":
                 done[MONITOR] = rest
+            elif word in (swarm_cmds.DRAINED, swarm_cmds.UNPINNED):
+                done[word] = f"{done.get(word, '')} {rest}".strip()
             elif word == "ok":
                 conv.close()
                 return done
@@ -106,7 +110,7 @@ def registry_login(s: Session, action: str, changes: list[swarm_cmds.SwarmChange
 def needs_auth(action: str, changes: list[swarm_cmds.SwarmChange]) -> bool:
     """Whether swarm_tier.sh passes --with-registry-auth for this change (a plain rollback
     does not: Swarm pulls with the login its previous spec had)."""
-    return action in ("update", "stack") or any("as-update" in c.sets for c in changes)
+    return action in ("update", "stack", "move") or any("as-update" in c.sets for c in changes)
 
 
 def consequence(failure: str) -> str:
@@ -158,6 +162,7 @@ class Updates:
         action: str = "update",
         tiers: list[list[str]] | None = None,
         wait: bool = True,
+        node: str = "",
     ):
         self.s, self.state, self.action, self.held = s, state, action, held
         self.plans = {p.name: p for p in plans}
@@ -165,12 +170,19 @@ class Updates:
         self.later = {n for t in tiers or [] for n in t if n in self.plans and self.plans[n].roll}
         self.monitored: list[str] = []
         self.wait = wait
+        self.node = node  # action move: the node (ID) the services move off, drained after
         self.job = ""  # the monitor job the last tier handed Swarm's monitor window to ("PID SERVICE...")
         held.prune = action == "update" and any(p.roll for p in plans)
         held.images.clear()  # no zdd-keep tags: Swarm keeps each service's previous spec
 
     def unwind(self, error: BaseException) -> None:
-        return None  # Swarm finishes or rolls back what it started; nothing of zdd's to undo
+        """Swarm finishes or rolls back what it started; nothing of zdd's to undo. A move that did
+        not end leaves the node active, its constraint on the services it started moving."""
+        if self.action == "move":
+            self.s.notes.append(
+                f"the node is not drained; the services this run started moving keep the constraint "
+                f"node.id!={self.node} until drain-node runs again (it drains the node, then removes it)"
+            )
 
     def done(self) -> None:
         """After the last tier of a deploy: the proxy reloaded only when hosts.toml asks; the
@@ -195,15 +207,17 @@ class Updates:
     def tier(self, names: list[str]) -> None:
         """Change the tier's services that the plan rolls, together; wait until Swarm has finished."""
         plans = [self.plans[n] for n in names if n in self.plans and self.plans[n].roll]
-        if not plans:
+        if not plans and self.action != "move":  # a move drains the node even with nothing left to move
             return
         names = [p.name for p in plans]
         self.later -= set(names)
         overlap = self.action == "update"
         handing = overlap and not self.later and not self.wait  # the last tier: Swarm's verdict to a job
         watch = tuple(self.monitored) if overlap else ()
-        title = "rollout" if self.action == "update" else "rollback"
-        with self.s.report.step(f"{title} {', '.join(names)}") as rec:
+        title = f"{'rollout' if self.action == 'update' else 'rollback'} {', '.join(names)}"
+        if self.action == "move":
+            title = f"move {', '.join(names)} off the node, drain it" if names else "drain the node"
+        with self.s.report.step(title) as rec:
             done = run(
                 self.s,
                 self.action,
@@ -214,8 +228,13 @@ class Updates:
                 watch=watch,
                 replaced=overlap and (bool(self.later) or handing),
                 job_run=self.held.run if handing else "",
+                node=self.node,
             )
             rec.detail = ", ".join(f"{n} {done.get(n, '?')}" for n in names)
+            if self.action == "move":
+                rec.detail += (
+                    ", " if names else ""
+                ) + f"node drained; constraint removed from: {done.get(swarm_cmds.UNPINNED) or 'none'}"
             if watch:
                 rec.detail += "; earlier: " + ", ".join(f"{n} {done.get(n, 'monitored')}" for n in watch)
             if MONITOR in done:

@@ -1,5 +1,5 @@
 # swarm_tier.sh ACTION STACK CEILING STATE HASHES KEY JOURNAL N [SERVICE IMAGE REF SETS]xN [-w SERVICE]... [-r]
-#               [-j RUN] [--login SERVER USER] [-c FILE...]
+#               [-j RUN] [-n NODE] [--login SERVER USER] [-c FILE...]
 # (run on the host by zdd in the stack's directory, after lib.sh, as `sh -c 'LIB SCRIPT' swarm_tier.sh ARGS...`;
 # stdin: with --login, the line "login TOKEN" first. zdd gives the options in this order; -c FILE...
 # (stack) come last)
@@ -19,6 +19,14 @@
 #             with SETS as-update, an update to IMAGE (what the previous spec ran; REF its
 #             label) instead, start-first (see below). The record of what zdd applied (~/STATE)
 #             is removed: the next deploy applies the compose files again
+#   move      (-n NODE, a node's ID) `docker service update --detach --constraint-add node.id!=NODE`
+#             of each SERVICE (SETS order: with --update-order start-first), so that Swarm starts
+#             each of its tasks on NODE on another node and stops the old one once the new one
+#             runs (tasks on other nodes meet the constraint: Swarm leaves them be). Once every
+#             SERVICE has `completed`, NODE is drained (`docker node update --availability drain`:
+#             nothing of them is left there to stop first) and the constraint removed from every
+#             service of STACK that has it (a change of the spec only: no task moves, NODE being
+#             drained), also from one an interrupted move left it on. N may be 0 (only the drain)
 #   stack     `docker stack deploy --with-registry-auth --resolve-image changed -c FILE... STACK`,
 #             then wait for the SERVICES it creates or changes; once they are done, HASHES (what
 #             zdd applied, JSON) is written to ~/STATE. A SERVICE with SETS rollback-order is
@@ -125,12 +133,13 @@ while [ "$i" -le "$count" ]; do
     shift 4
     i=$((i + 1))
 done
-until=completed server='' user='' job_run='' in_job=''
+until=completed server='' user='' job_run='' in_job='' node=''
 while [ $# -gt 0 ]; do
     case $1 in
         -w) printf '%s - - - watch\n' "$2" >> "$tmp/services"; shift 2 ;;
         -r) until=replaced; shift ;;
         -j) job_run=$2; shift 2 ;;
+        -n) node=$2; shift 2 ;;
         --login) server=$2 user=$3; shift 3 ;;
         *) break ;;  # stack: -c FILE...
     esac
@@ -235,8 +244,9 @@ check() {
         if retry_drained; then still; return; fi
         case "$how:$st" in
             update:completed) if stray_left; then still; else finish "$st"; fi; return ;;
-            stack:completed | rollback:rollback_completed) finish "$st"; return ;;
-            update:paused | update:rollback_* | stack:paused | stack:rollback_* | rollback:*paused) bad; return ;;
+            stack:completed | move:completed | rollback:rollback_completed) finish "$st"; return ;;
+            update:paused | update:rollback_* | stack:paused | stack:rollback_* | move:paused | move:rollback_* | \
+                rollback:*paused) bad; return ;;
         esac
         if [ -n "$fin" ]; then
             st=monitored
@@ -317,6 +327,20 @@ rollback_one() {
         exit 1
     fi
 }
+off="node.id!=$node"  # move: the constraint that keeps tasks off NODE
+move_one() {
+    [ "$role" = own ] || return 0
+    set -- --constraint-add "$off"
+    has order && set -- "$@" --update-order start-first
+    # --with-registry-auth: the other nodes pull the image with the login this run was given
+    if [ -n "$login_cfg" ]; then set -- --with-registry-auth "$@"; fi
+    if err=$(authed service update --detach --quiet "$@" "$full" 2>&1); then
+        say "started $name"
+    else
+        say "failed $name: docker service update --constraint-add $off: $(last "$err")"
+        exit 1
+    fi
+}
 if [ -n "$journal" ] && [ -n "$key" ]; then journal_line "$journal"; fi
 case "$action" in
     update)  # an earlier tier Swarm paused or rolled back: nothing is started (the wait fails at once)
@@ -327,6 +351,9 @@ case "$action" in
     rollback)
         rm -f "$HOME/$state"
         each rollback_one ;;
+    move)
+        if [ -z "$node" ]; then say "failed move: no node (-n NODE)"; exit 2; fi
+        each move_one ;;
     stack)
         each prepare_one
         if ! err=$(authed stack deploy --with-registry-auth --resolve-image changed "$@" "$stack" 2>&1); then
@@ -524,8 +551,26 @@ down_note() {  # after a wait that ended well: each node down, and the run's tas
         say "note node $h is down (for $((now - ${hs##*:}))s): Swarm runs this tier's tasks on the other nodes${left:+; it still lists $left there until the node is back}"
     done
 }
+drain_node() {  # move, once every task is elsewhere: drain NODE, then the constraint off every service
+    if ! err=$(docker node update --availability drain "$node" 2>&1); then
+        say "failed node $node: docker node update --availability drain: $(last "$err")"
+        exit 1
+    fi
+    say "drained $node"
+    # shellcheck disable=SC2016 # a Go template
+    for svc in $(docker service ls --quiet --filter "label=com.docker.stack.namespace=$stack" 2>/dev/null |
+        xargs -r docker service inspect --format '{{.Spec.Name}}{{with .Spec.TaskTemplate.Placement}}{{range .Constraints}} {{.}}{{end}}{{end}}' 2>/dev/null |
+        awk -v c="$off" '{ for (i = 2; i <= NF; i++) if ($i == c) { print $1; next } }'); do
+        if err=$(docker service update --detach --quiet --constraint-rm "$off" "$svc" 2>&1); then
+            say "unpinned ${svc#"${stack}_"}"
+        else
+            say "note ${svc#"${stack}_"}: docker service update --constraint-rm $off: $(last "$err") (it stays off the node)"
+        fi
+    done
+}
 wait_all || exit 1
 down_note
+[ "$action" = move ] && drain_node
 monitored=''
 unfinished() { [ "$fin" = completed ] || monitored="$monitored $name"; }
 each unfinished

@@ -6,8 +6,10 @@ manager's side of the link with the login the deploy hands Swarm.
 
 A worker whose daemon stops in the middle of an update fails the deploy in one line naming the
 node and its tasks, well before the deploy's own limits, and once the node is back the next
-deploy converges; a worker drained during a deploy moves its tasks, the update Swarm rolled back
-over the drain starts again, and the proxy's dial retry holds requests while a service has no task.
+deploy converges. `fab drain-node` during a deploy waits for it, then moves the worker's tasks
+start-first before it drains the worker: 0 failed. Swarm's own drain (`docker node update
+--availability drain`) during a deploy moves the tasks too, the update Swarm rolled back over the
+drain starts again, and the proxy's dial retry holds requests while a service has no task.
 (test_swarm's deploy and rollback under load run on these two nodes too.)
 """
 
@@ -174,6 +176,68 @@ def test_a_worker_that_goes_away_mid_update_fails_naming_it_and_the_next_deploy_
         tasks = sb.swarm_tasks(svc)
         assert len(tasks) == 2 and {v for _, v in tasks} == {version}, (svc, tasks)
     sb.swarm_serves()
+
+
+def spec_constraints(service: str) -> tuple[list[str], list[str]]:
+    """The placement constraints of a stack service's spec and of its previous spec."""
+    raw = json.loads(sb.swarm_docker("service", "inspect", f"{sb.SWARM_STACK}_{service}"))[0]
+
+    def of(spec: dict | None) -> list[str]:
+        return list((((spec or {}).get("TaskTemplate") or {}).get("Placement") or {}).get("Constraints") or [])
+
+    return of(raw["Spec"]), of(raw.get("PreviousSpec"))
+
+
+def test_drain_node_during_a_deploy_starts_each_task_elsewhere_before_the_drain_with_zero_failed(two_nodes, tmp_path):
+    """`fab drain-node`, asked for while a deploy rolls: refused at once, changing nothing, while
+    the deploy holds the lock (as a second deploy would be); asked again until the lock is free
+    (as an operator would), it starts each of the worker's tasks on the manager before Swarm
+    stops the old one, and only then drains the worker (nothing left there to stop first). Not
+    one request fails, the deploy's or the drain's."""
+    on_worker = sb.swarm_on_worker(*sb.APPS)
+    assert on_worker, "the fixture spreads the tasks over both nodes"
+    worker_id = nodes()[sb.WORKER_NAME]["ID"]
+    version = sb.publish()
+    before = sb.swarm_update_status("server").get("StartedAt")
+    probe = sb.Verify("--host", HOST, json_path=tmp_path / "verify.json")
+    proc = fab_in_background("deploy", "--no-verify")
+    try:
+        wait_for("tier 1's update to start", lambda: update_started("server", before), 60)
+        refused = 0
+        while True:
+            drained = fab("drain-node", sb.WORKER_NAME, "--no-verify")
+            if drained.returncode == 0 or "holds the lock" not in drained.stderr or refused > 200:
+                break
+            refused += 1
+            assert nodes()[sb.WORKER_NAME]["Spec"]["Availability"] == "active"  # refused: nothing changed
+            time.sleep(1)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        rc, vout, report = probe.stop(settle=5)
+        assert proc.returncode == 0, out + err
+        assert drained.returncode == 0, drained.stdout + drained.stderr
+        assert refused, "the first drain-node came while the deploy held the lock"
+        assert report["failures"] == 0, vout
+        assert version in {v["version"] for v in report["versions"]}, report["versions"]
+        # the drain came after the deploy (its lock), and moved what the deploy had left on the worker
+        moved = sorted(
+            re.findall(rf"(\S+): move, \d task\(s\) on {sb.WORKER_NAME} to other nodes, start-first", drained.stdout)
+        )
+        assert moved and set(moved) <= set(sb.APPS), drained.stdout
+        assert "node drained; constraint removed from: " in drained.stdout
+        assert nodes()[sb.WORKER_NAME]["Spec"]["Availability"] == "drain"
+        assert not sb.swarm_on_worker(*sb.APPS)
+        assert {svc: sb.swarm_tasks(svc) for svc in sb.APPS} == {svc: [(manager(), version)] * 2 for svc in sb.APPS}
+        # each moved through a start-first update that kept it off the worker (its previous spec, the
+        # move's, has the constraint), and the constraint is gone again
+        for svc in moved:
+            now, previous = spec_constraints(svc)
+            assert f"node.id!={worker_id}" in previous and f"node.id!={worker_id}" not in now, (svc, now, previous)
+    finally:
+        sb.swarm_docker("node", "update", "--availability", "active", sb.WORKER_NAME)
 
 
 def test_a_worker_drained_during_a_deploy_moves_its_tasks_and_the_deploy_finishes(two_nodes, tmp_path):
