@@ -16,13 +16,16 @@ def stack_state_file(host: HostConfig) -> str:
 
 
 def stack_survey(host: HostConfig) -> Command:
-    """Read the node, the stack's services and the compose model at once (changes nothing)."""
+    """Read the node, the stack's services, the compose model and the config the proxy's task
+    on this node runs, at once (changes nothing)."""
     return host_program(
         "survey.sh",
         "--stack",
         host.stack_name,
         stack_state_file(host),
         str(JOURNAL_TAIL),
+        host.proxy.service,
+        host.proxy.admin,
         *Compose(host).project_flags(),
         cwd=host.dir,
     )

@@ -834,8 +834,10 @@ def stack_survey_text(
     lock: str = "",
     journal: Iterable[dict] = (),
     nodes: list[dict] | None = None,
+    proxy_running: dict | None = None,
 ) -> str:
-    """What survey.sh --stack prints; ``applied``: "same" (what these compose files hash to), a
+    """What survey.sh --stack prints (``proxy_running``: the config the proxy's task runs, no
+    section when None); ``applied``: "same" (what these compose files hash to), a
     dict, or None (no record); ``lock`` and ``journal`` as in :func:`survey_head`; ``nodes``:
     ``docker node inspect`` of the swarm (None: the section failed)."""
     compose = compose or swarm_compose_json()
@@ -853,6 +855,7 @@ def stack_survey_text(
         if record is not None
         else "=== applied 1\ncat: /home/x/.zdd/stacks/remilia-swarm.json: No such file or directory",
         f"=== nodes 0\n{json.dumps(nodes)}" if nodes is not None else "=== nodes 1\nError: not a manager",
+        *([f"=== proxy-running 0\n{json.dumps(proxy_running)}"] if proxy_running is not None else []),
         f"=== services 0\n{json.dumps(services)}",
     ]
     return survey_head("\n".join(parts) + "\n", key=SWARM_KEY, lock=lock, journal=journal)

@@ -30,6 +30,7 @@ from tests.fakes import (
     SWARM_REF,
     Call,
     FakeExecutor,
+    caddy_config,
     deploy,
     fail,
     image_id,
@@ -37,6 +38,7 @@ from tests.fakes import (
     journal_text,
     node_json,
     ok,
+    reverse_proxy_route,
     run_events,
     service_json,
     stack_services,
@@ -182,7 +184,11 @@ def program_args(c: cmds.Command | Call, name: str) -> list[str]:
 def test_stack_survey_command():
     c = swarm_cmds.stack_survey(H)
     assert c.argv[:2] == ("sh", "-c") and c.argv[2] == command_mod.program("survey.sh")
-    assert c.argv[3:] == ("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "5000", "-f", "a.yaml", "-f", "b.yaml")
+    assert c.argv[3:] == (
+        *("survey.sh", "--stack", "st", ".zdd/stacks/st.json", "5000"),
+        *("caddy", "localhost:2019"),  # the proxy service and its admin address: the config its task here runs
+        *("-f", "a.yaml", "-f", "b.yaml"),
+    )
     assert c.cwd == "~/app"
 
 
@@ -1358,3 +1364,39 @@ def test_after_a_drain_node_a_rollback_has_no_image_to_go_back_to():
         "server: skip, its previous spec differs in its placement only (a drain-node, or a placement change): "
         "no image to go back to"
     )
+
+
+# --- the proxy reaching tasks by service name ------------------------------------------------------
+
+
+def dynamic_route(path: str, name: str) -> dict:
+    """``handle_path PATH/* { reverse_proxy { dynamic a NAME 8080 } }`` as Caddy runs it."""
+    route = reverse_proxy_route(path)
+    proxy = route["handle"][0]["routes"][1]["handle"][0]
+    proxy.pop("upstreams")
+    proxy["dynamic_upstreams"] = {"source": "a", "name": name, "port": "8080", "refresh": 1000000000}
+    return route
+
+
+@pytest.mark.parametrize(
+    "config, named",
+    [
+        (caddy_config(*(reverse_proxy_route(f"/{n}", f"{n}:8080") for n in SANDBOX_APPS)), SANDBOX_APPS),
+        (caddy_config(reverse_proxy_route("/s", "tasks.server:8080"), dynamic_route("/p", "property")), ["server"]),
+        (caddy_config(*(dynamic_route(f"/{n}", n) for n in SANDBOX_APPS)), []),
+        (None, []),  # no proxy task on this node: not judged
+    ],
+)
+def test_a_proxy_that_reaches_app_tasks_by_service_name_is_noted(config, named):
+    s, out = session(fake_manager(stack_survey_text(stack_services(), proxy_running=config)))
+    state = SwarmEngine(s.host).validate(s)
+    assert state.proxy_running == config
+    said = [n for n in s.notes if n.startswith("the proxy reaches ")]
+    if not named:
+        assert said == []
+        return
+    assert said == [
+        f"the proxy reaches {', '.join(named)} by service name: Caddy pools its connections by that name and goes "
+        "on sending requests to a task out of service discovery until it dies, cutting what is in flight then: give "
+        "it the tasks' addresses (reverse_proxy { dynamic a NAME PORT }, refresh 1s; README)"
+    ]

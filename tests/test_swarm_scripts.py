@@ -40,6 +40,7 @@ STACK = "st"
 #   node-ID         `node inspect --format` of node ID (AVAILABILITY|STATE)
 #   placement       what `service inspect --format` of the placement prints (NAME CONSTRAINT... lines)
 #   drain-fails     `node update` fails
+#   proxy-task      what `ps --quiet` (the proxy's task on this node) prints; proxy-running: its config
 SWARM_DOCKER = r"""#!/bin/sh
 d=$STUB
 printf '%s\n' "$*" >> "$d/calls"
@@ -116,6 +117,8 @@ case "$1 $2" in
     cat "$d/nodes" 2>/dev/null || echo '[]' ;;
 "inspect --type") cat "$d/task-$6" 2>/dev/null || { echo "Error: No such task: $6" >&2; exit 1; } ;;
 "compose -f") cat "$d/compose" ;;
+"ps --quiet") cat "$d/proxy-task" 2>/dev/null ;;
+"exec c1") cat "$d/proxy-running" ;;
 esac
 exit 0
 """
@@ -470,8 +473,13 @@ def test_survey_of_a_stack(manager):
     (manager.home / ".zdd" / "locks" / "stack_st" / "holder").write_text("alice@laptop pid 1 deploy\n")
     (manager.home / ".zdd" / "journal").mkdir(parents=True)
     (manager.home / ".zdd" / "journal" / "stack_st.jsonl").write_text('{"run": "r1", "event": "start"}\n')
+    manager.set("proxy-task", "c1\n")  # the proxy runs a task here: the config it runs is read
+    manager.set("proxy-running", '{"apps": {}}')
     again = manager.run(swarm_cmds.stack_survey(manager.config)).stdout
     assert '=== applied 0\n{"server": "h"}' in again
+    assert '\n=== proxy-running 0\n{"apps": {}}\n=== services 0\n[{"Spec": {"Name": "st_server"}}]' in again
+    assert "ps --quiet --filter label=com.docker.swarm.service.name=st_caddy" in manager.calls()
+    assert "exec c1 wget -q -O - http://localhost:2019/config/" in manager.calls()
     assert again.startswith(
         "=== key 0\nstack_st\n=== lock 0\nalice@laptop pid 1 deploy\n"
         '=== journal 0\n{"run": "r1", "event": "start"}\n=== compose 0\n'

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import commands_swarm as swarm_cmds
 from ..plan import declared_count, image_table, normalize_ref, read_head, section_json, sections, short_image
+from ..proxy import upstream_hosts
 from ..runner import BadInput
 from ..steps import configured_services
 from .swarm_nodes import SwarmNode, placement_stall
@@ -86,6 +87,7 @@ class StackState:
     lock_holder: str = ""  # who holds the deploy lock now ("" = free)
     journal: str = ""  # the journal's recent lines
     nodes: list[SwarmNode] | None = None  # the swarm's nodes; None: not read
+    proxy_running: dict | None = None  # the config the proxy's task on this node runs; None: not read
 
     def replicas(self, name: str) -> int:
         """How many tasks of a service an update replaces, one after the other."""
@@ -166,6 +168,12 @@ def parse_survey(text: str, stack: str) -> StackState:
             state.nodes = [SwarmNode.of(n) for n in json.loads(nodes) if isinstance(n, dict)]
         except (json.JSONDecodeError, TypeError):
             state.nodes = None  # unreadable: placement is not checked
+    rc, running = sec.get("proxy-running", (1, ""))
+    if rc == 0:
+        try:
+            state.proxy_running = json.loads(running)
+        except json.JSONDecodeError:
+            state.proxy_running = None  # unreadable: not judged
     rc, applied = sec.get("applied", (1, ""))
     if rc == 0:
         try:
@@ -254,7 +262,20 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
             f"{', '.join(vip)} use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach "
             "their tasks through the service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"
         )
+    named = by_name(state.proxy_running, [n for n in only or h.app_services if n in h.app_services], h.stack_name)
+    if named:
+        notes.append(
+            f"the proxy reaches {', '.join(named)} by service name: Caddy pools its connections by that name and "
+            "goes on sending requests to a task out of service discovery until it dies, cutting what is in flight "
+            "then: give it the tasks' addresses (reverse_proxy { dynamic a NAME PORT }, refresh 1s; README)"
+        )
     return problems, notes
+
+
+def by_name(config: dict | None, names: list[str], stack: str) -> list[str]:
+    """The services a proxy config's static upstreams dial by their service name."""
+    hosts = upstream_hosts(config) if config else set()
+    return [n for n in names if {n, f"{stack}_{n}", f"tasks.{n}"} & hosts]
 
 
 def wanted_digest(ref: str, digests: dict[str, str]) -> str | None:

@@ -1,5 +1,5 @@
 # survey.sh PROXY_SERVICE CONFIG ADMIN PROJECT TAIL COMPOSE_FLAGS...
-# survey.sh --stack STACK STATE_FILE TAIL COMPOSE_FLAGS...          (a Swarm stack)
+# survey.sh --stack STACK STATE_FILE TAIL PROXY_SERVICE ADMIN COMPOSE_FLAGS...  (a Swarm stack)
 # (run on the host by zdd, in the project directory, after lib.sh, as `sh -c 'LIB SCRIPT' survey.sh ARGS...`)
 #
 # Everything a deploy needs to know about the host, read once and changing nothing: the
@@ -9,8 +9,9 @@
 # config file as JSON, the config it runs, its version.
 # With --stack: the key (stack_STACK), lock and journal, the compose model, this node's swarm
 # state, the swarm's nodes (docker node inspect: where tasks may go), the stack's services
-# (docker service inspect) and their running/desired tasks, and what zdd last applied
-# (~/STATE_FILE).
+# (docker service inspect) and their running/desired tasks, what zdd last applied
+# (~/STATE_FILE), and the config the proxy's task on this node runs (Caddy's admin API at ADMIN,
+# seen from inside it; no section when PROXY_SERVICE is empty or has no task here).
 # Each section starts with a line "=== NAME EXIT_STATUS". The reads run in parallel.
 if [ "$1" = --stack ]; then
     key=$(printf 'stack:%s' "$2" | tr -c 'A-Za-z0-9._-' '_') tail_lines=$4
@@ -37,8 +38,8 @@ show() {  # show NAME: print the section
     echo
 }
 if [ "$1" = --stack ]; then
-    stack=$2 state=$3
-    shift 4
+    stack=$2 state=$3 proxy=$5 admin=$6
+    shift 6
     filter="label=com.docker.stack.namespace=$stack"
     read_bg compose docker compose "$@" config --format json
     read_bg node docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}'
@@ -50,12 +51,16 @@ if [ "$1" = --stack ]; then
         docker node inspect $ids
     }
     read_bg nodes nodes
+    pid=''
+    [ -n "$proxy" ] && pid=$(docker ps --quiet --filter "label=com.docker.swarm.service.name=${stack}_$proxy" | head -n 1)
+    [ -n "$pid" ] && read_bg proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
     ids=$(docker service ls --quiet --filter "$filter" 2>/dev/null)
     # a service removed between ls and inspect makes inspect fail but still print the others
     # shellcheck disable=SC2086 # ids, one word each
     [ -n "$ids" ] && docker service inspect $ids >"$dir/services.out" 2>/dev/null
     wait
     for section in compose node replicas applied nodes; do show "$section"; done
+    [ -z "$pid" ] || show proxy-running
     printf '=== services 0\n'
     if [ -s "$dir/services.out" ]; then cat "$dir/services.out"; else echo '[]'; fi
     exit 0

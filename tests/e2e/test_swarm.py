@@ -120,6 +120,27 @@ def test_deploy_with_nothing_changed_touches_nothing(settled):
     assert spec_images(*sb.APPS) == images
 
 
+def test_a_proxy_that_reaches_the_apps_by_service_name_is_noted_and_the_sandboxs_is_not(settled):
+    """Validation reads the config the proxy's task runs: the sandbox's Caddyfile gives Caddy the
+    tasks' addresses (dynamic upstreams); the same routes by service name are noted."""
+    caddyfile = sb.STATE / "home" / sb.SWARM_STACK / "caddy" / "Caddyfile"
+    ours = caddyfile.read_text()
+    proxy = sb.swarm_docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={sb.SWARM_STACK}_caddy")
+    reload = ["exec", proxy.split()[0], "caddy", "reload", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+    res = fab("deploy", "--dry-run")
+    assert res.returncode == 0 and "the proxy reaches" not in res.stdout, res.stdout + res.stderr
+    by_name = "".join(f"\thandle_path /by-name/{n}/* {{\n\t\treverse_proxy {n}:8080\n\t}}\n" for n in sb.APPS[1:])
+    try:
+        caddyfile.write_text(ours.replace("\thandle {", by_name + "\thandle {", 1))
+        sb.swarm_docker(*reload)
+        res = fab("deploy", "--dry-run")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "the proxy reaches property, identity, profile-server by service name" in res.stdout, res.stdout
+    finally:
+        caddyfile.write_text(ours)
+        sb.swarm_docker(*reload)
+
+
 def test_broken_image_is_rolled_back_by_swarm_and_fails_the_deploy(settled, tmp_path):
     good = sb.swarm_versions("server")
     later = spec_images("identity", "profile-server")
