@@ -67,6 +67,13 @@ def upstream_hosts(config: dict) -> set[str]:
     }
 
 
+def by_service_name(config: dict | None, names: list[str], stack: str) -> list[str]:
+    """Of ``names`` (a Swarm stack's services), those a config's static upstreams dial by service
+    name (NAME, STACK_NAME or tasks.NAME): Caddy pools their connections by that name."""
+    hosts = upstream_hosts(config) if config else set()
+    return [n for n in names if {n, f"{stack}_{n}", f"tasks.{n}"} & hosts]
+
+
 def rewrite_upstreams(config: dict, service: str, ips: list[str]) -> dict:
     """A copy of ``config`` in which each static upstream dialling ``service:PORT`` is
     replaced by one upstream per address in ``ips`` (same port); others are kept."""

@@ -1400,3 +1400,30 @@ def test_a_proxy_that_reaches_app_tasks_by_service_name_is_noted(config, named):
         "on sending requests to a task out of service discovery until it dies, cutting what is in flight then: give "
         "it the tasks' addresses (reverse_proxy { dynamic a NAME PORT }, refresh 1s; README)"
     ]
+
+
+def test_a_service_swarm_still_changes_once_the_lock_is_held_is_refused_under_it():
+    # validation let it through (a run held the lock); the lock then came free: checked again under it
+    services = stack_services()
+    services[0] = service_json("server", image_id("server", 1), update_state="updating")
+    holder = "al@x pid 1.ab deploy since 2026-11-30 07:00:00 UTC (run 20261130-070000-1)"
+    fake = fake_manager(stack_survey_text(services, lock=holder))
+    s, out = session(fake)
+    with pytest.raises(BadInput, match=r"server: Swarm is still changing it \(updating\)"):
+        deploy(s)
+    assert not fake.seen("swarm_tier.sh") and not fake.seen("pull.sh")
+    assert "finish.sh" in fake.calls[-1].command  # the lock freed, the run journaled
+
+
+def test_drain_node_refuses_a_service_whose_update_swarm_paused():
+    services = [*stack_services()[1:], service_json("server", image_id("server", 2), update_state="paused")]
+    state = state_of(services, nodes=TWO_NODES)
+    plans, problems, notes = swarm_drain.drain_plan(state, ["server"], find_node(state.nodes, "w1"), {"server": 1})
+    assert plans == [] and problems == ["server: Swarm paused its last update (paused): deploy or roll back first"]
+
+
+def test_the_tasks_on_a_node_are_told_apart_from_a_stack_whose_name_starts_the_same():
+    listing = f"{STACK}_server.1\n{STACK}_v2_server.1\nother_web.2\n{STACK}_redis.1\n"
+    known = {"server", "redis"}
+    assert swarm_drain.on_node(listing, STACK, known) == {"server": 1, "redis": 1}
+    assert swarm_drain.other_stacks(listing, STACK, known) == ["other_web", f"{STACK}_v2_server"]

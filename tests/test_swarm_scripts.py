@@ -40,6 +40,7 @@ STACK = "st"
 #   node-ID         `node inspect --format` of node ID (AVAILABILITY|STATE)
 #   placement       what `service inspect --format` of the placement prints (NAME CONSTRAINT... lines)
 #   drain-fails     `node update` fails
+#   node-ps         what `node ps --format {{.Name}}` prints (the tasks on the node)
 #   proxy-task      what `ps --quiet` (the proxy's task on this node) prints; proxy-running: its config
 SWARM_DOCKER = r"""#!/bin/sh
 d=$STUB
@@ -106,6 +107,7 @@ case "$1 $2" in
     echo "Updating service st_server (id: x)"
     echo "Ignoring unsupported options: restart" >&2 ;;
 "info --format") echo "active true" ;;
+"node ps") cat "$d/node-ps" 2>/dev/null ;;
 "node update") [ -e "$d/drain-fails" ] && { echo "Error response from daemon: node not found" >&2; exit 1; } ;;
 "node ls")
     case "$*" in
@@ -1188,3 +1190,16 @@ def test_a_move_without_a_node_changes_nothing(manager):
     rc, out, _ = manager.tier("move", "server")
     assert rc == 2 and out == ["failed move: no node (-n NODE)"]
     assert not [c for c in manager.calls() if c.startswith(("service update", "node update"))]
+
+
+def test_a_move_that_swarm_has_nothing_to_replace_for_is_done_once_no_task_is_on_the_node(manager):
+    # the constraint-add cleared UpdateStatus and Swarm starts no update: its task had left the node
+    manager.service("server", OLD, "none||")
+    manager.set("node-ps", f"{STACK}_server.1\n")  # still there at first (Swarm has not begun)
+    manager.set("placement", "")
+    rc, out, took = manager.tier("move", "server", node="n2", ceiling=4)
+    assert rc == 1 and out[-1].startswith("failed timeout after 4s: server: pending"), out
+    manager.set("node-ps", f"{STACK}_property.1\n{STACK}_server2.1\n")  # not server's (a longer name)
+    rc, out, took = manager.tier("move", "server", node="n2", ceiling=20)
+    assert rc == 0 and "done server completed" in out and "drained n2" in out, out
+    assert took < 10

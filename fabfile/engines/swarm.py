@@ -80,6 +80,7 @@ from .swarm_state import (
     spec_hash,
     stack_change,
     stack_changes,
+    still_changing,
     wanted_digest,
 )
 from .swarm_tier import Updates, ceiling, reload_proxy, run
@@ -226,7 +227,14 @@ class SwarmEngine:
         return Release(make_plan([name], state, digests, force=True), digests, [[name]])
 
     def recover(self, s: Session, state: StackState, own: str) -> StackState:
-        return locking.recover(s, state, own, self.survey)
+        """Interrupted runs closed in the journal; then, the lock held, no app service Swarm is
+        still changing (validation let one through while another run held the lock: a job whose
+        wait ended, or a zdd that died, whose lock was taken over)."""
+        state = locking.recover(s, state, own, self.survey)
+        busy = still_changing(state, s.host.stack_name, [n for n in s.host.app_services if n in state.model])
+        if busy:
+            raise BadInput(f"{len(busy)} problem(s) on the host: " + "; ".join(busy))
+        return state
 
     # --- rollback ------------------------------------------------------------------------
     def rollback_target(self, s: Session, state: StackState, to: str | None) -> tuple[str, Any]:
@@ -254,15 +262,14 @@ class SwarmEngine:
     def drain_release(self, s: Session, state: StackState, target: SwarmNode) -> Release:
         """Each service of the stack with a task on the node moves off it (app services
         start-first), all at once; then the node is drained (swarm_tier.sh move)."""
-        stack = s.host.stack_name
+        stack, ours = s.host.stack_name, set(state.services)
         with s.report.step("plan") as rec:
             listing = s.r.read(swarm_cmds.node_tasks(target.id), f"listing the tasks on {target.hostname}")
-            plans, problems, notes = drain_plan(state, s.host.app_services, target, on_node(listing, stack))
+            plans, problems, notes = drain_plan(state, s.host.app_services, target, on_node(listing, stack, ours))
             if problems:
                 raise BadInput(f"cannot move every task off {target.hostname}: " + "; ".join(problems))
-            notes += [
-                f"{n}: not of stack {stack}: the drain stops its task first" for n in other_stacks(listing, stack)
-            ]
+            others = other_stacks(listing, stack, ours)
+            notes += [f"{n}: not of stack {stack}: the drain stops its task first" for n in others]
             rec.detail = f"move {len(plans)} service(s) off {target.hostname}, then drain it"
         for p in plans:
             print(f"[{s.name}]   {p.line()}", file=s.r.out)

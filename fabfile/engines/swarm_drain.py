@@ -9,20 +9,25 @@ from .swarm_nodes import SwarmNode, move_stall
 from .swarm_state import StackState, SwarmPlan
 
 
-def on_node(listing: str, stack: str) -> dict[str, int]:
-    """node_tasks' lines: how many tasks of each service of ``stack`` the node holds."""
+def ours(line: str, stack: str, services: set[str]) -> str:
+    """The service of ``stack`` (one of ``services``) a node_tasks line's task is of, or ""."""
+    name = line.rpartition(".")[0].removeprefix(f"{stack}_")
+    return name if name in services and line.startswith(f"{stack}_") else ""
+
+
+def on_node(listing: str, stack: str, services: set[str]) -> dict[str, int]:
+    """node_tasks' lines: how many tasks of each service of ``stack`` (``services``, its names:
+    stack "app" and stack "app_v2" share a prefix) the node holds."""
     counts: dict[str, int] = {}
     for line in listing.split():
-        full = line.rpartition(".")[0]
-        if full.startswith(f"{stack}_"):
-            name = full.removeprefix(f"{stack}_")
+        if name := ours(line, stack, services):
             counts[name] = counts.get(name, 0) + 1
     return counts
 
 
-def other_stacks(listing: str, stack: str) -> list[str]:
-    """node_tasks' lines of services of other stacks (or none): the drain stops those first."""
-    return sorted({line.rpartition(".")[0] for line in listing.split() if not line.startswith(f"{stack}_")})
+def other_stacks(listing: str, stack: str, services: set[str]) -> list[str]:
+    """node_tasks' lines of services not of ``stack``: the drain stops those first."""
+    return sorted({line.rpartition(".")[0] for line in listing.split() if not ours(line, stack, services)})
 
 
 def drain_plan(
@@ -40,6 +45,9 @@ def drain_plan(
             continue
         if svc.replicas is None:
             notes.append(f"{name}: global (a task on every node): the drain stops its task on {node.hostname}")
+            continue
+        if svc.update_state in ("paused", "rollback_paused"):  # a move would start that update again
+            problems.append(f"{name}: Swarm paused its last update ({svc.update_state}): deploy or roll back first")
             continue
         stall = move_stall(name, state.model.get(name) or {}, others)
         if stall:

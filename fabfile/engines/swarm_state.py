@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import commands_swarm as swarm_cmds
 from ..plan import declared_count, image_table, normalize_ref, read_head, section_json, sections, short_image
-from ..proxy import upstream_hosts
+from ..proxy import by_service_name
 from ..runner import BadInput
 from ..steps import configured_services
 from .swarm_nodes import SwarmNode, placement_stall
@@ -194,6 +194,17 @@ def check_node(state: StackState) -> None:
         raise BadInput("this node is a Swarm worker: engine swarm runs against a manager (docker node ls)")
 
 
+def still_changing(state: StackState, stack: str, names: list[str]) -> list[str]:
+    """The services Swarm is still updating or rolling back (a run must not start a change on
+    top): checked at validation when no run of zdd's holds the lock, and again once the lock is
+    held (:meth:`~fabfile.engines.swarm.SwarmEngine.recover`)."""
+    return [
+        f"{n}: Swarm is still changing it ({svc.update_state}): wait until `docker service ps {stack}_{n}` has settled"
+        for n in names
+        if (svc := state.services.get(n)) is not None and svc.update_state in ("updating", "rollback_started")
+    ]
+
+
 def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tuple[list[str], list[str]]:
     """(problems that fail validation, notes) of the compose files against hosts.toml."""
     problems, vip = [], []
@@ -238,18 +249,8 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
         stall = placement_stall(name, svc, state.nodes)
         if stall:
             problems.append(stall)
-        current = state.services.get(name)
-        if (
-            current is not None
-            and current.update_state in ("updating", "rollback_started")
-            # a run of zdd's changing it holds the lock (a deploy, its monitor job, a drain-node): this run
-            # waits for that lock (lock.sh) instead; with no holder, someone else is changing it
-            and not state.lock_holder
-        ):
-            problems.append(
-                f"{name}: Swarm is still changing it ({current.update_state}): wait until "
-                f"`docker service ps {h.stack_name}_{name}` has settled"
-            )
+        if not state.lock_holder:  # a run of zdd's holding the lock is met there; checked again under it
+            problems += still_changing(state, h.stack_name, [name])
     notes = [
         f"{', '.join(stop_first[key])}: the compose files' deploy.{key}.order is not start-first (Swarm's "
         f"default, stop-first, when unset): zdd's own {WHAT[key]} start the new tasks first, but a plain "
@@ -262,7 +263,9 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
             f"{', '.join(vip)} use endpoint_mode vip: where the kernel has no IPVS a proxy cannot reach "
             "their tasks through the service's virtual IP; endpoint_mode: dnsrr resolves to the tasks"
         )
-    named = by_name(state.proxy_running, [n for n in only or h.app_services if n in h.app_services], h.stack_name)
+    named = by_service_name(
+        state.proxy_running, [n for n in only or h.app_services if n in h.app_services], h.stack_name
+    )
     if named:
         notes.append(
             f"the proxy reaches {', '.join(named)} by service name: Caddy pools its connections by that name and "
@@ -270,12 +273,6 @@ def check_stack(state: StackState, h: Any, only: list[str] | None = None) -> tup
             "then: give it the tasks' addresses (reverse_proxy { dynamic a NAME PORT }, refresh 1s; README)"
         )
     return problems, notes
-
-
-def by_name(config: dict | None, names: list[str], stack: str) -> list[str]:
-    """The services a proxy config's static upstreams dial by their service name."""
-    hosts = upstream_hosts(config) if config else set()
-    return [n for n in names if {n, f"{stack}_{n}", f"tasks.{n}"} & hosts]
 
 
 def wanted_digest(ref: str, digests: dict[str, str]) -> str | None:

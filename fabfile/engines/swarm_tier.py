@@ -82,11 +82,11 @@ def run(
                 return done
             elif word == "failed":
                 conv.close()
-                raise StepFailed(rest + consequence(rest), swarm_failure_detail(said))
+                raise StepFailed(rest + ("" if node else consequence(rest)), swarm_failure_detail(said))
     except KeyboardInterrupt:
         s.notes.append(
-            f"interrupted: Swarm goes on with what it started ({names}): fab -H {s.name} status shows "
-            f"it, fab -H {s.name} rollback undoes it"
+            f"interrupted: Swarm goes on with what it started ({names}): fab -H {s.name} status shows it, "
+            + (f"fab -H {s.name} drain-node {node} finishes it" if node else f"fab -H {s.name} rollback undoes it")
         )
         raise
     ended = conv.close()
@@ -180,8 +180,8 @@ class Updates:
         not end leaves the node active, its constraint on the services it started moving."""
         if self.action == "move":
             self.s.notes.append(
-                f"the node is not drained; the services this run started moving keep the constraint "
-                f"node.id!={self.node} until drain-node runs again (it drains the node, then removes it)"
+                f"the node is not drained; a service whose move started keeps the constraint node.id!={self.node} "
+                f"until fab -H {self.s.name} drain-node {self.node} runs again (it drains the node, then removes it)"
             )
 
     def done(self) -> None:

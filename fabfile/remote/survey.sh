@@ -53,7 +53,7 @@ if [ "$1" = --stack ]; then
     read_bg nodes nodes
     pid=''
     [ -n "$proxy" ] && pid=$(docker ps --quiet --filter "label=com.docker.swarm.service.name=${stack}_$proxy" | head -n 1)
-    [ -n "$pid" ] && read_bg proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
+    [ -n "$pid" ] && read_bg proxy-running bounded docker exec "$pid" wget -q -O - "http://$admin/config/"
     ids=$(docker service ls --quiet --filter "$filter" 2>/dev/null)
     # a service removed between ls and inspect makes inspect fail but still print the others
     # shellcheck disable=SC2086 # ids, one word each
@@ -82,7 +82,7 @@ if [ -n "$pid" ]; then
         *.json) read_bg proxy-config docker exec "$pid" cat "$config" ;;
         *) read_bg proxy-config docker exec "$pid" caddy adapt --config "$config" --adapter caddyfile ;;
     esac
-    read_bg proxy-running docker exec "$pid" wget -q -O - "http://$admin/config/"
+    read_bg proxy-running bounded docker exec "$pid" wget -q -O - "http://$admin/config/"
     read_bg proxy-version docker exec "$pid" caddy version
 fi
 # shellcheck disable=SC2086 # ids, one word each

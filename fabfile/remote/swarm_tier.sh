@@ -255,6 +255,9 @@ check() {
             finish replaced
             return
         fi
+    elif [ "$action" = move ] && [ "$st" = none ] && ! on_the_node; then  # no task there to replace:
+        finish completed  # Swarm starts no update (it had moved it meanwhile), so says nothing
+        return
     elif [ "$action" = stack ]; then  # created, or no task to replace
         r=$(printf '%s\n' "$replicas" | awk -v n="$full" '$1 == n { print $2; exit }')
         spec=$(printf '%s\n' "$specs" | awk -F'|' -v n="$full" '$1 == n { print $2; exit }')
@@ -328,6 +331,10 @@ rollback_one() {
     fi
 }
 off="node.id!=$node"  # move: the constraint that keeps tasks off NODE
+on_the_node() {  # move: service $full has a task desired running on NODE
+    bounded docker node ps --no-trunc --filter desired-state=running --format '{{.Name}}' "$node" 2>/dev/null |
+        awk -v p="$full." 'index($0, p) == 1 { f = 1 } END { exit !f }'
+}
 move_one() {
     [ "$role" = own ] || return 0
     set -- --constraint-add "$off"
@@ -422,8 +429,8 @@ on_down_node() {  # service $full: its tasks on a node down for node_grace s, no
 drained() {  # service $full's update was rolled back over a task a drain (or a node going down) ended
     task=$(printf '%s\n' "$msg" | sed -n 's/.*early termination of task \([0-9a-z]*\).*/\1/p')
     [ -n "$task" ] || return 1
-    node=$(docker inspect --type task --format '{{.NodeID}}' "$task" 2>/dev/null) && [ -n "$node" ] || return 1
-    case $(docker node inspect --format '{{.Spec.Availability}}|{{.Status.State}}' "$node" 2>/dev/null) in
+    tnode=$(docker inspect --type task --format '{{.NodeID}}' "$task" 2>/dev/null) && [ -n "$tnode" ] || return 1
+    case $(docker node inspect --format '{{.Spec.Availability}}|{{.Status.State}}' "$tnode" 2>/dev/null) in
         drain\|* | *\|down) return 0 ;;
     esac
     return 1

@@ -178,6 +178,22 @@ def test_a_worker_that_goes_away_mid_update_fails_naming_it_and_the_next_deploy_
     sb.swarm_serves()
 
 
+def deploying_under_load(tmp_path) -> tuple[str, sb.Verify, subprocess.Popen]:
+    """A new version published, the verify loop started, and `fab deploy` in the background once
+    tier 1's update has started: (the version, the loop, the deploy)."""
+    version = sb.publish()
+    before = sb.swarm_update_status("server").get("StartedAt")
+    probe = sb.Verify("--host", HOST, json_path=tmp_path / "verify.json")
+    proc = fab_in_background("deploy", "--no-verify")
+    try:
+        wait_for("tier 1's update to start", lambda: update_started("server", before), 60)
+    except BaseException:
+        proc.kill()
+        probe.stop(settle=0)
+        raise
+    return version, probe, proc
+
+
 def spec_constraints(service: str) -> tuple[list[str], list[str]]:
     """The placement constraints of a stack service's spec and of its previous spec."""
     raw = json.loads(sb.swarm_docker("service", "inspect", f"{sb.SWARM_STACK}_{service}"))[0]
@@ -197,12 +213,8 @@ def test_drain_node_during_a_deploy_starts_each_task_elsewhere_before_the_drain_
     on_worker = sb.swarm_on_worker(*sb.APPS)
     assert on_worker, "the fixture spreads the tasks over both nodes"
     worker_id = nodes()[sb.WORKER_NAME]["ID"]
-    version = sb.publish()
-    before = sb.swarm_update_status("server").get("StartedAt")
-    probe = sb.Verify("--host", HOST, json_path=tmp_path / "verify.json")
-    proc = fab_in_background("deploy", "--no-verify")
+    version, probe, proc = deploying_under_load(tmp_path)
     try:
-        wait_for("tier 1's update to start", lambda: update_started("server", before), 60)
         refused = 0
         while True:
             drained = fab("drain-node", sb.WORKER_NAME, "--no-verify")
@@ -243,12 +255,8 @@ def test_drain_node_during_a_deploy_starts_each_task_elsewhere_before_the_drain_
 def test_a_worker_drained_during_a_deploy_moves_its_tasks_and_the_deploy_finishes(two_nodes, tmp_path):
     had = {svc: [n for n, _ in sb.swarm_tasks(svc)] for svc in sb.APPS}
     assert any(sb.WORKER_NAME in n for n in had.values()), had
-    version = sb.publish()
-    before = sb.swarm_update_status("server").get("StartedAt")
-    probe = sb.Verify("--host", HOST, json_path=tmp_path / "verify.json")
-    proc = fab_in_background("deploy", "--no-verify")
+    version, probe, proc = deploying_under_load(tmp_path)
     try:
-        wait_for("tier 1's update to start", lambda: update_started("server", before), 60)
         sb.swarm_docker("node", "update", "--availability", "drain", sb.WORKER_NAME)
         out, err = proc.communicate(timeout=300)
     finally:
