@@ -318,7 +318,19 @@ def swarm_leftovers() -> list[str]:
 
 
 def stack_settle(timeout: float = 90) -> None:
-    """Bring the stack back to one healthy container per app (after a test disturbed it)."""
+    """Bring the stack back to one healthy container per app (after a test disturbed it), with no
+    one-off job (`docker compose run`) a test that was stopped midway left running: it would be
+    counted among its service's containers."""
+    jobs = docker(
+        "ps",
+        "-aq",
+        "--filter",
+        "label=com.docker.compose.project=remilia",
+        "--filter",
+        "label=com.docker.compose.oneoff=True",
+    ).split()
+    if jobs:
+        docker("rm", "-f", *jobs)
     as_host_user("docker compose up -d --wait --wait-timeout 90 >/dev/null 2>&1", check=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
