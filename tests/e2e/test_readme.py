@@ -39,6 +39,7 @@ SWARM = [
     ".venv/bin/fab -H sandbox-swarm deploy",
     ".venv/bin/fab -H sandbox-swarm rollback",
     ".venv/bin/fab -H sandbox-swarm status",
+    ".venv/bin/fab -H sandbox-swarm drain-node zdd-node2",  # test_swarm_nodes.py
     "scripts/sandbox.sh swarm-down",
 ]
 
