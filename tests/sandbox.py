@@ -17,6 +17,14 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The tests stop the verify loop and interrupt deploys with SIGINT, as a terminal's Ctrl-C does. A
+# shell without job control starts a background job with SIGINT ignored, and an ignored signal
+# stays ignored across exec: every process the tests start would then ignore their Ctrl-C (the
+# verify loop runs on, writes no report, and the tests fail). Handled here, it is back to the
+# default in each child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 STATE = Path(os.environ.get("ZDD_SANDBOX_DIR", "/var/lib/zdd-sandbox"))
 STACK = STATE / "home" / "remilia"
 HTTP = f"http://127.0.0.1:{os.environ.get('ZDD_SANDBOX_HTTP_PORT', '18080')}"
