@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import paramiko
@@ -63,14 +64,19 @@ def fetch_images(s: Session, names: list[str], then: tuple[cmds.Command, ...] = 
     return res.stdout, next((ln + "; " for ln in res.stdout.splitlines() if ln.startswith("logged in")), "")
 
 
-def planned(s: Session, decide: Callable[[], list]) -> list:
-    """The plan step: ``decide()`` rolls or skips each service; a summary, then one line each."""
+def rolls_in_tiers(s: Session, plans: list) -> str:
+    """The plan step's summary: how many services roll, in how many of the host's tiers."""
+    rolling = [p for p in plans if p.roll]
+    tiers = sum(1 for t in s.host.rollout if any(p.name in t for p in rolling))
+    return f"roll {len(rolling)} of {len(plans)}" + (f" in {tiers} tier(s)" if rolling else "")
+
+
+def planned(s: Session, decide: Callable[[], list], summary: Callable[[list], str] | None = None) -> list:
+    """The plan step: ``decide()`` rolls or skips each service; a summary (``summary(plans)``, by
+    default how many roll in how many of the host's tiers), then one line each."""
     with s.report.step("plan") as rec:
         plans = decide()
-        rolling = [p for p in plans if p.roll]
-        rec.detail = f"roll {len(rolling)} of {len(plans)}" + (
-            f" in {sum(1 for t in s.host.rollout if any(p.name in t for p in rolling))} tier(s)" if rolling else ""
-        )
+        rec.detail = (summary or partial(rolls_in_tiers, s))(plans)
     for p in plans:
         print(f"[{s.name}]   {p.line()}", file=s.r.out)
     return plans

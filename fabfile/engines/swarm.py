@@ -263,17 +263,17 @@ class SwarmEngine:
         """Each service of the stack with a task on the node moves off it (app services
         start-first), all at once; then the node is drained (swarm_tier.sh move)."""
         stack, ours = s.host.stack_name, set(state.services)
-        with s.report.step("plan") as rec:
+
+        def decide() -> list:
             listing = s.r.read(swarm_cmds.node_tasks(target.id), f"listing the tasks on {target.hostname}")
             plans, problems, notes = drain_plan(state, s.host.app_services, target, on_node(listing, stack, ours))
             if problems:
                 raise BadInput(f"cannot move every task off {target.hostname}: " + "; ".join(problems))
             others = other_stacks(listing, stack, ours)
-            notes += [f"{n}: not of stack {stack}: the drain stops its task first" for n in others]
-            rec.detail = f"move {len(plans)} service(s) off {target.hostname}, then drain it"
-        for p in plans:
-            print(f"[{s.name}]   {p.line()}", file=s.r.out)
-        s.notes.extend(notes)
+            s.notes.extend(notes + [f"{n}: not of stack {stack}: the drain stops its task first" for n in others])
+            return plans
+
+        plans = steps.planned(s, decide, lambda p: f"move {len(p)} service(s) off {target.hostname}, then drain it")
         return Release(plans, {}, [[p.name for p in plans]], "move", node=target.id)
 
     # --- the proxy and what runs ---------------------------------------------------------

@@ -22,7 +22,6 @@ class SwarmNode:
     ready: bool  # Status.State ready and Spec.Availability active: Swarm may place tasks there
     fields: dict[str, str] = field(default_factory=dict)  # constraint key (node.role...) -> value
     status: str = ""  # Status.State: ready, down, unknown...
-    availability: str = ""  # Spec.Availability: active, pause, drain
 
     @classmethod
     def of(cls, raw: dict) -> SwarmNode:
@@ -38,9 +37,9 @@ class SwarmNode:
         fields.update({f"node.labels.{k}": str(v) for k, v in (spec.get("Labels") or {}).items()})
         engine = (desc.get("Engine") or {}).get("Labels") or {}
         fields.update({f"engine.labels.{k}": str(v) for k, v in engine.items()})
-        status, availability = str((raw.get("Status") or {}).get("State", "")), str(spec.get("Availability", ""))
-        ready = status == "ready" and availability == "active"
-        return cls(fields["node.id"], fields["node.hostname"], ready, fields, status, availability)
+        status = str((raw.get("Status") or {}).get("State", ""))
+        ready = status == "ready" and spec.get("Availability") == "active"
+        return cls(fields["node.id"], fields["node.hostname"], ready, fields, status)
 
     def fits(self, constraints: list[str]) -> bool:
         """Whether Swarm may place a task with these placement constraints here (``KEY == VALUE``
@@ -104,18 +103,25 @@ def move_stall(name: str, svc: dict[str, Any], others: list[SwarmNode]) -> str:
     when they can): no ready, active node among them its placement allows, or too few for its
     replicas with ``placement.max_replicas_per_node``."""
     placement = (svc.get("deploy") or {}).get("placement") or {}
-    constraints = list(placement.get("constraints") or [])
-    eligible = [n for n in others if n.ready and n.fits(constraints)]
-    if not eligible:
+    nodes = eligible(svc, others)
+    if not nodes:
+        constraints = placement.get("constraints") or []
         allows = f" its placement allows ({', '.join(map(str, constraints))})" if constraints else ""
         return f"{name}: no other ready, active node{allows} could take its tasks"
     per_node, replicas = placement.get("max_replicas_per_node"), declared_count(svc) or 1
-    if per_node and len(eligible) * int(per_node) < replicas:
+    if per_node and len(nodes) * int(per_node) < replicas:
         return (
-            f"{name}: max_replicas_per_node {per_node} on the {len(eligible)} other ready, active node(s) its "
+            f"{name}: max_replicas_per_node {per_node} on the {len(nodes)} other ready, active node(s) its "
             f"placement allows leaves no room for its {replicas} replicas"
         )
     return ""
+
+
+def eligible(svc: dict[str, Any], nodes: list[SwarmNode]) -> list[SwarmNode]:
+    """The nodes Swarm may place a task of this compose service on: ready, active, meeting its
+    placement constraints."""
+    constraints = list((((svc.get("deploy") or {}).get("placement") or {}).get("constraints")) or [])
+    return [n for n in nodes if n.ready and n.fits(constraints)]
 
 
 def placement_stall(name: str, svc: dict[str, Any], nodes: list[SwarmNode] | None) -> str:
@@ -130,16 +136,16 @@ def placement_stall(name: str, svc: dict[str, Any], nodes: list[SwarmNode] | Non
         return ""
     per_node = int(per_node)
     replicas = declared_count(svc) or 1
-    eligible = [n for n in nodes if n.ready and n.fits(list(placement.get("constraints") or []))]
-    if len(eligible) * per_node > replicas:
+    allowed = eligible(svc, nodes)
+    if len(allowed) * per_node > replicas:
         return ""
     fixes = ["placement.preferences: [{spread: node.id}] instead of max_replicas_per_node"]
-    if len(eligible) * per_node > 1:
-        fixes.append(f"replicas {len(eligible) * per_node - 1} or fewer")
-    if eligible:
-        fixes.append(f"max_replicas_per_node {replicas // len(eligible) + 1} or more")
+    if len(allowed) * per_node > 1:
+        fixes.append(f"replicas {len(allowed) * per_node - 1} or fewer")
+    if allowed:
+        fixes.append(f"max_replicas_per_node {replicas // len(allowed) + 1} or more")
     return (
-        f"{name}: max_replicas_per_node {per_node} on {len(eligible)} ready, active node(s) its placement allows "
+        f"{name}: max_replicas_per_node {per_node} on {len(allowed)} ready, active node(s) its placement allows "
         f"leaves no room for the extra task of a start-first update of {replicas} replica(s) (Swarm would stall it: "
         f"no suitable node): set {', or '.join(fixes)}"
     )
