@@ -609,8 +609,10 @@ def test_tiers_overlap_swarms_monitor_window_and_the_last_waits_for_every_verdic
     assert out[4].startswith("ok after ") and len(out) == 5
     updates = [c.split()[-1] for c in manager.calls() if c.startswith("service update") and "--image" in c]
     assert updates == ["st_server", "st_property", "st_profile"]  # a watched service is not changed
-    # no -r: profile's tasks are read once, when Swarm says completed (no task of another image left)
-    assert sum(c.startswith("service ps") and "st_profile" in c for c in manager.calls()) == 1
+    # no -r: profile's tasks are read once when Swarm says completed (no task of another image
+    # left), then once with every service's when all are (no slot running two tasks)
+    reads = [c.split()[5:] for c in manager.calls() if c.startswith("service ps") and "st_profile" in c]
+    assert reads == [["st_profile"], ["st_profile", "st_server", "st_property"]]
 
 
 def monitor_job(manager: Manager, verdict: str) -> tuple[int, list[str], Path, Path]:
@@ -1080,6 +1082,63 @@ def test_a_task_of_the_old_image_left_after_the_update_made_once_more_fails_the_
         f"beside the new tasks: `docker service update --force {STACK}_property` replaces them"
     )
     assert len(image_updates(manager)) == 2
+
+
+def test_a_slot_swarm_leaves_running_two_tasks_of_the_new_image_gets_the_update_made_once_more(manager):
+    """moby/swarmkit#2242 with the new image: a task restarted by a drain during a start-first
+    update runs on beside its slot's new one after `completed` (Swarm's reconciler counts slots,
+    not tasks). Once Swarm is done, such a service is updated once more (`--force`: every task of
+    each slot replaced, start-first), and the run waits for that update."""
+    again = "2026-11-27 10:07:00 +0000 UTC"
+    manager.service("server", OLD, UPDATING, DONE, DONE, f"updating|{again}|update in progress", f"completed|{again}|x")
+    doubled = [
+        task("n1", 1, "Running", "Running 1 second ago"),
+        task("n1b", 1, "Running", "Running 40 seconds ago"),
+        task("n2", 2, "Running", "Running 1 second ago"),
+        task("o2", 2, "Shutdown", "Shutdown 1 second ago"),
+    ]
+    manager.tasks("server", doubled, doubled, [task("n3", 1, "Running", "Running 1 second ago"), doubled[2]])
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 0, out
+    assert [ln for ln in out if not ln.startswith(("ok after ", "progress"))] == [
+        "started server",
+        "done server completed",
+        f"note server: Swarm completed, yet runs {STACK}_server.1 (Running 40 seconds ago) beside the task of "
+        "its slot: updating it once more",
+    ]
+    forced = [c for c in manager.calls() if c.startswith("service update")][-1]
+    assert forced == f"service update --detach --quiet --force {STACK}_server"  # no image, no login: Swarm's own
+
+
+def test_a_slot_still_running_two_tasks_after_the_update_made_once_more_fails_the_run_naming_it(manager):
+    again = "2026-11-27 10:07:00 +0000 UTC"
+    manager.service("server", OLD, UPDATING, DONE, DONE, f"completed|{again}|x")
+    doubled = [task("n1", 1, "Running", "Running 1 second ago"), task("n1b", 1, "Running", "Running 40 seconds ago")]
+    manager.tasks("server", doubled)
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 1, out
+    assert out[-1] == (
+        f"failed server: Swarm still runs {STACK}_server.1 (Running 40 seconds ago) beside the task of its slot: "
+        f"`docker service update --force {STACK}_server` replaces it"
+    )
+    assert len([c for c in manager.calls() if c.startswith("service update") and "--force" in c]) == 2
+
+
+def test_an_update_made_once_more_that_swarm_rolls_back_fails_the_run(manager):
+    again = "2026-11-27 10:07:00 +0000 UTC"
+    manager.service("server", OLD, UPDATING, DONE, DONE, f"rollback_completed|{again}|rolled back")
+    doubled = [task("n1", 1, "Running", "Running 1 second ago"), task("n1b", 1, "Running", "Running 40 seconds ago")]
+    manager.tasks("server", doubled)
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 1 and out[-1] == "failed server: rollback_completed (the update made once more)", out
+
+
+def test_tasks_of_different_slots_are_no_doubled_slot(manager):
+    manager.service("server", OLD, UPDATING, DONE)
+    manager.tasks("server", [task("n1", 1, "Running", "Running 1 second ago"), task("n2", 2, "Running", "Running 1 s")])
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 0 and not any(ln.startswith("note") for ln in out), out
+    assert f"service update --detach --quiet --force {STACK}_server" not in manager.calls()
 
 
 def test_tasks_of_the_old_image_no_longer_desired_running_are_no_stray(manager):

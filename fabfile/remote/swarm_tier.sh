@@ -117,6 +117,10 @@
 # the updater no longer stops (moby/swarmkit#2242), and it stays in service discovery. An own
 # update that completes so is made once more (`service update --force` replaces every task of
 # each slot); still so after that, or in the monitor job, the run fails naming those tasks.
+# Such a task may be of the new image too: a slot running two tasks once Swarm has completed every
+# service of the run (Swarm's reconciler counts slots, not tasks) gets the update made once more
+# (`--force` only: the spec, and the registry login Swarm holds, stay), here or in the monitor
+# job, once; still so after that, the run fails naming them.
 action=$1 stack=$2 ceiling=$3 state=$4 hashes=$5 key=$6 journal=$7 count=$8
 shift 8
 # each service's fields, one line each ("-" for an empty field; ROLE own, or watch for -w);
@@ -500,7 +504,7 @@ hand_over() {  # -j: the rest of the wait (Swarm's monitor window) to a job on t
         job=$(sh -c 'echo $PPID')
         run_id=$job_run
         say "monitor job $job since $(date '+%Y-%m-%d %H:%M:%S %Z'): Swarm monitors$monitored"
-        if wait_all; then
+        if wait_all && sweep; then
             superseded=''
             each sup
             journal_event settled result completed services "${monitored# }" seconds "$(( $(date +%s) - t0 ))" \
@@ -575,13 +579,69 @@ drain_node() {  # move, once every task is elsewhere: drain NODE, then the const
         fi
     done
 }
+doubled() {  # service $full: each task desired and running beside another of its slot, once Swarm
+    # is done (a task restarted during a start-first update, moby/swarmkit#2242, of the new image
+    # too); $swept: the tasks of all the services, read once a poll
+    printf '%s\n' "$swept" | awk -F'|' -v n="$full" '
+        { s = $2; sub(/\.[^.]*$/, "", s) }
+        s == n && tolower($3) == "running" && tolower($4) ~ /^running/ && seen[$2]++ {
+            printf "%s%s (%s)", sep, $2, $4; sep = ", " }'
+}
+reforce() {  # a service Swarm completed with a slot running two tasks: the update once more (--force
+    # replaces every task of each slot, start-first as the spec says; Swarm keeps the login it holds)
+    [ "$fin" = completed ] || return 0
+    left=$(doubled)
+    [ -n "$left" ] || return 0
+    if err=$(docker service update --detach --quiet --force "$full" 2>&1); then
+        say "note $name: Swarm completed, yet runs $left beside the task of its slot: updating it once more"
+        field 3 > "$tmp/again.$j"
+        again=$((again + 1))
+    else
+        failed="$name: Swarm runs $left beside the task of its slot; docker service update --force: $(last "$err")"
+    fi
+}
+resettled() {  # a service updated once more: still waited for (waiting), or done, or failed
+    [ -e "$tmp/again.$j" ] || return 0
+    st=$(field 2) started=$(field 3)
+    case $st in
+        completed) [ "$started" != "$(cat "$tmp/again.$j")" ] || { waiting=$((waiting + 1)); return; } ;;
+        paused | rollback_*) failed="$name: $st (the update made once more)"; return ;;
+        *) waiting=$((waiting + 1)); return ;;
+    esac
+    left=$(doubled)
+    [ -z "$left" ] || failed="$name: Swarm still runs $left beside the task of its slot: \`docker service update --force $full\` replaces it"
+    rm -f "$tmp/again.$j"
+}
+sweep() {  # after a wait that ended well: 0 once no service of the run keeps two tasks in a slot
+    failed='' again=0  # $out: the last poll of wait_all
+    # shellcheck disable=SC2086 # service names, one word each
+    swept=$(tasks $all)
+    each reforce
+    t1=$(date +%s)
+    while [ -z "$failed" ] && [ "$again" -gt 0 ]; do
+        nap
+        renew
+        # shellcheck disable=SC2086 # service names, one word each
+        out=$(inspect) swept=$(tasks $all) waiting=0
+        each resettled
+        [ "$waiting" -gt 0 ] || break
+        [ $(($(date +%s) - t1)) -lt "$ceiling" ] || failed="timeout after ${ceiling}s: the update made once more"
+    done
+    [ -z "$failed" ] && return 0
+    say "failed $failed"
+    return 1
+}
 wait_all || exit 1
 down_note
 [ "$action" = move ] && drain_node
 monitored=''
 unfinished() { [ "$fin" = completed ] || monitored="$monitored $name"; }
 each unfinished
-if [ -n "$job_run" ] && [ -n "${monitored# }" ]; then hand_over; fi
+if [ -n "${monitored# }" ]; then
+    [ -z "$job_run" ] || hand_over
+else
+    sweep || exit 1
+fi
 if [ "$action" = stack ] && [ -n "$hashes" ]; then
     mkdir -p "$(dirname "$HOME/$state")" && printf '%s\n' "$hashes" > "$HOME/$state"
 fi
