@@ -38,11 +38,22 @@ def main() -> int:
                 o = chaos.Outcome(name, notes=[f"{type(e).__name__}: {e}"[:200]])
             rows.append(o)
             print(f"chaos: {name}: {'ok' if o.ok else 'NOT OK'} {o.notes}", file=sys.stderr, flush=True)
-    head = ("scenario", "failed/requests", "containers per app", "job", "lock", "exits", "converge", "ok")
+    head = (
+        "scenario",
+        "failed/requests",
+        "old answered after new",
+        "containers per app",
+        "job",
+        "lock",
+        "exits",
+        "converge",
+        "ok",
+    )
     table = [head] + [
         (
             o.scenario,
             f"{o.failed}/{o.requests:,}",
+            f"{o.back_on_old:.1f}s",
             " ".join(str(n) for n in o.containers.values()) or "-",
             {None: "-", True: "running", False: "KILLED"}[o.job_running],
             "free" if o.lock_free else "HELD",

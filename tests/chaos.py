@@ -44,6 +44,9 @@ class Outcome:
     jobs: list[str] = field(default_factory=list)
     lock_free: bool = False
     converge_s: float = 0.0  # the converging deploy's time
+    # the longest an older version still answered a URL after a newer one had first answered it:
+    # requests in flight at a switch, or (a defect) traffic routed back to old containers
+    back_on_old: float = 0.0
     notes: list[str] = field(default_factory=list)
     cleanup: list[Callable[[], object]] = field(default_factory=list)
 
@@ -58,6 +61,7 @@ class Outcome:
     def ok(self) -> bool:
         return (
             self.dropped == 0
+            and self.back_on_old < 2
             and self.versions_ok
             and self.lock_free
             and self.job_running is not False
@@ -190,6 +194,7 @@ def under_load(name: str, tmp: Path, body: Callable[[Outcome], str | None], publ
         rc, out, report = probe.stop()
     o.failed, o.requests = report.get("failures", -1), report.get("total", 0)
     o.races = sum(1 for f in report.get("failure_list", []) if RACE in f["reason"])
+    o.back_on_old = back_on_old(report)
     for f in report.get("failure_list", [])[:5]:  # where a failed request falls, for the one who reads the table
         o.notes.append(f"failed at {f['time']}: {f['url']} {f['kind']}: {f['reason']}"[:200])
     check(o, version or current_version())
@@ -198,6 +203,16 @@ def under_load(name: str, tmp: Path, body: Callable[[Outcome], str | None], publ
     for undo in o.cleanup:
         undo()
     return o
+
+
+def back_on_old(report: dict) -> float:
+    """Per URL, each version's last answer after the next version's first, in seconds: the longest."""
+    worst = 0.0
+    for u in report.get("urls", []):
+        seen = sorted(u.get("versions", []), key=lambda v: v["first_s"])
+        for old, new in zip(seen, seen[1:]):
+            worst = max(worst, old["last_s"] - new["first_s"])
+    return round(worst, 3)
 
 
 def current_version() -> str:

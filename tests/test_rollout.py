@@ -183,6 +183,41 @@ def test_unhealthy_tier_fails_with_health_detail_and_leaves_later_tiers_alone():
     assert '"result": "failed"' in finish.stdin
 
 
+def dropped_at_the_switch(new: dict[str, list[str]]):
+    """tier.sh whose connection drops once zdd has sent the switch: zdd never hears how it ended
+    (the host's tier.sh goes on: it switches, drains and retires on its own)."""
+    script = tier_host(new)
+
+    def dropped(sent: list[str]) -> list[str] | None:
+        if sent and sent[-1].startswith("switch "):
+            return None
+        return script(sent)
+
+    return dropped
+
+
+def test_a_connection_dropped_at_the_switch_leaves_the_proxy_on_container_addresses():
+    """Before: the proxy's file was loaded at once (nothing to wait for: the tier was not known
+    to have switched), so the service's name routed again to the old containers the host's
+    tier.sh was draining and about to stop: a request in flight there when it stopped failed."""
+    s, fake, out = host(tier=dropped_at_the_switch(NEW))
+    with pytest.raises(StepFailed, match="server, property: the host-side rollout ended unexpectedly"):
+        deploy(s)
+    assert len(fake.tiers) == 1 and fake.tiers[0].said[-1].startswith("switch ")
+    assert not fake.seen("restore.sh")
+    proxy = [r.detail for r in s.report.steps if r.status == "skipped" and "container addresses" in r.detail]
+    assert proxy == ["left on container addresses: the host never said how the tier server, property ended"]
+    assert any("the next deploy (or fab -H sandbox recover) restores it" in n for n in s.notes), s.notes
+    assert '"result": "failed"' in fake.calls[fake.index("finish.sh")].stdin  # the lock released, the run ended
+
+
+def test_a_tier_that_says_it_failed_still_gets_the_proxy_restored():
+    s, fake, out = host(tier=tier_host(NEW, health="unhealthy"))
+    with pytest.raises(StepFailed):
+        deploy(s)
+    assert fake.seen("restore.sh wait ") and "left on container addresses" not in out.getvalue()
+
+
 class Interrupting(FakeConversation):
     """A tier whose health wait is interrupted by Ctrl-C."""
 

@@ -75,6 +75,7 @@ class ComposeRollout:
         self.pinned = False
         self.loaded = False  # a config of ours went into the proxy: restore its file at the end
         self.open: list[TierRun] = []  # tiers past their switch, still draining
+        self.lost: list[TierRun] = []  # tiers whose end the host never told (their connection dropped)
         self.judged_at = 0.0  # the last judgement of the switched tiers while a later one started
         self.retiring: list[str] = []  # old container ids being stopped
         self.drain_addrs: dict[str, list[str]] = {}  # service -> upstream addresses whose drain is watched
@@ -175,6 +176,8 @@ class ComposeRollout:
                 run.switched = True
             except BaseException as e:
                 self._undo(run, e, self.host.proxy.drain_timeout if canary and canary.weighted else 0)
+                if run.lost:
+                    self.lost.append(run)
                 raise
             self.open.append(run)
             for p in plans:
@@ -235,6 +238,7 @@ class ComposeRollout:
         a canary step it first sends the traffic back and waits up to ``drain`` s for it)."""
         if run.ended is not None or run.conv is None:
             return
+        run.lost = True  # until the host says how the tier ended
         try:
             if isinstance(error, KeyboardInterrupt) and run.pid and not self.r.dry_run:
                 self.r.change(cmds.signal_process(run.pid), check=False)
@@ -247,9 +251,10 @@ class ComposeRollout:
                     break
                 if line.startswith("failed") or line.startswith("aborted"):
                     self.r.note(f"{', '.join(run.names)}: {line.partition(' ')[2]}")
+                    run.lost = False
                     break
                 if line == "switched":  # the signal came as the switch was loaded: it stands
-                    run.switched = True
+                    run.switched, run.lost = True, False
                     self.r.note(
                         f"{', '.join(run.names)}: switched as the interruption came: the new containers "
                         "carry the traffic; the host drains and retires the old ones"
@@ -271,8 +276,26 @@ class ComposeRollout:
         interrupted = isinstance(error, KeyboardInterrupt)
         if not interrupted:
             self.drain_reports()
+        if self.lost:
+            self._leave_proxy()
+            return
         if self.needs_restore() or self.retiring:
             self.lock.handed_over = self.restore(detach=interrupted)
+
+    def _leave_proxy(self) -> None:
+        """A tier's end unknown (its tier.sh may still switch, drain and retire on its own, or
+        undo): the proxy's file would route by service name to whichever old or new containers
+        that tier.sh is about to stop, so the proxy is left on the addresses it has. The next
+        run's recovery waits for that tier.sh, and the proxy is restored after."""
+        names = ", ".join(n for run in self.lost for n in run.names)
+        self.s.report.skip(
+            steps.proxy_step(self.s),
+            f"left on container addresses: the host never said how the tier {names} ended",
+        )
+        self.s.notes.append(
+            f"the proxy still routes by container address: the next deploy (or fab -H {self.s.name} recover) "
+            "restores it once the host has finished that tier"
+        )
 
     def done(self) -> None:
         """After the last tier: the drain reports and the proxy's restore (a job on the host,

@@ -32,6 +32,7 @@ class TierRun:
     ended: CommandResult | None = None
     watched: list[str] = field(default_factory=list)  # its services the watch judges from its switch on
     holding: bool = False  # tier.sh said "watching": it holds the old containers for the watch
+    lost: bool = False  # the conversation ended with no word of how the tier ended (a dropped connection)
     timeline: TierTimeline | None = None  # the host's marks: where the tier's time went
 
     def until(
@@ -56,6 +57,7 @@ class TierRun:
             line = self.conv.readline(min(left, 1.0))
             if line is None:
                 self.ended = self.conv.close()
+                self.lost = True
                 raise StepFailed(
                     f"{', '.join(self.names)}: the host-side rollout ended unexpectedly "
                     f"({self.ended.first_error_line()})",
