@@ -1110,12 +1110,22 @@ def test_a_slot_swarm_leaves_running_two_tasks_of_the_new_image_gets_the_update_
     assert forced == f"service update --detach --quiet --force {STACK}_server"  # no image, no login: Swarm's own
 
 
+AGAIN = "2026-11-27 10:07:00 +0000 UTC"  # the update made once more
+
+
+def update_once_more(manager: Manager, verdict: str) -> tuple[int, list[str], float]:
+    """server's update completes with slot 1 running two tasks, each time the tasks are read;
+    the update made once more ends in ``verdict``."""
+    manager.service("server", OLD, UPDATING, DONE, DONE, f"{verdict}|{AGAIN}|x")
+    manager.tasks(
+        "server",
+        [task("n1", 1, "Running", "Running 1 second ago"), task("n1b", 1, "Running", "Running 40 seconds ago")],
+    )
+    return manager.tier("update", "server")
+
+
 def test_a_slot_still_running_two_tasks_after_the_update_made_once_more_fails_the_run_naming_it(manager):
-    again = "2026-11-27 10:07:00 +0000 UTC"
-    manager.service("server", OLD, UPDATING, DONE, DONE, f"completed|{again}|x")
-    doubled = [task("n1", 1, "Running", "Running 1 second ago"), task("n1b", 1, "Running", "Running 40 seconds ago")]
-    manager.tasks("server", doubled)
-    rc, out, took = manager.tier("update", "server")
+    rc, out, took = update_once_more(manager, "completed")
     assert rc == 1, out
     assert out[-1] == (
         f"failed server: Swarm still runs {STACK}_server.1 (Running 40 seconds ago) beside the task of its slot: "
@@ -1125,11 +1135,7 @@ def test_a_slot_still_running_two_tasks_after_the_update_made_once_more_fails_th
 
 
 def test_an_update_made_once_more_that_swarm_rolls_back_fails_the_run(manager):
-    again = "2026-11-27 10:07:00 +0000 UTC"
-    manager.service("server", OLD, UPDATING, DONE, DONE, f"rollback_completed|{again}|rolled back")
-    doubled = [task("n1", 1, "Running", "Running 1 second ago"), task("n1b", 1, "Running", "Running 40 seconds ago")]
-    manager.tasks("server", doubled)
-    rc, out, took = manager.tier("update", "server")
+    rc, out, took = update_once_more(manager, "rollback_completed")
     assert rc == 1 and out[-1] == "failed server: rollback_completed (the update made once more)", out
 
 
