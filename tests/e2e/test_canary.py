@@ -73,9 +73,22 @@ def test_a_good_release_is_seen_beside_the_old_during_the_steps_then_alone(settl
     ]
     both = "server, property, identity, profile-server"
     assert [s["name"] for s in steps] == [f"canary {both} 10 %", f"canary {both} 50 %"], text
-    for s in steps:  # each step judged real answers of the new containers
-        answers = [int(part.split()[2]) for part in s["detail"].split("; ")]
-        assert all(n >= 5 for n in answers) and s["status"] == "ok", s
+    # each step judged real answers of the new containers: each service's new ones answered in
+    # it, min_requests (5) of them, or fewer and the step passed after its quiet limit saying so
+    # (the figures add up over the steps; random weighted choice leaves a 10 % share uneven)
+    before: dict[str, int] = {}
+    for s, percent in zip(steps, (10, 50)):
+        assert s["status"] == "ok", s
+        answers = {part.split()[0]: int(part.split()[2]) for part in s["detail"].split("; ")}
+        for svc, n in answers.items():
+            assert n > before.get(svc, 0), (svc, s)
+            quiet = any(
+                svc in ln.split(f"canary {percent} %: ", 1)[1].split(" answered fewer than ")[0].split(", ")
+                for ln in text.splitlines()
+                if f"canary {percent} %: " in ln and "passed unjudged" in ln
+            )
+            assert n - before.get(svc, 0) >= 5 or quiet, (svc, s, text)
+        before = answers
     for svc in sb.APPS:  # old and new answered side by side for seconds, not only at an instant
         versions = seen(report, svc)
         assert versions[old[svc]][1] - versions[new][0] >= 4, (svc, versions)
