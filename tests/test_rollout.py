@@ -189,7 +189,7 @@ def dropped_at_the_switch(new: dict[str, list[str]]):
     script = tier_host(new)
 
     def dropped(sent: list[str]) -> list[str] | None:
-        if sent and sent[-1].startswith("switch "):
+        if sent and (sent[-1].startswith("switch ") or sent[-1] == "go"):
             return None
         return script(sent)
 
@@ -209,6 +209,15 @@ def test_a_connection_dropped_at_the_switch_leaves_the_proxy_on_container_addres
     assert proxy == ["left on container addresses: the host never said how the tier server, property ended"]
     assert any("the next deploy (or fab -H sandbox recover) restores it" in n for n in s.notes), s.notes
     assert '"result": "failed"' in fake.calls[fake.index("finish.sh")].stdin  # the lock released, the run ended
+
+
+def test_a_connection_dropped_without_proxy_routing_says_nothing_of_the_proxy():
+    s, fake, out = host(tier=dropped_at_the_switch(NEW))
+    s.host = dataclasses.replace(s.host, proxy=dataclasses.replace(s.host.proxy, drain=False))
+    with pytest.raises(StepFailed, match="ended unexpectedly"):
+        deploy(s)
+    assert fake.tiers[0].said[-1] == "go"
+    assert "container addresses" not in out.getvalue() and not fake.seen("restore.sh")
 
 
 def test_a_tier_that_says_it_failed_still_gets_the_proxy_restored():

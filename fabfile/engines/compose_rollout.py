@@ -266,6 +266,9 @@ class ComposeRollout:
                 run.ended = CommandResult(ok=True)
             else:
                 run.ended = run.conv.close()
+                # its undo said so after our wait: the end is known all the same
+                if any(ln.startswith(("failed", "aborted")) for ln in run.ended.stdout.splitlines()):
+                    run.lost = False
         except Exception as e:  # the first failure is what the operator needs
             self.r.note(f"{', '.join(run.names)}: could not confirm the new containers were removed: {e}")
 
@@ -276,7 +279,7 @@ class ComposeRollout:
         interrupted = isinstance(error, KeyboardInterrupt)
         if not interrupted:
             self.drain_reports()
-        if self.lost:
+        if self.lost and self.needs_restore():
             self._leave_proxy()
             return
         if self.needs_restore() or self.retiring:
