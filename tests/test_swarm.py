@@ -18,7 +18,7 @@ from fabfile import commands as cmds
 from fabfile import commands_swarm as swarm_cmds
 from fabfile import history, sequence, tasks
 from fabfile.config import ConfigError, HostConfig, load, parse
-from fabfile.engines import ComposeEngine, SwarmEngine, engine_for, swarm_drain, swarm_state
+from fabfile.engines import ComposeEngine, SwarmEngine, engine_for, swarm_drain, swarm_rollback, swarm_state
 from fabfile.engines.swarm_nodes import SwarmNode, find_node
 from fabfile.progress import Reporter
 from fabfile.runner import BadInput, Runner, StepFailed
@@ -866,7 +866,7 @@ def test_rollback_goes_back_tier_by_tier_in_reverse_order():
 
 def test_rollback_skips_a_previous_spec_that_runs_the_same_tasks():
     same = service_json("server", image_id("server", 1), previous=image_id("server", 1))
-    plans = swarm_state.rollback_plan(state_of([same]), ["server"])
+    plans = swarm_rollback.rollback_plan(state_of([same]), ["server"])
     assert [p.line() for p in plans] == ["server: skip, its previous spec runs the same tasks"]
 
 
@@ -881,7 +881,7 @@ def stop_first_previous(name: str, **changes) -> dict:
 
 
 def test_a_previous_spec_that_rolls_back_stop_first_is_rolled_back_as_a_start_first_update():
-    plans = swarm_state.rollback_plan(state_of([stop_first_previous("server")]), ["server"])
+    plans = swarm_rollback.rollback_plan(state_of([stop_first_previous("server")]), ["server"])
     assert plans[0].line() == (
         f"server: roll back, {image_id('server', 2)[7:19]} → {image_id('server', 1)[7:19]} "
         "(as a start-first update: its previous spec rolls back stop-first)"
@@ -891,7 +891,7 @@ def test_a_previous_spec_that_rolls_back_stop_first_is_rolled_back_as_a_start_fi
         "server", f"{SWARM_REF.format('server')}@{image_id('server', 1)}", SWARM_REF.format("server"), ("as-update",)
     )
     # what an update cannot restore is not half rolled back
-    other = swarm_state.rollback_plan(state_of([stop_first_previous("server", Env=["A=1"])]), ["server"])
+    other = swarm_rollback.rollback_plan(state_of([stop_first_previous("server", Env=["A=1"])]), ["server"])
     assert other[0].line() == (
         "server: skip, its previous spec rolls back stop-first (Swarm would stop its tasks first) and differs in "
         "more than the image: deploy the previous compose files instead"
@@ -899,8 +899,27 @@ def test_a_previous_spec_that_rolls_back_stop_first_is_rolled_back_as_a_start_fi
     # once rolled back so, the previous spec is the one it left: not rolled "back" to it again
     again = service_json("server", image_id("server", 1), previous=image_id("server", 2))
     again["Spec"]["Labels"]["zdd.rolled-back-from"] = again["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-    back = swarm_state.rollback_plan(state_of([again]), ["server"])
+    back = swarm_rollback.rollback_plan(state_of([again]), ["server"])
     assert back[0].line() == "server: skip, its last update was rolled back already (by zdd, as an update)"
+
+
+def test_after_the_forced_update_of_a_doubled_slot_the_rollback_returns_to_the_image_before_the_deploy():
+    """swarm_tier.sh's forced update (a slot left running two tasks) makes Swarm's PreviousSpec
+    the deployed spec itself; the image before it is in its label zdd.forced-from."""
+    forced = service_json("server", image_id("server", 2), previous=image_id("server", 2))
+    forced["Spec"]["TaskTemplate"]["ForceUpdate"] = 4
+    before = f"{SWARM_REF.format('server')}@{image_id('server', 1)}"
+    forced["Spec"]["Labels"]["zdd.forced-from"] = before
+    plans = swarm_rollback.rollback_plan(state_of([forced]), ["server"])
+    assert plans[0].line() == (
+        f"server: roll back, {image_id('server', 2)[7:19]} → {image_id('server', 1)[7:19]} "
+        "(as a start-first update: its last update was a forced one)"
+    )
+    assert plans[0].change() == swarm_cmds.SwarmChange("server", before, "", ("as-update",))
+    # a later update of the image: the label left in the spec no longer speaks for the spec before
+    later = service_json("server", image_id("server", 3), previous=image_id("server", 2))
+    later["Spec"]["Labels"]["zdd.forced-from"] = before
+    assert swarm_rollback.rollback_plan(state_of([later]), ["server"])[0].image.endswith(image_id("server", 2))
 
 
 def test_a_rollback_made_as_an_update_logs_in_and_waits_for_completed():
@@ -928,7 +947,7 @@ def test_a_rollback_made_as_an_update_logs_in_and_waits_for_completed():
     plain = [c for c in fake.tiers if swarm_tier_args(c.command) == ("rollback", ["profile-server"])][0]
     assert "--login" not in plain.command and not plain.sent
     dry = swarm_cmds.swarm_tier(
-        H, "rollback", [swarm_state.rollback_plan(state_of(services), ["server"])[0].change()], 9
+        H, "rollback", [swarm_rollback.rollback_plan(state_of(services), ["server"])[0].change()], 9
     )
     assert dry.dry_run_output[1] == "done server completed"
 
@@ -1359,7 +1378,7 @@ def test_drain_node_is_for_engine_swarm_only():
 def test_after_a_drain_node_a_rollback_has_no_image_to_go_back_to():
     moved = service_json("server", image_id("server", 2), previous=image_id("server", 2))
     moved["PreviousSpec"]["TaskTemplate"]["Placement"] = {"Constraints": ["node.id!=id-w1"]}
-    plans = swarm_state.rollback_plan(state_of([moved]), ["server"])
+    plans = swarm_rollback.rollback_plan(state_of([moved]), ["server"])
     assert plans[0].line() == (
         "server: skip, its previous spec differs in its placement only (a drain-node, or a placement change): "
         "no image to go back to"

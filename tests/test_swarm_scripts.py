@@ -1107,7 +1107,12 @@ def test_a_slot_swarm_leaves_running_two_tasks_of_the_new_image_gets_the_update_
         "its slot: updating it once more",
     ]
     forced = [c for c in manager.calls() if c.startswith("service update")][-1]
-    assert forced == f"service update --detach --quiet --force {STACK}_server"  # no image, no login: Swarm's own
+    # no image, no login (Swarm's own); the image before the deploy kept for a rollback (the stub's
+    # PreviousSpec image: r/SERVICE:2@sha256:cur)
+    assert forced == (
+        "service update --detach --quiet --force "
+        f"--label-add zdd.forced-from=r/{STACK}_server:2@sha256:cur {STACK}_server"
+    )
 
 
 AGAIN = "2026-11-27 10:07:00 +0000 UTC"  # the update made once more
@@ -1144,7 +1149,7 @@ def test_tasks_of_different_slots_are_no_doubled_slot(manager):
     manager.tasks("server", [task("n1", 1, "Running", "Running 1 second ago"), task("n2", 2, "Running", "Running 1 s")])
     rc, out, took = manager.tier("update", "server")
     assert rc == 0 and not any(ln.startswith("note") for ln in out), out
-    assert f"service update --detach --quiet --force {STACK}_server" not in manager.calls()
+    assert not [c for c in manager.calls() if "zdd.forced-from" in c]
 
 
 def test_tasks_of_the_old_image_no_longer_desired_running_are_no_stray(manager):

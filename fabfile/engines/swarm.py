@@ -68,6 +68,7 @@ from ..session import Session
 from .base import Release
 from .swarm_drain import drain_plan, on_node, other_stacks
 from .swarm_nodes import SwarmNode, find_node, tasks_by_node
+from .swarm_rollback import rollback_plan
 from .swarm_state import (
     SETTINGS,
     StackState,
@@ -76,7 +77,6 @@ from .swarm_state import (
     digest_table,
     make_plan,
     parse_survey,
-    rollback_plan,
     spec_hash,
     stack_change,
     stack_changes,

@@ -19,6 +19,8 @@ from .swarm_nodes import SwarmNode, placement_stall
 
 STACK_IMAGE = "com.docker.stack.image"  # the compose file's image reference, kept by docker stack deploy
 ROLLED_BACK = "zdd.rolled-back-from"  # set by a rollback made as an update (swarm_tier.sh): the image it left
+FORCED_FROM = "zdd.forced-from"  # set by swarm_tier.sh's forced update of a slot running two tasks: the
+# image the spec before that update went back to (the forced one leaves Swarm's PreviousSpec the same spec)
 # what zdd needs of each app service's update settings, by the name swarm_tier.sh takes
 SETTINGS = {
     "order": "update_config.order: start-first",
@@ -58,6 +60,7 @@ class StackService:
     previous_placement_only: bool = False  # ... in their placement only (e.g. drain-node's constraint)
     previous_ref: str = ""  # the previous spec's com.docker.stack.image label
     rolled_back_from: str = ""  # zdd rolled it back as an update from this image (label ROLLED_BACK)
+    forced_from: str = ""  # its last update was zdd's --force of the same spec: the image before (FORCED_FROM)
 
     @property
     def digest(self) -> str:
@@ -130,6 +133,9 @@ def _service(raw: dict, stack: str, running: dict[str, str]) -> StackService:
         and _but_placement(previous.get("TaskTemplate") or {}) == _but_placement(task),
         previous_ref=((previous or {}).get("Labels") or {}).get(STACK_IMAGE, ""),
         rolled_back_from=(spec.get("Labels") or {}).get(ROLLED_BACK, ""),
+        forced_from=(spec.get("Labels") or {}).get(FORCED_FROM, "")
+        if previous is not None and _but_force(previous.get("TaskTemplate") or {}) == _but_force(task)
+        else "",
     )
 
 
@@ -137,6 +143,10 @@ def _but_image(task: dict) -> dict:
     """A task template without its image (and the counter --force bumps)."""
     container = {k: v for k, v in (task.get("ContainerSpec") or {}).items() if k != "Image"}
     return {**{k: v for k, v in task.items() if k != "ForceUpdate"}, "ContainerSpec": container}
+
+
+def _but_force(task: dict) -> dict:
+    return {k: v for k, v in task.items() if k != "ForceUpdate"}
 
 
 def _but_placement(task: dict) -> dict:
@@ -328,51 +338,6 @@ def plan_service(name: str, state: StackState, digests: dict[str, str], force: b
 
 def make_plan(names: list[str], state: StackState, digests: dict[str, str], force: bool = False) -> list[SwarmPlan]:
     return [plan_service(n, state, digests, force) for n in names]
-
-
-def rollback_plan(state: StackState, names: list[str]) -> list[SwarmPlan]:
-    """Which app services ``rollback`` returns to their previous spec, and why not the others."""
-    plans = []
-    for name in names:
-        svc = state.services.get(name)
-        why = no_rollback(svc)
-        if why or svc is None:
-            plans.append(SwarmPlan(name, False, why))
-            continue
-        back = f"{short_image(svc.digest)} → {short_image(svc.previous_image.partition('@')[2] or svc.previous_image)}"
-        if svc.previous_rollback_order == "start-first":
-            plans.append(SwarmPlan(name, True, back, svc.previous_image, verb="roll back"))
-        else:  # Swarm would stop the tasks first: the same tasks, as a start-first update (swarm_tier.sh)
-            why = f"{back} (as a start-first update: its previous spec rolls back {svc.previous_rollback_order})"
-            plans.append(
-                SwarmPlan(name, True, why, svc.previous_image, svc.previous_ref, ("as-update",), verb="roll back")
-            )
-    return plans
-
-
-def no_rollback(svc: StackService | None) -> str:
-    """Why a service has nothing to roll back to ("" when it has)."""
-    if svc is None:
-        return "not deployed"
-    if not svc.previous_image:
-        return "no previous spec (never updated)"
-    if svc.update_state.startswith("rollback"):
-        return f"its last update was rolled back already ({svc.update_state})"
-    if svc.rolled_back_from and svc.rolled_back_from == svc.previous_image:
-        return "its last update was rolled back already (by zdd, as an update)"
-    if not svc.can_roll_back:
-        return "its previous spec runs the same tasks"
-    if svc.previous_placement_only:
-        return (
-            "its previous spec differs in its placement only (a drain-node, or a placement change): "
-            "no image to go back to"
-        )
-    if svc.previous_rollback_order != "start-first" and not svc.previous_image_only:
-        return (
-            f"its previous spec rolls back {svc.previous_rollback_order} (Swarm would stop its tasks first) and "
-            "differs in more than the image: deploy the previous compose files instead"
-        )
-    return ""
 
 
 def stack_change(name: str, state: StackState) -> swarm_cmds.SwarmChange:

@@ -75,8 +75,9 @@
 #               engine's restore job), waits as without -r, appends Swarm's verdict to the journal
 #               (event `settled`: result completed, or failed with the reason) and frees the
 #               lock if it still holds it. Its output: ~/.zdd/jobs/swarm-monitor-KEY.log. It has
-#               no registry login (the temporary config is removed first) and starts nothing (an
-#               update a drain rolled back is not started again). Printed: "monitor JOB SERVICE...".
+#               no registry login (the temporary config is removed first) and starts no update of
+#               an image (one a drain rolled back is not started again): only the forced update of
+#               a slot left running two tasks (Strays, below). Printed: "monitor JOB SERVICE...".
 #
 # A service whose tasks were replaced (or a -w service) that changes again before Swarm's verdict
 # (another update, or a change of settings only, after which Swarm has no UpdateStatus for it) is
@@ -469,7 +470,7 @@ strays() {  # service $full, its update completed: its tasks still desired runni
 stray_left() {  # check(): Swarm says completed, yet a task of another image runs beside the new ones (a
     # task restarted during a start-first update is one Swarm's updater no longer stops: moby/swarmkit#2242).
     # Once per service the update is made again (it replaces every task of each slot); then, or in the
-    # monitor job (it starts nothing), the run fails naming the tasks
+    # monitor job (it starts no update of an image), the run fails naming the tasks
     left=$(strays)
     [ -n "$left" ] || return 1
     if [ -z "$in_job" ] && [ -z "$fin" ] && [ ! -e "$tmp/restray.$j" ]; then
@@ -589,10 +590,16 @@ doubled() {  # service $full: each task desired and running beside another of it
 }
 reforce() {  # a service Swarm completed with a slot running two tasks: the update once more (--force
     # replaces every task of each slot, start-first as the spec says; Swarm keeps the login it holds)
-    [ "$fin" = completed ] || return 0
+    [ "$fin" = completed ] && [ -z "$failed" ] || return 0
     left=$(doubled)
     [ -n "$left" ] || return 0
-    if err=$(docker service update --detach --quiet --force "$full" 2>&1); then
+    # the forced update leaves Swarm's PreviousSpec this very spec: the image before it goes into a
+    # label, for a rollback (swarm_rollback.before_force)
+    was=$(docker service inspect --format '{{with .PreviousSpec}}{{.TaskTemplate.ContainerSpec.Image}}{{end}}' \
+        "$full" 2>/dev/null)
+    set -- --detach --quiet --force
+    [ -z "$was" ] || set -- "$@" --label-add "zdd.forced-from=$was"
+    if err=$(docker service update "$@" "$full" 2>&1); then
         say "note $name: Swarm completed, yet runs $left beside the task of its slot: updating it once more"
         field 3 > "$tmp/again.$j"
         again=$((again + 1))
@@ -617,15 +624,16 @@ sweep() {  # after a wait that ended well: 0 once no service of the run keeps tw
     # shellcheck disable=SC2086 # service names, one word each
     swept=$(tasks $all)
     each reforce
-    t1=$(date +%s)
-    while [ -z "$failed" ] && [ "$again" -gt 0 ]; do
+    while [ -z "$failed" ] && [ "$again" -gt 0 ]; do  # within the run's ceiling, as its wait
         nap
         renew
         # shellcheck disable=SC2086 # service names, one word each
         out=$(inspect) swept=$(tasks $all) waiting=0
         each resettled
         [ "$waiting" -gt 0 ] || break
-        [ $(($(date +%s) - t1)) -lt "$ceiling" ] || failed="timeout after ${ceiling}s: the update made once more"
+        now=$(date +%s)
+        [ $((now - t0)) -lt "$ceiling" ] || failed="timeout after ${ceiling}s: the update made once more"
+        if [ $((now - t0)) != "$shown" ]; then say "progress updating once more, $((now - t0)) s of $ceiling"; shown=$((now - t0)); fi
     done
     [ -z "$failed" ] && return 0
     say "failed $failed"
