@@ -19,7 +19,7 @@ from tests.test_remote_scripts import Host
 
 STACK = "st"
 # A `docker` for a Swarm manager that logs its arguments to $STUB/calls and answers from $STUB:
-#   (`service inspect --format` of the image: r/NAME:2@sha256:cur)
+#   (`service inspect --format` of the image: r/NAME:2@sha256:cur, or what image-NAME holds)
 #   svc-NAME        the UpdateStatus of service NAME (STATE|STARTED|MESSAGE), one line per
 #                   `service inspect`, the last line repeated; no file: no such service
 #   spec-NAME       whether `stack deploy` left its task template as it was (same, new; else changed)
@@ -60,7 +60,7 @@ esac
 case "$1 $2" in
 "service inspect")
     if [ "$3" != --format ]; then shift 2; cat "$d/inspect"; exit 0; fi
-    case "$4" in *ContainerSpec.Image*) echo "r/$5:2@sha256:cur"; exit 0 ;; esac
+    case "$4" in *ContainerSpec.Image*) cat "$d/image-$5" 2>/dev/null || echo "r/$5:2@sha256:cur"; exit 0 ;; esac
     case "$4" in *Placement*) cat "$d/placement" 2>/dev/null; exit 0 ;; esac
     case "$4" in *PreviousSpec*)
         shift 4
@@ -1067,6 +1067,21 @@ def test_a_task_of_the_old_image_swarm_leaves_running_after_completed_gets_the_u
     ]
     updates = image_updates(manager)
     assert len(updates) == 2 and updates[0] == updates[1]
+
+
+def test_the_update_made_once_more_of_the_same_image_keeps_the_image_before_for_a_rollback(manager):
+    """Its spec is then Swarm's PreviousSpec: the image before goes into zdd.forced-from."""
+    manager.service(
+        "property", OLD, UPDATING, f"completed|{NEW}|update completed", f"completed|{NEW2}|update completed"
+    )
+    manager.set(f"image-{STACK}_property", "r/property:1@sha256:new|r/property:0@sha256:before\n")
+    stray = task("o1", 1, "Running", "Running 3 minutes ago", "property")
+    manager.tasks("property", [stray, task("n1", 1, "Running", "Running 1 second ago", "property")], [])
+    rc, out, took = manager.tier("update", "property")
+    assert rc == 0, out
+    first, again = image_updates(manager)
+    assert "zdd.forced-from" not in first
+    assert "--label-add zdd.forced-from=r/property:0@sha256:before" in again
 
 
 def test_a_task_of_the_old_image_left_after_the_update_made_once_more_fails_the_run_naming_it(manager):

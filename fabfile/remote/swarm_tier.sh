@@ -306,6 +306,7 @@ update_one() {
     has order && set -- "$@" --update-order start-first
     has failure && set -- "$@" --update-failure-action rollback
     [ -n "$ref" ] && set -- "$@" --label-add "com.docker.stack.image=$ref"
+    [ -n "${forced_from-}" ] && set -- "$@" --label-add "zdd.forced-from=$forced_from"
     if err=$(authed service update --detach --quiet --with-registry-auth --force "$@" "$full" 2>&1); then
         say "started $name"
     else
@@ -458,7 +459,15 @@ start_again() {  # service $full's update once more; the update that counts is t
         tasks "$full" >> "$tmp/old.new"
         mv "$tmp/old.new" "$tmp/old"
     fi
+    # the same image once more (a stray left): Swarm's PreviousSpec becomes this spec, so the image
+    # before it goes into a label, as with reforce
+    specs_now=$(docker service inspect \
+        --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}|{{with .PreviousSpec}}{{.TaskTemplate.ContainerSpec.Image}}{{end}}' \
+        "$full" 2>/dev/null)
+    forced_from=
+    [ "${specs_now%%|*}" != "$image" ] || forced_from=${specs_now#*|}
     update_one
+    forced_from=
 }
 strays() {  # service $full, its update completed: its tasks still desired running of another image
     [ "$action" = update ] && [ "$role" = own ] && [ -n "${image##*@}" ] || return 0
