@@ -139,19 +139,20 @@ def _service(raw: dict, stack: str, running: dict[str, str]) -> StackService:
     )
 
 
+def _but_force(task: dict) -> dict:
+    """A task template without the counter --force bumps."""
+    return {k: v for k, v in task.items() if k != "ForceUpdate"}
+
+
 def _but_image(task: dict) -> dict:
     """A task template without its image (and the counter --force bumps)."""
     container = {k: v for k, v in (task.get("ContainerSpec") or {}).items() if k != "Image"}
-    return {**{k: v for k, v in task.items() if k != "ForceUpdate"}, "ContainerSpec": container}
-
-
-def _but_force(task: dict) -> dict:
-    return {k: v for k, v in task.items() if k != "ForceUpdate"}
+    return {**_but_force(task), "ContainerSpec": container}
 
 
 def _but_placement(task: dict) -> dict:
     """A task template without its placement (and the counter --force bumps)."""
-    return {k: v for k, v in task.items() if k not in ("Placement", "ForceUpdate")}
+    return {k: v for k, v in _but_force(task).items() if k != "Placement"}
 
 
 def parse_survey(text: str, stack: str) -> StackState:

@@ -459,15 +459,19 @@ start_again() {  # service $full's update once more; the update that counts is t
         tasks "$full" >> "$tmp/old.new"
         mv "$tmp/old.new" "$tmp/old"
     fi
-    # the same image once more (a stray left): Swarm's PreviousSpec becomes this spec, so the image
-    # before it goes into a label, as with reforce
+    before_force "$image"  # the same image once more (a stray left)
+    update_one
+    forced_from=
+}
+before_force() {  # before_force [IMAGE]: $forced_from, the image of service $full's PreviousSpec when
+    # its spec runs IMAGE (whatever it runs, without): an update of the spec it runs makes Swarm's
+    # PreviousSpec this very spec, so the image before goes into the label zdd.forced-from, for a
+    # rollback (swarm_rollback.before_force)
     specs_now=$(docker service inspect \
         --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}|{{with .PreviousSpec}}{{.TaskTemplate.ContainerSpec.Image}}{{end}}' \
         "$full" 2>/dev/null)
     forced_from=
-    [ "${specs_now%%|*}" != "$image" ] || forced_from=${specs_now#*|}
-    update_one
-    forced_from=
+    [ -n "${1-}" ] && [ "${specs_now%%|*}" != "$1" ] || forced_from=${specs_now#*|}
 }
 strays() {  # service $full, its update completed: its tasks still desired running of another image
     [ "$action" = update ] && [ "$role" = own ] && [ -n "${image##*@}" ] || return 0
@@ -602,12 +606,10 @@ reforce() {  # a service Swarm completed with a slot running two tasks: the upda
     [ "$fin" = completed ] && [ -z "$failed" ] || return 0
     left=$(doubled)
     [ -n "$left" ] || return 0
-    # the forced update leaves Swarm's PreviousSpec this very spec: the image before it goes into a
-    # label, for a rollback (swarm_rollback.before_force)
-    was=$(docker service inspect --format '{{with .PreviousSpec}}{{.TaskTemplate.ContainerSpec.Image}}{{end}}' \
-        "$full" 2>/dev/null)
+    before_force
     set -- --detach --quiet --force
-    [ -z "$was" ] || set -- "$@" --label-add "zdd.forced-from=$was"
+    [ -z "$forced_from" ] || set -- "$@" --label-add "zdd.forced-from=$forced_from"
+    forced_from=
     if err=$(docker service update "$@" "$full" 2>&1); then
         say "note $name: Swarm completed, yet runs $left beside the task of its slot: updating it once more"
         field 3 > "$tmp/again.$j"
