@@ -1288,3 +1288,31 @@ def test_a_move_that_swarm_has_nothing_to_replace_for_is_done_once_no_task_is_on
     rc, out, took = manager.tier("move", "server", node="n2", ceiling=20)
     assert rc == 0 and "done server completed" in out and "drained n2" in out, out
     assert took < 10
+
+
+def test_a_doubled_slot_whose_second_task_is_still_starting_is_judged_once_it_runs(manager):
+    """A drained node's task Swarm restarts in a slot after `completed` is still starting when
+    the run first looks: the run waits for it to run, then sees the slot running two tasks."""
+    again = "2026-11-27 10:07:00 +0000 UTC"
+    manager.service("server", OLD, UPDATING, DONE, DONE, f"updating|{again}|update in progress", f"completed|{again}|x")
+    one = task("n1", 1, "Running", "Running 1 second ago")
+    slot2 = task("n2", 2, "Running", "Running 1 second ago")
+    starting = [one, task("n1b", 1, "Running", "Starting 1 second ago"), slot2]
+    doubled = [one, task("n1b", 1, "Running", "Running 2 seconds ago"), slot2]
+    # the wait reads the tasks three times (a stray check a poll), then the sweep
+    manager.tasks(
+        "server",
+        starting,
+        starting,
+        starting,
+        starting,
+        doubled,
+        [task("n3", 1, "Running", "Running 1 second ago"), slot2],
+    )
+    rc, out, took = manager.tier("update", "server")
+    assert rc == 0, out
+    assert (
+        f"note server: Swarm completed, yet runs {STACK}_server.1 (Running 2 seconds ago) beside the task of "
+        "its slot: updating it once more"
+    ) in out
+    assert [c for c in manager.calls() if c.startswith("service update") and "--force" in c]

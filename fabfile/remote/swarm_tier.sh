@@ -630,10 +630,24 @@ resettled() {  # a service updated once more: still waited for (waiting), or don
     [ -z "$left" ] || failed="$name: Swarm still runs $left beside the task of its slot: \`docker service update --force $full\` replaces it"
     rm -f "$tmp/again.$j"
 }
+starting() {  # the tasks in $swept Swarm still starts (desired running, not running yet)
+    printf '%s\n' "$swept" | awk -F'|' 'tolower($3) == "running" &&
+        tolower($4) ~ /^(new|pending|assigned|accepted|preparing|ready|starting)/ { n++ } END { print n + 0 }'
+}
 sweep() {  # after a wait that ended well: 0 once no service of the run keeps two tasks in a slot
     failed='' again=0  # $out: the last poll of wait_all
     # shellcheck disable=SC2086 # service names, one word each
     swept=$(tasks $all)
+    # a task Swarm still starts (a drained node's, restarted) is judged once it runs: up to 30 s
+    settle_by=$(( $(date +%s) + 30 ))
+    [ $((t0 + ceiling)) -ge "$settle_by" ] || settle_by=$((t0 + ceiling))
+    [ "$(starting)" = 0 ] || say "progress $(starting) task(s) still starting, judged once they run"
+    while [ "$(starting)" -gt 0 ] && [ "$(date +%s)" -lt "$settle_by" ]; do
+        nap
+        renew
+        # shellcheck disable=SC2086 # service names, one word each
+        swept=$(tasks $all)
+    done
     each reforce
     while [ -z "$failed" ] && [ "$again" -gt 0 ]; do  # within the run's ceiling, as its wait
         nap
