@@ -641,12 +641,13 @@ sweep() {  # after a wait that ended well: 0 once no service of the run keeps tw
     # a task Swarm still starts (a drained node's, restarted) is judged once it runs: up to 30 s
     settle_by=$(( $(date +%s) + 30 ))
     [ $((t0 + ceiling)) -ge "$settle_by" ] || settle_by=$((t0 + ceiling))
-    [ "$(starting)" = 0 ] || say "progress $(starting) task(s) still starting, judged once they run"
-    while [ "$(starting)" -gt 0 ] && [ "$(date +%s)" -lt "$settle_by" ]; do
+    unstarted=$(starting)
+    [ "$unstarted" = 0 ] || say "progress $unstarted task(s) still starting, judged once they run"
+    while [ "$unstarted" -gt 0 ] && [ "$(date +%s)" -lt "$settle_by" ]; do
         nap
         renew
         # shellcheck disable=SC2086 # service names, one word each
-        swept=$(tasks $all)
+        swept=$(tasks $all) unstarted=$(starting)
     done
     each reforce
     while [ -z "$failed" ] && [ "$again" -gt 0 ]; do  # within the run's ceiling, as its wait
